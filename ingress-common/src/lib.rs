@@ -1,0 +1,249 @@
+//! Types shared by the BPF programs (`ingress-ebpf`) and `ingressd`.
+//!
+//! Every type here is a map key or value: `#[repr(C)]`, `Copy`, explicit
+//! padding, no `bool`/`Option`/data enums, and a size assert beside it.
+//! Addresses and ports are stored in network byte order, as they sit in the
+//! packet, so the kernel side never swaps bytes on the fast path.
+//! Never reorder a field: when a layout must change, bump the map's name.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Slots in each service's Maglev lookup table. Prime, as Maglev requires;
+/// about 100 slots per backend keeps the spread within ~1% for services of
+/// up to ten endpoints, and lookups are one index whatever the size.
+pub const MAGLEV_RING_SIZE: usize = 1021;
+
+/// Map names, also the file names of their pins under `--pin-path`.
+pub mod map_names {
+    pub const SERVICES: &str = "LB4_SERVICES";
+    pub const RINGS: &str = "LB4_RINGS";
+    pub const CONNTRACK: &str = "LB4_CONNTRACK";
+    pub const REVNAT: &str = "LB4_REVNAT";
+    pub const NODE_ADDRS: &str = "LB4_NODE_ADDRS";
+    pub const CONFIG: &str = "LB4_CONFIG";
+    pub const COUNTERS: &str = "LB4_COUNTERS";
+    pub const SVC_NAMES: &str = "LB4_SVC_NAMES";
+}
+
+/// Program names (the Rust function names in `ingress-ebpf`).
+pub mod program_names {
+    pub const XDP_INGRESS: &str = "xdp_lb_ingress";
+    pub const TC_EGRESS: &str = "tc_revnat_egress";
+}
+
+/// Default capacities; `ingressd` may raise them at load time.
+pub const MAX_SERVICES: u32 = 131_072;
+pub const MAX_RINGS: u32 = 131_072;
+pub const MAX_FLOWS: u32 = 262_144;
+pub const MAX_NODE_ADDRS: u32 = 64;
+
+/// IP protocol numbers as stored in [`FrontendKey::proto`] and [`FlowKey::proto`].
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// A service frontend: the address, port and protocol a client connects to.
+/// NodePorts are stored once with `addr == 0` and match on every node address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontendKey {
+    /// IPv4 address, network byte order; 0 for a NodePort.
+    pub addr: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+    pub pad: u8,
+}
+const _: () = assert!(size_of::<FrontendKey>() == 8);
+
+/// `ServiceEntry::flags`: pick the backend by client address only
+/// (`sessionAffinity: ClientIP`).
+pub const SVC_F_AFFINITY_CLIENT_IP: u32 = 1 << 0;
+/// `ServiceEntry::flags`: `externalTrafficPolicy: Local` (only local backends,
+/// no SNAT; informational for the kernel side, the ring already holds only
+/// local backends).
+pub const SVC_F_LOCAL_ONLY: u32 = 1 << 1;
+
+/// What a frontend leads to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceEntry {
+    /// Key of this service's ring in `LB4_RINGS`: a stable 64-bit hash of
+    /// namespace/name/port-name/scope computed in userspace.
+    pub ring_id: u64,
+    /// `SVC_F_*`.
+    pub flags: u32,
+    pub pad: u32,
+}
+const _: () = assert!(size_of::<ServiceEntry>() == 16);
+
+/// `Backend::flags`: the endpoint lives on another node: SNAT to this node's
+/// address so the reply comes back through it.
+pub const BACKEND_F_REMOTE: u8 = 1 << 0;
+/// `Backend::flags`: the endpoint is serving but terminating (used only when
+/// no ready endpoint is left).
+pub const BACKEND_F_TERMINATING: u8 = 1 << 1;
+
+/// One pod endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Backend {
+    /// IPv4 address, network byte order.
+    pub addr: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    /// `BACKEND_F_*`.
+    pub flags: u8,
+    pub pad: u8,
+}
+const _: () = assert!(size_of::<Backend>() == 8);
+
+/// A service's Maglev lookup table, computed in userspace. Replacing the
+/// whole value is one atomic map update, so an endpoint change is one write
+/// and a packet sees either the old table or the new one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ring {
+    /// Number of distinct backends in `slots`; 0 means "refuse".
+    pub count: u32,
+    pub pad: u32,
+    /// Backend chosen for each hash slot.
+    pub slots: [Backend; MAGLEV_RING_SIZE],
+}
+const _: () = assert!(size_of::<Ring>() == 8 + 8 * MAGLEV_RING_SIZE);
+
+/// A flow as seen in one direction of a packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// Source address, network byte order.
+    pub src: u32,
+    /// Destination address, network byte order.
+    pub dst: u32,
+    /// Source port, network byte order.
+    pub sport: u16,
+    /// Destination port, network byte order.
+    pub dport: u16,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FlowKey>() == 16);
+
+/// Conntrack entry for a client flow (key: the client's packet as received).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtEntry {
+    /// The backend this flow is pinned to.
+    pub backend: Backend,
+    /// For remote backends: the source address and port the flow is SNATed
+    /// to (network byte order); zero for local backends.
+    pub snat_addr: u32,
+    pub snat_port: u16,
+    pub pad: u16,
+    /// Ring of the service the flow entered through (for `ingressd maps`).
+    pub ring_id: u64,
+}
+const _: () = assert!(size_of::<CtEntry>() == 24);
+
+/// How to rewrite a reply (key: the reply packet's flow as it leaves the
+/// backend). Local backends: the TC egress program rewrites the source back
+/// to the frontend. Remote backends: the XDP program rewrites source and
+/// destination of the SNATed reply.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RevNatEntry {
+    /// New source address and port (the frontend the client used).
+    pub src: u32,
+    /// New destination address (the client) and port.
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub pad: u32,
+}
+const _: () = assert!(size_of::<RevNatEntry>() == 16);
+
+/// Human name of a ring (`namespace/name:port`), for `ingressd maps` only;
+/// the kernel side never reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceName {
+    /// Bytes used in `bytes` (UTF-8, truncated to fit).
+    pub len: u32,
+    pub bytes: [u8; 124],
+}
+const _: () = assert!(size_of::<ServiceName>() == 128);
+
+/// Node-wide settings, one entry at index 0 of `LB4_CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Address remote-backend flows are SNATed to (network byte order).
+    pub snat_addr: u32,
+    /// SNAT source port range, host byte order, inclusive. Kept above the
+    /// kernel's default ephemeral range so they never meet local sockets.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+}
+const _: () = assert!(size_of::<Config>() == 8);
+
+/// Default SNAT port range (above Linux's 32768-60999 ephemeral range).
+pub const SNAT_PORT_MIN: u16 = 61_000;
+pub const SNAT_PORT_MAX: u16 = 65_535;
+
+/// Indexes into the per-CPU `LB4_COUNTERS` array: what happened to a packet.
+pub mod counter {
+    pub const PASS_NOT_IPV4: u32 = 0;
+    pub const PASS_TRUNCATED: u32 = 1;
+    pub const PASS_IP_OPTIONS: u32 = 2;
+    pub const PASS_FRAGMENT: u32 = 3;
+    pub const PASS_UNKNOWN_PROTO: u32 = 4;
+    pub const PASS_NOT_SERVICE: u32 = 5;
+    pub const DNAT_NEW_LOCAL: u32 = 6;
+    pub const DNAT_NEW_REMOTE: u32 = 7;
+    pub const DNAT_CT_HIT: u32 = 8;
+    pub const REFUSED_TCP_RST: u32 = 9;
+    pub const REFUSED_ICMP_UNREACH: u32 = 10;
+    pub const REVNAT_SNAT_REPLY: u32 = 11;
+    pub const REVNAT_EGRESS: u32 = 12;
+    pub const FIB_MISS: u32 = 13;
+    pub const DROP_SNAT_EXHAUSTED: u32 = 14;
+    pub const DROP_REWRITE_FAILED: u32 = 15;
+    pub const COUNT: u32 = 16;
+
+    /// Metric label for each counter, by index.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "pass_not_ipv4",
+        "pass_truncated",
+        "pass_ip_options",
+        "pass_fragment",
+        "pass_unknown_proto",
+        "pass_not_service",
+        "dnat_new_local",
+        "dnat_new_remote",
+        "dnat_conntrack_hit",
+        "refused_tcp_rst",
+        "refused_icmp_unreachable",
+        "revnat_snat_reply",
+        "revnat_egress",
+        "fib_miss",
+        "drop_snat_exhausted",
+        "drop_rewrite_failed",
+    ];
+}
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, with explicit padding and no
+    // invalid bit patterns.
+    unsafe impl aya::Pod for FrontendKey {}
+    unsafe impl aya::Pod for ServiceEntry {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for Ring {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for RevNatEntry {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for ServiceName {}
+}

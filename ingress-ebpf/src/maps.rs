@@ -1,0 +1,54 @@
+//! The maps, all pinned by name so a restarted `ingressd` adopts them.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use ingress_common::{
+    Config, CtEntry, FlowKey, FrontendKey, MAX_FLOWS, MAX_NODE_ADDRS, MAX_RINGS, MAX_SERVICES,
+    RevNatEntry, Ring, ServiceEntry, ServiceName, counter,
+};
+
+/// Rings are large (8 KiB) and most services are few: allocate on demand.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+#[map(name = "LB4_SERVICES")]
+pub static SERVICES: HashMap<FrontendKey, ServiceEntry> = HashMap::pinned(MAX_SERVICES, 0);
+
+#[map(name = "LB4_RINGS")]
+pub static RINGS: HashMap<u64, Ring> = HashMap::pinned(MAX_RINGS, BPF_F_NO_PREALLOC);
+
+#[map(name = "LB4_CONNTRACK")]
+pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(MAX_FLOWS, 0);
+
+#[map(name = "LB4_REVNAT")]
+pub static REVNAT: LruHashMap<FlowKey, RevNatEntry> = LruHashMap::pinned(MAX_FLOWS, 0);
+
+/// This node's addresses (network byte order) → 1: where NodePorts answer.
+#[map(name = "LB4_NODE_ADDRS")]
+pub static NODE_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_NODE_ADDRS, 0);
+
+/// Ring names for `ingressd maps`; never read here.
+#[map(name = "LB4_SVC_NAMES")]
+pub static SVC_NAMES: HashMap<u64, ServiceName> = HashMap::pinned(MAX_RINGS, BPF_F_NO_PREALLOC);
+
+#[map(name = "LB4_CONFIG")]
+pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+#[map(name = "LB4_COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn config() -> Config {
+    match CONFIG.get(0) {
+        Some(c) => *c,
+        None => Config::default(),
+    }
+}

@@ -1,0 +1,13 @@
+//! `ingressd`: the node daemon's library.
+//!
+//! source (manifest files) → `model::desired_state` (pure) → `sync::diff`
+//! (pure) → `sync::apply` (the only map writer, through `bpf::LbMaps`).
+pub mod bpf;
+pub mod maglev;
+pub mod manifest;
+pub mod metrics;
+pub mod model;
+pub mod packet;
+pub mod render;
+pub mod run;
+pub mod sync;

@@ -1,0 +1,188 @@
+//! `/metrics` (Prometheus text), `/healthz` and `/readyz` on `--metrics-addr`.
+use std::{
+    convert::Infallible,
+    fmt::Write as _,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+
+use crate::bpf::LbMaps;
+
+/// What the sync loop reports; read by the HTTP handlers.
+#[derive(Default)]
+pub struct Status {
+    /// The first sync has been applied to the maps.
+    pub ready: AtomicBool,
+    /// Unix milliseconds of the sync loop's last turn (0: never).
+    pub heartbeat_ms: AtomicU64,
+    pub syncs: AtomicU64,
+    pub sync_errors: AtomicU64,
+    pub map_writes: AtomicU64,
+    pub last_sync_micros: AtomicU64,
+    pub manifest_errors: AtomicU64,
+    pub frontends: AtomicU64,
+    pub rings: AtomicU64,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Status {
+    pub fn beat(&self) {
+        self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Healthy while the sync loop turned within the last 10 s.
+    pub fn healthy(&self) -> bool {
+        let beat = self.heartbeat_ms.load(Ordering::Relaxed);
+        beat != 0 && now_ms().saturating_sub(beat) < 10_000
+    }
+}
+
+fn render_metrics(status: &Status, pin_path: &PathBuf) -> String {
+    let mut out = String::new();
+    let g = |out: &mut String, name: &str, help: &str, kind: &str, v: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    };
+    let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    g(
+        &mut out,
+        "ingressd_ready",
+        "1 once the first sync is applied",
+        "gauge",
+        status.ready.load(Ordering::Relaxed) as u64,
+    );
+    g(
+        &mut out,
+        "ingressd_syncs_total",
+        "Syncs applied to the maps",
+        "counter",
+        r(&status.syncs),
+    );
+    g(
+        &mut out,
+        "ingressd_sync_errors_total",
+        "Syncs that failed to apply",
+        "counter",
+        r(&status.sync_errors),
+    );
+    g(
+        &mut out,
+        "ingressd_map_writes_total",
+        "BPF map writes made by syncs",
+        "counter",
+        r(&status.map_writes),
+    );
+    g(
+        &mut out,
+        "ingressd_last_sync_duration_microseconds",
+        "Duration of the last sync",
+        "gauge",
+        r(&status.last_sync_micros),
+    );
+    g(
+        &mut out,
+        "ingressd_manifest_errors",
+        "Documents rejected at the last load",
+        "gauge",
+        r(&status.manifest_errors),
+    );
+    g(
+        &mut out,
+        "ingressd_l4_frontends",
+        "Service frontends in the maps",
+        "gauge",
+        r(&status.frontends),
+    );
+    g(
+        &mut out,
+        "ingressd_l4_rings",
+        "Service backend rings in the maps",
+        "gauge",
+        r(&status.rings),
+    );
+    if let Ok(maps) = LbMaps::open(pin_path) {
+        if let Ok(counters) = maps.counters() {
+            let _ = writeln!(
+                out,
+                "# HELP ingressd_l4_packets_total Packets seen by the L4 programs, by outcome"
+            );
+            let _ = writeln!(out, "# TYPE ingressd_l4_packets_total counter");
+            for (reason, v) in counters {
+                let _ = writeln!(out, "ingressd_l4_packets_total{{reason=\"{reason}\"}} {v}");
+            }
+        }
+    }
+    out
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    status: Arc<Status>,
+    pin_path: Arc<PathBuf>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (code, body) = match req.uri().path() {
+        "/metrics" => (StatusCode::OK, render_metrics(&status, &pin_path)),
+        "/healthz" if status.healthy() => (StatusCode::OK, "ok\n".into()),
+        "/healthz" => (StatusCode::SERVICE_UNAVAILABLE, "sync loop stuck\n".into()),
+        "/readyz" if status.ready.load(Ordering::Relaxed) => (StatusCode::OK, "ready\n".into()),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "first sync not applied yet\n".into(),
+        ),
+        _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = code;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    Ok(resp)
+}
+
+/// Binds now (so a bad address fails at start-up) and serves in the background.
+pub async fn serve(
+    addr: SocketAddr,
+    status: Arc<Status>,
+    pin_path: PathBuf,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding --metrics-addr {addr}: {e}"))?;
+    let pin_path = Arc::new(pin_path);
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let (status, pin_path) = (status.clone(), pin_path.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| handle(req, status.clone(), pin_path.clone()));
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    }))
+}

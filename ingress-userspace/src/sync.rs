@@ -1,0 +1,138 @@
+//! `diff` (pure) and `apply` (the only code that writes the L4 maps).
+//!
+//! Write order, so that no packet ever sees a frontend pointing at a missing
+//! ring: rings first, then frontends; removals in the reverse order. A ring
+//! is one map value, replaced atomically: an endpoint change is one write.
+use ingress_common::{FrontendKey, Ring, ServiceEntry};
+
+use crate::{
+    maglev::build_ring,
+    model::{DesiredState, RingSpec},
+};
+
+/// The map writes that turn one state into another.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    pub ring_upserts: Vec<(u64, RingSpec)>,
+    pub frontend_upserts: Vec<(FrontendKey, ServiceEntry)>,
+    pub frontend_deletes: Vec<FrontendKey>,
+    pub ring_deletes: Vec<u64>,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self.writes() == 0
+    }
+
+    /// Number of map operations `apply` performs.
+    pub fn writes(&self) -> usize {
+        self.ring_upserts.len()
+            + self.frontend_upserts.len()
+            + self.frontend_deletes.len()
+            + self.ring_deletes.len()
+    }
+}
+
+pub fn diff(current: &DesiredState, desired: &DesiredState) -> Diff {
+    let mut d = Diff::default();
+    for (id, spec) in &desired.rings {
+        if current.rings.get(id) != Some(spec) {
+            d.ring_upserts.push((*id, spec.clone()));
+        }
+    }
+    for (key, entry) in &desired.frontends {
+        if current.frontends.get(key) != Some(entry) {
+            d.frontend_upserts.push((*key, *entry));
+        }
+    }
+    for key in current.frontends.keys() {
+        if !desired.frontends.contains_key(key) {
+            d.frontend_deletes.push(*key);
+        }
+    }
+    for id in current.rings.keys() {
+        if !desired.rings.contains_key(id) {
+            d.ring_deletes.push(*id);
+        }
+    }
+    d
+}
+
+/// Where `apply` writes: the pinned BPF maps, or a fake in tests.
+pub trait LbMapWriter {
+    fn put_ring(&mut self, id: u64, ring: &Ring, name: &str) -> anyhow::Result<()>;
+    fn delete_ring(&mut self, id: u64) -> anyhow::Result<()>;
+    fn put_frontend(&mut self, key: &FrontendKey, entry: &ServiceEntry) -> anyhow::Result<()>;
+    fn delete_frontend(&mut self, key: &FrontendKey) -> anyhow::Result<()>;
+}
+
+/// Performs the diff in the safe order. Stops at the first failed write:
+/// the caller then re-reads the maps and diffs again.
+pub fn apply(d: &Diff, maps: &mut impl LbMapWriter) -> anyhow::Result<()> {
+    for (id, spec) in &d.ring_upserts {
+        maps.put_ring(*id, &build_ring(&spec.backends), &spec.name)?;
+    }
+    for (key, entry) in &d.frontend_upserts {
+        maps.put_frontend(key, entry)?;
+    }
+    for key in &d.frontend_deletes {
+        maps.delete_frontend(key)?;
+    }
+    for id in &d.ring_deletes {
+        maps.delete_ring(*id)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub mod fake {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// Records writes and checks the ordering invariant on every write.
+    #[derive(Default)]
+    pub struct FakeMaps {
+        pub rings: BTreeMap<u64, Box<Ring>>,
+        pub frontends: BTreeMap<FrontendKey, ServiceEntry>,
+        pub writes: usize,
+    }
+
+    impl FakeMaps {
+        fn check(&self) {
+            for (key, entry) in &self.frontends {
+                assert!(
+                    self.rings.contains_key(&entry.ring_id),
+                    "frontend {key:?} points at a missing ring"
+                );
+            }
+        }
+    }
+
+    impl LbMapWriter for FakeMaps {
+        fn put_ring(&mut self, id: u64, ring: &Ring, _: &str) -> anyhow::Result<()> {
+            self.rings.insert(id, Box::new(*ring));
+            self.writes += 1;
+            self.check();
+            Ok(())
+        }
+        fn delete_ring(&mut self, id: u64) -> anyhow::Result<()> {
+            self.rings.remove(&id);
+            self.writes += 1;
+            self.check();
+            Ok(())
+        }
+        fn put_frontend(&mut self, key: &FrontendKey, entry: &ServiceEntry) -> anyhow::Result<()> {
+            self.frontends.insert(*key, *entry);
+            self.writes += 1;
+            self.check();
+            Ok(())
+        }
+        fn delete_frontend(&mut self, key: &FrontendKey) -> anyhow::Result<()> {
+            self.frontends.remove(key);
+            self.writes += 1;
+            self.check();
+            Ok(())
+        }
+    }
+}

@@ -30,6 +30,8 @@ pub mod map_names {
 pub mod program_names {
     pub const XDP_INGRESS: &str = "xdp_lb_ingress";
     pub const TC_EGRESS: &str = "tc_revnat_egress";
+    /// A pass-everything program for the far end of veth pairs (labs).
+    pub const XDP_PASS: &str = "xdp_pass";
 }
 
 /// Default capacities; `ingressd` may raise them at load time.

@@ -28,6 +28,15 @@ pub fn xdp_lb_ingress(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Passes everything. Attached to the far end of a veth whose near end
+/// runs `xdp_lb_ingress` in native mode: the kernel only flushes XDP_TX
+/// frames to a veth peer that has an XDP program of its own (Linux 6.18
+/// `veth_xdp_flush`); without one they wait for unrelated traffic.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 /// What the parser learned; all fields in network byte order.
 pub struct Packet {
     pub flow: FlowKey,

@@ -187,6 +187,26 @@ fn attach_tc(prog: &mut SchedClassifier, iface: &str, pin_path: &Path) -> anyhow
     Ok(())
 }
 
+/// Attaches `xdp_pass` to `iface` (in the calling thread's network
+/// namespace) in native mode and pins the link under `pin_dir` (removed
+/// by [`cleanup`]). Needed on the peer of a veth whose other end runs
+/// native XDP with XDP_TX.
+pub fn attach_xdp_pass(iface: &str, pin_dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(pin_dir)?;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(BPF_OBJECT)?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(program_names::XDP_PASS)
+        .context("xdp_pass missing")?
+        .try_into()?;
+    prog.load()?;
+    let id = prog.attach(iface, XdpMode::Driver)?;
+    let fd = FdLink::try_from(prog.take_link(id)?)?;
+    fd.pin(pin_dir.join(format!("xdp-pass-{iface}")))?;
+    Ok(())
+}
+
 /// Detaches (by unpinning the links) and removes every pin under `pin_path`.
 pub fn cleanup(pin_path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();

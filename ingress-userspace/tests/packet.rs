@@ -47,14 +47,17 @@ fn need_root() -> bool {
 /// removed on drop (also when the test fails).
 struct Loaded {
     ebpf: Ebpf,
-    dir: PathBuf,
     maps: LbMaps,
     state: DesiredState,
+    _pins: PinDir,
 }
 
-impl Drop for Loaded {
+/// Removes the test's pins on drop, whatever happened.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
     fn drop(&mut self) {
-        let _ = ingressd::bpf::cleanup(&self.dir);
+        let _ = ingressd::bpf::cleanup(&self.0);
     }
 }
 
@@ -67,6 +70,7 @@ fn load() -> Loaded {
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).expect("bpffs at /sys/fs/bpf (run `cargo xtask setup`)");
+    let pins = PinDir(dir.clone());
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&dir)
         .load(BPF_OBJECT)
@@ -87,9 +91,9 @@ fn load() -> Loaded {
     maps.set_node(&[NODE]).unwrap();
     Loaded {
         ebpf,
-        dir,
         maps,
         state: DesiredState::default(),
+        _pins: pins,
     }
 }
 

@@ -1,0 +1,556 @@
+//! A lab of network namespaces on one machine: a client, two nodes and
+//! pods, joined by a bridge, with addresses from 198.18.0.0/15. Used by the
+//! end-to-end tests and by `cargo xtask demo`. Everything it makes is
+//! removed on drop, also when a test fails.
+//!
+//! ```text
+//!  client 198.18.0.1 ──┐            ┌── node-a 198.18.0.2 ── cbr0 198.18.1.1/24 ── pods 198.18.1.x
+//!                      └── br0 (sw) ┤
+//!                                   └── node-b 198.18.0.3 ── cbr0 198.18.2.1/24 ── pods 198.18.2.x
+//! ```
+use std::{
+    fs::File,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
+/// A node of the lab.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub pin_path: PathBuf,
+    pub metrics: SocketAddr,
+}
+
+/// A pod: a namespace with one address, running the echo server.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub name: String,
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub node: String,
+}
+
+pub struct Lab {
+    pub prefix: String,
+    pub client_ns: String,
+    pub nodes: Vec<Node>,
+    pub pods: Vec<Pod>,
+    pub dir: PathBuf,
+    namespaces: Vec<String>,
+    pods_running: Vec<Child>,
+    daemons: Vec<(String, Child)>,
+}
+
+pub const HTTP_PORT: u16 = 8080;
+pub const UDP_PORT: u16 = 5353;
+
+/// The pods' server: HTTP on 8080 and UDP on 5353, both answering with
+/// the pod's name. Plain Python so pods need nothing built.
+const ECHO_SERVER: &str = r#"
+import http.server, socket, sys, threading
+name = sys.argv[1]
+def udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 5353))
+    while True:
+        _, peer = s.recvfrom(2048)
+        s.sendto((name + "\n").encode(), peer)
+threading.Thread(target=udp, daemon=True).start()
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = (name + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+"#;
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+pub fn is_root() -> bool {
+    // SAFETY: plain syscall.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<String> {
+    run(Command::new("ip").args(args))
+}
+
+/// Polls `cond` until it holds or `timeout` passes; the bound is the point.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Lab {
+    /// Two nodes with pods `a1`, `a2` on node-a and `b1`, `b2` on node-b.
+    pub fn two_nodes(tag: &str) -> anyhow::Result<Lab> {
+        if !is_root() {
+            bail!("the lab makes network namespaces and needs root");
+        }
+        let prefix = format!(
+            "ie{tag}{}x{}",
+            std::process::id() % 100_000,
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("echo.py"), ECHO_SERVER)?;
+        let mut lab = Lab {
+            client_ns: format!("{prefix}-client"),
+            prefix: prefix.clone(),
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            dir,
+            namespaces: Vec::new(),
+            pods_running: Vec::new(),
+            daemons: Vec::new(),
+        };
+        lab.build()
+            .with_context(|| format!("building lab {prefix}"))?;
+        Ok(lab)
+    }
+
+    fn add_ns(&mut self, ns: &str) -> anyhow::Result<()> {
+        ip(&["netns", "add", ns])?;
+        self.namespaces.push(ns.to_string());
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    fn exec(&self, ns: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).args(args);
+        run(&mut cmd)
+    }
+
+    fn build(&mut self) -> anyhow::Result<()> {
+        let p = self.prefix.clone();
+        let sw = format!("{p}-sw");
+        self.add_ns(&sw)?;
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        let client = self.client_ns.clone();
+        self.add_ns(&client)?;
+        self.uplink(&client, &sw, "vc", CLIENT_IP)?;
+        for (i, letter) in ["a", "b"].iter().enumerate() {
+            let name = format!("node-{letter}");
+            let ns = format!("{p}-{name}");
+            let node_ip = Ipv4Addr::new(198, 18, 0, 2 + i as u8);
+            self.add_ns(&ns)?;
+            self.uplink(&ns, &sw, &format!("v{letter}"), node_ip)?;
+            self.exec(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+            // Remote-backend flows whose next hop is not resolved yet go to the
+            // stack with the node's own address as source: let it forward them
+            // (and so resolve the neighbour) instead of dropping them as martians.
+            self.exec(&ns, &["sysctl", "-qw", "net.ipv4.conf.eth0.accept_local=1"])?;
+            let gw = Ipv4Addr::new(198, 18, 1 + i as u8, 1);
+            ip(&["-n", &ns, "link", "add", "cbr0", "type", "bridge"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{gw}/24"), "dev", "cbr0"])?;
+            ip(&["-n", &ns, "link", "set", "cbr0", "up"])?;
+            for j in 1..=2u8 {
+                let pod = format!("{letter}{j}");
+                let pod_ns = format!("{p}-pod-{pod}");
+                let pod_ip = Ipv4Addr::new(198, 18, 1 + i as u8, 1 + j);
+                self.add_ns(&pod_ns)?;
+                ip(&[
+                    "link", "add", "eth0", "netns", &pod_ns, "type", "veth", "peer", "name", &pod,
+                    "netns", &ns,
+                ])?;
+                ip(&["-n", &ns, "link", "set", &pod, "master", "cbr0", "up"])?;
+                ip(&[
+                    "-n",
+                    &pod_ns,
+                    "addr",
+                    "add",
+                    &format!("{pod_ip}/24"),
+                    "dev",
+                    "eth0",
+                ])?;
+                ip(&["-n", &pod_ns, "link", "set", "eth0", "up"])?;
+                ip(&[
+                    "-n",
+                    &pod_ns,
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &gw.to_string(),
+                ])?;
+                self.exec(&pod_ns, &["ethtool", "-K", "eth0", "tx", "off"])?;
+                self.pods.push(Pod {
+                    name: pod,
+                    ns: pod_ns,
+                    ip: pod_ip,
+                    node: name.clone(),
+                });
+            }
+            self.nodes.push(Node {
+                pin_path: PathBuf::from(format!("/sys/fs/bpf/{p}-{name}")),
+                metrics: SocketAddr::from((Ipv4Addr::LOCALHOST, 10254)),
+                name,
+                ns,
+                ip: node_ip,
+            });
+        }
+        // Each node reaches the other's pods through it.
+        let (a, b) = (self.nodes[0].clone(), self.nodes[1].clone());
+        ip(&[
+            "-n",
+            &a.ns,
+            "route",
+            "add",
+            "198.18.2.0/24",
+            "via",
+            &b.ip.to_string(),
+        ])?;
+        ip(&[
+            "-n",
+            &b.ns,
+            "route",
+            "add",
+            "198.18.1.0/24",
+            "via",
+            &a.ip.to_string(),
+        ])?;
+        Ok(())
+    }
+
+    /// A veth from `ns` (as eth0, with `addr`/24) to the bridge in `sw`.
+    fn uplink(&self, ns: &str, sw: &str, peer: &str, addr: Ipv4Addr) -> anyhow::Result<()> {
+        ip(&[
+            "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", peer, "netns", sw,
+        ])?;
+        ip(&["-n", sw, "link", "set", peer, "master", "br0", "up"])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        // Full checksums on the wire, so receivers verify our rewrites.
+        self.exec(ns, &["ethtool", "-K", "eth0", "tx", "off"])?;
+        // Frames a native-XDP veth sends back (XDP_TX) are only flushed to a
+        // peer that runs XDP itself.
+        let (peer, pins) = (peer.to_string(), self.sw_pins());
+        in_netns(sw, move || crate::bpf::attach_xdp_pass(&peer, &pins))??;
+        Ok(())
+    }
+
+    fn sw_pins(&self) -> PathBuf {
+        PathBuf::from(format!("/sys/fs/bpf/{}-sw", self.prefix))
+    }
+
+    /// Starts the echo server in every pod and waits until each answers.
+    pub fn start_pods(&mut self) -> anyhow::Result<()> {
+        let script = self.dir.join("echo.py");
+        for pod in self.pods.clone() {
+            let child = Command::new("ip")
+                .args(["netns", "exec", &pod.ns, "python3", "-u"])
+                .arg(&script)
+                .arg(&pod.name)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting a pod's python3 server")?;
+            self.pods_running.push(child);
+        }
+        for pod in self.pods.clone() {
+            let addr = SocketAddr::from((pod.ip, HTTP_PORT));
+            let ok = wait_until(Duration::from_secs(10), || {
+                in_netns(&pod.ns, move || {
+                    http_get(addr, "/", Duration::from_millis(500))
+                })
+                .is_ok_and(|r| r.is_ok())
+            });
+            if !ok {
+                bail!("pod {} did not start answering on {addr}", pod.name);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .expect("lab node")
+    }
+
+    /// Starts `ingressd run` on a node (in its network namespace only, so
+    /// bpffs stays the host's) and waits for /readyz.
+    pub fn start_ingressd(
+        &mut self,
+        bin: &Path,
+        node: &str,
+        manifests: &Path,
+    ) -> anyhow::Result<()> {
+        let n = self.node(node).clone();
+        let log = File::create(self.dir.join(format!("ingressd-{node}.log")))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", n.ns))
+            .arg(bin)
+            .args([
+                "run",
+                "--interface",
+                "eth0",
+                "--node-name",
+                &n.name,
+                "--manifests",
+            ])
+            .arg(manifests)
+            .arg("--pin-path")
+            .arg(&n.pin_path)
+            .args(["--metrics-addr", &n.metrics.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting ingressd")?;
+        self.daemons.push((node.to_string(), child));
+        let metrics = n.metrics;
+        let ns = n.ns.clone();
+        let ready = wait_until(Duration::from_secs(20), || {
+            in_netns(&ns, move || {
+                http_get(metrics, "/readyz", Duration::from_millis(500))
+            })
+            .is_ok_and(|r| r.is_ok_and(|body| body.starts_with("ready")))
+        });
+        if !ready {
+            let log = std::fs::read_to_string(self.dir.join(format!("ingressd-{node}.log")))
+                .unwrap_or_default();
+            bail!("ingressd on {node} did not become ready:\n{log}");
+        }
+        Ok(())
+    }
+
+    /// Stops a node's ingressd with SIGTERM (the data path stays) and waits.
+    pub fn stop_ingressd(&mut self, node: &str) -> anyhow::Result<()> {
+        let Some(i) = self.daemons.iter().position(|(n, _)| n == node) else {
+            bail!("no ingressd on {node}")
+        };
+        let (_, mut child) = self.daemons.remove(i);
+        terminate(&mut child);
+        Ok(())
+    }
+
+    pub fn ingressd_log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("ingressd-{node}.log"))).unwrap_or_default()
+    }
+
+    /// Lets every node know every other's MAC, as a busy network would.
+    pub fn warm_neighbours(&self) {
+        for n in &self.nodes {
+            for other in &self.nodes {
+                if n.name != other.name {
+                    let _ = in_netns(&n.ns, {
+                        let ip = other.ip;
+                        move || {
+                            TcpStream::connect_timeout(
+                                &SocketAddr::from((ip, 9)),
+                                Duration::from_millis(300),
+                            )
+                            .map(|_| ())
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn terminate(child: &mut Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.daemons {
+            terminate(child);
+        }
+        for child in &mut self.pods_running {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for node in &self.nodes {
+            let _ = crate::bpf::cleanup(&node.pin_path);
+        }
+        let _ = crate::bpf::cleanup(&self.sw_pins());
+        for ns in self.namespaces.iter().rev() {
+            let _ = ip(&["netns", "del", ns]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns` (only the
+/// network namespace: bpffs and cgroups stay the host's).
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let path = format!("/var/run/netns/{ns}");
+    let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+    std::thread::spawn(move || {
+        // SAFETY: setns on this thread only, with a valid netns fd.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(anyhow::anyhow!(
+                "setns: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
+}
+
+/// One HTTP/1.1 GET on a new connection; the body on 200.
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Err(std::io::Error::other(format!(
+            "no HTTP response from {addr}"
+        )));
+    };
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(std::io::Error::other(format!(
+            "{addr}: {}",
+            head.lines().next().unwrap_or("")
+        )));
+    }
+    Ok(body.to_string())
+}
+
+/// One UDP request on a connected socket: only a reply from `addr` itself
+/// is accepted, so a reply proves the reverse NAT.
+pub fn udp_ask(addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    s.connect(addr)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.send(b"who?")?;
+    let mut buf = [0u8; 512];
+    let n = s.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// NodePort Services `web` (TCP 30080 → pods' 8080) and `dns` (UDP 30053 →
+/// pods' 5353) with EndpointSlices listing `pods` as ready endpoints.
+pub fn nodeport_manifests(pods: &[&Pod]) -> String {
+    let endpoints: String = pods
+        .iter()
+        .map(|p| {
+            format!(
+                "- addresses: [\"{}\"]\n  nodeName: {}\n  conditions: {{ready: true}}\n  targetRef: {{kind: Pod, name: {}}}\n",
+                p.ip, p.node, p.name
+            )
+        })
+        .collect();
+    let endpoints = if endpoints.is_empty() {
+        "[]\n".to_string()
+    } else {
+        format!("\n{endpoints}")
+    };
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: demo}}
+spec:
+  type: NodePort
+  selector: {{app: web}}
+  ports:
+  - {{name: http, port: 80, targetPort: 8080, nodePort: 30080, protocol: TCP}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: demo
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+ports:
+- {{name: http, port: 8080, protocol: TCP}}
+endpoints: {endpoints}---
+apiVersion: v1
+kind: Service
+metadata: {{name: dns, namespace: demo}}
+spec:
+  type: NodePort
+  ports:
+  - {{name: dns, port: 53, targetPort: 5353, nodePort: 30053, protocol: UDP}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: dns-1
+  namespace: demo
+  labels: {{kubernetes.io/service-name: dns}}
+addressType: IPv4
+ports:
+- {{name: dns, port: 5353, protocol: UDP}}
+endpoints: {endpoints}"#
+    )
+}

@@ -1,0 +1,249 @@
+//! End-to-end: real `ingressd` processes on two nodes made of network
+//! namespaces, real TCP/UDP clients, pods answering with their names.
+//! Needs root (namespaces, BPF); without it each test says so and returns.
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use ingressd::lab::{self, Lab, Pod, in_netns, nodeport_manifests, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ingressd");
+const T: Duration = Duration::from_millis(1500);
+
+fn need_root() -> bool {
+    if !lab::is_root() {
+        eprintln!(
+            "SKIPPED: end-to-end tests make network namespaces and load BPF; run as root: `sudo -E cargo xtask test`"
+        );
+        return false;
+    }
+    true
+}
+
+/// Writes the manifests atomically (as kubectl-less users and ConfigMap
+/// mounts do), so ingressd never reads half a file.
+fn write_manifests(dir: &Path, text: &str) {
+    let tmp = dir.join(".services.yaml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join("services.yaml")).unwrap();
+}
+
+fn setup(tag: &str, endpoints: &[&str]) -> (Lab, PathBuf) {
+    let mut lab = Lab::two_nodes(tag).expect("lab");
+    lab.start_pods().expect("pods");
+    let manifests = lab.dir.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let pods: Vec<&Pod> = lab
+        .pods
+        .iter()
+        .filter(|p| endpoints.contains(&p.name.as_str()))
+        .collect();
+    write_manifests(&manifests, &nodeport_manifests(&pods));
+    lab.warm_neighbours();
+    for node in ["node-a", "node-b"] {
+        lab.start_ingressd(Path::new(BIN), node, &manifests)
+            .expect("ingressd");
+    }
+    (lab, manifests)
+}
+
+/// Pod names answering `n` HTTP requests to `addr` from the client.
+fn ask_http(lab: &Lab, addr: SocketAddr, n: usize) -> Result<Vec<String>, String> {
+    in_netns(&lab.client_ns, move || {
+        (0..n)
+            .map(|_| {
+                lab::http_get(addr, "/", T)
+                    .map(|b| b.trim().to_string())
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+    })
+    .map_err(|e| e.to_string())?
+}
+
+fn ask_udp(lab: &Lab, addr: SocketAddr, n: usize) -> Result<Vec<String>, String> {
+    in_netns(&lab.client_ns, move || {
+        (0..n)
+            .map(|_| {
+                lab::udp_ask(addr, T)
+                    .map(|b| b.trim().to_string())
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+    })
+    .map_err(|e| e.to_string())?
+}
+
+fn set(v: &[String]) -> BTreeSet<String> {
+    v.iter().cloned().collect()
+}
+
+#[test]
+fn nodeport_tcp_and_udp_spread_over_pods_on_both_nodes() {
+    if !need_root() {
+        return;
+    }
+    let (lab, _m) = setup("sp", &["a1", "a2", "b1", "b2"]);
+    for node in &lab.nodes {
+        let tcp = ask_http(&lab, SocketAddr::from((node.ip, 30080)), 40).unwrap_or_else(|e| {
+            panic!(
+                "HTTP via {}: {e}\n{}",
+                node.name,
+                lab.ingressd_log(&node.name)
+            )
+        });
+        let seen = set(&tcp);
+        assert!(seen.len() >= 3, "{}: answers came from {seen:?}", node.name);
+        assert!(
+            seen.iter().any(|p| p.starts_with('a')) && seen.iter().any(|p| p.starts_with('b')),
+            "{seen:?}"
+        );
+        // UDP: a connected socket accepts only replies from the NodePort itself.
+        let udp = ask_udp(&lab, SocketAddr::from((node.ip, 30053)), 20).unwrap_or_else(|e| {
+            panic!(
+                "UDP via {}: {e}\n{}",
+                node.name,
+                lab.ingressd_log(&node.name)
+            )
+        });
+        assert!(
+            set(&udp).len() >= 2,
+            "{}: UDP answers from {:?}",
+            node.name,
+            set(&udp)
+        );
+    }
+}
+
+#[test]
+fn endpoint_removal_and_addition_apply_within_a_second() {
+    if !need_root() {
+        return;
+    }
+    let (lab, manifests) = setup("ep", &["a1", "b1"]);
+    let addr = SocketAddr::from((lab.node("node-a").ip, 30080));
+    let pods = |names: &[&str]| -> Vec<&Pod> {
+        lab.pods
+            .iter()
+            .filter(|p| names.contains(&p.name.as_str()))
+            .collect()
+    };
+
+    write_manifests(&manifests, &nodeport_manifests(&pods(&["a1"])));
+    let changed = Instant::now();
+    // Within one second every new connection lands on a1.
+    let moved = wait_until(Duration::from_secs(1), || {
+        ask_http(&lab, addr, 10).is_ok_and(|v| v.iter().all(|p| p == "a1"))
+    });
+    assert!(
+        moved,
+        "removal not applied within 1 s ({:?})",
+        changed.elapsed()
+    );
+    let after = ask_http(&lab, addr, 30).expect("requests after removal");
+    assert!(
+        after.iter().all(|p| p == "a1"),
+        "removed endpoint still answering: {:?}",
+        set(&after)
+    );
+
+    write_manifests(&manifests, &nodeport_manifests(&pods(&["a1", "b2"])));
+    let added = wait_until(Duration::from_secs(1), || {
+        ask_http(&lab, addr, 10).is_ok_and(|v| v.iter().any(|p| p == "b2"))
+    });
+    assert!(added, "added endpoint not used within 1 s");
+}
+
+#[test]
+fn service_without_endpoints_is_refused_not_blackholed() {
+    if !need_root() {
+        return;
+    }
+    let (lab, _m) = setup("re", &[]);
+    let node = lab.node("node-a").ip;
+    let started = Instant::now();
+    let tcp = in_netns(&lab.client_ns, move || {
+        std::net::TcpStream::connect_timeout(
+            &SocketAddr::from((node, 30080)),
+            Duration::from_secs(3),
+        )
+        .map(|_| ())
+    })
+    .unwrap();
+    let err = tcp.expect_err("connect must fail");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    let udp = in_netns(&lab.client_ns, move || {
+        lab::udp_ask(SocketAddr::from((node, 30053)), Duration::from_secs(3))
+    })
+    .unwrap();
+    let err = udp.expect_err("UDP must fail");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "ICMP port unreachable expected: {err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refusals took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn restarting_ingressd_under_load_fails_no_request() {
+    if !need_root() {
+        return;
+    }
+    let (mut lab, manifests) = setup("rs", &["a1", "a2", "b1", "b2"]);
+    let addr = SocketAddr::from((lab.node("node-a").ip, 30080));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client_ns = lab.client_ns.clone();
+    let load = {
+        let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+        std::thread::spawn(move || {
+            in_netns(&client_ns, move || {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                for _ in 0..100_000 {
+                    if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                        break;
+                    }
+                    match lab::http_get(addr, "/", T) {
+                        Ok(_) => drop(ok.fetch_add(1, Ordering::Relaxed)),
+                        Err(e) => failures.lock().unwrap().push(e.to_string()),
+                    }
+                }
+            })
+        })
+    };
+    let at_least =
+        |n: usize| wait_until(Duration::from_secs(10), || ok.load(Ordering::Relaxed) >= n);
+    assert!(at_least(20), "load loop not running");
+    lab.stop_ingressd("node-a").unwrap();
+    let before = ok.load(Ordering::Relaxed);
+    // The data path keeps serving with no daemon at all.
+    assert!(at_least(before + 20), "no traffic while ingressd was down");
+    lab.start_ingressd(Path::new(BIN), "node-a", &manifests)
+        .expect("restart");
+    let before = ok.load(Ordering::Relaxed);
+    assert!(at_least(before + 20), "no traffic after restart");
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap().unwrap();
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {:?}",
+        failures.len(),
+        ok.load(Ordering::Relaxed),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(lab.ingressd_log("node-a").contains("adopted pinned maps"));
+}

@@ -48,7 +48,9 @@ pub fn render_state(state: &DesiredState) -> String {
         if ring.backends.is_empty() {
             let _ = writeln!(out, "{:<40} (none: refused)", ring.name);
         }
-        for b in &ring.backends {
+        let mut backends = ring.backends.clone();
+        backends.sort_by_key(|b| (u32::from_be(b.addr), u16::from_be(b.port)));
+        for b in &backends {
             let _ = writeln!(out, "{:<40} {}", ring.name, show_backend(b));
         }
     }

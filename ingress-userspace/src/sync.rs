@@ -85,6 +85,112 @@ pub fn apply(d: &Diff, maps: &mut impl LbMapWriter) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
+mod tests {
+    use ingress_common::{Backend, IPPROTO_TCP};
+
+    use super::{fake::FakeMaps, *};
+
+    fn backend(last: u8) -> Backend {
+        Backend {
+            addr: u32::from_be_bytes([198, 18, 1, last]).to_be(),
+            port: 8080u16.to_be(),
+            flags: 0,
+            pad: 0,
+        }
+    }
+
+    /// `n` services, each with one NodePort frontend and three backends.
+    fn state(n: u16) -> DesiredState {
+        let mut s = DesiredState::default();
+        for i in 0..n {
+            let id = 1000 + i as u64;
+            s.rings.insert(
+                id,
+                RingSpec {
+                    name: format!("ns/svc{i}:80/TCP"),
+                    backends: vec![backend(1), backend(2), backend(3)],
+                },
+            );
+            s.frontends.insert(
+                FrontendKey {
+                    addr: 0,
+                    port: (30000 + i).to_be(),
+                    proto: IPPROTO_TCP,
+                    pad: 0,
+                },
+                ServiceEntry {
+                    ring_id: id,
+                    flags: 0,
+                    pad: 0,
+                },
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn identical_states_need_no_writes() {
+        assert!(diff(&state(50), &state(50)).is_empty());
+    }
+
+    #[test]
+    fn one_endpoint_change_is_one_write_whatever_the_table_size() {
+        for n in [1, 100, 2000] {
+            let before = state(n);
+            let mut after = before.clone();
+            after.rings.get_mut(&1000).unwrap().backends.pop();
+            let d = diff(&before, &after);
+            assert_eq!(d.writes(), 1, "n={n}");
+            assert_eq!(d.ring_upserts.len(), 1);
+        }
+    }
+
+    #[test]
+    fn apply_orders_writes_so_no_frontend_points_at_a_missing_ring() {
+        // FakeMaps asserts the invariant after every single write.
+        let mut maps = FakeMaps::default();
+        apply(&diff(&DesiredState::default(), &state(20)), &mut maps).unwrap();
+        assert_eq!(maps.frontends.len(), 20);
+        // Swap every service to a new ring id, then remove them all.
+        let mut moved = DesiredState::default();
+        for (k, e) in &state(20).frontends {
+            let id = e.ring_id + 500;
+            moved.rings.insert(
+                id,
+                RingSpec {
+                    name: format!("moved {id}"),
+                    backends: vec![backend(9)],
+                },
+            );
+            moved.frontends.insert(
+                *k,
+                ServiceEntry {
+                    ring_id: id,
+                    flags: 0,
+                    pad: 0,
+                },
+            );
+        }
+        apply(&diff(&state(20), &moved), &mut maps).unwrap();
+        assert_eq!(maps.rings.len(), 20);
+        apply(&diff(&moved, &DesiredState::default()), &mut maps).unwrap();
+        assert!(maps.rings.is_empty() && maps.frontends.is_empty());
+    }
+
+    #[test]
+    fn applied_rings_hold_the_desired_backends() {
+        let mut maps = FakeMaps::default();
+        apply(&diff(&DesiredState::default(), &state(1)), &mut maps).unwrap();
+        let ring = &maps.rings[&1000];
+        assert_eq!(ring.count, 3);
+        assert_eq!(
+            crate::maglev::ring_backends(ring),
+            vec![backend(1), backend(2), backend(3)]
+        );
+    }
+}
+
+#[cfg(test)]
 pub mod fake {
     use std::collections::BTreeMap;
 

@@ -1,1 +1,157 @@
-fn main() {}
+//! `cargo xtask …`: setup, build, test, demo, bench.
+//!
+//! Every command runs `setup`'s checks first and installs only what is
+//! missing, so the README's two commands work on a new machine.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+mod setup;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: rust-src for nightly, LLVM dev package, bpf-linker, bpffs, lab tools.
+    Setup,
+    /// Build `ingressd` (release) with its BPF object embedded.
+    Build,
+    /// Run every test: unit, golden, packet (BPF_PROG_TEST_RUN) and end-to-end (namespaces).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The main job: a lab in network namespaces with two nodes, pods and a client.
+    Demo,
+    /// Benchmarks, reported side by side as ratios.
+    Bench {
+        /// What to measure.
+        #[arg(value_enum, default_value = "l4")]
+        what: BenchKind,
+    },
+    /// cargo fmt --check and clippy -D warnings.
+    Lint,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchKind {
+    L4,
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Runs a command in the workspace root, failing with the command line.
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(root())
+        .env("PATH", setup::path_with_cargo_bin())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn ingressd_bin() -> PathBuf {
+    root().join("target/release/ingressd")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Setup => setup::run(),
+        Cmd::Build => {
+            setup::ensure().and_then(|()| cargo(&["build", "--release", "-p", "ingress-userspace"]))
+        }
+        Cmd::Test { args } => setup::ensure().and_then(|()| test(&args)),
+        Cmd::Demo => setup::ensure().and_then(|()| demo()),
+        Cmd::Bench {
+            what: BenchKind::L4,
+        } => setup::ensure().and_then(|()| bench_l4()),
+        Cmd::Lint => setup::ensure().and_then(|()| {
+            cargo(&["fmt", "--all", "--", "--check"])?;
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    if !setup::is_root() {
+        eprintln!(
+            "xtask: not root: the packet and end-to-end tests will report SKIPPED. \
+             Run `sudo -E cargo xtask test` to run everything."
+        );
+    }
+    let mut args = vec!["test", "--workspace"];
+    if !extra.is_empty() {
+        args.push("--");
+        args.extend(extra.iter().map(String::as_str));
+    }
+    cargo(&args)
+}
+
+fn demo() -> anyhow::Result<()> {
+    if !setup::is_root() {
+        bail!(
+            "the demo makes network namespaces and loads BPF programs: run it as root (`sudo -E cargo xtask demo`)"
+        );
+    }
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "ingress-userspace",
+        "--bin",
+        "ingressd",
+        "--example",
+        "demo",
+    ])?;
+    let status = Command::new(root().join("target/release/examples/demo"))
+        .arg(ingressd_bin())
+        .status()
+        .context("running the demo")?;
+    if !status.success() {
+        bail!("demo failed ({status})");
+    }
+    Ok(())
+}
+
+fn bench_l4() -> anyhow::Result<()> {
+    if !setup::is_root() {
+        bail!(
+            "the L4 benchmark loads BPF programs: run it as root (`sudo -E cargo xtask bench l4`)"
+        );
+    }
+    cargo(&["bench", "-p", "ingress-userspace", "--bench", "l4"])
+}

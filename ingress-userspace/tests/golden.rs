@@ -1,0 +1,61 @@
+//! Golden tests of the model: `testdata/<case>/input.yaml` → desired state
+//! (and warnings) in the same text form as `ingressd maps`, compared with
+//! `expected.txt`. `UPDATE_GOLDEN=1` rewrites the expectations.
+use std::path::Path;
+
+use ingressd::{
+    manifest::ManifestSource,
+    model::{NodeContext, desired_state},
+    render::render_state,
+};
+
+fn render_case(dir: &Path) -> String {
+    let mut source = ManifestSource::new(vec![dir.join("input.yaml")]);
+    let loaded = source.load();
+    let node = NodeContext {
+        name: "node-a".into(),
+        addrs: vec!["198.18.0.2".parse().unwrap()],
+    };
+    let (state, warnings) = desired_state(&loaded.snapshot, &node);
+    let mut out = render_state(&state);
+    if !loaded.errors.is_empty() || !warnings.is_empty() {
+        out.push_str("\nWARNINGS\n");
+        for e in &loaded.errors {
+            out.push_str(&format!("{e}\n"));
+        }
+        for w in &warnings {
+            out.push_str(&format!("{}: {}\n", w.object, w.message));
+        }
+    }
+    out
+}
+
+#[test]
+fn golden_desired_state() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata");
+    let mut cases: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 7);
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut failures = Vec::new();
+    for case in cases {
+        let got = render_case(&case);
+        let expected_path = case.join("expected.txt");
+        if update {
+            std::fs::write(&expected_path, &got).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if got != expected {
+            failures.push(format!(
+                "== {} ==\n--- expected\n{expected}\n+++ got\n{got}",
+                case.display()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

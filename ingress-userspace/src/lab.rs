@@ -15,7 +15,10 @@ use std::{
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -48,9 +51,42 @@ pub struct Lab {
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
     pub dir: PathBuf,
+    res: Arc<Mutex<Resources>>,
+}
+
+/// Everything the lab made, released once: on drop, or from a signal
+/// handler's thread through [`Lab::resources`].
+#[derive(Default)]
+pub struct Resources {
     namespaces: Vec<String>,
-    pods_running: Vec<Child>,
+    pods: Vec<Child>,
     daemons: Vec<(String, Child)>,
+    pins: Vec<PathBuf>,
+    dir: Option<PathBuf>,
+}
+
+impl Resources {
+    /// Stops every process, removes every pin, namespace and file. Idempotent.
+    pub fn release(&mut self) {
+        for (_, child) in &mut self.daemons {
+            terminate(child);
+        }
+        self.daemons.clear();
+        for child in &mut self.pods {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.pods.clear();
+        for pin in self.pins.drain(..) {
+            let _ = crate::bpf::cleanup(&pin);
+        }
+        for ns in self.namespaces.drain(..).rev() {
+            let _ = ip(&["netns", "del", &ns]);
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 pub const HTTP_PORT: u16 = 8080;
@@ -140,19 +176,29 @@ impl Lab {
             prefix: prefix.clone(),
             nodes: Vec::new(),
             pods: Vec::new(),
+            res: Arc::new(Mutex::new(Resources {
+                dir: Some(dir.clone()),
+                ..Default::default()
+            })),
             dir,
-            namespaces: Vec::new(),
-            pods_running: Vec::new(),
-            daemons: Vec::new(),
         };
         lab.build()
             .with_context(|| format!("building lab {prefix}"))?;
         Ok(lab)
     }
 
+    /// The lab's resources, for a signal handler that must clean up.
+    pub fn resources(&self) -> Arc<Mutex<Resources>> {
+        self.res.clone()
+    }
+
+    fn res(&self) -> std::sync::MutexGuard<'_, Resources> {
+        self.res.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn add_ns(&mut self, ns: &str) -> anyhow::Result<()> {
         ip(&["netns", "add", ns])?;
-        self.namespaces.push(ns.to_string());
+        self.res().namespaces.push(ns.to_string());
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
         Ok(())
     }
@@ -165,6 +211,12 @@ impl Lab {
 
     fn build(&mut self) -> anyhow::Result<()> {
         let p = self.prefix.clone();
+        let pins = vec![
+            self.sw_pins(),
+            PathBuf::from(format!("/sys/fs/bpf/{p}-node-a")),
+            PathBuf::from(format!("/sys/fs/bpf/{p}-node-b")),
+        ];
+        self.res().pins.extend(pins);
         let sw = format!("{p}-sw");
         self.add_ns(&sw)?;
         ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
@@ -297,7 +349,7 @@ impl Lab {
                 .stderr(Stdio::null())
                 .spawn()
                 .context("starting a pod's python3 server")?;
-            self.pods_running.push(child);
+            self.res().pods.push(child);
         }
         for pod in self.pods.clone() {
             let addr = SocketAddr::from((pod.ip, HTTP_PORT));
@@ -351,7 +403,7 @@ impl Lab {
             .stderr(log)
             .spawn()
             .context("starting ingressd")?;
-        self.daemons.push((node.to_string(), child));
+        self.res().daemons.push((node.to_string(), child));
         let metrics = n.metrics;
         let ns = n.ns.clone();
         let ready = wait_until(Duration::from_secs(20), || {
@@ -370,10 +422,12 @@ impl Lab {
 
     /// Stops a node's ingressd with SIGTERM (the data path stays) and waits.
     pub fn stop_ingressd(&mut self, node: &str) -> anyhow::Result<()> {
-        let Some(i) = self.daemons.iter().position(|(n, _)| n == node) else {
+        let mut res = self.res();
+        let Some(i) = res.daemons.iter().position(|(n, _)| n == node) else {
             bail!("no ingressd on {node}")
         };
-        let (_, mut child) = self.daemons.remove(i);
+        let (_, mut child) = res.daemons.remove(i);
+        drop(res);
         terminate(&mut child);
         Ok(())
     }
@@ -419,21 +473,7 @@ fn terminate(child: &mut Child) {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for (_, child) in &mut self.daemons {
-            terminate(child);
-        }
-        for child in &mut self.pods_running {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for node in &self.nodes {
-            let _ = crate::bpf::cleanup(&node.pin_path);
-        }
-        let _ = crate::bpf::cleanup(&self.sw_pins());
-        for ns in self.namespaces.iter().rev() {
-            let _ = ip(&["netns", "del", ns]);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.res().release();
     }
 }
 

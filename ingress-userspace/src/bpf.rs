@@ -187,6 +187,29 @@ fn attach_tc(prog: &mut SchedClassifier, iface: &str, pin_path: &Path) -> anyhow
     Ok(())
 }
 
+/// Loads both programs (verified, not attached) with their maps pinned
+/// under `pin_dir`: for packet tests and benchmarks with BPF_PROG_TEST_RUN.
+pub fn load_unattached(pin_dir: &Path) -> anyhow::Result<aya::Ebpf> {
+    std::fs::create_dir_all(pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(BPF_OBJECT)?;
+    for name in [program_names::XDP_INGRESS, program_names::XDP_PASS] {
+        let xdp: &mut Xdp = ebpf
+            .program_mut(name)
+            .context("program missing")?
+            .try_into()?;
+        xdp.load()
+            .with_context(|| format!("verifier rejected {name}"))?;
+    }
+    let tc: &mut SchedClassifier = ebpf
+        .program_mut(program_names::TC_EGRESS)
+        .context("program missing")?
+        .try_into()?;
+    tc.load().context("verifier rejected tc_revnat_egress")?;
+    Ok(ebpf)
+}
+
 /// Attaches `xdp_pass` to `iface` (in the calling thread's network
 /// namespace) in native mode and pins the link under `pin_dir` (removed
 /// by [`cleanup`]). Needed on the peer of a veth whose other end runs

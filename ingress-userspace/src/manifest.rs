@@ -432,9 +432,22 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>, depth: usize) {
 /// Watches manifest paths and keeps the last good version of every object.
 pub struct ManifestSource {
     paths: Vec<PathBuf>,
-    fingerprint: Vec<(PathBuf, Option<(SystemTime, u64)>)>,
-    /// Per file: the objects it held at its last read, by identity.
-    last_good: HashMap<PathBuf, BTreeMap<(&'static str, String, String), Object>>,
+    fingerprint: Vec<(PathBuf, FileStamp)>,
+    /// Per file: what its last read left in force.
+    files: HashMap<PathBuf, FileState>,
+}
+
+/// Modification time and size: a file whose stamp is unchanged is not re-read.
+type FileStamp = Option<(SystemTime, u64)>;
+
+type Identity = (&'static str, String, String);
+
+struct FileState {
+    stamp: FileStamp,
+    /// The objects in force from this file (last good versions included).
+    objects: BTreeMap<Identity, Object>,
+    errors: Vec<ManifestError>,
+    skipped: Vec<String>,
 }
 
 /// What one load produced.
@@ -449,7 +462,7 @@ impl ManifestSource {
         Self {
             paths,
             fingerprint: Vec::new(),
-            last_good: HashMap::new(),
+            files: HashMap::new(),
         }
     }
 
@@ -458,7 +471,7 @@ impl ManifestSource {
         self.current_fingerprint() != self.fingerprint
     }
 
-    fn current_fingerprint(&self) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
+    fn current_fingerprint(&self) -> Vec<(PathBuf, FileStamp)> {
         list_files(&self.paths)
             .into_iter()
             .map(|p| {
@@ -470,66 +483,91 @@ impl ManifestSource {
             .collect()
     }
 
-    /// Reads every file. A file that cannot be read, or a document that
-    /// fails, leaves the objects it held at the last good read in force.
+    /// Reads every new or changed file (unchanged ones keep their last
+    /// result). A file that cannot be read, or a document that fails, leaves
+    /// the objects it held at the last good read in force.
     pub fn load(&mut self) -> Loaded {
         self.fingerprint = self.current_fingerprint();
-        let mut errors = Vec::new();
-        let mut skipped = Vec::new();
-        let mut last_good = HashMap::new();
-        for (file, _) in &self.fingerprint {
-            let previous = self.last_good.remove(file).unwrap_or_default();
-            let text = match std::fs::read_to_string(file) {
-                Ok(t) => t,
-                Err(e) => {
-                    errors.push(ManifestError {
-                        file: file.clone(),
-                        document: 0,
-                        object: None,
-                        field: None,
-                        message: format!("cannot read: {e}"),
-                    });
-                    last_good.insert(file.clone(), previous);
-                    continue;
-                }
+        let mut files = HashMap::new();
+        for (file, stamp) in &self.fingerprint {
+            let previous = self.files.remove(file);
+            let state = match previous {
+                Some(state) if state.stamp == *stamp && stamp.is_some() => state,
+                previous => read_file(
+                    file,
+                    *stamp,
+                    previous.map(|p| p.objects).unwrap_or_default(),
+                ),
             };
-            let (objects, file_errors, file_skipped) = parse_file(file, &text);
-            skipped.extend(file_skipped);
-            let mut now: BTreeMap<_, _> = objects.into_iter().map(|o| (o.identity(), o)).collect();
-            // Keep the last good version of every object whose document failed
-            // now: by identity where known, else all that vanished.
-            for err in &file_errors {
-                for (id, old) in &previous {
-                    let failed_here = match &err.object {
-                        Some(label) => label_matches(label, id),
-                        None => true,
-                    };
-                    if failed_here && !now.contains_key(id) {
-                        now.insert(id.clone(), old.clone());
-                    }
-                }
+            files.insert(file.clone(), state);
+        }
+        self.files = files;
+        let mut loaded = Loaded {
+            snapshot: Snapshot::default(),
+            errors: Vec::new(),
+            skipped: Vec::new(),
+        };
+        // Files in name order, so a later file's object replaces an earlier one's.
+        for (file, _) in &self.fingerprint {
+            let Some(state) = self.files.get(file) else {
+                continue;
+            };
+            for object in state.objects.values() {
+                object.clone().insert_into(&mut loaded.snapshot);
             }
-            errors.extend(file_errors);
-            last_good.insert(file.clone(), now);
+            loaded.errors.extend(state.errors.iter().cloned());
+            loaded.skipped.extend(state.skipped.iter().cloned());
         }
-        self.last_good = last_good;
-        let mut snapshot = Snapshot::default();
-        for objects in self.last_good.values() {
-            for object in objects.values() {
-                object.clone().insert_into(&mut snapshot);
+        loaded
+    }
+}
+
+fn read_file(file: &Path, stamp: FileStamp, previous: BTreeMap<Identity, Object>) -> FileState {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            let error = ManifestError {
+                file: file.to_path_buf(),
+                document: 0,
+                object: None,
+                field: None,
+                message: format!("cannot read: {e}"),
+            };
+            // Not cached as good: the next load tries again.
+            return FileState {
+                stamp: None,
+                objects: previous,
+                errors: vec![error],
+                skipped: Vec::new(),
+            };
+        }
+    };
+    let (objects, errors, skipped) = parse_file(file, &text);
+    let mut now: BTreeMap<_, _> = objects.into_iter().map(|o| (o.identity(), o)).collect();
+    // Keep the last good version of every object whose document failed now:
+    // by identity where known, else all that vanished.
+    for err in &errors {
+        for (id, old) in &previous {
+            let failed_here = match &err.object {
+                Some(label) => label_matches(label, id),
+                None => true,
+            };
+            if failed_here && !now.contains_key(id) {
+                now.insert(id.clone(), old.clone());
             }
         }
-        Loaded {
-            snapshot,
-            errors,
-            skipped,
-        }
+    }
+    FileState {
+        stamp,
+        objects: now,
+        errors,
+        skipped,
     }
 }
 
 /// Whether an error label (`Kind ns/name`, `Kind name` or with `?` parts)
 /// names this identity; unknown parts match anything.
-fn label_matches(label: &str, id: &(&'static str, String, String)) -> bool {
+fn label_matches(label: &str, id: &Identity) -> bool {
     let (kind, rest) = label.split_once(' ').unwrap_or((label, ""));
     if kind != "?" && kind != id.0 {
         return false;

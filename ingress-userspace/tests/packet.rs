@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use ingress_common::{
@@ -16,7 +16,7 @@ use ingress_common::{
     ServiceEntry, program_names,
 };
 use ingressd::{
-    bpf::{BPF_OBJECT, LbMaps},
+    bpf::LbMaps,
     model::{DesiredState, RingSpec},
     packet::{self, TCP_ACK, TCP_RST, TCP_SYN},
     sync::{apply, diff},
@@ -71,22 +71,7 @@ fn load() -> Loaded {
     ));
     std::fs::create_dir_all(&dir).expect("bpffs at /sys/fs/bpf (run `cargo xtask setup`)");
     let pins = PinDir(dir.clone());
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(&dir)
-        .load(BPF_OBJECT)
-        .expect("load object");
-    let xdp: &mut Xdp = ebpf
-        .program_mut(program_names::XDP_INGRESS)
-        .unwrap()
-        .try_into()
-        .unwrap();
-    xdp.load().expect("verifier accepts xdp_lb_ingress");
-    let tc: &mut SchedClassifier = ebpf
-        .program_mut(program_names::TC_EGRESS)
-        .unwrap()
-        .try_into()
-        .unwrap();
-    tc.load().expect("verifier accepts tc_revnat_egress");
+    let ebpf = ingressd::bpf::load_unattached(&dir).expect("load and verify the programs");
     let mut maps = LbMaps::open(&dir).expect("open pinned maps");
     maps.set_node(&[NODE]).unwrap();
     Loaded {

@@ -1,0 +1,331 @@
+//! `cargo xtask bench l4`: what the L4 data path costs, as ratios.
+//!
+//! 1. Per-packet cost of `xdp_lb_ingress` (BPF_PROG_TEST_RUN, kernel-timed)
+//!    with 1, 1,000, 10,000 and 100,000 services in the maps, for a new flow
+//!    (SYN), an established one (conntrack hit) and non-service traffic, next
+//!    to `xdp_pass` (the floor: an XDP program that does nothing).
+//! 2. Sync: 10,000 Services with their EndpointSlices from manifest files
+//!    into empty maps; one endpoint change into the full maps; a restarted
+//!    daemon adopting the full maps.
+//!
+//! Needs root (BPF). Nothing here sends a packet anywhere.
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use ingress_common::{Backend, FrontendKey, IPPROTO_TCP, ServiceEntry, program_names};
+use ingressd::{
+    bpf::{LbMaps, cleanup, load_unattached},
+    manifest::ManifestSource,
+    model::{DesiredState, NodeContext, RingSpec, desired_state},
+    packet::{self, TCP_ACK, TCP_SYN},
+    sync::{apply, diff},
+};
+
+const RUNS: usize = 100_000;
+const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
+/// Pins in a directory of their own, removed on drop.
+struct Pins(PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = cleanup(&self.0);
+    }
+}
+
+fn pins(tag: &str) -> Pins {
+    Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/ingressd-bench-{tag}-{}",
+        std::process::id()
+    )))
+}
+
+/// Frontend i: an address in 198.18.0.0/15 (map keys only; no traffic).
+fn vip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + 256 + i)
+}
+
+fn backend(i: u32, j: u32) -> Backend {
+    let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + i * 4 + j);
+    Backend {
+        addr: u32::from(addr).to_be(),
+        port: 8080u16.to_be(),
+        flags: 0,
+        pad: 0,
+    }
+}
+
+fn services(n: u32) -> DesiredState {
+    let mut s = DesiredState::default();
+    for i in 0..n {
+        let id = 1 + i as u64;
+        s.rings.insert(
+            id,
+            RingSpec {
+                name: format!("bench/svc-{i}:80/TCP"),
+                backends: vec![backend(i, 1), backend(i, 2)],
+            },
+        );
+        s.frontends.insert(
+            FrontendKey {
+                addr: u32::from(vip(i)).to_be(),
+                port: 80u16.to_be(),
+                proto: IPPROTO_TCP,
+                pad: 0,
+            },
+            ServiceEntry {
+                ring_id: id,
+                flags: 0,
+                pad: 0,
+            },
+        );
+    }
+    s
+}
+
+/// Mean kernel-measured ns per run of `prog` over the packets, cycled.
+/// One packet per run (repeat = 1): the program rewrites what it runs on.
+fn mean_ns(ebpf: &mut Ebpf, prog: &str, packets: &[Vec<u8>], runs: usize) -> f64 {
+    let xdp: &mut Xdp = ebpf.program_mut(prog).unwrap().try_into().unwrap();
+    let mut out = vec![0u8; 256];
+    let mut total = Duration::ZERO;
+    for i in 0..runs {
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(&packets[i % packets.len()]);
+        opts.data_out = Some(&mut out);
+        total += xdp.test_run(opts).expect("test_run").duration;
+    }
+    total.as_nanos() as f64 / runs as f64
+}
+
+/// A cheap deterministic spread of service indexes.
+fn pick(i: u32, n: u32) -> u32 {
+    (i.wrapping_mul(2_654_435_761) >> 7) % n
+}
+
+fn per_packet() -> anyhow::Result<()> {
+    println!(
+        "Per-packet cost of xdp_lb_ingress (BPF_PROG_TEST_RUN, mean ns over {RUNS} runs; floor = xdp_pass)"
+    );
+    println!(
+        "{:>9} {:>10} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}",
+        "services",
+        "fill ms",
+        "new flow",
+        "established",
+        "not service",
+        "floor",
+        "SYN/floor",
+        "ACK/floor"
+    );
+    let mut first_syn = None;
+    for n in [1u32, 1_000, 10_000, 100_000] {
+        let dir = pins(&format!("pp{n}"));
+        let mut ebpf = load_unattached(&dir.0)?;
+        let mut maps = LbMaps::open(&dir.0)?;
+        maps.set_node(&[NODE])?;
+        let desired = services(n);
+        let started = Instant::now();
+        apply(&diff(&DesiredState::default(), &desired), &mut maps)?;
+        let fill = started.elapsed();
+        let flows: Vec<(Ipv4Addr, u16, Ipv4Addr)> = (0..1024u32)
+            .map(|i| {
+                (
+                    Ipv4Addr::new(198, 19, (i >> 8) as u8, i as u8),
+                    10_000 + i as u16,
+                    vip(pick(i, n)),
+                )
+            })
+            .collect();
+        let syn: Vec<Vec<u8>> = flows
+            .iter()
+            .map(|(c, p, v)| packet::tcp((*c, *p), (*v, 80), TCP_SYN, 1, b""))
+            .collect();
+        let ack: Vec<Vec<u8>> = flows
+            .iter()
+            .map(|(c, p, v)| packet::tcp((*c, *p), (*v, 80), TCP_ACK, 2, b""))
+            .collect();
+        let other: Vec<Vec<u8>> = flows
+            .iter()
+            .map(|(c, p, _)| {
+                packet::tcp(
+                    (*c, *p),
+                    (Ipv4Addr::new(198, 19, 255, 1), 22),
+                    TCP_ACK,
+                    2,
+                    b"",
+                )
+            })
+            .collect();
+        let syn_ns = mean_ns(&mut ebpf, program_names::XDP_INGRESS, &syn, RUNS);
+        // The SYN runs left a conntrack entry for every flow: ACKs hit it.
+        let ack_ns = mean_ns(&mut ebpf, program_names::XDP_INGRESS, &ack, RUNS);
+        let other_ns = mean_ns(&mut ebpf, program_names::XDP_INGRESS, &other, RUNS);
+        let floor = mean_ns(&mut ebpf, program_names::XDP_PASS, &other, RUNS);
+        println!(
+            "{n:>9} {:>10.1} {syn_ns:>12.1} {ack_ns:>12.1} {other_ns:>12.1} {floor:>10.1} {:>9.2}x {:>9.2}x",
+            fill.as_secs_f64() * 1e3,
+            syn_ns / floor,
+            ack_ns / floor
+        );
+        let first = *first_syn.get_or_insert(syn_ns);
+        if n == 100_000 {
+            println!(
+                "flatness: new-flow cost at 100,000 services / at 1 service = {:.2}x",
+                syn_ns / first
+            );
+        }
+    }
+    Ok(())
+}
+
+/// 10,000 Services (NodePort range wraps into externalIPs) with one
+/// EndpointSlice each (two endpoints: this node and another), in 100 files.
+fn write_manifests(dir: &Path, n: u32, files: u32) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for f in 0..files {
+        let mut text = String::new();
+        for i in (f * n / files)..((f + 1) * n / files) {
+            text.push_str(&service_yaml(i, 2));
+        }
+        std::fs::write(dir.join(format!("svc-{f:03}.yaml")), text)?;
+    }
+    Ok(())
+}
+
+fn service_yaml(i: u32, endpoints: u32) -> String {
+    let ip = vip(i);
+    let eps: String = (1..=endpoints)
+        .map(|j| {
+            let b = Ipv4Addr::from(u32::from_be(backend(i, j).addr));
+            let node = if j == 1 { "node-a" } else { "node-b" };
+            format!("- addresses: [\"{b}\"]\n  nodeName: {node}\n  conditions: {{ready: true}}\n")
+        })
+        .collect();
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: bench}}\nspec:\n  externalIPs: [\"{ip}\"]\n  ports:\n  - {{name: http, port: 80, targetPort: 8080}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc-{i}-1\n  namespace: bench\n  labels: {{kubernetes.io/service-name: svc-{i}}}\n\
+         addressType: IPv4\nports:\n- {{name: http, port: 8080}}\nendpoints:\n{eps}"
+    )
+}
+
+struct Timings {
+    load: Duration,
+    model: Duration,
+    diff: Duration,
+    apply: Duration,
+    writes: usize,
+}
+
+fn sync_once(
+    source: &mut ManifestSource,
+    node: &NodeContext,
+    current: &mut DesiredState,
+    maps: &mut LbMaps,
+) -> anyhow::Result<Timings> {
+    let t0 = Instant::now();
+    let loaded = source.load();
+    anyhow::ensure!(
+        loaded.errors.is_empty(),
+        "manifest errors: {:?}",
+        &loaded.errors[..1]
+    );
+    let t1 = Instant::now();
+    let (desired, _) = desired_state(&loaded.snapshot, node);
+    let t2 = Instant::now();
+    let d = diff(current, &desired);
+    let t3 = Instant::now();
+    apply(&d, maps)?;
+    let t4 = Instant::now();
+    *current = desired;
+    Ok(Timings {
+        load: t1 - t0,
+        model: t2 - t1,
+        diff: t3 - t2,
+        apply: t4 - t3,
+        writes: d.writes(),
+    })
+}
+
+fn show(what: &str, t: &Timings) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let total = t.load + t.model + t.diff + t.apply;
+    println!(
+        "{what:<44} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>8}",
+        ms(t.load),
+        ms(t.model),
+        ms(t.diff),
+        ms(t.apply),
+        ms(total),
+        t.writes
+    );
+}
+
+fn sync() -> anyhow::Result<()> {
+    let n = 10_000;
+    let tmp = std::env::temp_dir().join(format!("ingressd-bench-{}", std::process::id()));
+    let manifests = tmp.join("manifests");
+    write_manifests(&manifests, n, 100)?;
+    let dir = pins("sync");
+    let _ebpf = load_unattached(&dir.0)?;
+    let mut maps = LbMaps::open(&dir.0)?;
+    maps.set_node(&[NODE])?;
+    let node = NodeContext {
+        name: "node-a".into(),
+        addrs: vec![NODE],
+    };
+
+    println!(
+        "\nSync of {n} Services + {n} EndpointSlices (2 endpoints each) from 100 manifest files (ms)"
+    );
+    println!(
+        "{:<44} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8}",
+        "", "load", "model", "diff", "apply", "total", "writes"
+    );
+    let mut source = ManifestSource::new(vec![manifests.clone()]);
+    let mut current = DesiredState::default();
+    let full = sync_once(&mut source, &node, &mut current, &mut maps)?;
+    show("into empty maps", &full);
+
+    // One endpoint removed from one slice: one file changes.
+    let f = 42u32;
+    let mut text = String::new();
+    for i in (f * n / 100)..((f + 1) * n / 100) {
+        text.push_str(&service_yaml(i, if i == f * n / 100 { 1 } else { 2 }));
+    }
+    std::fs::write(manifests.join(format!("svc-{f:03}.yaml")), text)?;
+    let one = sync_once(&mut source, &node, &mut current, &mut maps)?;
+    show("one endpoint change into full maps", &one);
+
+    // A restarted daemon: reads the maps back, finds nothing to write.
+    let started = Instant::now();
+    let adopted = maps.read_state()?;
+    let read = started.elapsed();
+    let mut fresh = ManifestSource::new(vec![manifests.clone()]);
+    let mut adopted_state = adopted;
+    let restart = sync_once(&mut fresh, &node, &mut adopted_state, &mut maps)?;
+    println!(
+        "{:<44} read back the maps in {:.2} ms, then:",
+        "restart (adopt pinned maps)",
+        read.as_secs_f64() * 1e3
+    );
+    show("", &restart);
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    if !ingressd::lab::is_root() {
+        anyhow::bail!("the L4 benchmark loads BPF programs: run it as root");
+    }
+    per_packet()?;
+    sync()?;
+    Ok(())
+}

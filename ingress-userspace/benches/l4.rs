@@ -23,7 +23,7 @@ use ingress_common::{Backend, FrontendKey, IPPROTO_TCP, ServiceEntry, program_na
 use ingressd::{
     bpf::{LbMaps, cleanup, load_unattached},
     manifest::ManifestSource,
-    model::{DesiredState, NodeContext, RingSpec, desired_state},
+    model::{DesiredState, Model, NodeContext, RingSpec},
     packet::{self, TCP_ACK, TCP_SYN},
     sync::{apply, diff},
 };
@@ -224,10 +224,12 @@ struct Timings {
     writes: usize,
 }
 
+/// What `ingressd run` does on a change: load (changed files only), the
+/// model (touched Services only, or everything when `full`), apply.
 fn sync_once(
     source: &mut ManifestSource,
-    node: &NodeContext,
-    current: &mut DesiredState,
+    model: &mut Model,
+    full: Option<&DesiredState>,
     maps: &mut LbMaps,
 ) -> anyhow::Result<Timings> {
     let t0 = Instant::now();
@@ -238,13 +240,20 @@ fn sync_once(
         &loaded.errors[..1]
     );
     let t1 = Instant::now();
-    let (desired, _) = desired_state(&loaded.snapshot, node);
-    let t2 = Instant::now();
-    let d = diff(current, &desired);
+    let d = match full {
+        Some(current) => {
+            model.rebuild(source.snapshot());
+            let t = Instant::now();
+            let d = diff(current, model.state());
+            (d, Some(t))
+        }
+        None => (model.update(source.snapshot(), loaded.touched), None),
+    };
+    let t2 = d.1.unwrap_or_else(Instant::now);
+    let d = d.0;
     let t3 = Instant::now();
     apply(&d, maps)?;
     let t4 = Instant::now();
-    *current = desired;
     Ok(Timings {
         load: t1 - t0,
         model: t2 - t1,
@@ -290,8 +299,13 @@ fn sync() -> anyhow::Result<()> {
         "", "load", "model", "diff", "apply", "total", "writes"
     );
     let mut source = ManifestSource::new(vec![manifests.clone()]);
-    let mut current = DesiredState::default();
-    let full = sync_once(&mut source, &node, &mut current, &mut maps)?;
+    let mut model = Model::new(node.clone());
+    let full = sync_once(
+        &mut source,
+        &mut model,
+        Some(&DesiredState::default()),
+        &mut maps,
+    )?;
     show("into empty maps", &full);
 
     // One endpoint removed from one slice: one file changes.
@@ -301,7 +315,7 @@ fn sync() -> anyhow::Result<()> {
         text.push_str(&service_yaml(i, if i == f * n / 100 { 1 } else { 2 }));
     }
     std::fs::write(manifests.join(format!("svc-{f:03}.yaml")), text)?;
-    let one = sync_once(&mut source, &node, &mut current, &mut maps)?;
+    let one = sync_once(&mut source, &mut model, None, &mut maps)?;
     show("one endpoint change into full maps", &one);
 
     // A restarted daemon: reads the maps back, finds nothing to write.
@@ -309,8 +323,8 @@ fn sync() -> anyhow::Result<()> {
     let adopted = maps.read_state()?;
     let read = started.elapsed();
     let mut fresh = ManifestSource::new(vec![manifests.clone()]);
-    let mut adopted_state = adopted;
-    let restart = sync_once(&mut fresh, &node, &mut adopted_state, &mut maps)?;
+    let mut fresh_model = Model::new(node);
+    let restart = sync_once(&mut fresh, &mut fresh_model, Some(&adopted), &mut maps)?;
     println!(
         "{:<44} read back the maps in {:.2} ms, then:",
         "restart (adopt pinned maps)",

@@ -5,7 +5,7 @@
 //! document index, object and field; the object keeps its last good version
 //! (see [`ManifestSource`]), so nothing that worked stops working.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
     path::{Path, PathBuf},
     time::SystemTime,
@@ -25,18 +25,115 @@ use serde::Deserialize;
 pub type ObjectKey = (String, String);
 
 /// Every object the daemon cares about, as the cluster would hold them.
+/// EndpointSlices are indexed by the Service they belong to (label
+/// `kubernetes.io/service-name`), so one Service's inputs are found without
+/// a scan: change them through [`Snapshot::insert`] and [`Snapshot::remove`].
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub services: BTreeMap<ObjectKey, Service>,
-    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    slices_by_service: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
     pub ingresses: BTreeMap<ObjectKey, Ingress>,
     pub ingress_classes: BTreeMap<ObjectKey, IngressClass>,
     pub secrets: BTreeMap<ObjectKey, Secret>,
     pub nodes: BTreeMap<ObjectKey, Node>,
 }
 
+/// The Service an EndpointSlice belongs to.
+fn slice_owner(ns: &str, slice: &EndpointSlice) -> Option<ObjectKey> {
+    let labels = slice.metadata.labels.as_ref()?;
+    Some((
+        ns.to_string(),
+        labels.get("kubernetes.io/service-name")?.clone(),
+    ))
+}
+
+impl Snapshot {
+    pub fn insert(&mut self, object: Object) {
+        let namespaced = object.namespaced();
+        let key = object_key(object.metadata(), namespaced);
+        match object {
+            Object::Service(o) => drop(self.services.insert(key, *o)),
+            Object::EndpointSlice(o) => {
+                self.unindex_slice(&key);
+                if let Some(owner) = slice_owner(&key.0, &o) {
+                    self.slices_by_service
+                        .entry(owner)
+                        .or_default()
+                        .insert(key.clone());
+                }
+                self.endpoint_slices.insert(key, *o);
+            }
+            Object::Ingress(o) => drop(self.ingresses.insert(key, *o)),
+            Object::IngressClass(o) => drop(self.ingress_classes.insert(key, *o)),
+            Object::Secret(o) => drop(self.secrets.insert(key, *o)),
+            Object::Node(o) => drop(self.nodes.insert(key, *o)),
+        }
+    }
+
+    pub fn remove(&mut self, id: &Identity) {
+        let key = (id.1.clone(), id.2.clone());
+        match id.0 {
+            "Service" => drop(self.services.remove(&key)),
+            "EndpointSlice" => {
+                self.unindex_slice(&key);
+                self.endpoint_slices.remove(&key);
+            }
+            "Ingress" => drop(self.ingresses.remove(&key)),
+            "IngressClass" => drop(self.ingress_classes.remove(&key)),
+            "Secret" => drop(self.secrets.remove(&key)),
+            "Node" => drop(self.nodes.remove(&key)),
+            _ => {}
+        }
+    }
+
+    fn unindex_slice(&mut self, key: &ObjectKey) {
+        let Some(old) = self.endpoint_slices.get(key) else {
+            return;
+        };
+        if let Some(owner) = slice_owner(&key.0, old) {
+            if let Some(set) = self.slices_by_service.get_mut(&owner) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.slices_by_service.remove(&owner);
+                }
+            }
+        }
+    }
+
+    pub fn endpoint_slices(&self) -> &BTreeMap<ObjectKey, EndpointSlice> {
+        &self.endpoint_slices
+    }
+
+    /// The EndpointSlices of one Service, in name order.
+    pub fn slices_of(&self, service: &ObjectKey) -> Vec<&EndpointSlice> {
+        self.slices_by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.endpoint_slices.get(k))
+            .collect()
+    }
+
+    /// The Services whose L4 state depends on the object `id` as held now.
+    pub fn services_touched_by(&self, id: &Identity) -> Option<ObjectKey> {
+        let key = (id.1.clone(), id.2.clone());
+        match id.0 {
+            "Service" => Some(key),
+            "EndpointSlice" => self
+                .endpoint_slices
+                .get(&key)
+                .and_then(|s| slice_owner(&key.0, s)),
+            _ => None,
+        }
+    }
+}
+
+/// (kind, namespace, name): what identifies an object across versions.
+pub type Identity = (&'static str, String, String);
+
 /// One object of a kind we read.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
@@ -70,26 +167,13 @@ impl Object {
     }
 
     /// (kind, namespace, name): what identifies the object across versions.
-    pub fn identity(&self) -> (&'static str, String, String) {
+    pub fn identity(&self) -> Identity {
         let (ns, name) = object_key(self.metadata(), self.namespaced());
         (self.kind(), ns, name)
     }
 
     fn namespaced(&self) -> bool {
         !matches!(self, Object::IngressClass(_) | Object::Node(_))
-    }
-
-    fn insert_into(self, snap: &mut Snapshot) {
-        let namespaced = self.namespaced();
-        let key = object_key(self.metadata(), namespaced);
-        match self {
-            Object::Service(o) => drop(snap.services.insert(key, *o)),
-            Object::EndpointSlice(o) => drop(snap.endpoint_slices.insert(key, *o)),
-            Object::Ingress(o) => drop(snap.ingresses.insert(key, *o)),
-            Object::IngressClass(o) => drop(snap.ingress_classes.insert(key, *o)),
-            Object::Secret(o) => drop(snap.secrets.insert(key, *o)),
-            Object::Node(o) => drop(snap.nodes.insert(key, *o)),
-        }
     }
 }
 
@@ -435,12 +519,12 @@ pub struct ManifestSource {
     fingerprint: Vec<(PathBuf, FileStamp)>,
     /// Per file: what its last read left in force.
     files: HashMap<PathBuf, FileState>,
+    /// Every file's objects together, patched file by file.
+    snapshot: Snapshot,
 }
 
 /// Modification time and size: a file whose stamp is unchanged is not re-read.
 type FileStamp = Option<(SystemTime, u64)>;
-
-type Identity = (&'static str, String, String);
 
 struct FileState {
     stamp: FileStamp,
@@ -450,11 +534,12 @@ struct FileState {
     skipped: Vec<String>,
 }
 
-/// What one load produced.
+/// What one load produced; the objects themselves are in [`ManifestSource::snapshot`].
 pub struct Loaded {
-    pub snapshot: Snapshot,
     pub errors: Vec<ManifestError>,
     pub skipped: Vec<String>,
+    /// Services whose Service or EndpointSlices changed in this load.
+    pub touched: BTreeSet<ObjectKey>,
 }
 
 impl ManifestSource {
@@ -463,6 +548,7 @@ impl ManifestSource {
             paths,
             fingerprint: Vec::new(),
             files: HashMap::new(),
+            snapshot: Snapshot::default(),
         }
     }
 
@@ -488,37 +574,72 @@ impl ManifestSource {
     /// the objects it held at the last good read in force.
     pub fn load(&mut self) -> Loaded {
         self.fingerprint = self.current_fingerprint();
+        let mut touched = BTreeSet::new();
         let mut files = HashMap::new();
+        let mut changed: Vec<(BTreeMap<Identity, Object>, PathBuf)> = Vec::new();
         for (file, stamp) in &self.fingerprint {
             let previous = self.files.remove(file);
             let state = match previous {
                 Some(state) if state.stamp == *stamp && stamp.is_some() => state,
-                previous => read_file(
-                    file,
-                    *stamp,
-                    previous.map(|p| p.objects).unwrap_or_default(),
-                ),
+                previous => {
+                    let old = previous.map(|p| p.objects).unwrap_or_default();
+                    let state = read_file(file, *stamp, old.clone());
+                    changed.push((old, file.clone()));
+                    state
+                }
             };
             files.insert(file.clone(), state);
         }
+        // Files gone since the last load take their objects with them.
+        let gone: Vec<(BTreeMap<Identity, Object>, PathBuf)> = self
+            .files
+            .drain()
+            .map(|(path, state)| (state.objects, path))
+            .collect();
         self.files = files;
+        for (old, file) in changed.into_iter().chain(gone) {
+            let empty = BTreeMap::new();
+            let now = self.files.get(&file).map(|s| &s.objects).unwrap_or(&empty);
+            for (id, object) in &old {
+                if now.contains_key(id) {
+                    continue;
+                }
+                touched.extend(self.snapshot.services_touched_by(id));
+                self.snapshot.remove(id);
+                // Another file may hold the same object.
+                let elsewhere = self.files.values().find_map(|s| s.objects.get(id)).cloned();
+                if let Some(o) = elsewhere {
+                    self.snapshot.insert(o);
+                    touched.extend(self.snapshot.services_touched_by(id));
+                }
+                let _ = object;
+            }
+            for (id, object) in now {
+                if old.get(id) == Some(object) {
+                    continue;
+                }
+                touched.extend(self.snapshot.services_touched_by(id));
+                self.snapshot.insert(object.clone());
+                touched.extend(self.snapshot.services_touched_by(id));
+            }
+        }
         let mut loaded = Loaded {
-            snapshot: Snapshot::default(),
             errors: Vec::new(),
             skipped: Vec::new(),
+            touched,
         };
-        // Files in name order, so a later file's object replaces an earlier one's.
         for (file, _) in &self.fingerprint {
-            let Some(state) = self.files.get(file) else {
-                continue;
-            };
-            for object in state.objects.values() {
-                object.clone().insert_into(&mut loaded.snapshot);
+            if let Some(state) = self.files.get(file) {
+                loaded.errors.extend(state.errors.iter().cloned());
+                loaded.skipped.extend(state.skipped.iter().cloned());
             }
-            loaded.errors.extend(state.errors.iter().cloned());
-            loaded.skipped.extend(state.skipped.iter().cloned());
         }
         loaded
+    }
+
+    /// Every object in force, as of the last [`load`](Self::load).
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
     }
 }
 
@@ -665,7 +786,7 @@ mod tests {
         let mut source = ManifestSource::new(vec![dir.clone()]);
         let first = source.load();
         assert!(first.errors.is_empty());
-        assert_eq!(first.snapshot.services.len(), 2);
+        assert_eq!(source.snapshot().services.len(), 2);
         // b breaks, a changes: a's change applies, b's last good version stays.
         let bad = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 90}]}\n---\n\
                    apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {ports: [{port: 0}]}\n";
@@ -673,7 +794,7 @@ mod tests {
         let second = source.load();
         assert_eq!(second.errors.len(), 1);
         let port = |n: &str| {
-            second.snapshot.services[&("default".to_string(), n.to_string())]
+            source.snapshot().services[&("default".to_string(), n.to_string())]
                 .spec
                 .as_ref()
                 .unwrap()

@@ -1,5 +1,6 @@
 //! The model: `desired_state(snapshot, node)`, a pure function from the
-//! cluster's objects to the L4 tables this node should hold.
+//! cluster's objects to the L4 tables this node should hold, and [`Model`],
+//! the same function kept up to date one Service at a time.
 //!
 //! Deterministic: sorted maps, IDs that are hashes of names, no clock, no I/O.
 use std::{
@@ -13,7 +14,10 @@ use ingress_common::{
 };
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-use crate::manifest::Snapshot;
+use crate::{
+    manifest::{ObjectKey, Snapshot},
+    sync::Diff,
+};
 
 /// What makes this node different from the others.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,35 +54,200 @@ pub struct ModelWarning {
 /// The frontends and rings for every NodePort, LoadBalancer and externalIP
 /// of every Service in the snapshot.
 pub fn desired_state(snapshot: &Snapshot, node: &NodeContext) -> (DesiredState, Vec<ModelWarning>) {
-    let mut state = DesiredState::default();
-    let mut warnings = Vec::new();
-    let slices = slices_by_service(snapshot);
-    for ((ns, name), svc) in &snapshot.services {
-        let empty = Vec::new();
-        let svc_slices = slices.get(&(ns.clone(), name.clone())).unwrap_or(&empty);
-        add_service(&mut state, &mut warnings, ns, name, svc, svc_slices, node);
-    }
-    // A ring nobody points at (all its frontends taken by others) is dead weight.
-    let used: BTreeSet<u64> = state.frontends.values().map(|e| e.ring_id).collect();
-    state.rings.retain(|id, _| used.contains(id));
-    (state, warnings)
+    let mut model = Model::new(node.clone());
+    model.rebuild(snapshot);
+    let warnings = model.warnings();
+    (model.state, warnings)
 }
 
-fn slices_by_service(snapshot: &Snapshot) -> BTreeMap<(String, String), Vec<&EndpointSlice>> {
-    let mut out: BTreeMap<_, Vec<_>> = BTreeMap::new();
-    for ((ns, _), slice) in &snapshot.endpoint_slices {
-        let owner = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("kubernetes.io/service-name"));
-        if let Some(owner) = owner {
-            out.entry((ns.clone(), owner.clone()))
-                .or_default()
-                .push(slice);
+/// One Service's share of the desired state, computed from that Service
+/// and its EndpointSlices alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Contribution {
+    pub rings: BTreeMap<u64, RingSpec>,
+    pub frontends: Vec<(FrontendKey, ServiceEntry)>,
+    pub warnings: Vec<ModelWarning>,
+}
+
+/// The model kept up to date one Service at a time, so that a change costs
+/// work in proportion to what changed, not to the cluster's size. Its state
+/// is always `desired_state` of the same snapshot (a test checks it).
+///
+/// When Services claim the same frontend, the first in namespace/name
+/// order gets it and the others are reported.
+pub struct Model {
+    node: NodeContext,
+    contributions: BTreeMap<ObjectKey, Contribution>,
+    /// Which Services want each frontend.
+    claims: BTreeMap<FrontendKey, BTreeSet<ObjectKey>>,
+    /// How many frontends in `state` point at each ring, and whose it is.
+    ring_refs: BTreeMap<u64, (usize, ObjectKey)>,
+    state: DesiredState,
+}
+
+impl Model {
+    pub fn new(node: NodeContext) -> Self {
+        Self {
+            node,
+            contributions: BTreeMap::new(),
+            claims: BTreeMap::new(),
+            ring_refs: BTreeMap::new(),
+            state: DesiredState::default(),
         }
     }
-    out
+
+    pub fn state(&self) -> &DesiredState {
+        &self.state
+    }
+
+    /// Recomputes every Service (start-up, or after a lost sync).
+    pub fn rebuild(&mut self, snapshot: &Snapshot) -> Diff {
+        let all: BTreeSet<ObjectKey> = snapshot
+            .services
+            .keys()
+            .chain(self.contributions.keys())
+            .cloned()
+            .collect();
+        self.update(snapshot, all)
+    }
+
+    /// Recomputes the given Services and returns the map writes that take
+    /// the previous state to the new one.
+    pub fn update(
+        &mut self,
+        snapshot: &Snapshot,
+        services: impl IntoIterator<Item = ObjectKey>,
+    ) -> Diff {
+        let mut dirty_frontends = BTreeSet::new();
+        let mut dirty_rings = BTreeSet::new();
+        for key in services {
+            let new = snapshot.services.get(&key).map(|svc| {
+                service_contribution(&key.0, &key.1, svc, &snapshot.slices_of(&key), &self.node)
+            });
+            let old = self.contributions.remove(&key);
+            for (f, _) in old.iter().flat_map(|c| &c.frontends) {
+                if let Some(set) = self.claims.get_mut(f) {
+                    set.remove(&key);
+                    if set.is_empty() {
+                        self.claims.remove(f);
+                    }
+                }
+                dirty_frontends.insert(*f);
+            }
+            dirty_rings.extend(old.iter().flat_map(|c| c.rings.keys().copied()));
+            if let Some(new) = new {
+                for (f, _) in &new.frontends {
+                    self.claims.entry(*f).or_default().insert(key.clone());
+                    dirty_frontends.insert(*f);
+                }
+                dirty_rings.extend(new.rings.keys().copied());
+                self.contributions.insert(key, new);
+            }
+        }
+        let mut d = Diff::default();
+        for f in dirty_frontends {
+            let winner = self.claims.get(&f).and_then(|s| s.first()).cloned();
+            let want = winner.and_then(|w| {
+                let entry = self
+                    .contributions
+                    .get(&w)?
+                    .frontends
+                    .iter()
+                    .find(|(k, _)| *k == f)?
+                    .1;
+                Some((entry, w))
+            });
+            let have = self.state.frontends.get(&f).copied();
+            if want.as_ref().map(|(e, _)| *e) == have {
+                if let Some((e, owner)) = want {
+                    // Same entry, maybe a new owner (the old one went away).
+                    if let Some(r) = self.ring_refs.get_mut(&e.ring_id) {
+                        r.1 = owner;
+                    }
+                    dirty_rings.insert(e.ring_id);
+                }
+                continue;
+            }
+            if let Some(h) = have {
+                if let Some(r) = self.ring_refs.get_mut(&h.ring_id) {
+                    r.0 -= 1;
+                }
+                dirty_rings.insert(h.ring_id);
+            }
+            match want {
+                Some((entry, owner)) => {
+                    let r = self
+                        .ring_refs
+                        .entry(entry.ring_id)
+                        .or_insert((0, owner.clone()));
+                    r.0 += 1;
+                    r.1 = owner;
+                    dirty_rings.insert(entry.ring_id);
+                    self.state.frontends.insert(f, entry);
+                    d.frontend_upserts.push((f, entry));
+                }
+                None => {
+                    self.state.frontends.remove(&f);
+                    d.frontend_deletes.push(f);
+                }
+            }
+        }
+        for id in dirty_rings {
+            let want = match self.ring_refs.get(&id) {
+                Some((n, owner)) if *n > 0 => self
+                    .contributions
+                    .get(owner)
+                    .and_then(|c| c.rings.get(&id))
+                    .cloned(),
+                _ => {
+                    self.ring_refs.remove(&id);
+                    None
+                }
+            };
+            match want {
+                Some(spec) => {
+                    if self.state.rings.get(&id) != Some(&spec) {
+                        self.state.rings.insert(id, spec.clone());
+                        d.ring_upserts.push((id, spec));
+                    }
+                }
+                None => {
+                    if self.state.rings.remove(&id).is_some() {
+                        d.ring_deletes.push(id);
+                    }
+                }
+            }
+        }
+        d
+    }
+
+    /// Every Service's own warnings, then the frontend conflicts.
+    pub fn warnings(&self) -> Vec<ModelWarning> {
+        let mut out: Vec<ModelWarning> = self
+            .contributions
+            .values()
+            .flat_map(|c| c.warnings.iter().cloned())
+            .collect();
+        for (f, claimants) in &self.claims {
+            let owner = self
+                .state
+                .frontends
+                .get(f)
+                .and_then(|e| self.state.rings.get(&e.ring_id))
+                .map(|r| r.name.clone())
+                .unwrap_or_default();
+            for loser in claimants.iter().skip(1) {
+                out.push(ModelWarning {
+                    object: format!("Service {}/{}", loser.0, loser.1),
+                    message: format!(
+                        "frontend {} already belongs to {owner}; skipped",
+                        show_frontend(f)
+                    ),
+                });
+            }
+        }
+        out
+    }
 }
 
 fn proto_number(proto: Option<&str>) -> Option<u8> {
@@ -89,7 +258,8 @@ fn proto_number(proto: Option<&str>) -> Option<u8> {
     }
 }
 
-/// FNV-1a, 64 bits: a stable ring ID from a ring's name.
+/// FNV-1a, 64 bits: a stable ring ID from a ring's name (namespace, name,
+/// port, protocol), so every node and every restart agree on it.
 pub fn ring_id(name: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in name.bytes() {
@@ -99,19 +269,19 @@ pub fn ring_id(name: &str) -> u64 {
     h
 }
 
-fn add_service(
-    state: &mut DesiredState,
-    warnings: &mut Vec<ModelWarning>,
+/// One Service's frontends and rings (pure).
+pub fn service_contribution(
     ns: &str,
     name: &str,
     svc: &Service,
     slices: &[&EndpointSlice],
     node: &NodeContext,
-) {
-    let Some(spec) = &svc.spec else { return };
+) -> Contribution {
+    let mut out = Contribution::default();
+    let Some(spec) = &svc.spec else { return out };
     let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
     if ty == "ExternalName" {
-        return;
+        return out;
     }
     let local_only = spec.external_traffic_policy.as_deref() == Some("Local");
     let mut flags = 0;
@@ -137,11 +307,11 @@ fn add_service(
     }
     vips.sort();
     vips.dedup();
+    let object = format!("Service {ns}/{name}");
     for port in spec.ports.iter().flatten() {
-        let object = format!("Service {ns}/{name}");
         let Some(proto) = proto_number(port.protocol.as_deref()) else {
-            warnings.push(ModelWarning {
-                object,
+            out.warnings.push(ModelWarning {
+                object: object.clone(),
                 message: format!(
                     "port {}: protocol {:?} is not handled (TCP and UDP are)",
                     port.port, port.protocol
@@ -172,7 +342,7 @@ fn add_service(
             local_only,
         );
         if backends.len() > MAGLEV_RING_SIZE {
-            warnings.push(ModelWarning {
+            out.warnings.push(ModelWarning {
                 object: object.clone(),
                 message: format!(
                     "{} endpoints, only the first {MAGLEV_RING_SIZE} are used",
@@ -181,16 +351,7 @@ fn add_service(
             });
             backends.truncate(MAGLEV_RING_SIZE);
         }
-        if let Some(existing) = state.rings.get(&id) {
-            if existing.name != ring_name {
-                warnings.push(ModelWarning {
-                    object,
-                    message: format!("ring id collides with {}; port skipped", existing.name),
-                });
-                continue;
-            }
-        }
-        state.rings.insert(
+        out.rings.insert(
             id,
             RingSpec {
                 name: ring_name,
@@ -202,39 +363,28 @@ fn add_service(
             flags,
             pad: 0,
         };
-        let mut add = |addr: u32, port: u16| {
+        if let Some(np) = node_port {
+            out.frontends.push((
+                FrontendKey {
+                    addr: 0,
+                    port: (np as u16).to_be(),
+                    proto,
+                    pad: 0,
+                },
+                entry,
+            ));
+        }
+        for vip in &vips {
             let key = FrontendKey {
-                addr,
-                port: port.to_be(),
+                addr: u32::from(*vip).to_be(),
+                port: (port.port as u16).to_be(),
                 proto,
                 pad: 0,
             };
-            if let Some(other) = state.frontends.get(&key) {
-                if other.ring_id != id {
-                    let owner = state
-                        .rings
-                        .get(&other.ring_id)
-                        .map(|r| r.name.clone())
-                        .unwrap_or_default();
-                    warnings.push(ModelWarning {
-                        object: object.clone(),
-                        message: format!(
-                            "frontend {} already belongs to {owner}; skipped",
-                            show_frontend(&key)
-                        ),
-                    });
-                    return;
-                }
-            }
-            state.frontends.insert(key, entry);
-        };
-        if let Some(np) = node_port {
-            add(0, np as u16);
-        }
-        for vip in &vips {
-            add(u32::from(*vip).to_be(), port.port as u16);
+            out.frontends.push((key, entry));
         }
     }
+    out
 }
 
 /// Ready endpoints, or serving-but-terminating ones when no ready one is

@@ -1,6 +1,7 @@
 //! `ingressd run`: attach, adopt the pinned maps, then keep them in step
 //! with the manifest files.
 use std::{
+    collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::{Arc, atomic::Ordering},
@@ -13,7 +14,7 @@ use crate::{
     bpf::{self, LbMaps, XdpAttachMode},
     manifest::ManifestSource,
     metrics::{self, Status},
-    model::{DesiredState, NodeContext, desired_state},
+    model::{Model, NodeContext},
     sync::{apply, diff},
 };
 
@@ -49,31 +50,29 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     bpf::load_and_attach(&cfg.pin_path, &cfg.interfaces, cfg.xdp_mode)?;
     let mut maps = LbMaps::open(&cfg.pin_path)?;
     maps.set_node(&node.addrs)?;
-    let mut current = maps.read_state().context("reading the pinned maps")?;
-    tracing::info!(
-        frontends = current.frontends.len(),
-        rings = current.rings.len(),
-        "adopted pinned maps"
-    );
 
     let status = Arc::new(Status::default());
     status.beat();
     let _server = metrics::serve(cfg.metrics_addr, status.clone(), cfg.pin_path.clone()).await?;
 
-    let mut source = ManifestSource::new(cfg.manifests.clone());
+    let mut syncer = Syncer {
+        source: ManifestSource::new(cfg.manifests.clone()),
+        model: Model::new(node),
+        maps,
+        adopt: true,
+        warned: BTreeSet::new(),
+    };
     let mut first = true;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         status.beat();
-        if first || source.changed() {
-            match sync_once(&mut source, &node, &mut current, &mut maps, &status) {
+        if first || syncer.source.changed() {
+            match syncer.sync_once(&status) {
                 Ok(()) => first = false,
                 Err(e) => {
                     status.sync_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %format!("{e:#}"), "sync failed; re-reading the maps and retrying");
-                    if let Ok(s) = maps.read_state() {
-                        current = s;
-                    }
+                    syncer.adopt = true;
+                    tracing::error!(error = %format!("{e:#}"), "sync failed; will re-read the maps and retry");
                 }
             }
         }
@@ -87,53 +86,80 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sync_once(
-    source: &mut ManifestSource,
-    node: &NodeContext,
-    current: &mut DesiredState,
-    maps: &mut LbMaps,
-    status: &Status,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let loaded = source.load();
-    for e in &loaded.errors {
-        tracing::error!("{e}; its last good version stays in force");
+/// The sync loop's state: the source, the model and the maps it keeps in step.
+struct Syncer {
+    source: ManifestSource,
+    model: Model,
+    maps: LbMaps,
+    /// Diff against what the maps really hold (start-up, after a failed
+    /// write) instead of against the model's last state.
+    adopt: bool,
+    warned: BTreeSet<String>,
+}
+
+impl Syncer {
+    fn sync_once(&mut self, status: &Status) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let loaded = self.source.load();
+        for e in &loaded.errors {
+            tracing::error!("{e}; its last good version stays in force");
+        }
+        for s in &loaded.skipped {
+            tracing::debug!(object = %s, "kind not handled; skipped");
+        }
+        status
+            .manifest_errors
+            .store(loaded.errors.len() as u64, Ordering::Relaxed);
+        let snapshot = self.source.snapshot();
+        let d = if self.adopt {
+            self.model.rebuild(snapshot);
+            let current = self.maps.read_state().context("reading the pinned maps")?;
+            tracing::info!(
+                frontends = current.frontends.len(),
+                rings = current.rings.len(),
+                "adopted pinned maps"
+            );
+            diff(&current, self.model.state())
+        } else {
+            self.model.update(snapshot, loaded.touched)
+        };
+        let writes = d.writes();
+        apply(&d, &mut self.maps)?;
+        self.adopt = false;
+        // Each warning once, while it lasts.
+        let now: BTreeSet<String> = self
+            .model
+            .warnings()
+            .into_iter()
+            .map(|w| format!("{}: {}", w.object, w.message))
+            .collect();
+        for w in now.difference(&self.warned) {
+            tracing::warn!("{w}");
+        }
+        self.warned = now;
+        let state = self.model.state();
+        let took = started.elapsed();
+        status.syncs.fetch_add(1, Ordering::Relaxed);
+        status
+            .map_writes
+            .fetch_add(writes as u64, Ordering::Relaxed);
+        status
+            .last_sync_micros
+            .store(took.as_micros() as u64, Ordering::Relaxed);
+        status
+            .frontends
+            .store(state.frontends.len() as u64, Ordering::Relaxed);
+        status
+            .rings
+            .store(state.rings.len() as u64, Ordering::Relaxed);
+        status.ready.store(true, Ordering::Relaxed);
+        tracing::info!(
+            frontends = state.frontends.len(),
+            rings = state.rings.len(),
+            writes,
+            micros = took.as_micros() as u64,
+            "synced"
+        );
+        Ok(())
     }
-    for s in &loaded.skipped {
-        tracing::debug!(object = %s, "kind not handled; skipped");
-    }
-    status
-        .manifest_errors
-        .store(loaded.errors.len() as u64, Ordering::Relaxed);
-    let (desired, warnings) = desired_state(&loaded.snapshot, node);
-    for w in &warnings {
-        tracing::warn!(object = %w.object, "{}", w.message);
-    }
-    let d = diff(current, &desired);
-    let writes = d.writes();
-    apply(&d, maps)?;
-    *current = desired;
-    let took = started.elapsed();
-    status.syncs.fetch_add(1, Ordering::Relaxed);
-    status
-        .map_writes
-        .fetch_add(writes as u64, Ordering::Relaxed);
-    status
-        .last_sync_micros
-        .store(took.as_micros() as u64, Ordering::Relaxed);
-    status
-        .frontends
-        .store(current.frontends.len() as u64, Ordering::Relaxed);
-    status
-        .rings
-        .store(current.rings.len() as u64, Ordering::Relaxed);
-    status.ready.store(true, Ordering::Relaxed);
-    tracing::info!(
-        frontends = current.frontends.len(),
-        rings = current.rings.len(),
-        writes,
-        micros = took.as_micros() as u64,
-        "synced"
-    );
-    Ok(())
 }

@@ -16,7 +16,7 @@ fn render_case(dir: &Path) -> String {
         name: "node-a".into(),
         addrs: vec!["198.18.0.2".parse().unwrap()],
     };
-    let (state, warnings) = desired_state(&loaded.snapshot, &node);
+    let (state, warnings) = desired_state(source.snapshot(), &node);
     let mut out = render_state(&state);
     if !loaded.errors.is_empty() || !warnings.is_empty() {
         out.push_str("\nWARNINGS\n");

@@ -67,10 +67,10 @@ enum Command {
 }
 
 fn node_name_default() -> String {
-    if let Ok(n) = std::env::var("NODE_NAME") {
-        if !n.is_empty() {
-            return n;
-        }
+    if let Ok(n) = std::env::var("NODE_NAME")
+        && !n.is_empty()
+    {
+        return n;
     }
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -87,8 +87,8 @@ fn print_maps(pin_path: &std::path::Path, flow_limit: usize) -> anyhow::Result<(
     out.push_str("\nFLOWS\n");
     let _ = writeln!(
         out,
-        "{:<8} {:<22} {:<22} {:<28} {}",
-        "PROTO", "CLIENT", "FRONTEND", "BACKEND", "SNAT"
+        "{:<8} {:<22} {:<22} {:<28} SNAT",
+        "PROTO", "CLIENT", "FRONTEND", "BACKEND"
     );
     for f in maps.flows(flow_limit) {
         let k = f.key;

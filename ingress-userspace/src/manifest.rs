@@ -91,12 +91,12 @@ impl Snapshot {
         let Some(old) = self.endpoint_slices.get(key) else {
             return;
         };
-        if let Some(owner) = slice_owner(&key.0, old) {
-            if let Some(set) = self.slices_by_service.get_mut(&owner) {
-                set.remove(key);
-                if set.is_empty() {
-                    self.slices_by_service.remove(&owner);
-                }
+        if let Some(owner) = slice_owner(&key.0, old)
+            && let Some(set) = self.slices_by_service.get_mut(&owner)
+        {
+            set.remove(key);
+            if set.is_empty() {
+                self.slices_by_service.remove(&owner);
             }
         }
     }
@@ -369,21 +369,21 @@ fn validate_service(svc: &Service) -> Result<(), FieldError> {
             format!("unsupported value {ty:?}"),
         ));
     }
-    if let Some(p) = spec.external_traffic_policy.as_deref() {
-        if !matches!(p, "Cluster" | "Local") {
-            return Err(field_error(
-                "spec.externalTrafficPolicy",
-                format!("unsupported value {p:?} (Cluster or Local)"),
-            ));
-        }
+    if let Some(p) = spec.external_traffic_policy.as_deref()
+        && !matches!(p, "Cluster" | "Local")
+    {
+        return Err(field_error(
+            "spec.externalTrafficPolicy",
+            format!("unsupported value {p:?} (Cluster or Local)"),
+        ));
     }
-    if let Some(a) = spec.session_affinity.as_deref() {
-        if !matches!(a, "None" | "ClientIP") {
-            return Err(field_error(
-                "spec.sessionAffinity",
-                format!("unsupported value {a:?}"),
-            ));
-        }
+    if let Some(a) = spec.session_affinity.as_deref()
+        && !matches!(a, "None" | "ClientIP")
+    {
+        return Err(field_error(
+            "spec.sessionAffinity",
+            format!("unsupported value {a:?}"),
+        ));
     }
     for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
         if ip.parse::<std::net::IpAddr>().is_err() {
@@ -403,13 +403,13 @@ fn validate_service(svc: &Service) -> Result<(), FieldError> {
                 format!("{} is not in 1-65535", port.port),
             ));
         }
-        if let Some(np) = port.node_port {
-            if !valid_port(np) {
-                return Err(field_error(
-                    at("nodePort"),
-                    format!("{np} is not in 1-65535"),
-                ));
-            }
+        if let Some(np) = port.node_port
+            && !valid_port(np)
+        {
+            return Err(field_error(
+                at("nodePort"),
+                format!("{np} is not in 1-65535"),
+            ));
         }
         let proto = port.protocol.as_deref().unwrap_or("TCP");
         if !matches!(proto, "TCP" | "UDP" | "SCTP") {
@@ -446,13 +446,13 @@ fn validate_endpoint_slice(slice: &EndpointSlice) -> Result<(), FieldError> {
         ));
     }
     for (i, port) in slice.ports.iter().flatten().enumerate() {
-        if let Some(p) = port.port {
-            if !valid_port(p) {
-                return Err(field_error(
-                    format!("ports[{i}].port"),
-                    format!("{p} is not in 1-65535"),
-                ));
-            }
+        if let Some(p) = port.port
+            && !valid_port(p)
+        {
+            return Err(field_error(
+                format!("ports[{i}].port"),
+                format!("{p} is not in 1-65535"),
+            ));
         }
     }
     if family == "IPv4" {

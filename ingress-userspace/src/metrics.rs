@@ -55,7 +55,7 @@ impl Status {
     }
 }
 
-fn render_metrics(status: &Status, pin_path: &PathBuf) -> String {
+fn render_metrics(status: &Status, pin_path: &std::path::Path) -> String {
     let mut out = String::new();
     let g = |out: &mut String, name: &str, help: &str, kind: &str, v: u64| {
         let _ = writeln!(
@@ -120,16 +120,16 @@ fn render_metrics(status: &Status, pin_path: &PathBuf) -> String {
         "gauge",
         r(&status.rings),
     );
-    if let Ok(maps) = LbMaps::open(pin_path) {
-        if let Ok(counters) = maps.counters() {
-            let _ = writeln!(
-                out,
-                "# HELP ingressd_l4_packets_total Packets seen by the L4 programs, by outcome"
-            );
-            let _ = writeln!(out, "# TYPE ingressd_l4_packets_total counter");
-            for (reason, v) in counters {
-                let _ = writeln!(out, "ingressd_l4_packets_total{{reason=\"{reason}\"}} {v}");
-            }
+    if let Ok(maps) = LbMaps::open(pin_path)
+        && let Ok(counters) = maps.counters()
+    {
+        let _ = writeln!(
+            out,
+            "# HELP ingressd_l4_packets_total Packets seen by the L4 programs, by outcome"
+        );
+        let _ = writeln!(out, "# TYPE ingressd_l4_packets_total counter");
+        for (reason, v) in counters {
+            let _ = writeln!(out, "ingressd_l4_packets_total{{reason=\"{reason}\"}} {v}");
         }
     }
     out

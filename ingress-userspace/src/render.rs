@@ -24,7 +24,7 @@ fn flags(f: u32) -> String {
 pub fn render_state(state: &DesiredState) -> String {
     let mut out = String::new();
     out.push_str("SERVICES\n");
-    let _ = writeln!(out, "{:<34} {:<40} {}", "FRONTEND", "SERVICE", "FLAGS");
+    let _ = writeln!(out, "{:<34} {:<40} FLAGS", "FRONTEND", "SERVICE");
     let mut rows: Vec<(String, String, String)> = state
         .frontends
         .iter()

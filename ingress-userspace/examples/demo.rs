@@ -161,7 +161,6 @@ fn main() -> anyhow::Result<()> {
         3,
         "ingressd on both nodes: XDP and TC attached to eth0, maps pinned",
     );
-    lab.warm_neighbours();
     for node in ["node-a", "node-b"] {
         lab.start_ingressd(&bin, node, &manifests)?;
         println!(

@@ -96,6 +96,7 @@ pub fn load_and_attach(
         .try_into()?;
     xdp.load().context("verifier rejected xdp_lb_ingress")?;
     for iface in interfaces {
+        prepare_interface(iface)?;
         attach_xdp(xdp, iface, pin_path, mode)
             .with_context(|| format!("attaching XDP to {iface}"))?;
     }
@@ -227,6 +228,25 @@ pub fn attach_xdp_pass(iface: &str, pin_dir: &Path) -> anyhow::Result<()> {
     let id = prog.attach(iface, XdpMode::Driver)?;
     let fd = FdLink::try_from(prog.take_link(id)?)?;
     fd.pin(pin_dir.join(format!("xdp-pass-{iface}")))?;
+    Ok(())
+}
+
+/// Kernel settings the data path relies on, per interface:
+/// `accept_local`: a flow to a remote endpoint whose next hop is not yet
+/// resolved goes to the stack with this node's address as its (SNAT)
+/// source; the stack must forward it (resolving the neighbour for the next
+/// packets, which XDP then forwards itself) rather than drop it as a martian.
+/// Also warns when forwarding is off, which remote endpoints and local pods
+/// behind a bridge need.
+pub fn prepare_interface(iface: &str) -> anyhow::Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
+    std::fs::write(&path, "1").with_context(|| format!("setting {path}"))?;
+    let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
+    if forwarding.trim() != "1" {
+        tracing::warn!(
+            "net.ipv4.ip_forward is 0: endpoints on other nodes and local pods behind a bridge are unreachable"
+        );
+    }
     Ok(())
 }
 

@@ -231,10 +231,6 @@ impl Lab {
             self.add_ns(&ns)?;
             self.uplink(&ns, &sw, &format!("v{letter}"), node_ip)?;
             self.exec(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-            // Remote-backend flows whose next hop is not resolved yet go to the
-            // stack with the node's own address as source: let it forward them
-            // (and so resolve the neighbour) instead of dropping them as martians.
-            self.exec(&ns, &["sysctl", "-qw", "net.ipv4.conf.eth0.accept_local=1"])?;
             let gw = Ipv4Addr::new(198, 18, 1 + i as u8, 1);
             ip(&["-n", &ns, "link", "add", "cbr0", "type", "bridge"])?;
             ip(&["-n", &ns, "addr", "add", &format!("{gw}/24"), "dev", "cbr0"])?;
@@ -434,26 +430,6 @@ impl Lab {
 
     pub fn ingressd_log(&self, node: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("ingressd-{node}.log"))).unwrap_or_default()
-    }
-
-    /// Lets every node know every other's MAC, as a busy network would.
-    pub fn warm_neighbours(&self) {
-        for n in &self.nodes {
-            for other in &self.nodes {
-                if n.name != other.name {
-                    let _ = in_netns(&n.ns, {
-                        let ip = other.ip;
-                        move || {
-                            TcpStream::connect_timeout(
-                                &SocketAddr::from((ip, 9)),
-                                Duration::from_millis(300),
-                            )
-                            .map(|_| ())
-                        }
-                    });
-                }
-            }
-        }
     }
 }
 

@@ -46,7 +46,6 @@ fn setup(tag: &str, endpoints: &[&str]) -> (Lab, PathBuf) {
         .filter(|p| endpoints.contains(&p.name.as_str()))
         .collect();
     write_manifests(&manifests, &nodeport_manifests(&pods));
-    lab.warm_neighbours();
     for node in ["node-a", "node-b"] {
         lab.start_ingressd(Path::new(BIN), node, &manifests)
             .expect("ingressd");

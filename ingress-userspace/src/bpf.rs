@@ -1,7 +1,7 @@
 //! The kernel edge: loading and attaching the programs, pinning, and typed
 //! access to the pinned maps. Nothing here decides anything.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
@@ -18,8 +18,8 @@ use aya::{
     },
 };
 use ingress_common::{
-    Config, CtEntry, FlowKey, FrontendKey, RevNatEntry, Ring, SNAT_PORT_MAX, SNAT_PORT_MIN,
-    ServiceEntry, ServiceName, counter, map_names, program_names,
+    Config, CtEntry, FlowKey, FrontendKey, IPPROTO_UDP, RevNatEntry, Ring, SNAT_PORT_MAX,
+    SNAT_PORT_MIN, ServiceEntry, ServiceName, counter, map_names, program_names,
 };
 
 use crate::{
@@ -449,6 +449,43 @@ impl LbMapWriter for LbMaps {
 
     fn delete_frontend(&mut self, key: &FrontendKey) -> anyhow::Result<()> {
         ignore_missing(self.services.remove(key))
+    }
+
+    fn forget_udp_flows(&mut self, endpoints: &BTreeSet<(u32, u16)>) -> anyhow::Result<()> {
+        // A walk over the flow table: proportional to live flows, and only
+        // when an endpoint disappears.
+        let stale: Vec<(FlowKey, CtEntry)> = self
+            .conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, e)| {
+                k.proto == IPPROTO_UDP && endpoints.contains(&(e.backend.addr, e.backend.port))
+            })
+            .collect();
+        for (key, entry) in &stale {
+            ignore_missing(self.conntrack.remove(key))?;
+            let reply = FlowKey {
+                src: entry.backend.addr,
+                dst: if entry.snat_addr != 0 {
+                    entry.snat_addr
+                } else {
+                    key.src
+                },
+                sport: entry.backend.port,
+                dport: if entry.snat_addr != 0 {
+                    entry.snat_port
+                } else {
+                    key.sport
+                },
+                proto: key.proto,
+                pad: [0; 3],
+            };
+            ignore_missing(self.revnat.remove(&reply))?;
+        }
+        if !stale.is_empty() {
+            tracing::info!(flows = stale.len(), "forgot UDP flows to removed endpoints");
+        }
+        Ok(())
     }
 }
 

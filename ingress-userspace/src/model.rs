@@ -16,7 +16,7 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::{
     manifest::{ObjectKey, Snapshot},
-    sync::Diff,
+    sync::{Diff, gone_endpoints},
 };
 
 /// What makes this node different from the others.
@@ -192,6 +192,7 @@ impl Model {
                 }
             }
         }
+        let mut gone: Vec<Backend> = Vec::new();
         for id in dirty_rings {
             let want = match self.ring_refs.get(&id) {
                 Some((n, owner)) if *n > 0 => self
@@ -206,17 +207,36 @@ impl Model {
             };
             match want {
                 Some(spec) => {
-                    if self.state.rings.get(&id) != Some(&spec) {
-                        self.state.rings.insert(id, spec.clone());
-                        d.ring_upserts.push((id, spec));
+                    if let Some(old) = self.state.rings.get(&id) {
+                        if *old == spec {
+                            continue;
+                        }
+                        gone.extend(old.backends.iter().copied());
                     }
+                    self.state.rings.insert(id, spec.clone());
+                    d.ring_upserts.push((id, spec));
                 }
                 None => {
-                    if self.state.rings.remove(&id).is_some() {
+                    if let Some(old) = self.state.rings.remove(&id) {
+                        gone.extend(old.backends);
                         d.ring_deletes.push(id);
                     }
                 }
             }
+        }
+        // Gone means in no ring any more, not just out of the changed ones.
+        let candidates =
+            gone_endpoints(&gone, d.ring_upserts.iter().flat_map(|(_, r)| &r.backends));
+        if !candidates.is_empty() {
+            let still: BTreeSet<(u32, u16)> = self
+                .state
+                .rings
+                .values()
+                .flat_map(|r| &r.backends)
+                .map(|b| (b.addr, b.port))
+                .filter(|k| candidates.contains(k))
+                .collect();
+            d.gone_endpoints = candidates.difference(&still).copied().collect();
         }
         d
     }

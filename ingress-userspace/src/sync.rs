@@ -3,7 +3,9 @@
 //! Write order, so that no packet ever sees a frontend pointing at a missing
 //! ring: rings first, then frontends; removals in the reverse order. A ring
 //! is one map value, replaced atomically: an endpoint change is one write.
-use ingress_common::{FrontendKey, Ring, ServiceEntry};
+use std::collections::BTreeSet;
+
+use ingress_common::{Backend, FrontendKey, Ring, ServiceEntry};
 
 use crate::{
     maglev::build_ring,
@@ -17,6 +19,23 @@ pub struct Diff {
     pub frontend_upserts: Vec<(FrontendKey, ServiceEntry)>,
     pub frontend_deletes: Vec<FrontendKey>,
     pub ring_deletes: Vec<u64>,
+    /// Endpoints (address, port; network order) no ring holds any more:
+    /// UDP flows pinned to them are forgotten, as kube-proxy clears UDP
+    /// conntrack, so a client reusing its port moves to a live endpoint.
+    /// TCP flows stay, to end gracefully on a terminating pod.
+    pub gone_endpoints: BTreeSet<(u32, u16)>,
+}
+
+/// Endpoints in `old` but in none of `new`.
+pub fn gone_endpoints<'a>(
+    old: impl IntoIterator<Item = &'a Backend>,
+    new: impl IntoIterator<Item = &'a Backend>,
+) -> BTreeSet<(u32, u16)> {
+    let keep: BTreeSet<(u32, u16)> = new.into_iter().map(|b| (b.addr, b.port)).collect();
+    old.into_iter()
+        .map(|b| (b.addr, b.port))
+        .filter(|k| !keep.contains(k))
+        .collect()
 }
 
 impl Diff {
@@ -55,6 +74,10 @@ pub fn diff(current: &DesiredState, desired: &DesiredState) -> Diff {
             d.ring_deletes.push(*id);
         }
     }
+    d.gone_endpoints = gone_endpoints(
+        current.rings.values().flat_map(|r| &r.backends),
+        desired.rings.values().flat_map(|r| &r.backends),
+    );
     d
 }
 
@@ -64,6 +87,8 @@ pub trait LbMapWriter {
     fn delete_ring(&mut self, id: u64) -> anyhow::Result<()>;
     fn put_frontend(&mut self, key: &FrontendKey, entry: &ServiceEntry) -> anyhow::Result<()>;
     fn delete_frontend(&mut self, key: &FrontendKey) -> anyhow::Result<()>;
+    /// Forgets the UDP flows pinned to these endpoints.
+    fn forget_udp_flows(&mut self, endpoints: &BTreeSet<(u32, u16)>) -> anyhow::Result<()>;
 }
 
 /// Performs the diff in the safe order. Stops at the first failed write:
@@ -80,6 +105,9 @@ pub fn apply(d: &Diff, maps: &mut impl LbMapWriter) -> anyhow::Result<()> {
     }
     for id in &d.ring_deletes {
         maps.delete_ring(*id)?;
+    }
+    if !d.gone_endpoints.is_empty() {
+        maps.forget_udp_flows(&d.gone_endpoints)?;
     }
     Ok(())
 }
@@ -238,6 +266,9 @@ pub mod fake {
             self.frontends.remove(key);
             self.writes += 1;
             self.check();
+            Ok(())
+        }
+        fn forget_udp_flows(&mut self, _: &BTreeSet<(u32, u16)>) -> anyhow::Result<()> {
             Ok(())
         }
     }

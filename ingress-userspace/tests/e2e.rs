@@ -246,3 +246,44 @@ fn restarting_ingressd_under_load_fails_no_request() {
     );
     assert!(lab.ingressd_log("node-a").contains("adopted pinned maps"));
 }
+
+#[test]
+fn udp_flow_reusing_its_port_moves_off_a_removed_endpoint() {
+    if !need_root() {
+        return;
+    }
+    let (lab, manifests) = setup("ud", &["a1", "a2"]);
+    let addr = SocketAddr::from((lab.node("node-a").ip, 30053));
+    // One socket, so one 5-tuple for every datagram (as a DNS client that
+    // keeps its port would); its network namespace is fixed at creation.
+    let sock = in_netns(&lab.client_ns, move || {
+        let s = std::net::UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+        s.connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        s
+    })
+    .unwrap();
+    let ask = |s: &std::net::UdpSocket| -> Option<String> {
+        s.send(b"who?").ok()?;
+        let mut buf = [0u8; 64];
+        let n = s.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    };
+    let first = ask(&sock).expect("first answer");
+    for _ in 0..3 {
+        assert_eq!(
+            ask(&sock).as_deref(),
+            Some(first.as_str()),
+            "conntrack keeps the flow on one pod"
+        );
+    }
+    let keep = if first == "a1" { "a2" } else { "a1" };
+    let pods: Vec<&Pod> = lab.pods.iter().filter(|p| p.name == keep).collect();
+    write_manifests(&manifests, &nodeport_manifests(&pods));
+    let moved = wait_until(Duration::from_secs(2), || {
+        ask(&sock).as_deref() == Some(keep)
+    });
+    assert!(moved, "the flow still goes to removed endpoint {first}");
+    assert!(lab.ingressd_log("node-a").contains("forgot UDP flows"));
+}

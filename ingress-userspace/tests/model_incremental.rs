@@ -7,7 +7,7 @@ use ingress_common::{FrontendKey, Ring, ServiceEntry};
 use ingressd::{
     manifest::ManifestSource,
     model::{DesiredState, Model, NodeContext, desired_state},
-    sync::{Diff, LbMapWriter, apply},
+    sync::{Diff, LbMapWriter, apply, gone_endpoints},
 };
 
 fn svc(name: &str, node_port: u16, ext_ip: Option<&str>) -> String {
@@ -60,6 +60,12 @@ impl LbMapWriter for Replay {
     }
     fn delete_frontend(&mut self, key: &FrontendKey) -> anyhow::Result<()> {
         self.0.frontends.remove(key);
+        Ok(())
+    }
+    fn forget_udp_flows(
+        &mut self,
+        _: &std::collections::BTreeSet<(u32, u16)>,
+    ) -> anyhow::Result<()> {
         Ok(())
     }
 }
@@ -137,6 +143,18 @@ fn incremental_model_matches_full_recomputation_through_a_sequence_of_changes() 
             "step {i}: incremental model differs from the full one"
         );
         assert_eq!(model.warnings(), full_warnings, "step {i}");
+        // Endpoints that left every ring, and only those, are reported gone.
+        let all = |s: &DesiredState| {
+            s.rings
+                .values()
+                .flat_map(|r| r.backends.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            d.gone_endpoints,
+            gone_endpoints(&all(&replay.0), &all(&full)),
+            "step {i}"
+        );
         apply(&d, &mut replay).unwrap();
         assert_eq!(
             replay.0, full,

@@ -498,6 +498,11 @@ fn ignore_missing(r: Result<(), aya::maps::MapError>) -> anyhow::Result<()> {
 
 /// IPv4 addresses of an interface (for the `--node-ip` default).
 pub fn interface_addrs(iface: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
+    let name = std::ffi::CString::new(iface).with_context(|| format!("--interface {iface:?}"))?;
+    // SAFETY: a valid C string.
+    if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+        bail!("--interface {iface}: no such interface");
+    }
     let mut out = Vec::new();
     let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills a list we free below.

@@ -244,7 +244,18 @@ fn restarting_ingressd_under_load_fails_no_request() {
         ok.load(Ordering::Relaxed),
         &failures[..failures.len().min(5)]
     );
-    assert!(lab.ingressd_log("node-a").contains("adopted pinned maps"));
+    let log = lab.ingressd_log("node-a");
+    assert!(
+        log.contains("XDP program replaced in the pinned link"),
+        "{log}"
+    );
+    assert!(
+        log.contains("adopted pinned maps frontends=2 rings=2"),
+        "{log}"
+    );
+    // The restarted daemon found the maps right and wrote nothing.
+    let last_sync = log.lines().rfind(|l| l.contains("synced")).unwrap_or("");
+    assert!(last_sync.contains("writes=0"), "{last_sync}");
 }
 
 #[test]

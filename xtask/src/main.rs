@@ -134,7 +134,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
             let line = line?;
             println!("{line}");
             if let Some(rest) = line.strip_prefix("test result: ") {
-                for part in rest.split(|c| c == ';' || c == '.') {
+                for part in rest.split([';', '.']) {
                     let mut words = part.split_whitespace();
                     let (Some(n), Some(what)) = (words.next(), words.next()) else {
                         continue;

@@ -122,13 +122,7 @@ pub fn select_backend(flow: &FlowKey, svc: &ServiceEntry, is_syn: bool) -> Optio
             proto: flow.proto,
             pad: [0; 3],
         };
-        let rev = RevNatEntry {
-            src: flow.dst,
-            dst: flow.src,
-            sport: flow.dport,
-            dport: flow.sport,
-            pad: 0,
-        };
+        let rev = undo_for(flow);
         // Fail open: without the entry the reply leaves un-NATed and the
         // client resets it, which it would do anyway without the service.
         let _ = REVNAT.insert(&reply, &rev, 0);
@@ -147,13 +141,7 @@ fn reserve_snat(flow: &FlowKey, backend: &Backend, hash: u32, ct: &mut CtEntry) 
         return false;
     }
     let range = (cfg.snat_port_max - cfg.snat_port_min) as u32 + 1;
-    let rev = RevNatEntry {
-        src: flow.dst,
-        dst: flow.src,
-        sport: flow.dport,
-        dport: flow.sport,
-        pad: 0,
-    };
+    let rev = undo_for(flow);
     let mut i = 0;
     while i < SNAT_TRIES {
         let port = (cfg.snat_port_min as u32 + (hash.wrapping_add(i) % range)) as u16;
@@ -186,6 +174,19 @@ fn reserve_snat(flow: &FlowKey, backend: &Backend, hash: u32, ct: &mut CtEntry) 
         i += 1;
     }
     false
+}
+
+/// How a reply to `flow` is rewritten: it must come from the frontend the
+/// client used and go to the client.
+#[inline(always)]
+fn undo_for(flow: &FlowKey) -> RevNatEntry {
+    RevNatEntry {
+        src: flow.dst,
+        dst: flow.src,
+        sport: flow.dport,
+        dport: flow.sport,
+        pad: 0,
+    }
 }
 
 /// Reverse NAT entry for a reply, if the flow is one of ours.

@@ -112,6 +112,37 @@ pub fn load_and_attach(
     Ok(())
 }
 
+/// Puts the loaded program into the link pinned at `pin` by an earlier run
+/// (one atomic `bpf_link_update`: no packet sees a gap). False when there is
+/// no usable pinned link; a stale pin is removed so a new link can take it.
+fn swap_pinned_link<T>(
+    pin: &Path,
+    iface: &str,
+    hook: &str,
+    update: impl FnOnce(FdLink) -> anyhow::Result<T>,
+) -> bool {
+    if !pin.exists() {
+        return false;
+    }
+    match PinnedLink::from_pin(pin)
+        .map_err(anyhow::Error::from)
+        .and_then(|p| update(FdLink::from(p)))
+    {
+        Ok(_) => {
+            tracing::info!(
+                interface = iface,
+                "{hook} program replaced in the pinned link"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(interface = iface, error = %e, "pinned {hook} link unusable; attaching anew");
+            let _ = std::fs::remove_file(pin);
+            false
+        }
+    }
+}
+
 fn attach_xdp(
     prog: &mut Xdp,
     iface: &str,
@@ -119,21 +150,10 @@ fn attach_xdp(
     mode: XdpAttachMode,
 ) -> anyhow::Result<()> {
     let pin = links_dir(pin_path).join(format!("xdp-{iface}"));
-    if pin.exists() {
-        let swapped = PinnedLink::from_pin(&pin)
-            .map_err(anyhow::Error::from)
-            .and_then(|p| Ok(XdpLink::try_from(FdLink::from(p))?))
-            .and_then(|link| Ok(prog.attach_to_link(link)?));
-        match swapped {
-            Ok(_) => {
-                tracing::info!(interface = iface, "XDP program replaced in the pinned link");
-                return Ok(());
-            }
-            Err(e) => {
-                tracing::warn!(interface = iface, error = %e, "pinned XDP link unusable; attaching anew");
-                let _ = std::fs::remove_file(&pin);
-            }
-        }
+    if swap_pinned_link(&pin, iface, "XDP", |fd| {
+        Ok(prog.attach_to_link(XdpLink::try_from(fd)?)?)
+    }) {
+        return Ok(());
     }
     let id = match mode {
         XdpAttachMode::Native => prog.attach(iface, XdpMode::Driver)?,
@@ -163,21 +183,10 @@ fn attach_xdp(
 
 fn attach_tc(prog: &mut SchedClassifier, iface: &str, pin_path: &Path) -> anyhow::Result<()> {
     let pin = links_dir(pin_path).join(format!("tc-egress-{iface}"));
-    if pin.exists() {
-        let swapped = PinnedLink::from_pin(&pin)
-            .map_err(anyhow::Error::from)
-            .and_then(|p| Ok(SchedClassifierLink::try_from(FdLink::from(p))?))
-            .and_then(|link| Ok(prog.attach_to_link(link)?));
-        match swapped {
-            Ok(_) => {
-                tracing::info!(interface = iface, "TC program replaced in the pinned link");
-                return Ok(());
-            }
-            Err(e) => {
-                tracing::warn!(interface = iface, error = %e, "pinned TC link unusable; attaching anew");
-                let _ = std::fs::remove_file(&pin);
-            }
-        }
+    if swap_pinned_link(&pin, iface, "TC", |fd| {
+        Ok(prog.attach_to_link(SchedClassifierLink::try_from(fd)?)?)
+    }) {
+        return Ok(());
     }
     let id = prog.attach(iface, TcAttachType::Egress)?;
     let link = prog.take_link(id)?;

@@ -577,18 +577,21 @@ impl ManifestSource {
         let mut touched = BTreeSet::new();
         let mut files = HashMap::new();
         let mut changed: Vec<(BTreeMap<Identity, Object>, PathBuf)> = Vec::new();
+        let mut to_read: Vec<(PathBuf, FileStamp, BTreeMap<Identity, Object>)> = Vec::new();
         for (file, stamp) in &self.fingerprint {
-            let previous = self.files.remove(file);
-            let state = match previous {
-                Some(state) if state.stamp == *stamp && stamp.is_some() => state,
+            match self.files.remove(file) {
+                Some(state) if state.stamp == *stamp && stamp.is_some() => {
+                    files.insert(file.clone(), state);
+                }
                 previous => {
                     let old = previous.map(|p| p.objects).unwrap_or_default();
-                    let state = read_file(file, *stamp, old.clone());
-                    changed.push((old, file.clone()));
-                    state
+                    to_read.push((file.clone(), *stamp, old));
                 }
-            };
-            files.insert(file.clone(), state);
+            }
+        }
+        for (file, state, old) in read_files(to_read) {
+            changed.push((old, file.clone()));
+            files.insert(file, state);
         }
         // Files gone since the last load take their objects with them.
         let gone: Vec<(BTreeMap<Identity, Object>, PathBuf)> = self
@@ -641,6 +644,51 @@ impl ManifestSource {
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
     }
+}
+
+/// Reads and parses files on every core: YAML parsing is most of the cost
+/// of a full load.
+fn read_files(
+    files: Vec<(PathBuf, FileStamp, BTreeMap<Identity, Object>)>,
+) -> Vec<(PathBuf, FileState, BTreeMap<Identity, Object>)> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len());
+    if workers <= 1 {
+        return files
+            .into_iter()
+            .map(|(f, stamp, old)| {
+                let state = read_file(&f, stamp, old.clone());
+                (f, state, old)
+            })
+            .collect();
+    }
+    let chunk = files.len().div_ceil(workers);
+    let mut chunks: Vec<Vec<_>> = Vec::new();
+    let mut it = files.into_iter().peekable();
+    while it.peek().is_some() {
+        chunks.push(it.by_ref().take(chunk).collect());
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|part| {
+                scope.spawn(move || {
+                    part.into_iter()
+                        .map(|(f, stamp, old)| {
+                            let state = read_file(&f, stamp, old.clone());
+                            (f, state, old)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        // A parser panic is a bug; surface it rather than lose a file.
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
 }
 
 fn read_file(file: &Path, stamp: FileStamp, previous: BTreeMap<Identity, Object>) -> FileState {

@@ -190,5 +190,6 @@ fn bench_l4() -> anyhow::Result<()> {
             "the L4 benchmark loads BPF programs: run it as root (`sudo -E cargo xtask bench l4`)"
         );
     }
+    setup::ensure_bench_tools()?;
     cargo(&["bench", "-p", "ingress-userspace", "--bench", "l4"])
 }

@@ -265,3 +265,23 @@ fn install(verbose: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// What `cargo xtask bench` compares against: iptables (kube-proxy's mode).
+pub fn ensure_bench_tools() -> anyhow::Result<()> {
+    if have("iptables-restore") {
+        return Ok(());
+    }
+    if is_root() {
+        step(
+            "bench tools",
+            false,
+            "iptables, for the kube-proxy comparison",
+        );
+        apt_install("bench tools", &["iptables"])
+    } else {
+        println!(
+            "setup: bench tools                      missing: iptables (apt-get install -y iptables)"
+        );
+        Ok(())
+    }
+}

@@ -582,3 +582,19 @@ fn client_ip_affinity_keeps_one_client_on_one_backend() {
     }
     assert_eq!(seen.len(), 1, "one client, one backend: {seen:?}");
 }
+
+#[test]
+fn xdp_pass_passes_everything_untouched() {
+    if !need_root() {
+        return;
+    }
+    let mut l = load();
+    let prog: &mut Xdp = l.ebpf.program_mut(program_names::XDP_PASS).unwrap().try_into().unwrap();
+    for input in [
+        packet::tcp((CLIENT, 1), (NODE, NODE_PORT), TCP_SYN, 1, b""),
+        packet::udp((CLIENT, 2), (NODE, 53), b"x"),
+    ] {
+        let (verdict, out) = run(|opts| prog.test_run(opts), &input);
+        assert_eq!((verdict, out), (XDP_PASS, input));
+    }
+}

@@ -3,6 +3,7 @@
 //! source (manifest files) → `model::desired_state` (pure) → `sync::diff`
 //! (pure) → `sync::apply` (the only map writer, through `bpf::LbMaps`).
 pub mod bpf;
+pub mod l7;
 pub mod lab;
 pub mod maglev;
 pub mod manifest;

@@ -589,7 +589,12 @@ fn xdp_pass_passes_everything_untouched() {
         return;
     }
     let mut l = load();
-    let prog: &mut Xdp = l.ebpf.program_mut(program_names::XDP_PASS).unwrap().try_into().unwrap();
+    let prog: &mut Xdp = l
+        .ebpf
+        .program_mut(program_names::XDP_PASS)
+        .unwrap()
+        .try_into()
+        .unwrap();
     for input in [
         packet::tcp((CLIENT, 1), (NODE, NODE_PORT), TCP_SYN, 1, b""),
         packet::udp((CLIENT, 2), (NODE, 53), b"x"),

@@ -1,0 +1,559 @@
+//! The Ingress route table: compiled once per change from the snapshot
+//! (pure), read once per request.
+//!
+//! Semantics are Kubernetes' (networking.k8s.io/v1): hosts match exactly
+//! (case-insensitive, port ignored) or as `*.suffix` wildcards of exactly one
+//! label, exact hosts win over wildcards, and rules without a host serve every
+//! other host. Paths: `Exact`, `Prefix` (element-wise on `/`),
+//! `ImplementationSpecific` (as Prefix); the longest match wins and Exact
+//! beats Prefix at equal length. Like ingress-nginx, a request whose host has
+//! rules but whose path matches none of them goes to the default backend.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
+
+use crate::manifest::{ObjectKey, Snapshot};
+
+/// Our IngressClass name and controller name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassConfig {
+    /// `--ingress-class`: the IngressClass name we serve (default `ebpf`).
+    pub class_name: String,
+    /// The `spec.controller` of IngressClasses that are ours.
+    pub controller: String,
+}
+
+impl Default for ClassConfig {
+    fn default() -> Self {
+        Self {
+            class_name: "ebpf".into(),
+            controller: "ingress-ebpf/controller".into(),
+        }
+    }
+}
+
+/// Where matched requests go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    /// Ready pod endpoints of a Service port (empty: answer 503).
+    Endpoints {
+        /// `namespace/service:port`, for logs and metrics.
+        name: String,
+        addrs: Vec<SocketAddr>,
+        /// The Service port's `appProtocol` (`h2c`, `kubernetes.io/h2c`, `grpc`…).
+        app_protocol: Option<String>,
+    },
+    /// An ExternalName Service: resolved with DNS when connecting.
+    External {
+        name: String,
+        host: String,
+        port: u16,
+    },
+    /// The backend cannot be used (missing Service, unknown port): 503.
+    Unavailable { name: String, reason: String },
+}
+
+impl Upstream {
+    pub fn name(&self) -> &str {
+        match self {
+            Upstream::Endpoints { name, .. }
+            | Upstream::External { name, .. }
+            | Upstream::Unavailable { name, .. } => name,
+        }
+    }
+}
+
+/// A matched route: the upstream and the Ingress it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub upstream: Arc<Upstream>,
+    /// `namespace/name` of the Ingress.
+    pub ingress: String,
+    /// Redirect plain HTTP to HTTPS (the host is in the Ingress's `spec.tls`
+    /// and `nginx.ingress.kubernetes.io/ssl-redirect` is not "false").
+    pub ssl_redirect: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum PathKind {
+    Exact,
+    Prefix,
+}
+
+/// One host's paths.
+#[derive(Clone, Debug, Default)]
+struct HostRules {
+    exact: HashMap<String, Route>,
+    /// Prefixes as path elements, longest first.
+    prefixes: Vec<(Vec<String>, Route)>,
+}
+
+impl HostRules {
+    fn lookup(&self, path: &str) -> Option<&Route> {
+        // An exact match is as long as the path itself: nothing beats it.
+        if let Some(r) = self.exact.get(path) {
+            return Some(r);
+        }
+        let elements = path_elements(path);
+        self.prefixes
+            .iter()
+            .find(|(p, _)| elements.len() >= p.len() && elements[..p.len()] == p[..])
+            .map(|(_, r)| r)
+    }
+}
+
+/// `/aaa/bbb/` → `["aaa", "bbb"]`; empty elements are dropped, so a trailing
+/// slash never matters to a Prefix.
+fn path_elements(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// What a request matched.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Match<'a> {
+    Route(&'a Route),
+    /// Nothing matched: `spec.defaultBackend` of an Ingress, else the
+    /// built-in 404.
+    Default(Option<&'a Route>),
+}
+
+/// The compiled table. Cheap to read, rebuilt on every change and swapped in
+/// whole, so a request sees one table from start to end.
+#[derive(Clone, Debug, Default)]
+pub struct RouteTable {
+    exact_hosts: HashMap<String, HostRules>,
+    /// Keyed by the suffix after `*.` (`*.foo.com` → `foo.com`).
+    wildcard_hosts: HashMap<String, HostRules>,
+    any_host: Option<HostRules>,
+    default_backend: Option<Route>,
+    /// Hosts named in `spec.tls`, with the Secret (`namespace/name`).
+    pub tls_hosts: BTreeMap<String, ObjectKey>,
+    rules: usize,
+}
+
+/// Lower-case host without port; `None` for an empty Host.
+pub fn normalize_host(host: &str) -> Option<String> {
+    let host = host.trim();
+    let without_port = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        rest.split(']').next().unwrap_or(rest)
+    } else if host.matches(':').count() == 1 {
+        host.split(':').next().unwrap_or(host)
+    } else {
+        host
+    };
+    let h = without_port.trim_end_matches('.').to_ascii_lowercase();
+    if h.is_empty() { None } else { Some(h) }
+}
+
+impl RouteTable {
+    /// Routes a request by its Host (or :authority) and path (query ignored).
+    pub fn lookup(&self, host: Option<&str>, path: &str) -> Match<'_> {
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        let path = if path.is_empty() { "/" } else { path };
+        let host = host.and_then(normalize_host);
+        let rules = host
+            .as_deref()
+            .and_then(|h| self.rules_for_host(h))
+            .or(self.any_host.as_ref());
+        match rules.and_then(|r| r.lookup(path)) {
+            Some(route) => Match::Route(route),
+            None => Match::Default(self.default_backend.as_ref()),
+        }
+    }
+
+    fn rules_for_host(&self, host: &str) -> Option<&HostRules> {
+        if let Some(r) = self.exact_hosts.get(host) {
+            return Some(r);
+        }
+        // Exactly one label before the wildcard's suffix.
+        let (label, suffix) = host.split_once('.')?;
+        if label.is_empty() {
+            return None;
+        }
+        self.wildcard_hosts.get(suffix)
+    }
+
+    /// Number of (host, path) rules in force.
+    pub fn len(&self) -> usize {
+        self.rules
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules == 0
+    }
+}
+
+/// A problem with one Ingress, with the field that caused it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteWarning {
+    /// `namespace/name` of the Ingress.
+    pub ingress: String,
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for RouteWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Ingress {}: field {}: {}",
+            self.ingress, self.field, self.message
+        )
+    }
+}
+
+/// Whether an Ingress is ours: its `ingressClassName` names an IngressClass
+/// with our controller (or our class name, if that IngressClass is not
+/// defined at all, as in plain manifest files), or it names none and an
+/// IngressClass of ours is the default; the legacy
+/// `kubernetes.io/ingress.class` annotation is honoured too.
+pub fn is_ours(ingress: &Ingress, snapshot: &Snapshot, class: &ClassConfig) -> bool {
+    let ours = |name: &str| match snapshot
+        .ingress_classes
+        .get(&(String::new(), name.to_string()))
+    {
+        Some(ic) => {
+            ic.spec.as_ref().and_then(|s| s.controller.as_deref())
+                == Some(class.controller.as_str())
+        }
+        None => name == class.class_name,
+    };
+    let spec_class = ingress
+        .spec
+        .as_ref()
+        .and_then(|s| s.ingress_class_name.as_deref());
+    let annotation = ingress
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("kubernetes.io/ingress.class"))
+        .map(String::as_str);
+    match spec_class.or(annotation) {
+        Some(name) => ours(name),
+        None => snapshot.ingress_classes.values().any(|ic| {
+            let default = ic
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("ingressclass.kubernetes.io/is-default-class"))
+                .is_some_and(|v| v == "true");
+            default
+                && ic.spec.as_ref().and_then(|s| s.controller.as_deref())
+                    == Some(class.controller.as_str())
+        }),
+    }
+}
+
+/// `namespace/service:port` of a backend, for logs and metrics.
+fn backend_name(ns: &str, backend: &IngressBackend) -> String {
+    match &backend.service {
+        Some(svc) => {
+            let port = svc.port.as_ref();
+            let label = port
+                .and_then(|p| p.name.clone().or(p.number.map(|n| n.to_string())))
+                .unwrap_or_default();
+            format!("{ns}/{}:{label}", svc.name)
+        }
+        None => format!("{ns}/(resource backend)"),
+    }
+}
+
+/// Resolves an Ingress backend to its Service's ready endpoints; an error
+/// says what is wrong (the route then answers 503).
+fn resolve_backend(
+    ns: &str,
+    backend: &IngressBackend,
+    snapshot: &Snapshot,
+) -> Result<Upstream, String> {
+    let Some(svc_ref) = &backend.service else {
+        return Err("only Service backends are supported (resource backends are not)".into());
+    };
+    let name = backend_name(ns, backend);
+    let port_ref = svc_ref.port.as_ref();
+    let port_label = port_ref
+        .and_then(|p| p.name.clone().or(p.number.map(|n| n.to_string())))
+        .unwrap_or_default();
+    let key = (ns.to_string(), svc_ref.name.clone());
+    let Some(svc) = snapshot.services.get(&key) else {
+        return Err(format!("Service {ns}/{} not found", svc_ref.name));
+    };
+    let spec = svc.spec.clone().unwrap_or_default();
+    let ports = spec.ports.clone().unwrap_or_default();
+    let port = match port_ref {
+        Some(p) if p.name.is_some() => ports.iter().find(|sp| sp.name == p.name),
+        Some(p) if p.number.is_some() => ports.iter().find(|sp| Some(sp.port) == p.number),
+        _ => None,
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        let host = spec.external_name.clone().unwrap_or_default();
+        let number = port_ref
+            .and_then(|p| p.number)
+            .or(port.map(|p| p.port))
+            .unwrap_or(80);
+        return Ok(Upstream::External {
+            name,
+            host,
+            port: number as u16,
+        });
+    }
+    let Some(port) = port else {
+        return Err(format!(
+            "Service {ns}/{} has no port {port_label}",
+            svc_ref.name
+        ));
+    };
+    let port_name = port.name.clone().unwrap_or_default();
+    let mut ready = Vec::new();
+    let mut terminating = Vec::new();
+    for slice in snapshot.slices_of(&key) {
+        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+            continue;
+        }
+        let Some(target) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| {
+                p.name.clone().unwrap_or_default() == port_name
+                    && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
+            })
+            .and_then(|p| p.port)
+        else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let cond = ep.conditions.as_ref();
+            let is_ready = cond.and_then(|c| c.ready).unwrap_or(true);
+            let serving = cond.and_then(|c| c.serving).unwrap_or(is_ready);
+            let term = cond.and_then(|c| c.terminating).unwrap_or(false);
+            for a in &ep.addresses {
+                let Ok(ip) = a.parse::<IpAddr>() else {
+                    continue;
+                };
+                let addr = SocketAddr::new(ip, target as u16);
+                if is_ready {
+                    ready.push(addr);
+                } else if serving && term {
+                    terminating.push(addr);
+                }
+            }
+        }
+    }
+    let mut addrs = if ready.is_empty() { terminating } else { ready };
+    addrs.sort();
+    addrs.dedup();
+    Ok(Upstream::Endpoints {
+        name,
+        addrs,
+        app_protocol: port.app_protocol.clone(),
+    })
+}
+
+fn creation_order(ing: &Ingress) -> (Option<String>, String, String) {
+    let created = ing
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| format!("{:?}", t.0));
+    (
+        created,
+        ing.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        ing.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Compiles every Ingress of ours into one table (pure). Ingresses are taken
+/// oldest first, so on a conflict (same host, path and type) the older one
+/// keeps the route and the newer is reported.
+pub fn compile(snapshot: &Snapshot, class: &ClassConfig) -> (RouteTable, Vec<RouteWarning>) {
+    let mut warnings = Vec::new();
+    let mut ingresses: Vec<&Ingress> = snapshot
+        .ingresses
+        .values()
+        .filter(|i| is_ours(i, snapshot, class))
+        .collect();
+    ingresses.sort_by_key(|i| creation_order(i));
+
+    // host key ("" = any host; "*.x" = wildcard) → (kind, path) → route.
+    type Paths = BTreeMap<(PathKind, String), Route>;
+    let mut hosts: BTreeMap<String, Paths> = BTreeMap::new();
+    let mut owners: HashMap<(String, PathKind, String), String> = HashMap::new();
+    let mut table = RouteTable::default();
+    let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
+
+    for ing in ingresses {
+        let ns = ing
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let id = format!("{ns}/{}", ing.metadata.name.clone().unwrap_or_default());
+        let Some(spec) = &ing.spec else { continue };
+        let annotations = ing.metadata.annotations.clone().unwrap_or_default();
+        let redirect_allowed = annotations
+            .get("nginx.ingress.kubernetes.io/ssl-redirect")
+            .is_none_or(|v| v != "false");
+        let mut tls_hosts = Vec::new();
+        for (i, tls) in spec.tls.iter().flatten().enumerate() {
+            let Some(secret) = tls.secret_name.clone() else {
+                warnings.push(RouteWarning {
+                    ingress: id.clone(),
+                    field: format!("spec.tls[{i}].secretName"),
+                    message: "required".into(),
+                });
+                continue;
+            };
+            for h in tls.hosts.iter().flatten() {
+                if let Some(h) = normalize_host(h) {
+                    table
+                        .tls_hosts
+                        .entry(h.clone())
+                        .or_insert_with(|| (ns.clone(), secret.clone()));
+                    tls_hosts.push(h);
+                }
+            }
+        }
+        let mut upstream_for =
+            |backend: &IngressBackend, field: String, warnings: &mut Vec<RouteWarning>| {
+                let name = backend_name(&ns, backend);
+                let up = resolve_backend(&ns, backend, snapshot).unwrap_or_else(|reason| {
+                    warnings.push(RouteWarning {
+                        ingress: id.clone(),
+                        field,
+                        message: reason.clone(),
+                    });
+                    Upstream::Unavailable {
+                        name: name.clone(),
+                        reason,
+                    }
+                });
+                // One shared upstream per backend, so balancing state is shared too.
+                upstreams
+                    .entry(name)
+                    .or_insert_with(|| Arc::new(up))
+                    .clone()
+            };
+        if let Some(db) = &spec.default_backend {
+            let up = upstream_for(db, "spec.defaultBackend".into(), &mut warnings);
+            match &table.default_backend {
+                None => {
+                    table.default_backend = Some(Route {
+                        upstream: up,
+                        ingress: id.clone(),
+                        ssl_redirect: false,
+                    })
+                }
+                Some(r) => warnings.push(RouteWarning {
+                    ingress: id.clone(),
+                    field: "spec.defaultBackend".into(),
+                    message: format!(
+                        "ignored: Ingress {} (older) already sets the default backend",
+                        r.ingress
+                    ),
+                }),
+            }
+        }
+        for (ri, rule) in spec.rules.iter().flatten().enumerate() {
+            let host = match rule.host.as_deref().map(str::trim) {
+                None | Some("") => String::new(),
+                Some(h) => {
+                    let h = h.to_ascii_lowercase();
+                    let valid = match h.strip_prefix("*.") {
+                        Some(rest) => !rest.is_empty() && !rest.contains('*'),
+                        None => !h.contains('*') && !h.contains(':') && !h.contains('/'),
+                    };
+                    if !valid {
+                        warnings.push(RouteWarning {
+                            ingress: id.clone(),
+                            field: format!("spec.rules[{ri}].host"),
+                            message: format!("{h:?} is not a host name or a `*.` wildcard"),
+                        });
+                        continue;
+                    }
+                    h
+                }
+            };
+            let ssl_redirect =
+                redirect_allowed && !host.is_empty() && tls_hosts.iter().any(|t| *t == host);
+            for (pi, p) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
+                let field = format!("spec.rules[{ri}].http.paths[{pi}]");
+                let kind = match p.path_type.as_str() {
+                    "Exact" => PathKind::Exact,
+                    "Prefix" | "ImplementationSpecific" => PathKind::Prefix,
+                    other => {
+                        warnings.push(RouteWarning {
+                            ingress: id.clone(),
+                            field: format!("{field}.pathType"),
+                            message: format!("unsupported value {other:?} (Exact, Prefix or ImplementationSpecific)"),
+                        });
+                        continue;
+                    }
+                };
+                let path = p.path.clone().unwrap_or_else(|| "/".into());
+                if !path.starts_with('/') || path.contains(['{', '}', ';', ' ']) {
+                    warnings.push(RouteWarning {
+                        ingress: id.clone(),
+                        field: format!("{field}.path"),
+                        message: format!(
+                            "{path:?} must be an absolute path without spaces, braces or semicolons"
+                        ),
+                    });
+                    continue;
+                }
+                let upstream = upstream_for(&p.backend, format!("{field}.backend"), &mut warnings);
+                let key = (host.clone(), kind, path.clone());
+                if let Some(owner) = owners.get(&key) {
+                    warnings.push(RouteWarning {
+                        ingress: id.clone(),
+                        field: format!("{field}.path"),
+                        message: format!(
+                            "host {:?} path {path:?} ({kind:?}) already routed by older Ingress {owner}; ignored",
+                            if host.is_empty() { "*" } else { &host }
+                        ),
+                    });
+                    continue;
+                }
+                owners.insert(key, id.clone());
+                hosts.entry(host.clone()).or_default().insert(
+                    (kind, path),
+                    Route {
+                        upstream,
+                        ingress: id.clone(),
+                        ssl_redirect,
+                    },
+                );
+            }
+        }
+    }
+    for (host, paths) in hosts {
+        let mut rules = HostRules::default();
+        for ((kind, path), route) in paths {
+            table.rules += 1;
+            match kind {
+                PathKind::Exact => drop(rules.exact.insert(path, route)),
+                PathKind::Prefix => rules.prefixes.push((path_elements(&path), route)),
+            }
+        }
+        // Longest prefix first; equal lengths keep path order (deterministic).
+        rules.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        if host.is_empty() {
+            table.any_host = Some(rules);
+        } else if let Some(suffix) = host.strip_prefix("*.") {
+            table.wildcard_hosts.insert(suffix.to_string(), rules);
+        } else {
+            table.exact_hosts.insert(host, rules);
+        }
+    }
+    (table, warnings)
+}

@@ -1,0 +1,372 @@
+//! The Ingress router against tables of host/path cases: every example of
+//! the Kubernetes documentation's path-matching table, host precedence,
+//! merging across Ingresses, conflicts and class selection. Pure.
+use std::path::Path;
+
+use ingressd::{
+    l7::route::{ClassConfig, Match, RouteTable, Upstream, compile},
+    manifest::{Snapshot, parse_file},
+};
+
+fn snapshot(yaml: &str) -> Snapshot {
+    let (objects, errors, _) = parse_file(Path::new("test.yaml"), yaml);
+    assert!(errors.is_empty(), "{errors:?}");
+    let mut snap = Snapshot::default();
+    for o in objects {
+        snap.insert(o);
+    }
+    snap
+}
+
+/// A Service `name` with port 80 (named http) → 8080 and one endpoint.
+fn service(name: &str, ip: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [\"{ip}\"]}}]\n"
+    )
+}
+
+/// An Ingress of class ebpf with one rule: host (or none) and paths.
+fn ingress(name: &str, created: &str, host: Option<&str>, paths: &[(&str, &str, &str)]) -> String {
+    let host = host
+        .map(|h| format!("    host: \"{h}\"\n"))
+        .unwrap_or_default();
+    let paths: String = paths
+        .iter()
+        .map(|(kind, path, svc)| {
+            format!("      - path: {path}\n        pathType: {kind}\n        backend: {{service: {{name: {svc}, port: {{number: 80}}}}}}\n")
+        })
+        .collect();
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: {name}, creationTimestamp: \"{created}\"}}\n\
+         spec:\n  ingressClassName: ebpf\n  rules:\n  - \n{host}    http:\n      paths:\n{paths}"
+    )
+}
+
+fn services() -> String {
+    ["a", "b", "c", "d"]
+        .iter()
+        .enumerate()
+        .map(|(i, s)| service(s, &format!("198.18.1.{}", i + 2)))
+        .collect()
+}
+
+fn table(yaml: &str) -> RouteTable {
+    let (t, _) = compile(&snapshot(&(services() + yaml)), &ClassConfig::default());
+    t
+}
+
+/// The Service a request reaches ("404" for the built-in default backend).
+fn target(t: &RouteTable, host: Option<&str>, path: &str) -> String {
+    match t.lookup(host, path) {
+        Match::Route(r) => service_of(&r.upstream),
+        Match::Default(Some(r)) => format!("default:{}", service_of(&r.upstream)),
+        Match::Default(None) => "404".into(),
+    }
+}
+
+fn service_of(u: &Upstream) -> String {
+    u.name().split(['/', ':']).nth(1).unwrap_or("?").to_string()
+}
+
+#[test]
+fn kubernetes_docs_path_matching_table() {
+    // https://kubernetes.io/docs/concepts/services-networking/ingress/#examples
+    let cases: &[(&[(&str, &str)], &str, bool)] = &[
+        (&[("Prefix", "/")], "/anything/at/all", true),
+        (&[("Exact", "/foo")], "/foo", true),
+        (&[("Exact", "/foo")], "/bar", false),
+        (&[("Exact", "/foo")], "/foo/", false),
+        (&[("Exact", "/foo/")], "/foo", false),
+        (&[("Prefix", "/foo")], "/foo", true),
+        (&[("Prefix", "/foo")], "/foo/", true),
+        (&[("Prefix", "/foo/")], "/foo", true),
+        (&[("Prefix", "/foo/")], "/foo/", true),
+        (&[("Prefix", "/aaa/bb")], "/aaa/bbb", false),
+        (&[("Prefix", "/aaa/bbb")], "/aaa/bbb", true),
+        (&[("Prefix", "/aaa/bbb/")], "/aaa/bbb", true),
+        (&[("Prefix", "/aaa/bbb")], "/aaa/bbb/", true),
+        (&[("Prefix", "/aaa/bbb")], "/aaa/bbb/ccc", true),
+        (&[("Prefix", "/aaa/bbb")], "/aaa/bbbxyz", false),
+        (&[("Prefix", "/aaa")], "/ccc", false),
+        (&[("ImplementationSpecific", "/foo")], "/foo/bar", true),
+        (&[("ImplementationSpecific", "/foo")], "/foobar", false),
+    ];
+    for (paths, request, matches) in cases {
+        let rule: Vec<(&str, &str, &str)> = paths.iter().map(|(k, p)| (*k, *p, "a")).collect();
+        let t = table(&ingress("i", "2024-01-01T00:00:00Z", None, &rule));
+        let got = target(&t, Some("example.test"), request);
+        assert_eq!(
+            got == "a",
+            *matches,
+            "{paths:?} with request {request}: got {got}"
+        );
+    }
+}
+
+#[test]
+fn longest_prefix_wins_from_the_docs_table() {
+    let t = table(&ingress(
+        "i",
+        "2024-01-01T00:00:00Z",
+        None,
+        &[
+            ("Prefix", "/", "a"),
+            ("Prefix", "/aaa", "b"),
+            ("Prefix", "/aaa/bbb", "c"),
+        ],
+    ));
+    assert_eq!(target(&t, None, "/aaa/ccc"), "b");
+    assert_eq!(target(&t, None, "/aaa/bbb"), "c");
+    assert_eq!(target(&t, None, "/aaa/bbb/x?q=1"), "c");
+    assert_eq!(target(&t, None, "/ccc"), "a");
+}
+
+#[test]
+fn exact_beats_prefix_of_equal_length() {
+    let t = table(&ingress(
+        "i",
+        "2024-01-01T00:00:00Z",
+        None,
+        &[("Prefix", "/foo", "a"), ("Exact", "/foo", "b")],
+    ));
+    assert_eq!(target(&t, None, "/foo"), "b");
+    assert_eq!(target(&t, None, "/foo/"), "a");
+    assert_eq!(target(&t, None, "/foo/bar"), "a");
+}
+
+#[test]
+fn hostname_precedence_exact_then_wildcard_then_any() {
+    let yaml = ingress(
+        "exact",
+        "2024-01-01T00:00:00Z",
+        Some("foo.bar.com"),
+        &[("Prefix", "/", "a")],
+    ) + &ingress(
+        "wild",
+        "2024-01-01T00:00:00Z",
+        Some("*.bar.com"),
+        &[("Prefix", "/", "b")],
+    ) + &ingress("any", "2024-01-01T00:00:00Z", None, &[("Prefix", "/", "c")]);
+    let t = table(&yaml);
+    assert_eq!(target(&t, Some("foo.bar.com"), "/"), "a");
+    assert_eq!(
+        target(&t, Some("FOO.Bar.com:8080"), "/"),
+        "a",
+        "case-insensitive, port ignored"
+    );
+    assert_eq!(target(&t, Some("baz.bar.com"), "/"), "b");
+    // A wildcard covers exactly one label.
+    assert_eq!(target(&t, Some("x.baz.bar.com"), "/"), "c");
+    assert_eq!(target(&t, Some("bar.com"), "/"), "c");
+    assert_eq!(target(&t, Some("other.test"), "/"), "c");
+    assert_eq!(target(&t, None, "/"), "c");
+}
+
+#[test]
+fn host_with_rules_but_no_matching_path_goes_to_the_default_backend() {
+    let yaml = ingress(
+        "h",
+        "2024-01-01T00:00:00Z",
+        Some("foo.test"),
+        &[("Prefix", "/api", "a")],
+    ) + &ingress("any", "2024-01-01T00:00:00Z", None, &[("Prefix", "/", "c")]);
+    let t = table(&yaml);
+    assert_eq!(target(&t, Some("foo.test"), "/api/x"), "a");
+    assert_eq!(target(&t, Some("foo.test"), "/web"), "404");
+}
+
+#[test]
+fn rules_for_one_host_merge_across_ingresses_and_the_older_wins_a_conflict() {
+    let yaml = ingress(
+        "new",
+        "2024-06-01T00:00:00Z",
+        Some("shop.test"),
+        &[("Prefix", "/cart", "b"), ("Prefix", "/", "d")],
+    ) + &ingress(
+        "old",
+        "2024-01-01T00:00:00Z",
+        Some("shop.test"),
+        &[("Prefix", "/", "a")],
+    );
+    let (t, warnings) = compile(&snapshot(&(services() + &yaml)), &ClassConfig::default());
+    assert_eq!(
+        target(&t, Some("shop.test"), "/cart/1"),
+        "b",
+        "merged from the newer Ingress"
+    );
+    assert_eq!(
+        target(&t, Some("shop.test"), "/"),
+        "a",
+        "the older Ingress keeps the conflicting path"
+    );
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].ingress, "default/new");
+    assert!(
+        warnings[0].message.contains("older Ingress default/old"),
+        "{}",
+        warnings[0]
+    );
+}
+
+#[test]
+fn default_backend_and_builtin_404() {
+    let t = table(&ingress(
+        "i",
+        "2024-01-01T00:00:00Z",
+        Some("x.test"),
+        &[("Exact", "/", "a")],
+    ));
+    assert_eq!(target(&t, Some("y.test"), "/"), "404");
+    let with_default = "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: d}\n\
+                        spec:\n  ingressClassName: ebpf\n  defaultBackend: {service: {name: d, port: {name: http}}}\n";
+    let t = table(with_default);
+    assert_eq!(target(&t, Some("y.test"), "/nothing"), "default:d");
+}
+
+#[test]
+fn class_selection() {
+    let class = |name: &str, controller: &str, default: bool| {
+        let ann = if default {
+            "\n  annotations: {ingressclass.kubernetes.io/is-default-class: \"true\"}"
+        } else {
+            ""
+        };
+        format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata:\n  name: {name}{ann}\nspec: {{controller: {controller}}}\n"
+        )
+    };
+    let ing = |name: &str, class: Option<&str>, path: &str| {
+        let class = class
+            .map(|c| format!("  ingressClassName: {c}\n"))
+            .unwrap_or_default();
+        format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: {name}}}\nspec:\n{class}  rules:\n  - http:\n      paths:\n      - {{path: {path}, pathType: Prefix, backend: {{service: {{name: a, port: {{number: 80}}}}}}}}\n"
+        )
+    };
+    // Ours by class name (the IngressClass says our controller), by another
+    // class name with our controller, and by default class; not nginx's.
+    let yaml = class("ebpf", "ingress-ebpf/controller", false)
+        + &class("edge", "ingress-ebpf/controller", true)
+        + &class("nginx", "k8s.io/ingress-nginx", false)
+        + &ing("mine", Some("ebpf"), "/mine")
+        + &ing("edge", Some("edge"), "/edge")
+        + &ing("unnamed", None, "/unnamed")
+        + &ing("theirs", Some("nginx"), "/theirs")
+        + &ing("unknown", Some("missing"), "/unknown");
+    let t = table(&yaml);
+    for (path, want) in [
+        ("/mine", "a"),
+        ("/edge", "a"),
+        ("/unnamed", "a"),
+        ("/theirs", "404"),
+        ("/unknown", "404"),
+    ] {
+        assert_eq!(target(&t, None, path), want, "{path}");
+    }
+    // Without a default class of ours, an Ingress naming no class is not ours.
+    let t =
+        table(&(class("nginx", "k8s.io/ingress-nginx", true) + &ing("unnamed", None, "/unnamed")));
+    assert_eq!(target(&t, None, "/unnamed"), "404");
+}
+
+#[test]
+fn invalid_paths_and_backends_are_reported_and_the_rest_works() {
+    let yaml = ingress(
+        "good",
+        "2024-01-01T00:00:00Z",
+        Some("ok.test"),
+        &[("Prefix", "/", "a")],
+    ) + &ingress(
+        "bad",
+        "2024-01-02T00:00:00Z",
+        Some("bad.test"),
+        &[
+            ("Prefix", "relative", "a"),
+            ("Prefix", "/x", "missing"),
+            ("Weird", "/y", "a"),
+        ],
+    );
+    let (t, warnings) = compile(&snapshot(&(services() + &yaml)), &ClassConfig::default());
+    assert_eq!(target(&t, Some("ok.test"), "/"), "a");
+    let fields: Vec<&str> = warnings.iter().map(|w| w.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        vec![
+            "spec.rules[0].http.paths[0].path",
+            "spec.rules[0].http.paths[1].backend",
+            "spec.rules[0].http.paths[2].pathType"
+        ],
+        "{warnings:?}"
+    );
+    assert!(warnings.iter().all(|w| w.ingress == "default/bad"));
+    // The missing Service still routes, to a 503.
+    match t.lookup(Some("bad.test"), "/x") {
+        Match::Route(r) => assert!(matches!(*r.upstream, Upstream::Unavailable { .. })),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn backends_resolve_to_ready_endpoints_by_port_number_or_name() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  ports:
+  - {name: http, port: 80}
+  - {name: admin, port: 9000, appProtocol: kubernetes.io/h2c}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: admin, port: 9090}]
+endpoints:
+- {addresses: [198.18.1.2]}
+- {addresses: [198.18.1.3], conditions: {ready: false}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: i}
+spec:
+  ingressClassName: ebpf
+  rules:
+  - http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+      - {path: /admin, pathType: Prefix, backend: {service: {name: web, port: {name: admin}}}}
+      - {path: /nope, pathType: Prefix, backend: {service: {name: web, port: {name: nope}}}}
+"#;
+    let (t, warnings) = compile(&snapshot(yaml), &ClassConfig::default());
+    let up = |path: &str| match t.lookup(None, path) {
+        Match::Route(r) => (*r.upstream).clone(),
+        other => panic!("{other:?}"),
+    };
+    match up("/") {
+        Upstream::Endpoints { addrs, .. } => {
+            assert_eq!(addrs, vec!["198.18.1.2:8080".parse().unwrap()])
+        }
+        other => panic!("{other:?}"),
+    }
+    match up("/admin") {
+        Upstream::Endpoints {
+            addrs,
+            app_protocol,
+            ..
+        } => {
+            assert_eq!(addrs, vec!["198.18.1.2:9090".parse().unwrap()]);
+            assert_eq!(app_protocol.as_deref(), Some("kubernetes.io/h2c"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(up("/nope"), Upstream::Unavailable { .. }));
+    assert_eq!(warnings.len(), 1);
+    assert!(
+        warnings[0].message.contains("no port nope"),
+        "{}",
+        warnings[0]
+    );
+}

@@ -3,11 +3,13 @@ use std::{
     fmt::Write as _,
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
+    time::Duration,
 };
 
 use clap::{Parser, Subcommand};
 use ingressd::{
     bpf::{self, LbMaps, XdpAttachMode},
+    l7::{proxy::Limits, route::ClassConfig},
     model::{show_backend, show_frontend},
     render::render_state,
     run::{RunConfig, run},
@@ -32,7 +34,7 @@ enum Command {
         #[arg(long, num_args = 1.., required = true)]
         manifests: Vec<PathBuf>,
         /// Attach XDP (ingress) and TC (egress) here.
-        #[arg(long, num_args = 1.., required = true)]
+        #[arg(long, num_args = 1.., required_unless_present = "no_l4")]
         interface: Vec<String>,
         /// Addresses NodePorts answer on [default: the addresses of --interface].
         #[arg(long, num_args = 1..)]
@@ -47,6 +49,30 @@ enum Command {
         metrics_addr: SocketAddr,
         #[arg(long, value_enum, default_value = "auto")]
         xdp_mode: XdpAttachMode,
+        /// Run the proxy alone: no BPF, no privileges needed.
+        #[arg(long, conflicts_with = "no_l7")]
+        no_l4: bool,
+        /// Run the L4 data path alone: no proxy.
+        #[arg(long)]
+        no_l7: bool,
+        /// Where the proxy serves HTTP (HTTP/1.1, and HTTP/2 with prior knowledge).
+        #[arg(long, default_value = "0.0.0.0:80")]
+        http_addr: SocketAddr,
+        /// The default backend on its own port (404 for everything, /healthz).
+        #[arg(long, default_value = "0.0.0.0:8181")]
+        default_backend_addr: SocketAddr,
+        /// The IngressClass name served.
+        #[arg(long, default_value = "ebpf")]
+        ingress_class: String,
+        /// IngressClasses whose spec.controller is this are ours.
+        #[arg(long, default_value = "ingress-ebpf/controller")]
+        controller_class: String,
+        /// Seconds to wait for a TCP connection to an endpoint.
+        #[arg(long, default_value_t = 5)]
+        upstream_connect_timeout: u64,
+        /// Seconds to wait for an endpoint's response headers.
+        #[arg(long, default_value_t = 60)]
+        upstream_response_timeout: u64,
     },
     /// Detach and unpin everything under --pin-path.
     Cleanup {
@@ -151,6 +177,14 @@ fn main() -> std::process::ExitCode {
             pin_path,
             metrics_addr,
             xdp_mode,
+            no_l4,
+            no_l7,
+            http_addr,
+            default_backend_addr,
+            ingress_class,
+            controller_class,
+            upstream_connect_timeout,
+            upstream_response_timeout,
         } => {
             let cfg = RunConfig {
                 manifests,
@@ -160,6 +194,19 @@ fn main() -> std::process::ExitCode {
                 pin_path,
                 metrics_addr,
                 xdp_mode,
+                no_l4,
+                no_l7,
+                http_addr,
+                default_backend_addr,
+                class: ClassConfig {
+                    class_name: ingress_class,
+                    controller: controller_class,
+                },
+                limits: Limits {
+                    upstream_connect_timeout: Duration::from_secs(upstream_connect_timeout),
+                    upstream_response_timeout: Duration::from_secs(upstream_response_timeout),
+                    ..Limits::default()
+                },
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

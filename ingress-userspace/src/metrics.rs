@@ -18,7 +18,7 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 
-use crate::bpf::LbMaps;
+use crate::{bpf::LbMaps, l7::proxy::Proxy};
 
 /// What the sync loop reports; read by the HTTP handlers.
 #[derive(Default)]
@@ -139,9 +139,16 @@ async fn handle(
     req: Request<Incoming>,
     status: Arc<Status>,
     pin_path: Arc<PathBuf>,
+    proxy: Option<Arc<Proxy>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (code, body) = match req.uri().path() {
-        "/metrics" => (StatusCode::OK, render_metrics(&status, &pin_path)),
+        "/metrics" => {
+            let mut text = render_metrics(&status, &pin_path);
+            if let Some(p) = &proxy {
+                text.push_str(&p.render_metrics());
+            }
+            (StatusCode::OK, text)
+        }
         "/healthz" if status.healthy() => (StatusCode::OK, "ok\n".into()),
         "/healthz" => (StatusCode::SERVICE_UNAVAILABLE, "sync loop stuck\n".into()),
         "/readyz" if status.ready.load(Ordering::Relaxed) => (StatusCode::OK, "ready\n".into()),
@@ -165,6 +172,7 @@ pub async fn serve(
     addr: SocketAddr,
     status: Arc<Status>,
     pin_path: PathBuf,
+    proxy: Option<Arc<Proxy>>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -176,9 +184,11 @@ pub async fn serve(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            let (status, pin_path) = (status.clone(), pin_path.clone());
+            let (status, pin_path, proxy) = (status.clone(), pin_path.clone(), proxy.clone());
             tokio::spawn(async move {
-                let svc = service_fn(move |req| handle(req, status.clone(), pin_path.clone()));
+                let svc = service_fn(move |req| {
+                    handle(req, status.clone(), pin_path.clone(), proxy.clone())
+                });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;

@@ -1,5 +1,5 @@
-//! `ingressd run`: attach, adopt the pinned maps, then keep them in step
-//! with the manifest files.
+//! `ingressd run`: attach the L4 data path and adopt its pinned maps, start
+//! the L7 proxy, then keep both in step with the manifest files.
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr},
@@ -9,9 +9,14 @@ use std::{
 };
 
 use anyhow::Context as _;
+use tokio::net::TcpListener;
 
 use crate::{
     bpf::{self, LbMaps, XdpAttachMode},
+    l7::{
+        proxy::{self, Limits, Proxy},
+        route::{ClassConfig, compile},
+    },
     manifest::ManifestSource,
     metrics::{self, Status},
     model::{Model, NodeContext},
@@ -29,9 +34,26 @@ pub struct RunConfig {
     pub pin_path: PathBuf,
     pub metrics_addr: SocketAddr,
     pub xdp_mode: XdpAttachMode,
+    /// Proxy only: no BPF at all.
+    pub no_l4: bool,
+    /// Data path only: no proxy.
+    pub no_l7: bool,
+    pub http_addr: SocketAddr,
+    pub default_backend_addr: SocketAddr,
+    pub class: ClassConfig,
+    pub limits: Limits,
 }
 
-pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
+/// The L4 part: the model and the maps it keeps in step.
+struct L4 {
+    model: Model,
+    maps: LbMaps,
+    /// Diff against what the maps really hold (start-up, after a failed
+    /// write) instead of against the model's last state.
+    adopt: bool,
+}
+
+fn start_l4(cfg: &RunConfig) -> anyhow::Result<L4> {
     let mut node_ips = cfg.node_ips.clone();
     if node_ips.is_empty() {
         for iface in &cfg.interfaces {
@@ -45,21 +67,56 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         name: cfg.node_name.clone(),
         addrs: node_ips,
     };
-    tracing::info!(node = %node.name, addrs = ?node.addrs, interfaces = ?cfg.interfaces, "starting");
-
+    tracing::info!(node = %node.name, addrs = ?node.addrs, interfaces = ?cfg.interfaces, "starting the L4 data path");
     bpf::load_and_attach(&cfg.pin_path, &cfg.interfaces, cfg.xdp_mode)?;
     let mut maps = LbMaps::open(&cfg.pin_path)?;
     maps.set_node(&node.addrs)?;
-
-    let status = Arc::new(Status::default());
-    status.beat();
-    let _server = metrics::serve(cfg.metrics_addr, status.clone(), cfg.pin_path.clone()).await?;
-
-    let mut syncer = Syncer {
-        source: ManifestSource::new(cfg.manifests.clone()),
+    Ok(L4 {
         model: Model::new(node),
         maps,
         adopt: true,
+    })
+}
+
+async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {flag} {addr}"))
+}
+
+pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
+    let l4 = if cfg.no_l4 {
+        None
+    } else {
+        Some(start_l4(&cfg)?)
+    };
+    let proxy = if cfg.no_l7 {
+        None
+    } else {
+        let proxy = Proxy::new(cfg.limits.clone());
+        let http = bind(cfg.http_addr, "--http-addr").await?;
+        let default_backend = bind(cfg.default_backend_addr, "--default-backend-addr").await?;
+        tokio::spawn(proxy::serve(http, proxy.clone()));
+        tokio::spawn(proxy::serve_default_backend(default_backend));
+        tracing::info!(http = %cfg.http_addr, default_backend = %cfg.default_backend_addr, class = %cfg.class.class_name, "proxy listening");
+        Some(proxy)
+    };
+
+    let status = Arc::new(Status::default());
+    status.beat();
+    let _server = metrics::serve(
+        cfg.metrics_addr,
+        status.clone(),
+        cfg.pin_path.clone(),
+        proxy.clone(),
+    )
+    .await?;
+
+    let mut syncer = Syncer {
+        source: ManifestSource::new(cfg.manifests.clone()),
+        l4,
+        proxy,
+        class: cfg.class.clone(),
         warned: BTreeSet::new(),
     };
     let mut first = true;
@@ -71,7 +128,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 Ok(()) => first = false,
                 Err(e) => {
                     status.sync_errors.fetch_add(1, Ordering::Relaxed);
-                    syncer.adopt = true;
+                    if let Some(l4) = &mut syncer.l4 {
+                        l4.adopt = true;
+                    }
                     tracing::error!(error = %format!("{e:#}"), "sync failed; will re-read the maps and retry");
                 }
             }
@@ -82,18 +141,16 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             _ = term.recv() => break,
         }
     }
-    tracing::info!("exiting; the data path stays attached with its pinned maps");
+    tracing::info!("exiting; the L4 data path stays attached with its pinned maps");
     Ok(())
 }
 
-/// The sync loop's state: the source, the model and the maps it keeps in step.
+/// The sync loop's state: the source and what it keeps in step.
 struct Syncer {
     source: ManifestSource,
-    model: Model,
-    maps: LbMaps,
-    /// Diff against what the maps really hold (start-up, after a failed
-    /// write) instead of against the model's last state.
-    adopt: bool,
+    l4: Option<L4>,
+    proxy: Option<Arc<Proxy>>,
+    class: ClassConfig,
     warned: BTreeSet<String>,
 }
 
@@ -111,33 +168,50 @@ impl Syncer {
             .manifest_errors
             .store(loaded.errors.len() as u64, Ordering::Relaxed);
         let snapshot = self.source.snapshot();
-        let d = if self.adopt {
-            self.model.rebuild(snapshot);
-            let current = self.maps.read_state().context("reading the pinned maps")?;
-            tracing::info!(
-                frontends = current.frontends.len(),
-                rings = current.rings.len(),
-                "adopted pinned maps"
+        let mut warnings = BTreeSet::new();
+        let mut writes = 0;
+        if let Some(l4) = &mut self.l4 {
+            let d = if l4.adopt {
+                l4.model.rebuild(snapshot);
+                let current = l4.maps.read_state().context("reading the pinned maps")?;
+                tracing::info!(
+                    frontends = current.frontends.len(),
+                    rings = current.rings.len(),
+                    "adopted pinned maps"
+                );
+                diff(&current, l4.model.state())
+            } else {
+                l4.model.update(snapshot, loaded.touched)
+            };
+            writes = d.writes();
+            apply(&d, &mut l4.maps)?;
+            l4.adopt = false;
+            warnings.extend(
+                l4.model
+                    .warnings()
+                    .into_iter()
+                    .map(|w| format!("{}: {}", w.object, w.message)),
             );
-            diff(&current, self.model.state())
-        } else {
-            self.model.update(snapshot, loaded.touched)
-        };
-        let writes = d.writes();
-        apply(&d, &mut self.maps)?;
-        self.adopt = false;
+            let state = l4.model.state();
+            status
+                .frontends
+                .store(state.frontends.len() as u64, Ordering::Relaxed);
+            status
+                .rings
+                .store(state.rings.len() as u64, Ordering::Relaxed);
+        }
+        let mut rules = 0;
+        if let Some(proxy) = &self.proxy {
+            let (table, route_warnings) = compile(snapshot, &self.class);
+            rules = table.len();
+            warnings.extend(route_warnings.iter().map(ToString::to_string));
+            proxy.swap_routes(table);
+        }
         // Each warning once, while it lasts.
-        let now: BTreeSet<String> = self
-            .model
-            .warnings()
-            .into_iter()
-            .map(|w| format!("{}: {}", w.object, w.message))
-            .collect();
-        for w in now.difference(&self.warned) {
+        for w in warnings.difference(&self.warned) {
             tracing::warn!("{w}");
         }
-        self.warned = now;
-        let state = self.model.state();
+        self.warned = warnings;
         let took = started.elapsed();
         status.syncs.fetch_add(1, Ordering::Relaxed);
         status
@@ -146,17 +220,10 @@ impl Syncer {
         status
             .last_sync_micros
             .store(took.as_micros() as u64, Ordering::Relaxed);
-        status
-            .frontends
-            .store(state.frontends.len() as u64, Ordering::Relaxed);
-        status
-            .rings
-            .store(state.rings.len() as u64, Ordering::Relaxed);
         status.ready.store(true, Ordering::Relaxed);
         tracing::info!(
-            frontends = state.frontends.len(),
-            rings = state.rings.len(),
             writes,
+            route_rules = rules,
             micros = took.as_micros() as u64,
             "synced"
         );

@@ -73,7 +73,9 @@ fn service_of(u: &Upstream) -> String {
 #[test]
 fn kubernetes_docs_path_matching_table() {
     // https://kubernetes.io/docs/concepts/services-networking/ingress/#examples
-    let cases: &[(&[(&str, &str)], &str, bool)] = &[
+    /// (the Ingress's (pathType, path) list, request path, matches?)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, bool);
+    let cases: &[Case] = &[
         (&[("Prefix", "/")], "/anything/at/all", true),
         (&[("Exact", "/foo")], "/foo", true),
         (&[("Exact", "/foo")], "/bar", false),

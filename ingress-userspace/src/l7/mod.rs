@@ -1,2 +1,4 @@
 //! The L7 data path: Ingress routing (pure) and the hyper proxy.
+pub mod balance;
+pub mod proxy;
 pub mod route;

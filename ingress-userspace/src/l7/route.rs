@@ -181,6 +181,22 @@ impl RouteTable {
         self.wildcard_hosts.get(suffix)
     }
 
+    /// Every endpoint some route can send to.
+    pub fn endpoints(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        let hosts = self
+            .exact_hosts
+            .values()
+            .chain(self.wildcard_hosts.values())
+            .chain(self.any_host.iter());
+        hosts
+            .flat_map(|h| h.exact.values().chain(h.prefixes.iter().map(|(_, r)| r)))
+            .chain(self.default_backend.iter())
+            .flat_map(|r| match &*r.upstream {
+                Upstream::Endpoints { addrs, .. } => addrs.clone(),
+                _ => Vec::new(),
+            })
+    }
+
     /// Number of (host, path) rules in force.
     pub fn len(&self) -> usize {
         self.rules
@@ -484,8 +500,7 @@ pub fn compile(snapshot: &Snapshot, class: &ClassConfig) -> (RouteTable, Vec<Rou
                     h
                 }
             };
-            let ssl_redirect =
-                redirect_allowed && !host.is_empty() && tls_hosts.iter().any(|t| *t == host);
+            let ssl_redirect = redirect_allowed && !host.is_empty() && tls_hosts.contains(&host);
             for (pi, p) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
                 let field = format!("spec.rules[{ri}].http.paths[{pi}]");
                 let kind = match p.path_type.as_str() {
@@ -546,7 +561,7 @@ pub fn compile(snapshot: &Snapshot, class: &ClassConfig) -> (RouteTable, Vec<Rou
             }
         }
         // Longest prefix first; equal lengths keep path order (deterministic).
-        rules.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        rules.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         if host.is_empty() {
             table.any_host = Some(rules);
         } else if let Some(suffix) = host.strip_prefix("*.") {

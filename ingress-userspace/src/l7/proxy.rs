@@ -1,0 +1,545 @@
+//! The hyper proxy, as explicit phases: route → choose endpoint → rewrite
+//! headers → forward (one retry on connect failure for idempotent requests)
+//! → map errors to statuses → log. The route table is swapped whole
+//! (`ArcSwap`) and read once per request: a change never drops a connection.
+use std::{
+    collections::{BTreeMap, HashSet},
+    convert::Infallible,
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use hyper::{
+    Method, Request, Response, StatusCode, Uri, Version,
+    body::Incoming,
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    service::service_fn,
+};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::net::TcpListener;
+
+use super::{
+    balance::Balancer,
+    route::{Match, Route, RouteTable, Upstream, normalize_host},
+};
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Timeouts and limits (flags of `ingressd run`).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub upstream_connect_timeout: Duration,
+    /// From request sent to response headers received.
+    pub upstream_response_timeout: Duration,
+    pub idle_keepalive: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            upstream_connect_timeout: Duration::from_secs(5),
+            upstream_response_timeout: Duration::from_secs(60),
+            idle_keepalive: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Latency histogram buckets (seconds), Prometheus style.
+const BUCKETS: [f64; 11] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    total: u64,
+}
+
+#[derive(Default)]
+struct ProxyMetrics {
+    /// (ingress, service, status) → requests.
+    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    latency: Mutex<BTreeMap<(String, String), Histogram>>,
+    connect_errors: AtomicU64,
+    active_connections: AtomicI64,
+}
+
+pub struct Proxy {
+    routes: ArcSwap<RouteTable>,
+    client: Client<HttpConnector, Body>,
+    balancer: Balancer,
+    limits: Limits,
+    metrics: ProxyMetrics,
+}
+
+fn full(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn empty_body() -> Body {
+    Empty::new().map_err(|e| match e {}).boxed()
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+}
+
+fn request_id() -> String {
+    let mut buf = [0u8; 16];
+    // SAFETY: getrandom into a local buffer of the given length.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n != buf.len() as isize {
+        // Never fails for 16 bytes once the pool is up; a time-based id beats none.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        buf = t.to_le_bytes();
+    }
+    buf.iter().fold(String::with_capacity(32), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Who is asking, for the forwarding headers.
+#[derive(Clone, Copy, Debug)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+}
+
+impl Proxy {
+    pub fn new(limits: Limits) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(limits.upstream_connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(limits.idle_keepalive)
+            .build(connector);
+        Arc::new(Self {
+            routes: ArcSwap::from_pointee(RouteTable::default()),
+            client,
+            balancer: Balancer::default(),
+            limits,
+            metrics: ProxyMetrics::default(),
+        })
+    }
+
+    /// Publishes a new table; requests in flight finish on the old one.
+    pub fn swap_routes(&self, table: RouteTable) {
+        let live: HashSet<SocketAddr> = table.endpoints().collect();
+        self.routes.store(Arc::new(table));
+        self.balancer.retain(&live);
+    }
+
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes.load_full()
+    }
+
+    /// Phase 1: route. Everything after works on the chosen route.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+        let started = Instant::now();
+        let table = self.routes.load_full();
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            });
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        let (resp, route_label) = match table.lookup(host.as_deref(), &path) {
+            Match::Route(route) if route.ssl_redirect && !conn.tls => {
+                (redirect_to_https(&req, host.as_deref()), label(route))
+            }
+            Match::Route(route) | Match::Default(Some(route)) => {
+                let route = route.clone();
+                (
+                    self.forward(req, &route, conn, host.as_deref()).await,
+                    label(&route),
+                )
+            }
+            Match::Default(None) => (
+                full(StatusCode::NOT_FOUND, "default backend - 404\n"),
+                ("-".into(), "default-backend".into()),
+            ),
+        };
+        self.observe(&route_label, resp.status(), started.elapsed());
+        tracing::info!(
+            target: "access",
+            method = %method,
+            host = host.as_deref().unwrap_or("-"),
+            path = %path,
+            status = resp.status().as_u16(),
+            ingress = %route_label.0,
+            service = %route_label.1,
+            client = %conn.peer.ip(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "request"
+        );
+        resp
+    }
+
+    /// Phases 2-5: endpoint, headers, forward with one retry, errors.
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        route: &Route,
+        conn: Conn,
+        host: Option<&str>,
+    ) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let request_id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .unwrap_or_else(request_id);
+        set_forwarding_headers(&mut parts.headers, conn, host, &request_id);
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let addrs: Vec<SocketAddr> = match &*route.upstream {
+            Upstream::Endpoints { addrs, .. } => addrs.clone(),
+            Upstream::External { host, port, .. } => {
+                match tokio::net::lookup_host((host.as_str(), *port)).await {
+                    Ok(a) => a.collect(),
+                    Err(_) => {
+                        return full(StatusCode::BAD_GATEWAY, "upstream name does not resolve\n");
+                    }
+                }
+            }
+            Upstream::Unavailable { .. } => Vec::new(),
+        };
+        if addrs.is_empty() {
+            return full(StatusCode::SERVICE_UNAVAILABLE, "no endpoints available\n");
+        }
+        // A body can be sent once: only bodiless idempotent requests retry.
+        let bodiless = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v == "0")
+            && !parts.headers.contains_key(header::TRANSFER_ENCODING);
+        let can_retry = idempotent(&parts.method) && bodiless;
+        let mut body = Some(body.boxed());
+        let mut tried = Vec::new();
+        for attempt in 0..2 {
+            let Some((addr, _in_flight)) = self.balancer.pick(&addrs, &tried) else {
+                break;
+            };
+            tried.push(addr);
+            let uri: Uri = match format!("http://{addr}{path_and_query}").parse() {
+                Ok(u) => u,
+                Err(_) => return full(StatusCode::BAD_REQUEST, "bad request target\n"),
+            };
+            let mut out =
+                Request::from_parts(parts.clone(), body.take().unwrap_or_else(empty_body));
+            *out.uri_mut() = uri;
+            *out.version_mut() = Version::HTTP_11;
+            match tokio::time::timeout(
+                self.limits.upstream_response_timeout,
+                self.client.request(out),
+            )
+            .await
+            {
+                Err(_) => return full(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
+                Ok(Ok(mut resp)) => {
+                    self.balancer.report(addr, true);
+                    strip_hop_by_hop(resp.headers_mut());
+                    resp.headers_mut().insert(
+                        "x-request-id",
+                        HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("-")),
+                    );
+                    return resp.map(|b| b.boxed());
+                }
+                Ok(Err(e)) => {
+                    let connect = e.is_connect();
+                    if connect {
+                        self.balancer.report(addr, false);
+                        self.metrics.connect_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::warn!(upstream = %route.upstream.name(), endpoint = %addr, attempt, error = %e, "upstream request failed");
+                    if !(connect && can_retry) {
+                        return full(StatusCode::BAD_GATEWAY, "upstream connection failed\n");
+                    }
+                }
+            }
+        }
+        full(StatusCode::BAD_GATEWAY, "upstream connection failed\n")
+    }
+
+    fn observe(&self, label: &(String, String), status: StatusCode, took: Duration) {
+        let key = (label.0.clone(), label.1.clone(), status.as_u16());
+        *self
+            .metrics
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default() += 1;
+        let mut lat = self
+            .metrics
+            .latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let h = lat.entry(label.clone()).or_default();
+        let secs = took.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                h.counts[i] += 1;
+            }
+        }
+        h.sum += secs;
+        h.total += 1;
+    }
+
+    /// Prometheus text for the proxy's metrics.
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP ingressd_http_requests_total Requests by Ingress, Service and status\n# TYPE ingressd_http_requests_total counter\n");
+        for ((ing, svc, status), n) in self
+            .metrics
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "ingressd_http_requests_total{{ingress=\"{ing}\",service=\"{svc}\",status=\"{status}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP ingressd_http_request_duration_seconds Request latency\n# TYPE ingressd_http_request_duration_seconds histogram\n");
+        for ((ing, svc), h) in self
+            .metrics
+            .latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let l = format!("ingress=\"{ing}\",service=\"{svc}\"");
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "ingressd_http_request_duration_seconds_bucket{{{l},le=\"{b}\"}} {}",
+                    h.counts[i]
+                );
+            }
+            let _ = writeln!(
+                out,
+                "ingressd_http_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} {}",
+                h.total
+            );
+            let _ = writeln!(
+                out,
+                "ingressd_http_request_duration_seconds_sum{{{l}}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "ingressd_http_request_duration_seconds_count{{{l}}} {}",
+                h.total
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ingressd_upstream_connect_errors_total Failed connects to endpoints\n# TYPE ingressd_upstream_connect_errors_total counter\ningressd_upstream_connect_errors_total {}",
+            self.metrics.connect_errors.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ingressd_http_active_connections Client connections open\n# TYPE ingressd_http_active_connections gauge\ningressd_http_active_connections {}",
+            self.metrics.active_connections.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ingressd_http_route_rules Host/path rules in the route table\n# TYPE ingressd_http_route_rules gauge\ningressd_http_route_rules {}",
+            self.routes.load().len()
+        );
+        out
+    }
+}
+
+fn label(route: &Route) -> (String, String) {
+    (route.ingress.clone(), route.upstream.name().to_string())
+}
+
+fn set_forwarding_headers(
+    headers: &mut HeaderMap,
+    conn: Conn,
+    host: Option<&str>,
+    request_id: &str,
+) {
+    strip_hop_by_hop(headers);
+    let client = conn.peer.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {client}"),
+        None => client.clone(),
+    };
+    let via = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, 1.1 ingressd"),
+        None => "1.1 ingressd".into(),
+    };
+    let mut set = |name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    set("x-forwarded-for", &xff);
+    set("x-real-ip", &client);
+    set("x-forwarded-proto", if conn.tls { "https" } else { "http" });
+    set("x-forwarded-port", &conn.local.port().to_string());
+    if let Some(h) = host {
+        set("x-forwarded-host", h);
+        // HTTP/2 clients send :authority; the upstream speaks HTTP/1.1.
+        set("host", h);
+    }
+    set("x-request-id", request_id);
+    set("via", &via);
+}
+
+fn redirect_to_https(req: &Request<Incoming>, host: Option<&str>) -> Response<Body> {
+    let host = host.and_then(normalize_host).unwrap_or_default();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut resp = full(StatusCode::PERMANENT_REDIRECT, "");
+    if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{pq}")) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (prior knowledge) on `listener` until the
+/// task is dropped.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            proxy
+                .metrics
+                .active_connections
+                .fetch_add(1, Ordering::Relaxed);
+            let conn = Conn {
+                peer,
+                local,
+                tls: false,
+            };
+            let p = proxy.clone();
+            let svc = service_fn(move |req| {
+                let p = p.clone();
+                async move { Ok::<_, Infallible>(p.handle(req, conn).await) }
+            });
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(20));
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            proxy
+                .metrics
+                .active_connections
+                .fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// The default backend on its own port (`--default-backend-addr`), as
+/// ingress-nginx's: 404 for everything, 200 on /healthz.
+pub async fn serve_default_backend(listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        tokio::spawn(async move {
+            let svc = service_fn(|req: Request<Incoming>| async move {
+                Ok::<_, Infallible>(if req.uri().path() == "/healthz" {
+                    full(StatusCode::OK, "ok\n")
+                } else {
+                    full(StatusCode::NOT_FOUND, "default backend - 404\n")
+                })
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

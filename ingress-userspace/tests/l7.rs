@@ -1,0 +1,466 @@
+//! End-to-end L7 in `--no-l4` mode on loopback: a real `ingressd` process,
+//! real HTTP/1.1 and HTTP/2 clients, echo backends on 127.0.0.x. No root.
+use std::{
+    convert::Infallible,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::{
+    client::legacy::Client,
+    rt::{TokioExecutor, TokioIo},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ingressd");
+
+/// An echo backend: answers `<name> <header values…>` for every request.
+async fn echo(name: &'static str, addr: SocketAddr) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("bind echo");
+    let local = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| async move {
+                    let h = |n: &str| {
+                        req.headers()
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_string()
+                    };
+                    let body = format!(
+                        "{name} path={} host={} xff={} xfh={} xfproto={} xrealip={} rid={} via={}\n",
+                        req.uri().path(),
+                        h("host"),
+                        h("x-forwarded-for"),
+                        h("x-forwarded-host"),
+                        h("x-forwarded-proto"),
+                        h("x-real-ip"),
+                        h("x-request-id"),
+                        h("via"),
+                    );
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    local
+}
+
+fn free_port(ip: Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `ingressd run --no-l4`, killed on drop.
+struct Ingressd {
+    child: Child,
+    http: SocketAddr,
+    default_backend: SocketAddr,
+    metrics: SocketAddr,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Drop for Ingressd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+impl Ingressd {
+    async fn start(manifests: &str) -> Ingressd {
+        let dir = std::env::temp_dir().join(format!(
+            "ingressd-l7-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(dir.join("m")).unwrap();
+        write(&dir.join("m"), manifests);
+        let lo = Ipv4Addr::LOCALHOST;
+        let (http, default_backend, metrics) = (
+            SocketAddr::from((lo, free_port(lo))),
+            SocketAddr::from((lo, free_port(lo))),
+            SocketAddr::from((lo, free_port(lo))),
+        );
+        let log = dir.join("ingressd.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--no-l4", "--manifests"])
+            .arg(dir.join("m"))
+            .args([
+                "--http-addr",
+                &http.to_string(),
+                "--default-backend-addr",
+                &default_backend.to_string(),
+            ])
+            .args([
+                "--metrics-addr",
+                &metrics.to_string(),
+                "--upstream-connect-timeout",
+                "1",
+            ])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start ingressd");
+        let d = Ingressd {
+            child,
+            http,
+            default_backend,
+            metrics,
+            dir,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = get(d.metrics, "/readyz", None).await {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "ingressd not ready:\n{}",
+            std::fs::read_to_string(&d.log).unwrap_or_default()
+        );
+    }
+
+    async fn syncs(&self) -> u64 {
+        let text = get(self.metrics, "/metrics", None)
+            .await
+            .map(|r| r.1)
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("ingressd_syncs_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Writes new manifests and waits (bounded) until ingressd applied them.
+    async fn update(&self, manifests: &str) {
+        let before = self.syncs().await;
+        write(&self.dir.join("m"), manifests);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.syncs().await <= before {
+            assert!(Instant::now() < deadline, "change not applied within 2 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn write(dir: &Path, text: &str) {
+    let tmp = dir.join(".all.yaml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join("all.yaml")).unwrap();
+}
+
+/// One HTTP/1.1 request on a fresh client: (status, body).
+async fn get(addr: SocketAddr, path: &str, host: Option<&str>) -> Result<(u16, String), String> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::get(format!("http://{addr}{path}"));
+    if let Some(h) = host {
+        req = req.header("host", h);
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn service(name: &str, port: u16, endpoints: &[IpAddr]) -> String {
+    let eps: String = endpoints
+        .iter()
+        .map(|ip| format!("- addresses: [\"{ip}\"]\n"))
+        .collect();
+    let eps = if eps.is_empty() {
+        " []\n".to_string()
+    } else {
+        format!("\n{eps}")
+    };
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  ports: [{{name: http, port: 80, targetPort: {port}}}]\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints:{eps}"
+    )
+}
+
+const INGRESSES: &str = r#"
+---
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: ebpf}
+spec: {controller: ingress-ebpf/controller}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: shop}
+spec:
+  ingressClassName: ebpf
+  rules:
+  - host: shop.test
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: a, port: {number: 80}}}}
+      - {path: /cart, pathType: Prefix, backend: {service: {name: b, port: {name: http}}}}
+  - host: "*.blog.test"
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: b, port: {number: 80}}}}
+  - host: empty.test
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: none, port: {number: 80}}}}
+"#;
+
+/// Backends a (127.0.0.2) and b (127.0.0.3, 127.0.0.4) on one port.
+async fn backends() -> (u16, String) {
+    let port = free_port(Ipv4Addr::new(127, 0, 0, 2));
+    echo("a", SocketAddr::from(([127, 0, 0, 2], port))).await;
+    echo("b1", SocketAddr::from(([127, 0, 0, 3], port))).await;
+    echo("b2", SocketAddr::from(([127, 0, 0, 4], port))).await;
+    let lo = |i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i));
+    let yaml = service("a", port, &[lo(2)])
+        + &service("b", port, &[lo(3), lo(4)])
+        + &service("none", port, &[])
+        + INGRESSES;
+    (port, yaml)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_host_and_path_with_forwarding_headers() {
+    let (_, yaml) = backends().await;
+    let d = Ingressd::start(&yaml).await;
+    let (status, body) = get(d.http, "/", Some("shop.test")).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.starts_with("a path=/ host=shop.test xff=127.0.0.1 xfh=shop.test xfproto=http xrealip=127.0.0.1 rid="), "{body}");
+    assert!(body.trim_end().ends_with("via=1.1 ingressd"), "{body}");
+    let rid = body
+        .split("rid=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    assert_eq!(rid.len(), 32, "a request id is generated: {body}");
+    // Prefix element-wise, host case and port ignored.
+    assert!(
+        get(d.http, "/cart/42", Some("SHOP.test:80"))
+            .await
+            .unwrap()
+            .1
+            .starts_with('b')
+    );
+    assert!(
+        get(d.http, "/cartoon", Some("shop.test"))
+            .await
+            .unwrap()
+            .1
+            .starts_with("a ")
+    );
+    // Wildcard of exactly one label.
+    assert!(
+        get(d.http, "/x", Some("me.blog.test"))
+            .await
+            .unwrap()
+            .1
+            .starts_with('b')
+    );
+    assert_eq!(
+        get(d.http, "/x", Some("a.me.blog.test")).await.unwrap().0,
+        404
+    );
+    // Load balanced over both endpoints of b.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let (_, body) = get(d.http, "/cart", Some("shop.test")).await.unwrap();
+        seen.insert(body.split(' ').next().unwrap().to_string());
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec!["b1", "b2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_backend_404_on_both_ports_and_503_without_endpoints() {
+    let (_, yaml) = backends().await;
+    let d = Ingressd::start(&yaml).await;
+    assert_eq!(
+        get(d.http, "/", Some("unknown.test")).await.unwrap(),
+        (404, "default backend - 404\n".into())
+    );
+    assert_eq!(
+        get(d.default_backend, "/anything", None).await.unwrap(),
+        (404, "default backend - 404\n".into())
+    );
+    assert_eq!(
+        get(d.default_backend, "/healthz", None).await.unwrap().0,
+        200
+    );
+    assert_eq!(get(d.http, "/", Some("empty.test")).await.unwrap().0, 503);
+    let metrics = get(d.metrics, "/metrics", None).await.unwrap().1;
+    assert!(metrics.contains("ingressd_http_requests_total{ingress=\"-\",service=\"default-backend\",status=\"404\"} 1"), "{metrics}");
+    assert!(metrics.contains("ingressd_http_requests_total{ingress=\"default/shop\",service=\"default/none:80\",status=\"503\"} 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_prior_knowledge_client() {
+    let (_, yaml) = backends().await;
+    let d = Ingressd::start(&yaml).await;
+    // One HTTP/2 connection to the proxy, requests for shop.test on it.
+    let stream = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    for _ in 0..5 {
+        let req = Request::get("http://shop.test/cart")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = sender.send_request(req).await.expect("h2 request");
+        assert_eq!(resp.version(), hyper::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            body.starts_with('b') && body.contains("host=shop.test"),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_endpoint_is_retried_around_and_ejected() {
+    let (port, yaml) = backends().await;
+    // b also lists 127.0.0.9, where nothing listens.
+    let lo = |i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i));
+    let yaml = yaml.replace(
+        &service("b", port, &[lo(3), lo(4)]),
+        &service("b", port, &[lo(3), lo(4), lo(9)]),
+    );
+    let d = Ingressd::start(&yaml).await;
+    for i in 0..60 {
+        let (status, body) = get(d.http, "/cart", Some("shop.test")).await.unwrap();
+        assert_eq!(status, 200, "request {i}: {body}");
+    }
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(log.contains("endpoint ejected"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_and_endpoint_changes_under_load_fail_no_request() {
+    let (port, yaml) = backends().await;
+    let d = Ingressd::start(&yaml).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let addr = d.http;
+    let load = {
+        let (stop, ok) = (stop.clone(), ok.clone());
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            for _ in 0..100_000 {
+                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                match get(addr, "/cart", Some("shop.test")).await {
+                    Ok((200, _)) => drop(ok.fetch_add(1, Ordering::Relaxed)),
+                    other => failures.push(format!("{other:?}")),
+                }
+            }
+            failures
+        })
+    };
+    let wait_ok = |n: usize| {
+        let ok = ok.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while ok.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            ok.load(Ordering::Relaxed) >= n
+        }
+    };
+    assert!(wait_ok(20).await);
+    // Endpoint b2 goes, a new route appears, then b2 comes back: each a
+    // table swap under the running load, each waited for by its effect.
+    let lo = |i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i));
+    let without_b2 = yaml.replace(
+        &service("b", port, &[lo(3), lo(4)]),
+        &service("b", port, &[lo(3)]),
+    );
+    let with_basket = without_b2.replace(
+        "/cart,",
+        "/basket, pathType: Prefix, backend: {service: {name: a, port: {number: 80}}}}\n      - {path: /cart,",
+    );
+    let first_word = |r: Result<(u16, String), String>| {
+        r.ok()
+            .and_then(|(_, b)| b.split(' ').next().map(str::to_owned))
+    };
+    d.update(&without_b2).await;
+    for _ in 0..20 {
+        assert_eq!(
+            first_word(get(addr, "/cart", Some("shop.test")).await).as_deref(),
+            Some("b1"),
+            "b2 was removed"
+        );
+    }
+    d.update(&with_basket).await;
+    assert_eq!(
+        first_word(get(addr, "/basket", Some("shop.test")).await).as_deref(),
+        Some("a"),
+        "new route"
+    );
+    d.update(&yaml).await;
+    let mut back = false;
+    for _ in 0..40 {
+        if first_word(get(addr, "/cart", Some("shop.test")).await).as_deref() == Some("b2") {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "b2 back in the rotation");
+    let before = ok.load(Ordering::Relaxed);
+    assert!(wait_ok(before + 20).await, "traffic stalled");
+    stop.store(true, Ordering::Relaxed);
+    let failures = load.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {:?}",
+        failures.len(),
+        ok.load(Ordering::Relaxed),
+        &failures[..failures.len().min(3)]
+    );
+}

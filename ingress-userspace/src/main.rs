@@ -60,6 +60,12 @@ enum Command {
         /// Where the proxy serves HTTP (HTTP/1.1, and HTTP/2 with prior knowledge).
         #[arg(long, default_value = "0.0.0.0:80")]
         http_addr: SocketAddr,
+        /// Where the proxy serves HTTPS (TLS by SNI from Ingress spec.tls Secrets).
+        #[arg(long, default_value = "0.0.0.0:443")]
+        https_addr: SocketAddr,
+        /// Secret (namespace/name) for TLS hosts without a certificate of their own [default: a self-signed one].
+        #[arg(long)]
+        default_ssl_certificate: Option<String>,
         /// The default backend on its own port (404 for everything, /healthz).
         #[arg(long, default_value = "0.0.0.0:8181")]
         default_backend_addr: SocketAddr,
@@ -182,6 +188,8 @@ fn main() -> std::process::ExitCode {
             no_l4,
             no_l7,
             http_addr,
+            https_addr,
+            default_ssl_certificate,
             default_backend_addr,
             ingress_class,
             controller_class,
@@ -199,6 +207,11 @@ fn main() -> std::process::ExitCode {
                 no_l4,
                 no_l7,
                 http_addr,
+                https_addr,
+                default_ssl_certificate: default_ssl_certificate.map(|s| match s.split_once('/') {
+                    Some((ns, name)) => (ns.to_string(), name.to_string()),
+                    None => ("default".to_string(), s),
+                }),
                 default_backend_addr,
                 class: ClassConfig {
                     class_name: ingress_class,

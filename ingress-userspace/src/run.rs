@@ -16,8 +16,9 @@ use crate::{
     l7::{
         proxy::{self, Limits, Proxy},
         route::{ClassConfig, compile},
+        tls::{self, CertStore},
     },
-    manifest::ManifestSource,
+    manifest::{ManifestSource, ObjectKey},
     metrics::{self, Status},
     model::{Model, NodeContext},
     sync::{apply, diff},
@@ -39,9 +40,21 @@ pub struct RunConfig {
     /// Data path only: no proxy.
     pub no_l7: bool,
     pub http_addr: SocketAddr,
+    pub https_addr: SocketAddr,
     pub default_backend_addr: SocketAddr,
+    /// `namespace/name` of the Secret served when no Ingress host matches SNI.
+    pub default_ssl_certificate: Option<ObjectKey>,
     pub class: ClassConfig,
     pub limits: Limits,
+}
+
+/// The L7 part: the proxy and its certificates.
+struct L7 {
+    proxy: Arc<Proxy>,
+    certs: Arc<CertStore>,
+    /// Served when nothing else matches and no default Secret is usable.
+    fallback: Arc<rustls::sign::CertifiedKey>,
+    default_secret: Option<ObjectKey>,
 }
 
 /// The L4 part: the model and the maps it keeps in step.
@@ -90,17 +103,36 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     } else {
         Some(start_l4(&cfg)?)
     };
-    let proxy = if cfg.no_l7 {
+    let l7 = if cfg.no_l7 {
         None
     } else {
         let proxy = Proxy::new(cfg.limits.clone());
+        let certs = Arc::new(CertStore::default());
+        let fallback = tls::self_signed()
+            .map_err(|e| anyhow::anyhow!("making the default certificate: {e}"))?;
+        let tls_config = tls::server_config(certs.clone())
+            .map_err(|e| anyhow::anyhow!("TLS configuration: {e}"))?;
         let http = bind(cfg.http_addr, "--http-addr").await?;
+        let https = bind(cfg.https_addr, "--https-addr").await?;
         let default_backend = bind(cfg.default_backend_addr, "--default-backend-addr").await?;
         tokio::spawn(proxy::serve(http, proxy.clone()));
+        tokio::spawn(proxy::serve_tls(https, proxy.clone(), tls_config));
         tokio::spawn(proxy::serve_default_backend(default_backend));
-        tracing::info!(http = %cfg.http_addr, default_backend = %cfg.default_backend_addr, class = %cfg.class.class_name, "proxy listening");
-        Some(proxy)
+        tracing::info!(
+            http = %cfg.http_addr,
+            https = %cfg.https_addr,
+            default_backend = %cfg.default_backend_addr,
+            class = %cfg.class.class_name,
+            "proxy listening"
+        );
+        Some(L7 {
+            proxy,
+            certs,
+            fallback,
+            default_secret: cfg.default_ssl_certificate.clone(),
+        })
     };
+    let proxy = l7.as_ref().map(|l| l.proxy.clone());
 
     let status = Arc::new(Status::default());
     status.beat();
@@ -115,7 +147,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let mut syncer = Syncer {
         source: ManifestSource::new(cfg.manifests.clone()),
         l4,
-        proxy,
+        l7,
         class: cfg.class.clone(),
         warned: BTreeSet::new(),
     };
@@ -149,7 +181,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
 struct Syncer {
     source: ManifestSource,
     l4: Option<L4>,
-    proxy: Option<Arc<Proxy>>,
+    l7: Option<L7>,
     class: ClassConfig,
     warned: BTreeSet<String>,
 }
@@ -201,11 +233,16 @@ impl Syncer {
                 .store(state.rings.len() as u64, Ordering::Relaxed);
         }
         let mut rules = 0;
-        if let Some(proxy) = &self.proxy {
+        if let Some(l7) = &self.l7 {
             let (table, route_warnings) = compile(snapshot, &self.class);
             rules = table.len();
             warnings.extend(route_warnings.iter().map(ToString::to_string));
-            proxy.swap_routes(table);
+            // Certificates first: a route to a TLS host never waits for its certificate.
+            let cert_warnings =
+                l7.certs
+                    .update(snapshot, &table, l7.default_secret.as_ref(), &l7.fallback);
+            warnings.extend(cert_warnings.iter().map(ToString::to_string));
+            l7.proxy.swap_routes(table);
         }
         // Each warning once, while it lasts.
         for w in warnings.difference(&self.warned) {

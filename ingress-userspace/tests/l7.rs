@@ -76,6 +76,7 @@ fn free_port(ip: Ipv4Addr) -> u16 {
 struct Ingressd {
     child: Child,
     http: SocketAddr,
+    https: SocketAddr,
     default_backend: SocketAddr,
     metrics: SocketAddr,
     dir: PathBuf,
@@ -102,11 +103,8 @@ impl Ingressd {
         std::fs::create_dir_all(dir.join("m")).unwrap();
         write(&dir.join("m"), manifests);
         let lo = Ipv4Addr::LOCALHOST;
-        let (http, default_backend, metrics) = (
-            SocketAddr::from((lo, free_port(lo))),
-            SocketAddr::from((lo, free_port(lo))),
-            SocketAddr::from((lo, free_port(lo))),
-        );
+        let port = || SocketAddr::from((lo, free_port(lo)));
+        let (http, https, default_backend, metrics) = (port(), port(), port(), port());
         let log = dir.join("ingressd.log");
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
@@ -115,9 +113,10 @@ impl Ingressd {
             .args([
                 "--http-addr",
                 &http.to_string(),
-                "--default-backend-addr",
-                &default_backend.to_string(),
+                "--https-addr",
+                &https.to_string(),
             ])
+            .args(["--default-backend-addr", &default_backend.to_string()])
             .args([
                 "--metrics-addr",
                 &metrics.to_string(),
@@ -132,6 +131,7 @@ impl Ingressd {
         let d = Ingressd {
             child,
             http,
+            https,
             default_backend,
             metrics,
             dir,
@@ -463,4 +463,177 @@ async fn route_and_endpoint_changes_under_load_fail_no_request() {
         ok.load(Ordering::Relaxed),
         &failures[..failures.len().min(3)]
     );
+}
+
+/// Accepts any server certificate and remembers it, so a test can see which
+/// one the proxy chose.
+#[derive(Debug)]
+struct Recorder(
+    std::sync::Mutex<Option<Vec<u8>>>,
+    Arc<rustls::crypto::CryptoProvider>,
+);
+
+impl rustls::client::danger::ServerCertVerifier for Recorder {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        *self.0.lock().unwrap() = Some(end_entity.to_vec());
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.1.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.1.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.1.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS connection to `addr` with SNI `sni` and ALPN `alpn`: the
+/// certificate presented, the protocol agreed, and the stream.
+async fn tls_connect(
+    addr: SocketAddr,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> (
+    Vec<u8>,
+    Option<Vec<u8>>,
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let recorder = Arc::new(Recorder(std::sync::Mutex::new(None), provider.clone()));
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(recorder.clone())
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    let alpn = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+    let cert = recorder.0.lock().unwrap().clone().expect("a certificate");
+    (cert, alpn, tls)
+}
+
+fn tls_manifests(cert_pem: &str, key_pem: &str) -> String {
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: secure-tls}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}\
+         ---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: secure}}\nspec:\n  ingressClassName: ebpf\n\
+         \x20 tls:\n  - {{hosts: [secure.test], secretName: secure-tls}}\n  rules:\n  - host: secure.test\n    http:\n      paths:\n\
+         \x20     - {{path: /, pathType: Prefix, backend: {{service: {{name: a, port: {{number: 80}}}}}}}}\n\
+         ---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: plain-ok, annotations: {{nginx.ingress.kubernetes.io/ssl-redirect: \"false\"}}}}\n\
+         spec:\n  ingressClassName: ebpf\n  tls:\n  - {{hosts: [relaxed.test], secretName: secure-tls}}\n  rules:\n  - host: relaxed.test\n    http:\n      paths:\n\
+         \x20     - {{path: /, pathType: Prefix, backend: {{service: {{name: a, port: {{number: 80}}}}}}}}\n",
+        indent(cert_pem),
+        indent(key_pem)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_by_sni_with_default_certificate_http2_by_alpn_and_https_redirect() {
+    let (_, yaml) = backends().await;
+    let cert = rcgen::generate_simple_self_signed(vec![
+        "secure.test".to_string(),
+        "relaxed.test".to_string(),
+    ])
+    .unwrap();
+    let d = Ingressd::start(
+        &(yaml + &tls_manifests(&cert.cert.pem(), &cert.signing_key.serialize_pem())),
+    )
+    .await;
+    let ours = cert.cert.der().to_vec();
+
+    // SNI secure.test: its Secret's certificate, HTTP/1.1 over TLS.
+    let (presented, alpn, tls) = tls_connect(d.https, "secure.test", &[b"http/1.1"]).await;
+    assert_eq!(presented, ours);
+    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/x")
+        .header("host", "secure.test")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body =
+        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
+    assert!(
+        body.starts_with("a ") && body.contains("xfproto=https"),
+        "{body}"
+    );
+
+    // HTTP/2 by ALPN.
+    let (_, alpn, tls) = tls_connect(d.https, "secure.test", &[b"h2", b"http/1.1"]).await;
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(
+            Request::get("https://secure.test/")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.version(), resp.status().as_u16()),
+        (hyper::Version::HTTP_2, 200)
+    );
+
+    // An unknown SNI gets the default (self-signed) certificate.
+    let (presented, _, _) = tls_connect(d.https, "other.test", &[b"http/1.1"]).await;
+    assert_ne!(presented, ours);
+
+    // Plain HTTP to a TLS host: 308 to HTTPS, unless the Ingress opts out.
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::get(format!("http://{}/a/b?c=1", d.http))
+        .header("host", "secure.test")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 308);
+    assert_eq!(resp.headers()["location"], "https://secure.test/a/b?c=1");
+    assert_eq!(get(d.http, "/", Some("relaxed.test")).await.unwrap().0, 200);
 }

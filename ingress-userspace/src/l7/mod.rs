@@ -2,3 +2,4 @@
 pub mod balance;
 pub mod proxy;
 pub mod route;
+pub mod tls;

@@ -474,49 +474,100 @@ fn redirect_to_https(req: &Request<Incoming>, host: Option<&str>) -> Response<Bo
     resp
 }
 
-/// Serves HTTP/1.1 and HTTP/2 (prior knowledge) on `listener` until the
-/// task is dropped.
+/// One client connection, plain or TLS: HTTP/1.1 or HTTP/2 (by ALPN or
+/// prior knowledge), until the client goes away.
+async fn serve_conn<I>(io: I, proxy: Arc<Proxy>, conn: Conn)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    proxy
+        .metrics
+        .active_connections
+        .fetch_add(1, Ordering::Relaxed);
+    let p = proxy.clone();
+    let svc = service_fn(move |req| {
+        let p = p.clone();
+        async move { Ok::<_, Infallible>(p.handle(req, conn).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(20));
+    let _ = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await;
+    proxy
+        .metrics
+        .active_connections
+        .fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, peer);
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Serves plain HTTP on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        tokio::spawn(async move {
-            proxy
-                .metrics
-                .active_connections
-                .fetch_add(1, Ordering::Relaxed);
-            let conn = Conn {
+        let (stream, peer) = accept(&listener).await;
+        tokio::spawn(serve_conn(
+            stream,
+            proxy.clone(),
+            Conn {
                 peer,
                 local,
                 tls: false,
-            };
-            let p = proxy.clone();
-            let svc = service_fn(move |req| {
-                let p = p.clone();
-                async move { Ok::<_, Infallible>(p.handle(req, conn).await) }
-            });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(20));
-            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-            proxy
-                .metrics
-                .active_connections
-                .fetch_sub(1, Ordering::Relaxed);
+            },
+        ));
+    }
+}
+
+/// Serves HTTPS on `listener`: TLS handshake (bounded in time), then HTTP.
+pub async fn serve_tls(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    config: Arc<rustls::ServerConfig>,
+) {
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let (stream, peer) = accept(&listener).await;
+        let (acceptor, proxy) = (acceptor.clone(), proxy.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    serve_conn(
+                        tls,
+                        proxy,
+                        Conn {
+                            peer,
+                            local,
+                            tls: true,
+                        },
+                    )
+                    .await
+                }
+                Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+            }
         });
     }
 }

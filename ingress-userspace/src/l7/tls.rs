@@ -1,0 +1,174 @@
+//! TLS termination: certificates from the `kubernetes.io/tls` Secrets named
+//! in Ingress `spec.tls`, chosen by SNI (exact host, then `*.` wildcard),
+//! else a default certificate (`--default-ssl-certificate`, or one made up
+//! at start-up, self-signed, as ingress-nginx does). The certificate table is
+//! swapped whole on every change, like the route table.
+use std::{collections::HashMap, sync::Arc};
+
+use arc_swap::ArcSwap;
+use rustls::{
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+
+use super::route::{RouteTable, RouteWarning};
+use crate::manifest::{ObjectKey, Snapshot};
+
+#[derive(Default)]
+struct Certs {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// Keyed by the suffix after `*.`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+/// The resolver rustls asks on every handshake.
+#[derive(Default)]
+pub struct CertStore {
+    certs: ArcSwap<Certs>,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertStore")
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let certs = self.certs.load();
+        if let Some(sni) = hello.server_name() {
+            let sni = sni.to_ascii_lowercase();
+            if let Some(c) = certs.exact.get(&sni) {
+                return Some(c.clone());
+            }
+            if let Some((label, suffix)) = sni.split_once('.') {
+                if !label.is_empty() {
+                    if let Some(c) = certs.wildcard.get(suffix) {
+                        return Some(c.clone());
+                    }
+                }
+            }
+        }
+        certs.default.clone()
+    }
+}
+
+/// A certificate and key from PEM text.
+pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls.crt: {e}"))?;
+    if chain.is_empty() {
+        return Err("tls.crt: no certificate in it".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("tls.key: {e}"))?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("tls.key: {e}"))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signer)))
+}
+
+/// A self-signed certificate for when nothing else matches.
+pub fn self_signed() -> Result<Arc<CertifiedKey>, String> {
+    let cert = rcgen::generate_simple_self_signed(vec!["ingress-ebpf.local".to_string()])
+        .map_err(|e| e.to_string())?;
+    certified_key(
+        cert.cert.pem().as_bytes(),
+        cert.signing_key.serialize_pem().as_bytes(),
+    )
+}
+
+/// `tls.crt` and `tls.key` of a Secret (`data`, or `stringData` as written
+/// in hand-made manifests).
+fn secret_key_pair(snapshot: &Snapshot, key: &ObjectKey) -> Result<Arc<CertifiedKey>, String> {
+    let secret = snapshot
+        .secrets
+        .get(key)
+        .ok_or_else(|| format!("Secret {}/{} not found", key.0, key.1))?;
+    let field = |name: &str| -> Option<Vec<u8>> {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(name))
+            .map(|b| b.0.clone())
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(name))
+                    .map(|s| s.as_bytes().to_vec())
+            })
+    };
+    let (Some(cert), Some(pkey)) = (field("tls.crt"), field("tls.key")) else {
+        return Err(format!(
+            "Secret {}/{} has no tls.crt and tls.key",
+            key.0, key.1
+        ));
+    };
+    certified_key(&cert, &pkey).map_err(|e| format!("Secret {}/{}: {e}", key.0, key.1))
+}
+
+impl CertStore {
+    /// Rebuilds the table from the Ingresses' TLS hosts; a broken Secret is
+    /// reported and its hosts get the default certificate.
+    pub fn update(
+        &self,
+        snapshot: &Snapshot,
+        table: &RouteTable,
+        default_secret: Option<&ObjectKey>,
+        fallback: &Arc<CertifiedKey>,
+    ) -> Vec<RouteWarning> {
+        let mut warnings = Vec::new();
+        let mut certs = Certs::default();
+        let mut loaded: HashMap<ObjectKey, Option<Arc<CertifiedKey>>> = HashMap::new();
+        for (host, secret) in &table.tls_hosts {
+            let ck = loaded
+                .entry(secret.clone())
+                .or_insert_with(|| match secret_key_pair(snapshot, secret) {
+                    Ok(ck) => Some(ck),
+                    Err(message) => {
+                        warnings.push(RouteWarning {
+                            ingress: format!("(tls host {host})"),
+                            field: "spec.tls".into(),
+                            message,
+                        });
+                        None
+                    }
+                })
+                .clone();
+            let Some(ck) = ck else { continue };
+            match host.strip_prefix("*.") {
+                Some(suffix) => certs.wildcard.insert(suffix.to_string(), ck),
+                None => certs.exact.insert(host.clone(), ck),
+            };
+        }
+        certs.default = Some(match default_secret.map(|k| secret_key_pair(snapshot, k)) {
+            Some(Ok(ck)) => ck,
+            Some(Err(message)) => {
+                warnings.push(RouteWarning {
+                    ingress: "(default certificate)".into(),
+                    field: "--default-ssl-certificate".into(),
+                    message,
+                });
+                fallback.clone()
+            }
+            None => fallback.clone(),
+        });
+        self.certs.store(Arc::new(certs));
+        warnings
+    }
+}
+
+/// The server configuration: SNI through `store`, ALPN h2 and HTTP/1.1.
+pub fn server_config(store: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, String> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_cert_resolver(store);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}

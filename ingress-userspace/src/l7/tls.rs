@@ -43,12 +43,11 @@ impl ResolvesServerCert for CertStore {
             if let Some(c) = certs.exact.get(&sni) {
                 return Some(c.clone());
             }
-            if let Some((label, suffix)) = sni.split_once('.') {
-                if !label.is_empty() {
-                    if let Some(c) = certs.wildcard.get(suffix) {
-                        return Some(c.clone());
-                    }
-                }
+            if let Some((label, suffix)) = sni.split_once('.')
+                && !label.is_empty()
+                && let Some(c) = certs.wildcard.get(suffix)
+            {
+                return Some(c.clone());
             }
         }
         certs.default.clone()

@@ -34,7 +34,24 @@ async fn echo(name: &'static str, addr: SocketAddr) -> SocketAddr {
                 continue;
             };
             tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| async move {
+                let svc = service_fn(move |mut req: Request<Incoming>| async move {
+                    // "Upgrade: echo": switch protocols, then echo raw bytes.
+                    if req.headers().contains_key("upgrade") {
+                        let on = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            if let Ok(io) = on.await {
+                                let (mut r, mut w) = tokio::io::split(TokioIo::new(io));
+                                let _ = tokio::io::copy(&mut r, &mut w).await;
+                            }
+                        });
+                        let mut resp = Response::new(Full::new(Bytes::new()));
+                        *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                        resp.headers_mut()
+                            .insert("upgrade", "echo".parse().unwrap());
+                        resp.headers_mut()
+                            .insert("connection", "upgrade".parse().unwrap());
+                        return Ok::<_, Infallible>(resp);
+                    }
                     let h = |n: &str| {
                         req.headers()
                             .get(n)
@@ -56,7 +73,7 @@ async fn echo(name: &'static str, addr: SocketAddr) -> SocketAddr {
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .await;
             });
         }
@@ -636,4 +653,36 @@ async fn tls_by_sni_with_default_certificate_http2_by_alpn_and_https_redirect() 
     assert_eq!(resp.status(), 308);
     assert_eq!(resp.headers()["location"], "https://secure.test/a/b?c=1");
     assert_eq!(get(d.http, "/", Some("relaxed.test")).await.unwrap().0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_requests_are_passed_through() {
+    let (_, yaml) = backends().await;
+    let d = Ingressd::start(&yaml).await;
+    let stream = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let req = Request::get("/chat")
+        .header("host", "shop.test")
+        .header("connection", "Upgrade")
+        .header("upgrade", "echo")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    assert_eq!(resp.headers()["upgrade"], "echo");
+    let io = hyper::upgrade::on(resp).await.expect("upgraded");
+    let mut io = TokioIo::new(io);
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for msg in [&b"ping"[..], b"a longer frame of bytes", b"x"] {
+        io.write_all(msg).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut buf))
+            .await
+            .expect("echo in time")
+            .unwrap();
+        assert_eq!(buf, msg);
+    }
 }

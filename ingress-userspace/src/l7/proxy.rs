@@ -248,6 +248,11 @@ impl Proxy {
         conn: Conn,
         host: Option<&str>,
     ) -> Response<Body> {
+        let mut req = req;
+        // Upgrade (WebSocket and others): both sides' connections are taken
+        // over once the endpoint answers 101, and spliced together.
+        let upgrade = requested_upgrade(req.headers());
+        let mut downstream = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let request_id = parts
             .headers
@@ -256,6 +261,12 @@ impl Proxy {
             .map(str::to_owned)
             .unwrap_or_else(request_id);
         set_forwarding_headers(&mut parts.headers, conn, host, &request_id);
+        if let Some(protocol) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+        }
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -307,6 +318,13 @@ impl Proxy {
                 Err(_) => return full(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
                 Ok(Ok(mut resp)) => {
                     self.balancer.report(addr, true);
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        if let Some(down) = downstream.take() {
+                            let up = hyper::upgrade::on(&mut resp);
+                            tokio::spawn(splice(down, up));
+                            return resp.map(|b| b.boxed());
+                        }
+                    }
                     strip_hop_by_hop(resp.headers_mut());
                     resp.headers_mut().insert(
                         "x-request-id",
@@ -419,6 +437,32 @@ impl Proxy {
             self.routes.load().len()
         );
         out
+    }
+}
+
+/// The protocol asked for in `Upgrade`, when `Connection` says upgrade.
+fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if wants {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Copies bytes both ways between the client's and the endpoint's
+/// upgraded connections until either side closes.
+async fn splice(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(down, up) {
+        Ok((d, u)) => {
+            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(d), &mut TokioIo::new(u)).await;
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
     }
 }
 

@@ -318,12 +318,12 @@ impl Proxy {
                 Err(_) => return full(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
                 Ok(Ok(mut resp)) => {
                     self.balancer.report(addr, true);
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        if let Some(down) = downstream.take() {
-                            let up = hyper::upgrade::on(&mut resp);
-                            tokio::spawn(splice(down, up));
-                            return resp.map(|b| b.boxed());
-                        }
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                        && let Some(down) = downstream.take()
+                    {
+                        let up = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(splice(down, up));
+                        return resp.map(|b| b.boxed());
                     }
                     strip_hop_by_hop(resp.headers_mut());
                     resp.headers_mut().insert(

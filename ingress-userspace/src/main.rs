@@ -78,9 +78,24 @@ enum Command {
         /// Seconds to wait for a TCP connection to an endpoint.
         #[arg(long, default_value_t = 5)]
         upstream_connect_timeout: u64,
-        /// Seconds to wait for an endpoint's response headers.
+        /// Seconds to wait for an endpoint's response headers (504 after).
         #[arg(long, default_value_t = 60)]
         upstream_response_timeout: u64,
+        /// Seconds a client has to send a request head, and to sit idle (408 after).
+        #[arg(long, default_value_t = 60)]
+        client_header_timeout: u64,
+        /// Largest request head (431 above), e.g. 32k.
+        #[arg(long, default_value = "32k", value_parser = parse_size)]
+        max_header_size: u64,
+        /// Most request headers (431 above).
+        #[arg(long, default_value_t = 100)]
+        max_headers: usize,
+        /// Largest request body (413 above), e.g. 1m; 0 for no limit (ingress-nginx's proxy-body-size).
+        #[arg(long, default_value = "1m", value_parser = parse_size)]
+        max_body_size: u64,
+        /// Client connections served at once per listener.
+        #[arg(long, default_value_t = 16384)]
+        max_connections: usize,
     },
     /// Detach and unpin everything under --pin-path.
     Cleanup {
@@ -98,6 +113,20 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         flows: usize,
     },
+}
+
+/// `1m`, `32k`, `2g` or plain bytes (nginx's size syntax).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim().to_ascii_lowercase();
+    let (num, mult) = match s.chars().last() {
+        Some('k') => (&s[..s.len() - 1], 1024),
+        Some('m') => (&s[..s.len() - 1], 1024 * 1024),
+        Some('g') => (&s[..s.len() - 1], 1024 * 1024 * 1024),
+        _ => (&s[..], 1),
+    };
+    num.parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("{s:?} is not a size like 512, 32k, 1m or 1g"))
 }
 
 fn node_name_default() -> String {
@@ -195,6 +224,11 @@ fn main() -> std::process::ExitCode {
             controller_class,
             upstream_connect_timeout,
             upstream_response_timeout,
+            client_header_timeout,
+            max_header_size,
+            max_headers,
+            max_body_size,
+            max_connections,
         } => {
             let cfg = RunConfig {
                 manifests,
@@ -220,6 +254,11 @@ fn main() -> std::process::ExitCode {
                 limits: Limits {
                     upstream_connect_timeout: Duration::from_secs(upstream_connect_timeout),
                     upstream_response_timeout: Duration::from_secs(upstream_response_timeout),
+                    client_header_timeout: Duration::from_secs(client_header_timeout.max(1)),
+                    max_header_bytes: max_header_size as usize,
+                    max_headers,
+                    max_body_bytes: max_body_size,
+                    max_connections,
                     ..Limits::default()
                 },
             };

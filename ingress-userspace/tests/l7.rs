@@ -52,6 +52,9 @@ async fn echo(name: &'static str, addr: SocketAddr) -> SocketAddr {
                             .insert("connection", "upgrade".parse().unwrap());
                         return Ok::<_, Infallible>(resp);
                     }
+                    if req.uri().path() == "/slow" {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                    }
                     let h = |n: &str| {
                         req.headers()
                             .get(n)
@@ -70,6 +73,14 @@ async fn echo(name: &'static str, addr: SocketAddr) -> SocketAddr {
                         h("x-request-id"),
                         h("via"),
                     );
+                    // Read the whole request body first, as real servers do.
+                    let got = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes().len())
+                        .unwrap_or(0);
+                    let body = body.replace('\n', &format!(" body={got}\n"));
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -112,6 +123,10 @@ static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 impl Ingressd {
     async fn start(manifests: &str) -> Ingressd {
+        Self::start_with(manifests, &[]).await
+    }
+
+    async fn start_with(manifests: &str, extra: &[&str]) -> Ingressd {
         let dir = std::env::temp_dir().join(format!(
             "ingressd-l7-{}-{}",
             std::process::id(),
@@ -127,6 +142,7 @@ impl Ingressd {
         let child = Command::new(BIN)
             .args(["run", "--no-l4", "--manifests"])
             .arg(dir.join("m"))
+            .args(extra)
             .args([
                 "--http-addr",
                 &http.to_string(),
@@ -284,7 +300,7 @@ async fn routes_by_host_and_path_with_forwarding_headers() {
     let (status, body) = get(d.http, "/", Some("shop.test")).await.unwrap();
     assert_eq!(status, 200);
     assert!(body.starts_with("a path=/ host=shop.test xff=127.0.0.1 xfh=shop.test xfproto=http xrealip=127.0.0.1 rid="), "{body}");
-    assert!(body.trim_end().ends_with("via=1.1 ingressd"), "{body}");
+    assert!(body.trim_end().ends_with("via=1.1 ingressd body=0"), "{body}");
     let rid = body
         .split("rid=")
         .nth(1)
@@ -685,4 +701,133 @@ async fn upgrade_requests_are_passed_through() {
             .unwrap();
         assert_eq!(buf, msg);
     }
+}
+
+/// A body of `chunks` × 64 KiB with no length: sent chunked.
+struct Chunked {
+    chunks: usize,
+}
+
+impl hyper::body::Body for Chunked {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        if self.chunks == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.chunks -= 1;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from(
+            vec![b'x'; 64 * 1024],
+        )))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_give_the_right_status() {
+    let (port, yaml) = backends().await;
+    let lo = |i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i));
+    // "dead" has one endpoint where nothing listens.
+    let yaml = yaml
+        + &service("dead", port, &[lo(9)])
+        + "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: dead}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: dead.test\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: dead, port: {number: 80}}}}\n";
+    let d = Ingressd::start_with(
+        &yaml,
+        &[
+            "--client-header-timeout",
+            "1",
+            "--upstream-response-timeout",
+            "1",
+            "--max-body-size",
+            "1m",
+            "--max-headers",
+            "50",
+        ],
+    )
+    .await;
+    let send = |req: Request<Full<Bytes>>| async move {
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        client
+            .request(req)
+            .await
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string())
+    };
+    let base = format!("http://{}", d.http);
+    // 431: a 40 KiB header, and too many headers.
+    let big = "v".repeat(40 * 1024);
+    let req = Request::get(format!("{base}/"))
+        .header("host", "shop.test")
+        .header("x-big", big)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(req).await, Ok(431));
+    let mut req = Request::get(format!("{base}/")).header("host", "shop.test");
+    for i in 0..80 {
+        req = req.header(format!("x-h{i}"), "1");
+    }
+    assert_eq!(
+        send(req.body(Full::new(Bytes::new())).unwrap()).await,
+        Ok(431)
+    );
+    // 413: a declared 2 MiB body, and a chunked one that grows past 1 MiB.
+    let req = Request::post(format!("{base}/"))
+        .header("host", "shop.test")
+        .body(Full::new(Bytes::from(vec![0u8; 2 << 20])))
+        .unwrap();
+    assert_eq!(send(req).await, Ok(413));
+    let client: Client<_, Chunked> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::post(format!("{base}/"))
+        .header("host", "shop.test")
+        .body(Chunked { chunks: 32 })
+        .unwrap();
+    assert_eq!(
+        client
+            .request(req)
+            .await
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string()),
+        Ok(413)
+    );
+    // A small chunked body goes through.
+    let req = Request::post(format!("{base}/"))
+        .header("host", "shop.test")
+        .body(Chunked { chunks: 2 })
+        .unwrap();
+    assert_eq!(
+        client
+            .request(req)
+            .await
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string()),
+        Ok(200)
+    );
+    // 504: the endpoint answers after 3 s, the limit is 1 s.
+    let started = Instant::now();
+    let req = Request::get(format!("{base}/slow"))
+        .header("host", "shop.test")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(req).await, Ok(504));
+    assert!(started.elapsed() < Duration::from_millis(2500));
+    // 502: nothing listens at the only endpoint.
+    assert_eq!(get(d.http, "/", Some("dead.test")).await.unwrap().0, 502);
+    // 408: a request head that never ends (slowloris).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was left hanging");
+    assert!(
+        String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    // And the proxy still serves.
+    assert_eq!(get(d.http, "/", Some("shop.test")).await.unwrap().0, 200);
 }

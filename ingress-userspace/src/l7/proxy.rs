@@ -36,6 +36,9 @@ use super::{
 };
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// What goes upstream: the client's body, maybe cut off at the limit.
+type ReqBody = BoxBody<Bytes, BoxError>;
 
 /// Timeouts and limits (flags of `ingressd run`).
 #[derive(Clone, Debug)]
@@ -43,15 +46,34 @@ pub struct Limits {
     pub upstream_connect_timeout: Duration,
     /// From request sent to response headers received.
     pub upstream_response_timeout: Duration,
+    /// Idle upstream connections are closed after this.
     pub idle_keepalive: Duration,
+    /// A client must send a whole request head within this (408 after it);
+    /// also how long an idle client connection stays open.
+    pub client_header_timeout: Duration,
+    /// Request head size (431 above it).
+    pub max_header_bytes: usize,
+    /// Request header count (431 above it).
+    pub max_headers: usize,
+    /// Request body size (413 above it); 0 for no limit.
+    pub max_body_bytes: u64,
+    /// Client connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
+    /// ingress-nginx's defaults where it has them (client_header_timeout
+    /// 60 s, proxy-body-size 1m, 4 × 8k header buffers).
     fn default() -> Self {
         Self {
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_response_timeout: Duration::from_secs(60),
             idle_keepalive: Duration::from_secs(60),
+            client_header_timeout: Duration::from_secs(60),
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_body_bytes: 1024 * 1024,
+            max_connections: 16_384,
         }
     }
 }
@@ -79,7 +101,7 @@ struct ProxyMetrics {
 
 pub struct Proxy {
     routes: ArcSwap<RouteTable>,
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpConnector, ReqBody>,
     balancer: Balancer,
     limits: Limits,
     metrics: ProxyMetrics,
@@ -99,7 +121,7 @@ fn full(status: StatusCode, body: &'static str) -> Response<Body> {
     resp
 }
 
-fn empty_body() -> Body {
+fn empty_body() -> ReqBody {
     Empty::new().map_err(|e| match e {}).boxed()
 }
 
@@ -287,6 +309,18 @@ impl Proxy {
         if addrs.is_empty() {
             return full(StatusCode::SERVICE_UNAVAILABLE, "no endpoints available\n");
         }
+        let max_body = self.limits.max_body_bytes;
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if max_body > 0 && declared.is_some_and(|n| n > max_body) {
+            // Read and drop what the client still sends (bounded), so it
+            // gets to read the 413 instead of a reset (nginx's lingering close).
+            tokio::spawn(drain(body));
+            return full(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+        }
         // A body can be sent once: only bodiless idempotent requests retry.
         let bodiless = parts
             .headers
@@ -294,7 +328,18 @@ impl Proxy {
             .is_none_or(|v| v == "0")
             && !parts.headers.contains_key(header::TRANSFER_ENCODING);
         let can_retry = idempotent(&parts.method) && bodiless;
-        let mut body = Some(body.boxed());
+        // Streamed bodies without a length are cut off at the limit.
+        let tripped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut body: Option<ReqBody> = Some(if max_body > 0 && declared.is_none() {
+            Capped {
+                inner: Some(body),
+                left: max_body,
+                tripped: tripped.clone(),
+            }
+            .boxed()
+        } else {
+            body.map_err(BoxError::from).boxed()
+        });
         let mut tried = Vec::new();
         for attempt in 0..2 {
             let Some((addr, _in_flight)) = self.balancer.pick(&addrs, &tried) else {
@@ -333,6 +378,9 @@ impl Proxy {
                     return resp.map(|b| b.boxed());
                 }
                 Ok(Err(e)) => {
+                    if tripped.load(Ordering::Relaxed) {
+                        return full(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+                    }
                     let connect = e.is_connect();
                     if connect {
                         self.balancer.report(addr, false);
@@ -440,6 +488,61 @@ impl Proxy {
     }
 }
 
+/// Discards a request body: at most 64 MiB, for at most 10 s.
+async fn drain(body: Incoming) {
+    let mut body = body;
+    let mut left: u64 = 64 << 20;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                left = left.saturating_sub(frame.data_ref().map_or(0, |d| d.len() as u64));
+            }
+            _ => return,
+        }
+    }
+}
+
+/// A streamed request body cut off at `--max-body-size`: past it the
+/// upstream request fails, `tripped` says why (413), and what the client
+/// still sends is drained so it can read the answer.
+struct Capped {
+    inner: Option<Incoming>,
+    left: u64,
+    tripped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl hyper::body::Body for Capped {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return std::task::Poll::Ready(Some(Err("request body too large".into())));
+        };
+        match std::pin::Pin::new(inner).poll_frame(cx) {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if n > self.left {
+                    self.tripped.store(true, Ordering::Relaxed);
+                    if let Some(rest) = self.inner.take() {
+                        tokio::spawn(drain(rest));
+                    }
+                    return std::task::Poll::Ready(Some(Err("request body too large".into())));
+                }
+                self.left -= n;
+                std::task::Poll::Ready(Some(Ok(frame)))
+            }
+            std::task::Poll::Ready(Some(Err(e))) => std::task::Poll::Ready(Some(Err(e.into()))),
+            std::task::Poll::Ready(None) => std::task::Poll::Ready(None),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
 /// The protocol asked for in `Upgrade`, when `Connection` says upgrade.
 fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     let wants = headers
@@ -520,7 +623,11 @@ fn redirect_to_https(req: &Request<Incoming>, host: Option<&str>) -> Response<Bo
 
 /// One client connection, plain or TLS: HTTP/1.1 or HTTP/2 (by ALPN or
 /// prior knowledge), until the client goes away.
-async fn serve_conn<I>(io: I, proxy: Arc<Proxy>, conn: Conn)
+async fn serve_conn<I>(
+    io: I,
+    proxy: Arc<Proxy>,
+    conn: Conn,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -533,18 +640,44 @@ where
         let p = p.clone();
         async move { Ok::<_, Infallible>(p.handle(req, conn).await) }
     });
+    let limits = &proxy.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(20));
-    let _ = builder
+        .header_read_timeout(limits.client_header_timeout)
+        // hyper answers 431 past these.
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(limits.client_header_timeout));
+    let result = builder
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .await;
     proxy
         .metrics
         .active_connections
         .fetch_sub(1, Ordering::Relaxed);
+    result
+}
+
+/// Whether a connection ended because the client was too slow sending a
+/// request head (or sat idle that long).
+fn is_header_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
@@ -563,22 +696,50 @@ async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
     }
 }
 
-/// Serves plain HTTP on `listener` until the task is dropped.
+/// Serves plain HTTP on `listener` until the task is dropped. A client too
+/// slow with its request head gets a 408 before the connection closes
+/// (RFC 9110 §15.5.9 allows it on idle connections too).
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        proxy.limits.max_connections.max(1),
+    ));
     loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, peer) = accept(&listener).await;
-        tokio::spawn(serve_conn(
-            stream,
-            proxy.clone(),
-            Conn {
-                peer,
-                local,
-                tls: false,
-            },
-        ));
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            // A second handle on the socket, to answer 408 after hyper gave up.
+            let late = stream.into_std().and_then(|s| Ok((s.try_clone()?, s)));
+            let Ok((late, stream)) = late else { return };
+            let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+                return;
+            };
+            if let Err(e) = serve_conn(
+                stream,
+                proxy,
+                Conn {
+                    peer,
+                    local,
+                    tls: false,
+                },
+            )
+            .await
+                && is_header_timeout(e.as_ref())
+            {
+                use std::io::Write as _;
+                let mut late = late;
+                let _ = late.set_nonblocking(false);
+                let _ = late.set_write_timeout(Some(Duration::from_secs(1)));
+                let _ = late.write_all(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+                let _ = late.shutdown(std::net::Shutdown::Both);
+            }
+        });
     }
 }
 
@@ -592,12 +753,19 @@ pub async fn serve_tls(
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        proxy.limits.max_connections.max(1),
+    ));
     loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, peer) = accept(&listener).await;
         let (acceptor, proxy) = (acceptor.clone(), proxy.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
+                Ok(Ok(tls)) => drop(
                     serve_conn(
                         tls,
                         proxy,
@@ -607,8 +775,8 @@ pub async fn serve_tls(
                             tls: true,
                         },
                     )
-                    .await
-                }
+                    .await,
+                ),
                 Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
             }

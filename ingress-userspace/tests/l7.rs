@@ -63,15 +63,19 @@ async fn echo(name: &'static str, addr: SocketAddr) -> SocketAddr {
                             .to_string()
                     };
                     let body = format!(
-                        "{name} path={} host={} xff={} xfh={} xfproto={} xrealip={} rid={} via={}\n",
+                        "{name} path={} host={} xff={} xfh={} xfproto={} xrealip={} rid={} via={} version={:?}\n",
                         req.uri().path(),
-                        h("host"),
+                        req.uri()
+                            .authority()
+                            .map(|a| a.to_string())
+                            .unwrap_or_else(|| h("host")),
                         h("x-forwarded-for"),
                         h("x-forwarded-host"),
                         h("x-forwarded-proto"),
                         h("x-real-ip"),
                         h("x-request-id"),
                         h("via"),
+                        req.version(),
                     );
                     // Read the whole request body first, as real servers do.
                     let got = req
@@ -300,7 +304,11 @@ async fn routes_by_host_and_path_with_forwarding_headers() {
     let (status, body) = get(d.http, "/", Some("shop.test")).await.unwrap();
     assert_eq!(status, 200);
     assert!(body.starts_with("a path=/ host=shop.test xff=127.0.0.1 xfh=shop.test xfproto=http xrealip=127.0.0.1 rid="), "{body}");
-    assert!(body.trim_end().ends_with("via=1.1 ingressd body=0"), "{body}");
+    assert!(
+        body.trim_end()
+            .ends_with("via=1.1 ingressd version=HTTP/1.1 body=0"),
+        "{body}"
+    );
     let rid = body
         .split("rid=")
         .nth(1)
@@ -830,4 +838,29 @@ async fn limits_give_the_right_status() {
     );
     // And the proxy still serves.
     assert_eq!(get(d.http, "/", Some("shop.test")).await.unwrap().0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_to_endpoints_when_the_service_port_says_so() {
+    let (port, yaml) = backends().await;
+    let lo = |i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i));
+    let grpc = service("grpc", port, &[lo(2)]).replace(
+        "{name: http, port: 80, targetPort",
+        "{name: http, port: 80, appProtocol: kubernetes.io/h2c, targetPort",
+    );
+    let yaml = yaml
+        + &grpc
+        + "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: grpc}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: grpc.test\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: grpc, port: {number: 80}}}}\n";
+    let d = Ingressd::start(&yaml).await;
+    let (status, body) = get(d.http, "/pkg.Service/Method", Some("grpc.test"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("version=HTTP/2.0") && body.contains("host=grpc.test"),
+        "{body}"
+    );
+    // The same endpoint without appProtocol is spoken to in HTTP/1.1.
+    let (_, body) = get(d.http, "/", Some("shop.test")).await.unwrap();
+    assert!(body.contains("version=HTTP/1.1"), "{body}");
 }

@@ -3,7 +3,7 @@
 //! → map errors to statuses → log. The route table is swapped whole
 //! (`ArcSwap`) and read once per request: a change never drops a connection.
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     convert::Infallible,
     fmt::Write as _,
     net::SocketAddr,
@@ -102,6 +102,8 @@ struct ProxyMetrics {
 pub struct Proxy {
     routes: ArcSwap<RouteTable>,
     client: Client<HttpConnector, ReqBody>,
+    /// For Service ports whose appProtocol says HTTP/2 (h2c, gRPC).
+    h2: H2Pool,
     balancer: Balancer,
     limits: Limits,
     metrics: ProxyMetrics,
@@ -197,6 +199,7 @@ impl Proxy {
         Arc::new(Self {
             routes: ArcSwap::from_pointee(RouteTable::default()),
             client,
+            h2: H2Pool::default(),
             balancer: Balancer::default(),
             limits,
             metrics: ProxyMetrics::default(),
@@ -294,6 +297,7 @@ impl Proxy {
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
+        let h2 = matches!(&*route.upstream, Upstream::Endpoints { app_protocol: Some(p), .. } if speaks_h2(p));
         let addrs: Vec<SocketAddr> = match &*route.upstream {
             Upstream::Endpoints { addrs, .. } => addrs.clone(),
             Upstream::External { host, port, .. } => {
@@ -353,13 +357,29 @@ impl Proxy {
             let mut out =
                 Request::from_parts(parts.clone(), body.take().unwrap_or_else(empty_body));
             *out.uri_mut() = uri;
-            *out.version_mut() = Version::HTTP_11;
-            match tokio::time::timeout(
-                self.limits.upstream_response_timeout,
-                self.client.request(out),
-            )
-            .await
-            {
+            let sent = if h2 {
+                // HTTP/2 carries the host as :authority: keep the client's.
+                let authority = host
+                    .and_then(normalize_host)
+                    .unwrap_or_else(|| addr.to_string());
+                if let Ok(u) = format!("http://{authority}{path_and_query}").parse() {
+                    *out.uri_mut() = u;
+                }
+                *out.version_mut() = Version::HTTP_2;
+                out.headers_mut().remove(header::HOST);
+                Box::pin(
+                    self.h2
+                        .request(addr, out, self.limits.upstream_connect_timeout),
+                )
+                    as std::pin::Pin<
+                        Box<dyn std::future::Future<Output = UpstreamResult> + Send + '_>,
+                    >
+            } else {
+                *out.version_mut() = Version::HTTP_11;
+                let fut = self.client.request(out);
+                Box::pin(async move { fut.await.map_err(UpstreamError::from) })
+            };
+            match tokio::time::timeout(self.limits.upstream_response_timeout, sent).await {
                 Err(_) => return full(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
                 Ok(Ok(mut resp)) => {
                     self.balancer.report(addr, true);
@@ -381,7 +401,7 @@ impl Proxy {
                     if tripped.load(Ordering::Relaxed) {
                         return full(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
                     }
-                    let connect = e.is_connect();
+                    let connect = e.connect;
                     if connect {
                         self.balancer.report(addr, false);
                         self.metrics.connect_errors.fetch_add(1, Ordering::Relaxed);
@@ -541,6 +561,95 @@ impl hyper::body::Body for Capped {
             std::task::Poll::Pending => std::task::Poll::Pending,
         }
     }
+}
+
+/// An upstream failure: whether it happened while connecting (safe to retry
+/// elsewhere, counts towards ejection) and what it was.
+struct UpstreamError {
+    connect: bool,
+    error: BoxError,
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl From<hyper_util::client::legacy::Error> for UpstreamError {
+    fn from(e: hyper_util::client::legacy::Error) -> Self {
+        Self {
+            connect: e.is_connect(),
+            error: Box::new(e),
+        }
+    }
+}
+
+type UpstreamResult = Result<Response<Incoming>, UpstreamError>;
+
+/// One multiplexed HTTP/2 connection per endpoint, made on first use and
+/// again when it closes. (The pooled client keys connections by the URI's
+/// authority, which for HTTP/2 must stay the client's host.)
+#[derive(Default)]
+struct H2Pool {
+    conns:
+        tokio::sync::Mutex<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<ReqBody>>>,
+}
+
+impl H2Pool {
+    async fn sender(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<hyper::client::conn::http2::SendRequest<ReqBody>, UpstreamError> {
+        let mut conns = self.conns.lock().await;
+        if let Some(s) = conns.get(&addr)
+            && !s.is_closed()
+        {
+            return Ok(s.clone());
+        }
+        let connect_err = |e: BoxError| UpstreamError {
+            connect: true,
+            error: e,
+        };
+        let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| connect_err("connect timed out".into()))?
+            .map_err(|e| connect_err(e.into()))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| connect_err(e.into()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        conns.insert(addr, sender.clone());
+        Ok(sender)
+    }
+
+    async fn request(
+        &self,
+        addr: SocketAddr,
+        req: Request<ReqBody>,
+        connect_timeout: Duration,
+    ) -> UpstreamResult {
+        let mut sender = self.sender(addr, connect_timeout).await?;
+        sender.send_request(req).await.map_err(|e| UpstreamError {
+            connect: false,
+            error: e.into(),
+        })
+    }
+}
+
+/// appProtocol values that mean HTTP/2 without TLS to the endpoint
+/// (Kubernetes' `kubernetes.io/h2c`, and the common `h2c`, `grpc`).
+fn speaks_h2(app_protocol: &str) -> bool {
+    matches!(
+        app_protocol.to_ascii_lowercase().as_str(),
+        "kubernetes.io/h2c" | "h2c" | "grpc" | "http2"
+    )
 }
 
 /// The protocol asked for in `Upgrade`, when `Connection` says upgrade.

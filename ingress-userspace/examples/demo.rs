@@ -22,8 +22,10 @@ spec:
   - {name: http, port: 80, targetPort: 8080, nodePort: 30090}
 "#;
 
+const STEPS: u32 = 11;
+
 fn step(n: u32, text: &str) {
-    println!("\n\x1b[1mStep {n}/7  {text}\x1b[0m");
+    println!("\n\x1b[1mStep {n}/{STEPS}  {text}\x1b[0m");
 }
 
 fn write_manifests(dir: &Path, pods: &[&Pod]) {
@@ -252,7 +254,245 @@ fn main() -> anyhow::Result<()> {
     );
     print_maps(&bin, &lab, "node-a");
 
+    ingress_steps(&lab, &manifests)?;
+
     println!("\nCleaning up the lab (namespaces, processes, pins).");
     drop(lab);
+    Ok(())
+}
+
+/// Services `shop` (pods a1, b1) and `api` (a2, b2) and Ingresses routing
+/// to them by host and by path; shop.demo also over HTTPS.
+fn ingress_manifests(
+    lab: &Lab,
+    shop: &[&str],
+    cert: &rcgen::CertifiedKey<rcgen::KeyPair>,
+) -> String {
+    let svc = |name: &str, pods: &[&str]| {
+        let eps: String = lab
+            .pods
+            .iter()
+            .filter(|p| pods.contains(&p.name.as_str()))
+            .map(|p| format!("- {{addresses: [\"{}\"], nodeName: {}}}\n", p.ip, p.node))
+            .collect();
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: demo, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n{eps}"
+        )
+    };
+    let indent = |pem: String| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    svc("shop", shop)
+        + &svc("api", &["a2", "b2"])
+        + &format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: shop-tls, namespace: demo}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+            indent(cert.cert.pem()),
+            indent(cert.signing_key.serialize_pem())
+        )
+        + r#"---
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: ebpf}
+spec: {controller: ingress-ebpf/controller}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: shop, namespace: demo}
+spec:
+  ingressClassName: ebpf
+  tls: [{hosts: [shop.demo], secretName: shop-tls}]
+  rules:
+  - host: www.demo
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: shop, port: {number: 80}}}}
+      - {path: /api, pathType: Prefix, backend: {service: {name: api, port: {name: http}}}}
+  - host: shop.demo
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: shop, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: api, namespace: demo}
+spec:
+  ingressClassName: ebpf
+  rules:
+  - host: api.demo
+    http:
+      paths:
+      - {path: /v1, pathType: Prefix, backend: {service: {name: api, port: {number: 80}}}}
+"#
+}
+
+fn curl_args(lab: &Lab, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.client_ns, "curl", "-s", "-m", "2"])
+        .args(args)
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .replace('\n', " ")
+}
+
+fn ingress_steps(lab: &Lab, manifests: &Path) -> anyhow::Result<()> {
+    let node = lab.node("node-a").ip;
+    let cert = rcgen::generate_simple_self_signed(vec!["shop.demo".to_string()])?;
+    let ingress_file = manifests.join("ingress.yaml");
+    let write = |shop: &[&str]| -> anyhow::Result<()> {
+        let tmp = manifests.join(".ingress.yaml.tmp");
+        std::fs::write(&tmp, ingress_manifests(lab, shop, &cert))?;
+        std::fs::rename(&tmp, &ingress_file)?;
+        Ok(())
+    };
+    let before = syncs(lab, "node-a");
+    write(&["a1", "b1"])?;
+    wait_until(Duration::from_secs(5), || syncs(lab, "node-a") > before);
+
+    step(
+        8,
+        "Ingress: the proxy on node-a (:80) routes by Host header and path to pods directly",
+    );
+    println!(
+        "    www.demo/ → Service shop (a1, b1); www.demo/api and api.demo/v1 → Service api (a2, b2)"
+    );
+    for (host, path) in [
+        ("www.demo", "/"),
+        ("www.demo", "/api/cart"),
+        ("api.demo", "/v1/users"),
+    ] {
+        let url = format!("http://{node}{path}");
+        let mut counts = BTreeMap::new();
+        for _ in 0..8 {
+            *counts
+                .entry(curl_args(lab, &["-H", &format!("Host: {host}"), &url]))
+                .or_insert(0) += 1;
+        }
+        println!("    curl -H 'Host: {host}' {url:<28} → {}", show(&counts));
+    }
+
+    step(
+        9,
+        "No rule matches: the default backend answers 404, also on its own port 8181",
+    );
+    for (label, args) in [
+        (
+            "-H 'Host: nobody.demo' http://NODE/",
+            vec![
+                "-H".to_string(),
+                "Host: nobody.demo".into(),
+                format!("http://{node}/"),
+            ],
+        ),
+        (
+            "http://NODE:8181/anything",
+            vec![format!("http://{node}:8181/anything")],
+        ),
+    ] {
+        let mut a: Vec<&str> = vec!["-w", " [%{http_code}]"];
+        a.extend(args.iter().map(String::as_str));
+        println!(
+            "    curl {:<40} → {}",
+            label.replace("NODE", &node.to_string()),
+            curl_args(lab, &a)
+        );
+    }
+
+    step(
+        10,
+        "HTTPS: TLS by SNI with the certificate from the Secret; plain HTTP is redirected",
+    );
+    let resolve = format!("shop.demo:443:{node}");
+    println!(
+        "    curl -k --resolve {resolve} https://shop.demo/  → {}",
+        curl_args(
+            lab,
+            &[
+                "-k",
+                "--resolve",
+                &resolve,
+                "-w",
+                " [%{http_code}, certificate from Secret demo/shop-tls]",
+                "https://shop.demo/"
+            ]
+        )
+    );
+    println!(
+        "    curl -H 'Host: shop.demo' http://{node}/x   → {}",
+        curl_args(
+            lab,
+            &[
+                "-H",
+                "Host: shop.demo",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} → %{redirect_url}",
+                &format!("http://{node}/x")
+            ]
+        )
+    );
+
+    step(
+        11,
+        "Pod b1 leaves Service shop while a client keeps requesting: no request fails",
+    );
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let client_ns = lab.client_ns.clone();
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            in_netns(&client_ns, move || {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                for _ in 0..100_000 {
+                    if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                        break;
+                    }
+                    let r = lab::http_get_host(
+                        SocketAddr::from((node, 80)),
+                        "www.demo",
+                        "/",
+                        Duration::from_secs(2),
+                    );
+                    let counter = if r.is_ok() { &ok } else { &failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+    };
+    // Some traffic before the change, the change, some traffic after it.
+    let done = || ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed);
+    wait_until(Duration::from_secs(5), || done() >= 20);
+    let before = syncs(lab, "node-a");
+    write(&["a1"])?;
+    let changed = wait_until(Duration::from_secs(5), || syncs(lab, "node-a") > before);
+    let at_change = done();
+    wait_until(Duration::from_secs(5), || done() >= at_change + 20);
+    stop.store(true, Ordering::Relaxed);
+    load.join().map_err(|_| anyhow::anyhow!("load thread"))??;
+    println!(
+        "    route table swapped {}; {} requests around the change, {} failed",
+        if changed { "atomically" } else { "(NOT seen)" },
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    let url = format!("http://{node}/");
+    let mut counts = BTreeMap::new();
+    for _ in 0..8 {
+        *counts
+            .entry(curl_args(lab, &["-H", "Host: www.demo", &url]))
+            .or_insert(0) += 1;
+    }
+    println!("    curl -H 'Host: www.demo' {url:<28} → {}", show(&counts));
     Ok(())
 }

@@ -477,12 +477,22 @@ pub fn in_netns<T: Send + 'static>(
 
 /// One HTTP/1.1 GET on a new connection; the body on 200.
 pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<String> {
+    http_get_host(addr, &addr.to_string(), path, timeout)
+}
+
+/// The same with a Host header of one's choosing (for Ingress rules).
+pub fn http_get_host(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;

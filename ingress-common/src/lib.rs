@@ -24,6 +24,8 @@ pub mod map_names {
     pub const CONFIG: &str = "LB4_CONFIG";
     pub const COUNTERS: &str = "LB4_COUNTERS";
     pub const SVC_NAMES: &str = "LB4_SVC_NAMES";
+    pub const INGRESS_VIPS: &str = "L7_VIPS";
+    pub const PROXY_SOCKETS: &str = "L7_SOCKETS";
 }
 
 /// Program names (the Rust function names in `ingress-ebpf`).
@@ -32,6 +34,7 @@ pub mod program_names {
     pub const TC_EGRESS: &str = "tc_revnat_egress";
     /// A pass-everything program for the far end of veth pairs (labs).
     pub const XDP_PASS: &str = "xdp_pass";
+    pub const SK_LOOKUP: &str = "sk_lookup_proxy";
 }
 
 /// Default capacities; `ingressd` may raise them at load time.
@@ -39,6 +42,12 @@ pub const MAX_SERVICES: u32 = 131_072;
 pub const MAX_RINGS: u32 = 131_072;
 pub const MAX_FLOWS: u32 = 262_144;
 pub const MAX_NODE_ADDRS: u32 = 64;
+
+/// Ingress VIPs steered to the proxy by `sk_lookup_proxy`.
+pub const MAX_INGRESS_VIPS: u32 = 1024;
+/// Indexes of the proxy's listening sockets in `L7_SOCKETS`.
+pub const PROXY_SOCKET_HTTP: u32 = 0;
+pub const PROXY_SOCKET_HTTPS: u32 = 1;
 
 /// IP protocol numbers as stored in [`FrontendKey::proto`] and [`FlowKey::proto`].
 pub const IPPROTO_TCP: u8 = 6;

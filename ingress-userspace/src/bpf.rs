@@ -82,6 +82,7 @@ pub fn load_and_attach(
     pin_path: &Path,
     interfaces: &[String],
     mode: XdpAttachMode,
+    steer_vips: bool,
 ) -> anyhow::Result<()> {
     check_bpffs(pin_path)?;
     std::fs::create_dir_all(links_dir(pin_path))
@@ -108,6 +109,9 @@ pub fn load_and_attach(
     for iface in interfaces {
         attach_tc(tc, iface, pin_path)
             .with_context(|| format!("attaching TC egress to {iface}"))?;
+    }
+    if steer_vips {
+        attach_sk_lookup(&mut ebpf, pin_path)?;
     }
     Ok(())
 }
@@ -237,6 +241,62 @@ pub fn attach_xdp_pass(iface: &str, pin_dir: &Path) -> anyhow::Result<()> {
     let id = prog.attach(iface, XdpMode::Driver)?;
     let fd = FdLink::try_from(prog.take_link(id)?)?;
     fd.pin(pin_dir.join(format!("xdp-pass-{iface}")))?;
+    Ok(())
+}
+
+/// Attaches `sk_lookup_proxy` to this process's network namespace. A new
+/// link is made before the old pinned one is removed, so steering never
+/// stops (two attached copies behave as one: they share the maps).
+fn attach_sk_lookup(ebpf: &mut aya::Ebpf, pin_path: &Path) -> anyhow::Result<()> {
+    let prog: &mut aya::programs::SkLookup = ebpf
+        .program_mut(program_names::SK_LOOKUP)
+        .context("program sk_lookup_proxy missing")?
+        .try_into()?;
+    prog.load().context("verifier rejected sk_lookup_proxy")?;
+    let netns = std::fs::File::open("/proc/self/ns/net").context("opening /proc/self/ns/net")?;
+    let id = prog
+        .attach(&netns)
+        .context("attaching sk_lookup to the network namespace")?;
+    let link: FdLink = prog.take_link(id)?.into();
+    let pin = links_dir(pin_path).join("sk-lookup");
+    let _ = std::fs::remove_file(&pin);
+    link.pin(&pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
+    tracing::info!("sk_lookup attached: Ingress VIPs on :80/:443 go to the proxy's sockets");
+    Ok(())
+}
+
+/// Puts the proxy's listening sockets where `sk_lookup_proxy` finds them.
+pub fn set_proxy_sockets(
+    pin_path: &Path,
+    http: &impl std::os::fd::AsRawFd,
+    https: &impl std::os::fd::AsRawFd,
+) -> anyhow::Result<()> {
+    let mut map: aya::maps::SockMap<MapData> =
+        open_map(pin_path, map_names::PROXY_SOCKETS)?.try_into()?;
+    map.set(ingress_common::PROXY_SOCKET_HTTP, http, 0)
+        .context("adding the HTTP socket")?;
+    map.set(ingress_common::PROXY_SOCKET_HTTPS, https, 0)
+        .context("adding the HTTPS socket")?;
+    Ok(())
+}
+
+/// Makes `vips` (and only them) the steered Ingress VIPs.
+pub fn set_ingress_vips(pin_path: &Path, vips: &[Ipv4Addr]) -> anyhow::Result<()> {
+    let mut map: HashMap<MapData, u32, u32> =
+        open_map(pin_path, map_names::INGRESS_VIPS)?.try_into()?;
+    let want: Vec<u32> = vips.iter().map(|a| u32::from(*a).to_be()).collect();
+    for v in &want {
+        map.insert(v, 1, 0)?;
+    }
+    let stale: Vec<u32> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !want.contains(k))
+        .collect();
+    for k in stale {
+        ignore_missing(map.remove(&k))?;
+    }
     Ok(())
 }
 

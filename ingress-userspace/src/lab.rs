@@ -377,6 +377,17 @@ impl Lab {
         node: &str,
         manifests: &Path,
     ) -> anyhow::Result<()> {
+        self.start_ingressd_with(bin, node, manifests, &[])
+    }
+
+    /// The same with extra `ingressd run` arguments.
+    pub fn start_ingressd_with(
+        &mut self,
+        bin: &Path,
+        node: &str,
+        manifests: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
         let n = self.node(node).clone();
         let log = File::create(self.dir.join(format!("ingressd-{node}.log")))?;
         let child = Command::new("nsenter")
@@ -394,6 +405,7 @@ impl Lab {
             .arg("--pin-path")
             .arg(&n.pin_path)
             .args(["--metrics-addr", &n.metrics.to_string()])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -402,12 +414,24 @@ impl Lab {
         self.res().daemons.push((node.to_string(), child));
         let metrics = n.metrics;
         let ns = n.ns.clone();
+        let res = self.res.clone();
         let ready = wait_until(Duration::from_secs(20), || {
-            in_netns(&ns, move || {
-                http_get(metrics, "/readyz", Duration::from_millis(500))
-            })
-            .is_ok_and(|r| r.is_ok_and(|body| body.starts_with("ready")))
-        });
+            // Stop waiting as soon as it has exited.
+            let exited = res
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .daemons
+                .iter_mut()
+                .any(|(n, c)| n == node && c.try_wait().is_ok_and(|s| s.is_some()));
+            exited
+                || in_netns(&ns, move || {
+                    http_get(metrics, "/readyz", Duration::from_millis(500))
+                })
+                .is_ok_and(|r| r.is_ok_and(|body| body.starts_with("ready")))
+        }) && in_netns(&ns, move || {
+            http_get(metrics, "/readyz", Duration::from_millis(500))
+        })
+        .is_ok_and(|r| r.is_ok_and(|body| body.starts_with("ready")));
         if !ready {
             let log = std::fs::read_to_string(self.dir.join(format!("ingressd-{node}.log")))
                 .unwrap_or_default();
@@ -425,6 +449,24 @@ impl Lab {
         let (_, mut child) = res.daemons.remove(i);
         drop(res);
         terminate(&mut child);
+        Ok(())
+    }
+
+    /// Routes `prefix` from the client to `node` and delivers it locally
+    /// there (one "AnyIP" route, no address bound per VIP), as an announcer
+    /// of LoadBalancer addresses would.
+    pub fn route_vips_to(&self, node: &str, prefix: &str) -> anyhow::Result<()> {
+        let n = self.node(node);
+        ip(&[
+            "-n",
+            &self.client_ns,
+            "route",
+            "add",
+            prefix,
+            "via",
+            &n.ip.to_string(),
+        ])?;
+        ip(&["-n", &n.ns, "route", "add", "local", prefix, "dev", "lo"])?;
         Ok(())
     }
 

@@ -60,6 +60,9 @@ enum Command {
         /// Where the proxy serves HTTP (HTTP/1.1, and HTTP/2 with prior knowledge).
         #[arg(long, default_value = "0.0.0.0:80")]
         http_addr: SocketAddr,
+        /// Ingress VIPs: connections to any of them on :80/:443 are steered to the proxy (sk_lookup).
+        #[arg(long, num_args = 1..)]
+        ingress_vip: Vec<Ipv4Addr>,
         /// Where the proxy serves HTTPS (TLS by SNI from Ingress spec.tls Secrets).
         #[arg(long, default_value = "0.0.0.0:443")]
         https_addr: SocketAddr,
@@ -219,6 +222,7 @@ fn main() -> std::process::ExitCode {
             http_addr,
             https_addr,
             default_ssl_certificate,
+            ingress_vip,
             default_backend_addr,
             ingress_class,
             controller_class,
@@ -247,6 +251,7 @@ fn main() -> std::process::ExitCode {
                     None => ("default".to_string(), s),
                 }),
                 default_backend_addr,
+                ingress_vips: ingress_vip,
                 class: ClassConfig {
                     class_name: ingress_class,
                     controller: controller_class,

@@ -46,6 +46,8 @@ pub struct RunConfig {
     pub default_ssl_certificate: Option<ObjectKey>,
     pub class: ClassConfig,
     pub limits: Limits,
+    /// Addresses whose :80/:443 connections `sk_lookup` steers to the proxy.
+    pub ingress_vips: Vec<Ipv4Addr>,
 }
 
 /// The L7 part: the proxy and its certificates.
@@ -81,7 +83,7 @@ fn start_l4(cfg: &RunConfig) -> anyhow::Result<L4> {
         addrs: node_ips,
     };
     tracing::info!(node = %node.name, addrs = ?node.addrs, interfaces = ?cfg.interfaces, "starting the L4 data path");
-    bpf::load_and_attach(&cfg.pin_path, &cfg.interfaces, cfg.xdp_mode)?;
+    bpf::load_and_attach(&cfg.pin_path, &cfg.interfaces, cfg.xdp_mode, !cfg.no_l7)?;
     let mut maps = LbMaps::open(&cfg.pin_path)?;
     maps.set_node(&node.addrs)?;
     Ok(L4 {
@@ -115,6 +117,15 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         let http = bind(cfg.http_addr, "--http-addr").await?;
         let https = bind(cfg.https_addr, "--https-addr").await?;
         let default_backend = bind(cfg.default_backend_addr, "--default-backend-addr").await?;
+        if l4.is_some() {
+            bpf::set_proxy_sockets(&cfg.pin_path, &http, &https)?;
+            bpf::set_ingress_vips(&cfg.pin_path, &cfg.ingress_vips)?;
+            if !cfg.ingress_vips.is_empty() {
+                tracing::info!(vips = ?cfg.ingress_vips, "steering Ingress VIPs to the proxy");
+            }
+        } else if !cfg.ingress_vips.is_empty() {
+            tracing::warn!("--ingress-vip needs the BPF data path: ignored with --no-l4");
+        }
         tokio::spawn(proxy::serve(http, proxy.clone()));
         tokio::spawn(proxy::serve_tls(https, proxy.clone(), tls_config));
         tokio::spawn(proxy::serve_default_backend(default_backend));

@@ -298,3 +298,54 @@ fn udp_flow_reusing_its_port_moves_off_a_removed_endpoint() {
     assert!(moved, "the flow still goes to removed endpoint {first}");
     assert!(lab.ingressd_log("node-a").contains("forgot UDP flows"));
 }
+
+#[test]
+fn ingress_vips_are_steered_to_the_proxy_by_sk_lookup() {
+    if !need_root() {
+        return;
+    }
+    let mut lab = Lab::two_nodes("vip").expect("lab");
+    lab.start_pods().expect("pods");
+    let manifests = lab.dir.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let pods: Vec<&Pod> = lab.pods.iter().collect();
+    let ingress = "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web, namespace: demo}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: vip.test\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}\n";
+    write_manifests(&manifests, &(nodeport_manifests(&pods) + ingress));
+    lab.route_vips_to("node-a", "198.19.0.0/24").unwrap();
+    // The proxy binds only the node address; the VIP has no socket at all.
+    let node = lab.node("node-a").ip.to_string();
+    let (http, https) = (format!("{node}:80"), format!("{node}:443"));
+    lab.start_ingressd_with(
+        Path::new(BIN),
+        "node-a",
+        &manifests,
+        &[
+            "--http-addr",
+            &http,
+            "--https-addr",
+            &https,
+            "--ingress-vip",
+            "198.19.0.10",
+        ],
+    )
+    .expect("ingressd");
+    let vip = SocketAddr::from(([198, 19, 0, 10], 80));
+    let answers = in_netns(&lab.client_ns, move || {
+        (0..20)
+            .map(|_| lab::http_get_host(vip, "vip.test", "/", T).map(|b| b.trim().to_string()))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .unwrap()
+    .unwrap_or_else(|e| panic!("request to the VIP: {e}\n{}", lab.ingressd_log("node-a")));
+    assert!(set(&answers).len() >= 2, "{answers:?}");
+    // A VIP that is routed here but not steered finds no socket.
+    let other = SocketAddr::from(([198, 19, 0, 11], 80));
+    let refused = in_netns(&lab.client_ns, move || {
+        lab::http_get_host(other, "vip.test", "/", T)
+    })
+    .unwrap();
+    assert_eq!(
+        refused.expect_err("no socket").kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
+}

@@ -45,7 +45,10 @@ enum Cmd {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum BenchKind {
+    /// XDP per-packet cost by table size; sync times vs kube-proxy's iptables.
     L4,
+    /// Proxy throughput and latency vs nginx and the upstream alone; route updates.
+    L7,
 }
 
 pub fn root() -> PathBuf {
@@ -85,6 +88,9 @@ fn main() -> ExitCode {
         Cmd::Bench {
             what: BenchKind::L4,
         } => setup::ensure().and_then(|()| bench_l4()),
+        Cmd::Bench {
+            what: BenchKind::L7,
+        } => setup::ensure().and_then(|()| bench_l7()),
         Cmd::Lint => setup::ensure().and_then(|()| {
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&[
@@ -182,6 +188,19 @@ fn demo() -> anyhow::Result<()> {
         bail!("demo failed ({status})");
     }
     Ok(())
+}
+
+fn bench_l7() -> anyhow::Result<()> {
+    setup::ensure_nginx()?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "ingress-userspace",
+        "--bin",
+        "ingressd",
+    ])?;
+    cargo(&["bench", "-p", "ingress-userspace", "--bench", "l7"])
 }
 
 fn bench_l4() -> anyhow::Result<()> {

@@ -285,3 +285,23 @@ pub fn ensure_bench_tools() -> anyhow::Result<()> {
         Ok(())
     }
 }
+
+/// nginx, what `cargo xtask bench l7` compares the proxy with.
+pub fn ensure_nginx() -> anyhow::Result<()> {
+    if have("nginx") {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("nginx is missing: apt-get install -y nginx-light (as root)");
+    }
+    step("nginx", false, "for the L7 comparison");
+    apt_install("nginx", &["nginx-light"])?;
+    // Debian starts it on :80 at install; the benchmark runs its own.
+    let _ = Command::new("sh")
+        .args([
+            "-c",
+            "systemctl stop nginx 2>/dev/null || nginx -s stop 2>/dev/null",
+        ])
+        .status();
+    Ok(())
+}

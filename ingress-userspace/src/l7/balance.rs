@@ -56,48 +56,48 @@ impl Balancer {
         z ^ (z >> 31)
     }
 
-    fn ejected(&self, addr: SocketAddr) -> bool {
-        let st = self.state(addr);
-        let f = st.failures.lock().unwrap_or_else(|e| e.into_inner());
-        matches!(f.1, Some(until) if until > Instant::now())
-    }
-
     /// Picks one of `addrs` (not in `avoid`): of two random healthy ones,
     /// the one with fewer requests in flight. Ejected endpoints are used
-    /// only when nothing else is left.
+    /// only when nothing else is left. One lock on the endpoint table.
     pub fn pick(
         &self,
         addrs: &[SocketAddr],
         avoid: &[SocketAddr],
     ) -> Option<(SocketAddr, InFlight)> {
-        let fresh: Vec<SocketAddr> = addrs
-            .iter()
-            .copied()
-            .filter(|a| !avoid.contains(a))
-            .collect();
-        let healthy: Vec<SocketAddr> = fresh
-            .iter()
-            .copied()
-            .filter(|a| !self.ejected(*a))
-            .collect();
-        let pool = if healthy.is_empty() { &fresh } else { &healthy };
-        let chosen = match pool.len() {
+        let now = Instant::now();
+        let mut candidates: Vec<(SocketAddr, Arc<EndpointState>, bool)> = {
+            let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+            addrs
+                .iter()
+                .filter(|a| !avoid.contains(a))
+                .map(|a| {
+                    let st = map.entry(*a).or_default().clone();
+                    let until = st.failures.lock().unwrap_or_else(|e| e.into_inner()).1;
+                    (*a, st, matches!(until, Some(t) if t > now))
+                })
+                .collect()
+        };
+        if candidates.iter().any(|c| !c.2) {
+            candidates.retain(|c| !c.2);
+        }
+        let n = candidates.len();
+        let chosen = match n {
             0 => return None,
-            1 => pool[0],
-            n => {
+            1 => 0,
+            _ => {
                 let r = self.random();
-                let a = pool[(r % n as u64) as usize];
-                let mut b = pool[((r >> 32) % n as u64) as usize];
+                let a = (r % n as u64) as usize;
+                let mut b = ((r >> 32) % n as u64) as usize;
                 if a == b {
-                    b = pool[(((r >> 32) % n as u64) as usize + 1) % n];
+                    b = (b + 1) % n;
                 }
-                let load = |x: SocketAddr| self.state(x).in_flight.load(Ordering::Relaxed);
+                let load = |i: usize| candidates[i].1.in_flight.load(Ordering::Relaxed);
                 if load(b) < load(a) { b } else { a }
             }
         };
-        let st = self.state(chosen);
+        let (addr, st, _) = candidates.swap_remove(chosen);
         st.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some((chosen, InFlight(st)))
+        Some((addr, InFlight(st)))
     }
 
     /// Records the outcome of a connection attempt.

@@ -93,8 +93,8 @@ struct Histogram {
 #[derive(Default)]
 struct ProxyMetrics {
     /// (ingress, service, status) → requests.
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
-    latency: Mutex<BTreeMap<(String, String), Histogram>>,
+    requests: Mutex<BTreeMap<(Arc<str>, Arc<str>, u16), u64>>,
+    latency: Mutex<BTreeMap<(Arc<str>, Arc<str>), Histogram>>,
     connect_errors: AtomicU64,
     active_connections: AtomicI64,
 }
@@ -107,6 +107,8 @@ pub struct Proxy {
     balancer: Balancer,
     limits: Limits,
     metrics: ProxyMetrics,
+    /// Labels of requests answered by the built-in default backend.
+    default_label: (Arc<str>, Arc<str>),
 }
 
 fn full(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -155,22 +157,34 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// 128 random-looking bits as 32 hex digits: splitmix64 over a per-thread
+/// state seeded once from the kernel, so no system call per request.
 fn request_id() -> String {
-    let mut buf = [0u8; 16];
-    // SAFETY: getrandom into a local buffer of the given length.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n != buf.len() as isize {
-        // Never fails for 16 bytes once the pool is up; a time-based id beats none.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        buf = t.to_le_bytes();
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
+            let mut seed = [0u8; 8];
+            // SAFETY: getrandom into a local buffer of the given length.
+            let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+            if n == 8 {
+                u64::from_ne_bytes(seed)
+            } else {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
+            }
+        });
     }
-    buf.iter().fold(String::with_capacity(32), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    let next = || {
+        STATE.with(|s| {
+            let mut z = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            s.set(z);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        })
+    };
+    let (a, b) = (next(), next());
+    let mut out = String::with_capacity(32);
+    let _ = write!(out, "{a:016x}{b:016x}");
+    out
 }
 
 fn idempotent(method: &Method) -> bool {
@@ -203,6 +217,7 @@ impl Proxy {
             balancer: Balancer::default(),
             limits,
             metrics: ProxyMetrics::default(),
+            default_label: (Arc::from("-"), Arc::from("default-backend")),
         })
     }
 
@@ -246,7 +261,7 @@ impl Proxy {
             }
             Match::Default(None) => (
                 full(StatusCode::NOT_FOUND, "default backend - 404\n"),
-                ("-".into(), "default-backend".into()),
+                self.default_label.clone(),
             ),
         };
         self.observe(&route_label, resp.status(), started.elapsed());
@@ -345,17 +360,25 @@ impl Proxy {
             body.map_err(BoxError::from).boxed()
         });
         let mut tried = Vec::new();
-        for attempt in 0..2 {
+        // Only a request that may be retried keeps a copy of its head.
+        let attempts = if can_retry { 2 } else { 1 };
+        let mut parts = Some(parts);
+        for attempt in 0..attempts {
             let Some((addr, _in_flight)) = self.balancer.pick(&addrs, &tried) else {
                 break;
             };
+            let head = if attempt + 1 < attempts {
+                parts.clone()
+            } else {
+                parts.take()
+            };
+            let Some(head) = head else { break };
             tried.push(addr);
             let uri: Uri = match format!("http://{addr}{path_and_query}").parse() {
                 Ok(u) => u,
                 Err(_) => return full(StatusCode::BAD_REQUEST, "bad request target\n"),
             };
-            let mut out =
-                Request::from_parts(parts.clone(), body.take().unwrap_or_else(empty_body));
+            let mut out = Request::from_parts(head, body.take().unwrap_or_else(empty_body));
             *out.uri_mut() = uri;
             let sent = if h2 {
                 // HTTP/2 carries the host as :authority: keep the client's.
@@ -416,7 +439,7 @@ impl Proxy {
         full(StatusCode::BAD_GATEWAY, "upstream connection failed\n")
     }
 
-    fn observe(&self, label: &(String, String), status: StatusCode, took: Duration) {
+    fn observe(&self, label: &(Arc<str>, Arc<str>), status: StatusCode, took: Duration) {
         let key = (label.0.clone(), label.1.clone(), status.as_u16());
         *self
             .metrics
@@ -678,8 +701,8 @@ async fn splice(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) 
     }
 }
 
-fn label(route: &Route) -> (String, String) {
-    (route.ingress.clone(), route.upstream.name().to_string())
+fn label(route: &Route) -> (Arc<str>, Arc<str>) {
+    (route.ingress.clone(), route.service.clone())
 }
 
 fn set_forwarding_headers(

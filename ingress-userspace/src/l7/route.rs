@@ -71,8 +71,10 @@ impl Upstream {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     pub upstream: Arc<Upstream>,
-    /// `namespace/name` of the Ingress.
-    pub ingress: String,
+    /// `namespace/name` of the Ingress (shared: it labels every request).
+    pub ingress: Arc<str>,
+    /// The upstream's name, for logs and metric labels.
+    pub service: Arc<str>,
     /// Redirect plain HTTP to HTTPS (the host is in the Ingress's `spec.tls`
     /// and `nginx.ingress.kubernetes.io/ssl-redirect` is not "false").
     pub ssl_redirect: bool,
@@ -465,8 +467,9 @@ pub fn compile(snapshot: &Snapshot, class: &ClassConfig) -> (RouteTable, Vec<Rou
             match &table.default_backend {
                 None => {
                     table.default_backend = Some(Route {
+                        service: Arc::from(up.name()),
                         upstream: up,
-                        ingress: id.clone(),
+                        ingress: Arc::from(id.as_str()),
                         ssl_redirect: false,
                     })
                 }
@@ -543,8 +546,9 @@ pub fn compile(snapshot: &Snapshot, class: &ClassConfig) -> (RouteTable, Vec<Rou
                 hosts.entry(host.clone()).or_default().insert(
                     (kind, path),
                     Route {
+                        service: Arc::from(upstream.name()),
                         upstream,
-                        ingress: id.clone(),
+                        ingress: Arc::from(id.as_str()),
                         ssl_redirect,
                     },
                 );

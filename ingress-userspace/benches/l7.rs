@@ -1,0 +1,396 @@
+//! `cargo xtask bench l7`: the proxy side by side with nginx (Debian's
+//! package) configured with the same hosts, paths and upstream, and with the
+//! upstream alone (the limit), with keep-alive and with a new connection per
+//! request; then the time to compile and swap a table of 10,000 Ingress rules.
+//!
+//! Everything runs on loopback: the upstream is an nginx answering a fixed
+//! body, the load comes from this process (closed loop, bounded in count
+//! and time). Ratios matter; absolute numbers depend on the machine.
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use ingressd::{
+    l7::route::{ClassConfig, compile},
+    manifest::{Snapshot, parse_file},
+};
+
+const REQUESTS: usize = 20_000;
+const CONCURRENCY: usize = 32;
+const TIME_LIMIT: Duration = Duration::from_secs(30);
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    anyhow::bail!("nothing listening on {addr}")
+}
+
+fn nginx(dir: &Path, name: &str, conf_body: &str) -> anyhow::Result<Proc> {
+    let prefix = dir.join(name);
+    std::fs::create_dir_all(prefix.join("logs"))?;
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\nevents {{ worker_connections 4096; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {p};\n proxy_temp_path {p};\n {conf_body}\n}}\n",
+            p = prefix.display()
+        ),
+    )?;
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(&prefix)
+        .args(["-g", "daemon off;"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Proc(child))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")
+                    .map(|v| v.trim().trim_end_matches(" kB").trim().to_string())
+            })
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Run {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: usize,
+}
+
+/// Closed-loop load: CONCURRENCY workers, REQUESTS in all (or TIME_LIMIT).
+async fn load(addr: SocketAddr, host: &'static str, path: &'static str, keepalive: bool) -> Run {
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0;
+            let mut conn: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> = None;
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < REQUESTS
+                && started.elapsed() < TIME_LIMIT
+            {
+                let t = Instant::now();
+                if conn.as_ref().is_none_or(|c| c.is_closed()) || !keepalive {
+                    let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+                        errors += 1;
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let Ok((sender, c)) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+                    else {
+                        errors += 1;
+                        continue;
+                    };
+                    tokio::spawn(c);
+                    conn = Some(sender);
+                }
+                let Some(sender) = conn.as_mut() else {
+                    continue;
+                };
+                let mut req = Request::get(path).header("host", host);
+                if !keepalive {
+                    req = req.header("connection", "close");
+                }
+                let ok = match sender
+                    .send_request(req.body(Empty::new()).expect("request"))
+                    .await
+                {
+                    Ok(resp) => resp.status() == 200 && resp.into_body().collect().await.is_ok(),
+                    Err(_) => false,
+                };
+                if ok {
+                    lat.push(t.elapsed());
+                } else {
+                    errors += 1;
+                    conn = None;
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.expect("load task");
+        lat.extend(l);
+        errors += e;
+    }
+    let took = started.elapsed();
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Run {
+        rps: lat.len() as f64 / took.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+        errors,
+    }
+}
+
+const INGRESS: &str = r#"
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: shop}
+spec:
+  ingressClassName: ebpf
+  rules:
+  - host: shop.test
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: up, port: {number: 80}}}}
+      - {path: /cart, pathType: Prefix, backend: {service: {name: up, port: {number: 80}}}}
+"#;
+
+fn ten_thousand_rules() -> Snapshot {
+    let mut yaml = String::new();
+    for i in 0..100 {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\nspec:\n  ports: [{{name: http, port: 80}}]\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{i}-1, labels: {{kubernetes.io/service-name: s{i}}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [\"10.1.{}.{}\"]}}]\n",
+            i / 200,
+            i % 200 + 1
+        ));
+    }
+    for i in 0..1000 {
+        let paths: String = (0..10)
+            .map(|j| format!("      - {{path: /p{j}, pathType: Prefix, backend: {{service: {{name: s{}, port: {{number: 80}}}}}}}}\n", (i + j) % 100))
+            .collect();
+        yaml.push_str(&format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: i{i}}}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: h{i}.test\n    http:\n      paths:\n{paths}"
+        ));
+    }
+    let (objects, errors, _) = parse_file(Path::new("bench.yaml"), &yaml);
+    assert!(errors.is_empty(), "{errors:?}");
+    let mut snap = Snapshot::default();
+    for o in objects {
+        snap.insert(o);
+    }
+    snap
+}
+
+fn main() -> anyhow::Result<()> {
+    let have_nginx = Command::new("sh")
+        .args(["-c", "command -v nginx"])
+        .output()?
+        .status
+        .success();
+    anyhow::ensure!(
+        have_nginx,
+        "nginx is not installed (apt-get install nginx-light); `cargo xtask bench l7` installs it"
+    );
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/ingressd");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} missing: run `cargo build --release -p ingress-userspace` (cargo xtask bench l7 does)",
+        bin.display()
+    );
+    let dir = std::env::temp_dir().join(format!("ingressd-bench-l7-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("manifests"))?;
+
+    // The upstream: nginx answering "ok".
+    let up_port = free_port();
+    let up = SocketAddr::from((Ipv4Addr::LOCALHOST, up_port));
+    let _upstream = nginx(
+        &dir,
+        "upstream",
+        &format!(
+            "server {{ listen 127.0.0.1:{up_port}; keepalive_requests 100000; location / {{ return 200 \"ok\\n\"; }} }}"
+        ),
+    )?;
+    wait_listening(up)?;
+
+    // nginx as the ingress proxy, with the same hosts and paths.
+    let ng_port = free_port();
+    let ng = SocketAddr::from((Ipv4Addr::LOCALHOST, ng_port));
+    let ng_proc = nginx(
+        &dir,
+        "proxy",
+        &format!(
+            "upstream up {{ server 127.0.0.1:{up_port}; keepalive 320; }}\n\
+             server {{ listen 127.0.0.1:{ng_port}; server_name shop.test; keepalive_requests 100000;\n\
+               location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host;\n\
+                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Real-IP $remote_addr; }}\n\
+               location /cart {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host;\n\
+                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Real-IP $remote_addr; }} }}"
+        ),
+    )?;
+    wait_listening(ng)?;
+
+    // ingressd --no-l4 with the same rules.
+    let svc = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: up}}\nspec:\n  ports: [{{port: 80, targetPort: {up_port}}}]\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: up-1, labels: {{kubernetes.io/service-name: up}}}}\n\
+         addressType: IPv4\nports: [{{port: {up_port}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n"
+    );
+    std::fs::write(dir.join("manifests/all.yaml"), svc + INGRESS)?;
+    let (ours, https, dflt, metrics) = (free_port(), free_port(), free_port(), free_port());
+    let ours_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ours));
+    let ingressd = Proc(
+        Command::new(&bin)
+            .args(["run", "--no-l4", "--manifests"])
+            .arg(dir.join("manifests"))
+            .args(["--http-addr", &ours_addr.to_string()])
+            .args([
+                "--https-addr",
+                &format!("127.0.0.1:{https}"),
+                "--default-backend-addr",
+                &format!("127.0.0.1:{dflt}"),
+            ])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_listening(ours_addr)?;
+    // Ready means routes are in: wait for a 200 through it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    while rt.block_on(load_one(ours_addr)).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "ingressd never routed shop.test");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    println!(
+        "HTTP proxying on loopback: {REQUESTS} GET /cart (Host shop.test) per row, {CONCURRENCY} concurrent clients"
+    );
+    println!(
+        "{:<34} {:>10} {:>9} {:>9} {:>7}   {:>10} {:>10}",
+        "", "req/s", "p50 ms", "p99 ms", "errors", "rps ratio", "p99 ratio"
+    );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for keepalive in [true, false] {
+        let mode = if keepalive {
+            "keep-alive"
+        } else {
+            "new connection"
+        };
+        let direct = rt.block_on(load(up, "shop.test", "/cart", keepalive));
+        let nginx = rt.block_on(load(ng, "shop.test", "/cart", keepalive));
+        let ing = rt.block_on(load(ours_addr, "shop.test", "/cart", keepalive));
+        for (name, r) in [
+            ("upstream directly (the limit)", &direct),
+            ("nginx 1.22 as proxy", &nginx),
+            ("ingressd", &ing),
+        ] {
+            println!(
+                "{:<34} {:>10.0} {:>9.2} {:>9.2} {:>7}   {:>9.2}x {:>9.2}x",
+                format!("{name}, {mode}"),
+                r.rps,
+                ms(r.p50),
+                ms(r.p99),
+                r.errors,
+                r.rps / nginx.rps,
+                ms(r.p99) / ms(nginx.p99)
+            );
+        }
+    }
+    println!("(ratios are against nginx: rps above 1 and p99 below 1 mean ingressd does better)");
+    println!(
+        "memory after the runs: ingressd {} KiB RSS, nginx worker+master {} KiB RSS",
+        rss_kib(ingressd.0.id()),
+        rss_kib(ng_proc.0.id()) + children_rss(ng_proc.0.id())
+    );
+
+    // Route updates: compile and swap a table of 10,000 rules.
+    let snap = ten_thousand_rules();
+    let class = ClassConfig::default();
+    let mut best = Duration::MAX;
+    let proxy = ingressd::l7::proxy::Proxy::new(Default::default());
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (table, warnings) = compile(&snap, &class);
+        assert!(warnings.is_empty());
+        assert_eq!(table.len(), 10_000);
+        proxy.swap_routes(table);
+        best = best.min(t.elapsed());
+    }
+    println!(
+        "route update: 10,000 Ingress rules (1,000 Ingresses × 10 paths) compiled and swapped in {:.1} ms (best of 5)",
+        ms(best)
+    );
+    drop(ingressd);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+async fn load_one(addr: SocketAddr) -> anyhow::Result<()> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(c);
+    let resp = s
+        .send_request(
+            Request::get("/cart")
+                .header("host", "shop.test")
+                .body(Empty::<Bytes>::new())?,
+        )
+        .await?;
+    anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
+    Ok(())
+}
+
+/// RSS of a process's children (nginx workers).
+fn children_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .map(rss_kib)
+        .sum()
+}

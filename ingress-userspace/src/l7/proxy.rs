@@ -90,11 +90,14 @@ struct Histogram {
     total: u64,
 }
 
+/// (Ingress `namespace/name`, upstream name): what a request is counted under.
+type Labels = (Arc<str>, Arc<str>);
+
 #[derive(Default)]
 struct ProxyMetrics {
     /// (ingress, service, status) → requests.
-    requests: Mutex<BTreeMap<(Arc<str>, Arc<str>, u16), u64>>,
-    latency: Mutex<BTreeMap<(Arc<str>, Arc<str>), Histogram>>,
+    requests: Mutex<BTreeMap<(Labels, u16), u64>>,
+    latency: Mutex<BTreeMap<Labels, Histogram>>,
     connect_errors: AtomicU64,
     active_connections: AtomicI64,
 }
@@ -108,7 +111,7 @@ pub struct Proxy {
     limits: Limits,
     metrics: ProxyMetrics,
     /// Labels of requests answered by the built-in default backend.
-    default_label: (Arc<str>, Arc<str>),
+    default_label: Labels,
 }
 
 fn full(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -439,8 +442,8 @@ impl Proxy {
         full(StatusCode::BAD_GATEWAY, "upstream connection failed\n")
     }
 
-    fn observe(&self, label: &(Arc<str>, Arc<str>), status: StatusCode, took: Duration) {
-        let key = (label.0.clone(), label.1.clone(), status.as_u16());
+    fn observe(&self, label: &Labels, status: StatusCode, took: Duration) {
+        let key = (label.clone(), status.as_u16());
         *self
             .metrics
             .requests
@@ -468,7 +471,7 @@ impl Proxy {
     pub fn render_metrics(&self) -> String {
         let mut out = String::new();
         out.push_str("# HELP ingressd_http_requests_total Requests by Ingress, Service and status\n# TYPE ingressd_http_requests_total counter\n");
-        for ((ing, svc, status), n) in self
+        for (((ing, svc), status), n) in self
             .metrics
             .requests
             .lock()
@@ -701,7 +704,7 @@ async fn splice(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) 
     }
 }
 
-fn label(route: &Route) -> (Arc<str>, Arc<str>) {
+fn label(route: &Route) -> Labels {
     (route.ingress.clone(), route.service.clone())
 }
 

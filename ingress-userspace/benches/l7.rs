@@ -289,6 +289,8 @@ fn main() -> anyhow::Result<()> {
                 &format!("127.0.0.1:{dflt}"),
             ])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            // One worker, as the nginx it is compared with (worker_processes 1).
+            .args(["--workers", "1"])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -96,6 +96,9 @@ enum Command {
         /// Largest request body (413 above), e.g. 1m; 0 for no limit (ingress-nginx's proxy-body-size).
         #[arg(long, default_value = "1m", value_parser = parse_size)]
         max_body_size: u64,
+        /// Threads serving the proxy and the sync loop [default: one per CPU, like nginx's worker_processes auto].
+        #[arg(long)]
+        workers: Option<usize>,
         /// Client connections served at once per listener.
         #[arg(long, default_value_t = 16384)]
         max_connections: usize,
@@ -233,6 +236,7 @@ fn main() -> std::process::ExitCode {
             max_headers,
             max_body_size,
             max_connections,
+            workers,
         } => {
             let cfg = RunConfig {
                 manifests,
@@ -267,8 +271,11 @@ fn main() -> std::process::ExitCode {
                     ..Limits::default()
                 },
             };
+            let workers = workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+                .max(1);
             tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+                .worker_threads(workers)
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)

@@ -177,6 +177,9 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("binding --metrics-addr {addr}: {e}"))?;
+    if let Ok(at) = listener.local_addr() {
+        tracing::info!(metrics = %at, "metrics listening");
+    }
     let pin_path = Arc::new(pin_path);
     Ok(tokio::spawn(async move {
         loop {

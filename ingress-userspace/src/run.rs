@@ -126,13 +126,17 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         } else if !cfg.ingress_vips.is_empty() {
             tracing::warn!("--ingress-vip needs the BPF data path: ignored with --no-l4");
         }
+        // The addresses really bound (port 0 picks one): logged for scripts.
+        let bound = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let (http_at, https_at, default_at) =
+            (bound(&http), bound(&https), bound(&default_backend));
         tokio::spawn(proxy::serve(http, proxy.clone()));
         tokio::spawn(proxy::serve_tls(https, proxy.clone(), tls_config));
         tokio::spawn(proxy::serve_default_backend(default_backend));
         tracing::info!(
-            http = %cfg.http_addr,
-            https = %cfg.https_addr,
-            default_backend = %cfg.default_backend_addr,
+            http = %http_at,
+            https = %https_at,
+            default_backend = %default_at,
             class = %cfg.class.class_name,
             "proxy listening"
         );

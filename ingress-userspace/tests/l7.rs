@@ -96,6 +96,10 @@ async fn echo(name: &'static str, addr: SocketAddr) -> SocketAddr {
     local
 }
 
+fn unbound() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+}
+
 fn free_port(ip: Ipv4Addr) -> u16 {
     std::net::TcpListener::bind((ip, 0))
         .unwrap()
@@ -138,25 +142,19 @@ impl Ingressd {
         ));
         std::fs::create_dir_all(dir.join("m")).unwrap();
         write(&dir.join("m"), manifests);
-        let lo = Ipv4Addr::LOCALHOST;
-        let port = || SocketAddr::from((lo, free_port(lo)));
-        let (http, https, default_backend, metrics) = (port(), port(), port(), port());
         let log = dir.join("ingressd.log");
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
             .args(["run", "--no-l4", "--manifests"])
             .arg(dir.join("m"))
             .args(extra)
-            .args([
-                "--http-addr",
-                &http.to_string(),
-                "--https-addr",
-                &https.to_string(),
-            ])
-            .args(["--default-backend-addr", &default_backend.to_string()])
+            // Port 0: ingressd picks free ports and logs them (no races with
+            // other tests picking ports).
+            .args(["--http-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0"])
+            .args(["--default-backend-addr", "127.0.0.1:0"])
             .args([
                 "--metrics-addr",
-                &metrics.to_string(),
+                "127.0.0.1:0",
                 "--upstream-connect-timeout",
                 "1",
             ])
@@ -165,19 +163,43 @@ impl Ingressd {
             .stderr(out)
             .spawn()
             .expect("start ingressd");
-        let d = Ingressd {
+        let mut d = Ingressd {
             child,
-            http,
-            https,
-            default_backend,
-            metrics,
+            http: unbound(),
+            https: unbound(),
+            default_backend: unbound(),
+            metrics: unbound(),
             dir,
             log,
         };
+        // The bound addresses are in the log; then wait for /readyz.
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok((200, _)) = get(d.metrics, "/readyz", None).await {
-                return d;
+            assert!(
+                d.child.try_wait().ok().flatten().is_none(),
+                "ingressd exited:\n{}",
+                std::fs::read_to_string(&d.log).unwrap_or_default()
+            );
+            let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+            let field = |name: &str| -> Option<SocketAddr> {
+                log.split(&format!("{name}="))
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .trim_matches('"')
+                    .parse()
+                    .ok()
+            };
+            if let (Some(h), Some(s), Some(db), Some(m)) = (
+                field("http"),
+                field("https"),
+                field("default_backend"),
+                field("metrics"),
+            ) {
+                (d.http, d.https, d.default_backend, d.metrics) = (h, s, db, m);
+                if let Ok((200, _)) = get(d.metrics, "/readyz", None).await {
+                    return d;
+                }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -285,8 +307,11 @@ spec:
 
 /// Backends a (127.0.0.2) and b (127.0.0.3, 127.0.0.4) on one port.
 async fn backends() -> (u16, String) {
-    let port = free_port(Ipv4Addr::new(127, 0, 0, 2));
-    echo("a", SocketAddr::from(([127, 0, 0, 2], port))).await;
+    // The kernel picks the port (no race); a port bound on .2 is free on
+    // .3 and .4 unless another test bound it there, which needs it on .2.
+    let port = echo("a", SocketAddr::from(([127, 0, 0, 2], 0)))
+        .await
+        .port();
     echo("b1", SocketAddr::from(([127, 0, 0, 3], port))).await;
     echo("b2", SocketAddr::from(([127, 0, 0, 4], port))).await;
     let lo = |i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i));
@@ -373,6 +398,13 @@ async fn default_backend_404_on_both_ports_and_503_without_endpoints() {
     let metrics = get(d.metrics, "/metrics", None).await.unwrap().1;
     assert!(metrics.contains("ingressd_http_requests_total{ingress=\"-\",service=\"default-backend\",status=\"404\"} 1"), "{metrics}");
     assert!(metrics.contains("ingressd_http_requests_total{ingress=\"default/shop\",service=\"default/none:80\",status=\"503\"} 1"), "{metrics}");
+    // The 404 body ("default backend - 404\n") is 22 bytes.
+    assert!(
+        metrics.contains(
+            "ingressd_http_response_bytes_total{ingress=\"-\",service=\"default-backend\"} 22"
+        ),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -863,4 +895,71 @@ async fn http2_to_endpoints_when_the_service_port_says_so() {
     // The same endpoint without appProtocol is spoken to in HTTP/1.1.
     let (_, body) = get(d.http, "/", Some("shop.test")).await.unwrap();
     assert!(body.contains("version=HTTP/1.1"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_through_the_proxy() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    // A WebSocket echo server as the endpoint of Service ws.
+    let port = free_port(Ipv4Addr::new(127, 0, 0, 5));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.5", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        let _ = ws.send(msg).await;
+                    }
+                }
+            });
+        }
+    });
+    let yaml = service("ws", port, &[IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5))])
+        + "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: ws}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: ws.test\n    http:\n      paths:\n      - {path: /socket, pathType: Prefix, backend: {service: {name: ws, port: {number: 80}}}}\n";
+    let d = Ingressd::start(&yaml).await;
+    let stream = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://ws.test/socket/chat", stream)
+        .await
+        .expect("WebSocket handshake through the proxy");
+    assert_eq!(resp.status(), 101);
+    for text in ["hello", "a second message", "ünïcødé"] {
+        ws.send(Message::text(text)).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("echo in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed.into_data().as_ref(), &[0u8, 1, 2, 255]);
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_name_service_is_resolved_with_dns() {
+    // "localhost" resolves from /etc/hosts: no network needed.
+    let port = free_port(Ipv4Addr::LOCALHOST);
+    echo("external", SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await;
+    let yaml = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: ext}}\nspec:\n  type: ExternalName\n  externalName: localhost\n  ports: [{{port: {port}}}]\n\
+         ---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: ext}}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: ext.test\n    http:\n      paths:\n      - {{path: /, pathType: Prefix, backend: {{service: {{name: ext, port: {{number: {port}}}}}}}}}\n"
+    );
+    let d = Ingressd::start(&yaml).await;
+    let (status, body) = get(d.http, "/", Some("ext.test")).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("external "), "{body}");
 }

@@ -85,6 +85,8 @@ const BUCKETS: [f64; 11] = [
 
 #[derive(Default)]
 struct Histogram {
+    /// Response body bytes sent, counted as they stream.
+    bytes: Arc<AtomicU64>,
     counts: [u64; BUCKETS.len()],
     sum: f64,
     total: u64,
@@ -267,7 +269,8 @@ impl Proxy {
                 self.default_label.clone(),
             ),
         };
-        self.observe(&route_label, resp.status(), started.elapsed());
+        let bytes = self.observe(&route_label, resp.status(), started.elapsed());
+        let resp = resp.map(|inner| Counted { inner, bytes }.boxed());
         tracing::info!(
             target: "access",
             method = %method,
@@ -442,7 +445,8 @@ impl Proxy {
         full(StatusCode::BAD_GATEWAY, "upstream connection failed\n")
     }
 
-    fn observe(&self, label: &Labels, status: StatusCode, took: Duration) {
+    /// Counts the request; returns the counter its response bytes go to.
+    fn observe(&self, label: &Labels, status: StatusCode, took: Duration) -> Arc<AtomicU64> {
         let key = (label.clone(), status.as_u16());
         *self
             .metrics
@@ -465,6 +469,7 @@ impl Proxy {
         }
         h.sum += secs;
         h.total += 1;
+        h.bytes.clone()
     }
 
     /// Prometheus text for the proxy's metrics.
@@ -514,6 +519,11 @@ impl Proxy {
                 "ingressd_http_request_duration_seconds_count{{{l}}} {}",
                 h.total
             );
+            let _ = writeln!(
+                out,
+                "ingressd_http_response_bytes_total{{{l}}} {}",
+                h.bytes.load(Ordering::Relaxed)
+            );
         }
         let _ = writeln!(
             out,
@@ -546,6 +556,38 @@ async fn drain(body: Incoming) {
             }
             _ => return,
         }
+    }
+}
+
+/// A response body that adds what it streams to a byte counter.
+struct Counted {
+    inner: Body,
+    bytes: Arc<AtomicU64>,
+}
+
+impl hyper::body::Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -100,12 +100,18 @@ impl HostRules {
         if let Some(r) = self.exact.get(path) {
             return Some(r);
         }
-        let elements = path_elements(path);
+        // Element-wise, without allocating: this runs on every request.
         self.prefixes
             .iter()
-            .find(|(p, _)| elements.len() >= p.len() && elements[..p.len()] == p[..])
+            .find(|(p, _)| has_prefix(path, p))
             .map(|(_, r)| r)
     }
+}
+
+/// Whether `path`'s elements start with `prefix` (empty elements ignored).
+fn has_prefix(path: &str, prefix: &[String]) -> bool {
+    let mut elements = path.split('/').filter(|e| !e.is_empty());
+    prefix.iter().all(|p| elements.next() == Some(p.as_str()))
 }
 
 /// `/aaa/bbb/` → `["aaa", "bbb"]`; empty elements are dropped, so a trailing
@@ -140,6 +146,21 @@ pub struct RouteTable {
     rules: usize,
 }
 
+/// `normalize_host` without allocating when the Host is already plain
+/// lower case (the common case, on every request).
+fn host_key(host: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let plain = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && !host.ends_with('.');
+    if plain {
+        Some(std::borrow::Cow::Borrowed(host))
+    } else {
+        normalize_host(host).map(std::borrow::Cow::Owned)
+    }
+}
+
 /// Lower-case host without port; `None` for an empty Host.
 pub fn normalize_host(host: &str) -> Option<String> {
     let host = host.trim();
@@ -160,7 +181,7 @@ impl RouteTable {
     pub fn lookup(&self, host: Option<&str>, path: &str) -> Match<'_> {
         let path = path.split(['?', '#']).next().unwrap_or(path);
         let path = if path.is_empty() { "/" } else { path };
-        let host = host.and_then(normalize_host);
+        let host = host.and_then(host_key);
         let rules = host
             .as_deref()
             .and_then(|h| self.rules_for_host(h))

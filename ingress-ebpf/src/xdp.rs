@@ -66,7 +66,10 @@ fn try_xdp_lb_ingress(ctx: &XdpContext) -> Result<u32, u32> {
         }
         Some(Selected::NoEndpoint) => Ok(refuse::refuse_v4(ctx, &pkt)),
         Some(Selected::Backend(ct)) => {
-            let mut rev = RevNatEntry {
+            // The packet's new addresses (the rewrite takes the same shape
+            // as a reverse-NAT entry): to the backend, from the client or,
+            // for a remote backend, from this node's SNAT address.
+            let mut to = RevNatEntry {
                 src: pkt.flow.src,
                 dst: ct.backend.addr,
                 sport: pkt.flow.sport,
@@ -74,12 +77,12 @@ fn try_xdp_lb_ingress(ctx: &XdpContext) -> Result<u32, u32> {
                 pad: 0,
             };
             if ct.backend.flags & BACKEND_F_REMOTE != 0 {
-                rev.src = ct.snat_addr;
-                rev.sport = ct.snat_port;
-                rewrite_v4(ctx, &pkt.flow, &rev)?;
+                to.src = ct.snat_addr;
+                to.sport = ct.snat_port;
+                rewrite_v4(ctx, &pkt.flow, &to)?;
                 return Ok(forward_fib(ctx));
             }
-            rewrite_v4(ctx, &pkt.flow, &rev)?;
+            rewrite_v4(ctx, &pkt.flow, &to)?;
             Ok(xdp_action::XDP_PASS)
         }
     }

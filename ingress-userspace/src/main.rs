@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use ingressd::{
     bpf::{self, LbMaps, XdpAttachMode},
     l7::{proxy::Limits, route::ClassConfig},
-    model::{show_backend, show_frontend},
+    model::show_backend,
     render::render_state,
     run::{RunConfig, run},
 };
@@ -197,7 +197,6 @@ fn print_maps(pin_path: &std::path::Path, flow_limit: usize) -> anyhow::Result<(
             let _ = writeln!(out, "{name:<28} {v}");
         }
     }
-    let _ = show_frontend;
     print!("{out}");
     Ok(())
 }

@@ -38,7 +38,18 @@ fn median(mut runs: Vec<Run>) -> Run {
 struct Proc(Child);
 
 impl Drop for Proc {
+    /// SIGTERM first: nginx's master then stops its workers (a SIGKILLed
+    /// master leaves them running); SIGKILL if it takes too long.
     fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

@@ -24,7 +24,6 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
@@ -106,7 +105,8 @@ struct ProxyMetrics {
 
 pub struct Proxy {
     routes: ArcSwap<RouteTable>,
-    client: Client<HttpConnector, ReqBody>,
+    /// HTTP/1.1 connections to endpoints.
+    h1: Arc<H1Pool>,
     /// For Service ports whose appProtocol says HTTP/2 (h2c, gRPC).
     h2: H2Pool,
     balancer: Balancer,
@@ -209,15 +209,12 @@ pub struct Conn {
 
 impl Proxy {
     pub fn new(limits: Limits) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(limits.upstream_connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(limits.idle_keepalive)
-            .build(connector);
         Arc::new(Self {
             routes: ArcSwap::from_pointee(RouteTable::default()),
-            client,
+            h1: Arc::new(H1Pool {
+                idle: Mutex::default(),
+                idle_timeout: limits.idle_keepalive,
+            }),
             h2: H2Pool::default(),
             balancer: Balancer::default(),
             limits,
@@ -316,8 +313,8 @@ impl Proxy {
         let path_and_query = parts
             .uri
             .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
+            .cloned()
+            .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
         let h2 = matches!(&*route.upstream, Upstream::Endpoints { app_protocol: Some(p), .. } if speaks_h2(p));
         let addrs: Vec<SocketAddr> = match &*route.upstream {
             Upstream::Endpoints { addrs, .. } => addrs.clone(),
@@ -380,12 +377,10 @@ impl Proxy {
             };
             let Some(head) = head else { break };
             tried.push(addr);
-            let uri: Uri = match format!("http://{addr}{path_and_query}").parse() {
-                Ok(u) => u,
-                Err(_) => return full(StatusCode::BAD_REQUEST, "bad request target\n"),
-            };
+            // HTTP/1.1 to the endpoint in origin form ("GET /path"), the Host
+            // header carrying the client's host.
             let mut out = Request::from_parts(head, body.take().unwrap_or_else(empty_body));
-            *out.uri_mut() = uri;
+            *out.uri_mut() = Uri::from(path_and_query.clone());
             let sent = if h2 {
                 // HTTP/2 carries the host as :authority: keep the client's.
                 let authority = host
@@ -405,8 +400,10 @@ impl Proxy {
                     >
             } else {
                 *out.version_mut() = Version::HTTP_11;
-                let fut = self.client.request(out);
-                Box::pin(async move { fut.await.map_err(UpstreamError::from) })
+                Box::pin(
+                    self.h1
+                        .request(addr, out, self.limits.upstream_connect_timeout),
+                )
             };
             match tokio::time::timeout(self.limits.upstream_response_timeout, sent).await {
                 Err(_) => return full(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
@@ -417,14 +414,14 @@ impl Proxy {
                     {
                         let up = hyper::upgrade::on(&mut resp);
                         tokio::spawn(splice(down, up));
-                        return resp.map(|b| b.boxed());
+                        return resp;
                     }
                     strip_hop_by_hop(resp.headers_mut());
                     resp.headers_mut().insert(
                         "x-request-id",
                         HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("-")),
                     );
-                    return resp.map(|b| b.boxed());
+                    return resp;
                 }
                 Ok(Err(e)) => {
                     if tripped.load(Ordering::Relaxed) {
@@ -653,7 +650,155 @@ impl From<hyper_util::client::legacy::Error> for UpstreamError {
     }
 }
 
-type UpstreamResult = Result<Response<Incoming>, UpstreamError>;
+type UpstreamResult = Result<Response<Body>, UpstreamError>;
+
+type H1Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
+
+/// Idle HTTP/1.1 connections per endpoint. A connection goes back once its
+/// response body has been read to the end; a request a pooled connection
+/// could not take (it closed meanwhile) goes out on a new one. Keyed by
+/// endpoint address, so balancing decides the connection, not the pool.
+struct H1Pool {
+    /// Per endpoint, idle connections with the time they went idle.
+    idle: Mutex<HashMap<SocketAddr, Vec<(H1Sender, Instant)>>>,
+    /// Idle connections older than this are closed instead of reused.
+    idle_timeout: Duration,
+}
+
+/// Idle connections kept per endpoint.
+const MAX_IDLE_PER_ENDPOINT: usize = 512;
+
+impl H1Pool {
+    fn checkout(&self, addr: SocketAddr) -> Option<H1Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let stack = idle.get_mut(&addr)?;
+        // The oldest idle connections sit at the bottom: drop expired ones.
+        let now = Instant::now();
+        stack.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < self.idle_timeout);
+        stack.pop().map(|(s, _)| s)
+    }
+
+    fn checkin(&self, addr: SocketAddr, sender: H1Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let stack = idle.entry(addr).or_default();
+        if stack.len() < MAX_IDLE_PER_ENDPOINT {
+            stack.push((sender, Instant::now()));
+        }
+    }
+
+    async fn connect(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<H1Sender, UpstreamError> {
+        let connect_err = |e: BoxError| UpstreamError {
+            connect: true,
+            error: e,
+        };
+        let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| connect_err("connect timed out".into()))?
+            .map_err(|e| connect_err(e.into()))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| connect_err(e.into()))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+
+    async fn request(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        req: Request<ReqBody>,
+        connect_timeout: Duration,
+    ) -> UpstreamResult {
+        let mut req = req;
+        // A pooled connection first; it may have closed since (idle timeout
+        // on the other side): then the unsent request goes on a new one.
+        while let Some(mut sender) = self.checkout(addr) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.returning(addr, sender, resp)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => {
+                        return Err(UpstreamError {
+                            connect: false,
+                            error: Box::new(e.into_error()),
+                        });
+                    }
+                },
+            }
+        }
+        let mut sender = Self::connect(addr, connect_timeout).await?;
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(self.returning(addr, sender, resp)),
+            Err(e) => Err(UpstreamError {
+                connect: false,
+                error: Box::new(e.into_error()),
+            }),
+        }
+    }
+
+    /// The response, with its connection going back to the pool when the
+    /// body is done (never after an upgrade: the connection is taken over).
+    fn returning(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        sender: H1Sender,
+        resp: Response<Incoming>,
+    ) -> Response<Body> {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return resp.map(|b| b.boxed());
+        }
+        let back = Some((self.clone(), addr, sender));
+        resp.map(|inner| Returning { inner, back }.boxed())
+    }
+}
+
+/// A response body that returns its connection to the pool once read to
+/// the end (checked when the body is dropped).
+struct Returning {
+    inner: Incoming,
+    back: Option<(Arc<H1Pool>, SocketAddr, H1Sender)>,
+}
+
+impl hyper::body::Body for Returning {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        if hyper::body::Body::is_end_stream(&self.inner)
+            && let Some((pool, addr, sender)) = self.back.take()
+        {
+            pool.checkin(addr, sender);
+        }
+    }
+}
 
 /// One multiplexed HTTP/2 connection per endpoint, made on first use and
 /// again when it closes. (The pooled client keys connections by the URI's
@@ -704,10 +849,14 @@ impl H2Pool {
         connect_timeout: Duration,
     ) -> UpstreamResult {
         let mut sender = self.sender(addr, connect_timeout).await?;
-        sender.send_request(req).await.map_err(|e| UpstreamError {
-            connect: false,
-            error: e.into(),
-        })
+        sender
+            .send_request(req)
+            .await
+            .map(|r| r.map(|b| b.boxed()))
+            .map_err(|e| UpstreamError {
+                connect: false,
+                error: e.into(),
+            })
     }
 }
 

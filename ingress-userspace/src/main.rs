@@ -87,6 +87,9 @@ enum Command {
         /// Seconds a client has to send a request head, and to sit idle (408 after).
         #[arg(long, default_value_t = 60)]
         client_header_timeout: u64,
+        /// Seconds a client may pause while sending a request body (408 after).
+        #[arg(long, default_value_t = 60)]
+        client_body_timeout: u64,
         /// Largest request head (431 above), e.g. 32k.
         #[arg(long, default_value = "32k", value_parser = parse_size)]
         max_header_size: u64,
@@ -235,6 +238,7 @@ fn main() -> std::process::ExitCode {
             upstream_connect_timeout,
             upstream_response_timeout,
             client_header_timeout,
+            client_body_timeout,
             max_header_size,
             max_headers,
             max_body_size,
@@ -267,6 +271,7 @@ fn main() -> std::process::ExitCode {
                     upstream_connect_timeout: Duration::from_secs(upstream_connect_timeout),
                     upstream_response_timeout: Duration::from_secs(upstream_response_timeout),
                     client_header_timeout: Duration::from_secs(client_header_timeout.max(1)),
+                    client_body_timeout: Duration::from_secs(client_body_timeout.max(1)),
                     max_header_bytes: max_header_size as usize,
                     max_headers,
                     max_body_bytes: max_body_size,

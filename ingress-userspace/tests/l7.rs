@@ -778,6 +778,8 @@ async fn limits_give_the_right_status() {
         &[
             "--client-header-timeout",
             "1",
+            "--client-body-timeout",
+            "1",
             "--upstream-response-timeout",
             "1",
             "--max-body-size",
@@ -867,6 +869,21 @@ async fn limits_give_the_right_status() {
         String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 408"),
         "{:?}",
         String::from_utf8_lossy(&buf)
+    );
+    // 408: a body that stops coming (10 bytes announced, 3 sent).
+    let mut s = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an answer, not a hang")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
     );
     // And the proxy still serves.
     assert_eq!(get(d.http, "/", Some("shop.test")).await.unwrap().0, 200);

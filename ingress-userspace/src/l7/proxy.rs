@@ -50,6 +50,8 @@ pub struct Limits {
     /// A client must send a whole request head within this (408 after it);
     /// also how long an idle client connection stays open.
     pub client_header_timeout: Duration,
+    /// A client sending a request body must not pause longer (408 after).
+    pub client_body_timeout: Duration,
     /// Request head size (431 above it).
     pub max_header_bytes: usize,
     /// Request header count (431 above it).
@@ -69,6 +71,7 @@ impl Default for Limits {
             upstream_response_timeout: Duration::from_secs(60),
             idle_keepalive: Duration::from_secs(60),
             client_header_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
             max_header_bytes: 32 * 1024,
             max_headers: 100,
             max_body_bytes: 1024 * 1024,
@@ -344,23 +347,31 @@ impl Proxy {
             return full(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
         }
         // A body can be sent once: only bodiless idempotent requests retry.
-        let bodiless = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .is_none_or(|v| v == "0")
-            && !parts.headers.contains_key(header::TRANSFER_ENCODING);
+        // From the body itself: Transfer-Encoding is gone with the other
+        // hop-by-hop headers by now.
+        let bodiless = hyper::body::Body::is_end_stream(&body);
         let can_retry = idempotent(&parts.method) && bodiless;
-        // Streamed bodies without a length are cut off at the limit.
-        let tripped = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut body: Option<ReqBody> = Some(if max_body > 0 && declared.is_none() {
-            Capped {
+        // Streamed bodies without a length are cut off at the limit; every
+        // body must keep arriving (slow senders get a 408).
+        let tripped = Arc::new(std::sync::atomic::AtomicU8::new(TRIP_NONE));
+        let body_sent = Arc::new(tokio::sync::Notify::new());
+        let mut body: Option<ReqBody> = Some(if bodiless {
+            body.map_err(BoxError::from).boxed()
+        } else {
+            let timeout = self.limits.client_body_timeout;
+            ClientBody {
                 inner: Some(body),
-                left: max_body,
+                left: if max_body > 0 && declared.is_none() {
+                    max_body
+                } else {
+                    u64::MAX
+                },
+                timeout,
+                deadline: Box::pin(tokio::time::sleep(timeout)),
                 tripped: tripped.clone(),
+                done: body_sent.clone(),
             }
             .boxed()
-        } else {
-            body.map_err(BoxError::from).boxed()
         });
         let mut tried = Vec::new();
         // Only a request that may be retried keeps a copy of its head.
@@ -405,8 +416,20 @@ impl Proxy {
                         .request(addr, out, self.limits.upstream_connect_timeout),
                 )
             };
-            match tokio::time::timeout(self.limits.upstream_response_timeout, sent).await {
-                Err(_) => return full(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
+            // The response timeout counts from the end of the request body,
+            // so a slow upload is the client's time (408), not the endpoint's.
+            let response_deadline = async {
+                if !bodiless {
+                    body_sent.notified().await;
+                }
+                tokio::time::sleep(self.limits.upstream_response_timeout).await;
+            };
+            let outcome = tokio::select! {
+                r = sent => Ok(r),
+                () = response_deadline => Err(()),
+            };
+            match outcome {
+                Err(()) => return full(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
                 Ok(Ok(mut resp)) => {
                     self.balancer.report(addr, true);
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -424,8 +447,14 @@ impl Proxy {
                     return resp;
                 }
                 Ok(Err(e)) => {
-                    if tripped.load(Ordering::Relaxed) {
-                        return full(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+                    match tripped.load(Ordering::Relaxed) {
+                        TRIP_TOO_LARGE => {
+                            return full(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+                        }
+                        TRIP_TIMEOUT => {
+                            return full(StatusCode::REQUEST_TIMEOUT, "request body timed out\n");
+                        }
+                        _ => {}
                     }
                     let connect = e.connect;
                     if connect {
@@ -588,16 +617,26 @@ impl hyper::body::Body for Counted {
     }
 }
 
-/// A streamed request body cut off at `--max-body-size`: past it the
-/// upstream request fails, `tripped` says why (413), and what the client
-/// still sends is drained so it can read the answer.
-struct Capped {
+const TRIP_NONE: u8 = 0;
+const TRIP_TOO_LARGE: u8 = 1;
+const TRIP_TIMEOUT: u8 = 2;
+
+/// The client's request body on its way upstream: cut off past
+/// `--max-body-size` (streamed bodies) or when the client stops sending for
+/// `--client-body-timeout`. The upstream request then fails and `tripped`
+/// says why (413 or 408); after a 413 what the client still sends is
+/// drained so it can read the answer.
+struct ClientBody {
     inner: Option<Incoming>,
     left: u64,
-    tripped: Arc<std::sync::atomic::AtomicBool>,
+    timeout: Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    tripped: Arc<std::sync::atomic::AtomicU8>,
+    /// Told once the whole body has been read (starts the response timeout).
+    done: Arc<tokio::sync::Notify>,
 }
 
-impl hyper::body::Body for Capped {
+impl hyper::body::Body for ClientBody {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -605,26 +644,57 @@ impl hyper::body::Body for Capped {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
         let Some(inner) = self.inner.as_mut() else {
-            return std::task::Poll::Ready(Some(Err("request body too large".into())));
+            return Poll::Ready(Some(Err("request body refused".into())));
         };
         match std::pin::Pin::new(inner).poll_frame(cx) {
-            std::task::Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(frame))) => {
                 let n = frame.data_ref().map_or(0, |d| d.len() as u64);
                 if n > self.left {
-                    self.tripped.store(true, Ordering::Relaxed);
+                    self.tripped.store(TRIP_TOO_LARGE, Ordering::Relaxed);
                     if let Some(rest) = self.inner.take() {
                         tokio::spawn(drain(rest));
                     }
-                    return std::task::Poll::Ready(Some(Err("request body too large".into())));
+                    return Poll::Ready(Some(Err("request body too large".into())));
                 }
                 self.left -= n;
-                std::task::Poll::Ready(Some(Ok(frame)))
+                let next = tokio::time::Instant::now() + self.timeout;
+                self.deadline.as_mut().reset(next);
+                if self
+                    .inner
+                    .as_ref()
+                    .is_some_and(hyper::body::Body::is_end_stream)
+                {
+                    self.done.notify_one();
+                }
+                Poll::Ready(Some(Ok(frame)))
             }
-            std::task::Poll::Ready(Some(Err(e))) => std::task::Poll::Ready(Some(Err(e.into()))),
-            std::task::Poll::Ready(None) => std::task::Poll::Ready(None),
-            std::task::Poll::Pending => std::task::Poll::Pending,
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => {
+                self.done.notify_one();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if self.deadline.as_mut().poll(cx).is_ready() {
+                    self.tripped.store(TRIP_TIMEOUT, Ordering::Relaxed);
+                    self.inner = None;
+                    return Poll::Ready(Some(Err("request body timed out".into())));
+                }
+                Poll::Pending
+            }
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self
+            .inner
+            .as_ref()
+            .is_some_and(hyper::body::Body::is_end_stream);
+        if end {
+            self.done.notify_one();
+        }
+        end
     }
 }
 

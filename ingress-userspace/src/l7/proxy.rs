@@ -724,6 +724,24 @@ type UpstreamResult = Result<Response<Body>, UpstreamError>;
 
 type H1Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
 
+/// A TCP connection to an endpoint, within `timeout`; failures are connect
+/// errors (safe to retry elsewhere, counted towards ejection).
+async fn connect_endpoint(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<tokio::net::TcpStream, UpstreamError> {
+    let connect_err = |e: BoxError| UpstreamError {
+        connect: true,
+        error: e,
+    };
+    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| connect_err("connect timed out".into()))?
+        .map_err(|e| connect_err(e.into()))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 /// Idle HTTP/1.1 connections per endpoint. A connection goes back once its
 /// response body has been read to the end; a request a pooled connection
 /// could not take (it closed meanwhile) goes out on a new one. Keyed by
@@ -767,11 +785,7 @@ impl H1Pool {
             connect: true,
             error: e,
         };
-        let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| connect_err("connect timed out".into()))?
-            .map_err(|e| connect_err(e.into()))?;
-        let _ = stream.set_nodelay(true);
+        let stream = connect_endpoint(addr, connect_timeout).await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| connect_err(e.into()))?;
@@ -895,11 +909,7 @@ impl H2Pool {
             connect: true,
             error: e,
         };
-        let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| connect_err("connect timed out".into()))?
-            .map_err(|e| connect_err(e.into()))?;
-        let _ = stream.set_nodelay(true);
+        let stream = connect_endpoint(addr, connect_timeout).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .handshake(TokioIo::new(stream))

@@ -8,7 +8,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -18,11 +18,51 @@ const EJECT_AFTER: u32 = 3;
 /// How long an ejected endpoint is skipped.
 const EJECT_FOR: Duration = Duration::from_secs(10);
 
+/// Per endpoint; read lock-free on every request.
 #[derive(Default)]
 struct EndpointState {
     in_flight: AtomicUsize,
-    failures: Mutex<(u32, Option<Instant>)>,
+    /// Connect failures in a row.
+    failures: AtomicU32,
+    /// Ejected until this many ms after `epoch()`; 0: not ejected.
+    ejected_until_ms: AtomicU64,
 }
+
+/// The zero of `ejected_until_ms`.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64 + 1
+}
+
+impl EndpointState {
+    fn ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
+    fn report(&self, addr: SocketAddr, connected: bool) {
+        if connected {
+            // The common case: no write unless something was recorded.
+            if self.failures.load(Ordering::Relaxed) != 0 {
+                self.failures.store(0, Ordering::Relaxed);
+                self.ejected_until_ms.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= EJECT_AFTER {
+            self.ejected_until_ms
+                .store(now_ms() + EJECT_FOR.as_millis() as u64, Ordering::Relaxed);
+            tracing::warn!(endpoint = %addr, "endpoint ejected after {n} failed connects");
+        }
+    }
+}
+
+/// An endpoint and its state.
+type Candidate = (SocketAddr, Arc<EndpointState>);
 
 #[derive(Default)]
 pub struct Balancer {
@@ -31,7 +71,14 @@ pub struct Balancer {
 }
 
 /// Holds an endpoint's in-flight count up while a request is on it.
-pub struct InFlight(Arc<EndpointState>);
+pub struct InFlight(Arc<EndpointState>, SocketAddr);
+
+impl InFlight {
+    /// Records whether connecting to this endpoint worked (ejection).
+    pub fn report(&self, connected: bool) {
+        self.0.report(self.1, connected);
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -56,63 +103,65 @@ impl Balancer {
         z ^ (z >> 31)
     }
 
-    /// Picks one of `addrs` (not in `avoid`): of two random healthy ones,
+    /// Picks one of `addrs` (not in `avoid`): of two random usable ones,
     /// the one with fewer requests in flight. Ejected endpoints are used
-    /// only when nothing else is left. One lock on the endpoint table.
+    /// only when nothing else is left. The usual case looks at two
+    /// endpoints, whatever their number; only when both are unusable does
+    /// it scan them all.
     pub fn pick(
         &self,
         addrs: &[SocketAddr],
         avoid: &[SocketAddr],
     ) -> Option<(SocketAddr, InFlight)> {
-        let now = Instant::now();
-        let mut candidates: Vec<(SocketAddr, Arc<EndpointState>, bool)> = {
-            let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
-            addrs
-                .iter()
-                .filter(|a| !avoid.contains(a))
-                .map(|a| {
-                    let st = map.entry(*a).or_default().clone();
-                    let until = st.failures.lock().unwrap_or_else(|e| e.into_inner()).1;
-                    (*a, st, matches!(until, Some(t) if t > now))
-                })
-                .collect()
-        };
-        if candidates.iter().any(|c| !c.2) {
-            candidates.retain(|c| !c.2);
-        }
-        let n = candidates.len();
+        let now = now_ms();
+        let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = |a: SocketAddr| map.entry(a).or_default().clone();
+        let usable = |a: &SocketAddr, st: &EndpointState| !avoid.contains(a) && !st.ejected(now);
+        let n = addrs.len();
         let chosen = match n {
             0 => return None,
-            1 => 0,
+            1 => (addrs[0], state(addrs[0])),
             _ => {
                 let r = self.random();
-                let a = (r % n as u64) as usize;
-                let mut b = ((r >> 32) % n as u64) as usize;
-                if a == b {
-                    b = (b + 1) % n;
+                let i = (r % n as u64) as usize;
+                let mut j = ((r >> 32) % n as u64) as usize;
+                if i == j {
+                    j = (j + 1) % n;
                 }
-                let load = |i: usize| candidates[i].1.in_flight.load(Ordering::Relaxed);
-                if load(b) < load(a) { b } else { a }
+                let (a, b) = ((addrs[i], state(addrs[i])), (addrs[j], state(addrs[j])));
+                match (usable(&a.0, &a.1), usable(&b.0, &b.1)) {
+                    (true, true) => {
+                        let load = |s: &EndpointState| s.in_flight.load(Ordering::Relaxed);
+                        if load(&b.1) < load(&a.1) { b } else { a }
+                    }
+                    (true, false) => a,
+                    (false, true) => b,
+                    (false, false) => {
+                        // Both unusable: any usable one, else any not avoided.
+                        let all: Vec<Candidate> = addrs.iter().map(|x| (*x, state(*x))).collect();
+                        let pick_from = |ok: &dyn Fn(&Candidate) -> bool| {
+                            let pool: Vec<&Candidate> = all.iter().filter(|c| ok(c)).collect();
+                            (!pool.is_empty())
+                                .then(|| pool[(r >> 16) as usize % pool.len()].clone())
+                        };
+                        pick_from(&|c| usable(&c.0, &c.1))
+                            .or_else(|| pick_from(&|c| !avoid.contains(&c.0)))?
+                    }
+                }
             }
         };
-        let (addr, st, _) = candidates.swap_remove(chosen);
+        drop(map);
+        let (addr, st) = chosen;
+        if n == 1 && avoid.contains(&addr) {
+            return None;
+        }
         st.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some((addr, InFlight(st)))
+        Some((addr, InFlight(st, addr)))
     }
 
     /// Records the outcome of a connection attempt.
     pub fn report(&self, addr: SocketAddr, connected: bool) {
-        let st = self.state(addr);
-        let mut f = st.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if connected {
-            *f = (0, None);
-        } else {
-            f.0 += 1;
-            if f.0 >= EJECT_AFTER {
-                f.1 = Some(Instant::now() + EJECT_FOR);
-                tracing::warn!(endpoint = %addr, "endpoint ejected after {} failed connects", f.0);
-            }
-        }
+        self.state(addr).report(addr, connected);
     }
 
     /// Forgets endpoints that no route uses any more.
@@ -139,11 +188,14 @@ mod tests {
         // Hold 5 requests on the first endpoint.
         let held: Vec<_> = (0..5)
             .map(|_| {
-                InFlight({
-                    let st = b.state(all[0]);
-                    st.in_flight.fetch_add(1, Ordering::Relaxed);
-                    st
-                })
+                InFlight(
+                    {
+                        let st = b.state(all[0]);
+                        st.in_flight.fetch_add(1, Ordering::Relaxed);
+                        st
+                    },
+                    all[0],
+                )
             })
             .collect();
         let picks: Vec<SocketAddr> = (0..100).map(|_| b.pick(&all, &[]).unwrap().0).collect();

@@ -378,7 +378,7 @@ impl Proxy {
         let attempts = if can_retry { 2 } else { 1 };
         let mut parts = Some(parts);
         for attempt in 0..attempts {
-            let Some((addr, _in_flight)) = self.balancer.pick(&addrs, &tried) else {
+            let Some((addr, in_flight)) = self.balancer.pick(&addrs, &tried) else {
                 break;
             };
             let head = if attempt + 1 < attempts {
@@ -431,7 +431,7 @@ impl Proxy {
             match outcome {
                 Err(()) => return full(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
                 Ok(Ok(mut resp)) => {
-                    self.balancer.report(addr, true);
+                    in_flight.report(true);
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                         && let Some(down) = downstream.take()
                     {
@@ -458,7 +458,7 @@ impl Proxy {
                     }
                     let connect = e.connect;
                     if connect {
-                        self.balancer.report(addr, false);
+                        in_flight.report(false);
                         self.metrics.connect_errors.fetch_add(1, Ordering::Relaxed);
                     }
                     tracing::warn!(upstream = %route.upstream.name(), endpoint = %addr, attempt, error = %e, "upstream request failed");

@@ -34,23 +34,20 @@ fn write_manifests(dir: &Path, pods: &[&Pod]) {
     std::fs::rename(&tmp, dir.join("services.yaml")).expect("rename manifests");
 }
 
-/// `n` requests with curl from the client; the pod names that answered, counted.
-fn curl(lab: &Lab, url: &str, n: usize) -> BTreeMap<String, usize> {
+/// curl in the client's namespace (silent, 2 s at most).
+fn curl_once(lab: &Lab, args: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args(["netns", "exec", &lab.client_ns, "curl", "-s", "-m", "2"])
+        .args(args)
+        .output()
+        .expect("curl")
+}
+
+/// `n` requests with curl from the client; the answers (pod names), counted.
+fn curl(lab: &Lab, args: &[&str], n: usize) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
     for _ in 0..n {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.client_ns,
-                "curl",
-                "-s",
-                "-m",
-                "2",
-                url,
-            ])
-            .output()
-            .expect("curl");
+        let out = curl_once(lab, args);
         let answer = if out.status.success() {
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         } else {
@@ -177,7 +174,7 @@ fn main() -> anyhow::Result<()> {
     );
     for node in lab.nodes.clone() {
         let url = format!("http://{}:30080/", node.ip);
-        println!("    curl {url:<28} → {}", show(&curl(&lab, &url, 16)));
+        println!("    curl {url:<28} → {}", show(&curl(&lab, &[&url], 16)));
     }
     let a = lab.node("node-a").ip;
     let client = lab.client_ns.clone();
@@ -195,22 +192,16 @@ fn main() -> anyhow::Result<()> {
         *counts.entry(u).or_insert(0) += 1;
     }
     println!("    UDP  {a}:30053               → {}", show(&counts));
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.client_ns,
-            "curl",
-            "-s",
-            "-m",
-            "2",
+    let out = curl_once(
+        &lab,
+        &[
             "-o",
             "/dev/null",
             "-w",
             "%{time_total}",
             &format!("http://{a}:30090/"),
-        ])
-        .output()?;
+        ],
+    );
     println!(
         "    curl http://{a}:30090/ (no endpoints) → refused at once (curl exit {}, {} s): a TCP RST from XDP",
         out.status.code().unwrap_or(-1),
@@ -245,7 +236,7 @@ fn main() -> anyhow::Result<()> {
     );
     for node in lab.nodes.clone() {
         let url = format!("http://{}:30080/", node.ip);
-        println!("    curl {url:<28} → {}", show(&curl(&lab, &url, 16)));
+        println!("    curl {url:<28} → {}", show(&curl(&lab, &[&url], 16)));
     }
 
     step(
@@ -330,12 +321,7 @@ spec:
 }
 
 fn curl_args(lab: &Lab, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.client_ns, "curl", "-s", "-m", "2"])
-        .args(args)
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&curl_once(lab, args).stdout)
         .trim()
         .replace('\n', " ")
 }
@@ -367,12 +353,7 @@ fn ingress_steps(lab: &Lab, manifests: &Path) -> anyhow::Result<()> {
         ("api.demo", "/v1/users"),
     ] {
         let url = format!("http://{node}{path}");
-        let mut counts = BTreeMap::new();
-        for _ in 0..8 {
-            *counts
-                .entry(curl_args(lab, &["-H", &format!("Host: {host}"), &url]))
-                .or_insert(0) += 1;
-        }
+        let counts = curl(lab, &["-H", &format!("Host: {host}"), &url], 8);
         println!("    curl -H 'Host: {host}' {url:<28} → {}", show(&counts));
     }
 
@@ -487,12 +468,7 @@ fn ingress_steps(lab: &Lab, manifests: &Path) -> anyhow::Result<()> {
         failed.load(Ordering::Relaxed)
     );
     let url = format!("http://{node}/");
-    let mut counts = BTreeMap::new();
-    for _ in 0..8 {
-        *counts
-            .entry(curl_args(lab, &["-H", "Host: www.demo", &url]))
-            .or_insert(0) += 1;
-    }
+    let counts = curl(lab, &["-H", "Host: www.demo", &url], 8);
     println!("    curl -H 'Host: www.demo' {url:<28} → {}", show(&counts));
     Ok(())
 }

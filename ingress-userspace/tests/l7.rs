@@ -444,6 +444,33 @@ async fn dead_endpoint_is_retried_around_and_ejected() {
         &service("b", port, &[lo(3), lo(4), lo(9)]),
     );
     let d = Ingressd::start(&yaml).await;
+    // A POST whose connect fails never left: it goes, body and all, to
+    // another endpoint (as nginx's proxy_next_upstream error does).
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let failed_connects = |log: &str| log.matches("upstream request failed").count();
+    for i in 0..60 {
+        let req = Request::post(format!("http://{}/cart", d.http))
+            .header("host", "shop.test")
+            .body(Full::new(Bytes::from(vec![b'x'; 1000])))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+            .await
+            .expect("POST timed out")
+            .expect("POST");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 200, "POST {i}: {body}");
+        assert!(body.contains("body=1000"), "POST {i}: {body}");
+        if failed_connects(&std::fs::read_to_string(&d.log).unwrap()) > 0 {
+            break;
+        }
+    }
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(
+        failed_connects(&log) > 0,
+        "no POST went to the dead endpoint: {log}"
+    );
     for i in 0..60 {
         let (status, body) = get(d.http, "/cart", Some("shop.test")).await.unwrap();
         assert_eq!(status, 200, "request {i}: {body}");

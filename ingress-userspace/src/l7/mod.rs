@@ -2,4 +2,5 @@
 pub mod balance;
 pub mod proxy;
 pub mod route;
+pub mod stats;
 pub mod tls;

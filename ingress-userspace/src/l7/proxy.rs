@@ -1,9 +1,11 @@
 //! The hyper proxy, as explicit phases: route → choose endpoint → rewrite
-//! headers → forward (one retry on connect failure for idempotent requests)
+//! headers → forward (a request that never left, as when the connect
+//! fails, goes to one other endpoint)
 //! → map errors to statuses → log. The route table is swapped whole
 //! (`ArcSwap`) and read once per request: a change never drops a connection.
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    borrow::Cow,
+    collections::{HashMap, HashSet},
     convert::Infallible,
     fmt::Write as _,
     net::SocketAddr,
@@ -16,9 +18,9 @@ use std::{
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{
-    Method, Request, Response, StatusCode, Uri, Version,
+    Request, Response, StatusCode, Uri, Version,
     body::Incoming,
     header::{self, HeaderMap, HeaderName, HeaderValue},
     service::service_fn,
@@ -32,6 +34,7 @@ use tokio::net::TcpListener;
 use super::{
     balance::Balancer,
     route::{Match, Route, RouteTable, Upstream, normalize_host},
+    stats::{LabelStats, Labels, Registry, StatsHandle},
 };
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -80,28 +83,9 @@ impl Default for Limits {
     }
 }
 
-/// Latency histogram buckets (seconds), Prometheus style.
-const BUCKETS: [f64; 11] = [
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-];
-
-#[derive(Default)]
-struct Histogram {
-    /// Response body bytes sent, counted as they stream.
-    bytes: Arc<AtomicU64>,
-    counts: [u64; BUCKETS.len()],
-    sum: f64,
-    total: u64,
-}
-
-/// (Ingress `namespace/name`, upstream name): what a request is counted under.
-type Labels = (Arc<str>, Arc<str>);
-
 #[derive(Default)]
 struct ProxyMetrics {
-    /// (ingress, service, status) → requests.
-    requests: Mutex<BTreeMap<(Labels, u16), u64>>,
-    latency: Mutex<BTreeMap<Labels, Histogram>>,
+    by_label: Registry,
     connect_errors: AtomicU64,
     active_connections: AtomicI64,
 }
@@ -115,9 +99,12 @@ pub struct Proxy {
     balancer: Balancer,
     limits: Limits,
     metrics: ProxyMetrics,
-    /// Labels of requests answered by the built-in default backend.
-    default_label: Labels,
+    /// Where requests answered by the built-in default backend are counted.
+    default_stats: Arc<LabelStats>,
 }
+
+/// Labels of requests answered by the built-in default backend.
+const DEFAULT_LABEL: (&str, &str) = ("-", "default-backend");
 
 fn full(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(
@@ -133,32 +120,31 @@ fn full(status: StatusCode, body: &'static str) -> Response<Body> {
     resp
 }
 
-fn empty_body() -> ReqBody {
-    Empty::new().map_err(|e| match e {}).boxed()
-}
-
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authorization",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
+    // Most messages name nothing in Connection: no list to build then.
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
     }
     for h in HOP_BY_HOP {
         headers.remove(h);
@@ -167,7 +153,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// 128 random-looking bits as 32 hex digits: splitmix64 over a per-thread
 /// state seeded once from the kernel, so no system call per request.
-fn request_id() -> String {
+fn request_id() -> HeaderValue {
     thread_local! {
         static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
             let mut seed = [0u8; 8];
@@ -189,17 +175,13 @@ fn request_id() -> String {
             z ^ (z >> 31)
         })
     };
-    let (a, b) = (next(), next());
-    let mut out = String::with_capacity(32);
-    let _ = write!(out, "{a:016x}{b:016x}");
-    out
-}
-
-fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    let bits = (u128::from(next()) << 64) | u128::from(next());
+    for (i, c) in out.iter_mut().enumerate() {
+        *c = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// Who is asking, for the forwarding headers.
@@ -212,6 +194,10 @@ pub struct Conn {
 
 impl Proxy {
     pub fn new(limits: Limits) -> Arc<Self> {
+        let metrics = ProxyMetrics::default();
+        let default_stats = metrics
+            .by_label
+            .get(&(Arc::from(DEFAULT_LABEL.0), Arc::from(DEFAULT_LABEL.1)));
         Arc::new(Self {
             routes: ArcSwap::from_pointee(RouteTable::default()),
             h1: Arc::new(H1Pool {
@@ -221,13 +207,17 @@ impl Proxy {
             h2: H2Pool::default(),
             balancer: Balancer::default(),
             limits,
-            metrics: ProxyMetrics::default(),
-            default_label: (Arc::from("-"), Arc::from("default-backend")),
+            metrics,
+            default_stats,
         })
     }
 
     /// Publishes a new table; requests in flight finish on the old one.
     pub fn swap_routes(&self, table: RouteTable) {
+        let mut table = table;
+        for route in table.routes_mut() {
+            route.stats = StatsHandle(Some(self.metrics.by_label.get(&label(route))));
+        }
         let live: HashSet<SocketAddr> = table.endpoints().collect();
         self.routes.store(Arc::new(table));
         self.balancer.retain(&live);
@@ -240,6 +230,7 @@ impl Proxy {
     /// Phase 1: route. Everything after works on the chosen route.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: Conn) -> Response<Body> {
         let started = Instant::now();
+        // Held to the end: the chosen route is borrowed from it.
         let table = self.routes.load_full();
         let host = req
             .uri()
@@ -253,37 +244,40 @@ impl Proxy {
             });
         let path = req.uri().path().to_string();
         let method = req.method().clone();
-        let (resp, route_label) = match table.lookup(host.as_deref(), &path) {
+        let (resp, route) = match table.lookup(host.as_deref(), &path) {
             Match::Route(route) if route.ssl_redirect && !conn.tls => {
-                (redirect_to_https(&req, host.as_deref()), label(route))
+                (redirect_to_https(&req, host.as_deref()), Some(route))
             }
-            Match::Route(route) | Match::Default(Some(route)) => {
-                let route = route.clone();
-                (
-                    self.forward(req, &route, conn, host.as_deref()).await,
-                    label(&route),
-                )
-            }
-            Match::Default(None) => (
-                full(StatusCode::NOT_FOUND, "default backend - 404\n"),
-                self.default_label.clone(),
+            Match::Route(route) | Match::Default(Some(route)) => (
+                self.forward(req, route, conn, host.as_deref()).await,
+                Some(route),
             ),
+            Match::Default(None) => (full(StatusCode::NOT_FOUND, "default backend - 404\n"), None),
         };
-        let bytes = self.observe(&route_label, resp.status(), started.elapsed());
-        let resp = resp.map(|inner| Counted { inner, bytes }.boxed());
+        let stats = match route {
+            // A table published without swap_routes has no handles yet.
+            Some(r) => r
+                .stats
+                .0
+                .clone()
+                .unwrap_or_else(|| self.metrics.by_label.get(&label(r))),
+            None => self.default_stats.clone(),
+        };
+        stats.observe(resp.status().as_u16(), started.elapsed());
+        let (ingress, service) = route.map_or(DEFAULT_LABEL, |r| (&*r.ingress, &*r.service));
         tracing::info!(
             target: "access",
             method = %method,
             host = host.as_deref().unwrap_or("-"),
             path = %path,
             status = resp.status().as_u16(),
-            ingress = %route_label.0,
-            service = %route_label.1,
+            ingress,
+            service,
             client = %conn.peer.ip(),
             ms = started.elapsed().as_secs_f64() * 1e3,
             "request"
         );
-        resp
+        resp.map(|inner| Counted { inner, stats }.boxed())
     }
 
     /// Phases 2-5: endpoint, headers, forward with one retry, errors.
@@ -302,9 +296,8 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let request_id = parts
             .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+            .get(X_REQUEST_ID)
+            .cloned()
             .unwrap_or_else(request_id);
         set_forwarding_headers(&mut parts.headers, conn, host, &request_id);
         if let Some(protocol) = &upgrade {
@@ -319,17 +312,17 @@ impl Proxy {
             .cloned()
             .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
         let h2 = matches!(&*route.upstream, Upstream::Endpoints { app_protocol: Some(p), .. } if speaks_h2(p));
-        let addrs: Vec<SocketAddr> = match &*route.upstream {
-            Upstream::Endpoints { addrs, .. } => addrs.clone(),
+        let addrs: Cow<'_, [SocketAddr]> = match &*route.upstream {
+            Upstream::Endpoints { addrs, .. } => Cow::Borrowed(addrs),
             Upstream::External { host, port, .. } => {
                 match tokio::net::lookup_host((host.as_str(), *port)).await {
-                    Ok(a) => a.collect(),
+                    Ok(a) => Cow::Owned(a.collect()),
                     Err(_) => {
                         return full(StatusCode::BAD_GATEWAY, "upstream name does not resolve\n");
                     }
                 }
             }
-            Upstream::Unavailable { .. } => Vec::new(),
+            Upstream::Unavailable { .. } => Cow::Borrowed(&[]),
         };
         if addrs.is_empty() {
             return full(StatusCode::SERVICE_UNAVAILABLE, "no endpoints available\n");
@@ -346,20 +339,17 @@ impl Proxy {
             tokio::spawn(drain(body));
             return full(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
         }
-        // A body can be sent once: only bodiless idempotent requests retry.
         // From the body itself: Transfer-Encoding is gone with the other
         // hop-by-hop headers by now.
         let bodiless = hyper::body::Body::is_end_stream(&body);
-        let can_retry = idempotent(&parts.method) && bodiless;
         // Streamed bodies without a length are cut off at the limit; every
         // body must keep arriving (slow senders get a 408).
-        let tripped = Arc::new(std::sync::atomic::AtomicU8::new(TRIP_NONE));
-        let body_sent = Arc::new(tokio::sync::Notify::new());
-        let mut body: Option<ReqBody> = Some(if bodiless {
-            body.map_err(BoxError::from).boxed()
+        let (body, watch): (ReqBody, _) = if bodiless {
+            (body.map_err(BoxError::from).boxed(), None)
         } else {
+            let watch = Arc::new(BodyWatch::default());
             let timeout = self.limits.client_body_timeout;
-            ClientBody {
+            let body = ClientBody {
                 inner: Some(body),
                 left: if max_body > 0 && declared.is_none() {
                     max_body
@@ -368,59 +358,51 @@ impl Proxy {
                 },
                 timeout,
                 deadline: Box::pin(tokio::time::sleep(timeout)),
-                tripped: tripped.clone(),
-                done: body_sent.clone(),
+                watch: watch.clone(),
+            };
+            (body.boxed(), Some(watch))
+        };
+        let mut out = Request::from_parts(parts, body);
+        if h2 {
+            // HTTP/2 carries the host as :authority: keep the client's.
+            let authority = host
+                .and_then(normalize_host)
+                .unwrap_or_else(|| addrs[0].to_string());
+            if let Ok(u) = format!("http://{authority}{path_and_query}").parse() {
+                *out.uri_mut() = u;
             }
-            .boxed()
-        });
-        let mut tried = Vec::new();
-        // Only a request that may be retried keeps a copy of its head.
-        let attempts = if can_retry { 2 } else { 1 };
-        let mut parts = Some(parts);
-        for attempt in 0..attempts {
-            let Some((addr, in_flight)) = self.balancer.pick(&addrs, &tried) else {
-                break;
-            };
-            let head = if attempt + 1 < attempts {
-                parts.clone()
-            } else {
-                parts.take()
-            };
-            let Some(head) = head else { break };
-            tried.push(addr);
+            *out.version_mut() = Version::HTTP_2;
+            out.headers_mut().remove(header::HOST);
+        } else {
             // HTTP/1.1 to the endpoint in origin form ("GET /path"), the Host
             // header carrying the client's host.
-            let mut out = Request::from_parts(head, body.take().unwrap_or_else(empty_body));
-            *out.uri_mut() = Uri::from(path_and_query.clone());
-            let sent = if h2 {
-                // HTTP/2 carries the host as :authority: keep the client's.
-                let authority = host
-                    .and_then(normalize_host)
-                    .unwrap_or_else(|| addr.to_string());
-                if let Ok(u) = format!("http://{authority}{path_and_query}").parse() {
-                    *out.uri_mut() = u;
+            *out.uri_mut() = Uri::from(path_and_query);
+            *out.version_mut() = Version::HTTP_11;
+        }
+        // A request goes to a second endpoint only if it never left (the
+        // connect failed): then even a body is still whole, as nginx's
+        // proxy_next_upstream does for errors before sending.
+        let mut pending = Some(out);
+        let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); 2];
+        for attempt in 0..tried.len() {
+            let Some(out) = pending.take() else { break };
+            let Some((addr, in_flight)) = self.balancer.pick(&addrs, &tried[..attempt]) else {
+                break;
+            };
+            tried[attempt] = addr;
+            let connect_timeout = self.limits.upstream_connect_timeout;
+            let sent = async {
+                if h2 {
+                    self.h2.request(addr, out, connect_timeout).await
+                } else {
+                    self.h1.request(addr, out, connect_timeout).await
                 }
-                *out.version_mut() = Version::HTTP_2;
-                out.headers_mut().remove(header::HOST);
-                Box::pin(
-                    self.h2
-                        .request(addr, out, self.limits.upstream_connect_timeout),
-                )
-                    as std::pin::Pin<
-                        Box<dyn std::future::Future<Output = UpstreamResult> + Send + '_>,
-                    >
-            } else {
-                *out.version_mut() = Version::HTTP_11;
-                Box::pin(
-                    self.h1
-                        .request(addr, out, self.limits.upstream_connect_timeout),
-                )
             };
             // The response timeout counts from the end of the request body,
             // so a slow upload is the client's time (408), not the endpoint's.
             let response_deadline = async {
-                if !bodiless {
-                    body_sent.notified().await;
+                if let Some(w) = &watch {
+                    w.done.notified().await;
                 }
                 tokio::time::sleep(self.limits.upstream_response_timeout).await;
             };
@@ -440,117 +422,35 @@ impl Proxy {
                         return resp;
                     }
                     strip_hop_by_hop(resp.headers_mut());
-                    resp.headers_mut().insert(
-                        "x-request-id",
-                        HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("-")),
-                    );
+                    resp.headers_mut().insert(X_REQUEST_ID, request_id);
                     return resp;
                 }
                 Ok(Err(e)) => {
-                    match tripped.load(Ordering::Relaxed) {
-                        TRIP_TOO_LARGE => {
+                    match watch.as_ref().map(|w| w.tripped.load(Ordering::Relaxed)) {
+                        Some(TRIP_TOO_LARGE) => {
                             return full(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
                         }
-                        TRIP_TIMEOUT => {
+                        Some(TRIP_TIMEOUT) => {
                             return full(StatusCode::REQUEST_TIMEOUT, "request body timed out\n");
                         }
                         _ => {}
                     }
-                    let connect = e.connect;
-                    if connect {
+                    if e.connect {
                         in_flight.report(false);
                         self.metrics.connect_errors.fetch_add(1, Ordering::Relaxed);
                     }
-                    tracing::warn!(upstream = %route.upstream.name(), endpoint = %addr, attempt, error = %e, "upstream request failed");
-                    if !(connect && can_retry) {
-                        return full(StatusCode::BAD_GATEWAY, "upstream connection failed\n");
-                    }
+                    tracing::warn!(upstream = %route.upstream.name(), endpoint = %addr, attempt, error = %e.error, "upstream request failed");
+                    pending = e.unsent;
                 }
             }
         }
         full(StatusCode::BAD_GATEWAY, "upstream connection failed\n")
     }
 
-    /// Counts the request; returns the counter its response bytes go to.
-    fn observe(&self, label: &Labels, status: StatusCode, took: Duration) -> Arc<AtomicU64> {
-        let key = (label.clone(), status.as_u16());
-        *self
-            .metrics
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_default() += 1;
-        let mut lat = self
-            .metrics
-            .latency
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let h = lat.entry(label.clone()).or_default();
-        let secs = took.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                h.counts[i] += 1;
-            }
-        }
-        h.sum += secs;
-        h.total += 1;
-        h.bytes.clone()
-    }
-
     /// Prometheus text for the proxy's metrics.
     pub fn render_metrics(&self) -> String {
         let mut out = String::new();
-        out.push_str("# HELP ingressd_http_requests_total Requests by Ingress, Service and status\n# TYPE ingressd_http_requests_total counter\n");
-        for (((ing, svc), status), n) in self
-            .metrics
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "ingressd_http_requests_total{{ingress=\"{ing}\",service=\"{svc}\",status=\"{status}\"}} {n}"
-            );
-        }
-        out.push_str("# HELP ingressd_http_request_duration_seconds Request latency\n# TYPE ingressd_http_request_duration_seconds histogram\n");
-        for ((ing, svc), h) in self
-            .metrics
-            .latency
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let l = format!("ingress=\"{ing}\",service=\"{svc}\"");
-            for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "ingressd_http_request_duration_seconds_bucket{{{l},le=\"{b}\"}} {}",
-                    h.counts[i]
-                );
-            }
-            let _ = writeln!(
-                out,
-                "ingressd_http_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} {}",
-                h.total
-            );
-            let _ = writeln!(
-                out,
-                "ingressd_http_request_duration_seconds_sum{{{l}}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "ingressd_http_request_duration_seconds_count{{{l}}} {}",
-                h.total
-            );
-            let _ = writeln!(
-                out,
-                "ingressd_http_response_bytes_total{{{l}}} {}",
-                h.bytes.load(Ordering::Relaxed)
-            );
-        }
+        self.metrics.by_label.render(&mut out);
         let _ = writeln!(
             out,
             "# HELP ingressd_upstream_connect_errors_total Failed connects to endpoints\n# TYPE ingressd_upstream_connect_errors_total counter\ningressd_upstream_connect_errors_total {}",
@@ -588,7 +488,7 @@ async fn drain(body: Incoming) {
 /// A response body that adds what it streams to a byte counter.
 struct Counted {
     inner: Body,
-    bytes: Arc<AtomicU64>,
+    stats: Arc<LabelStats>,
 }
 
 impl hyper::body::Body for Counted {
@@ -603,7 +503,9 @@ impl hyper::body::Body for Counted {
         if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
-            self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            self.stats
+                .bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         polled
     }
@@ -617,7 +519,6 @@ impl hyper::body::Body for Counted {
     }
 }
 
-const TRIP_NONE: u8 = 0;
 const TRIP_TOO_LARGE: u8 = 1;
 const TRIP_TIMEOUT: u8 = 2;
 
@@ -631,9 +532,16 @@ struct ClientBody {
     left: u64,
     timeout: Duration,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
-    tripped: Arc<std::sync::atomic::AtomicU8>,
+    watch: Arc<BodyWatch>,
+}
+
+/// What the proxy learns from a request body on its way upstream.
+#[derive(Default)]
+struct BodyWatch {
+    /// Why the body was cut off (`TRIP_*`; 0 while it was not).
+    tripped: std::sync::atomic::AtomicU8,
     /// Told once the whole body has been read (starts the response timeout).
-    done: Arc<tokio::sync::Notify>,
+    done: tokio::sync::Notify,
 }
 
 impl hyper::body::Body for ClientBody {
@@ -652,7 +560,7 @@ impl hyper::body::Body for ClientBody {
             Poll::Ready(Some(Ok(frame))) => {
                 let n = frame.data_ref().map_or(0, |d| d.len() as u64);
                 if n > self.left {
-                    self.tripped.store(TRIP_TOO_LARGE, Ordering::Relaxed);
+                    self.watch.tripped.store(TRIP_TOO_LARGE, Ordering::Relaxed);
                     if let Some(rest) = self.inner.take() {
                         tokio::spawn(drain(rest));
                     }
@@ -666,18 +574,18 @@ impl hyper::body::Body for ClientBody {
                     .as_ref()
                     .is_some_and(hyper::body::Body::is_end_stream)
                 {
-                    self.done.notify_one();
+                    self.watch.done.notify_one();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => {
-                self.done.notify_one();
+                self.watch.done.notify_one();
                 Poll::Ready(None)
             }
             Poll::Pending => {
                 if self.deadline.as_mut().poll(cx).is_ready() {
-                    self.tripped.store(TRIP_TIMEOUT, Ordering::Relaxed);
+                    self.watch.tripped.store(TRIP_TIMEOUT, Ordering::Relaxed);
                     self.inner = None;
                     return Poll::Ready(Some(Err("request body timed out".into())));
                 }
@@ -692,7 +600,7 @@ impl hyper::body::Body for ClientBody {
             .as_ref()
             .is_some_and(hyper::body::Body::is_end_stream);
         if end {
-            self.done.notify_one();
+            self.watch.done.notify_one();
         }
         end
     }
@@ -703,19 +611,24 @@ impl hyper::body::Body for ClientBody {
 struct UpstreamError {
     connect: bool,
     error: BoxError,
+    /// The request, when it never left: it may go to another endpoint.
+    unsent: Option<Request<ReqBody>>,
 }
 
-impl std::fmt::Display for UpstreamError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.error.fmt(f)
-    }
-}
-
-impl From<hyper_util::client::legacy::Error> for UpstreamError {
-    fn from(e: hyper_util::client::legacy::Error) -> Self {
+impl UpstreamError {
+    fn connect(error: BoxError, unsent: Request<ReqBody>) -> Self {
         Self {
-            connect: e.is_connect(),
-            error: Box::new(e),
+            connect: true,
+            error,
+            unsent: Some(unsent),
+        }
+    }
+
+    fn sent(error: impl Into<BoxError>) -> Self {
+        Self {
+            connect: false,
+            error: error.into(),
+            unsent: None,
         }
     }
 }
@@ -724,20 +637,14 @@ type UpstreamResult = Result<Response<Body>, UpstreamError>;
 
 type H1Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
 
-/// A TCP connection to an endpoint, within `timeout`; failures are connect
-/// errors (safe to retry elsewhere, counted towards ejection).
+/// A TCP connection to an endpoint, within `timeout`.
 async fn connect_endpoint(
     addr: SocketAddr,
     timeout: Duration,
-) -> Result<tokio::net::TcpStream, UpstreamError> {
-    let connect_err = |e: BoxError| UpstreamError {
-        connect: true,
-        error: e,
-    };
+) -> Result<tokio::net::TcpStream, BoxError> {
     let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
         .await
-        .map_err(|_| connect_err("connect timed out".into()))?
-        .map_err(|e| connect_err(e.into()))?;
+        .map_err(|_| BoxError::from("connect timed out"))??;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
@@ -760,10 +667,22 @@ impl H1Pool {
     fn checkout(&self, addr: SocketAddr) -> Option<H1Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let stack = idle.get_mut(&addr)?;
-        // The oldest idle connections sit at the bottom: drop expired ones.
+        // Newest on top: they are the likeliest to be alive. The expired
+        // ones sink to the bottom and are cut off there.
         let now = Instant::now();
-        stack.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < self.idle_timeout);
-        stack.pop().map(|(s, _)| s)
+        let fresh = |(s, since): &(H1Sender, Instant)| {
+            !s.is_closed() && now.duration_since(*since) < self.idle_timeout
+        };
+        if stack.first().is_some_and(|c| !fresh(c)) {
+            let stale = stack.iter().take_while(|c| !fresh(c)).count();
+            stack.drain(..stale);
+        }
+        while let Some(c) = stack.pop() {
+            if fresh(&c) {
+                return Some(c.0);
+            }
+        }
+        None
     }
 
     fn checkin(&self, addr: SocketAddr, sender: H1Sender) {
@@ -777,18 +696,9 @@ impl H1Pool {
         }
     }
 
-    async fn connect(
-        addr: SocketAddr,
-        connect_timeout: Duration,
-    ) -> Result<H1Sender, UpstreamError> {
-        let connect_err = |e: BoxError| UpstreamError {
-            connect: true,
-            error: e,
-        };
+    async fn connect(addr: SocketAddr, connect_timeout: Duration) -> Result<H1Sender, BoxError> {
         let stream = connect_endpoint(addr, connect_timeout).await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| connect_err(e.into()))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
@@ -812,22 +722,25 @@ impl H1Pool {
                 Ok(resp) => return Ok(self.returning(addr, sender, resp)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
-                    None => {
-                        return Err(UpstreamError {
-                            connect: false,
-                            error: Box::new(e.into_error()),
-                        });
-                    }
+                    None => return Err(UpstreamError::sent(e.into_error())),
                 },
             }
         }
-        let mut sender = Self::connect(addr, connect_timeout).await?;
+        let mut sender = match Self::connect(addr, connect_timeout).await {
+            Ok(s) => s,
+            Err(e) => return Err(UpstreamError::connect(e, req)),
+        };
         match sender.try_send_request(req).await {
             Ok(resp) => Ok(self.returning(addr, sender, resp)),
-            Err(e) => Err(UpstreamError {
-                connect: false,
-                error: Box::new(e.into_error()),
-            }),
+            // Closed before the request went out: still whole.
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => Err(UpstreamError {
+                    connect: false,
+                    error: Box::new(e.into_error()),
+                    unsent: Some(unsent),
+                }),
+                None => Err(UpstreamError::sent(e.into_error())),
+            },
         }
     }
 
@@ -898,23 +811,18 @@ impl H2Pool {
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
-    ) -> Result<hyper::client::conn::http2::SendRequest<ReqBody>, UpstreamError> {
+    ) -> Result<hyper::client::conn::http2::SendRequest<ReqBody>, BoxError> {
         let mut conns = self.conns.lock().await;
         if let Some(s) = conns.get(&addr)
             && !s.is_closed()
         {
             return Ok(s.clone());
         }
-        let connect_err = |e: BoxError| UpstreamError {
-            connect: true,
-            error: e,
-        };
         let stream = connect_endpoint(addr, connect_timeout).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| connect_err(e.into()))?;
+            .await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -928,15 +836,21 @@ impl H2Pool {
         req: Request<ReqBody>,
         connect_timeout: Duration,
     ) -> UpstreamResult {
-        let mut sender = self.sender(addr, connect_timeout).await?;
-        sender
-            .send_request(req)
-            .await
-            .map(|r| r.map(|b| b.boxed()))
-            .map_err(|e| UpstreamError {
-                connect: false,
-                error: e.into(),
-            })
+        let mut sender = match self.sender(addr, connect_timeout).await {
+            Ok(s) => s,
+            Err(e) => return Err(UpstreamError::connect(e, req)),
+        };
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(resp.map(|b| b.boxed())),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => Err(UpstreamError {
+                    connect: false,
+                    error: Box::new(e.into_error()),
+                    unsent: Some(unsent),
+                }),
+                None => Err(UpstreamError::sent(e.into_error())),
+            },
+        }
     }
 }
 
@@ -979,38 +893,77 @@ fn label(route: &Route) -> Labels {
     (route.ingress.clone(), route.service.clone())
 }
 
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
 fn set_forwarding_headers(
     headers: &mut HeaderMap,
     conn: Conn,
     host: Option<&str>,
-    request_id: &str,
+    request_id: &HeaderValue,
 ) {
     strip_hop_by_hop(headers);
     let client = conn.peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {client}"),
         None => client.clone(),
     };
     let via = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, 1.1 ingressd"),
-        None => "1.1 ingressd".into(),
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, 1.1 ingressd")).ok(),
+        None => Some(HeaderValue::from_static("1.1 ingressd")),
     };
-    let mut set = |name: &'static str, value: &str| {
+    let mut set = |name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
             headers.insert(name, v);
         }
     };
-    set("x-forwarded-for", &xff);
-    set("x-real-ip", &client);
-    set("x-forwarded-proto", if conn.tls { "https" } else { "http" });
-    set("x-forwarded-port", &conn.local.port().to_string());
+    set(X_FORWARDED_FOR, &xff);
+    set(X_REAL_IP, &client);
+    set(X_FORWARDED_PORT, itoa_port(conn.local.port()).as_str());
     if let Some(h) = host {
-        set("x-forwarded-host", h);
+        set(X_FORWARDED_HOST, h);
         // HTTP/2 clients send :authority; the upstream speaks HTTP/1.1.
-        set("host", h);
+        set(header::HOST, h);
     }
-    set("x-request-id", request_id);
-    set("via", &via);
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    headers.insert(X_REQUEST_ID, request_id.clone());
+    if let Some(via) = via {
+        headers.insert(header::VIA, via);
+    }
+}
+
+/// A port as decimal text, without a heap allocation.
+fn itoa_port(port: u16) -> PortText {
+    let mut buf = [0u8; 5];
+    let mut n = port;
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    PortText { buf, start: i }
+}
+
+struct PortText {
+    buf: [u8; 5],
+    start: usize,
+}
+
+impl PortText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
+    }
 }
 
 fn redirect_to_https(req: &Request<Incoming>, host: Option<&str>) -> Response<Body> {

@@ -16,6 +16,7 @@ use std::{
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 
+use super::stats::StatsHandle;
 use crate::manifest::{ObjectKey, Snapshot};
 
 /// Our IngressClass name and controller name.
@@ -78,6 +79,8 @@ pub struct Route {
     /// Redirect plain HTTP to HTTPS (the host is in the Ingress's `spec.tls`
     /// and `nginx.ingress.kubernetes.io/ssl-redirect` is not "false").
     pub ssl_redirect: bool,
+    /// Where its requests are counted (set when the table is published).
+    pub stats: StatsHandle,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -218,6 +221,22 @@ impl RouteTable {
                 Upstream::Endpoints { addrs, .. } => addrs.clone(),
                 _ => Vec::new(),
             })
+    }
+
+    /// Every route, to hand each its stats before the table is published.
+    pub fn routes_mut(&mut self) -> impl Iterator<Item = &mut Route> + '_ {
+        let hosts = self
+            .exact_hosts
+            .values_mut()
+            .chain(self.wildcard_hosts.values_mut())
+            .chain(self.any_host.iter_mut());
+        hosts
+            .flat_map(|h| {
+                h.exact
+                    .values_mut()
+                    .chain(h.prefixes.iter_mut().map(|(_, r)| r))
+            })
+            .chain(self.default_backend.iter_mut())
     }
 
     /// Number of (host, path) rules in force.
@@ -492,6 +511,7 @@ pub fn compile(snapshot: &Snapshot, class: &ClassConfig) -> (RouteTable, Vec<Rou
                         upstream: up,
                         ingress: Arc::from(id.as_str()),
                         ssl_redirect: false,
+                        stats: StatsHandle::default(),
                     })
                 }
                 Some(r) => warnings.push(RouteWarning {
@@ -571,6 +591,7 @@ pub fn compile(snapshot: &Snapshot, class: &ClassConfig) -> (RouteTable, Vec<Rou
                         upstream,
                         ingress: Arc::from(id.as_str()),
                         ssl_redirect,
+                        stats: StatsHandle::default(),
                     },
                 );
             }

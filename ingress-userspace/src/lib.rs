@@ -3,6 +3,7 @@
 //! source (manifest files) → `model::desired_state` (pure) → `sync::diff`
 //! (pure) → `sync::apply` (the only map writer, through `bpf::LbMaps`).
 pub mod bpf;
+pub mod kube_source;
 pub mod l7;
 pub mod lab;
 pub mod maglev;
@@ -10,6 +11,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod model;
 pub mod packet;
+pub mod publish;
 pub mod render;
 pub mod run;
 pub mod sync;

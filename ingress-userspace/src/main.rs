@@ -1,4 +1,4 @@
-//! `ingressd`: eBPF L4 service load balancer (and, later, Ingress proxy) for one node.
+//! `ingressd`: eBPF L4 service load balancer and Ingress controller proxy for one node.
 use std::{
     fmt::Write as _,
     net::{Ipv4Addr, SocketAddr},
@@ -11,15 +11,16 @@ use ingressd::{
     bpf::{self, LbMaps, XdpAttachMode},
     l7::{proxy::Limits, route::ClassConfig},
     model::show_backend,
+    publish::PublishConfig,
     render::render_state,
-    run::{RunConfig, run},
+    run::{KubeConfig, RunConfig, run},
 };
 
 #[derive(Parser)]
 #[command(
     name = "ingressd",
     version,
-    about = "eBPF-accelerated Kubernetes service load balancer for one node"
+    about = "eBPF-accelerated Kubernetes service load balancer and Ingress controller for one node"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -30,11 +31,37 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Attach the data path and keep its maps in step with the manifests.
+    /// Attach the data path and keep its maps and routes in step with the
+    /// cluster (kube-rs watches) or with manifest files (--manifests).
     Run {
-        /// YAML/JSON files or directories (multi-document), watched for changes.
-        #[arg(long, num_args = 1.., required = true)]
+        /// YAML/JSON files or directories (multi-document), watched for
+        /// changes, instead of the Kubernetes API.
+        #[arg(long, num_args = 1..)]
         manifests: Vec<PathBuf>,
+        /// Kubeconfig for the API server [default: in-cluster config in a pod, else $KUBECONFIG, else ~/.kube/config].
+        #[arg(long, conflicts_with = "manifests")]
+        kubeconfig: Option<PathBuf>,
+        /// Watch Services, EndpointSlices and Ingresses of this namespace only [default: all].
+        #[arg(long)]
+        watch_namespace: Option<String>,
+        /// Service (namespace/name) whose LoadBalancer address goes into Ingress status.
+        #[arg(long)]
+        publish_service: Option<String>,
+        /// Addresses (IPs or host names) written into Ingress status, instead of --publish-service or the node's.
+        #[arg(long, value_delimiter = ',')]
+        publish_status_address: Vec<String>,
+        /// Write status.loadBalancer of the Ingresses served (one elected replica writes).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        update_status: bool,
+        /// Name of the Lease that elects the replica writing Ingress status.
+        #[arg(long, default_value = "ingress-ebpf-leader")]
+        election_id: String,
+        /// Namespace of that Lease [default: $POD_NAMESPACE, else the ServiceAccount's, else default].
+        #[arg(long)]
+        election_namespace: Option<String>,
+        /// Seconds in-flight requests get to finish after SIGTERM (no new connections are taken).
+        #[arg(long, default_value_t = 25)]
+        shutdown_grace_period: u64,
         /// Attach XDP (ingress) and TC (egress) here.
         #[arg(long, num_args = 1.., required_unless_present = "no_l4")]
         interface: Vec<String>,
@@ -149,6 +176,27 @@ fn node_name_default() -> String {
         .unwrap_or_default()
 }
 
+/// This pod's namespace: downward API, else the ServiceAccount's.
+fn own_namespace() -> String {
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "default".into())
+}
+
+/// This replica's name in the Lease: the pod's name, else host and pid.
+fn identity() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| format!("{}-{}", node_name_default(), std::process::id()))
+}
+
 fn print_maps(pin_path: &std::path::Path, flow_limit: usize) -> anyhow::Result<()> {
     let maps = LbMaps::open(pin_path)?;
     let state = maps.read_state()?;
@@ -218,7 +266,10 @@ fn main() -> std::process::ExitCode {
     let (writer, _log_guard) = tracing_appender::non_blocking(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // kube-rs warns on every retry; ingressd says it once, with
+            // what to fix (kube_source).
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube_runtime::watcher=error".into()),
         )
         .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -227,6 +278,14 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run {
             manifests,
+            kubeconfig,
+            watch_namespace,
+            publish_service,
+            publish_status_address,
+            update_status,
+            election_id,
+            election_namespace,
+            shutdown_grace_period,
             interface,
             node_ip,
             node_name,
@@ -252,11 +311,30 @@ fn main() -> std::process::ExitCode {
             max_connections,
             workers,
         } => {
+            let node_name = node_name.unwrap_or_else(node_name_default);
+            let object_key = |s: String| match s.split_once('/') {
+                Some((ns, name)) => (ns.to_string(), name.to_string()),
+                None => ("default".to_string(), s),
+            };
             let cfg = RunConfig {
                 manifests,
+                kube: KubeConfig {
+                    kubeconfig,
+                    namespace: watch_namespace,
+                    publish: PublishConfig {
+                        addresses: publish_status_address,
+                        service: publish_service.map(object_key),
+                        node_name: node_name.clone(),
+                    },
+                    update_status,
+                    election_id,
+                    lease_namespace: election_namespace.unwrap_or_else(own_namespace),
+                    identity: identity(),
+                },
+                shutdown_grace: Duration::from_secs(shutdown_grace_period),
                 interfaces: interface,
                 node_ips: node_ip,
-                node_name: node_name.unwrap_or_else(node_name_default),
+                node_name,
                 pin_path,
                 metrics_addr,
                 xdp_mode,
@@ -264,10 +342,7 @@ fn main() -> std::process::ExitCode {
                 no_l7,
                 http_addr,
                 https_addr,
-                default_ssl_certificate: default_ssl_certificate.map(|s| match s.split_once('/') {
-                    Some((ns, name)) => (ns.to_string(), name.to_string()),
-                    None => ("default".to_string(), s),
-                }),
+                default_ssl_certificate: default_ssl_certificate.map(object_key),
                 default_backend_addr,
                 ingress_vips: ingress_vip,
                 class: ClassConfig {

@@ -1,5 +1,7 @@
 //! `ingressd run`: attach the L4 data path and adopt its pinned maps, start
-//! the L7 proxy, then keep both in step with the manifest files.
+//! the L7 proxy, then keep both in step with the source: the manifest files,
+//! or the cluster through kube-rs watches (with Ingress status written by
+//! the elected replica).
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr},
@@ -13,22 +15,29 @@ use tokio::net::TcpListener;
 
 use crate::{
     bpf::{self, LbMaps, XdpAttachMode},
+    kube_source::{self, KubeSource},
     l7::{
         proxy::{self, Limits, Proxy},
         route::{ClassConfig, compile},
         tls::{self, CertStore},
     },
-    manifest::{ManifestSource, ObjectKey},
+    manifest::{ManifestSource, ObjectKey, Snapshot},
     metrics::{self, Status},
     model::{Model, NodeContext},
+    publish::{self, Elector, PublishConfig},
     sync::{apply, diff},
 };
 
 /// How often the manifest files are checked: changes apply well within a second.
 const POLL: Duration = Duration::from_millis(200);
+/// After the first change from the API server, how long more are gathered
+/// into the same sync (a burst of changes is one sync).
+const BATCH_WINDOW: Duration = Duration::from_millis(50);
 
 pub struct RunConfig {
+    /// Files and directories; none: the Kubernetes API.
     pub manifests: Vec<PathBuf>,
+    pub kube: KubeConfig,
     pub interfaces: Vec<String>,
     pub node_ips: Vec<Ipv4Addr>,
     pub node_name: String,
@@ -48,6 +57,95 @@ pub struct RunConfig {
     pub limits: Limits,
     /// Addresses whose :80/:443 connections `sk_lookup` steers to the proxy.
     pub ingress_vips: Vec<Ipv4Addr>,
+    /// After SIGTERM, how long in-flight requests get to finish.
+    pub shutdown_grace: Duration,
+}
+
+/// What the kube source needs beyond the common flags.
+#[derive(Clone, Debug, Default)]
+pub struct KubeConfig {
+    pub kubeconfig: Option<PathBuf>,
+    /// Services, EndpointSlices and Ingresses of this namespace only.
+    pub namespace: Option<String>,
+    pub publish: PublishConfig,
+    /// Write Ingress status (`--update-status`).
+    pub update_status: bool,
+    /// The Lease (`--election-id`) and where it lives.
+    pub election_id: String,
+    pub lease_namespace: String,
+    /// This replica's name in the Lease.
+    pub identity: String,
+}
+
+/// Where objects come from (one per process: sizes do not matter).
+#[allow(clippy::large_enum_variant)]
+enum Source {
+    Files(ManifestSource),
+    Kube(KubeSource),
+}
+
+impl Source {
+    fn snapshot(&self) -> &Snapshot {
+        match self {
+            Source::Files(m) => m.snapshot(),
+            Source::Kube(k) => k.snapshot(),
+        }
+    }
+
+    /// Reads what changed (everything, the first time); returns the
+    /// Services touched, or None when nothing changed.
+    fn load(&mut self, first: bool, status: &Status) -> Option<BTreeSet<ObjectKey>> {
+        match self {
+            Source::Files(m) => {
+                if !first && !m.changed() {
+                    return None;
+                }
+                let loaded = m.load();
+                for e in &loaded.errors {
+                    tracing::error!("{e}; its last good version stays in force");
+                }
+                for s in &loaded.skipped {
+                    tracing::debug!(object = %s, "kind not handled; skipped");
+                }
+                status
+                    .manifest_errors
+                    .store(loaded.errors.len() as u64, Ordering::Relaxed);
+                Some(loaded.touched)
+            }
+            Source::Kube(k) => {
+                if !first && !k.changed() {
+                    return None;
+                }
+                let loaded = k.load();
+                for e in &loaded.errors {
+                    tracing::error!("{e}; its last good version stays in force");
+                }
+                status
+                    .manifest_errors
+                    .fetch_add(loaded.errors.len() as u64, Ordering::Relaxed);
+                Some(loaded.touched)
+            }
+        }
+    }
+
+    /// The first list of everything is in (files: always).
+    fn synced(&self) -> bool {
+        match self {
+            Source::Files(_) => true,
+            Source::Kube(k) => k.synced(),
+        }
+    }
+
+    /// Until something may have changed.
+    async fn wait(&self) {
+        match self {
+            Source::Files(_) => tokio::time::sleep(POLL).await,
+            Source::Kube(k) => {
+                k.wait().await;
+                tokio::time::sleep(BATCH_WINDOW).await;
+            }
+        }
+    }
 }
 
 /// The L7 part: the proxy and its certificates.
@@ -159,19 +257,55 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     )
     .await?;
 
+    let (mut source, publisher) = if cfg.manifests.is_empty() {
+        let client = kube_source::client(cfg.kube.kubeconfig.as_ref()).await?;
+        let source = KubeSource::start(
+            client.clone(),
+            cfg.kube.namespace.as_deref(),
+            &cfg.node_name,
+            cfg.class.clone(),
+            cfg.default_ssl_certificate.clone(),
+        );
+        let publisher = cfg.kube.update_status.then(|| {
+            let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+            let elector = Elector::new(
+                client.clone(),
+                &cfg.kube.lease_namespace,
+                &cfg.kube.election_id,
+                &cfg.kube.identity,
+            );
+            tokio::spawn(publish::run(client, elector, rx));
+            tx
+        });
+        (Source::Kube(source), publisher)
+    } else {
+        (
+            Source::Files(ManifestSource::new(cfg.manifests.clone())),
+            None,
+        )
+    };
     let mut syncer = Syncer {
-        source: ManifestSource::new(cfg.manifests.clone()),
         l4,
         l7,
         class: cfg.class.clone(),
         warned: BTreeSet::new(),
     };
     let mut first = true;
+    let mut touched = BTreeSet::new();
+    let mut dirty = false;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
+    let mut waiting_logged = false;
+    let stopping = loop {
         status.beat();
-        if first || syncer.source.changed() {
-            match syncer.sync_once(&status) {
+        if let Some(t) = source.load(first, &status) {
+            touched.extend(t);
+            dirty = true;
+        }
+        // Nothing is applied before every first list is in: a half-listed
+        // cluster would empty maps a restarted pod adopted.
+        if source.synced() && (first || dirty) {
+            dirty = false;
+            match syncer.sync_once(source.snapshot(), std::mem::take(&mut touched), &status) {
                 Ok(()) => first = false,
                 Err(e) => {
                     status.sync_errors.fetch_add(1, Ordering::Relaxed);
@@ -181,20 +315,40 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                     tracing::error!(error = %format!("{e:#}"), "sync failed; will re-read the maps and retry");
                 }
             }
+            if let Some(tx) = &publisher {
+                let todo = publish::pending(
+                    source.snapshot(),
+                    &cfg.class,
+                    &publish::addresses(source.snapshot(), &cfg.kube.publish),
+                );
+                tx.send_if_modified(|current| {
+                    let changed = *current != todo;
+                    *current = todo;
+                    changed
+                });
+            }
+        } else if !source.synced() && !waiting_logged {
+            tracing::info!("waiting for the first list of every watched kind");
+            waiting_logged = true;
         }
         tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+            () = source.wait() => {}
+            _ = tokio::signal::ctrl_c() => break false,
+            _ = term.recv() => break true,
         }
+    };
+    if stopping && let Some(proxy) = &proxy {
+        // SIGTERM: Kubernetes replaces this pod. Take no new connections,
+        // let the requests in flight finish within the grace period.
+        let open = proxy.shut_down(cfg.shutdown_grace).await;
+        tracing::info!(still_open = open, "proxy drained");
     }
     tracing::info!("exiting; the L4 data path stays attached with its pinned maps");
     Ok(())
 }
 
-/// The sync loop's state: the source and what it keeps in step.
+/// The sync loop's state: what it keeps in step with the source.
 struct Syncer {
-    source: ManifestSource,
     l4: Option<L4>,
     l7: Option<L7>,
     class: ClassConfig,
@@ -202,19 +356,13 @@ struct Syncer {
 }
 
 impl Syncer {
-    fn sync_once(&mut self, status: &Status) -> anyhow::Result<()> {
+    fn sync_once(
+        &mut self,
+        snapshot: &Snapshot,
+        touched: BTreeSet<ObjectKey>,
+        status: &Status,
+    ) -> anyhow::Result<()> {
         let started = Instant::now();
-        let loaded = self.source.load();
-        for e in &loaded.errors {
-            tracing::error!("{e}; its last good version stays in force");
-        }
-        for s in &loaded.skipped {
-            tracing::debug!(object = %s, "kind not handled; skipped");
-        }
-        status
-            .manifest_errors
-            .store(loaded.errors.len() as u64, Ordering::Relaxed);
-        let snapshot = self.source.snapshot();
         let mut warnings = BTreeSet::new();
         let mut writes = 0;
         if let Some(l4) = &mut self.l4 {
@@ -228,7 +376,7 @@ impl Syncer {
                 );
                 diff(&current, l4.model.state())
             } else {
-                l4.model.update(snapshot, loaded.touched)
+                l4.model.update(snapshot, touched)
             };
             writes = d.writes();
             apply(&d, &mut l4.maps)?;

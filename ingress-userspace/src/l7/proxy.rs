@@ -101,6 +101,8 @@ pub struct Proxy {
     metrics: ProxyMetrics,
     /// Where requests answered by the built-in default backend are counted.
     default_stats: Arc<LabelStats>,
+    /// Set once on SIGTERM: listeners stop, connections finish gracefully.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// Labels of requests answered by the built-in default backend.
@@ -209,6 +211,7 @@ impl Proxy {
             limits,
             metrics,
             default_stats,
+            stopping: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -221,6 +224,25 @@ impl Proxy {
         let live: HashSet<SocketAddr> = table.endpoints().collect();
         self.routes.store(Arc::new(table));
         self.balancer.retain(&live);
+    }
+
+    /// Stops taking connections, asks open ones to finish (HTTP/1.1 closes
+    /// after the response in flight, HTTP/2 sends GOAWAY) and waits up to
+    /// `grace` for them; returns how many were still open.
+    pub async fn shut_down(&self, grace: Duration) -> i64 {
+        self.stopping.send_replace(true);
+        let open = || self.metrics.active_connections.load(Ordering::Relaxed);
+        let deadline = Instant::now() + grace;
+        while open() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        open()
+    }
+
+    /// Resolves once shutting down has begun.
+    async fn stopped(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
     }
 
     pub fn routes(&self) -> Arc<RouteTable> {
@@ -1013,9 +1035,15 @@ where
         .timer(hyper_util::rt::TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
         .keep_alive_interval(Some(limits.client_header_timeout));
-    let result = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .await;
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = proxy.stopped() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
     proxy
         .metrics
         .active_connections
@@ -1069,7 +1097,11 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (stream, peer) = accept(&listener).await;
+        // Dropping the listener on shutdown refuses new connections.
+        let (stream, peer) = tokio::select! {
+            a = accept(&listener) => a,
+            () = proxy.stopped() => return,
+        };
         let proxy = proxy.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -1119,7 +1151,11 @@ pub async fn serve_tls(
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (stream, peer) = accept(&listener).await;
+        // Dropping the listener on shutdown refuses new connections.
+        let (stream, peer) = tokio::select! {
+            a = accept(&listener) => a,
+            () = proxy.stopped() => return,
+        };
         let (acceptor, proxy) = (acceptor.clone(), proxy.clone());
         tokio::spawn(async move {
             let _permit = permit;

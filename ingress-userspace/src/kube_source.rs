@@ -1,0 +1,465 @@
+//! The kube source: the cluster's objects through kube-rs watchers (list,
+//! then watch; kube-rs re-lists on 410 Gone and backs off on errors), fed
+//! into the same [`Snapshot`] the file source fills.
+//!
+//! Watch tasks only forward what they see over a channel; the sync loop
+//! owns the snapshot and applies everything queued at once, so a burst of
+//! changes is one sync. Secrets are watched one by one, only those named in
+//! the `spec.tls` of an Ingress of ours (and `--default-ssl-certificate`).
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fmt::Debug,
+    path::PathBuf,
+    sync::Arc,
+};
+
+use futures_util::StreamExt as _;
+use k8s_openapi::api::{
+    core::v1::{Node, Secret, Service},
+    discovery::v1::EndpointSlice,
+    networking::v1::{Ingress, IngressClass},
+};
+use kube::{
+    Api, Client, Resource,
+    runtime::{WatchStreamExt as _, watcher},
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, mpsc};
+
+use crate::{
+    l7::route::{ClassConfig, is_ours},
+    manifest::{Identity, Object, ObjectKey, Snapshot, validate},
+};
+
+/// A kind we watch, and how it goes into the snapshot.
+pub trait Watched:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+    /// The kind's name, as [`Object::kind`] says it.
+    const KIND: &'static str;
+    fn into_object(self) -> Object;
+}
+
+macro_rules! watched {
+    ($($t:ident),*) => {$(
+        impl Watched for $t {
+            const KIND: &'static str = stringify!($t);
+            fn into_object(self) -> Object {
+                Object::$t(Box::new(self))
+            }
+        }
+    )*};
+}
+watched!(Service, EndpointSlice, Ingress, IngressClass, Secret, Node);
+
+/// What a watch task saw.
+enum Change {
+    Apply(Object),
+    Delete(Identity),
+    /// A (re-)list finished: these are all the objects of `kind` the watch
+    /// covers (`only` one object, for a watch on one name).
+    Listed {
+        watch: String,
+        kind: &'static str,
+        only: Option<ObjectKey>,
+        objects: Vec<Object>,
+    },
+}
+
+/// Aborts its task when dropped (a watch nobody needs any more).
+struct Task(tokio::task::JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Where the client comes from: in-cluster config in a pod, else the
+/// kubeconfig (`--kubeconfig`, else `$KUBECONFIG`, else `~/.kube/config`).
+pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                anyhow::anyhow!("--kubeconfig {}: {e}", path.display())
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            anyhow::anyhow!(
+                "no Kubernetes configuration ({e}): run in a pod, pass --kubeconfig, or use --manifests"
+            )
+        })?,
+    };
+    tracing::info!(api_server = %config.cluster_url, "using the Kubernetes API");
+    Client::try_from(config).map_err(|e| anyhow::anyhow!("Kubernetes client: {e}"))
+}
+
+pub struct KubeSource {
+    client: Client,
+    tx: mpsc::UnboundedSender<Change>,
+    rx: mpsc::UnboundedReceiver<Change>,
+    /// Told on every queued change: the sync loop waits on it.
+    notify: Arc<Notify>,
+    snapshot: Snapshot,
+    /// Watches whose first list has not come yet.
+    waiting: BTreeSet<String>,
+    tasks: Vec<Task>,
+    /// One watch per Secret in use.
+    secrets: BTreeMap<ObjectKey, Task>,
+    class: ClassConfig,
+    default_secret: Option<ObjectKey>,
+    /// Objects refused by validation, by identity (their last good version
+    /// stays in force).
+    invalid: HashMap<Identity, String>,
+}
+
+/// What one [`KubeSource::load`] changed.
+pub struct KubeLoaded {
+    /// Services whose Service or EndpointSlices changed.
+    pub touched: BTreeSet<ObjectKey>,
+    /// Objects refused (`Kind ns/name: field: message`), new in this load.
+    pub errors: Vec<String>,
+}
+
+impl KubeSource {
+    /// Starts the watches: Services, EndpointSlices and Ingresses (all
+    /// namespaces, or `namespace`), IngressClasses, and this node.
+    pub fn start(
+        client: Client,
+        namespace: Option<&str>,
+        node_name: &str,
+        class: ClassConfig,
+        default_secret: Option<ObjectKey>,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut source = Self {
+            client: client.clone(),
+            tx,
+            rx,
+            notify: Arc::new(Notify::new()),
+            snapshot: Snapshot::default(),
+            waiting: BTreeSet::new(),
+            tasks: Vec::new(),
+            secrets: BTreeMap::new(),
+            class,
+            default_secret,
+            invalid: HashMap::new(),
+        };
+        fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
+        where
+            K: Watched + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        {
+            match ns {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            }
+        }
+        let all = watcher::Config::default();
+        source.watch::<Service>(scoped(&client, namespace), all.clone(), None);
+        source.watch::<EndpointSlice>(scoped(&client, namespace), all.clone(), None);
+        source.watch::<Ingress>(scoped(&client, namespace), all.clone(), None);
+        source.watch::<IngressClass>(Api::all(client.clone()), all, None);
+        if !node_name.is_empty() {
+            source.watch::<Node>(
+                Api::all(client),
+                watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+                Some((String::new(), node_name.to_string())),
+            );
+        }
+        source
+    }
+
+    fn watch<K: Watched>(&mut self, api: Api<K>, config: watcher::Config, only: Option<ObjectKey>) {
+        let kind = K::KIND;
+        let name = match &only {
+            Some((ns, n)) if ns.is_empty() => format!("{kind} {n}"),
+            Some((ns, n)) => format!("{kind} {ns}/{n}"),
+            None => kind.to_string(),
+        };
+        self.waiting.insert(name.clone());
+        let task = tokio::spawn(run_watch(
+            api,
+            config,
+            name,
+            only,
+            self.tx.clone(),
+            self.notify.clone(),
+        ));
+        self.tasks.push(Task(task));
+    }
+
+    /// Every watch has listed once: the snapshot is the cluster's.
+    pub fn synced(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Something is queued.
+    pub fn changed(&self) -> bool {
+        !self.rx.is_empty()
+    }
+
+    /// Returns once something is queued (or at once if something is).
+    pub async fn wait(&self) {
+        if !self.changed() {
+            self.notify.notified().await;
+        }
+    }
+
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// Applies everything queued; then starts and stops Secret watches to
+    /// match the Secrets in use.
+    pub fn load(&mut self) -> KubeLoaded {
+        let mut loaded = KubeLoaded {
+            touched: BTreeSet::new(),
+            errors: Vec::new(),
+        };
+        while let Ok(change) = self.rx.try_recv() {
+            self.apply(change, &mut loaded);
+        }
+        self.refresh_secret_watches();
+        loaded
+    }
+
+    fn apply(&mut self, change: Change, loaded: &mut KubeLoaded) {
+        match change {
+            Change::Apply(object) => self.upsert(object, loaded),
+            Change::Delete(id) => self.remove(&id, loaded),
+            Change::Listed {
+                watch,
+                kind,
+                only,
+                objects,
+            } => {
+                // What the list no longer holds is gone (deleted while the
+                // watch was down, or before a 410).
+                let listed: BTreeSet<Identity> = objects.iter().map(Object::identity).collect();
+                let held: Vec<Identity> = self
+                    .identities_of(kind)
+                    .into_iter()
+                    .filter(|id| only.as_ref().is_none_or(|k| (&id.1, &id.2) == (&k.0, &k.1)))
+                    .filter(|id| !listed.contains(id))
+                    .collect();
+                for id in held {
+                    self.remove(&id, loaded);
+                }
+                for object in objects {
+                    self.upsert(object, loaded);
+                }
+                self.waiting.remove(&watch);
+            }
+        }
+    }
+
+    fn identities_of(&self, kind: &'static str) -> Vec<Identity> {
+        let ids = |keys: Vec<&ObjectKey>| -> Vec<Identity> {
+            keys.into_iter()
+                .map(|(ns, n)| (kind, ns.clone(), n.clone()))
+                .collect()
+        };
+        let s = &self.snapshot;
+        match kind {
+            "Service" => ids(s.services.keys().collect()),
+            "EndpointSlice" => ids(s.endpoint_slices().keys().collect()),
+            "Ingress" => ids(s.ingresses.keys().collect()),
+            "IngressClass" => ids(s.ingress_classes.keys().collect()),
+            "Secret" => ids(s.secrets.keys().collect()),
+            "Node" => ids(s.nodes.keys().collect()),
+            _ => Vec::new(),
+        }
+    }
+
+    fn upsert(&mut self, object: Object, loaded: &mut KubeLoaded) {
+        let id = object.identity();
+        if let Err(e) = validate(&object) {
+            let message = format!(
+                "{} {}: field {}: {}",
+                id.0,
+                display_key(&id),
+                e.field,
+                e.message
+            );
+            if self.invalid.get(&id) != Some(&message) {
+                loaded.errors.push(message.clone());
+                self.invalid.insert(id, message);
+            }
+            return;
+        }
+        self.invalid.remove(&id);
+        loaded
+            .touched
+            .extend(self.snapshot.services_touched_by(&id));
+        self.snapshot.insert(object);
+        loaded
+            .touched
+            .extend(self.snapshot.services_touched_by(&id));
+    }
+
+    fn remove(&mut self, id: &Identity, loaded: &mut KubeLoaded) {
+        self.invalid.remove(id);
+        loaded.touched.extend(self.snapshot.services_touched_by(id));
+        self.snapshot.remove(id);
+    }
+
+    /// The Secrets in use: `spec.tls[].secretName` of our Ingresses, and
+    /// the default certificate's.
+    fn secrets_in_use(&self) -> BTreeSet<ObjectKey> {
+        let mut out: BTreeSet<ObjectKey> = self.default_secret.iter().cloned().collect();
+        for ((ns, _), ing) in &self.snapshot.ingresses {
+            if !is_ours(ing, &self.snapshot, &self.class) {
+                continue;
+            }
+            let tls = ing.spec.iter().flat_map(|s| s.tls.iter().flatten());
+            out.extend(
+                tls.filter_map(|t| t.secret_name.clone())
+                    .map(|name| (ns.clone(), name)),
+            );
+        }
+        out
+    }
+
+    fn refresh_secret_watches(&mut self) {
+        let wanted = self.secrets_in_use();
+        let unused: Vec<ObjectKey> = self
+            .secrets
+            .keys()
+            .filter(|k| !wanted.contains(*k))
+            .cloned()
+            .collect();
+        for key in unused {
+            self.secrets.remove(&key);
+            self.waiting.remove(&format!("Secret {}/{}", key.0, key.1));
+            self.snapshot.remove(&("Secret", key.0, key.1));
+        }
+        for key in wanted {
+            if self.secrets.contains_key(&key) {
+                continue;
+            }
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.0);
+            let config = watcher::Config::default().fields(&format!("metadata.name={}", key.1));
+            let name = format!("Secret {}/{}", key.0, key.1);
+            self.waiting.insert(name.clone());
+            let task = tokio::spawn(run_watch(
+                api,
+                config,
+                name,
+                Some(key.clone()),
+                self.tx.clone(),
+                self.notify.clone(),
+            ));
+            self.secrets.insert(key, Task(task));
+        }
+    }
+}
+
+fn display_key(id: &Identity) -> String {
+    if id.1.is_empty() {
+        id.2.clone()
+    } else {
+        format!("{}/{}", id.1, id.2)
+    }
+}
+
+/// One watch: list, then watch, re-list when the API server says so, back
+/// off on errors. Each error is logged once (with what to fix) until the
+/// watch works again.
+async fn run_watch<K: Watched>(
+    api: Api<K>,
+    config: watcher::Config,
+    name: String,
+    only: Option<ObjectKey>,
+    tx: mpsc::UnboundedSender<Change>,
+    notify: Arc<Notify>,
+) {
+    let kind = K::KIND;
+    let mut stream = watcher(api, config).default_backoff().boxed();
+    let mut buffer = Vec::new();
+    let mut failing: Option<String> = None;
+    while let Some(item) = stream.next().await {
+        let change = match item {
+            Err(e) => {
+                let (what, hint) = explain(&e, kind);
+                if failing.as_deref() != Some(what.as_str()) {
+                    tracing::warn!(watch = %name, error = %e, "{hint}; retrying with backoff, serving the last good state");
+                    failing = Some(what);
+                }
+                continue;
+            }
+            Ok(watcher::Event::Init) => {
+                buffer.clear();
+                None
+            }
+            Ok(watcher::Event::InitApply(o)) => {
+                buffer.push(o.into_object());
+                None
+            }
+            Ok(watcher::Event::InitDone) => Some(Change::Listed {
+                watch: name.clone(),
+                kind,
+                only: only.clone(),
+                objects: std::mem::take(&mut buffer),
+            }),
+            Ok(watcher::Event::Apply(o)) => Some(Change::Apply(o.into_object())),
+            Ok(watcher::Event::Delete(o)) => Some(Change::Delete(o.into_object().identity())),
+        };
+        // Init comes before each list attempt: only what follows it shows
+        // the watch working again.
+        if let Some(change) = change {
+            if failing.take().is_some() {
+                tracing::info!(watch = %name, "watch works again");
+            }
+            if tx.send(change).is_err() {
+                return;
+            }
+            notify.notify_one();
+        }
+    }
+}
+
+/// A short class of the error (to log each once) and what to do about it.
+fn explain(e: &watcher::Error, kind: &str) -> (String, String) {
+    let api_code = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.code),
+        watcher::Error::WatchError(s) => Some(s.code),
+        _ => None,
+    };
+    let resource = match kind {
+        "Service" => "services",
+        "EndpointSlice" => "endpointslices.discovery.k8s.io",
+        "Ingress" => "ingresses.networking.k8s.io",
+        "IngressClass" => "ingressclasses.networking.k8s.io",
+        "Secret" => "secrets",
+        "Node" => "nodes",
+        _ => "this kind",
+    };
+    match api_code {
+        Some(403) => (
+            "403".into(),
+            format!(
+                "forbidden: the ServiceAccount needs get, list and watch on {resource} (see deploy/base/rbac.yaml)"
+            ),
+        ),
+        Some(401) => (
+            "401".into(),
+            "unauthorized: the credentials were rejected (ServiceAccount token or kubeconfig)"
+                .into(),
+        ),
+        Some(410) => (
+            "410".into(),
+            "the watch expired (410 Gone): listing again".into(),
+        ),
+        Some(404) => (
+            "404".into(),
+            format!("the API server does not serve {resource} (Kubernetes too old?)"),
+        ),
+        Some(code) => (format!("{code}"), format!("the API server answered {code}")),
+        None => ("transport".into(), "cannot reach the API server".into()),
+    }
+}

@@ -1,0 +1,491 @@
+//! The kube source against a fake API server (tests/fakeapi): the real
+//! kube-rs client lists and watches, ingressd turns what it sees into the
+//! same desired state as the file source, follows changes (also across a
+//! dropped watch and a 410 Gone), waits for every list before it is ready,
+//! and one elected replica writes Ingress status once. No root needed.
+mod fakeapi;
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use fakeapi::{FakeApi, temp_dir};
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use ingressd::{
+    kube_source::{self, KubeSource},
+    l7::route::{ClassConfig, Match, compile},
+    manifest::{ManifestSource, Object, Snapshot, parse_file},
+    model::{NodeContext, desired_state},
+    render::render_state,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ingressd");
+
+/// The objects of a YAML text that the file source accepts, as the API
+/// server would store them (JSON).
+fn api_objects(yaml: &str) -> Vec<serde_json::Value> {
+    let (objects, _, _) = parse_file(Path::new("fixture.yaml"), yaml);
+    objects
+        .into_iter()
+        .map(|o| {
+            let (kind, api_version, mut v) = match o {
+                Object::Service(o) => ("Service", "v1", serde_json::to_value(o)),
+                Object::EndpointSlice(o) => (
+                    "EndpointSlice",
+                    "discovery.k8s.io/v1",
+                    serde_json::to_value(o),
+                ),
+                Object::Ingress(o) => ("Ingress", "networking.k8s.io/v1", serde_json::to_value(o)),
+                Object::IngressClass(o) => (
+                    "IngressClass",
+                    "networking.k8s.io/v1",
+                    serde_json::to_value(o),
+                ),
+                Object::Secret(o) => ("Secret", "v1", serde_json::to_value(o)),
+                Object::Node(o) => ("Node", "v1", serde_json::to_value(o)),
+            };
+            let v = v.as_mut().map(std::mem::take).expect("serializes");
+            let mut v = v;
+            v["kind"] = serde_json::json!(kind);
+            v["apiVersion"] = serde_json::json!(api_version);
+            v
+        })
+        .collect()
+}
+
+/// A kube source on `api`, loaded until every watch has listed (bounded).
+async fn synced_source(api: &FakeApi, dir: &Path, class: ClassConfig) -> KubeSource {
+    let client = kube_source::client(Some(&api.kubeconfig(dir)))
+        .await
+        .expect("client");
+    let mut source = KubeSource::start(client, None, "node-a", class, None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        source.load();
+        if source.synced() {
+            return source;
+        }
+        assert!(Instant::now() < deadline, "kube source never synced");
+        let _ = tokio::time::timeout(Duration::from_millis(200), source.wait()).await;
+    }
+}
+
+fn node() -> NodeContext {
+    NodeContext {
+        name: "node-a".into(),
+        addrs: vec!["198.18.0.2".parse().unwrap()],
+    }
+}
+
+fn rendered(snapshot: &Snapshot) -> String {
+    let (state, warnings) = desired_state(snapshot, &node());
+    let mut out = render_state(&state);
+    for w in warnings {
+        out.push_str(&format!("{}: {}\n", w.object, w.message));
+    }
+    out
+}
+
+/// Ingress routing on top of the golden cases: hosts, paths, TLS.
+const INGRESS_CASE: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: ebpf}
+spec: {controller: ingress-ebpf/controller}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [198.18.5.1]}, {addresses: [198.18.5.2], conditions: {ready: false}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: shop, namespace: shop}
+spec:
+  ingressClassName: ebpf
+  tls: [{hosts: [shop.test], secretName: shop-tls}]
+  rules:
+  - host: shop.test
+    http:
+      paths:
+      - {path: /cart, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}
+      - {path: /exact, pathType: Exact, backend: {service: {name: web, port: {number: 80}}}}
+  - host: "*.wild.test"
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_source_gives_the_file_sources_desired_state_for_every_golden_case() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("input.yaml"))
+        .filter(|p| p.exists())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 7);
+    let dir = temp_dir("kube-golden");
+    let ingress_file = dir.join("ingress.yaml");
+    std::fs::write(&ingress_file, INGRESS_CASE).unwrap();
+    cases.push(ingress_file);
+    for case in cases {
+        let yaml = std::fs::read_to_string(&case).unwrap();
+        let mut files = ManifestSource::new(vec![case.clone()]);
+        files.load();
+        let api = FakeApi::start().await;
+        for o in api_objects(&yaml) {
+            api.apply(o);
+        }
+        let kube = synced_source(&api, &dir, ClassConfig::default()).await;
+        assert_eq!(
+            rendered(kube.snapshot()),
+            rendered(files.snapshot()),
+            "L4 desired state differs for {}",
+            case.display()
+        );
+        let (from_kube, w1) = compile(kube.snapshot(), &ClassConfig::default());
+        let (from_files, w2) = compile(files.snapshot(), &ClassConfig::default());
+        assert_eq!(w1, w2, "{}", case.display());
+        assert_eq!(from_kube.len(), from_files.len(), "{}", case.display());
+        assert_eq!(from_kube.tls_hosts, from_files.tls_hosts);
+        for (host, path) in [
+            ("shop.test", "/cart/x"),
+            ("shop.test", "/exact"),
+            ("shop.test", "/exact/no"),
+            ("a.wild.test", "/"),
+            ("other.test", "/"),
+        ] {
+            let route = |m: Match<'_>| match m {
+                Match::Route(r) => Some((r.ingress.clone(), (*r.upstream).clone())),
+                Match::Default(r) => r.map(|r| (r.ingress.clone(), (*r.upstream).clone())),
+            };
+            assert_eq!(
+                route(from_kube.lookup(Some(host), path)),
+                route(from_files.lookup(Some(host), path)),
+                "{host}{path} in {}",
+                case.display()
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An HTTP backend answering `<name> <path>`.
+async fn echo(name: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| async move {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                        "{name} {}\n",
+                        req.uri().path()
+                    )))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn get(addr: SocketAddr, path: &str, host: &str) -> Result<(u16, String), String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(c);
+    let req = Request::get(path)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), s.send_request(req))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// `ingressd run --no-l4` on the fake API server.
+struct Ingressd {
+    child: Child,
+    log: PathBuf,
+    http: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+}
+
+impl Drop for Ingressd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Ingressd {
+    fn start(kubeconfig: &Path, dir: &Path, name: &str, extra: &[&str]) -> Ingressd {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--no-l4", "--kubeconfig"])
+            .arg(kubeconfig)
+            .args(["--http-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0"])
+            .args(["--default-backend-addr", "127.0.0.1:0"])
+            .args(["--metrics-addr", "127.0.0.1:0", "--node-name", "node-a"])
+            .args(extra)
+            .env("POD_NAME", name)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start ingressd");
+        Ingressd {
+            child,
+            log,
+            http: None,
+            metrics: None,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The addresses it bound (from its log), waited for.
+    async fn bound(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.http.is_none() || self.metrics.is_none() {
+            assert!(Instant::now() < deadline, "no addresses:\n{}", self.log());
+            assert!(
+                self.child.try_wait().ok().flatten().is_none(),
+                "ingressd exited:\n{}",
+                self.log()
+            );
+            let log = self.log();
+            let field = |name: &str| -> Option<SocketAddr> {
+                log.split(&format!("{name}="))
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .trim_matches('"')
+                    .parse()
+                    .ok()
+            };
+            (self.http, self.metrics) = (field("http"), field("metrics"));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn ready(&self) -> bool {
+        let Some(m) = self.metrics else { return false };
+        matches!(get(m, "/readyz", "x").await, Ok((200, _)))
+    }
+
+    /// Waits (bounded) until `path` on `host` answers `status` with a body
+    /// containing `body`.
+    async fn wait_for(&self, host: &str, path: &str, status: u16, body: &str) {
+        let http = self.http.expect("bound");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = get(http, path, host).await;
+            if matches!(&got, Ok((s, b)) if *s == status && b.contains(body)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{host}{path}: wanted {status} {body:?}, got {got:?}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+fn backend(name: &str, addr: SocketAddr) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{ports: [{{port: 80, targetPort: {port}}}]}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: shop, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+         addressType: IPv4\nports: [{{port: {port}}}]\nendpoints: [{{addresses: [\"{ip}\"]}}]\n",
+        port = addr.port(),
+        ip = addr.ip()
+    )
+}
+
+fn ingress(host: &str, path: &str, service: &str) -> String {
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: shop, namespace: shop}}\n\
+         spec:\n  ingressClassName: ebpf\n  rules:\n  - host: {host}\n    http:\n      paths:\n\
+         \x20     - {{path: {path}, pathType: Prefix, backend: {{service: {{name: {service}, port: {{number: 80}}}}}}}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_changes_reach_the_proxy_across_dropped_and_expired_watches() {
+    let dir = temp_dir("kube-e2e");
+    let api = FakeApi::start().await;
+    let (a, b) = (echo("a").await, echo("b").await);
+    api.apply_yaml(&(backend("a", a) + &backend("b", b) + &ingress("shop.test", "/cart", "a")));
+    // No RBAC for Ingresses yet: not ready, told once what to fix.
+    api.forbid("Ingress");
+    let mut d = Ingressd::start(
+        &api.kubeconfig(&dir),
+        &dir,
+        "one",
+        &["--update-status=false"],
+    );
+    d.bound().await;
+    let hint = "the ServiceAccount needs get, list and watch on ingresses.networking.k8s.io";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d.log().contains(hint) {
+        assert!(Instant::now() < deadline, "no RBAC hint:\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!d.ready().await, "ready before Ingresses could be listed");
+    // Until it is allowed, the backoff retries without repeating the hint.
+    let lists = |api: &FakeApi| {
+        api.requests()
+            .iter()
+            .filter(|r| r.starts_with("GET /apis/networking.k8s.io/v1/ingresses?"))
+            .filter(|r| !r.contains("watch=true"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lists(&api) < 2 {
+        assert!(Instant::now() < deadline, "no retry");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!d.ready().await);
+    api.allow("Ingress");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d.ready().await {
+        assert!(Instant::now() < deadline, "never ready:\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(d.log().matches(hint).count(), 1, "{}", d.log());
+    d.wait_for("shop.test", "/cart", 200, "a /cart").await;
+
+    // A change, then one after the watches dropped: both arrive.
+    api.apply_yaml(&ingress("shop.test", "/basket", "b"));
+    d.wait_for("shop.test", "/basket", 200, "b /basket").await;
+    d.wait_for("shop.test", "/cart", 404, "").await;
+    api.drop_watches();
+    api.apply_yaml(&ingress("shop.test", "/cart", "b"));
+    d.wait_for("shop.test", "/cart", 200, "b /cart").await;
+
+    // History expired while the watches were down: the resumed watch gets
+    // 410 Gone, ingressd lists again and sees the deletion it missed.
+    let before = lists(&api);
+    api.expire_history();
+    api.delete("Ingress", "shop", "shop");
+    d.wait_for("shop.test", "/cart", 404, "").await;
+    assert!(lists(&api) > before, "no re-list after 410");
+    // Endpoints follow too: b's slice now points at a's server.
+    api.apply_yaml(&(backend("b", a) + &ingress("shop.test", "/cart", "b")));
+    d.wait_for("shop.test", "/cart", 200, "a /cart").await;
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_elected_replica_writes_ingress_status_once() {
+    let dir = temp_dir("kube-status");
+    let api = FakeApi::start().await;
+    let a = echo("a").await;
+    api.apply_yaml(&(backend("a", a) + &ingress("shop.test", "/", "a")));
+    // Not ours: never written.
+    api.apply_yaml(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: theirs, namespace: shop}\n\
+         spec: {ingressClassName: nginx, defaultBackend: {service: {name: a, port: {number: 80}}}}\n",
+    );
+    let kubeconfig = api.kubeconfig(&dir);
+    let flags = ["--publish-status-address", "198.18.0.10"];
+    let mut one = Ingressd::start(&kubeconfig, &dir, "one", &flags);
+    let mut two = Ingressd::start(&kubeconfig, &dir, "two", &flags);
+    one.bound().await;
+    two.bound().await;
+    let written = || {
+        api.get("Ingress", "shop", "shop")
+            .map(|i| i["status"]["loadBalancer"]["ingress"][0]["ip"] == "198.18.0.10")
+            .unwrap_or(false)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !written() {
+        assert!(
+            Instant::now() < deadline,
+            "status not written:\n{}\n{}",
+            one.log(),
+            two.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Both replicas go through two more election rounds: no second write.
+    let lease_gets = || {
+        api.requests()
+            .iter()
+            .filter(|r| {
+                r.starts_with("GET /apis/coordination.k8s.io/v1/namespaces/default/leases/")
+            })
+            .count()
+    };
+    let target = lease_gets() + 4;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lease_gets() < target {
+        assert!(Instant::now() < deadline, "election stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let patches: Vec<String> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("PATCH") && r.contains("/ingresses/"))
+        .collect();
+    assert_eq!(
+        patches.len(),
+        1,
+        "{patches:?}\n{}\n{}",
+        one.log(),
+        two.log()
+    );
+    assert!(patches[0].contains("/namespaces/shop/ingresses/shop/status"));
+    let writers = [&one, &two]
+        .iter()
+        .filter(|d| d.log().contains("Ingress status written"))
+        .count();
+    assert_eq!(writers, 1);
+    let theirs = api.get("Ingress", "shop", "theirs").unwrap();
+    assert!(
+        theirs["status"]["loadBalancer"]["ingress"].is_null(),
+        "{theirs}"
+    );
+    drop((one, two));
+    let _ = std::fs::remove_dir_all(&dir);
+}

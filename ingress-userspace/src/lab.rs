@@ -388,24 +388,40 @@ impl Lab {
         manifests: &Path,
         extra: &[&str],
     ) -> anyhow::Result<()> {
+        let mut args = vec![std::ffi::OsString::from("--manifests"), manifests.into()];
+        args.extend(extra.iter().map(std::ffi::OsString::from));
+        self.start_ingressd_args(bin, node, &args)
+    }
+
+    /// `ingressd run` on a node with the Kubernetes API as its source.
+    pub fn start_ingressd_kube(
+        &mut self,
+        bin: &Path,
+        node: &str,
+        kubeconfig: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
+        let mut args = vec![std::ffi::OsString::from("--kubeconfig"), kubeconfig.into()];
+        args.extend(extra.iter().map(std::ffi::OsString::from));
+        self.start_ingressd_args(bin, node, &args)
+    }
+
+    fn start_ingressd_args(
+        &mut self,
+        bin: &Path,
+        node: &str,
+        args: &[std::ffi::OsString],
+    ) -> anyhow::Result<()> {
         let n = self.node(node).clone();
         let log = File::create(self.dir.join(format!("ingressd-{node}.log")))?;
         let child = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", n.ns))
             .arg(bin)
-            .args([
-                "run",
-                "--interface",
-                "eth0",
-                "--node-name",
-                &n.name,
-                "--manifests",
-            ])
-            .arg(manifests)
+            .args(["run", "--interface", "eth0", "--node-name", &n.name])
             .arg("--pin-path")
             .arg(&n.pin_path)
             .args(["--metrics-addr", &n.metrics.to_string()])
-            .args(extra)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

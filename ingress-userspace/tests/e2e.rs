@@ -14,6 +14,8 @@ use std::{
 
 use ingressd::lab::{self, Lab, Pod, in_netns, nodeport_manifests, wait_until};
 
+mod fakeapi;
+
 const BIN: &str = env!("CARGO_BIN_EXE_ingressd");
 const T: Duration = Duration::from_millis(1500);
 
@@ -348,4 +350,66 @@ fn ingress_vips_are_steered_to_the_proxy_by_sk_lookup() {
         refused.expect_err("no socket").kind(),
         std::io::ErrorKind::ConnectionRefused
     );
+}
+
+#[test]
+fn kube_source_objects_created_changed_and_deleted_drive_the_maps() {
+    if !need_root() {
+        return;
+    }
+    let mut lab = Lab::two_nodes("ku").expect("lab");
+    lab.start_pods().expect("pods");
+    // The fake API server listens inside node-a's namespace, where that
+    // node's ingressd reaches it on its own loopback.
+    let listener = in_netns(&lab.node("node-a").ns, || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+    })
+    .unwrap()
+    .expect("bind in node-a");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let api = {
+        let _guard = rt.enter();
+        fakeapi::FakeApi::start_on(listener)
+    };
+    let manifests = |lab: &Lab, names: &[&str]| {
+        let pods: Vec<&Pod> = lab
+            .pods
+            .iter()
+            .filter(|p| names.contains(&p.name.as_str()))
+            .collect();
+        nodeport_manifests(&pods)
+    };
+    api.apply_yaml(&manifests(&lab, &["a1", "b1"]));
+    let kubeconfig = api.kubeconfig(&lab.dir);
+    lab.start_ingressd_kube(Path::new(BIN), "node-a", &kubeconfig, &["--no-l7"])
+        .expect("ingressd");
+    let addr = SocketAddr::from((lab.node("node-a").ip, 30080));
+    let log = |lab: &Lab| lab.ingressd_log("node-a");
+    let spread = wait_until(Duration::from_secs(5), || {
+        ask_http(&lab, addr, 20).is_ok_and(|v| set(&v).len() == 2)
+    });
+    assert!(spread, "created objects not served:\n{}", log(&lab));
+
+    // Changed: b1 leaves the EndpointSlice.
+    api.apply_yaml(&manifests(&lab, &["a1"]));
+    let moved = wait_until(Duration::from_secs(2), || {
+        ask_http(&lab, addr, 10).is_ok_and(|v| v.iter().all(|p| p == "a1"))
+    });
+    assert!(moved, "changed slice not applied:\n{}", log(&lab));
+
+    // Deleted: the Service goes, its NodePort refuses.
+    api.delete("Service", "demo", "web");
+    let refused = wait_until(Duration::from_secs(2), || {
+        in_netns(&lab.client_ns, move || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+                .map_err(|e| e.kind())
+        })
+        .is_ok_and(|r| r.err() == Some(std::io::ErrorKind::ConnectionRefused))
+    });
+    assert!(refused, "deleted Service still served:\n{}", log(&lab));
+    drop(api);
 }

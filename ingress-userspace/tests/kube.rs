@@ -128,6 +128,17 @@ spec:
     http:
       paths:
       - {path: /, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: shop-tls, namespace: shop}
+type: kubernetes.io/tls
+stringData: {tls.crt: "not checked here", tls.key: "not checked here"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: unrelated, namespace: shop}
+stringData: {password: "never read"}
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,6 +164,13 @@ async fn kube_source_gives_the_file_sources_desired_state_for_every_golden_case(
             api.apply(o);
         }
         let kube = synced_source(&api, &dir, ClassConfig::default()).await;
+        // Only the Secrets an Ingress of ours names are read, one by one.
+        let secrets: Vec<&(String, String)> = kube.snapshot().secrets.keys().collect();
+        let named = yaml.contains("secretName: shop-tls");
+        assert_eq!(secrets.len(), usize::from(named), "{secrets:?}");
+        for r in api.requests().iter().filter(|r| r.contains("/secrets")) {
+            assert!(r.contains("fieldSelector=metadata.name"), "{r}");
+        }
         assert_eq!(
             rendered(kube.snapshot()),
             rendered(files.snapshot()),
@@ -487,5 +505,43 @@ async fn one_elected_replica_writes_ingress_status_once() {
         "{theirs}"
     );
     drop((one, two));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_a_thousand_changes_is_a_few_syncs() {
+    let dir = temp_dir("kube-burst");
+    let api = FakeApi::start().await;
+    let a = echo("a").await;
+    api.apply_yaml(&(backend("a", a) + &ingress("shop.test", "/", "a")));
+    let mut d = Ingressd::start(
+        &api.kubeconfig(&dir),
+        &dir,
+        "one",
+        &["--update-status=false"],
+    );
+    d.bound().await;
+    d.wait_for("shop.test", "/", 200, "a /").await;
+    let syncs = || async {
+        get(d.metrics.unwrap(), "/metrics", "x")
+            .await
+            .map(|r| r.1)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("ingressd_syncs_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = syncs().await;
+    for i in 0..999 {
+        api.apply_yaml(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: burst}}\nspec: {{ports: [{{port: 80}}]}}\n"
+        ));
+    }
+    api.apply_yaml(&ingress("shop.test", "/last", "a"));
+    d.wait_for("shop.test", "/last", 200, "a /last").await;
+    let took = syncs().await - before;
+    assert!((1..=10).contains(&took), "1,000 changes took {took} syncs");
+    drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }

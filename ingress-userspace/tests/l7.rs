@@ -1007,3 +1007,48 @@ async fn external_name_service_is_resolved_with_dns() {
     assert_eq!(status, 200, "{body}");
     assert!(body.starts_with("external "), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_requests_in_flight_finish_and_takes_no_new_connections() {
+    let (_, yaml) = backends().await;
+    let mut d = Ingressd::start(&yaml).await;
+    let http = d.http;
+    // /slow takes 3 s at the endpoint.
+    let slow = tokio::spawn(async move { get(http, "/slow", Some("shop.test")).await });
+    let active = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("ingressd_http_active_connections "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = get(d.metrics, "/metrics", None).await.unwrap_or_default().1;
+        if active(&metrics) >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "request never in flight");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(http).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, body) = slow.await.unwrap().expect("the request in flight");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("path=/slow"), "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(s) = d.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "ingressd did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(log.contains("proxy drained still_open=0"), "{log}");
+}

@@ -297,9 +297,15 @@ fn merge(target: &mut Value, patch: &Value) {
 
 impl FakeApi {
     pub async fn start() -> FakeApi {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind fake API server");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake API server");
+        Self::start_on(listener)
+    }
+
+    /// Serves on `listener` (made in a test's network namespace, say).
+    /// Needs a tokio runtime.
+    pub fn start_on(listener: std::net::TcpListener) -> FakeApi {
+        listener.set_nonblocking(true).expect("non-blocking");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let st = state.clone();

@@ -309,7 +309,15 @@ pub fn set_ingress_vips(pin_path: &Path, vips: &[Ipv4Addr]) -> anyhow::Result<()
 /// behind a bridge need.
 pub fn prepare_interface(iface: &str) -> anyhow::Result<()> {
     let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
-    std::fs::write(&path, "1").with_context(|| format!("setting {path}"))?;
+    let already = std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1");
+    if !already && let Err(e) = std::fs::write(&path, "1") {
+        // A container gets /proc/sys read-only unless privileged: the
+        // node's own configuration must set it then.
+        tracing::warn!(
+            error = %e,
+            "cannot set {path}: set net.ipv4.conf.{iface}.accept_local=1 on the node, or the first packet of a flow to another node's endpoint may be dropped (the client retransmits)"
+        );
+    }
     let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
     if forwarding.trim() != "1" {
         tracing::warn!(

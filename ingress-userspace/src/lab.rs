@@ -51,6 +51,9 @@ pub struct Lab {
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
     pub dir: PathBuf,
+    /// Run before `ingressd` on the node (inside nsenter), e.g. `setpriv`
+    /// to start it with fewer capabilities.
+    pub wrapper: Vec<String>,
     res: Arc<Mutex<Resources>>,
 }
 
@@ -172,6 +175,7 @@ impl Lab {
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("echo.py"), ECHO_SERVER)?;
         let mut lab = Lab {
+            wrapper: Vec::new(),
             client_ns: format!("{prefix}-client"),
             prefix: prefix.clone(),
             nodes: Vec::new(),
@@ -416,6 +420,7 @@ impl Lab {
         let log = File::create(self.dir.join(format!("ingressd-{node}.log")))?;
         let child = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", n.ns))
+            .args(&self.wrapper)
             .arg(bin)
             .args(["run", "--interface", "eth0", "--node-name", &n.name])
             .arg("--pin-path")

@@ -36,101 +36,101 @@ enum Command {
     Run {
         /// YAML/JSON files or directories (multi-document), watched for
         /// changes, instead of the Kubernetes API.
-        #[arg(long, num_args = 1..)]
+        #[arg(long, num_args = 1.., env = "INGRESSD_MANIFESTS", value_delimiter = ',')]
         manifests: Vec<PathBuf>,
         /// Kubeconfig for the API server [default: in-cluster config in a pod, else $KUBECONFIG, else ~/.kube/config].
-        #[arg(long, conflicts_with = "manifests")]
+        #[arg(long, conflicts_with = "manifests", env = "INGRESSD_KUBECONFIG")]
         kubeconfig: Option<PathBuf>,
         /// Watch Services, EndpointSlices and Ingresses of this namespace only [default: all].
-        #[arg(long)]
+        #[arg(long, env = "INGRESSD_WATCH_NAMESPACE")]
         watch_namespace: Option<String>,
         /// Service (namespace/name) whose LoadBalancer address goes into Ingress status.
-        #[arg(long)]
+        #[arg(long, env = "INGRESSD_PUBLISH_SERVICE")]
         publish_service: Option<String>,
         /// Addresses (IPs or host names) written into Ingress status, instead of --publish-service or the node's.
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', env = "INGRESSD_PUBLISH_STATUS_ADDRESS")]
         publish_status_address: Vec<String>,
         /// Write status.loadBalancer of the Ingresses served (one elected replica writes).
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "INGRESSD_UPDATE_STATUS")]
         update_status: bool,
         /// Name of the Lease that elects the replica writing Ingress status.
-        #[arg(long, default_value = "ingress-ebpf-leader")]
+        #[arg(long, default_value = "ingress-ebpf-leader", env = "INGRESSD_ELECTION_ID")]
         election_id: String,
         /// Namespace of that Lease [default: $POD_NAMESPACE, else the ServiceAccount's, else default].
-        #[arg(long)]
+        #[arg(long, env = "INGRESSD_ELECTION_NAMESPACE")]
         election_namespace: Option<String>,
         /// Seconds in-flight requests get to finish after SIGTERM (no new connections are taken).
-        #[arg(long, default_value_t = 25)]
+        #[arg(long, default_value_t = 25, env = "INGRESSD_SHUTDOWN_GRACE_PERIOD")]
         shutdown_grace_period: u64,
         /// Attach XDP (ingress) and TC (egress) here.
-        #[arg(long, num_args = 1.., required_unless_present = "no_l4")]
+        #[arg(long, num_args = 1.., required_unless_present = "no_l4", env = "INGRESSD_INTERFACE", value_delimiter = ',')]
         interface: Vec<String>,
         /// Addresses NodePorts answer on [default: the addresses of --interface].
-        #[arg(long, num_args = 1..)]
+        #[arg(long, num_args = 1.., env = "INGRESSD_NODE_IP", value_delimiter = ',')]
         node_ip: Vec<Ipv4Addr>,
         /// This node's name, matched against EndpointSlice nodeName [default: $NODE_NAME, else the hostname].
-        #[arg(long)]
+        #[arg(long, env = "INGRESSD_NODE_NAME")]
         node_name: Option<String>,
-        #[arg(long, default_value = "/sys/fs/bpf/ingressd")]
+        #[arg(long, default_value = "/sys/fs/bpf/ingressd", env = "INGRESSD_PIN_PATH")]
         pin_path: PathBuf,
         /// /metrics, /healthz, /readyz.
-        #[arg(long, default_value = "127.0.0.1:10254")]
+        #[arg(long, default_value = "127.0.0.1:10254", env = "INGRESSD_METRICS_ADDR")]
         metrics_addr: SocketAddr,
-        #[arg(long, value_enum, default_value = "auto")]
+        #[arg(long, value_enum, default_value = "auto", env = "INGRESSD_XDP_MODE")]
         xdp_mode: XdpAttachMode,
         /// Run the proxy alone: no BPF, no privileges needed.
-        #[arg(long, conflicts_with = "no_l7")]
+        #[arg(long, conflicts_with = "no_l7", env = "INGRESSD_NO_L4")]
         no_l4: bool,
         /// Run the L4 data path alone: no proxy.
-        #[arg(long)]
+        #[arg(long, env = "INGRESSD_NO_L7")]
         no_l7: bool,
         /// Where the proxy serves HTTP (HTTP/1.1, and HTTP/2 with prior knowledge).
-        #[arg(long, default_value = "0.0.0.0:80")]
+        #[arg(long, default_value = "0.0.0.0:80", env = "INGRESSD_HTTP_ADDR")]
         http_addr: SocketAddr,
         /// Ingress VIPs: connections to any of them on :80/:443 are steered to the proxy (sk_lookup).
-        #[arg(long, num_args = 1..)]
+        #[arg(long, num_args = 1.., env = "INGRESSD_INGRESS_VIP", value_delimiter = ',')]
         ingress_vip: Vec<Ipv4Addr>,
         /// Where the proxy serves HTTPS (TLS by SNI from Ingress spec.tls Secrets).
-        #[arg(long, default_value = "0.0.0.0:443")]
+        #[arg(long, default_value = "0.0.0.0:443", env = "INGRESSD_HTTPS_ADDR")]
         https_addr: SocketAddr,
         /// Secret (namespace/name) for TLS hosts without a certificate of their own [default: a self-signed one].
-        #[arg(long)]
+        #[arg(long, env = "INGRESSD_DEFAULT_SSL_CERTIFICATE")]
         default_ssl_certificate: Option<String>,
         /// The default backend on its own port (404 for everything, /healthz).
-        #[arg(long, default_value = "0.0.0.0:8181")]
+        #[arg(long, default_value = "0.0.0.0:8181", env = "INGRESSD_DEFAULT_BACKEND_ADDR")]
         default_backend_addr: SocketAddr,
         /// The IngressClass name served.
-        #[arg(long, default_value = "ebpf")]
+        #[arg(long, default_value = "ebpf", env = "INGRESSD_INGRESS_CLASS")]
         ingress_class: String,
         /// IngressClasses whose spec.controller is this are ours.
-        #[arg(long, default_value = "ingress-ebpf/controller")]
+        #[arg(long, default_value = "ingress-ebpf/controller", env = "INGRESSD_CONTROLLER_CLASS")]
         controller_class: String,
         /// Seconds to wait for a TCP connection to an endpoint.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, env = "INGRESSD_UPSTREAM_CONNECT_TIMEOUT")]
         upstream_connect_timeout: u64,
         /// Seconds to wait for an endpoint's response headers (504 after).
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 60, env = "INGRESSD_UPSTREAM_RESPONSE_TIMEOUT")]
         upstream_response_timeout: u64,
         /// Seconds a client has to send a request head, and to sit idle (408 after).
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 60, env = "INGRESSD_CLIENT_HEADER_TIMEOUT")]
         client_header_timeout: u64,
         /// Seconds a client may pause while sending a request body (408 after).
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 60, env = "INGRESSD_CLIENT_BODY_TIMEOUT")]
         client_body_timeout: u64,
         /// Largest request head (431 above), e.g. 32k.
-        #[arg(long, default_value = "32k", value_parser = parse_size)]
+        #[arg(long, default_value = "32k", value_parser = parse_size, env = "INGRESSD_MAX_HEADER_SIZE")]
         max_header_size: u64,
         /// Most request headers (431 above).
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, env = "INGRESSD_MAX_HEADERS")]
         max_headers: usize,
         /// Largest request body (413 above), e.g. 1m; 0 for no limit (ingress-nginx's proxy-body-size).
-        #[arg(long, default_value = "1m", value_parser = parse_size)]
+        #[arg(long, default_value = "1m", value_parser = parse_size, env = "INGRESSD_MAX_BODY_SIZE")]
         max_body_size: u64,
         /// Threads serving the proxy and the sync loop [default: one per CPU, like nginx's worker_processes auto].
-        #[arg(long)]
+        #[arg(long, env = "INGRESSD_WORKERS")]
         workers: Option<usize>,
         /// Client connections served at once per listener.
-        #[arg(long, default_value_t = 16384)]
+        #[arg(long, default_value_t = 16384, env = "INGRESSD_MAX_CONNECTIONS")]
         max_connections: usize,
     },
     /// Detach and unpin everything under --pin-path.

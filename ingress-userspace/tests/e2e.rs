@@ -413,3 +413,58 @@ fn kube_source_objects_created_changed_and_deleted_drive_the_maps() {
     assert!(refused, "deleted Service still served:\n{}", log(&lab));
     drop(api);
 }
+
+/// The capabilities the hostNetwork DaemonSet grants (deploy/), lower case.
+fn daemonset_capabilities() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/overlays/daemonset-hostnetwork/daemonset.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let ds: serde_json::Value = serde_norway::from_str(&text).unwrap();
+    let caps = &ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"];
+    assert_eq!(caps["drop"][0], "ALL", "{caps}");
+    caps["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_ascii_lowercase())
+        .collect()
+}
+
+#[test]
+fn runs_with_only_the_daemonsets_capabilities() {
+    if !need_root() {
+        return;
+    }
+    let caps = daemonset_capabilities();
+    let mut lab = Lab::two_nodes("cap").expect("lab");
+    lab.start_pods().expect("pods");
+    // Root without the others: what the unprivileged DaemonSet gets.
+    let bounding: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
+    lab.wrapper = vec![
+        "setpriv".into(),
+        format!("--bounding-set=-all,{}", bounding.join(",")),
+        "--inh-caps=-all".into(),
+    ];
+    let manifests = lab.dir.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let pods: Vec<&Pod> = lab.pods.iter().collect();
+    let ingress = "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web, namespace: demo}\n\
+                   spec:\n  ingressClassName: ebpf\n  defaultBackend: {service: {name: web, port: {number: 80}}}\n";
+    write_manifests(&manifests, &(nodeport_manifests(&pods) + ingress));
+    // Started twice: loading and attaching, then adopting the pinned
+    // maps and swapping the programs in the pinned links.
+    for round in 0..2 {
+        lab.start_ingressd(Path::new(BIN), "node-a", &manifests)
+            .unwrap_or_else(|e| panic!("round {round} with {caps:?}: {e}"));
+        let node = lab.node("node-a").ip;
+        let l4 = ask_http(&lab, SocketAddr::from((node, 30080)), 10);
+        assert!(l4.is_ok(), "NodePort: {l4:?}\n{}", lab.ingressd_log("node-a"));
+        // The proxy on the node's :80 (NET_BIND_SERVICE).
+        let l7 = in_netns(&lab.client_ns, move || {
+            lab::http_get(SocketAddr::from((node, 80)), "/", T)
+        })
+        .unwrap();
+        assert!(l7.is_ok(), "proxy on :80: {l7:?}\n{}", lab.ingressd_log("node-a"));
+        lab.stop_ingressd("node-a").unwrap();
+    }
+}

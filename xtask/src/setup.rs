@@ -260,10 +260,49 @@ fn install(verbose: bool) -> anyhow::Result<()> {
             missing.join(" ")
         );
     }
+
+    // 5. The Kubernetes schema check of deploy/ (tests/deploy.rs):
+    // kubernetes-validate from PyPI, in a virtualenv under target/.
+    let validator = validator_path();
+    if validator.exists() {
+        if verbose {
+            step("kubernetes-validate", true, "for deploy/");
+        }
+    } else {
+        step("kubernetes-validate", false, "PyPI, into target/tools");
+        let venv = validator
+            .parent()
+            .and_then(|p| p.parent())
+            .context("validator path")?
+            .to_path_buf();
+        if !succeeds(Command::new("python3").args(["-m", "venv", "--help"])) && is_root() {
+            apt_install("python3-venv", &["python3-venv"])?;
+        }
+        run_step(
+            "python3 -m venv target/tools/kubernetes-validate",
+            Command::new("python3").arg("-m").arg("venv").arg(&venv),
+            "Install python3-venv (apt-get install -y python3-venv).",
+        )?;
+        run_step(
+            "pip install kubernetes-validate",
+            Command::new(venv.join("bin/pip")).args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "kubernetes-validate",
+            ]),
+            "PyPI must be reachable.",
+        )?;
+    }
     if verbose {
         println!("setup: done");
     }
     Ok(())
+}
+
+/// Where setup puts `kubernetes-validate` (tests/deploy.rs looks there).
+pub fn validator_path() -> PathBuf {
+    crate::root().join("target/tools/kubernetes-validate/bin/kubernetes-validate")
 }
 
 /// What `cargo xtask bench` compares against: iptables (kube-proxy's mode).

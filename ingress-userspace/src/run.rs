@@ -141,8 +141,14 @@ impl Source {
         match self {
             Source::Files(_) => tokio::time::sleep(POLL).await,
             Source::Kube(k) => {
-                k.wait().await;
-                tokio::time::sleep(BATCH_WINDOW).await;
+                // Bounded, so the loop keeps turning (its heartbeat is
+                // what /healthz checks) while the cluster is quiet.
+                if tokio::time::timeout(Duration::from_secs(1), k.wait())
+                    .await
+                    .is_ok()
+                {
+                    tokio::time::sleep(BATCH_WINDOW).await;
+                }
             }
         }
     }

@@ -54,7 +54,11 @@ enum Command {
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "INGRESSD_UPDATE_STATUS")]
         update_status: bool,
         /// Name of the Lease that elects the replica writing Ingress status.
-        #[arg(long, default_value = "ingress-ebpf-leader", env = "INGRESSD_ELECTION_ID")]
+        #[arg(
+            long,
+            default_value = "ingress-ebpf-leader",
+            env = "INGRESSD_ELECTION_ID"
+        )]
         election_id: String,
         /// Namespace of that Lease [default: $POD_NAMESPACE, else the ServiceAccount's, else default].
         #[arg(long, env = "INGRESSD_ELECTION_NAMESPACE")]
@@ -71,7 +75,11 @@ enum Command {
         /// This node's name, matched against EndpointSlice nodeName [default: $NODE_NAME, else the hostname].
         #[arg(long, env = "INGRESSD_NODE_NAME")]
         node_name: Option<String>,
-        #[arg(long, default_value = "/sys/fs/bpf/ingressd", env = "INGRESSD_PIN_PATH")]
+        #[arg(
+            long,
+            default_value = "/sys/fs/bpf/ingressd",
+            env = "INGRESSD_PIN_PATH"
+        )]
         pin_path: PathBuf,
         /// /metrics, /healthz, /readyz.
         #[arg(long, default_value = "127.0.0.1:10254", env = "INGRESSD_METRICS_ADDR")]
@@ -97,13 +105,21 @@ enum Command {
         #[arg(long, env = "INGRESSD_DEFAULT_SSL_CERTIFICATE")]
         default_ssl_certificate: Option<String>,
         /// The default backend on its own port (404 for everything, /healthz).
-        #[arg(long, default_value = "0.0.0.0:8181", env = "INGRESSD_DEFAULT_BACKEND_ADDR")]
+        #[arg(
+            long,
+            default_value = "0.0.0.0:8181",
+            env = "INGRESSD_DEFAULT_BACKEND_ADDR"
+        )]
         default_backend_addr: SocketAddr,
         /// The IngressClass name served.
         #[arg(long, default_value = "ebpf", env = "INGRESSD_INGRESS_CLASS")]
         ingress_class: String,
         /// IngressClasses whose spec.controller is this are ours.
-        #[arg(long, default_value = "ingress-ebpf/controller", env = "INGRESSD_CONTROLLER_CLASS")]
+        #[arg(
+            long,
+            default_value = "ingress-ebpf/controller",
+            env = "INGRESSD_CONTROLLER_CLASS"
+        )]
         controller_class: String,
         /// Seconds to wait for a TCP connection to an endpoint.
         #[arg(long, default_value_t = 5, env = "INGRESSD_UPSTREAM_CONNECT_TIMEOUT")]

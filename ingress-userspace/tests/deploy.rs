@@ -53,8 +53,8 @@ fn every_manifest_validates_against_the_kubernetes_schemas() {
         .args(&files)
         .output()
         .expect("running kubernetes-validate");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(!text.contains("ERROR") && !text.contains("WARN"), "{text}");
 }
@@ -155,7 +155,10 @@ fn overlays_render_with_kustomize_and_validate() {
             "{overlay}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(text.contains(workload) && text.contains("kind: ClusterRole"), "{overlay}:\n{text}");
+        assert!(
+            text.contains(workload) && text.contains("kind: ClusterRole"),
+            "{overlay}:\n{text}"
+        );
         let file = dir.join(format!("{overlay}.yaml"));
         std::fs::write(&file, &text).unwrap();
         let check = Command::new(&validator)

@@ -458,13 +458,21 @@ fn runs_with_only_the_daemonsets_capabilities() {
             .unwrap_or_else(|e| panic!("round {round} with {caps:?}: {e}"));
         let node = lab.node("node-a").ip;
         let l4 = ask_http(&lab, SocketAddr::from((node, 30080)), 10);
-        assert!(l4.is_ok(), "NodePort: {l4:?}\n{}", lab.ingressd_log("node-a"));
+        assert!(
+            l4.is_ok(),
+            "NodePort: {l4:?}\n{}",
+            lab.ingressd_log("node-a")
+        );
         // The proxy on the node's :80 (NET_BIND_SERVICE).
         let l7 = in_netns(&lab.client_ns, move || {
             lab::http_get(SocketAddr::from((node, 80)), "/", T)
         })
         .unwrap();
-        assert!(l7.is_ok(), "proxy on :80: {l7:?}\n{}", lab.ingressd_log("node-a"));
+        assert!(
+            l7.is_ok(),
+            "proxy on :80: {l7:?}\n{}",
+            lab.ingressd_log("node-a")
+        );
         lab.stop_ingressd("node-a").unwrap();
     }
 }

@@ -1052,3 +1052,135 @@ async fn sigterm_lets_requests_in_flight_finish_and_takes_no_new_connections() {
     let log = std::fs::read_to_string(&d.log).unwrap();
     assert!(log.contains("proxy drained still_open=0"), "{log}");
 }
+
+/// One request: (status, Location header, body).
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    host: &str,
+    body: Vec<u8>,
+) -> (u16, Option<String>, String) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("host", host)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("timeout")
+        .expect("request");
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        location,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// An Ingress for `host` → service a, with nginx.ingress.kubernetes.io/ annotations.
+fn annotated(host: &str, notes: &[(&str, &str)], path: &str, kind: &str) -> String {
+    let notes: String = notes
+        .iter()
+        .map(|(k, v)| format!("    nginx.ingress.kubernetes.io/{k}: \"{v}\"\n"))
+        .collect();
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {}\n  annotations:\n{notes}\
+         spec:\n  ingressClassName: ebpf\n  rules:\n  - host: {host}\n    http:\n      paths:\n\
+         \x20     - {{path: \"{path}\", pathType: {kind}, backend: {{service: {{name: a, port: {{number: 80}}}}}}}}\n",
+        host.replace('.', "-")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_nginx_annotations_through_the_proxy() {
+    let (_, yaml) = backends().await;
+    let yaml =
+        yaml + &annotated(
+            "rw.test",
+            &[("rewrite-target", "/$2"), ("use-regex", "true")],
+            "/api(/|$)(.*)",
+            "ImplementationSpecific",
+        ) + &annotated(
+            "deny.test",
+            &[("allowlist-source-range", "198.18.0.0/15")],
+            "/",
+            "Prefix",
+        ) + &annotated(
+            "allow.test",
+            &[("whitelist-source-range", "127.0.0.0/8")],
+            "/",
+            "Prefix",
+        ) + &annotated(
+            "moved.test",
+            &[("permanent-redirect", "https://new.test/")],
+            "/",
+            "Prefix",
+        ) + &annotated("root.test", &[("app-root", "/app")], "/", "Prefix")
+            + &annotated(
+                "vhost.test",
+                &[("upstream-vhost", "internal.svc")],
+                "/",
+                "Prefix",
+            )
+            + &annotated("small.test", &[("proxy-body-size", "1k")], "/", "Prefix")
+            + &annotated("quick.test", &[("proxy-read-timeout", "1")], "/", "Prefix")
+            + &annotated(
+                "force.test",
+                &[("force-ssl-redirect", "true")],
+                "/",
+                "Prefix",
+            );
+    let d = Ingressd::start(&yaml).await;
+    let h = d.http;
+
+    let (s, _, body) = send(h, "GET", "/api/users/7?x=1", "rw.test", vec![]).await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("path=/users/7 "), "{body}");
+    let (s, _, body) = send(h, "GET", "/api", "rw.test", vec![]).await;
+    assert!(s == 200 && body.contains("path=/ "), "{s} {body}");
+
+    assert_eq!(send(h, "GET", "/", "deny.test", vec![]).await.0, 403);
+    assert_eq!(send(h, "GET", "/", "allow.test", vec![]).await.0, 200);
+
+    let (s, loc, _) = send(h, "GET", "/old", "moved.test", vec![]).await;
+    assert_eq!((s, loc.as_deref()), (301, Some("https://new.test/")));
+    let (s, loc, _) = send(h, "GET", "/", "root.test", vec![]).await;
+    assert_eq!((s, loc.as_deref()), (302, Some("/app")));
+    let (s, _, body) = send(h, "GET", "/app", "root.test", vec![]).await;
+    assert!(s == 200 && body.contains("path=/app "), "{s} {body}");
+
+    let (_, _, body) = send(h, "GET", "/", "vhost.test", vec![]).await;
+    assert!(
+        body.contains("host=internal.svc ") && body.contains("xfh=vhost.test "),
+        "{body}"
+    );
+
+    assert_eq!(
+        send(h, "POST", "/", "small.test", vec![b'x'; 2048]).await.0,
+        413
+    );
+    let (s, _, body) = send(h, "POST", "/", "small.test", vec![b'x'; 500]).await;
+    assert!(s == 200 && body.contains("body=500"), "{s} {body}");
+    // The default (--max-body-size 1m) still holds elsewhere.
+    assert_eq!(
+        send(h, "POST", "/", "allow.test", vec![b'x'; 2048]).await.0,
+        200
+    );
+
+    // /slow answers after 3 s: past this Ingress's 1 s read timeout.
+    let started = Instant::now();
+    assert_eq!(send(h, "GET", "/slow", "quick.test", vec![]).await.0, 504);
+    assert!(started.elapsed() < Duration::from_millis(2500));
+
+    let (s, loc, _) = send(h, "GET", "/x", "force.test", vec![]).await;
+    assert_eq!((s, loc.as_deref()), (308, Some("https://force.test/x")));
+}

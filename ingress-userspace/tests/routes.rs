@@ -372,3 +372,102 @@ spec:
         warnings[0]
     );
 }
+
+/// `ingress(...)` with annotations.
+fn annotated(name: &str, annotations: &[(&str, &str)], paths: &[(&str, &str, &str)]) -> String {
+    let notes: String = annotations
+        .iter()
+        .map(|(k, v)| format!("    nginx.ingress.kubernetes.io/{k}: \"{v}\"\n"))
+        .collect();
+    ingress(name, "2024-01-01T00:00:00Z", Some("shop.test"), paths).replace(
+        &format!("metadata: {{name: {name}, creationTimestamp: \"2024-01-01T00:00:00Z\"}}\n"),
+        &format!("metadata:\n  name: {name}\n  creationTimestamp: \"2024-01-01T00:00:00Z\"\n  annotations:\n{notes}"),
+    )
+}
+
+fn rewritten(t: &RouteTable, path: &str) -> Option<String> {
+    match t.lookup(Some("shop.test"), path) {
+        Match::Route(r) => ingressd::l7::route::rewrite_path(r, path),
+        other => panic!("{path}: {other:?}"),
+    }
+}
+
+#[test]
+fn rewrite_target_with_regex_captures_as_ingress_nginx() {
+    // The ingress-nginx documentation's example.
+    let t = table(&annotated(
+        "rw",
+        &[("rewrite-target", "/$2"), ("use-regex", "true")],
+        &[("ImplementationSpecific", "/something(/|$)(.*)", "a")],
+    ));
+    assert_eq!(rewritten(&t, "/something").as_deref(), Some("/"));
+    assert_eq!(rewritten(&t, "/something/").as_deref(), Some("/"));
+    assert_eq!(rewritten(&t, "/something/new").as_deref(), Some("/new"));
+    assert_eq!(rewritten(&t, "/SOMETHING/new").as_deref(), Some("/new"));
+    // `(/|$)` wants a slash or the end after the prefix.
+    assert_eq!(target(&t, Some("shop.test"), "/somethingelse"), "404");
+    assert_eq!(target(&t, Some("shop.test"), "/other"), "404");
+}
+
+#[test]
+fn regex_paths_only_with_use_regex_and_the_longest_pattern_wins() {
+    let t = table(
+        &(annotated(
+            "re",
+            &[("use-regex", "true")],
+            &[
+                ("ImplementationSpecific", "/api/v[0-9]+/users", "a"),
+                ("ImplementationSpecific", "/api/v[0-9]+", "b"),
+            ],
+        ) + &ingress(
+            "plain",
+            "2024-01-02T00:00:00Z",
+            Some("shop.test"),
+            &[
+                ("ImplementationSpecific", "/api", "c"),
+                ("Prefix", "/api/v1/users/admin", "d"),
+            ],
+        )),
+    );
+    assert_eq!(target(&t, Some("shop.test"), "/api/v2/users/7"), "a");
+    assert_eq!(target(&t, Some("shop.test"), "/api/v12"), "b");
+    // Not a regex without use-regex: element-wise prefix.
+    assert_eq!(target(&t, Some("shop.test"), "/api/x"), "c");
+    // A longer prefix beats a shorter pattern.
+    assert_eq!(target(&t, Some("shop.test"), "/api/v1/users/admin/x"), "d");
+    // Without rewrite-target the path goes upstream as it came.
+    match t.lookup(Some("shop.test"), "/api/v2/users/7") {
+        Match::Route(r) => assert_eq!(
+            ingressd::l7::route::rewrite_path(r, "/api/v2/users/7"),
+            None
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn bad_regex_is_reported_and_the_rest_works() {
+    let yaml = services()
+        + &annotated(
+            "bad",
+            &[("use-regex", "true")],
+            &[
+                ("ImplementationSpecific", "/broken(", "a"),
+                ("ImplementationSpecific", "/fine.*", "b"),
+            ],
+        );
+    let (t, warnings) = compile(&snapshot(&yaml), &ClassConfig::default());
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].field, "spec.rules[0].http.paths[0].path");
+    assert_eq!(target(&t, Some("shop.test"), "/fine/x"), "b");
+}
+
+#[test]
+fn prefix_with_rewrite_target_replaces_the_whole_path_as_nginx_does() {
+    let t = table(&annotated(
+        "p",
+        &[("rewrite-target", "/")],
+        &[("Prefix", "/app", "a")],
+    ));
+    assert_eq!(rewritten(&t, "/app/x/y").as_deref(), Some("/"));
+}

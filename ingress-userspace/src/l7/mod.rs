@@ -1,4 +1,5 @@
 //! The L7 data path: Ingress routing (pure) and the hyper proxy.
+pub mod annotations;
 pub mod balance;
 pub mod proxy;
 pub mod route;

@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 
 use super::{
     balance::Balancer,
-    route::{Match, Route, RouteTable, Upstream, normalize_host},
+    route::{Match, Route, RouteTable, Upstream, normalize_host, rewrite_path},
     stats::{LabelStats, Labels, Registry, StatsHandle},
 };
 
@@ -267,11 +267,8 @@ impl Proxy {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         let (resp, route) = match table.lookup(host.as_deref(), &path) {
-            Match::Route(route) if route.ssl_redirect && !conn.tls => {
-                (redirect_to_https(&req, host.as_deref()), Some(route))
-            }
             Match::Route(route) | Match::Default(Some(route)) => (
-                self.forward(req, route, conn, host.as_deref()).await,
+                self.answer(req, route, conn, host.as_deref()).await,
                 Some(route),
             ),
             Match::Default(None) => (full(StatusCode::NOT_FOUND, "default backend - 404\n"), None),
@@ -302,6 +299,33 @@ impl Proxy {
         resp.map(|inner| Counted { inner, stats }.boxed())
     }
 
+    /// What the Ingress's annotations answer themselves (403 outside the
+    /// allowed source ranges, redirects), else the endpoint's answer.
+    async fn answer(
+        &self,
+        req: Request<Incoming>,
+        route: &Route,
+        conn: Conn,
+        host: Option<&str>,
+    ) -> Response<Body> {
+        let policy = &route.policy;
+        if !policy.allow.is_empty() && !policy.allow.iter().any(|c| c.contains(conn.peer.ip())) {
+            return full(StatusCode::FORBIDDEN, "forbidden\n");
+        }
+        if let Some((to, code)) = &policy.redirect {
+            return redirect(*code, to);
+        }
+        if route.ssl_redirect && !conn.tls {
+            return redirect_to_https(&req, host);
+        }
+        if let Some(root) = &policy.app_root
+            && req.uri().path() == "/"
+        {
+            return redirect(StatusCode::FOUND, root);
+        }
+        self.forward(req, route, conn, host).await
+    }
+
     /// Phases 2-5: endpoint, headers, forward with one retry, errors.
     async fn forward(
         &self,
@@ -328,12 +352,28 @@ impl Proxy {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol.clone());
         }
-        let path_and_query = parts
+        let policy = &route.policy;
+        if let Some(vhost) = &policy.upstream_vhost
+            && let Ok(v) = HeaderValue::from_str(vhost)
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        let mut path_and_query = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
-        let h2 = matches!(&*route.upstream, Upstream::Endpoints { app_protocol: Some(p), .. } if speaks_h2(p));
+        if let Some(path) = rewrite_path(route, path_and_query.path()) {
+            let query = path_and_query
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
+            if let Ok(pq) = format!("{path}{query}").parse() {
+                path_and_query = pq;
+            }
+        }
+        let h2 = policy.h2
+            || matches!(&*route.upstream, Upstream::Endpoints { app_protocol: Some(p), .. } if speaks_h2(p));
         let addrs: Cow<'_, [SocketAddr]> = match &*route.upstream {
             Upstream::Endpoints { addrs, .. } => Cow::Borrowed(addrs),
             Upstream::External { host, port, .. } => {
@@ -349,7 +389,7 @@ impl Proxy {
         if addrs.is_empty() {
             return full(StatusCode::SERVICE_UNAVAILABLE, "no endpoints available\n");
         }
-        let max_body = self.limits.max_body_bytes;
+        let max_body = policy.max_body.unwrap_or(self.limits.max_body_bytes);
         let declared = parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -412,7 +452,9 @@ impl Proxy {
                 break;
             };
             tried[attempt] = addr;
-            let connect_timeout = self.limits.upstream_connect_timeout;
+            let connect_timeout = policy
+                .connect_timeout
+                .unwrap_or(self.limits.upstream_connect_timeout);
             let sent = async {
                 if h2 {
                     self.h2.request(addr, out, connect_timeout).await
@@ -426,7 +468,10 @@ impl Proxy {
                 if let Some(w) = &watch {
                     w.done.notified().await;
                 }
-                tokio::time::sleep(self.limits.upstream_response_timeout).await;
+                let timeout = policy
+                    .read_timeout
+                    .unwrap_or(self.limits.upstream_response_timeout);
+                tokio::time::sleep(timeout).await;
             };
             let outcome = tokio::select! {
                 r = sent => Ok(r),
@@ -986,6 +1031,14 @@ impl PortText {
     fn as_str(&self) -> &str {
         std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
     }
+}
+
+fn redirect(code: StatusCode, to: &str) -> Response<Body> {
+    let mut resp = full(code, "");
+    if let Ok(v) = HeaderValue::from_str(to) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
 }
 
 fn redirect_to_https(req: &Request<Incoming>, host: Option<&str>) -> Response<Body> {

@@ -16,7 +16,10 @@ use std::{
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 
-use super::stats::StatsHandle;
+use super::{
+    annotations::{self, Policy},
+    stats::StatsHandle,
+};
 use crate::manifest::{ObjectKey, Snapshot};
 
 /// Our IngressClass name and controller name.
@@ -77,8 +80,14 @@ pub struct Route {
     /// The upstream's name, for logs and metric labels.
     pub service: Arc<str>,
     /// Redirect plain HTTP to HTTPS (the host is in the Ingress's `spec.tls`
-    /// and `nginx.ingress.kubernetes.io/ssl-redirect` is not "false").
+    /// and `nginx.ingress.kubernetes.io/ssl-redirect` is not "false", or
+    /// `force-ssl-redirect` is "true").
     pub ssl_redirect: bool,
+    /// The Ingress's annotations, read (shared by its routes).
+    pub policy: Arc<Policy>,
+    /// With `rewrite-target`: the path's pattern, whose captures the
+    /// target refers to.
+    pub rewrite: Option<PathRegex>,
     /// Where its requests are counted (set when the table is published).
     pub stats: StatsHandle,
 }
@@ -87,14 +96,59 @@ pub struct Route {
 enum PathKind {
     Exact,
     Prefix,
+    /// ImplementationSpecific with `use-regex` or `rewrite-target`: a
+    /// case-insensitive regular expression anchored at the start, as
+    /// ingress-nginx's `location ~*`.
+    Regex,
+}
+
+/// A compiled path pattern; equal when the patterns are.
+#[derive(Clone, Debug)]
+pub struct PathRegex(pub regex::Regex);
+
+impl PartialEq for PathRegex {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for PathRegex {}
+
+impl PathRegex {
+    /// `(?i)^path`: what nginx's `~*` location with the path does.
+    fn new(path: &str) -> Result<Self, regex::Error> {
+        regex::Regex::new(&format!("(?i)^{path}")).map(PathRegex)
+    }
+
+    /// For Exact and Prefix paths: the path itself, literally.
+    fn literal(path: &str) -> Self {
+        Self::new(&regex::escape(path))
+            .unwrap_or_else(|_| Self(regex::Regex::new("^").expect("empty pattern")))
+    }
+}
+
+/// The path sent upstream for `rewrite-target`: as nginx's `rewrite`, the
+/// whole path becomes the target, `$1`… filled from the pattern's captures.
+pub fn rewrite_path(route: &Route, path: &str) -> Option<String> {
+    let target = route.policy.rewrite_target.as_deref()?;
+    let re = route.rewrite.as_ref()?;
+    let caps = re.0.captures(path)?;
+    let mut out = String::new();
+    caps.expand(target, &mut out);
+    if !out.starts_with('/') {
+        out.insert(0, '/');
+    }
+    Some(out)
 }
 
 /// One host's paths.
 #[derive(Clone, Debug, Default)]
 struct HostRules {
     exact: HashMap<String, Route>,
-    /// Prefixes as path elements, longest first.
-    prefixes: Vec<(Vec<String>, Route)>,
+    /// Prefixes as path elements (with the path's length), longest first.
+    prefixes: Vec<(Vec<String>, usize, Route)>,
+    /// Regular expressions (with the pattern's length), longest first.
+    regexes: Vec<(PathRegex, usize, Route)>,
 }
 
 impl HostRules {
@@ -104,10 +158,22 @@ impl HostRules {
             return Some(r);
         }
         // Element-wise, without allocating: this runs on every request.
-        self.prefixes
+        let prefix = self
+            .prefixes
             .iter()
-            .find(|(p, _)| has_prefix(path, p))
-            .map(|(_, r)| r)
+            .find(|(p, _, _)| has_prefix(path, p))
+            .map(|(_, len, r)| (*len, r));
+        // The longest pattern that matches, as ingress-nginx orders its
+        // regex locations; it beats a shorter prefix.
+        let regex = self
+            .regexes
+            .iter()
+            .find(|(re, _, _)| re.0.is_match(path))
+            .map(|(_, len, r)| (*len, r));
+        match (prefix, regex) {
+            (Some((pl, p)), Some((rl, r))) => Some(if rl >= pl { r } else { p }),
+            (p, r) => p.or(r).map(|(_, r)| r),
+        }
     }
 }
 
@@ -215,7 +281,12 @@ impl RouteTable {
             .chain(self.wildcard_hosts.values())
             .chain(self.any_host.iter());
         hosts
-            .flat_map(|h| h.exact.values().chain(h.prefixes.iter().map(|(_, r)| r)))
+            .flat_map(|h| {
+                h.exact
+                    .values()
+                    .chain(h.prefixes.iter().map(|(_, _, r)| r))
+                    .chain(h.regexes.iter().map(|(_, _, r)| r))
+            })
             .chain(self.default_backend.iter())
             .flat_map(|r| match &*r.upstream {
                 Upstream::Endpoints { addrs, .. } => addrs.clone(),
@@ -234,7 +305,8 @@ impl RouteTable {
             .flat_map(|h| {
                 h.exact
                     .values_mut()
-                    .chain(h.prefixes.iter_mut().map(|(_, r)| r))
+                    .chain(h.prefixes.iter_mut().map(|(_, _, r)| r))
+                    .chain(h.regexes.iter_mut().map(|(_, _, r)| r))
             })
             .chain(self.default_backend.iter_mut())
     }
@@ -459,9 +531,7 @@ pub fn compile(snapshot: &Snapshot, class: &ClassConfig) -> (RouteTable, Vec<Rou
         let id = format!("{ns}/{}", ing.metadata.name.clone().unwrap_or_default());
         let Some(spec) = &ing.spec else { continue };
         let annotations = ing.metadata.annotations.clone().unwrap_or_default();
-        let redirect_allowed = annotations
-            .get("nginx.ingress.kubernetes.io/ssl-redirect")
-            .is_none_or(|v| v != "false");
+        let policy = Arc::new(annotations::policy(&id, &annotations, &mut warnings));
         let mut tls_hosts = Vec::new();
         for (i, tls) in spec.tls.iter().flatten().enumerate() {
             let Some(secret) = tls.secret_name.clone() else {
@@ -510,7 +580,9 @@ pub fn compile(snapshot: &Snapshot, class: &ClassConfig) -> (RouteTable, Vec<Rou
                         service: Arc::from(up.name()),
                         upstream: up,
                         ingress: Arc::from(id.as_str()),
-                        ssl_redirect: false,
+                        ssl_redirect: policy.force_ssl_redirect,
+                        policy: policy.clone(),
+                        rewrite: None,
                         stats: StatsHandle::default(),
                     })
                 }
@@ -544,11 +616,13 @@ pub fn compile(snapshot: &Snapshot, class: &ClassConfig) -> (RouteTable, Vec<Rou
                     h
                 }
             };
-            let ssl_redirect = redirect_allowed && !host.is_empty() && tls_hosts.contains(&host);
+            let ssl_redirect = policy.force_ssl_redirect
+                || (policy.ssl_redirect && !host.is_empty() && tls_hosts.contains(&host));
             for (pi, p) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
                 let field = format!("spec.rules[{ri}].http.paths[{pi}]");
                 let kind = match p.path_type.as_str() {
                     "Exact" => PathKind::Exact,
+                    "ImplementationSpecific" if policy.use_regex => PathKind::Regex,
                     "Prefix" | "ImplementationSpecific" => PathKind::Prefix,
                     other => {
                         warnings.push(RouteWarning {
@@ -560,7 +634,13 @@ pub fn compile(snapshot: &Snapshot, class: &ClassConfig) -> (RouteTable, Vec<Rou
                     }
                 };
                 let path = p.path.clone().unwrap_or_else(|| "/".into());
-                if !path.starts_with('/') || path.contains(['{', '}', ';', ' ']) {
+                // Braces are regex quantifiers; nothing is templated here.
+                let forbidden: &[char] = if kind == PathKind::Regex {
+                    &[';', ' ']
+                } else {
+                    &['{', '}', ';', ' ']
+                };
+                if !path.starts_with('/') || path.contains(forbidden) {
                     warnings.push(RouteWarning {
                         ingress: id.clone(),
                         field: format!("{field}.path"),
@@ -570,6 +650,21 @@ pub fn compile(snapshot: &Snapshot, class: &ClassConfig) -> (RouteTable, Vec<Rou
                     });
                     continue;
                 }
+                let pattern = match kind {
+                    PathKind::Regex => match PathRegex::new(&path) {
+                        Ok(re) => Some(re),
+                        Err(e) => {
+                            warnings.push(RouteWarning {
+                                ingress: id.clone(),
+                                field: format!("{field}.path"),
+                                message: format!("{path:?} is not a regular expression: {e}"),
+                            });
+                            continue;
+                        }
+                    },
+                    _ if policy.rewrite_target.is_some() => Some(PathRegex::literal(&path)),
+                    _ => None,
+                };
                 let upstream = upstream_for(&p.backend, format!("{field}.backend"), &mut warnings);
                 let key = (host.clone(), kind, path.clone());
                 if let Some(owner) = owners.get(&key) {
@@ -591,6 +686,8 @@ pub fn compile(snapshot: &Snapshot, class: &ClassConfig) -> (RouteTable, Vec<Rou
                         upstream,
                         ingress: Arc::from(id.as_str()),
                         ssl_redirect,
+                        policy: policy.clone(),
+                        rewrite: pattern,
                         stats: StatsHandle::default(),
                     },
                 );
@@ -603,11 +700,19 @@ pub fn compile(snapshot: &Snapshot, class: &ClassConfig) -> (RouteTable, Vec<Rou
             table.rules += 1;
             match kind {
                 PathKind::Exact => drop(rules.exact.insert(path, route)),
-                PathKind::Prefix => rules.prefixes.push((path_elements(&path), route)),
+                PathKind::Prefix => rules
+                    .prefixes
+                    .push((path_elements(&path), path.len(), route)),
+                PathKind::Regex => {
+                    if let Some(re) = route.rewrite.clone() {
+                        rules.regexes.push((re, path.len(), route));
+                    }
+                }
             }
         }
-        // Longest prefix first; equal lengths keep path order (deterministic).
+        // Longest first; equal lengths keep path order (deterministic).
         rules.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+        rules.regexes.sort_by_key(|p| std::cmp::Reverse(p.1));
         if host.is_empty() {
             table.any_host = Some(rules);
         } else if let Some(suffix) = host.strip_prefix("*.") {

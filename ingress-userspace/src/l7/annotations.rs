@@ -1,0 +1,320 @@
+//! Per-Ingress settings from the `nginx.ingress.kubernetes.io/*`
+//! annotations ingress-nginx users rely on most, read into a [`Policy`]
+//! (pure). Values are checked here: a bad one is reported with the Ingress
+//! and the annotation, and ignored. Snippet annotations are refused by
+//! design (no configuration is ever templated from user input); any other
+//! annotation of that prefix is reported as not supported, so a migration
+//! shows what it loses.
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+
+use hyper::StatusCode;
+
+use super::route::RouteWarning;
+
+pub const PREFIX: &str = "nginx.ingress.kubernetes.io/";
+
+/// How requests matched by an Ingress's rules are handled.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// `proxy-body-size` (0: no limit).
+    pub max_body: Option<u64>,
+    /// `proxy-connect-timeout`.
+    pub connect_timeout: Option<Duration>,
+    /// `proxy-read-timeout`: waiting for the endpoint's response.
+    pub read_timeout: Option<Duration>,
+    /// `force-ssl-redirect`: to HTTPS even for hosts without `spec.tls`.
+    pub force_ssl_redirect: bool,
+    /// `ssl-redirect` (default true).
+    pub ssl_redirect: bool,
+    /// `allowlist-source-range` / `whitelist-source-range`: clients
+    /// outside get 403 (empty: everyone).
+    pub allow: Vec<Cidr>,
+    /// `permanent-redirect` (+ `permanent-redirect-code`) or
+    /// `temporal-redirect`: answered here, nothing is proxied.
+    pub redirect: Option<(String, StatusCode)>,
+    /// `app-root`: `/` redirects (302) here.
+    pub app_root: Option<String>,
+    /// `upstream-vhost`: the Host header sent to the endpoints.
+    pub upstream_vhost: Option<String>,
+    /// `rewrite-target`: the path sent upstream (`$1`… from the path regex).
+    pub rewrite_target: Option<String>,
+    /// `use-regex` (implied by `rewrite-target`): ImplementationSpecific
+    /// paths are regular expressions.
+    pub use_regex: bool,
+    /// `backend-protocol: GRPC` (or `H2C`): HTTP/2 to the endpoints.
+    pub h2: bool,
+}
+
+/// An address range (`10.0.0.0/8`, `2001:db8::/32`, or one address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
+            None => {
+                let a = s.trim().parse::<IpAddr>().ok()?;
+                (a, if a.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4 client on a dual-stack socket shows up mapped.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let bits = |a: IpAddr| -> (u128, u32) {
+            match a {
+                IpAddr::V4(v) => (u128::from(u32::from(v)), 32),
+                IpAddr::V6(v) => (u128::from(v), 128),
+            }
+        };
+        let ((net, width), (addr, w2)) = (bits(self.addr), bits(ip));
+        if width != w2 {
+            return false;
+        }
+        let shift = width - u32::from(self.prefix);
+        shift >= width || (net >> shift) == (addr >> shift)
+    }
+}
+
+/// nginx's size syntax: `8m`, `512k`, `1g`, plain bytes.
+fn size(v: &str) -> Option<u64> {
+    let v = v.trim().to_ascii_lowercase();
+    let (num, mult) = match v.chars().last()? {
+        'k' => (&v[..v.len() - 1], 1 << 10),
+        'm' => (&v[..v.len() - 1], 1 << 20),
+        'g' => (&v[..v.len() - 1], 1 << 30),
+        _ => (&v[..], 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+fn seconds(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let v = v.strip_suffix('s').unwrap_or(v);
+    v.parse::<u64>()
+        .ok()
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+}
+
+fn boolean(v: &str) -> Option<bool> {
+    match v.trim() {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
+
+/// Annotations known to ingress-nginx whose job is done elsewhere here, so
+/// they are accepted silently.
+const HANDLED_ELSEWHERE: [&str; 1] = ["ingress.class"];
+
+/// Reads an Ingress's annotations (pure). `id` is `namespace/name`.
+pub fn policy(
+    id: &str,
+    annotations: &BTreeMap<String, String>,
+    warnings: &mut Vec<RouteWarning>,
+) -> Policy {
+    let mut p = Policy {
+        ssl_redirect: true,
+        ..Policy::default()
+    };
+    let mut warn = |key: &str, message: String| {
+        warnings.push(RouteWarning {
+            ingress: id.to_string(),
+            field: format!("metadata.annotations[{key}]"),
+            message,
+        });
+    };
+    let mut redirect_code = StatusCode::MOVED_PERMANENTLY;
+    for (key, value) in annotations {
+        let Some(name) = key.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let bad = |what: &str| format!("{value:?} is not {what}; ignored");
+        match name {
+            "proxy-body-size" => match size(value) {
+                Some(n) => p.max_body = Some(n),
+                None => warn(key, bad("a size like 8m, 512k or 0")),
+            },
+            "proxy-connect-timeout" => match seconds(value) {
+                Some(d) => p.connect_timeout = Some(d),
+                None => warn(key, bad("a number of seconds")),
+            },
+            "proxy-read-timeout" => match seconds(value) {
+                Some(d) => p.read_timeout = Some(d),
+                None => warn(key, bad("a number of seconds")),
+            },
+            "ssl-redirect" => match boolean(value) {
+                Some(b) => p.ssl_redirect = b,
+                None => warn(key, bad("\"true\" or \"false\"")),
+            },
+            "force-ssl-redirect" => match boolean(value) {
+                Some(b) => p.force_ssl_redirect = b,
+                None => warn(key, bad("\"true\" or \"false\"")),
+            },
+            "use-regex" => match boolean(value) {
+                Some(b) => p.use_regex |= b,
+                None => warn(key, bad("\"true\" or \"false\"")),
+            },
+            "allowlist-source-range" | "whitelist-source-range" => {
+                let ranges: Vec<Option<Cidr>> = value
+                    .split(',')
+                    .filter(|r| !r.trim().is_empty())
+                    .map(Cidr::parse)
+                    .collect();
+                if ranges.iter().all(Option::is_some) && !ranges.is_empty() {
+                    p.allow.extend(ranges.into_iter().flatten());
+                } else {
+                    // Failing open would let everyone in: deny instead.
+                    warn(
+                        key,
+                        format!("{value:?} is not a list of CIDRs; every client is refused (403)"),
+                    );
+                    p.allow = vec![Cidr {
+                        addr: IpAddr::from([255, 255, 255, 255]),
+                        prefix: 32,
+                    }];
+                }
+            }
+            "permanent-redirect" => p.redirect = Some((value.clone(), redirect_code)),
+            "permanent-redirect-code" => match value.trim().parse::<u16>().ok().and_then(|c| {
+                StatusCode::from_u16(c)
+                    .ok()
+                    .filter(StatusCode::is_redirection)
+            }) {
+                Some(code) => {
+                    redirect_code = code;
+                    if let Some((_, c)) = &mut p.redirect {
+                        *c = code;
+                    }
+                }
+                None => warn(key, bad("a 3xx status code")),
+            },
+            "temporal-redirect" => p.redirect = Some((value.clone(), StatusCode::FOUND)),
+            "app-root" => {
+                if value.starts_with('/') {
+                    p.app_root = Some(value.clone());
+                } else {
+                    warn(key, bad("an absolute path"));
+                }
+            }
+            "upstream-vhost" => match hyper::header::HeaderValue::from_str(value) {
+                Ok(_) if !value.is_empty() => p.upstream_vhost = Some(value.clone()),
+                _ => warn(key, bad("a host name")),
+            },
+            "rewrite-target" => {
+                if value.starts_with('/') || value.starts_with('$') {
+                    p.rewrite_target = Some(value.clone());
+                    p.use_regex = true;
+                } else {
+                    warn(key, bad("a path like /$2"));
+                }
+            }
+            "backend-protocol" => match value.trim().to_ascii_uppercase().as_str() {
+                "HTTP" | "AUTO_HTTP" => {}
+                "GRPC" | "H2C" => p.h2 = true,
+                other => warn(
+                    key,
+                    format!("{other} endpoints are not supported (HTTP, GRPC, H2C); HTTP is used"),
+                ),
+            },
+            n if n.ends_with("-snippet") || n == "configuration-snippet" => warn(
+                key,
+                "snippets are not supported, by design: no configuration is templated from user input; ignored".into(),
+            ),
+            n if HANDLED_ELSEWHERE.contains(&n) => {}
+            _ => warn(key, "not supported by ingress-ebpf; ignored".into()),
+        }
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(pairs: &[(&str, &str)]) -> (Policy, Vec<RouteWarning>) {
+        let a = pairs
+            .iter()
+            .map(|(k, v)| (format!("{PREFIX}{k}"), v.to_string()))
+            .collect();
+        let mut w = Vec::new();
+        (policy("ns/ing", &a, &mut w), w)
+    }
+
+    #[test]
+    fn values_are_read_and_bad_ones_reported_with_the_annotation() {
+        let (p, w) = read(&[
+            ("proxy-body-size", "8m"),
+            ("proxy-read-timeout", "120"),
+            ("proxy-connect-timeout", "soon"),
+            ("ssl-redirect", "false"),
+            ("rewrite-target", "/$2"),
+            ("backend-protocol", "GRPC"),
+            ("configuration-snippet", "more_set_headers x: y;"),
+            ("enable-cors", "true"),
+        ]);
+        assert_eq!(p.max_body, Some(8 << 20));
+        assert_eq!(p.read_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(p.connect_timeout, None);
+        assert!(!p.ssl_redirect && p.use_regex && p.h2);
+        assert_eq!(p.rewrite_target.as_deref(), Some("/$2"));
+        let fields: Vec<&str> = w.iter().map(|w| w.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "metadata.annotations[nginx.ingress.kubernetes.io/configuration-snippet]",
+                "metadata.annotations[nginx.ingress.kubernetes.io/enable-cors]",
+                "metadata.annotations[nginx.ingress.kubernetes.io/proxy-connect-timeout]",
+            ]
+        );
+        assert!(w[0].message.contains("by design"));
+    }
+
+    #[test]
+    fn source_ranges_match_and_a_bad_list_refuses_everyone() {
+        let (p, w) = read(&[("allowlist-source-range", "10.0.0.0/8, 198.18.0.7")]);
+        assert!(w.is_empty());
+        let ok = |ip: &str| p.allow.iter().any(|c| c.contains(ip.parse().unwrap()));
+        assert!(ok("10.1.2.3") && ok("198.18.0.7") && ok("::ffff:10.9.9.9"));
+        assert!(!ok("11.0.0.1") && !ok("198.18.0.8") && !ok("2001:db8::1"));
+        let (p, w) = read(&[("whitelist-source-range", "10.0.0.0/33")]);
+        assert_eq!(w.len(), 1);
+        assert!(
+            !p.allow
+                .iter()
+                .any(|c| c.contains("10.0.0.1".parse().unwrap()))
+        );
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("1.2.3.4".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn redirect_code_applies_in_any_order() {
+        let (p, _) = read(&[
+            ("permanent-redirect-code", "308"),
+            ("permanent-redirect", "https://new.example/"),
+        ]);
+        assert_eq!(
+            p.redirect,
+            Some((
+                "https://new.example/".into(),
+                StatusCode::PERMANENT_REDIRECT
+            ))
+        );
+    }
+}

@@ -137,6 +137,8 @@ pub struct Elector {
     name: String,
     identity: String,
     leader: bool,
+    /// The last error logged (each is logged once until it changes).
+    failing: Option<String>,
 }
 
 fn now() -> MicroTime {
@@ -150,6 +152,7 @@ impl Elector {
             name: name.to_string(),
             identity: identity.to_string(),
             leader: false,
+            failing: None,
         }
     }
 
@@ -157,9 +160,22 @@ impl Elector {
     pub async fn tick(&mut self) -> bool {
         let was = self.leader;
         self.leader = match self.try_lead().await {
-            Ok(leading) => leading,
+            Ok(leading) => {
+                self.failing = None;
+                leading
+            }
             Err(e) => {
-                tracing::warn!(lease = %self.name, error = %e, "leader election failed; not writing Ingress status");
+                let text = e.to_string();
+                if self.failing.as_ref() != Some(&text) {
+                    let hint = match &e {
+                        kube::Error::Api(s) if s.code == 403 => {
+                            ": the ServiceAccount needs get, create and update on leases in this namespace (see deploy/base/rbac.yaml)"
+                        }
+                        _ => "",
+                    };
+                    tracing::warn!(lease = %self.name, error = %text, "leader election failed{hint}; not writing Ingress status, retrying");
+                    self.failing = Some(text);
+                }
                 false
             }
         };

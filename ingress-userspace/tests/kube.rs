@@ -3,6 +3,7 @@
 //! same desired state as the file source, follows changes (also across a
 //! dropped watch and a 410 Gone), waits for every list before it is ready,
 //! and one elected replica writes Ingress status once. No root needed.
+mod common;
 mod fakeapi;
 
 use std::{
@@ -15,7 +16,7 @@ use std::{
 
 use bytes::Bytes;
 use fakeapi::{FakeApi, temp_dir};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use ingressd::{
@@ -245,14 +246,7 @@ async fn get(addr: SocketAddr, path: &str, host: &str) -> Result<(u16, String), 
         .await
         .map_err(|_| "timeout".to_string())?
         .map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    common::status_and_body(resp).await
 }
 
 /// `ingressd run --no-l4` on the fake API server.
@@ -310,15 +304,7 @@ impl Ingressd {
                 self.log()
             );
             let log = self.log();
-            let field = |name: &str| -> Option<SocketAddr> {
-                log.split(&format!("{name}="))
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .trim_matches('"')
-                    .parse()
-                    .ok()
-            };
+            let field = |name: &str| common::logged_addr(&log, name);
             (self.http, self.metrics) = (field("http"), field("metrics"));
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

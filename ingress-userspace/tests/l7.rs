@@ -20,6 +20,8 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
 };
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_ingressd");
 
 /// An echo backend: answers `<name> <header values…>` for every request.
@@ -181,15 +183,7 @@ impl Ingressd {
                 std::fs::read_to_string(&d.log).unwrap_or_default()
             );
             let log = std::fs::read_to_string(&d.log).unwrap_or_default();
-            let field = |name: &str| -> Option<SocketAddr> {
-                log.split(&format!("{name}="))
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .trim_matches('"')
-                    .parse()
-                    .ok()
-            };
+            let field = |name: &str| common::logged_addr(&log, name);
             if let (Some(h), Some(s), Some(db), Some(m)) = (
                 field("http"),
                 field("https"),
@@ -250,14 +244,7 @@ async fn get(addr: SocketAddr, path: &str, host: Option<&str>) -> Result<(u16, S
         .await
         .map_err(|_| "timeout".to_string())?
         .map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    common::status_and_body(resp).await
 }
 
 fn service(name: &str, port: u16, endpoints: &[IpAddr]) -> String {

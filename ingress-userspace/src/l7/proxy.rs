@@ -1136,10 +1136,13 @@ async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
     }
 }
 
-/// Serves plain HTTP on `listener` until the task is dropped. A client too
-/// slow with its request head gets a 408 before the connection closes
-/// (RFC 9110 §15.5.9 allows it on idle connections too).
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+/// Accepts until shutdown begins, at most `--max-connections` at once,
+/// and serves each connection on a task of its own.
+async fn accept_loop<F, Fut>(listener: TcpListener, proxy: Arc<Proxy>, serve_one: F)
+where
+    F: Fn(tokio::net::TcpStream, Conn, Arc<Proxy>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -1155,36 +1158,44 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
             a = accept(&listener) => a,
             () = proxy.stopped() => return,
         };
-        let proxy = proxy.clone();
+        let conn = Conn {
+            peer,
+            local,
+            tls: false,
+        };
+        let served = serve_one(stream, conn, proxy.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            // A second handle on the socket, to answer 408 after hyper gave up.
-            let late = stream.into_std().and_then(|s| Ok((s.try_clone()?, s)));
-            let Ok((late, stream)) = late else { return };
-            let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
-                return;
-            };
-            if let Err(e) = serve_conn(
-                stream,
-                proxy,
-                Conn {
-                    peer,
-                    local,
-                    tls: false,
-                },
-            )
-            .await
-                && is_header_timeout(e.as_ref())
-            {
-                use std::io::Write as _;
-                let mut late = late;
-                let _ = late.set_nonblocking(false);
-                let _ = late.set_write_timeout(Some(Duration::from_secs(1)));
-                let _ = late.write_all(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
-                let _ = late.shutdown(std::net::Shutdown::Both);
-            }
+            served.await;
         });
     }
+}
+
+/// Serves plain HTTP on `listener` until shutdown. A client too slow with
+/// its request head gets a 408 before the connection closes (RFC 9110
+/// §15.5.9 allows it on idle connections too).
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+    accept_loop(listener, proxy, |stream, conn, proxy| async move {
+        // A second handle on the socket, to answer 408 after hyper gave up.
+        let late = stream.into_std().and_then(|s| Ok((s.try_clone()?, s)));
+        let Ok((late, stream)) = late else { return };
+        let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+            return;
+        };
+        if let Err(e) = serve_conn(stream, proxy, conn).await
+            && is_header_timeout(e.as_ref())
+        {
+            use std::io::Write as _;
+            let mut late = late;
+            let _ = late.set_nonblocking(false);
+            let _ = late.set_write_timeout(Some(Duration::from_secs(1)));
+            let _ = late.write_all(
+                b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            );
+            let _ = late.shutdown(std::net::Shutdown::Both);
+        }
+    })
+    .await
 }
 
 /// Serves HTTPS on `listener`: TLS handshake (bounded in time), then HTTP.
@@ -1193,43 +1204,21 @@ pub async fn serve_tls(
     proxy: Arc<Proxy>,
     config: Arc<rustls::ServerConfig>,
 ) {
-    let local = listener
-        .local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let slots = Arc::new(tokio::sync::Semaphore::new(
-        proxy.limits.max_connections.max(1),
-    ));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        // Dropping the listener on shutdown refuses new connections.
-        let (stream, peer) = tokio::select! {
-            a = accept(&listener) => a,
-            () = proxy.stopped() => return,
-        };
-        let (acceptor, proxy) = (acceptor.clone(), proxy.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
+    accept_loop(listener, proxy, move |stream, conn, proxy| {
+        let acceptor = acceptor.clone();
+        async move {
+            let conn = Conn { tls: true, ..conn };
             match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => drop(
-                    serve_conn(
-                        tls,
-                        proxy,
-                        Conn {
-                            peer,
-                            local,
-                            tls: true,
-                        },
-                    )
-                    .await,
-                ),
-                Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+                Ok(Ok(tls)) => drop(serve_conn(tls, proxy, conn).await),
+                Ok(Err(e)) => {
+                    tracing::debug!(client = %conn.peer, error = %e, "TLS handshake failed")
+                }
+                Err(_) => tracing::debug!(client = %conn.peer, "TLS handshake timed out"),
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// The default backend on its own port (`--default-backend-addr`), as

@@ -1,0 +1,31 @@
+//! Helpers the loopback test binaries share.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use http_body_util::BodyExt;
+use hyper::{Response, body::Incoming};
+
+/// An address ingressd logged as `name=ADDR` (it binds port 0 in tests and
+/// says what it got).
+pub fn logged_addr(log: &str, name: &str) -> Option<SocketAddr> {
+    log.split(&format!("{name}="))
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .trim_matches('"')
+        .parse()
+        .ok()
+}
+
+/// A response's status and whole body (lossy UTF-8).
+pub async fn status_and_body(resp: Response<Incoming>) -> Result<(u16, String), String> {
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}

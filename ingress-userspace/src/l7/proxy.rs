@@ -1176,26 +1176,125 @@ where
 /// §15.5.9 allows it on idle connections too).
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
     accept_loop(listener, proxy, |stream, conn, proxy| async move {
-        // A second handle on the socket, to answer 408 after hyper gave up.
-        let late = stream.into_std().and_then(|s| Ok((s.try_clone()?, s)));
-        let Ok((late, stream)) = late else { return };
-        let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
-            return;
-        };
-        if let Err(e) = serve_conn(stream, proxy, conn).await
-            && is_header_timeout(e.as_ref())
-        {
-            use std::io::Write as _;
-            let mut late = late;
-            let _ = late.set_nonblocking(false);
-            let _ = late.set_write_timeout(Some(Duration::from_secs(1)));
-            let _ = late.write_all(
-                b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-            );
-            let _ = late.shutdown(std::net::Shutdown::Both);
+        let (io, late) = KeepWriter::new(stream);
+        let timed_out = serve_conn(io, proxy, conn)
+            .await
+            .is_err_and(|e| is_header_timeout(e.as_ref()));
+        let Some(mut w) = late.take() else { return };
+        if timed_out {
+            use tokio::io::AsyncWriteExt as _;
+            let answer =
+                b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+            let _ = tokio::time::timeout(Duration::from_secs(1), w.write_all(answer)).await;
+        } else {
+            // Closed without a shutdown(2) of its own, as a plain socket is.
+            w.forget();
         }
     })
     .await
+}
+
+/// A client socket as hyper's IO, whose write half outlives hyper: when
+/// hyper drops the connection (after a header timeout, say) the write half
+/// goes to the slot instead of being shut down, so a 408 can still be sent.
+/// (No second descriptor: `try_clone` would cost a dup and an epoll
+/// deregistration and registration on every connection.)
+struct KeepWriter {
+    read: tokio::net::tcp::OwnedReadHalf,
+    write: Option<tokio::net::tcp::OwnedWriteHalf>,
+    slot: Arc<LateWriter>,
+}
+
+#[derive(Default)]
+struct LateWriter(Mutex<Option<tokio::net::tcp::OwnedWriteHalf>>);
+
+impl LateWriter {
+    fn take(&self) -> Option<tokio::net::tcp::OwnedWriteHalf> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl KeepWriter {
+    fn new(stream: tokio::net::TcpStream) -> (Self, Arc<LateWriter>) {
+        let (read, write) = stream.into_split();
+        let slot = Arc::new(LateWriter::default());
+        let io = KeepWriter {
+            read,
+            write: Some(write),
+            slot: slot.clone(),
+        };
+        (io, slot)
+    }
+
+    fn writer(&mut self) -> std::io::Result<&mut tokio::net::tcp::OwnedWriteHalf> {
+        self.write
+            .as_mut()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotConnected))
+    }
+}
+
+impl Drop for KeepWriter {
+    fn drop(&mut self) {
+        *self.slot.0.lock().unwrap_or_else(|e| e.into_inner()) = self.write.take();
+    }
+}
+
+impl tokio::io::AsyncRead for KeepWriter {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for KeepWriter {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.writer() {
+            Ok(w) => std::pin::Pin::new(w).poll_write(cx, buf),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.writer() {
+            Ok(w) => std::pin::Pin::new(w).poll_write_vectored(cx, bufs),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.writer() {
+            Ok(w) => std::pin::Pin::new(w).poll_flush(cx),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.writer() {
+            Ok(w) => std::pin::Pin::new(w).poll_shutdown(cx),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
 }
 
 /// Serves HTTPS on `listener`: TLS handshake (bounded in time), then HTTP.

@@ -23,10 +23,10 @@ use ingressd::{
     manifest::{Snapshot, parse_file},
 };
 
-const REQUESTS: usize = 20_000;
+const REQUESTS: usize = 50_000;
 const CONCURRENCY: usize = 32;
 const TIME_LIMIT: Duration = Duration::from_secs(30);
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// The run with the median throughput.
 fn median(mut runs: Vec<Run>) -> Run {

@@ -341,6 +341,10 @@ fn main() -> std::process::ExitCode {
                         addresses: publish_status_address,
                         service: publish_service.map(object_key),
                         node_name: node_name.clone(),
+                        pod: std::env::var("POD_NAME")
+                            .ok()
+                            .filter(|n| !n.is_empty())
+                            .map(|name| (own_namespace(), name)),
                     },
                     update_status,
                     election_id,

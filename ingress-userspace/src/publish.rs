@@ -13,13 +13,14 @@ use std::{
 use k8s_openapi::{
     api::{
         coordination::v1::{Lease, LeaseSpec},
+        core::v1::{Node, Pod},
         networking::v1::{Ingress, IngressLoadBalancerIngress},
     },
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
 };
 use kube::{
     Api, Client,
-    api::{Patch, PatchParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
 };
 use tokio::sync::watch;
 
@@ -35,8 +36,11 @@ pub struct PublishConfig {
     pub addresses: Vec<String>,
     /// `--publish-service`: the LoadBalancer ingress of this Service.
     pub service: Option<ObjectKey>,
-    /// Else the addresses of this node (hostNetwork).
+    /// Else the addresses of the nodes running the controller's pods
+    /// (hostNetwork), found from this pod (namespace, name) when it is one,
+    /// else of this node.
     pub node_name: String,
+    pub pod: Option<ObjectKey>,
 }
 
 /// An Ingress and the `status.loadBalancer.ingress` it should have.
@@ -56,11 +60,49 @@ fn entry(address: &str) -> IngressLoadBalancerIngress {
     }
 }
 
-/// The addresses to publish (sorted; empty when none is known yet).
-pub fn addresses(snapshot: &Snapshot, cfg: &PublishConfig) -> Vec<IngressLoadBalancerIngress> {
-    let mut out: BTreeSet<String> = BTreeSet::new();
-    if !cfg.addresses.is_empty() {
-        out.extend(cfg.addresses.iter().cloned());
+/// A node's address for clients: ExternalIP, else InternalIP.
+fn node_addresses(node: &Node) -> Vec<String> {
+    let addrs = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .cloned()
+        .unwrap_or_default();
+    let of = |kind: &str| -> Vec<String> {
+        addrs
+            .iter()
+            .filter(|a| a.type_ == kind)
+            .map(|a| a.address.clone())
+            .collect()
+    };
+    let external = of("ExternalIP");
+    if external.is_empty() {
+        of("InternalIP")
+    } else {
+        external
+    }
+}
+
+fn entries(addresses: impl IntoIterator<Item = String>) -> Vec<IngressLoadBalancerIngress> {
+    let set: BTreeSet<String> = addresses.into_iter().collect();
+    set.iter().map(|a| entry(a)).collect()
+}
+
+/// What the sync loop hands the status writer (pure).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StatusInput {
+    /// Our Ingresses and the status they have now.
+    pub ingresses: Vec<Update>,
+    /// `--publish-status-address`, or `--publish-service`'s LoadBalancer
+    /// address; None in hostNetwork mode (the writer looks the nodes up).
+    pub addresses: Option<Vec<IngressLoadBalancerIngress>>,
+    /// This node's address, for hostNetwork mode outside a pod.
+    pub own_node: Vec<IngressLoadBalancerIngress>,
+}
+
+pub fn status_input(snapshot: &Snapshot, class: &ClassConfig, cfg: &PublishConfig) -> StatusInput {
+    let addresses = if !cfg.addresses.is_empty() {
+        Some(entries(cfg.addresses.iter().cloned()))
     } else if let Some(key) = &cfg.service {
         let lb = snapshot
             .services
@@ -68,34 +110,31 @@ pub fn addresses(snapshot: &Snapshot, cfg: &PublishConfig) -> Vec<IngressLoadBal
             .and_then(|s| s.status.as_ref())
             .and_then(|s| s.load_balancer.as_ref())
             .and_then(|lb| lb.ingress.as_ref());
-        for i in lb.into_iter().flatten() {
-            out.extend(i.ip.clone().or_else(|| i.hostname.clone()));
-        }
-    } else if let Some(node) = snapshot.nodes.get(&(String::new(), cfg.node_name.clone())) {
-        let addrs = node
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.as_ref())
-            .cloned()
-            .unwrap_or_default();
-        // A node reachable from outside says so with ExternalIP.
-        let external: Vec<String> = addrs
-            .iter()
-            .filter(|a| a.type_ == "ExternalIP")
-            .map(|a| a.address.clone())
-            .collect();
-        if external.is_empty() {
-            out.extend(
-                addrs
-                    .iter()
-                    .filter(|a| a.type_ == "InternalIP")
-                    .map(|a| a.address.clone()),
-            );
-        } else {
-            out.extend(external);
-        }
+        Some(entries(
+            lb.into_iter()
+                .flatten()
+                .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone())),
+        ))
+    } else {
+        None
+    };
+    let own_node = snapshot
+        .nodes
+        .get(&(String::new(), cfg.node_name.clone()))
+        .map(node_addresses)
+        .map(entries)
+        .unwrap_or_default();
+    let ingresses = snapshot
+        .ingresses
+        .iter()
+        .filter(|(_, ing)| is_ours(ing, snapshot, class))
+        .map(|(k, ing)| (k.clone(), current(ing)))
+        .collect();
+    StatusInput {
+        ingresses,
+        addresses,
+        own_node,
     }
-    out.iter().map(|a| entry(a)).collect()
 }
 
 fn current(ing: &Ingress) -> Vec<IngressLoadBalancerIngress> {
@@ -108,21 +147,56 @@ fn current(ing: &Ingress) -> Vec<IngressLoadBalancerIngress> {
 
 /// Our Ingresses whose status is not `addresses` yet (pure). Nothing while
 /// no address is known: an empty status is never written over a good one.
-pub fn pending(
-    snapshot: &Snapshot,
-    class: &ClassConfig,
-    addresses: &[IngressLoadBalancerIngress],
-) -> Vec<Update> {
+pub fn pending(input: &StatusInput, addresses: &[IngressLoadBalancerIngress]) -> Vec<Update> {
     if addresses.is_empty() {
         return Vec::new();
     }
-    snapshot
+    input
         .ingresses
         .iter()
-        .filter(|(_, ing)| is_ours(ing, snapshot, class))
-        .filter(|(_, ing)| current(ing) != addresses)
+        .filter(|(_, now)| now != addresses)
         .map(|(k, _)| (k.clone(), addresses.to_vec()))
         .collect()
+}
+
+/// Labels every pod of a DaemonSet or Deployment has but that differ
+/// between revisions: not part of "the controller's pods".
+const REVISION_LABELS: [&str; 3] = [
+    "pod-template-hash",
+    "controller-revision-hash",
+    "pod-template-generation",
+];
+
+/// hostNetwork mode: the addresses of the nodes running a pod with this
+/// pod's labels (as ingress-nginx does without --publish-service).
+async fn controller_nodes(client: &Client, pod: &ObjectKey) -> Result<Vec<String>, kube::Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.0);
+    let me = pods.get(&pod.1).await?;
+    let selector: Vec<String> = me
+        .metadata
+        .labels
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| !REVISION_LABELS.contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let list = pods
+        .list(&ListParams::default().labels(&selector.join(",")))
+        .await?;
+    let nodes: BTreeSet<String> = list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    let api: Api<Node> = Api::all(client.clone());
+    let mut out = Vec::new();
+    for name in nodes {
+        if let Some(node) = api.get_opt(&name).await? {
+            out.extend(node_addresses(&node));
+        }
+    }
+    Ok(out)
 }
 
 /// How long a lease holds without renewal, and how often it is renewed.
@@ -241,14 +315,40 @@ impl Elector {
     }
 }
 
-/// Runs the election and writes the updates the sync loop hands over.
-pub async fn run(client: Client, mut elector: Elector, mut updates: watch::Receiver<Vec<Update>>) {
+/// Runs the election and, while leading, writes the status the sync
+/// loop's input calls for.
+pub async fn run(
+    client: Client,
+    mut elector: Elector,
+    pod: Option<ObjectKey>,
+    mut input: watch::Receiver<StatusInput>,
+) {
     // What this replica wrote and the snapshot does not show yet: not
     // written again meanwhile.
     let mut written: HashMap<ObjectKey, Vec<IngressLoadBalancerIngress>> = HashMap::new();
+    let mut lookup_failing = false;
     loop {
         if elector.tick().await {
-            let todo = updates.borrow_and_update().clone();
+            let now = input.borrow_and_update().clone();
+            let addresses = match (&now.addresses, &pod) {
+                (Some(a), _) => a.clone(),
+                (None, Some(pod)) => match controller_nodes(&client, pod).await {
+                    Ok(found) if !found.is_empty() => {
+                        lookup_failing = false;
+                        entries(found)
+                    }
+                    Ok(_) => now.own_node.clone(),
+                    Err(e) => {
+                        if !lookup_failing {
+                            tracing::warn!(error = %e, "cannot find the nodes of the controller's pods (the ServiceAccount needs get and list on pods in its namespace); publishing this node's address");
+                            lookup_failing = true;
+                        }
+                        now.own_node.clone()
+                    }
+                },
+                (None, None) => now.own_node.clone(),
+            };
+            let todo = pending(&now, &addresses);
             written.retain(|k, _| todo.iter().any(|(t, _)| t == k));
             for (key, addrs) in todo {
                 if written.get(&key) == Some(&addrs) {
@@ -256,26 +356,31 @@ pub async fn run(client: Client, mut elector: Elector, mut updates: watch::Recei
                 }
                 let api: Api<Ingress> = Api::namespaced(client.clone(), &key.0);
                 let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": addrs}}});
+                let name = format!("{}/{}", key.0, key.1);
                 match api
                     .patch_status(&key.1, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
                 {
                     Ok(_) => {
-                        tracing::info!(ingress = %format!("{}/{}", key.0, key.1), addresses = ?addrs.iter().map(|a| a.ip.clone().or(a.hostname.clone()).unwrap_or_default()).collect::<Vec<_>>(), "Ingress status written");
+                        let shown: Vec<String> = addrs
+                            .iter()
+                            .filter_map(|a| a.ip.clone().or(a.hostname.clone()))
+                            .collect();
+                        tracing::info!(ingress = %name, addresses = ?shown, "Ingress status written");
                         written.insert(key, addrs);
                     }
                     Err(kube::Error::Api(s)) if s.code == 403 => {
-                        tracing::warn!(ingress = %format!("{}/{}", key.0, key.1), "forbidden: the ServiceAccount needs update on ingresses/status (see deploy/base/rbac.yaml)");
+                        tracing::warn!(ingress = %name, "forbidden: the ServiceAccount needs update on ingresses/status (see deploy/base/rbac.yaml)");
                     }
                     Err(e) => {
-                        tracing::warn!(ingress = %format!("{}/{}", key.0, key.1), error = %e, "writing Ingress status failed; will retry")
+                        tracing::warn!(ingress = %name, error = %e, "writing Ingress status failed; will retry")
                     }
                 }
             }
         }
         tokio::select! {
             _ = tokio::time::sleep(RENEW_EVERY) => {}
-            changed = updates.changed() => if changed.is_err() { return },
+            changed = input.changed() => if changed.is_err() { return },
         }
     }
 }
@@ -331,9 +436,10 @@ status: {addresses: [{type: InternalIP, address: 198.18.1.1}, {type: Hostname, a
             service: Some(("ingress-ebpf".into(), "ingressd".into())),
             ..Default::default()
         };
-        let addrs = addresses(&s, &cfg);
+        let input = status_input(&s, &ClassConfig::default(), &cfg);
+        let addrs = input.addresses.clone().unwrap();
         assert_eq!(addrs, vec![entry("198.18.0.10")]);
-        let todo = pending(&s, &ClassConfig::default(), &addrs);
+        let todo = pending(&input, &addrs);
         let keys: Vec<&ObjectKey> = todo.iter().map(|(k, _)| k).collect();
         assert_eq!(keys, vec![&("web".to_string(), "shop".to_string())]);
     }
@@ -341,24 +447,29 @@ status: {addresses: [{type: InternalIP, address: 198.18.1.1}, {type: Hostname, a
     #[test]
     fn address_sources_in_order_and_nothing_written_without_one() {
         let s = snapshot(OBJECTS);
+        let class = ClassConfig::default();
         let node = PublishConfig {
             node_name: "n1".into(),
             ..Default::default()
         };
-        assert_eq!(addresses(&s, &node), vec![entry("198.18.1.1")]);
+        let input = status_input(&s, &class, &node);
+        assert_eq!(input.addresses, None);
+        assert_eq!(input.own_node, vec![entry("198.18.1.1")]);
         let explicit = PublishConfig {
             addresses: vec!["lb.example.com".into()],
             ..node.clone()
         };
+        let input = status_input(&s, &class, &explicit);
         assert_eq!(
-            addresses(&s, &explicit)[0].hostname.as_deref(),
+            input.addresses.unwrap()[0].hostname.as_deref(),
             Some("lb.example.com")
         );
         let unknown = PublishConfig {
             node_name: "elsewhere".into(),
             ..Default::default()
         };
-        assert!(addresses(&s, &unknown).is_empty());
-        assert!(pending(&s, &ClassConfig::default(), &[]).is_empty());
+        let input = status_input(&s, &class, &unknown);
+        assert!(input.own_node.is_empty());
+        assert!(pending(&input, &[]).is_empty());
     }
 }

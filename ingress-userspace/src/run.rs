@@ -273,14 +273,19 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             cfg.default_ssl_certificate.clone(),
         );
         let publisher = cfg.kube.update_status.then(|| {
-            let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+            let (tx, rx) = tokio::sync::watch::channel(publish::StatusInput::default());
             let elector = Elector::new(
                 client.clone(),
                 &cfg.kube.lease_namespace,
                 &cfg.kube.election_id,
                 &cfg.kube.identity,
             );
-            tokio::spawn(publish::run(client, elector, rx));
+            tokio::spawn(publish::run(
+                client,
+                elector,
+                cfg.kube.publish.pod.clone(),
+                rx,
+            ));
             tx
         });
         (Source::Kube(source), publisher)
@@ -322,11 +327,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 }
             }
             if let Some(tx) = &publisher {
-                let todo = publish::pending(
-                    source.snapshot(),
-                    &cfg.class,
-                    &publish::addresses(source.snapshot(), &cfg.kube.publish),
-                );
+                let todo = publish::status_input(source.snapshot(), &cfg.class, &cfg.kube.publish);
                 tx.send_if_modified(|current| {
                     let changed = *current != todo;
                     *current = todo;

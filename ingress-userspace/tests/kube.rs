@@ -531,3 +531,49 @@ async fn a_burst_of_a_thousand_changes_is_a_few_syncs() {
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_network_status_lists_the_nodes_of_the_controllers_pods() {
+    let dir = temp_dir("kube-nodes");
+    let api = FakeApi::start().await;
+    let a = echo("a").await;
+    api.apply_yaml(&(backend("a", a) + &ingress("shop.test", "/", "a")));
+    // Two controller pods on two edge nodes; a pod of something else on a third.
+    let pod = |name: &str, app: &str, node: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {app}, pod-template-generation: \"{name}\"}}}}\n\
+             spec: {{nodeName: {node}, containers: [{{name: c, image: i}}]}}\n"
+        )
+    };
+    let node = |name: &str, kind: &str, ip: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nstatus: {{addresses: [{{type: {kind}, address: {ip}}}, {{type: Hostname, address: {name}}}]}}\n"
+        )
+    };
+    api.apply_yaml(
+        &(pod("one", "ingressd", "edge-1")
+            + &pod("two", "ingressd", "edge-2")
+            + &pod("web", "web", "worker-1")
+            + &node("edge-1", "ExternalIP", "198.18.0.21")
+            + &node("edge-2", "InternalIP", "198.18.0.22")
+            + &node("worker-1", "InternalIP", "198.18.0.23")),
+    );
+    let mut one = Ingressd::start(&api.kubeconfig(&dir), &dir, "one", &[]);
+    one.bound().await;
+    let ips = || -> Vec<String> {
+        api.get("Ingress", "shop", "shop")
+            .and_then(|i| i["status"]["loadBalancer"]["ingress"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| e["ip"].as_str().map(str::to_string))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ips().is_empty() {
+        assert!(Instant::now() < deadline, "no status:\n{}", one.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ips(), ["198.18.0.21", "198.18.0.22"], "{}", one.log());
+    drop(one);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -37,9 +37,10 @@ pub enum Res {
     Secrets,
     Nodes,
     Leases,
+    Pods,
 }
 
-const ALL: [Res; 7] = [
+const ALL: [Res; 8] = [
     Res::Services,
     Res::EndpointSlices,
     Res::Ingresses,
@@ -47,6 +48,7 @@ const ALL: [Res; 7] = [
     Res::Secrets,
     Res::Nodes,
     Res::Leases,
+    Res::Pods,
 ];
 
 impl Res {
@@ -77,6 +79,7 @@ impl Res {
             ),
             Res::Secrets => ("/api/v1", "secrets", true, "Secret", "v1"),
             Res::Nodes => ("/api/v1", "nodes", false, "Node", "v1"),
+            Res::Pods => ("/api/v1", "pods", true, "Pod", "v1"),
             Res::Leases => (
                 "/apis/coordination.k8s.io/v1",
                 "leases",
@@ -468,6 +471,22 @@ async fn handle(state: &Arc<Mutex<State>>, req: Request<Incoming>) -> Response<B
             String::new()
         }
     };
+    // labelSelector: k=v,k=v (equality only).
+    let labels: Vec<(String, String)> = q
+        .get("labelSelector")
+        .map(|s| {
+            s.replace("%2C", ",")
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.replace("%2F", "/"), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let has_labels = |v: &Value| {
+        labels
+            .iter()
+            .all(|(k, want)| v["metadata"]["labels"][k].as_str() == Some(want))
+    };
     let field_name = q
         .get("fieldSelector")
         .and_then(|f| f.strip_prefix("metadata.name="))
@@ -507,10 +526,11 @@ async fn handle(state: &Arc<Mutex<State>>, req: Request<Incoming>) -> Response<B
             let items: Vec<Value> = s
                 .objects
                 .iter()
-                .filter(|(k, _)| {
+                .filter(|(k, v)| {
                     k.0 == t.res
                         && t.ns.as_ref().is_none_or(|n| *n == k.1)
                         && field_name.as_ref().is_none_or(|n| *n == k.2)
+                        && has_labels(v)
                 })
                 .map(|(_, v)| v.clone())
                 .collect();

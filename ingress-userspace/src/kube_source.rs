@@ -196,6 +196,11 @@ impl KubeSource {
         self.waiting.is_empty()
     }
 
+    /// Objects refused by validation now.
+    pub fn invalid(&self) -> usize {
+        self.invalid.len()
+    }
+
     /// Something is queued.
     pub fn changed(&self) -> bool {
         !self.rx.is_empty()
@@ -276,6 +281,10 @@ impl KubeSource {
 
     fn upsert(&mut self, object: Object, loaded: &mut KubeLoaded) {
         let id = object.identity();
+        // From a Secret watch stopped after it queued this: not in use.
+        if id.0 == "Secret" && !self.secrets.contains_key(&(id.1.clone(), id.2.clone())) {
+            return;
+        }
         if let Err(e) = validate(&object) {
             let message = format!(
                 "{} {}: field {}: {}",

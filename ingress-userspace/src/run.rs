@@ -122,7 +122,7 @@ impl Source {
                 }
                 status
                     .manifest_errors
-                    .fetch_add(loaded.errors.len() as u64, Ordering::Relaxed);
+                    .store(k.invalid() as u64, Ordering::Relaxed);
                 Some(loaded.touched)
             }
         }
@@ -306,19 +306,27 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let mut dirty = false;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut waiting_logged = false;
-    let stopping = loop {
+    // SIGTERM: Kubernetes replaces this pod. The proxy takes no new
+    // connections and lets the requests in flight finish within the grace
+    // period, while this loop keeps maps, routes and /healthz going.
+    let mut draining: Option<std::pin::Pin<Box<dyn std::future::Future<Output = i64> + Send>>> =
+        None;
+    loop {
         status.beat();
         if let Some(t) = source.load(first, &status) {
             touched.extend(t);
             dirty = true;
         }
         // Nothing is applied before every first list is in: a half-listed
-        // cluster would empty maps a restarted pod adopted.
-        if source.synced() && (first || dirty) {
+        // cluster would empty maps a restarted pod adopted. Later lists (a
+        // new Secret's) hold nothing up.
+        if (source.synced() || !first) && (first || dirty) {
             dirty = false;
             match syncer.sync_once(source.snapshot(), std::mem::take(&mut touched), &status) {
                 Ok(()) => first = false,
                 Err(e) => {
+                    // Retried on the next turn, changes or not.
+                    dirty = true;
                     status.sync_errors.fetch_add(1, Ordering::Relaxed);
                     if let Some(l4) = &mut syncer.l4 {
                         l4.adopt = true;
@@ -340,15 +348,19 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         }
         tokio::select! {
             () = source.wait() => {}
-            _ = tokio::signal::ctrl_c() => break false,
-            _ = term.recv() => break true,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv(), if draining.is_none() => match &proxy {
+                Some(p) => {
+                    let (p, grace) = (p.clone(), cfg.shutdown_grace);
+                    draining = Some(Box::pin(async move { p.shut_down(grace).await }));
+                }
+                None => break,
+            },
+            open = async { draining.as_mut().expect("guarded").await }, if draining.is_some() => {
+                tracing::info!(still_open = open, "proxy drained");
+                break;
+            }
         }
-    };
-    if stopping && let Some(proxy) = &proxy {
-        // SIGTERM: Kubernetes replaces this pod. Take no new connections,
-        // let the requests in flight finish within the grace period.
-        let open = proxy.shut_down(cfg.shutdown_grace).await;
-        tracing::info!(still_open = open, "proxy drained");
     }
     tracing::info!("exiting; the L4 data path stays attached with its pinned maps");
     Ok(())

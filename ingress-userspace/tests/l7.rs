@@ -1108,7 +1108,7 @@ async fn ingress_nginx_annotations_through_the_proxy() {
             "Prefix",
         ) + &annotated(
             "moved.test",
-            &[("permanent-redirect", "https://new.test/")],
+            &[("permanent-redirect", "https://new.test$request_uri")],
             "/",
             "Prefix",
         ) + &annotated("root.test", &[("app-root", "/app")], "/", "Prefix")
@@ -1139,7 +1139,7 @@ async fn ingress_nginx_annotations_through_the_proxy() {
     assert_eq!(send(h, "GET", "/", "allow.test", vec![]).await.0, 200);
 
     let (s, loc, _) = send(h, "GET", "/old", "moved.test", vec![]).await;
-    assert_eq!((s, loc.as_deref()), (301, Some("https://new.test/")));
+    assert_eq!((s, loc.as_deref()), (301, Some("https://new.test/old")));
     let (s, loc, _) = send(h, "GET", "/", "root.test", vec![]).await;
     assert_eq!((s, loc.as_deref()), (302, Some("/app")));
     let (s, _, body) = send(h, "GET", "/app", "root.test", vec![]).await;

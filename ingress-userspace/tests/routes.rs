@@ -387,7 +387,7 @@ fn annotated(name: &str, annotations: &[(&str, &str)], paths: &[(&str, &str, &st
 
 fn rewritten(t: &RouteTable, path: &str) -> Option<String> {
     match t.lookup(Some("shop.test"), path) {
-        Match::Route(r) => ingressd::l7::route::rewrite_path(r, path),
+        Match::Route(r) => ingressd::l7::route::rewrite_path(r, path, None),
         other => panic!("{path}: {other:?}"),
     }
 }
@@ -438,7 +438,7 @@ fn regex_paths_only_with_use_regex_and_the_longest_pattern_wins() {
     // Without rewrite-target the path goes upstream as it came.
     match t.lookup(Some("shop.test"), "/api/v2/users/7") {
         Match::Route(r) => assert_eq!(
-            ingressd::l7::route::rewrite_path(r, "/api/v2/users/7"),
+            ingressd::l7::route::rewrite_path(r, "/api/v2/users/7", None),
             None
         ),
         other => panic!("{other:?}"),
@@ -470,4 +470,22 @@ fn prefix_with_rewrite_target_replaces_the_whole_path_as_nginx_does() {
         &[("Prefix", "/app", "a")],
     ));
     assert_eq!(rewritten(&t, "/app/x/y").as_deref(), Some("/"));
+}
+
+#[test]
+fn rewrite_keeps_the_query_and_reads_captures_as_nginx() {
+    let t = table(&annotated(
+        "q",
+        &[
+            ("rewrite-target", "/index.php?r=$1x"),
+            ("use-regex", "true"),
+        ],
+        &[("ImplementationSpecific", "/x/(.*)", "a")],
+    ));
+    let Match::Route(r) = t.lookup(Some("shop.test"), "/x/a") else {
+        panic!("no route")
+    };
+    let rw = |q| ingressd::l7::route::rewrite_path(r, "/x/a", q);
+    assert_eq!(rw(Some("b=1")).as_deref(), Some("/index.php?r=ax&b=1"));
+    assert_eq!(rw(None).as_deref(), Some("/index.php?r=ax"));
 }

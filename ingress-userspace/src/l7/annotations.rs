@@ -43,6 +43,9 @@ pub struct Policy {
     pub use_regex: bool,
     /// `backend-protocol: GRPC` (or `H2C`): HTTP/2 to the endpoints.
     pub h2: bool,
+    /// `backend-protocol` asks for what is not offered (HTTPS, GRPCS…):
+    /// answered 502 rather than sent in plain text to a TLS port.
+    pub unsupported_backend: Option<String>,
 }
 
 /// An address range (`10.0.0.0/8`, `2001:db8::/32`, or one address).
@@ -137,6 +140,13 @@ pub fn policy(
         });
     };
     let mut redirect_code = StatusCode::MOVED_PERMANENTLY;
+    // allowlist-source-range wins over its old name, as in ingress-nginx.
+    let allow_key = if annotations.contains_key(&format!("{PREFIX}allowlist-source-range")) {
+        "allowlist-source-range"
+    } else {
+        "whitelist-source-range"
+    };
+    let location_ok = |v: &str| hyper::header::HeaderValue::from_str(v).is_ok() && !v.is_empty();
     for (key, value) in annotations {
         let Some(name) = key.strip_prefix(PREFIX) else {
             continue;
@@ -167,6 +177,7 @@ pub fn policy(
                 Some(b) => p.use_regex |= b,
                 None => warn(key, bad("\"true\" or \"false\"")),
             },
+            "allowlist-source-range" | "whitelist-source-range" if name != allow_key => {}
             "allowlist-source-range" | "whitelist-source-range" => {
                 let ranges: Vec<Option<Cidr>> = value
                     .split(',')
@@ -187,11 +198,15 @@ pub fn policy(
                     }];
                 }
             }
+            "permanent-redirect" | "temporal-redirect" if !location_ok(value) => {
+                warn(key, bad("a URL"))
+            }
             "permanent-redirect" => p.redirect = Some((value.clone(), redirect_code)),
             "permanent-redirect-code" => match value.trim().parse::<u16>().ok().and_then(|c| {
-                StatusCode::from_u16(c)
-                    .ok()
-                    .filter(StatusCode::is_redirection)
+                (300..=308)
+                    .contains(&c)
+                    .then(|| StatusCode::from_u16(c).ok())
+                    .flatten()
             }) {
                 Some(code) => {
                     redirect_code = code;
@@ -199,7 +214,7 @@ pub fn policy(
                         *c = code;
                     }
                 }
-                None => warn(key, bad("a 3xx status code")),
+                None => warn(key, bad("a status code from 300 to 308 (301 is used)")),
             },
             "temporal-redirect" => p.redirect = Some((value.clone(), StatusCode::FOUND)),
             "app-root" => {
@@ -224,10 +239,13 @@ pub fn policy(
             "backend-protocol" => match value.trim().to_ascii_uppercase().as_str() {
                 "HTTP" | "AUTO_HTTP" => {}
                 "GRPC" | "H2C" => p.h2 = true,
-                other => warn(
-                    key,
-                    format!("{other} endpoints are not supported (HTTP, GRPC, H2C); HTTP is used"),
-                ),
+                other => {
+                    warn(
+                        key,
+                        format!("{other} endpoints are not supported (HTTP, GRPC, H2C); the routes answer 502"),
+                    );
+                    p.unsupported_backend = Some(other.to_string());
+                }
             },
             n if n.ends_with("-snippet") || n == "configuration-snippet" => warn(
                 key,
@@ -300,6 +318,16 @@ mod tests {
             Cidr::parse("0.0.0.0/0")
                 .unwrap()
                 .contains("1.2.3.4".parse().unwrap())
+        );
+        // A leftover whitelist does not widen the allowlist.
+        let (p, _) = read(&[
+            ("allowlist-source-range", "10.0.0.0/8"),
+            ("whitelist-source-range", "0.0.0.0/0"),
+        ]);
+        assert!(
+            !p.allow
+                .iter()
+                .any(|c| c.contains("11.0.0.1".parse().unwrap()))
         );
     }
 

@@ -313,7 +313,13 @@ impl Proxy {
             return full(StatusCode::FORBIDDEN, "forbidden\n");
         }
         if let Some((to, code)) = &policy.redirect {
-            return redirect(*code, to);
+            // The one nginx variable such redirects use.
+            let uri = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            return redirect(*code, &to.replace("$request_uri", uri));
+        }
+        if let Some(protocol) = &policy.unsupported_backend {
+            tracing::debug!(%protocol, "backend-protocol not supported");
+            return full(StatusCode::BAD_GATEWAY, "backend protocol not supported\n");
         }
         if route.ssl_redirect && !conn.tls {
             return redirect_to_https(&req, host);
@@ -363,13 +369,17 @@ impl Proxy {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
-        if let Some(path) = rewrite_path(route, path_and_query.path()) {
-            let query = path_and_query
-                .query()
-                .map(|q| format!("?{q}"))
-                .unwrap_or_default();
-            if let Ok(pq) = format!("{path}{query}").parse() {
-                path_and_query = pq;
+        if let Some(rewritten) = rewrite_path(route, path_and_query.path(), path_and_query.query())
+        {
+            match rewritten.parse() {
+                Ok(pq) => path_and_query = pq,
+                Err(_) => {
+                    tracing::warn!(ingress = %route.ingress, path = %rewritten, "rewrite-target made an invalid path");
+                    return full(
+                        StatusCode::BAD_GATEWAY,
+                        "rewrite-target made an invalid path\n",
+                    );
+                }
             }
         }
         let h2 = policy.h2
@@ -427,8 +437,10 @@ impl Proxy {
         let mut out = Request::from_parts(parts, body);
         if h2 {
             // HTTP/2 carries the host as :authority: keep the client's.
-            let authority = host
-                .and_then(normalize_host)
+            let authority = policy
+                .upstream_vhost
+                .clone()
+                .or_else(|| host.and_then(normalize_host))
                 .unwrap_or_else(|| addrs[0].to_string());
             if let Ok(u) = format!("http://{authority}{path_and_query}").parse() {
                 *out.uri_mut() = u;
@@ -1150,13 +1162,20 @@ where
         proxy.limits.max_connections.max(1),
     ));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        // Dropping the listener on shutdown refuses new connections.
-        let (stream, peer) = tokio::select! {
-            a = accept(&listener) => a,
+        // Dropping the listener on shutdown refuses new connections; shutdown
+        // is checked first, also while waiting for a free slot.
+        let permit = tokio::select! {
+            biased;
             () = proxy.stopped() => return,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = proxy.stopped() => return,
+            a = accept(&listener) => a,
         };
         let conn = Conn {
             peer,

@@ -127,18 +127,43 @@ impl PathRegex {
     }
 }
 
-/// The path sent upstream for `rewrite-target`: as nginx's `rewrite`, the
-/// whole path becomes the target, `$1`… filled from the pattern's captures.
-pub fn rewrite_path(route: &Route, path: &str) -> Option<String> {
+/// The path and query sent upstream for `rewrite-target`: as nginx's
+/// `rewrite`, the whole path becomes the target, `$1`… filled from the
+/// pattern's captures, and the request's query follows (after `&` when
+/// the target has a query of its own).
+pub fn rewrite_path(route: &Route, path: &str, query: Option<&str>) -> Option<String> {
     let target = route.policy.rewrite_target.as_deref()?;
     let re = route.rewrite.as_ref()?;
     let caps = re.0.captures(path)?;
     let mut out = String::new();
-    caps.expand(target, &mut out);
+    caps.expand(&numbered_braced(target), &mut out);
     if !out.starts_with('/') {
         out.insert(0, '/');
     }
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        out.push(if out.contains('?') { '&' } else { '?' });
+        out.push_str(q);
+    }
     Some(out)
+}
+
+/// `$1abc` → `${1}abc`: nginx ends a capture reference at the digits; the
+/// regex crate would read a group named `1abc`.
+fn numbered_braced(target: &str) -> String {
+    let mut out = String::with_capacity(target.len() + 8);
+    let mut chars = target.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push_str("${");
+            while let Some(d) = chars.next_if(char::is_ascii_digit) {
+                out.push(d);
+            }
+            out.push('}');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// One host's paths.

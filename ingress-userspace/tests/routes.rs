@@ -431,9 +431,9 @@ fn regex_paths_only_with_use_regex_and_the_longest_pattern_wins() {
     );
     assert_eq!(target(&t, Some("shop.test"), "/api/v2/users/7"), "a");
     assert_eq!(target(&t, Some("shop.test"), "/api/v12"), "b");
-    // Not a regex without use-regex: element-wise prefix.
+    // use-regex on one Ingress makes the host's other paths patterns too
+    // (as in ingress-nginx): longest first.
     assert_eq!(target(&t, Some("shop.test"), "/api/x"), "c");
-    // A longer prefix beats a shorter pattern.
     assert_eq!(target(&t, Some("shop.test"), "/api/v1/users/admin/x"), "d");
     // Without rewrite-target the path goes upstream as it came.
     match t.lookup(Some("shop.test"), "/api/v2/users/7") {
@@ -488,4 +488,27 @@ fn rewrite_keeps_the_query_and_reads_captures_as_nginx() {
     let rw = |q| ingressd::l7::route::rewrite_path(r, "/x/a", q);
     assert_eq!(rw(Some("b=1")).as_deref(), Some("/index.php?r=ax&b=1"));
     assert_eq!(rw(None).as_deref(), Some("/index.php?r=ax"));
+}
+
+#[test]
+fn prefix_paths_become_patterns_with_rewrite_target_and_lookalikes_are_reported() {
+    // The common ingress-nginx form: pathType Prefix with a pattern.
+    let t = table(&annotated(
+        "rw",
+        &[("rewrite-target", "/$2")],
+        &[("Prefix", "/api(/|$)(.*)", "a")],
+    ));
+    assert_eq!(rewritten(&t, "/api/users").as_deref(), Some("/users"));
+    // Without use-regex on the host a pattern-looking path is literal, and
+    // reported.
+    let yaml = services()
+        + &ingress(
+            "plain",
+            "2024-01-01T00:00:00Z",
+            Some("other.test"),
+            &[("Prefix", "/api(/|$)(.*)", "a")],
+        );
+    let (_, warnings) = compile(&snapshot(&yaml), &ClassConfig::default());
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].message.contains("use-regex"), "{warnings:?}");
 }

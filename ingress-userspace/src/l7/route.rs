@@ -9,7 +9,7 @@
 //! beats Prefix at equal length. Like ingress-nginx, a request whose host has
 //! rules but whose path matches none of them goes to the default backend.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -101,6 +101,10 @@ enum PathKind {
     /// ingress-nginx's `location ~*`.
     Regex,
 }
+
+/// Characters that make a path look like a regular expression (`.` is
+/// common in plain paths, so it does not count).
+const REGEX_CHARS: &[char] = &['(', ')', '|', '[', ']', '*', '+', '^', '$', '\\'];
 
 /// A compiled path pattern; equal when the patterns are.
 #[derive(Clone, Debug)]
@@ -547,7 +551,27 @@ pub fn compile(snapshot: &Snapshot, class: &ClassConfig) -> (RouteTable, Vec<Rou
     let mut table = RouteTable::default();
     let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
 
-    for ing in ingresses {
+    // Annotations first: as in ingress-nginx, `use-regex` (or
+    // `rewrite-target`) on any Ingress makes every Prefix and
+    // ImplementationSpecific path of its hosts a regular expression.
+    let policies: Vec<Arc<Policy>> = ingresses
+        .iter()
+        .map(|ing| {
+            let ns = ing.metadata.namespace.as_deref().unwrap_or("default");
+            let id = format!("{ns}/{}", ing.metadata.name.as_deref().unwrap_or_default());
+            let annotations = ing.metadata.annotations.clone().unwrap_or_default();
+            Arc::new(annotations::policy(&id, &annotations, &mut warnings))
+        })
+        .collect();
+    let regex_hosts: HashSet<String> = ingresses
+        .iter()
+        .zip(&policies)
+        .filter(|(_, p)| p.use_regex)
+        .flat_map(|(ing, _)| ing.spec.iter().flat_map(|s| s.rules.iter().flatten()))
+        .map(|r| r.host.as_deref().unwrap_or("").trim().to_ascii_lowercase())
+        .collect();
+
+    for (ing, policy) in ingresses.into_iter().zip(policies) {
         let ns = ing
             .metadata
             .namespace
@@ -555,8 +579,6 @@ pub fn compile(snapshot: &Snapshot, class: &ClassConfig) -> (RouteTable, Vec<Rou
             .unwrap_or_else(|| "default".into());
         let id = format!("{ns}/{}", ing.metadata.name.clone().unwrap_or_default());
         let Some(spec) = &ing.spec else { continue };
-        let annotations = ing.metadata.annotations.clone().unwrap_or_default();
-        let policy = Arc::new(annotations::policy(&id, &annotations, &mut warnings));
         let mut tls_hosts = Vec::new();
         for (i, tls) in spec.tls.iter().flatten().enumerate() {
             let Some(secret) = tls.secret_name.clone() else {
@@ -641,13 +663,14 @@ pub fn compile(snapshot: &Snapshot, class: &ClassConfig) -> (RouteTable, Vec<Rou
                     h
                 }
             };
+            let regex_host = regex_hosts.contains(&host);
             let ssl_redirect = policy.force_ssl_redirect
                 || (policy.ssl_redirect && !host.is_empty() && tls_hosts.contains(&host));
             for (pi, p) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
                 let field = format!("spec.rules[{ri}].http.paths[{pi}]");
                 let kind = match p.path_type.as_str() {
                     "Exact" => PathKind::Exact,
-                    "ImplementationSpecific" if policy.use_regex => PathKind::Regex,
+                    "Prefix" | "ImplementationSpecific" if regex_host => PathKind::Regex,
                     "Prefix" | "ImplementationSpecific" => PathKind::Prefix,
                     other => {
                         warnings.push(RouteWarning {
@@ -674,6 +697,15 @@ pub fn compile(snapshot: &Snapshot, class: &ClassConfig) -> (RouteTable, Vec<Rou
                         ),
                     });
                     continue;
+                }
+                if kind != PathKind::Regex && path.contains(REGEX_CHARS) {
+                    warnings.push(RouteWarning {
+                        ingress: id.clone(),
+                        field: format!("{field}.path"),
+                        message: format!(
+                            "{path:?} looks like a regular expression, but no Ingress for this host sets nginx.ingress.kubernetes.io/use-regex: \"true\"; matched literally"
+                        ),
+                    });
                 }
                 let pattern = match kind {
                     PathKind::Regex => match PathRegex::new(&path) {

@@ -167,6 +167,15 @@ const REVISION_LABELS: [&str; 3] = [
     "pod-template-generation",
 ];
 
+/// Running and Ready: a pod that takes traffic (as ingress-nginx counts).
+fn serving(pod: &Pod) -> bool {
+    let status = pod.status.as_ref();
+    status.and_then(|s| s.phase.as_deref()) == Some("Running")
+        && status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// hostNetwork mode: the addresses of the nodes running a pod with this
 /// pod's labels (as ingress-nginx does without --publish-service).
 async fn controller_nodes(client: &Client, pod: &ObjectKey) -> Result<Vec<String>, kube::Error> {
@@ -186,7 +195,7 @@ async fn controller_nodes(client: &Client, pod: &ObjectKey) -> Result<Vec<String
     let nodes: BTreeSet<String> = list
         .items
         .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && serving(p))
         .filter_map(|p| p.spec.as_ref()?.node_name.clone())
         .collect();
     let api: Api<Node> = Api::all(client.clone());
@@ -211,6 +220,12 @@ pub struct Elector {
     name: String,
     identity: String,
     leader: bool,
+    /// When this replica last renewed the lease it holds.
+    renewed: Option<std::time::Instant>,
+    /// The lease's resourceVersion as last seen, and when (local clock):
+    /// a lease expires when it has not changed for its duration as seen
+    /// here, whatever the holder's clock says (client-go does the same).
+    observed: Option<(String, std::time::Instant)>,
     /// The last error logged (each is logged once until it changes).
     failing: Option<String>,
 }
@@ -226,8 +241,19 @@ impl Elector {
             name: name.to_string(),
             identity: identity.to_string(),
             leader: false,
+            renewed: None,
+            observed: None,
             failing: None,
         }
+    }
+
+    /// Whether this replica may still act as leader: it renewed the lease
+    /// recently enough that nobody else can have taken it.
+    pub fn still_leading(&self) -> bool {
+        self.leader
+            && self
+                .renewed
+                .is_some_and(|t| t.elapsed() + RENEW_EVERY < LEASE_DURATION)
     }
 
     /// One round: returns whether this replica leads now.
@@ -259,7 +285,15 @@ impl Elector {
         self.leader
     }
 
-    async fn try_lead(&self) -> Result<bool, kube::Error> {
+    async fn try_lead(&mut self) -> Result<bool, kube::Error> {
+        let led = self.try_lead_once().await?;
+        if led {
+            self.renewed = Some(std::time::Instant::now());
+        }
+        Ok(led)
+    }
+
+    async fn try_lead_once(&mut self) -> Result<bool, kube::Error> {
         let spec = |transitions: i32, acquired: Option<MicroTime>| LeaseSpec {
             holder_identity: Some(self.identity.clone()),
             lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
@@ -284,13 +318,17 @@ impl Elector {
         };
         let held = lease.spec.clone().unwrap_or_default();
         let mine = held.holder_identity.as_deref() == Some(self.identity.as_str());
-        let expired = match (&held.renew_time, held.lease_duration_seconds) {
-            (Some(renewed), Some(secs)) => {
-                let age = k8s_openapi::jiff::Timestamp::now().duration_since(renewed.0);
-                age.as_secs_f64() > f64::from(secs)
-            }
-            _ => true,
-        };
+        let version = lease.metadata.resource_version.clone().unwrap_or_default();
+        if self.observed.as_ref().is_none_or(|(v, _)| *v != version) {
+            self.observed = Some((version, std::time::Instant::now()));
+        }
+        let duration = held
+            .lease_duration_seconds
+            .map_or(LEASE_DURATION, |s| Duration::from_secs(s.max(1) as u64));
+        let expired = self
+            .observed
+            .as_ref()
+            .is_some_and(|(_, since)| since.elapsed() > duration);
         let free = held.holder_identity.as_deref().is_none_or(str::is_empty);
         if !mine && !expired && !free {
             return Ok(false);
@@ -354,6 +392,11 @@ pub async fn run(
                 if written.get(&key) == Some(&addrs) {
                     continue;
                 }
+                // A long round (many Ingresses, slow API) must not outlast
+                // the lease: renew first.
+                if !elector.still_leading() {
+                    break;
+                }
                 let api: Api<Ingress> = Api::namespaced(client.clone(), &key.0);
                 let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": addrs}}});
                 let name = format!("{}/{}", key.0, key.1);
@@ -377,6 +420,11 @@ pub async fn run(
                     }
                 }
             }
+        }
+        if !elector.still_leading() {
+            // Another replica may write meanwhile: what this one wrote
+            // says nothing about the status any more.
+            written.clear();
         }
         tokio::select! {
             _ = tokio::time::sleep(RENEW_EVERY) => {}

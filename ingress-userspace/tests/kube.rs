@@ -542,7 +542,8 @@ async fn host_network_status_lists_the_nodes_of_the_controllers_pods() {
     let pod = |name: &str, app: &str, node: &str| {
         format!(
             "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {app}, pod-template-generation: \"{name}\"}}}}\n\
-             spec: {{nodeName: {node}, containers: [{{name: c, image: i}}]}}\n"
+             spec: {{nodeName: {node}, containers: [{{name: c, image: i}}]}}\n\
+             status: {{phase: Running, conditions: [{{type: Ready, status: \"True\"}}]}}\n"
         )
     };
     let node = |name: &str, kind: &str, ip: &str| {
@@ -554,6 +555,7 @@ async fn host_network_status_lists_the_nodes_of_the_controllers_pods() {
         &(pod("one", "ingressd", "edge-1")
             + &pod("two", "ingressd", "edge-2")
             + &pod("web", "web", "worker-1")
+            + &pod("three", "ingressd", "worker-1").replace("phase: Running", "phase: Pending")
             + &node("edge-1", "ExternalIP", "198.18.0.21")
             + &node("edge-2", "InternalIP", "198.18.0.22")
             + &node("worker-1", "InternalIP", "198.18.0.23")),

@@ -218,9 +218,14 @@ impl Proxy {
     /// Publishes a new table; requests in flight finish on the old one.
     pub fn swap_routes(&self, table: RouteTable) {
         let mut table = table;
+        let mut labels: HashSet<Labels> = HashSet::new();
+        labels.insert((Arc::from(DEFAULT_LABEL.0), Arc::from(DEFAULT_LABEL.1)));
         for route in table.routes_mut() {
-            route.stats = StatsHandle(Some(self.metrics.by_label.get(&label(route))));
+            let l = label(route);
+            route.stats = StatsHandle(Some(self.metrics.by_label.get(&l)));
+            labels.insert(l);
         }
+        self.metrics.by_label.retain(&labels);
         let live: HashSet<SocketAddr> = table.endpoints().collect();
         self.routes.store(Arc::new(table));
         self.balancer.retain(&live);

@@ -108,6 +108,15 @@ impl Registry {
             .clone()
     }
 
+    /// Forgets the labels not in `live` (an Ingress or backend that went
+    /// away), as ingress-nginx drops the metrics of deleted Ingresses.
+    pub fn retain(&self, live: &std::collections::HashSet<Labels>) {
+        self.by_label
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| live.contains(k));
+    }
+
     /// Requests, latency histogram and bytes per label, Prometheus text.
     pub fn render(&self, out: &mut String) {
         let labels: BTreeMap<Labels, Arc<LabelStats>> = self
@@ -221,5 +230,10 @@ mod tests {
         }
         // The same label gets the same counters back.
         assert!(Arc::ptr_eq(&s, &reg.get(&label)));
+        // A label no route uses any more is dropped.
+        reg.retain(&std::collections::HashSet::new());
+        let mut out = String::new();
+        reg.render(&mut out);
+        assert!(!out.contains("ns/ing"), "{out}");
     }
 }

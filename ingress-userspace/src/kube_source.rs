@@ -45,7 +45,11 @@ macro_rules! watched {
         impl Watched for $t {
             const KIND: &'static str = stringify!($t);
             fn into_object(self) -> Object {
-                Object::$t(Box::new(self))
+                // managedFields is often most of an object and nothing
+                // here reads it (client-go informers drop it the same way).
+                let mut o = self;
+                o.metadata.managed_fields = None;
+                Object::$t(Box::new(o))
             }
         }
     )*};

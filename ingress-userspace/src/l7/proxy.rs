@@ -1072,12 +1072,64 @@ fn redirect_to_https(req: &Request<Incoming>, host: Option<&str>) -> Response<Bo
     resp
 }
 
-/// One client connection, plain or TLS: HTTP/1.1 or HTTP/2 (by ALPN or
-/// prior knowledge), until the client goes away.
+/// Which HTTP a client connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proto {
+    Http1,
+    Http2,
+}
+
+/// A connection hyper serves that can be asked to finish gracefully.
+trait Graceful: std::future::Future<Output = Result<(), hyper::Error>> {
+    fn graceful(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn graceful(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B, E> Graceful for hyper::server::conn::http2::Connection<I, S, E>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<BoxError>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Runs a connection to its end, or asks it to finish once shutdown begins.
+async fn drive<C: Graceful>(conn: C, proxy: &Proxy) -> Result<(), hyper::Error> {
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        () = proxy.stopped() => {
+            conn.as_mut().graceful();
+            conn.await
+        }
+    }
+}
+
+/// One client connection, plain or TLS, in the HTTP it speaks, until the
+/// client goes away.
 async fn serve_conn<I>(
     io: I,
     proxy: Arc<Proxy>,
     conn: Conn,
+    proto: Proto,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -1092,33 +1144,122 @@ where
         async move { Ok::<_, Infallible>(p.handle(req, conn).await) }
     });
     let limits = &proxy.limits;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.client_header_timeout)
-        // hyper answers 431 past these.
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers);
-    builder
-        .http2()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .keep_alive_interval(Some(limits.client_header_timeout));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = proxy.stopped() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let io = TokioIo::new(io);
+    let result = match proto {
+        Proto::Http1 => {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.client_header_timeout)
+                // hyper answers 431 past these.
+                .max_buf_size(limits.max_header_bytes.max(8192))
+                .max_headers(limits.max_headers);
+            drive(b.serve_connection(io, svc).with_upgrades(), &proxy).await
+        }
+        Proto::Http2 => {
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            b.timer(hyper_util::rt::TokioTimer::new())
+                .max_header_list_size(limits.max_header_bytes as u32)
+                .keep_alive_interval(Some(limits.client_header_timeout));
+            drive(b.serve_connection(io, svc), &proxy).await
         }
     };
     proxy
         .metrics
         .active_connections
         .fetch_sub(1, Ordering::Relaxed);
-    result
+    result.map_err(Into::into)
+}
+
+/// How HTTP/2 with prior knowledge starts (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads the start of a plain connection (one read for a typical request:
+/// a 24-byte sniff would cost a second one) and tells HTTP/2 prior
+/// knowledge from HTTP/1.
+async fn sniff(io: &mut KeepWriter, timeout: Duration) -> Sniffed {
+    use tokio::io::AsyncReadExt as _;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut head = bytes::BytesMut::with_capacity(4096);
+    loop {
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut head)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Sniffed::Gone,
+            Err(_) => return Sniffed::TooSlow,
+        }
+        let n = head.len().min(H2_PREFACE.len());
+        if head[..n] != H2_PREFACE[..n] {
+            return Sniffed::Head(head.freeze(), Proto::Http1);
+        }
+        if n == H2_PREFACE.len() {
+            return Sniffed::Head(head.freeze(), Proto::Http2);
+        }
+    }
+}
+
+enum Sniffed {
+    Head(Bytes, Proto),
+    /// Closed or failed before a byte came.
+    Gone,
+    /// Nothing within the client header timeout.
+    TooSlow,
+}
+
+/// An IO that reads `head` before the rest of `io`.
+struct Prefixed<I> {
+    head: Bytes,
+    io: I,
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.head.is_empty() {
+            let n = self.head.len().min(buf.remaining());
+            let chunk = self.head.split_to(n);
+            buf.put_slice(&chunk);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// Whether a connection ended because the client was too slow sending a
@@ -1137,13 +1278,31 @@ fn is_header_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// TCP_NODELAY on the listener: accepted sockets inherit it (Linux), which
+/// saves a setsockopt per connection.
+fn set_nodelay(listener: &TcpListener) {
+    use std::os::fd::AsRawFd as _;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket we own, with a c_int of its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "TCP_NODELAY on the listener");
+    }
+}
+
 async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                return (stream, peer);
-            }
+            // TCP_NODELAY comes from the listener (set_nodelay).
+            Ok(pair) => return pair,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -1163,6 +1322,7 @@ where
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    set_nodelay(&listener);
     let slots = Arc::new(tokio::sync::Semaphore::new(
         proxy.limits.max_connections.max(1),
     ));
@@ -1200,10 +1360,18 @@ where
 /// §15.5.9 allows it on idle connections too).
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
     accept_loop(listener, proxy, |stream, conn, proxy| async move {
-        let (io, late) = KeepWriter::new(stream);
-        let timed_out = serve_conn(io, proxy, conn)
-            .await
-            .is_err_and(|e| is_header_timeout(e.as_ref()));
+        let (mut io, late) = KeepWriter::new(stream);
+        let timed_out = match sniff(&mut io, proxy.limits.client_header_timeout).await {
+            Sniffed::Head(head, proto) => serve_conn(Prefixed { head, io }, proxy, conn, proto)
+                .await
+                .is_err_and(|e| is_header_timeout(e.as_ref())),
+            Sniffed::Gone => false,
+            // The same 408 as a slow head gets.
+            Sniffed::TooSlow => {
+                drop(io);
+                true
+            }
+        };
         let Some(mut w) = late.take() else { return };
         if timed_out {
             use tokio::io::AsyncWriteExt as _;
@@ -1333,7 +1501,14 @@ pub async fn serve_tls(
         async move {
             let conn = Conn { tls: true, ..conn };
             match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => drop(serve_conn(tls, proxy, conn).await),
+                Ok(Ok(tls)) => {
+                    // TLS says which HTTP by ALPN.
+                    let proto = match tls.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Proto::Http2,
+                        _ => Proto::Http1,
+                    };
+                    drop(serve_conn(tls, proxy, conn, proto).await)
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(client = %conn.peer, error = %e, "TLS handshake failed")
                 }

@@ -717,6 +717,19 @@ impl UpstreamError {
     }
 }
 
+/// A request the connection could not take (it closed before the request
+/// went out) comes back whole, for another endpoint.
+impl From<hyper::client::conn::TrySendError<Request<ReqBody>>> for UpstreamError {
+    fn from(mut e: hyper::client::conn::TrySendError<Request<ReqBody>>) -> Self {
+        let unsent = e.take_message();
+        Self {
+            connect: false,
+            error: Box::new(e.into_error()),
+            unsent,
+        }
+    }
+}
+
 type UpstreamResult = Result<Response<Body>, UpstreamError>;
 
 type H1Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
@@ -816,15 +829,7 @@ impl H1Pool {
         };
         match sender.try_send_request(req).await {
             Ok(resp) => Ok(self.returning(addr, sender, resp)),
-            // Closed before the request went out: still whole.
-            Err(mut e) => match e.take_message() {
-                Some(unsent) => Err(UpstreamError {
-                    connect: false,
-                    error: Box::new(e.into_error()),
-                    unsent: Some(unsent),
-                }),
-                None => Err(UpstreamError::sent(e.into_error())),
-            },
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -926,14 +931,7 @@ impl H2Pool {
         };
         match sender.try_send_request(req).await {
             Ok(resp) => Ok(resp.map(|b| b.boxed())),
-            Err(mut e) => match e.take_message() {
-                Some(unsent) => Err(UpstreamError {
-                    connect: false,
-                    error: Box::new(e.into_error()),
-                    unsent: Some(unsent),
-                }),
-                None => Err(UpstreamError::sent(e.into_error())),
-            },
+            Err(e) => Err(e.into()),
         }
     }
 }

@@ -282,10 +282,11 @@ fn main() -> std::process::ExitCode {
     let (writer, _log_guard) = tracing_appender::non_blocking(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(
-            // kube-rs warns on every retry; ingressd says it once, with
-            // what to fix (kube_source).
+            // kube-rs logs every failed request and retry; ingressd says
+            // each problem once, with what to fix (kube_source, publish).
+            // RUST_LOG=info,kube_client=debug brings them back.
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube_runtime::watcher=error".into()),
+                .unwrap_or_else(|_| "info,kube_runtime::watcher=off,kube_client=off".into()),
         )
         .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

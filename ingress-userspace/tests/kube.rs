@@ -579,3 +579,64 @@ async fn host_network_status_lists_the_nodes_of_the_controllers_pods() {
     drop(one);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_loss_is_logged_once_and_the_last_state_keeps_serving() {
+    let dir = temp_dir("kube-down");
+    let api = FakeApi::start().await;
+    let a = echo("a").await;
+    api.apply_yaml(&(backend("a", a) + &ingress("shop.test", "/", "a")));
+    let mut d = Ingressd::start(
+        &api.kubeconfig(&dir),
+        &dir,
+        "one",
+        &["--update-status=false"],
+    );
+    d.bound().await;
+    d.wait_for("shop.test", "/", 200, "a /").await;
+    api.set_down(true);
+    let hint = "cannot reach the API server";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d.log().contains(hint) {
+        assert!(Instant::now() < deadline, "loss not logged:\n{}", d.log());
+        // Meanwhile the proxy serves what it had.
+        d.wait_for("shop.test", "/", 200, "a /").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Retries go on (kube-rs backoff), each watch's problem said once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api.refused() < 10 {
+        assert!(Instant::now() < deadline, "no retries:\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    d.wait_for("shop.test", "/", 200, "a /").await;
+    let log = d.log();
+    for watch in [
+        "Service",
+        "EndpointSlice",
+        "Ingress",
+        "IngressClass",
+        "Node node-a",
+    ] {
+        let lines = log
+            .lines()
+            .filter(|l| l.contains(hint) && l.contains(&format!("watch={watch} ")))
+            .count();
+        assert!(lines <= 1, "{watch} said {lines} times:\n{log}");
+    }
+    assert!(!log.contains("kube_client"), "{log}");
+    api.set_down(false);
+    api.apply_yaml(&ingress("shop.test", "/back", "a"));
+    d.wait_for("shop.test", "/back", 200, "a /back").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("watch works again watch=Ingress") {
+        assert!(
+            Instant::now() < deadline,
+            "recovery not logged:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -123,6 +123,10 @@ struct State {
     watches: Vec<Watch>,
     forbidden: BTreeSet<Res>,
     requests: Vec<String>,
+    /// Unreachable: connections are closed as soon as they are accepted.
+    down: bool,
+    /// Connections closed that way.
+    refused: usize,
 }
 
 impl State {
@@ -172,6 +176,8 @@ pub struct FakeApi {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     task: tokio::task::JoinHandle<()>,
+    /// True while "unreachable": open connections are cut.
+    down: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for FakeApi {
@@ -312,24 +318,43 @@ impl FakeApi {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let st = state.clone();
+        let down = tokio::sync::watch::Sender::new(false);
+        let cut = down.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                {
+                    let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
+                    if s.down {
+                        s.refused += 1;
+                        drop(stream);
+                        continue;
+                    }
+                }
                 let st = st.clone();
+                let mut cut = cut.subscribe();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let st = st.clone();
                         async move { Ok::<_, Infallible>(handle(&st, req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let serve = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = serve => {}
+                        _ = cut.wait_for(|d| *d) => {}
+                    }
                 });
             }
         });
-        FakeApi { addr, state, task }
+        FakeApi {
+            addr,
+            state,
+            task,
+            down,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -423,6 +448,20 @@ impl FakeApi {
         let mut s = self.lock();
         s.watches.retain(|w| !w.tx.is_closed());
         s.watches.len()
+    }
+
+    /// The API server goes away (open watches end, new connections are
+    /// closed at once), or comes back.
+    pub fn set_down(&self, down: bool) {
+        let mut s = self.lock();
+        s.down = down;
+        s.watches.clear();
+        self.down.send_replace(down);
+    }
+
+    /// Connections cut while down.
+    pub fn refused(&self) -> usize {
+        self.lock().refused
     }
 
     pub fn forbid(&self, kind: &str) {

@@ -494,9 +494,10 @@ async fn one_elected_replica_writes_ingress_status_once() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_a_thousand_changes_is_a_few_syncs() {
-    let dir = temp_dir("kube-burst");
+/// A fake API server holding backend `a` routed from shop.test/, and an
+/// ingressd (no status writing) serving it.
+async fn serving_shop(tag: &str) -> (PathBuf, FakeApi, Ingressd) {
+    let dir = temp_dir(tag);
     let api = FakeApi::start().await;
     let a = echo("a").await;
     api.apply_yaml(&(backend("a", a) + &ingress("shop.test", "/", "a")));
@@ -508,6 +509,12 @@ async fn a_burst_of_a_thousand_changes_is_a_few_syncs() {
     );
     d.bound().await;
     d.wait_for("shop.test", "/", 200, "a /").await;
+    (dir, api, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_a_thousand_changes_is_a_few_syncs() {
+    let (dir, api, d) = serving_shop("kube-burst").await;
     let syncs = || async {
         get(d.metrics.unwrap(), "/metrics", "x")
             .await
@@ -582,18 +589,7 @@ async fn host_network_status_lists_the_nodes_of_the_controllers_pods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_loss_is_logged_once_and_the_last_state_keeps_serving() {
-    let dir = temp_dir("kube-down");
-    let api = FakeApi::start().await;
-    let a = echo("a").await;
-    api.apply_yaml(&(backend("a", a) + &ingress("shop.test", "/", "a")));
-    let mut d = Ingressd::start(
-        &api.kubeconfig(&dir),
-        &dir,
-        "one",
-        &["--update-status=false"],
-    );
-    d.bound().await;
-    d.wait_for("shop.test", "/", 200, "a /").await;
+    let (dir, api, d) = serving_shop("kube-down").await;
     api.set_down(true);
     let hint = "cannot reach the API server";
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -118,10 +118,6 @@ fn boolean(v: &str) -> Option<bool> {
     }
 }
 
-/// Annotations known to ingress-nginx whose job is done elsewhere here, so
-/// they are accepted silently.
-const HANDLED_ELSEWHERE: [&str; 1] = ["ingress.class"];
-
 /// Reads an Ingress's annotations (pure). `id` is `namespace/name`.
 pub fn policy(
     id: &str,
@@ -251,7 +247,6 @@ pub fn policy(
                 key,
                 "snippets are not supported, by design: no configuration is templated from user input; ignored".into(),
             ),
-            n if HANDLED_ELSEWHERE.contains(&n) => {}
             _ => warn(key, "not supported by ingress-ebpf; ignored".into()),
         }
     }

@@ -218,14 +218,14 @@ impl Proxy {
     /// Publishes a new table; requests in flight finish on the old one.
     pub fn swap_routes(&self, table: RouteTable) {
         let mut table = table;
-        let mut labels: HashSet<Labels> = HashSet::new();
-        labels.insert((Arc::from(DEFAULT_LABEL.0), Arc::from(DEFAULT_LABEL.1)));
-        for route in table.routes_mut() {
-            let l = label(route);
-            route.stats = StatsHandle(Some(self.metrics.by_label.get(&l)));
-            labels.insert(l);
+        let mut routes: Vec<&mut Route> = table.routes_mut().collect();
+        let mut labels: Vec<Labels> = routes.iter().map(|r| label(r)).collect();
+        // The built-in default backend's counters live on too.
+        labels.push((Arc::from(DEFAULT_LABEL.0), Arc::from(DEFAULT_LABEL.1)));
+        let handles = self.metrics.by_label.publish(&labels);
+        for (route, stats) in routes.iter_mut().zip(handles) {
+            route.stats = StatsHandle(Some(stats));
         }
-        self.metrics.by_label.retain(&labels);
         let live: HashSet<SocketAddr> = table.endpoints().collect();
         self.routes.store(Arc::new(table));
         self.balancer.retain(&live);

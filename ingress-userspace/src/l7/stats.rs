@@ -108,13 +108,23 @@ impl Registry {
             .clone()
     }
 
-    /// Forgets the labels not in `live` (an Ingress or backend that went
-    /// away), as ingress-nginx drops the metrics of deleted Ingresses.
-    pub fn retain(&self, live: &std::collections::HashSet<Labels>) {
-        self.by_label
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|k, _| live.contains(k));
+    /// The stats of each of `labels` (a new table's), in order, under one
+    /// lock; the labels not among them (an Ingress or backend that went
+    /// away) are forgotten, as ingress-nginx drops the metrics of deleted
+    /// Ingresses.
+    pub fn publish(&self, labels: &[Labels]) -> Vec<Arc<LabelStats>> {
+        let mut map = self.by_label.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = HashMap::with_capacity(labels.len());
+        let handles = labels
+            .iter()
+            .map(|l| {
+                kept.entry(l.clone())
+                    .or_insert_with(|| map.remove(l).unwrap_or_default())
+                    .clone()
+            })
+            .collect();
+        *map = kept;
+        handles
     }
 
     /// Requests, latency histogram and bytes per label, Prometheus text.
@@ -231,7 +241,7 @@ mod tests {
         // The same label gets the same counters back.
         assert!(Arc::ptr_eq(&s, &reg.get(&label)));
         // A label no route uses any more is dropped.
-        reg.retain(&std::collections::HashSet::new());
+        reg.publish(&[]);
         let mut out = String::new();
         reg.render(&mut out);
         assert!(!out.contains("ns/ing"), "{out}");

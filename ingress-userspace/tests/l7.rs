@@ -1171,3 +1171,142 @@ async fn ingress_nginx_annotations_through_the_proxy() {
     let (s, loc, _) = send(h, "GET", "/x", "force.test", vec![]).await;
     assert_eq!((s, loc.as_deref()), (308, Some("https://force.test/x")));
 }
+
+/// A raw HTTP/1.1 endpoint answering each request by its path with fixed
+/// bytes, framed in every way RFC 9112 allows; counts its connections.
+async fn scripted_endpoint(ip: Ipv4Addr) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                // Bounded: at most 1,000 requests per connection.
+                for _ in 0..1000 {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                    let huge = format!(
+                        "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 0\r\n\r\n",
+                        "x".repeat(70_000)
+                    );
+                    let (answer, then_close): (&[u8], bool) = match path.as_str() {
+                        "/chunked" => (
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n",
+                            false,
+                        ),
+                        "/until-close" => (b"HTTP/1.1 200 OK\r\n\r\nread to the end", true),
+                        "/hints" => (
+                            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
+                            false,
+                        ),
+                        "/empty" => (b"HTTP/1.1 204 No Content\r\n\r\n", false),
+                        "/length" => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false),
+                        // Keep-alive promised, then closed: the pooled
+                        // connection is stale by the next request.
+                        "/then-gone" => (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngone", true),
+                        "/two-lengths" => (
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxy",
+                            true,
+                        ),
+                        "/huge-head" => (huge.as_bytes(), true),
+                        _ => (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", false),
+                    };
+                    // HEAD gets the head only (the length stays).
+                    let answer = if head.starts_with("HEAD ") {
+                        let end = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        &answer[..end]
+                    } else {
+                        answer
+                    };
+                    if stream.write_all(answer).await.is_err() || then_close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_responses_framed_every_way_and_pooled() {
+    let (addr, conns) = scripted_endpoint(Ipv4Addr::new(127, 0, 0, 6)).await;
+    let yaml = service(
+        "raw",
+        addr.port(),
+        &[IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6))],
+    ) + "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: ebpf}\nspec: {controller: ingress-ebpf/controller}\n\
+           ---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: raw}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: raw.test\n    http:\n      paths:\n\
+           \x20     - {path: /, pathType: Prefix, backend: {service: {name: raw, port: {number: 80}}}}\n";
+    let d = Ingressd::start(&yaml).await;
+    let call = |method: &'static str, path: &'static str| {
+        send(d.http, method, path, "raw.test", Vec::new())
+    };
+
+    // Kept-alive endpoint connections are reused: 20 requests, one connection.
+    let before = conns.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        let (status, _, body) = call("GET", "/length").await;
+        assert_eq!((status, body.as_str()), (200, "hello"));
+    }
+    assert_eq!(
+        conns.load(Ordering::SeqCst) - before,
+        1,
+        "keep-alive to the endpoint"
+    );
+
+    let (status, _, body) = call("GET", "/chunked").await;
+    assert_eq!((status, body.as_str()), (200, "hello world"));
+    let (status, _, body) = call("GET", "/until-close").await;
+    assert_eq!((status, body.as_str()), (200, "read to the end"));
+    // 1xx before the answer is skipped.
+    let (status, _, body) = call("GET", "/hints").await;
+    assert_eq!((status, body.as_str()), (200, "final"));
+    let (status, _, body) = call("GET", "/empty").await;
+    assert_eq!((status, body.as_str()), (204, ""));
+    // HEAD: the length says 5, no body follows, nothing waits for one.
+    let (status, _, body) = tokio::time::timeout(Duration::from_secs(3), call("HEAD", "/length"))
+        .await
+        .expect("HEAD answered");
+    assert_eq!((status, body.as_str()), (200, ""));
+    let (status, _, body) = call("GET", "/length").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "hello"),
+        "the connection after HEAD is in step"
+    );
+
+    // An endpoint closing a connection it said it would keep: the next
+    // request on it fails before any answer and goes on a new one.
+    for i in 0..10 {
+        let (status, _, body) = call("GET", "/then-gone").await;
+        assert_eq!((status, body.as_str()), (200, "gone"), "request {i}");
+    }
+
+    // Answers a proxy must not pass on: 502.
+    let (status, _, _) = call("GET", "/two-lengths").await;
+    assert_eq!(status, 502, "conflicting Content-Length");
+    let (status, _, _) = call("GET", "/huge-head").await;
+    assert_eq!(status, 502, "response head over 64 KiB");
+    // And the endpoint still serves after those.
+    let (status, _, body) = call("GET", "/length").await;
+    assert_eq!((status, body.as_str()), (200, "hello"));
+}

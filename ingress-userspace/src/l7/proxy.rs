@@ -33,14 +33,15 @@ use tokio::net::TcpListener;
 
 use super::{
     balance::Balancer,
+    inline_client::InlinePool,
     route::{Match, Route, RouteTable, Upstream, normalize_host, rewrite_path},
     stats::{LabelStats, Labels, Registry, StatsHandle},
 };
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// What goes upstream: the client's body, maybe cut off at the limit.
-type ReqBody = BoxBody<Bytes, BoxError>;
+pub(super) type ReqBody = BoxBody<Bytes, BoxError>;
 
 /// Timeouts and limits (flags of `ingressd run`).
 #[derive(Clone, Debug)]
@@ -92,8 +93,11 @@ struct ProxyMetrics {
 
 pub struct Proxy {
     routes: ArcSwap<RouteTable>,
-    /// HTTP/1.1 connections to endpoints.
+    /// HTTP/1.1 connections to endpoints for requests with a body or an
+    /// upgrade (hyper's client).
     h1: Arc<H1Pool>,
+    /// HTTP/1.1 connections to endpoints for all other requests.
+    inline: Arc<InlinePool>,
     /// For Service ports whose appProtocol says HTTP/2 (h2c, gRPC).
     h2: H2Pool,
     balancer: Balancer,
@@ -206,6 +210,7 @@ impl Proxy {
                 idle: Mutex::default(),
                 idle_timeout: limits.idle_keepalive,
             }),
+            inline: Arc::new(InlinePool::new(limits.idle_keepalive)),
             h2: H2Pool::default(),
             balancer: Balancer::default(),
             limits,
@@ -229,6 +234,7 @@ impl Proxy {
         let live: HashSet<SocketAddr> = table.endpoints().collect();
         self.routes.store(Arc::new(table));
         self.balancer.retain(&live);
+        self.inline.retain(&live);
     }
 
     /// Stops taking connections, asks open ones to finish (HTTP/1.1 closes
@@ -461,6 +467,9 @@ impl Proxy {
         // A request goes to a second endpoint only if it never left (the
         // connect failed): then even a body is still whole, as nginx's
         // proxy_next_upstream does for errors before sending.
+        // The common request (no body, no upgrade) is sent and answered by
+        // this task; the others need hyper's client to stream both ways.
+        let inline = !h2 && bodiless && downstream.is_none();
         let mut pending = Some(out);
         let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); 2];
         for attempt in 0..tried.len() {
@@ -472,11 +481,15 @@ impl Proxy {
             let connect_timeout = policy
                 .connect_timeout
                 .unwrap_or(self.limits.upstream_connect_timeout);
+            // The less common paths are boxed: an inline future as large as
+            // the largest of them would be copied around on every request.
             let sent = async {
-                if h2 {
-                    self.h2.request(addr, out, connect_timeout).await
+                if inline {
+                    self.inline.request(addr, out, connect_timeout).await
+                } else if h2 {
+                    Box::pin(self.h2.request(addr, out, connect_timeout)).await
                 } else {
-                    self.h1.request(addr, out, connect_timeout).await
+                    Box::pin(self.h1.request(addr, out, connect_timeout)).await
                 }
             };
             // The response timeout counts from the end of the request body,
@@ -577,12 +590,12 @@ struct Counted {
 
 impl hyper::body::Body for Counted {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
@@ -692,7 +705,7 @@ impl hyper::body::Body for ClientBody {
 
 /// An upstream failure: whether it happened while connecting (safe to retry
 /// elsewhere, counts towards ejection) and what it was.
-struct UpstreamError {
+pub(super) struct UpstreamError {
     connect: bool,
     error: BoxError,
     /// The request, when it never left: it may go to another endpoint.
@@ -700,7 +713,7 @@ struct UpstreamError {
 }
 
 impl UpstreamError {
-    fn connect(error: BoxError, unsent: Request<ReqBody>) -> Self {
+    pub(super) fn connect(error: BoxError, unsent: Request<ReqBody>) -> Self {
         Self {
             connect: true,
             error,
@@ -708,7 +721,7 @@ impl UpstreamError {
         }
     }
 
-    fn sent(error: impl Into<BoxError>) -> Self {
+    pub(super) fn sent(error: impl Into<BoxError>) -> Self {
         Self {
             connect: false,
             error: error.into(),
@@ -730,12 +743,12 @@ impl From<hyper::client::conn::TrySendError<Request<ReqBody>>> for UpstreamError
     }
 }
 
-type UpstreamResult = Result<Response<Body>, UpstreamError>;
+pub(super) type UpstreamResult = Result<Response<Body>, UpstreamError>;
 
 type H1Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
 
 /// A TCP connection to an endpoint, within `timeout`.
-async fn connect_endpoint(
+pub(super) async fn connect_endpoint(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<tokio::net::TcpStream, BoxError> {
@@ -842,7 +855,7 @@ impl H1Pool {
         resp: Response<Incoming>,
     ) -> Response<Body> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return resp.map(|b| b.boxed());
+            return resp.map(|b| b.map_err(BoxError::from).boxed());
         }
         let back = Some((self.clone(), addr, sender));
         resp.map(|inner| Returning { inner, back }.boxed())
@@ -858,13 +871,15 @@ struct Returning {
 
 impl hyper::body::Body for Returning {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(BoxError::from)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -930,7 +945,7 @@ impl H2Pool {
             Err(e) => return Err(UpstreamError::connect(e, req)),
         };
         match sender.try_send_request(req).await {
-            Ok(resp) => Ok(resp.map(|b| b.boxed())),
+            Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed())),
             Err(e) => Err(e.into()),
         }
     }

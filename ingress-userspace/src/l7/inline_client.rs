@@ -1,0 +1,727 @@
+//! HTTP/1.1 to endpoints for the common request (no body, no upgrade),
+//! driven by the task already serving the client's request.
+//!
+//! hyper's client runs every upstream connection as a task of its own and
+//! hands each request and response over channels: two task switches, an
+//! mpsc and a oneshot per request, the largest share of the proxy's
+//! userspace time under keep-alive load. Here the request head is written
+//! and the response read by the request's own future, and the response body
+//! reads the endpoint's socket directly. Requests with a body (which must
+//! stream both ways at once), upgrades and HTTP/2 stay on hyper's client.
+use std::{
+    collections::HashMap,
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::{Pin, pin},
+    sync::{Arc, Mutex},
+    task::{Context, Poll, ready},
+    time::{Duration, Instant},
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::{
+    Method, Request, Response, StatusCode, Version,
+    body::Frame,
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use super::proxy::{Body, BoxError, ReqBody, UpstreamError, UpstreamResult, connect_endpoint};
+
+/// A response head larger than this is refused (502), as nginx's
+/// "upstream sent too big header".
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Response headers accepted per head (hyper's client allows 100).
+const MAX_HEADERS: usize = 100;
+/// Chunk-size lines and trailers are bounded like the head.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Reads ask for at least this much room.
+const READ_CHUNK: usize = 16 * 1024;
+/// Pooled connections tried before a new one is made: a stale one (closed
+/// by the endpoint meanwhile) is retried on, a run of them is not chased.
+const MAX_POOLED_TRIES: usize = 3;
+/// Idle connections kept per endpoint.
+const MAX_IDLE_PER_ENDPOINT: usize = 512;
+
+/// Idle keep-alive connections per endpoint, newest on top.
+pub(super) struct InlinePool {
+    idle: Mutex<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
+    idle_timeout: Duration,
+}
+
+impl InlinePool {
+    pub(super) fn new(idle_timeout: Duration) -> Self {
+        Self {
+            idle: Mutex::default(),
+            idle_timeout,
+        }
+    }
+
+    fn checkout(&self, addr: SocketAddr) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let stack = idle.get_mut(&addr)?;
+        let now = Instant::now();
+        // Expired ones sink to the bottom: cut them off there.
+        let stale = stack
+            .iter()
+            .take_while(|(_, since)| now.duration_since(*since) >= self.idle_timeout)
+            .count();
+        stack.drain(..stale);
+        while let Some((stream, _)) = stack.pop() {
+            if still_open(&stream) {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, addr: SocketAddr, stream: TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let stack = idle.entry(addr).or_default();
+        if stack.len() < MAX_IDLE_PER_ENDPOINT {
+            stack.push((stream, Instant::now()));
+        }
+    }
+
+    /// Endpoints no longer in any route lose their idle connections.
+    pub(super) fn retain(&self, live: &std::collections::HashSet<SocketAddr>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|addr, _| live.contains(addr));
+    }
+
+    /// Sends a request without a body and returns the response, its body
+    /// still to be read from the endpoint.
+    pub(super) async fn request(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        req: Request<ReqBody>,
+        connect_timeout: Duration,
+    ) -> UpstreamResult {
+        let head = encode_request_head(&req, addr);
+        let is_head = req.method() == Method::HEAD;
+        // A pooled connection the endpoint closed just now fails before any
+        // answer; the request goes again on another connection when that
+        // cannot do harm (RFC 9110 §9.2.2), as nginx does for idempotent
+        // requests.
+        let may_repeat = idempotent(req.method());
+        for _ in 0..MAX_POOLED_TRIES {
+            let Some(stream) = self.checkout(addr) else {
+                break;
+            };
+            match self.exchange(addr, stream, &head, is_head).await {
+                Ok(resp) => return Ok(resp),
+                Err(Failure::NoAnswer(_)) if may_repeat => {}
+                Err(e) => return Err(UpstreamError::sent(e.into_error())),
+            }
+        }
+        let stream = match connect_endpoint(addr, connect_timeout).await {
+            Ok(s) => s,
+            Err(e) => return Err(UpstreamError::connect(e, req)),
+        };
+        self.exchange(addr, stream, &head, is_head)
+            .await
+            .map_err(|e| UpstreamError::sent(e.into_error()))
+    }
+
+    async fn exchange(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        mut stream: TcpStream,
+        head: &[u8],
+        is_head: bool,
+    ) -> Result<Response<Body>, Failure> {
+        stream.write_all(head).await.map_err(Failure::NoAnswer)?;
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let parsed = loop {
+            match parse_response_head(&mut buf, is_head).map_err(Failure::Bad)? {
+                Some(Head::Informational) => continue,
+                Some(Head::Final(parsed)) => break parsed,
+                None => {}
+            }
+            if buf.len() >= MAX_HEAD_BYTES {
+                return Err(Failure::Bad("response head too large"));
+            }
+            buf.reserve(READ_CHUNK);
+            let had = buf.len();
+            match stream.read_buf(&mut buf).await {
+                Ok(0) if had == 0 => {
+                    return Err(Failure::NoAnswer(io::ErrorKind::UnexpectedEof.into()));
+                }
+                Ok(0) => return Err(Failure::Bad("endpoint closed within the response head")),
+                Ok(_) => {}
+                Err(e) if had == 0 => return Err(Failure::NoAnswer(e)),
+                Err(_) => return Err(Failure::Bad("endpoint reset within the response head")),
+            }
+        };
+        let Parsed {
+            response,
+            framing,
+            keep_alive,
+        } = parsed;
+        let body = Inline {
+            stream: Some(stream),
+            buf,
+            framing,
+            keep_alive,
+            back: Some((self.clone(), addr)),
+        };
+        Ok(response.map(|()| body.boxed()))
+    }
+}
+
+/// Whether an idle connection is still usable: no syscall unless the
+/// reactor saw it become readable (then it is closed, or sent something
+/// unasked for, and either way is done).
+fn still_open(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        }
+    }
+}
+
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+enum Failure {
+    /// Nothing came back: the connection was dead before the request.
+    NoAnswer(io::Error),
+    /// The endpoint answered something that is not HTTP/1.1 we accept.
+    Bad(&'static str),
+}
+
+impl Failure {
+    fn into_error(self) -> BoxError {
+        match self {
+            Failure::NoAnswer(e) => Box::new(e),
+            Failure::Bad(why) => why.into(),
+        }
+    }
+}
+
+/// `METHOD /path?query HTTP/1.1`, then the headers as they are (the
+/// request is already in origin form with its forwarding headers).
+fn encode_request_head(req: &Request<ReqBody>, addr: SocketAddr) -> Vec<u8> {
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut out = Vec::with_capacity(256 + req.headers().len() * 48);
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !req.headers().contains_key(header::HOST) {
+        // HTTP/1.1 requires one; an HTTP/1.0 client may not have sent it.
+        out.extend_from_slice(format!("host: {addr}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// How the response body ends (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the endpoint closes the connection.
+    Close,
+}
+
+/// Where the chunked decoder is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+#[derive(Debug)]
+struct Parsed {
+    response: Response<()>,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+#[derive(Debug)]
+enum Head {
+    /// A 1xx answer before the real one (103 Early Hints, 100 Continue):
+    /// consumed from the buffer and skipped.
+    Informational,
+    Final(Parsed),
+}
+
+/// Parses a response head at the start of `buf`, consuming it; `None`
+/// while it is incomplete.
+fn parse_response_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, &'static str> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err("too many response headers"),
+        Err(_) => return Err("malformed response head"),
+    };
+    let code = parsed.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| "invalid response status")?;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        // Only upgrade requests may be switched, and they go through hyper.
+        return Err("101 to a request that asked for no upgrade");
+    }
+    if status.is_informational() {
+        buf.advance(len);
+        return Ok(Some(Head::Informational));
+    }
+    let http10 = parsed.version == Some(0);
+    // Header values are slices of the head: no copy per header.
+    let base = buf.as_ptr() as usize;
+    let spans: Vec<(HeaderName, usize, usize)> = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| "invalid response header name")?;
+            let start = h.value.as_ptr() as usize - base;
+            Ok((name, start, start + h.value.len()))
+        })
+        .collect::<Result<_, &'static str>>()?;
+    let head = buf.split_to(len).freeze();
+    let mut map = HeaderMap::with_capacity(spans.len());
+    for (name, start, end) in spans {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| "invalid response header value")?;
+        map.append(name, value);
+    }
+    let framing = framing(status, is_head, &map)?;
+    let keep_alive = framing != Framing::Close && keeps_alive(http10, &map);
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = Version::HTTP_11;
+    *response.headers_mut() = map;
+    Ok(Some(Head::Final(Parsed {
+        response,
+        framing,
+        keep_alive,
+    })))
+}
+
+/// RFC 9112 §6.3: no body for HEAD, 204 and 304; Transfer-Encoding,
+/// then Content-Length, else until close. Both at once is refused, as
+/// nginx does: it is how responses are smuggled.
+fn framing(
+    status: StatusCode,
+    is_head: bool,
+    headers: &HeaderMap,
+) -> Result<Framing, &'static str> {
+    if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Length(0));
+    }
+    let te = headers.contains_key(header::TRANSFER_ENCODING);
+    let cl = headers.contains_key(header::CONTENT_LENGTH);
+    if te && cl {
+        return Err("both Transfer-Encoding and Content-Length in the response");
+    }
+    if te {
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|t| !t.is_empty());
+        return Ok(match last {
+            Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunk::Size),
+            _ => Framing::Close,
+        });
+    }
+    if cl {
+        let mut length = None;
+        for value in headers.get_all(header::CONTENT_LENGTH) {
+            let text = value.to_str().map_err(|_| "invalid Content-Length")?;
+            for part in text.split(',') {
+                let part = part.trim();
+                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err("invalid Content-Length");
+                }
+                let n: u64 = part.parse().map_err(|_| "invalid Content-Length")?;
+                if length.is_some_and(|l| l != n) {
+                    return Err("conflicting Content-Length values");
+                }
+                length = Some(n);
+            }
+        }
+        if let Some(n) = length {
+            return Ok(Framing::Length(n));
+        }
+    }
+    Ok(Framing::Close)
+}
+
+/// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only
+/// when told `keep-alive`.
+fn keeps_alive(http10: bool, headers: &HeaderMap) -> bool {
+    let mut close = false;
+    let mut keep = false;
+    for token in headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+    {
+        close |= token.eq_ignore_ascii_case("close");
+        keep |= token.eq_ignore_ascii_case("keep-alive");
+    }
+    !close && (!http10 || keep)
+}
+
+/// What the chunked decoder got out of the buffer.
+#[derive(Debug, PartialEq, Eq)]
+enum Decoded {
+    Data(Bytes),
+    NeedMore,
+    Done,
+}
+
+/// Takes the next piece of a chunked body off `buf`.
+fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, &'static str> {
+    loop {
+        match *state {
+            Chunk::Size => match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    buf.advance(used);
+                    *state = if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    };
+                }
+                Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE => {
+                    return Ok(Decoded::NeedMore);
+                }
+                _ => return Err("invalid chunk size"),
+            },
+            Chunk::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let take = left.min(buf.len() as u64);
+                let rest = left - take;
+                *state = if rest == 0 {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(rest)
+                };
+                return Ok(Decoded::Data(buf.split_to(take as usize).freeze()));
+            }
+            Chunk::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(Decoded::NeedMore);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err("chunk not followed by CRLF");
+                }
+                buf.advance(2);
+                *state = Chunk::Size;
+            }
+            // Trailer fields are read and dropped: they would reach the
+            // client only if it asked for them (TE: trailers).
+            Chunk::Trailers => match buf.windows(2).position(|w| w == b"\r\n") {
+                Some(0) => {
+                    buf.advance(2);
+                    *state = Chunk::Done;
+                }
+                Some(end) => buf.advance(end + 2),
+                None if buf.len() < MAX_CHUNK_LINE => return Ok(Decoded::NeedMore),
+                None => return Err("trailer line too long"),
+            },
+            Chunk::Done => return Ok(Decoded::Done),
+        }
+    }
+}
+
+/// The response body, read from the endpoint's connection as the client
+/// takes it. Once read to its end the connection goes back to the pool
+/// (if the endpoint keeps it alive); dropped before, it is closed.
+struct Inline {
+    stream: Option<TcpStream>,
+    buf: BytesMut,
+    framing: Framing,
+    keep_alive: bool,
+    back: Option<(Arc<InlinePool>, SocketAddr)>,
+}
+
+impl Inline {
+    fn finish(&mut self) {
+        if let Some(stream) = self.stream.take()
+            && self.keep_alive
+            // Bytes after the response: the endpoint is not speaking HTTP.
+            && self.buf.is_empty()
+            && let Some((pool, addr)) = self.back.take()
+        {
+            pool.checkin(addr, stream);
+        }
+    }
+
+    /// Reads more from the endpoint into the buffer; `Ok(0)` at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        // read_buf reads once; a short read tells tokio the socket is
+        // drained, so an idle pooled connection is not seen as readable.
+        pin!(stream.read_buf(&mut self.buf)).poll(cx)
+    }
+}
+
+impl hyper::body::Body for Inline {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            let data = match &mut this.framing {
+                Framing::Length(0) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) if !this.buf.is_empty() => {
+                    let take = (*left).min(this.buf.len() as u64);
+                    *left -= take;
+                    Some(this.buf.split_to(take as usize).freeze())
+                }
+                Framing::Length(_) => None,
+                Framing::Chunked(state) => match decode_chunked(state, &mut this.buf) {
+                    Ok(Decoded::Data(d)) => Some(d),
+                    Ok(Decoded::NeedMore) => None,
+                    Ok(Decoded::Done) => {
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                },
+                Framing::Close if !this.buf.is_empty() => Some(this.buf.split().freeze()),
+                Framing::Close => None,
+            };
+            if let Some(data) = data {
+                if this.framing == Framing::Length(0) {
+                    // Done with this frame: the connection can go back now,
+                    // before the client has even been written to.
+                    this.finish();
+                }
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            match ready!(this.poll_fill(cx)) {
+                Ok(0) if this.framing == Framing::Close => {
+                    this.stream = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return Poll::Ready(Some(Err("endpoint closed within the body".into()))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(
+            self.framing,
+            Framing::Length(0) | Framing::Chunked(Chunk::Done)
+        )
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self.framing {
+            Framing::Length(n) => hyper::body::SizeHint::with_exact(n),
+            _ => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for Inline {
+    fn drop(&mut self) {
+        // A body with nothing left (HEAD, 204, Content-Length: 0) may never
+        // be polled: it is whole all the same.
+        if hyper::body::Body::is_end_stream(self) {
+            self.finish();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str, is_head: bool) -> Result<Option<Head>, &'static str> {
+        let mut buf = BytesMut::from(text.as_bytes());
+        parse_response_head(&mut buf, is_head)
+    }
+
+    fn final_head(text: &str) -> Parsed {
+        match head(text, false) {
+            Ok(Some(Head::Final(p))) => p,
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let p = final_head("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n");
+        assert_eq!((p.framing, p.keep_alive), (Framing::Length(12), true));
+        let p = final_head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert_eq!(p.framing, Framing::Chunked(Chunk::Size));
+        // Not chunked last: only the close tells where it ends.
+        let p = final_head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+        assert_eq!((p.framing, p.keep_alive), (Framing::Close, false));
+        let p = final_head("HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!((p.framing, p.keep_alive), (Framing::Close, false));
+        let p = final_head("HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!((p.framing, p.keep_alive), (Framing::Length(0), true));
+        let p = final_head("HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n");
+        assert_eq!(p.framing, Framing::Length(0));
+        match head("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", true) {
+            Ok(Some(Head::Final(p))) => assert_eq!(p.framing, Framing::Length(0)),
+            other => panic!("{other:?}"),
+        }
+        // The same length twice is one length; two lengths are none.
+        let p = final_head("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(p.framing, Framing::Length(5));
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            "HTTP/1.1 2000 Nope\r\n\r\n",
+            "NOTHTTP 200 OK\r\n\r\n",
+        ] {
+            assert!(head(bad, false).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn connection_reuse_by_version_and_connection_header() {
+        assert!(
+            !final_head("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+                .keep_alive
+        );
+        assert!(!final_head("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive);
+        assert!(
+            final_head("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n")
+                .keep_alive
+        );
+        assert!(
+            final_head(
+                "HTTP/1.1 200 OK\r\nConnection: foo, keep-alive\r\nContent-Length: 0\r\n\r\n"
+            )
+            .keep_alive
+        );
+    }
+
+    #[test]
+    fn partial_heads_wait_and_informational_ones_are_skipped() {
+        assert!(matches!(
+            head("HTTP/1.1 200 OK\r\nContent-Le", false),
+            Ok(None)
+        ));
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\nhi"[..],
+        );
+        assert!(matches!(
+            parse_response_head(&mut buf, false),
+            Ok(Some(Head::Informational))
+        ));
+        match parse_response_head(&mut buf, false) {
+            Ok(Some(Head::Final(p))) => {
+                assert_eq!(p.response.headers()["x-a"], "b");
+                assert!(!p.response.headers().contains_key("link"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The body's start stays in the buffer.
+        assert_eq!(&buf[..], b"hi");
+    }
+
+    #[test]
+    fn chunked_bodies_decode_across_any_split() {
+        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n";
+        for split in 0..wire.len() {
+            let mut state = Chunk::Size;
+            let mut buf = BytesMut::from(&wire[..split]);
+            let mut rest = &wire[split..];
+            let mut out = Vec::new();
+            for _ in 0..100 {
+                match decode_chunked(&mut state, &mut buf).expect("valid") {
+                    Decoded::Data(d) => out.extend_from_slice(&d),
+                    Decoded::NeedMore => {
+                        assert!(!rest.is_empty(), "split {split}: stuck");
+                        buf.extend_from_slice(&rest[..1]);
+                        rest = &rest[1..];
+                    }
+                    Decoded::Done => break,
+                }
+            }
+            assert_eq!(out, b"hello world", "split {split}");
+            assert_eq!(state, Chunk::Done);
+            assert!(buf.is_empty() && rest.is_empty(), "split {split}");
+        }
+        for bad in [&b"zz\r\n"[..], b"5\r\nhelloXX", b"ffffffffffffffffff\r\n"] {
+            let mut state = Chunk::Size;
+            let mut buf = BytesMut::from(bad);
+            let mut result = Ok(Decoded::NeedMore);
+            for _ in 0..10 {
+                result = decode_chunked(&mut state, &mut buf);
+                if !matches!(result, Ok(Decoded::Data(_))) {
+                    break;
+                }
+            }
+            assert!(result.is_err(), "{bad:?}: {result:?}");
+        }
+    }
+
+    #[test]
+    fn request_head_is_origin_form_with_a_host() {
+        let req = Request::get("/a/b?c=d")
+            .header("host", "shop.test")
+            .header("x-forwarded-for", "198.18.0.1")
+            .body(http_body_util::Empty::new().map_err(|e| match e {}).boxed())
+            .expect("request");
+        let text =
+            String::from_utf8(encode_request_head(&req, "198.18.0.9:80".parse().unwrap())).unwrap();
+        assert_eq!(
+            text,
+            "GET /a/b?c=d HTTP/1.1\r\nhost: shop.test\r\nx-forwarded-for: 198.18.0.1\r\n\r\n"
+        );
+        let req = Request::head("/")
+            .body(http_body_util::Empty::new().map_err(|e| match e {}).boxed())
+            .expect("request");
+        let text =
+            String::from_utf8(encode_request_head(&req, "198.18.0.9:80".parse().unwrap())).unwrap();
+        assert_eq!(text, "HEAD / HTTP/1.1\r\nhost: 198.18.0.9:80\r\n\r\n");
+    }
+}

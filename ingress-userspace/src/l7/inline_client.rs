@@ -22,7 +22,7 @@ use std::{
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::{
-    Method, Request, Response, StatusCode, Version,
+    Method, Response, StatusCode, Version,
     body::Frame,
     header::{self, HeaderMap, HeaderName, HeaderValue},
 };
@@ -31,7 +31,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::proxy::{Body, BoxError, ReqBody, UpstreamError, UpstreamResult, connect_endpoint};
+use super::proxy::{Body, BoxError, Outbound, UpstreamError, UpstreamResult, connect_endpoint};
 
 /// A response head larger than this is refused (502), as nginx's
 /// "upstream sent too big header".
@@ -99,31 +99,29 @@ impl InlinePool {
     pub(super) async fn request(
         self: &Arc<Self>,
         addr: SocketAddr,
-        req: Request<ReqBody>,
+        head: RequestHead,
         connect_timeout: Duration,
     ) -> UpstreamResult {
-        let head = encode_request_head(&req, addr);
-        let is_head = req.method() == Method::HEAD;
+        let is_head = head.is_head;
         // A pooled connection the endpoint closed just now fails before any
         // answer; the request goes again on another connection when that
         // cannot do harm (RFC 9110 §9.2.2), as nginx does for idempotent
         // requests.
-        let may_repeat = idempotent(req.method());
         for _ in 0..MAX_POOLED_TRIES {
             let Some(stream) = self.checkout(addr) else {
                 break;
             };
-            match self.exchange(addr, stream, &head, is_head).await {
+            match self.exchange(addr, stream, &head.bytes, is_head).await {
                 Ok(resp) => return Ok(resp),
-                Err(Failure::NoAnswer(_)) if may_repeat => {}
+                Err(Failure::NoAnswer(_)) if head.may_repeat => {}
                 Err(e) => return Err(UpstreamError::sent(e.into_error())),
             }
         }
         let stream = match connect_endpoint(addr, connect_timeout).await {
             Ok(s) => s,
-            Err(e) => return Err(UpstreamError::connect(e, req)),
+            Err(e) => return Err(UpstreamError::connect(e, Outbound::Inline(head))),
         };
-        self.exchange(addr, stream, &head, is_head)
+        self.exchange(addr, stream, &head.bytes, is_head)
             .await
             .map_err(|e| UpstreamError::sent(e.into_error()))
     }
@@ -211,27 +209,41 @@ impl Failure {
     }
 }
 
-/// `METHOD /path?query HTTP/1.1`, then the headers as they are (the
-/// request is already in origin form with its forwarding headers).
-fn encode_request_head(req: &Request<ReqBody>, addr: SocketAddr) -> Vec<u8> {
-    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let mut out = Vec::with_capacity(256 + req.headers().len() * 48);
-    out.extend_from_slice(req.method().as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+/// A request head as it goes on the wire, and what the client needs to
+/// know about it.
+pub(super) struct RequestHead {
+    bytes: Vec<u8>,
+    is_head: bool,
+    may_repeat: bool,
+}
+
+impl RequestHead {
+    /// `METHOD /path?query HTTP/1.1` (origin form).
+    pub(super) fn new(method: &Method, target: &str, headers: usize) -> Self {
+        let mut bytes = Vec::with_capacity(64 + target.len() + headers * 48);
+        bytes.extend_from_slice(method.as_str().as_bytes());
+        bytes.push(b' ');
+        bytes.extend_from_slice(target.as_bytes());
+        bytes.extend_from_slice(b" HTTP/1.1\r\n");
+        Self {
+            bytes,
+            is_head: method == Method::HEAD,
+            may_repeat: idempotent(method),
+        }
     }
-    if !req.headers().contains_key(header::HOST) {
-        // HTTP/1.1 requires one; an HTTP/1.0 client may not have sent it.
-        out.extend_from_slice(format!("host: {addr}\r\n").as_bytes());
+
+    /// Names and values come from header maps: checked already.
+    pub(super) fn header(&mut self, name: &[u8], value: &[u8]) {
+        self.bytes.extend_from_slice(name);
+        self.bytes.extend_from_slice(b": ");
+        self.bytes.extend_from_slice(value);
+        self.bytes.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"\r\n");
-    out
+
+    pub(super) fn finish(mut self) -> Self {
+        self.bytes.extend_from_slice(b"\r\n");
+        self
+    }
 }
 
 /// How the response body ends (RFC 9112 §6.3).
@@ -705,23 +717,19 @@ mod tests {
     }
 
     #[test]
-    fn request_head_is_origin_form_with_a_host() {
-        let req = Request::get("/a/b?c=d")
-            .header("host", "shop.test")
-            .header("x-forwarded-for", "198.18.0.1")
-            .body(http_body_util::Empty::new().map_err(|e| match e {}).boxed())
-            .expect("request");
-        let text =
-            String::from_utf8(encode_request_head(&req, "198.18.0.9:80".parse().unwrap())).unwrap();
+    fn request_head_in_origin_form() {
+        let mut head = RequestHead::new(&Method::GET, "/a/b?c=d", 2);
+        head.header(b"host", b"shop.test");
+        head.header(b"x-forwarded-for", b"198.18.0.1");
+        let head = head.finish();
         assert_eq!(
-            text,
+            String::from_utf8(head.bytes).unwrap(),
             "GET /a/b?c=d HTTP/1.1\r\nhost: shop.test\r\nx-forwarded-for: 198.18.0.1\r\n\r\n"
         );
-        let req = Request::head("/")
-            .body(http_body_util::Empty::new().map_err(|e| match e {}).boxed())
-            .expect("request");
-        let text =
-            String::from_utf8(encode_request_head(&req, "198.18.0.9:80".parse().unwrap())).unwrap();
-        assert_eq!(text, "HEAD / HTTP/1.1\r\nhost: 198.18.0.9:80\r\n\r\n");
+        assert!(!head.is_head && head.may_repeat);
+        let head = RequestHead::new(&Method::HEAD, "/", 0).finish();
+        assert!(head.is_head && head.may_repeat);
+        // Sent once and failed: a POST is not sent again.
+        assert!(!RequestHead::new(&Method::POST, "/", 0).may_repeat);
     }
 }

@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 
 use super::{
     balance::Balancer,
-    inline_client::InlinePool,
+    inline_client::{InlinePool, RequestHead},
     route::{Match, Route, RouteTable, Upstream, normalize_host, rewrite_path},
     stats::{LabelStats, Labels, Registry, StatsHandle},
 };
@@ -138,23 +138,36 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages name nothing in Connection: no list to build then.
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
+    // Most messages have none (Connection among them): one pass tells.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    for n in connection_listed(headers) {
+        headers.remove(n);
     }
     for h in HOP_BY_HOP {
         headers.remove(h);
     }
+}
+
+/// The headers `Connection` names: they are hop-by-hop too.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    // Most messages name nothing: no list to build then.
+    if !headers.contains_key(header::CONNECTION) {
+        return Vec::new();
+    }
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect()
 }
 
 /// 128 random-looking bits as 32 hex digits: splitmix64 over a per-thread
@@ -351,50 +364,6 @@ impl Proxy {
         conn: Conn,
         host: Option<&str>,
     ) -> Response<Body> {
-        let mut req = req;
-        // Upgrade (WebSocket and others): both sides' connections are taken
-        // over once the endpoint answers 101, and spliced together.
-        let upgrade = requested_upgrade(req.headers());
-        let mut downstream = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-        let request_id = parts
-            .headers
-            .get(X_REQUEST_ID)
-            .cloned()
-            .unwrap_or_else(request_id);
-        set_forwarding_headers(&mut parts.headers, conn, host, &request_id);
-        if let Some(protocol) = &upgrade {
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(header::UPGRADE, protocol.clone());
-        }
-        let policy = &route.policy;
-        if let Some(vhost) = &policy.upstream_vhost
-            && let Ok(v) = HeaderValue::from_str(vhost)
-        {
-            parts.headers.insert(header::HOST, v);
-        }
-        let mut path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
-        if let Some(rewritten) = rewrite_path(route, path_and_query.path(), path_and_query.query())
-        {
-            match rewritten.parse() {
-                Ok(pq) => path_and_query = pq,
-                Err(_) => {
-                    tracing::warn!(ingress = %route.ingress, path = %rewritten, "rewrite-target made an invalid path");
-                    return full(
-                        StatusCode::BAD_GATEWAY,
-                        "rewrite-target made an invalid path\n",
-                    );
-                }
-            }
-        }
-        let h2 = policy.h2
-            || matches!(&*route.upstream, Upstream::Endpoints { app_protocol: Some(p), .. } if speaks_h2(p));
         let addrs: Cow<'_, [SocketAddr]> = match &*route.upstream {
             Upstream::Endpoints { addrs, .. } => Cow::Borrowed(addrs),
             Upstream::External { host, port, .. } => {
@@ -410,6 +379,57 @@ impl Proxy {
         if addrs.is_empty() {
             return full(StatusCode::SERVICE_UNAVAILABLE, "no endpoints available\n");
         }
+        match self.prepare(req, route, conn, host, addrs[0]) {
+            // Boxed: made in place once, where inline it would be copied
+            // into each of the futures awaiting it, per request.
+            Ok(out) => Box::pin(self.send(out, route, &addrs)).await,
+            Err(answer) => *answer,
+        }
+    }
+
+    /// The request as it goes to an endpoint (forwarding headers, rewrite,
+    /// body limits), or the answer that stops it. No await in here: what
+    /// lives across the send is only what `Outgoing` holds, which keeps the
+    /// request's future small (it is moved on every request).
+    fn prepare(
+        &self,
+        mut req: Request<Incoming>,
+        route: &Route,
+        conn: Conn,
+        host: Option<&str>,
+        first: SocketAddr,
+    ) -> Result<Outgoing, Box<Response<Body>>> {
+        // Upgrade (WebSocket and others): both sides' connections are taken
+        // over once the endpoint answers 101, and spliced together.
+        let upgrade = requested_upgrade(req.headers());
+        let downstream = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let request_id = parts
+            .headers
+            .get(X_REQUEST_ID)
+            .cloned()
+            .unwrap_or_else(request_id);
+        let policy = &route.policy;
+        let mut path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
+        if let Some(rewritten) = rewrite_path(route, path_and_query.path(), path_and_query.query())
+        {
+            match rewritten.parse() {
+                Ok(pq) => path_and_query = pq,
+                Err(_) => {
+                    tracing::warn!(ingress = %route.ingress, path = %rewritten, "rewrite-target made an invalid path");
+                    return Err(Box::new(full(
+                        StatusCode::BAD_GATEWAY,
+                        "rewrite-target made an invalid path\n",
+                    )));
+                }
+            }
+        }
+        let h2 = policy.h2
+            || matches!(&*route.upstream, Upstream::Endpoints { app_protocol: Some(p), .. } if speaks_h2(p));
         let max_body = policy.max_body.unwrap_or(self.limits.max_body_bytes);
         let declared = parts
             .headers
@@ -420,11 +440,44 @@ impl Proxy {
             // Read and drop what the client still sends (bounded), so it
             // gets to read the 413 instead of a reset (nginx's lingering close).
             tokio::spawn(drain(body));
-            return full(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+            return Err(Box::new(full(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large\n",
+            )));
         }
-        // From the body itself: Transfer-Encoding is gone with the other
-        // hop-by-hop headers by now.
+        // From the body itself, as hyper framed it.
         let bodiless = hyper::body::Body::is_end_stream(&body);
+        let forwarding = Forwarding::new(
+            &parts.headers,
+            conn,
+            host,
+            policy.upstream_vhost.as_deref(),
+            &request_id,
+        );
+        // The common request (no body, no upgrade, HTTP/1.1 to the
+        // endpoint) is written out here and answered in this task; the
+        // others need hyper's client to stream both ways.
+        if !h2 && bodiless && downstream.is_none() {
+            let head = inline_head(&parts, path_and_query.as_str(), &forwarding, first);
+            return Ok(Outgoing {
+                req: Outbound::Inline(head),
+                downstream,
+                request_id,
+                watch: None,
+                h2,
+            });
+        }
+        let values = forwarding.owned();
+        strip_hop_by_hop(&mut parts.headers);
+        for (name, value) in values {
+            parts.headers.insert(name, value);
+        }
+        if let Some(protocol) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+        }
         // Streamed bodies without a length are cut off at the limit; every
         // body must keep arriving (slow senders get a 408).
         let (body, watch): (ReqBody, _) = if bodiless {
@@ -452,7 +505,7 @@ impl Proxy {
                 .upstream_vhost
                 .clone()
                 .or_else(|| host.and_then(normalize_host))
-                .unwrap_or_else(|| addrs[0].to_string());
+                .unwrap_or_else(|| first.to_string());
             if let Ok(u) = format!("http://{authority}{path_and_query}").parse() {
                 *out.uri_mut() = u;
             }
@@ -464,17 +517,32 @@ impl Proxy {
             *out.uri_mut() = Uri::from(path_and_query);
             *out.version_mut() = Version::HTTP_11;
         }
-        // A request goes to a second endpoint only if it never left (the
-        // connect failed): then even a body is still whole, as nginx's
-        // proxy_next_upstream does for errors before sending.
-        // The common request (no body, no upgrade) is sent and answered by
-        // this task; the others need hyper's client to stream both ways.
-        let inline = !h2 && bodiless && downstream.is_none();
+        Ok(Outgoing {
+            req: Outbound::Hyper(Box::new(out)),
+            downstream,
+            request_id,
+            watch,
+            h2,
+        })
+    }
+
+    /// Sends to an endpoint. A request goes to a second endpoint only if
+    /// it never left (the connect failed): then even a body is still whole,
+    /// as nginx's proxy_next_upstream does for errors before sending.
+    async fn send(&self, out: Outgoing, route: &Route, addrs: &[SocketAddr]) -> Response<Body> {
+        let Outgoing {
+            req: out,
+            mut downstream,
+            request_id,
+            watch,
+            h2,
+        } = out;
+        let policy = &route.policy;
         let mut pending = Some(out);
         let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); 2];
         for attempt in 0..tried.len() {
             let Some(out) = pending.take() else { break };
-            let Some((addr, in_flight)) = self.balancer.pick(&addrs, &tried[..attempt]) else {
+            let Some((addr, in_flight)) = self.balancer.pick(addrs, &tried[..attempt]) else {
                 break;
             };
             tried[attempt] = addr;
@@ -484,12 +552,16 @@ impl Proxy {
             // The less common paths are boxed: an inline future as large as
             // the largest of them would be copied around on every request.
             let sent = async {
-                if inline {
-                    self.inline.request(addr, out, connect_timeout).await
-                } else if h2 {
-                    Box::pin(self.h2.request(addr, out, connect_timeout)).await
-                } else {
-                    Box::pin(self.h1.request(addr, out, connect_timeout)).await
+                match out {
+                    Outbound::Inline(head) => {
+                        self.inline.request(addr, head, connect_timeout).await
+                    }
+                    Outbound::Hyper(req) if h2 => {
+                        Box::pin(self.h2.request(addr, *req, connect_timeout)).await
+                    }
+                    Outbound::Hyper(req) => {
+                        Box::pin(self.h1.request(addr, *req, connect_timeout)).await
+                    }
                 }
             };
             // The response timeout counts from the end of the request body,
@@ -580,6 +652,25 @@ async fn drain(body: Incoming) {
             _ => return,
         }
     }
+}
+
+/// A request ready for an endpoint, with what the proxy needs to see its
+/// answer through.
+struct Outgoing {
+    req: Outbound,
+    /// The client's side of an upgrade it asked for.
+    downstream: Option<hyper::upgrade::OnUpgrade>,
+    request_id: HeaderValue,
+    watch: Option<Arc<BodyWatch>>,
+    h2: bool,
+}
+
+/// A request on its way, by the client that sends it.
+pub(super) enum Outbound {
+    /// Through hyper's client: a body, an upgrade, or HTTP/2.
+    Hyper(Box<Request<ReqBody>>),
+    /// Through the in-task client: the head, ready to write.
+    Inline(RequestHead),
 }
 
 /// A response body that adds what it streams to a byte counter.
@@ -709,11 +800,11 @@ pub(super) struct UpstreamError {
     connect: bool,
     error: BoxError,
     /// The request, when it never left: it may go to another endpoint.
-    unsent: Option<Request<ReqBody>>,
+    unsent: Option<Outbound>,
 }
 
 impl UpstreamError {
-    pub(super) fn connect(error: BoxError, unsent: Request<ReqBody>) -> Self {
+    pub(super) fn connect(error: BoxError, unsent: Outbound) -> Self {
         Self {
             connect: true,
             error,
@@ -734,7 +825,7 @@ impl UpstreamError {
 /// went out) comes back whole, for another endpoint.
 impl From<hyper::client::conn::TrySendError<Request<ReqBody>>> for UpstreamError {
     fn from(mut e: hyper::client::conn::TrySendError<Request<ReqBody>>) -> Self {
-        let unsent = e.take_message();
+        let unsent = e.take_message().map(|r| Outbound::Hyper(Box::new(r)));
         Self {
             connect: false,
             error: Box::new(e.into_error()),
@@ -838,7 +929,7 @@ impl H1Pool {
         }
         let mut sender = match Self::connect(addr, connect_timeout).await {
             Ok(s) => s,
-            Err(e) => return Err(UpstreamError::connect(e, req)),
+            Err(e) => return Err(UpstreamError::connect(e, Outbound::Hyper(Box::new(req)))),
         };
         match sender.try_send_request(req).await {
             Ok(resp) => Ok(self.returning(addr, sender, resp)),
@@ -942,7 +1033,7 @@ impl H2Pool {
     ) -> UpstreamResult {
         let mut sender = match self.sender(addr, connect_timeout).await {
             Ok(s) => s,
-            Err(e) => return Err(UpstreamError::connect(e, req)),
+            Err(e) => return Err(UpstreamError::connect(e, Outbound::Hyper(Box::new(req)))),
         };
         match sender.try_send_request(req).await {
             Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed())),
@@ -997,43 +1088,117 @@ const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port")
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-fn set_forwarding_headers(
-    headers: &mut HeaderMap,
-    conn: Conn,
-    host: Option<&str>,
-    request_id: &HeaderValue,
-) {
-    strip_hop_by_hop(headers);
-    let client = conn.peer.ip().to_string();
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {client}"),
-        None => client.clone(),
-    };
-    let via = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::from_str(&format!("{prev}, 1.1 ingressd")).ok(),
-        None => Some(HeaderValue::from_static("1.1 ingressd")),
-    };
-    let mut set = |name: HeaderName, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(name, v);
+/// The headers the proxy sets on a request to an endpoint, as
+/// ingress-nginx does; computed once for either client.
+struct Forwarding<'a> {
+    client: std::net::IpAddr,
+    /// X-Forwarded-For and Via as the client sent them: added to.
+    prior_xff: Option<&'a [u8]>,
+    prior_via: Option<&'a [u8]>,
+    port: u16,
+    host: Option<&'a str>,
+    /// Host for the endpoint: `upstream-vhost`, else the client's.
+    upstream_host: Option<&'a str>,
+    tls: bool,
+    request_id: &'a HeaderValue,
+}
+
+impl<'a> Forwarding<'a> {
+    fn new(
+        headers: &'a HeaderMap,
+        conn: Conn,
+        host: Option<&'a str>,
+        vhost: Option<&'a str>,
+        request_id: &'a HeaderValue,
+    ) -> Self {
+        let vhost = vhost.filter(|v| HeaderValue::from_str(v).is_ok());
+        Self {
+            client: conn.peer.ip(),
+            prior_xff: headers.get(X_FORWARDED_FOR).map(HeaderValue::as_bytes),
+            prior_via: headers.get(header::VIA).map(HeaderValue::as_bytes),
+            port: conn.local.port(),
+            host,
+            upstream_host: vhost.or(host),
+            tls: conn.tls,
+            request_id,
         }
-    };
-    set(X_FORWARDED_FOR, &xff);
-    set(X_REAL_IP, &client);
-    set(X_FORWARDED_PORT, itoa_port(conn.local.port()).as_str());
-    if let Some(h) = host {
-        set(X_FORWARDED_HOST, h);
-        // HTTP/2 clients send :authority; the upstream speaks HTTP/1.1.
-        set(header::HOST, h);
     }
-    headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-    );
-    headers.insert(X_REQUEST_ID, request_id.clone());
-    if let Some(via) = via {
-        headers.insert(header::VIA, via);
+
+    /// Whether the proxy sets this header (the client's value is replaced).
+    fn replaces(&self, name: &HeaderName) -> bool {
+        *name == X_FORWARDED_FOR
+            || *name == X_REAL_IP
+            || *name == X_FORWARDED_PORT
+            || *name == X_FORWARDED_PROTO
+            || *name == X_REQUEST_ID
+            || *name == header::VIA
+            || (self.host.is_some() && *name == X_FORWARDED_HOST)
+            || (self.upstream_host.is_some() && *name == header::HOST)
     }
+
+    /// Each header the proxy sets, with its value.
+    fn each(&self, mut set: impl FnMut(&HeaderName, &[u8])) {
+        let mut text = [0u8; 48];
+        let ip = {
+            let mut cursor = std::io::Cursor::new(&mut text[..]);
+            let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{}", self.client));
+            cursor.position() as usize
+        };
+        let ip = &text[..ip];
+        match self.prior_xff {
+            Some(prev) => set(&X_FORWARDED_FOR, &[prev, b", ", ip].concat()),
+            None => set(&X_FORWARDED_FOR, ip),
+        }
+        set(&X_REAL_IP, ip);
+        set(&X_FORWARDED_PORT, itoa_port(self.port).as_str().as_bytes());
+        if let Some(h) = self.host {
+            set(&X_FORWARDED_HOST, h.as_bytes());
+        }
+        if let Some(h) = self.upstream_host {
+            set(&header::HOST, h.as_bytes());
+        }
+        let proto: &[u8] = if self.tls { b"https" } else { b"http" };
+        set(&X_FORWARDED_PROTO, proto);
+        set(&X_REQUEST_ID, self.request_id.as_bytes());
+        match self.prior_via {
+            Some(prev) => set(&header::VIA, &[prev, b", 1.1 ingressd"].concat()),
+            None => set(&header::VIA, b"1.1 ingressd"),
+        }
+    }
+
+    /// The same, as header values.
+    fn owned(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::with_capacity(8);
+        self.each(|name, value| {
+            if let Ok(v) = HeaderValue::from_bytes(value) {
+                out.push((name.clone(), v));
+            }
+        });
+        out
+    }
+}
+
+/// The request head for the in-task client: the client's end-to-end
+/// headers, then the forwarding ones.
+fn inline_head(
+    parts: &hyper::http::request::Parts,
+    target: &str,
+    forwarding: &Forwarding<'_>,
+    first: SocketAddr,
+) -> RequestHead {
+    let mut head = RequestHead::new(&parts.method, target, parts.headers.len() + 8);
+    let listed = connection_listed(&parts.headers);
+    for (name, value) in &parts.headers {
+        if !is_hop_by_hop(name) && !forwarding.replaces(name) && !listed.contains(name) {
+            head.header(name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    forwarding.each(|name, value| head.header(name.as_str().as_bytes(), value));
+    if forwarding.upstream_host.is_none() {
+        // HTTP/1.1 needs one; an HTTP/1.0 client may have sent none.
+        head.header(b"host", first.to_string().as_bytes());
+    }
+    head.finish()
 }
 
 /// A port as decimal text, without a heap allocation.

@@ -24,14 +24,16 @@ use http_body_util::BodyExt;
 use hyper::{
     Method, Response, StatusCode, Version,
     body::Frame,
-    header::{self, HeaderMap, HeaderName, HeaderValue},
+    header::{HeaderMap, HeaderName, HeaderValue},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
 
-use super::proxy::{Body, BoxError, Outbound, UpstreamError, UpstreamResult, connect_endpoint};
+use super::proxy::{
+    Body, BoxError, Outbound, UpstreamError, UpstreamResult, connect_endpoint, is_hop_by_hop,
+};
 
 /// A response head larger than this is refused (502), as nginx's
 /// "upstream sent too big header".
@@ -282,11 +284,17 @@ enum Head {
 }
 
 /// Parses a response head at the start of `buf`, consuming it; `None`
-/// while it is incomplete.
+/// while it is incomplete. Headers about the endpoint's connection
+/// (hop-by-hop, and those `Connection` names) are read here and not
+/// passed on.
 fn parse_response_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, &'static str> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let len = match parsed.parse(buf) {
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err("too many response headers"),
@@ -302,28 +310,28 @@ fn parse_response_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>
         buf.advance(len);
         return Ok(Some(Head::Informational));
     }
-    let http10 = parsed.version == Some(0);
-    // Header values are slices of the head: no copy per header.
+    let framing = framing(status, is_head, parsed.headers)?;
+    let connection = Connection::of(parsed.headers);
+    let keep_alive = framing != Framing::Close && connection.keeps_alive(parsed.version == Some(0));
+    // Header values become slices of the head: no copy per header.
     let base = buf.as_ptr() as usize;
-    let spans: Vec<(HeaderName, usize, usize)> = parsed
-        .headers
-        .iter()
-        .map(|h| {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| "invalid response header name")?;
-            let start = h.value.as_ptr() as usize - base;
-            Ok((name, start, start + h.value.len()))
-        })
-        .collect::<Result<_, &'static str>>()?;
+    let mut spans = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| "invalid response header name")?;
+        if is_hop_by_hop(&name) || connection.names(h.name) {
+            continue;
+        }
+        let start = h.value.as_ptr() as usize - base;
+        spans.push((name, start, start + h.value.len()));
+    }
     let head = buf.split_to(len).freeze();
-    let mut map = HeaderMap::with_capacity(spans.len());
+    let mut map = HeaderMap::with_capacity(spans.len() + 1);
     for (name, start, end) in spans {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| "invalid response header value")?;
         map.append(name, value);
     }
-    let framing = framing(status, is_head, &map)?;
-    let keep_alive = framing != Framing::Close && keeps_alive(http10, &map);
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = Version::HTTP_11;
@@ -335,74 +343,96 @@ fn parse_response_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>
     })))
 }
 
+/// Every value of one header, split at commas and trimmed.
+fn tokens<'a>(
+    headers: &'a [httparse::Header<'a>],
+    name: &'static str,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
 /// RFC 9112 §6.3: no body for HEAD, 204 and 304; Transfer-Encoding,
 /// then Content-Length, else until close. Both at once is refused, as
 /// nginx does: it is how responses are smuggled.
 fn framing(
     status: StatusCode,
     is_head: bool,
-    headers: &HeaderMap,
+    headers: &[httparse::Header<'_>],
 ) -> Result<Framing, &'static str> {
     if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Length(0));
     }
-    let te = headers.contains_key(header::TRANSFER_ENCODING);
-    let cl = headers.contains_key(header::CONTENT_LENGTH);
-    if te && cl {
+    let has = |name: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+    let te = has("transfer-encoding");
+    if te && has("content-length") {
         return Err("both Transfer-Encoding and Content-Length in the response");
     }
     if te {
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|t| !t.is_empty());
-        return Ok(match last {
-            Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunk::Size),
+        return Ok(match tokens(headers, "transfer-encoding").last() {
+            Some(t) if t.eq_ignore_ascii_case(b"chunked") => Framing::Chunked(Chunk::Size),
             _ => Framing::Close,
         });
     }
-    if cl {
-        let mut length = None;
-        for value in headers.get_all(header::CONTENT_LENGTH) {
-            let text = value.to_str().map_err(|_| "invalid Content-Length")?;
-            for part in text.split(',') {
-                let part = part.trim();
-                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err("invalid Content-Length");
-                }
-                let n: u64 = part.parse().map_err(|_| "invalid Content-Length")?;
-                if length.is_some_and(|l| l != n) {
-                    return Err("conflicting Content-Length values");
-                }
-                length = Some(n);
-            }
+    let mut length = None;
+    for part in tokens(headers, "content-length") {
+        if !part.iter().all(u8::is_ascii_digit) {
+            return Err("invalid Content-Length");
         }
-        if let Some(n) = length {
-            return Ok(Framing::Length(n));
+        let n: u64 = std::str::from_utf8(part)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or("invalid Content-Length")?;
+        if length.is_some_and(|l| l != n) {
+            return Err("conflicting Content-Length values");
         }
+        length = Some(n);
     }
-    Ok(Framing::Close)
+    Ok(length.map_or(Framing::Close, Framing::Length))
 }
 
-/// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only
-/// when told `keep-alive`.
-fn keeps_alive(http10: bool, headers: &HeaderMap) -> bool {
-    let mut close = false;
-    let mut keep = false;
-    for token in headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-    {
-        close |= token.eq_ignore_ascii_case("close");
-        keep |= token.eq_ignore_ascii_case("keep-alive");
+/// What the response's `Connection` header says.
+struct Connection<'a> {
+    close: bool,
+    keep_alive: bool,
+    /// Other tokens: names of headers that are hop-by-hop for this message.
+    named: Vec<&'a [u8]>,
+}
+
+impl<'a> Connection<'a> {
+    fn of(headers: &'a [httparse::Header<'a>]) -> Self {
+        let mut c = Connection {
+            close: false,
+            keep_alive: false,
+            named: Vec::new(),
+        };
+        for token in tokens(headers, "connection") {
+            if token.eq_ignore_ascii_case(b"close") {
+                c.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                c.keep_alive = true;
+            } else {
+                c.named.push(token);
+            }
+        }
+        c
     }
-    !close && (!http10 || keep)
+
+    /// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only
+    /// when told `keep-alive`.
+    fn keeps_alive(&self, http10: bool) -> bool {
+        !self.close && (!http10 || self.keep_alive)
+    }
+
+    fn names(&self, header: &str) -> bool {
+        self.named
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(header.as_bytes()))
+    }
 }
 
 /// What the chunked decoder got out of the buffer.
@@ -634,6 +664,17 @@ mod tests {
         ] {
             assert!(head(bad, false).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn headers_about_the_connection_stay_here() {
+        let p = final_head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\nX-Hop: 1\r\nX-End: 2\r\nContent-Length: 0\r\n\r\n",
+        );
+        let names: Vec<&str> = p.response.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-end", "content-length"]);
+        let p = final_head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert!(p.response.headers().is_empty());
     }
 
     #[test]

@@ -138,7 +138,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
 }
 
@@ -278,23 +278,20 @@ impl Proxy {
         let started = Instant::now();
         // Held to the end: the chosen route is borrowed from it.
         let table = self.routes.load_full();
-        let host = req
-            .uri()
+        // Kept for the log line after the request has moved on: the URI
+        // and Host header share the request's buffer (no copy).
+        let uri = req.uri().clone();
+        let host_header = req.headers().get(header::HOST).cloned();
+        let host = uri
             .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            });
-        let path = req.uri().path().to_string();
+            .map(|a| a.as_str())
+            .or_else(|| host_header.as_ref().and_then(|h| h.to_str().ok()));
+        let path = uri.path();
         let method = req.method().clone();
-        let (resp, route) = match table.lookup(host.as_deref(), &path) {
-            Match::Route(route) | Match::Default(Some(route)) => (
-                self.answer(req, route, conn, host.as_deref()).await,
-                Some(route),
-            ),
+        let (resp, route) = match table.lookup(host, path) {
+            Match::Route(route) | Match::Default(Some(route)) => {
+                (self.answer(req, route, conn, host).await, Some(route))
+            }
             Match::Default(None) => (full(StatusCode::NOT_FOUND, "default backend - 404\n"), None),
         };
         let stats = match route {
@@ -311,8 +308,8 @@ impl Proxy {
         tracing::info!(
             target: "access",
             method = %method,
-            host = host.as_deref().unwrap_or("-"),
-            path = %path,
+            host = host.unwrap_or("-"),
+            path,
             status = resp.status().as_u16(),
             ingress,
             service,

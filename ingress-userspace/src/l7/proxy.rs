@@ -290,7 +290,11 @@ impl Proxy {
         let method = req.method().clone();
         let (resp, route) = match table.lookup(host, path) {
             Match::Route(route) | Match::Default(Some(route)) => {
-                (self.answer(req, route, conn, host).await, Some(route))
+                let resp = match self.answer_here(&req, route, conn, host) {
+                    Some(resp) => resp,
+                    None => self.forward(req, route, conn, host).await,
+                };
+                (resp, Some(route))
             }
             Match::Default(None) => (full(StatusCode::NOT_FOUND, "default backend - 404\n"), None),
         };
@@ -321,36 +325,40 @@ impl Proxy {
     }
 
     /// What the Ingress's annotations answer themselves (403 outside the
-    /// allowed source ranges, redirects), else the endpoint's answer.
-    async fn answer(
+    /// allowed source ranges, redirects); `None` when the endpoint answers.
+    /// Not async, so the request's future holds `forward`'s directly.
+    fn answer_here(
         &self,
-        req: Request<Incoming>,
+        req: &Request<Incoming>,
         route: &Route,
         conn: Conn,
         host: Option<&str>,
-    ) -> Response<Body> {
+    ) -> Option<Response<Body>> {
         let policy = &route.policy;
         if !policy.allow.is_empty() && !policy.allow.iter().any(|c| c.contains(conn.peer.ip())) {
-            return full(StatusCode::FORBIDDEN, "forbidden\n");
+            return Some(full(StatusCode::FORBIDDEN, "forbidden\n"));
         }
         if let Some((to, code)) = &policy.redirect {
             // The one nginx variable such redirects use.
             let uri = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            return redirect(*code, &to.replace("$request_uri", uri));
+            return Some(redirect(*code, &to.replace("$request_uri", uri)));
         }
         if let Some(protocol) = &policy.unsupported_backend {
             tracing::debug!(%protocol, "backend-protocol not supported");
-            return full(StatusCode::BAD_GATEWAY, "backend protocol not supported\n");
+            return Some(full(
+                StatusCode::BAD_GATEWAY,
+                "backend protocol not supported\n",
+            ));
         }
         if route.ssl_redirect && !conn.tls {
-            return redirect_to_https(&req, host);
+            return Some(redirect_to_https(req, host));
         }
         if let Some(root) = &policy.app_root
             && req.uri().path() == "/"
         {
-            return redirect(StatusCode::FOUND, root);
+            return Some(redirect(StatusCode::FOUND, root));
         }
-        self.forward(req, route, conn, host).await
+        None
     }
 
     /// Phases 2-5: endpoint, headers, forward with one retry, errors.

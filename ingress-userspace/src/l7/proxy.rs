@@ -1343,7 +1343,9 @@ where
             b.timer(hyper_util::rt::TokioTimer::new())
                 .max_header_list_size(limits.max_header_bytes as u32)
                 .keep_alive_interval(Some(limits.client_header_timeout));
-            drive(b.serve_connection(io, svc), &proxy).await
+            // Boxed: HTTP/2's connection state is twice HTTP/1's, and an
+            // unboxed one would make every connection's task that large.
+            Box::pin(drive(b.serve_connection(io, svc), &proxy)).await
         }
     };
     proxy
@@ -1530,11 +1532,11 @@ where
             local,
             tls: false,
         };
+        // The permit goes with the connection's future, not into an async
+        // block around it: that would hold the future twice (as captured
+        // and as awaited), and tasks are copied into place when spawned.
         let served = serve_one(stream, conn, proxy.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            served.await;
-        });
+        tokio::spawn(futures_util::FutureExt::map(served, move |()| drop(permit)));
     }
 }
 

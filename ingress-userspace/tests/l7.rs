@@ -1172,6 +1172,10 @@ async fn ingress_nginx_annotations_through_the_proxy() {
     assert_eq!((s, loc.as_deref()), (308, Some("https://force.test/x")));
 }
 
+/// A 1 MB body no two reads of which look alike.
+static BIG: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| (0..100_000).map(|i| format!("{:09}\n", i)).collect());
+
 /// A raw HTTP/1.1 endpoint answering each request by its path with fixed
 /// bytes, framed in every way RFC 9112 allows; counts its connections.
 async fn scripted_endpoint(ip: Ipv4Addr) -> (SocketAddr, Arc<AtomicUsize>) {
@@ -1207,6 +1211,26 @@ async fn scripted_endpoint(ip: Ipv4Addr) -> (SocketAddr, Arc<AtomicUsize>) {
                         "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 0\r\n\r\n",
                         "x".repeat(70_000)
                     );
+                    // 1 MB both ways of framing it, in many reads.
+                    let big = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+                        BIG.len(),
+                        *BIG
+                    );
+                    let big_chunked: String =
+                        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_string()
+                            + &BIG
+                                .as_bytes()
+                                .chunks(7_777)
+                                .map(|c| {
+                                    format!(
+                                        "{:x}\r\n{}\r\n",
+                                        c.len(),
+                                        std::str::from_utf8(c).unwrap()
+                                    )
+                                })
+                                .collect::<String>()
+                            + "0\r\n\r\n";
                     let (answer, then_close): (&[u8], bool) = match path.as_str() {
                         "/chunked" => (
                             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n",
@@ -1227,6 +1251,8 @@ async fn scripted_endpoint(ip: Ipv4Addr) -> (SocketAddr, Arc<AtomicUsize>) {
                             true,
                         ),
                         "/huge-head" => (huge.as_bytes(), true),
+                        "/big" => (big.as_bytes(), false),
+                        "/big-chunked" => (big_chunked.as_bytes(), false),
                         _ => (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", false),
                     };
                     // HEAD gets the head only (the length stays).
@@ -1293,6 +1319,18 @@ async fn endpoint_responses_framed_every_way_and_pooled() {
         (200, "hello"),
         "the connection after HEAD is in step"
     );
+
+    // Large bodies arrive whole, however they are framed.
+    for path in ["/big", "/big-chunked"] {
+        let (status, _, body) = call("GET", path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            body == *BIG,
+            "{path}: {} bytes, not the {} sent",
+            body.len(),
+            BIG.len()
+        );
+    }
 
     // An endpoint closing a connection it said it would keep: the next
     // request on it fails before any answer and goes on a new one.

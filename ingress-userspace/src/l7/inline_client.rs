@@ -85,6 +85,14 @@ impl InlinePool {
     fn checkin(&self, addr: SocketAddr, stream: TcpStream) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let stack = idle.entry(addr).or_default();
+        // Expired ones are closed here too, not only when this endpoint's
+        // next request looks: an endpoint seldom asked keeps few sockets.
+        let now = Instant::now();
+        let stale = stack
+            .iter()
+            .take_while(|(_, since)| now.duration_since(*since) >= self.idle_timeout)
+            .count();
+        stack.drain(..stale);
         if stack.len() < MAX_IDLE_PER_ENDPOINT {
             stack.push((stream, Instant::now()));
         }
@@ -618,6 +626,7 @@ impl Drop for Inline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt as _;
 
     fn head(text: &str, is_head: bool) -> Result<Option<Head>, &'static str> {
         let mut buf = BytesMut::from(text.as_bytes());
@@ -754,6 +763,104 @@ mod tests {
                 }
             }
             assert!(result.is_err(), "{bad:?}: {result:?}");
+        }
+    }
+
+    /// A connected pair on loopback: (ours, the endpoint's side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (theirs, _) = listener.accept().await.unwrap();
+        (ours, theirs)
+    }
+
+    #[tokio::test]
+    async fn pool_hands_out_live_connections_only() {
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let pool = InlinePool::new(Duration::from_secs(60));
+        let (ours, _theirs) = pair().await;
+        pool.checkin(addr, ours);
+        assert!(pool.checkout(addr).is_some(), "an open idle connection");
+        assert!(pool.checkout(addr).is_none(), "handed out once");
+
+        // Closed by the endpoint while idle: seen by the reactor, dropped.
+        let (ours, theirs) = pair().await;
+        drop(theirs);
+        tokio::time::timeout(Duration::from_secs(5), ours.readable())
+            .await
+            .expect("the close arrives")
+            .unwrap();
+        pool.checkin(addr, ours);
+        assert!(pool.checkout(addr).is_none(), "a closed connection");
+
+        // Sent something nobody asked for: not HTTP we can trust.
+        let (ours, mut theirs) = pair().await;
+        theirs.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), ours.readable())
+            .await
+            .expect("the bytes arrive")
+            .unwrap();
+        pool.checkin(addr, ours);
+        assert!(pool.checkout(addr).is_none(), "unasked-for bytes");
+
+        // Idle past the keep-alive timeout.
+        let pool = InlinePool::new(Duration::ZERO);
+        let (ours, _theirs) = pair().await;
+        pool.checkin(addr, ours);
+        assert!(pool.checkout(addr).is_none(), "expired");
+    }
+
+    /// An endpoint answering every request on every connection with `ok`.
+    async fn endpoint() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    for _ in 0..100 {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.clear();
+                        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if s.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_stale_pooled_connection_is_retried_only_when_that_is_safe() {
+        let addr = endpoint().await;
+        let pool = Arc::new(InlinePool::new(Duration::from_secs(60)));
+        for (method, retried) in [(Method::GET, true), (Method::POST, false)] {
+            // Closed by the endpoint, and no await since: the reactor has
+            // not seen it, so the pool still takes it for alive.
+            let (ours, theirs) = pair().await;
+            drop(theirs);
+            pool.checkin(addr, ours);
+            let head = RequestHead::new(&method, "/", 1).finish();
+            let result = pool.request(addr, head, Duration::from_secs(5)).await;
+            match result {
+                Ok(resp) if retried => {
+                    let body = resp.into_body().collect().await.unwrap().to_bytes();
+                    assert_eq!(&body[..], b"ok");
+                }
+                Err(_) if !retried => {}
+                Ok(_) => panic!("{method}: sent again after it may have been processed"),
+                Err(e) => panic!("{method}: not retried: {}", e.error),
+            }
         }
     }
 

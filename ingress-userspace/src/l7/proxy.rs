@@ -803,7 +803,7 @@ impl hyper::body::Body for ClientBody {
 /// elsewhere, counts towards ejection) and what it was.
 pub(super) struct UpstreamError {
     connect: bool,
-    error: BoxError,
+    pub(super) error: BoxError,
     /// The request, when it never left: it may go to another endpoint.
     unsent: Option<Outbound>,
 }

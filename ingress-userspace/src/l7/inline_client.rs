@@ -626,7 +626,6 @@ impl Drop for Inline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt as _;
 
     fn head(text: &str, is_head: bool) -> Result<Option<Head>, &'static str> {
         let mut buf = BytesMut::from(text.as_bytes());

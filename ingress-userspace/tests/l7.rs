@@ -65,7 +65,7 @@ async fn echo(name: &'static str, addr: SocketAddr) -> SocketAddr {
                             .to_string()
                     };
                     let body = format!(
-                        "{name} path={} host={} xff={} xfh={} xfproto={} xrealip={} rid={} via={} version={:?}\n",
+                        "{name} path={} host={} xff={} xfh={} xfproto={} xrealip={} rid={} cookie={} via={} version={:?}\n",
                         req.uri().path(),
                         req.uri()
                             .authority()
@@ -76,6 +76,12 @@ async fn echo(name: &'static str, addr: SocketAddr) -> SocketAddr {
                         h("x-forwarded-proto"),
                         h("x-real-ip"),
                         h("x-request-id"),
+                        req.headers()
+                            .get_all("cookie")
+                            .iter()
+                            .map(|v| v.to_str().unwrap_or("?"))
+                            .collect::<Vec<_>>()
+                            .join("|"),
                         h("via"),
                         req.version(),
                     );
@@ -407,6 +413,8 @@ async fn http2_prior_knowledge_client() {
     tokio::spawn(conn);
     for _ in 0..5 {
         let req = Request::get("http://shop.test/cart")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
             .body(Full::new(Bytes::new()))
             .unwrap();
         let resp = sender.send_request(req).await.expect("h2 request");
@@ -418,6 +426,8 @@ async fn http2_prior_knowledge_client() {
             body.starts_with('b') && body.contains("host=shop.test"),
             "{body}"
         );
+        // HTTP/1.1 to the endpoint: the cookie fields joined on one line.
+        assert!(body.contains(" cookie=a=1; b=2 "), "{body}");
     }
 }
 

@@ -1194,9 +1194,23 @@ fn inline_head(
     let mut head = RequestHead::new(&parts.method, target, parts.headers.len() + 8);
     let listed = connection_listed(&parts.headers);
     for (name, value) in &parts.headers {
+        if *name == header::COOKIE {
+            continue;
+        }
         if !is_hop_by_hop(name) && !forwarding.replaces(name) && !listed.contains(name) {
             head.header(name.as_str().as_bytes(), value.as_bytes());
         }
+    }
+    // HTTP/2 clients send each cookie as a field of its own; HTTP/1.1 has
+    // one Cookie line, joined with "; " (RFC 9113 §8.2.3).
+    let mut cookies = parts.headers.get_all(header::COOKIE).iter();
+    if let Some(first_cookie) = cookies.next() {
+        let mut joined = first_cookie.as_bytes().to_vec();
+        for more in cookies {
+            joined.extend_from_slice(b"; ");
+            joined.extend_from_slice(more.as_bytes());
+        }
+        head.header(b"cookie", &joined);
     }
     forwarding.each(|name, value| head.header(name.as_str().as_bytes(), value));
     if forwarding.upstream_host.is_none() {

@@ -50,10 +50,17 @@ const MAX_POOLED_TRIES: usize = 3;
 /// Idle connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
 
+/// How often idle connections are looked over: one the endpoint closed
+/// is closed here within this (no socket left in CLOSE_WAIT).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// Idle keep-alive connections per endpoint, newest on top.
 pub(super) struct InlinePool {
     idle: Mutex<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
     idle_timeout: Duration,
+    /// Set once the sweeping task runs (started by the first request,
+    /// inside the runtime).
+    sweeping: std::sync::atomic::AtomicBool,
 }
 
 impl InlinePool {
@@ -61,7 +68,38 @@ impl InlinePool {
         Self {
             idle: Mutex::default(),
             idle_timeout,
+            sweeping: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Closes idle connections that expired or that the endpoint closed,
+    /// every `SWEEP_EVERY`, for as long as the pool lives.
+    fn start_sweeping(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.sweeping.load(Relaxed) || self.sweeping.swap(true, Relaxed) {
+            return;
+        }
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.sweep();
+            }
+        });
+    }
+
+    fn sweep(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        for stack in idle.values_mut() {
+            stack.retain(|(stream, since)| {
+                now.duration_since(*since) < self.idle_timeout && still_open(stream)
+            });
+        }
+        idle.retain(|_, stack| !stack.is_empty());
     }
 
     fn checkout(&self, addr: SocketAddr) -> Option<TcpStream> {
@@ -112,6 +150,7 @@ impl InlinePool {
         head: RequestHead,
         connect_timeout: Duration,
     ) -> UpstreamResult {
+        self.start_sweeping();
         let is_head = head.is_head;
         // A pooled connection the endpoint closed just now fails before any
         // answer; the request goes again on another connection when that
@@ -145,6 +184,8 @@ impl InlinePool {
     ) -> Result<Response<Body>, Failure> {
         stream.write_all(head).await.map_err(Failure::NoAnswer)?;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // Once anything came back (a 1xx included), the request was seen.
+        let mut answered = false;
         let parsed = loop {
             match parse_response_head(&mut buf, is_head).map_err(Failure::Bad)? {
                 Some(Head::Informational) => continue,
@@ -155,14 +196,13 @@ impl InlinePool {
                 return Err(Failure::Bad("response head too large"));
             }
             buf.reserve(READ_CHUNK);
-            let had = buf.len();
             match stream.read_buf(&mut buf).await {
-                Ok(0) if had == 0 => {
+                Ok(0) if !answered => {
                     return Err(Failure::NoAnswer(io::ErrorKind::UnexpectedEof.into()));
                 }
                 Ok(0) => return Err(Failure::Bad("endpoint closed within the response head")),
-                Ok(_) => {}
-                Err(e) if had == 0 => return Err(Failure::NoAnswer(e)),
+                Ok(_) => answered = true,
+                Err(e) if !answered => return Err(Failure::NoAnswer(e)),
                 Err(_) => return Err(Failure::Bad("endpoint reset within the response head")),
             }
         };
@@ -233,6 +273,11 @@ impl RequestHead {
         let mut bytes = Vec::with_capacity(64 + target.len() + headers * 48);
         bytes.extend_from_slice(method.as_str().as_bytes());
         bytes.push(b' ');
+        // An absolute-form request ("GET http://host?a=1") has no path:
+        // origin form needs one.
+        if !target.starts_with('/') {
+            bytes.push(b'/');
+        }
         bytes.extend_from_slice(target.as_bytes());
         bytes.extend_from_slice(b" HTTP/1.1\r\n");
         Self {
@@ -318,9 +363,14 @@ fn parse_response_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>
         buf.advance(len);
         return Ok(Some(Head::Informational));
     }
+    let http10 = parsed.version == Some(0);
+    if http10 && has_header(parsed.headers, "transfer-encoding") {
+        // RFC 9112 §6.1: faulty framing from an HTTP/1.0 sender.
+        return Err("Transfer-Encoding in an HTTP/1.0 response");
+    }
     let framing = framing(status, is_head, parsed.headers)?;
     let connection = Connection::of(parsed.headers);
-    let keep_alive = framing != Framing::Close && connection.keeps_alive(parsed.version == Some(0));
+    let keep_alive = framing != Framing::Close && connection.keeps_alive(http10);
     // Header values become slices of the head: no copy per header.
     let base = buf.as_ptr() as usize;
     let mut spans = Vec::with_capacity(parsed.headers.len());
@@ -351,6 +401,10 @@ fn parse_response_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>
     })))
 }
 
+fn has_header(headers: &[httparse::Header<'_>], name: &str) -> bool {
+    headers.iter().any(|h| h.name.eq_ignore_ascii_case(name))
+}
+
 /// Every value of one header, split at commas and trimmed.
 fn tokens<'a>(
     headers: &'a [httparse::Header<'a>],
@@ -375,7 +429,7 @@ fn framing(
     if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Length(0));
     }
-    let has = |name: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+    let has = |name: &str| has_header(headers, name);
     let te = has("transfer-encoding");
     if te && has("content-length") {
         return Err("both Transfer-Encoding and Content-Length in the response");
@@ -387,8 +441,15 @@ fn framing(
         });
     }
     let mut length = None;
-    for part in tokens(headers, "content-length") {
-        if !part.iter().all(u8::is_ascii_digit) {
+    // Every comma-separated item must be digits: an empty one is as wrong
+    // as a sign or a letter (not skipped as in list headers).
+    let items = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii);
+    for part in items {
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
             return Err("invalid Content-Length");
         }
         let n: u64 = std::str::from_utf8(part)
@@ -451,24 +512,47 @@ enum Decoded {
     Done,
 }
 
+/// The length of the CRLF-ended line at the start of `buf`, CRLF
+/// included; `None` while it is incomplete. A bare LF or another control
+/// character in it (HTAB aside) is refused: lenient chunk lines are how
+/// requests and responses get smuggled past a proxy.
+fn line(buf: &[u8]) -> Result<Option<usize>, &'static str> {
+    let Some(lf) = buf.iter().position(|&b| b == b'\n') else {
+        return if buf.len() < MAX_CHUNK_LINE {
+            Ok(None)
+        } else {
+            Err("chunk line too long")
+        };
+    };
+    let Some(text) = buf[..lf].strip_suffix(b"\r") else {
+        return Err("chunk line not ended by CRLF");
+    };
+    if text.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err("control character in a chunk line");
+    }
+    Ok(Some(lf + 1))
+}
+
 /// Takes the next piece of a chunked body off `buf`.
 fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, &'static str> {
     loop {
         match *state {
-            Chunk::Size => match httparse::parse_chunk_size(buf) {
-                Ok(httparse::Status::Complete((used, size))) => {
-                    buf.advance(used);
-                    *state = if size == 0 {
-                        Chunk::Trailers
-                    } else {
-                        Chunk::Data(size)
-                    };
-                }
-                Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE => {
+            Chunk::Size => {
+                let Some(end) = line(buf)? else {
                     return Ok(Decoded::NeedMore);
+                };
+                match httparse::parse_chunk_size(&buf[..end]) {
+                    Ok(httparse::Status::Complete((used, size))) if used == end => {
+                        buf.advance(end);
+                        *state = if size == 0 {
+                            Chunk::Trailers
+                        } else {
+                            Chunk::Data(size)
+                        };
+                    }
+                    _ => return Err("invalid chunk size"),
                 }
-                _ => return Err("invalid chunk size"),
-            },
+            }
             Chunk::Data(left) => {
                 if buf.is_empty() {
                     return Ok(Decoded::NeedMore);
@@ -494,14 +578,13 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, &'st
             }
             // Trailer fields are read and dropped: they would reach the
             // client only if it asked for them (TE: trailers).
-            Chunk::Trailers => match buf.windows(2).position(|w| w == b"\r\n") {
-                Some(0) => {
+            Chunk::Trailers => match line(buf)? {
+                Some(2) => {
                     buf.advance(2);
                     *state = Chunk::Done;
                 }
-                Some(end) => buf.advance(end + 2),
-                None if buf.len() < MAX_CHUNK_LINE => return Ok(Decoded::NeedMore),
-                None => return Err("trailer line too long"),
+                Some(end) => buf.advance(end),
+                None => return Ok(Decoded::NeedMore),
             },
             Chunk::Done => return Ok(Decoded::Done),
         }
@@ -669,6 +752,11 @@ mod tests {
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
             "HTTP/1.1 2000 Nope\r\n\r\n",
             "NOTHTTP 200 OK\r\n\r\n",
+            // An empty item is no length, neither is an empty value.
+            "HTTP/1.1 200 OK\r\nContent-Length: 5,\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
+            // HTTP/1.0 has no Transfer-Encoding (RFC 9112 §6.1).
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             assert!(head(bad, false).is_err(), "{bad:?} was accepted");
         }
@@ -751,7 +839,16 @@ mod tests {
             assert_eq!(state, Chunk::Done);
             assert!(buf.is_empty() && rest.is_empty(), "split {split}");
         }
-        for bad in [&b"zz\r\n"[..], b"5\r\nhelloXX", b"ffffffffffffffffff\r\n"] {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"5\r\nhelloXX",
+            b"ffffffffffffffffff\r\n",
+            // Bare LF and other controls in a size line or a trailer.
+            b"5;a\nb\r\nhello\r\n0\r\n\r\n",
+            b"5\n",
+            b"5;a\x00b\r\nhello\r\n",
+            b"0\r\nX-T: a\nb\r\n\r\n",
+        ] {
             let mut state = Chunk::Size;
             let mut buf = BytesMut::from(bad);
             let mut result = Ok(Decoded::NeedMore);
@@ -773,6 +870,34 @@ mod tests {
             .unwrap();
         let (theirs, _) = listener.accept().await.unwrap();
         (ours, theirs)
+    }
+
+    #[tokio::test]
+    async fn idle_connections_the_endpoint_closed_are_closed_here_too() {
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let pool = Arc::new(InlinePool::new(Duration::from_secs(60)));
+        let (ours, theirs) = pair().await;
+        let (ours2, _theirs2) = pair().await;
+        pool.checkin(addr, ours);
+        pool.checkin(addr, ours2);
+        pool.start_sweeping();
+        drop(theirs);
+        let idle = || {
+            pool.idle
+                .lock()
+                .unwrap()
+                .values()
+                .map(Vec::len)
+                .sum::<usize>()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while idle() != 1 {
+            assert!(Instant::now() < deadline, "closed connection still pooled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The open one stays.
+        pool.sweep();
+        assert_eq!(idle(), 1);
     }
 
     #[tokio::test]
@@ -874,6 +999,9 @@ mod tests {
             "GET /a/b?c=d HTTP/1.1\r\nhost: shop.test\r\nx-forwarded-for: 198.18.0.1\r\n\r\n"
         );
         assert!(!head.is_head && head.may_repeat);
+        // Absolute form without a path ("GET http://host?a=1").
+        let head = RequestHead::new(&Method::GET, "?a=1", 0).finish();
+        assert!(head.bytes.starts_with(b"GET /?a=1 HTTP/1.1\r\n"));
         let head = RequestHead::new(&Method::HEAD, "/", 0).finish();
         assert!(head.is_head && head.may_repeat);
         // Sent once and failed: a POST is not sent again.

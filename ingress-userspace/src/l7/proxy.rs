@@ -452,8 +452,10 @@ impl Proxy {
         }
         // From the body itself, as hyper framed it.
         let bodiless = hyper::body::Body::is_end_stream(&body);
+        let listed = connection_listed(&parts.headers);
         let forwarding = Forwarding::new(
             &parts.headers,
+            &listed,
             conn,
             host,
             policy.upstream_vhost.as_deref(),
@@ -463,7 +465,7 @@ impl Proxy {
         // endpoint) is written out here and answered in this task; the
         // others need hyper's client to stream both ways.
         if !h2 && bodiless && downstream.is_none() {
-            let head = inline_head(&parts, path_and_query.as_str(), &forwarding, first);
+            let head = inline_head(&parts, path_and_query.as_str(), &forwarding, &listed, first);
             return Ok(Outgoing {
                 req: Outbound::Inline(head),
                 downstream,
@@ -473,9 +475,13 @@ impl Proxy {
             });
         }
         let values = forwarding.owned();
+        let cookie = joined_cookies(&parts.headers, &listed);
         strip_hop_by_hop(&mut parts.headers);
         for (name, value) in values {
             parts.headers.insert(name, value);
+        }
+        if !h2 && let Some(cookie) = cookie.and_then(|c| HeaderValue::from_bytes(&c).ok()) {
+            parts.headers.insert(header::COOKIE, cookie);
         }
         if let Some(protocol) = &upgrade {
             parts
@@ -1111,16 +1117,24 @@ struct Forwarding<'a> {
 impl<'a> Forwarding<'a> {
     fn new(
         headers: &'a HeaderMap,
+        listed: &[HeaderName],
         conn: Conn,
         host: Option<&'a str>,
         vhost: Option<&'a str>,
         request_id: &'a HeaderValue,
     ) -> Self {
         let vhost = vhost.filter(|v| HeaderValue::from_str(v).is_ok());
+        // Named in Connection, they are hop-by-hop: nothing to add to.
+        let prior = |name: &HeaderName| {
+            headers
+                .get(name)
+                .filter(|_| !listed.contains(name))
+                .map(HeaderValue::as_bytes)
+        };
         Self {
             client: conn.peer.ip(),
-            prior_xff: headers.get(X_FORWARDED_FOR).map(HeaderValue::as_bytes),
-            prior_via: headers.get(header::VIA).map(HeaderValue::as_bytes),
+            prior_xff: prior(&X_FORWARDED_FOR),
+            prior_via: prior(&header::VIA),
             port: conn.local.port(),
             host,
             upstream_host: vhost.or(host),
@@ -1189,35 +1203,48 @@ fn inline_head(
     parts: &hyper::http::request::Parts,
     target: &str,
     forwarding: &Forwarding<'_>,
+    listed: &[HeaderName],
     first: SocketAddr,
 ) -> RequestHead {
     let mut head = RequestHead::new(&parts.method, target, parts.headers.len() + 8);
-    let listed = connection_listed(&parts.headers);
     for (name, value) in &parts.headers {
-        if *name == header::COOKIE {
+        // Host and Cookie are written once each, below.
+        if *name == header::HOST || *name == header::COOKIE {
             continue;
         }
         if !is_hop_by_hop(name) && !forwarding.replaces(name) && !listed.contains(name) {
             head.header(name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    // HTTP/2 clients send each cookie as a field of its own; HTTP/1.1 has
-    // one Cookie line, joined with "; " (RFC 9113 §8.2.3).
-    let mut cookies = parts.headers.get_all(header::COOKIE).iter();
-    if let Some(first_cookie) = cookies.next() {
-        let mut joined = first_cookie.as_bytes().to_vec();
-        for more in cookies {
-            joined.extend_from_slice(b"; ");
-            joined.extend_from_slice(more.as_bytes());
-        }
-        head.header(b"cookie", &joined);
+    if let Some(cookie) = joined_cookies(&parts.headers, listed) {
+        head.header(b"cookie", &cookie);
     }
     forwarding.each(|name, value| head.header(name.as_str().as_bytes(), value));
     if forwarding.upstream_host.is_none() {
-        // HTTP/1.1 needs one; an HTTP/1.0 client may have sent none.
-        head.header(b"host", first.to_string().as_bytes());
+        // HTTP/1.1 needs exactly one: the client's as it came (one that is
+        // not text is not a host to route by), else the endpoint's address
+        // (an HTTP/1.0 client may have sent none).
+        match parts.headers.get(header::HOST) {
+            Some(h) => head.header(b"host", h.as_bytes()),
+            None => head.header(b"host", first.to_string().as_bytes()),
+        }
     }
     head.finish()
+}
+
+/// HTTP/2 clients send each cookie as a field of its own; HTTP/1.1 has
+/// one Cookie line, joined with "; " (RFC 9113 §8.2.3).
+fn joined_cookies(headers: &HeaderMap, listed: &[HeaderName]) -> Option<Vec<u8>> {
+    if listed.contains(&header::COOKIE) {
+        return None;
+    }
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    let mut joined = cookies.next()?.as_bytes().to_vec();
+    for more in cookies {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(more.as_bytes());
+    }
+    Some(joined)
 }
 
 /// A port as decimal text, without a heap allocation.

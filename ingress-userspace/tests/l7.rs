@@ -1301,10 +1301,10 @@ async fn endpoint_responses_framed_every_way_and_pooled() {
            \x20     - {path: /anyhost, pathType: Prefix, backend: {service: {name: raw, port: {number: 80}}}}\n";
     let d = Ingressd::start(&yaml).await;
     // Raw requests, to see the exact head the endpoint gets.
-    let raw = |request: &'static [u8]| async move {
+    let raw = |request: Vec<u8>| async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(d.http).await.unwrap();
-        s.write_all(request).await.unwrap();
+        s.write_all(&request).await.unwrap();
         let mut out = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
             .await
@@ -1313,13 +1313,14 @@ async fn endpoint_responses_framed_every_way_and_pooled() {
         String::from_utf8_lossy(&out).into_owned()
     };
     // Absolute form without a path: origin form upstream has one.
-    let got =
-        raw(b"GET http://raw.test?a=1 HTTP/1.1\r\nHost: raw.test\r\nConnection: close\r\n\r\n")
-            .await;
+    let got = raw(
+        b"GET http://raw.test?a=1 HTTP/1.1\r\nHost: raw.test\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
     assert!(got.contains("\r\n\r\nGET /?a=1 HTTP/1.1\r\n"), "{got}");
     // What Connection names is hop-by-hop: the client's X-Forwarded-For
     // is not added to, Keep-Alive and Connection do not go on.
-    let got = raw(b"GET /echo HTTP/1.1\r\nHost: raw.test\r\nConnection: close, x-forwarded-for\r\nX-Forwarded-For: 198.18.9.9\r\nKeep-Alive: 5\r\nX-End: 1\r\n\r\n").await;
+    let got = raw(b"GET /echo HTTP/1.1\r\nHost: raw.test\r\nConnection: close, x-forwarded-for\r\nX-Forwarded-For: 198.18.9.9\r\nKeep-Alive: 5\r\nX-End: 1\r\n\r\n".to_vec()).await;
     let upstream_head = got
         .split("\r\n\r\n")
         .nth(1)
@@ -1333,13 +1334,25 @@ async fn endpoint_responses_framed_every_way_and_pooled() {
     for gone in ["198.18.9.9", "keep-alive", "connection:"] {
         assert!(!upstream_head.contains(gone), "{gone} passed on: {got}");
     }
+    // hyper's default header count (100) is the default limit: with Host
+    // and Connection, 98 more pass and 99 do not.
+    for (extra, status) in [(98, "200"), (99, "431")] {
+        let headers: String = (0..extra).map(|i| format!("x-h{i}: 1\r\n")).collect();
+        let request =
+            format!("GET /echo HTTP/1.1\r\nHost: raw.test\r\n{headers}Connection: close\r\n\r\n");
+        let got = raw(request.into_bytes()).await;
+        assert!(
+            got.starts_with(&format!("HTTP/1.1 {status}")),
+            "{extra} headers: {got:.200}"
+        );
+    }
     // Exactly one Host, also when the client's is not text.
     for request in [
         &b"GET /anyhost HTTP/1.1\r\nHost: \xffx\r\nConnection: close\r\n\r\n"[..],
         b"GET /anyhost HTTP/1.0\r\n\r\n",
         b"GET /echo HTTP/1.1\r\nHost: raw.test\r\nConnection: close\r\n\r\n",
     ] {
-        let got = raw(request).await;
+        let got = raw(request.to_vec()).await;
         let upstream_head = got
             .split("\r\n\r\n")
             .nth(1)

@@ -109,6 +109,9 @@ pub struct Proxy {
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
+/// The header count hyper's HTTP/1 parser allows when not told otherwise.
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// Labels of requests answered by the built-in default backend.
 const DEFAULT_LABEL: (&str, &str) = ("-", "default-backend");
 
@@ -1375,8 +1378,13 @@ where
             b.timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(limits.client_header_timeout)
                 // hyper answers 431 past these.
-                .max_buf_size(limits.max_header_bytes.max(8192))
-                .max_headers(limits.max_headers);
+                .max_buf_size(limits.max_header_bytes.max(8192));
+            // hyper's own limit is 100: told 100 again, it would build its
+            // header slots element by element on every request instead of
+            // leaving them uninitialised on the stack.
+            if limits.max_headers != HYPER_MAX_HEADERS {
+                b.max_headers(limits.max_headers);
+            }
             drive(b.serve_connection(io, svc).with_upgrades(), &proxy).await
         }
         Proto::Http2 => {

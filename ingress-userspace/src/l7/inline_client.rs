@@ -14,7 +14,10 @@ use std::{
     io,
     net::SocketAddr,
     pin::{Pin, pin},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
     task::{Context, Poll, ready},
     time::{Duration, Instant},
 };
@@ -54,28 +57,43 @@ const MAX_IDLE_PER_ENDPOINT: usize = 512;
 /// is closed here within this (no socket left in CLOSE_WAIT).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// Idle keep-alive connections per endpoint, newest on top.
+/// Idle keep-alive connections per endpoint, newest on top, with when
+/// they went idle (in `clock` ms).
 pub(super) struct InlinePool {
-    idle: Mutex<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
-    idle_timeout: Duration,
+    idle: Mutex<HashMap<SocketAddr, Vec<(TcpStream, u64)>>>,
+    idle_timeout_ms: u64,
     /// Set once the sweeping task runs (started by the first request,
     /// inside the runtime).
-    sweeping: std::sync::atomic::AtomicBool,
+    sweeping: AtomicBool,
+    /// Milliseconds since `born`, moved on by each sweep: idle times need
+    /// no better than the sweep's second, and reading the clock twice per
+    /// request is not free.
+    clock: AtomicU64,
+    born: Instant,
 }
 
 impl InlinePool {
     pub(super) fn new(idle_timeout: Duration) -> Self {
         Self {
             idle: Mutex::default(),
-            idle_timeout,
-            sweeping: std::sync::atomic::AtomicBool::new(false),
+            idle_timeout_ms: idle_timeout.as_millis() as u64,
+            sweeping: AtomicBool::new(false),
+            clock: AtomicU64::new(0),
+            born: Instant::now(),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.load(Relaxed)
+    }
+
+    fn expired(&self, now_ms: u64, since: u64) -> bool {
+        now_ms.saturating_sub(since) >= self.idle_timeout_ms
     }
 
     /// Closes idle connections that expired or that the endpoint closed,
     /// every `SWEEP_EVERY`, for as long as the pool lives.
     fn start_sweeping(self: &Arc<Self>) {
-        use std::sync::atomic::Ordering::Relaxed;
         if self.sweeping.load(Relaxed) || self.sweeping.swap(true, Relaxed) {
             return;
         }
@@ -92,12 +110,11 @@ impl InlinePool {
     }
 
     fn sweep(&self) {
+        let now = self.born.elapsed().as_millis() as u64;
+        self.clock.store(now, Relaxed);
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
         for stack in idle.values_mut() {
-            stack.retain(|(stream, since)| {
-                now.duration_since(*since) < self.idle_timeout && still_open(stream)
-            });
+            stack.retain(|(stream, since)| !self.expired(now, *since) && still_open(stream));
         }
         idle.retain(|_, stack| !stack.is_empty());
     }
@@ -105,11 +122,11 @@ impl InlinePool {
     fn checkout(&self, addr: SocketAddr) -> Option<TcpStream> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let stack = idle.get_mut(&addr)?;
-        let now = Instant::now();
+        let now = self.now_ms();
         // Expired ones sink to the bottom: cut them off there.
         let stale = stack
             .iter()
-            .take_while(|(_, since)| now.duration_since(*since) >= self.idle_timeout)
+            .take_while(|(_, since)| self.expired(now, *since))
             .count();
         stack.drain(..stale);
         while let Some((stream, _)) = stack.pop() {
@@ -125,14 +142,14 @@ impl InlinePool {
         let stack = idle.entry(addr).or_default();
         // Expired ones are closed here too, not only when this endpoint's
         // next request looks: an endpoint seldom asked keeps few sockets.
-        let now = Instant::now();
+        let now = self.now_ms();
         let stale = stack
             .iter()
-            .take_while(|(_, since)| now.duration_since(*since) >= self.idle_timeout)
+            .take_while(|(_, since)| self.expired(now, *since))
             .count();
         stack.drain(..stale);
         if stack.len() < MAX_IDLE_PER_ENDPOINT {
-            stack.push((stream, Instant::now()));
+            stack.push((stream, now));
         }
     }
 

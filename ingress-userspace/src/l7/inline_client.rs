@@ -9,17 +9,13 @@
 //! reads the endpoint's socket directly. Requests with a body (which must
 //! stream both ways at once), upgrades and HTTP/2 stay on hyper's client.
 use std::{
-    collections::HashMap,
     future::Future,
     io,
     net::SocketAddr,
     pin::{Pin, pin},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-    },
+    sync::Arc,
     task::{Context, Poll, ready},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -34,6 +30,7 @@ use tokio::{
     net::TcpStream,
 };
 
+use super::idle::{IdleConns, Reusable};
 use super::proxy::{
     Body, BoxError, Outbound, UpstreamError, UpstreamResult, connect_endpoint, is_hop_by_hop,
 };
@@ -50,113 +47,16 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Pooled connections tried before a new one is made: a stale one (closed
 /// by the endpoint meanwhile) is retried on, a run of them is not chased.
 const MAX_POOLED_TRIES: usize = 3;
-/// Idle connections kept per endpoint.
-const MAX_IDLE_PER_ENDPOINT: usize = 512;
-
-/// How often idle connections are looked over: one the endpoint closed
-/// is closed here within this (no socket left in CLOSE_WAIT).
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
-
-/// Idle keep-alive connections per endpoint, newest on top, with when
-/// they went idle (in `clock` ms).
+/// The in-task client: its idle connections, and what sends on them.
 pub(super) struct InlinePool {
-    idle: Mutex<HashMap<SocketAddr, Vec<(TcpStream, u64)>>>,
-    idle_timeout_ms: u64,
-    /// Set once the sweeping task runs (started by the first request,
-    /// inside the runtime).
-    sweeping: AtomicBool,
-    /// Milliseconds since `born`, moved on by each sweep: idle times need
-    /// no better than the sweep's second, and reading the clock twice per
-    /// request is not free.
-    clock: AtomicU64,
-    born: Instant,
+    pub(super) idle: Arc<IdleConns<TcpStream>>,
 }
 
 impl InlinePool {
     pub(super) fn new(idle_timeout: Duration) -> Self {
         Self {
-            idle: Mutex::default(),
-            idle_timeout_ms: idle_timeout.as_millis() as u64,
-            sweeping: AtomicBool::new(false),
-            clock: AtomicU64::new(0),
-            born: Instant::now(),
+            idle: IdleConns::new(idle_timeout),
         }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.clock.load(Relaxed)
-    }
-
-    fn expired(&self, now_ms: u64, since: u64) -> bool {
-        now_ms.saturating_sub(since) >= self.idle_timeout_ms
-    }
-
-    /// Closes idle connections that expired or that the endpoint closed,
-    /// every `SWEEP_EVERY`, for as long as the pool lives.
-    fn start_sweeping(self: &Arc<Self>) {
-        if self.sweeping.load(Relaxed) || self.sweeping.swap(true, Relaxed) {
-            return;
-        }
-        let pool = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SWEEP_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(pool) = pool.upgrade() else { return };
-                pool.sweep();
-            }
-        });
-    }
-
-    fn sweep(&self) {
-        let now = self.born.elapsed().as_millis() as u64;
-        self.clock.store(now, Relaxed);
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        for stack in idle.values_mut() {
-            stack.retain(|(stream, since)| !self.expired(now, *since) && still_open(stream));
-        }
-        idle.retain(|_, stack| !stack.is_empty());
-    }
-
-    fn checkout(&self, addr: SocketAddr) -> Option<TcpStream> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let stack = idle.get_mut(&addr)?;
-        let now = self.now_ms();
-        // Expired ones sink to the bottom: cut them off there.
-        let stale = stack
-            .iter()
-            .take_while(|(_, since)| self.expired(now, *since))
-            .count();
-        stack.drain(..stale);
-        while let Some((stream, _)) = stack.pop() {
-            if still_open(&stream) {
-                return Some(stream);
-            }
-        }
-        None
-    }
-
-    fn checkin(&self, addr: SocketAddr, stream: TcpStream) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let stack = idle.entry(addr).or_default();
-        // Expired ones are closed here too, not only when this endpoint's
-        // next request looks: an endpoint seldom asked keeps few sockets.
-        let now = self.now_ms();
-        let stale = stack
-            .iter()
-            .take_while(|(_, since)| self.expired(now, *since))
-            .count();
-        stack.drain(..stale);
-        if stack.len() < MAX_IDLE_PER_ENDPOINT {
-            stack.push((stream, now));
-        }
-    }
-
-    /// Endpoints no longer in any route lose their idle connections.
-    pub(super) fn retain(&self, live: &std::collections::HashSet<SocketAddr>) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|addr, _| live.contains(addr));
     }
 
     /// Sends a request without a body and returns the response, its body
@@ -167,14 +67,13 @@ impl InlinePool {
         head: RequestHead,
         connect_timeout: Duration,
     ) -> UpstreamResult {
-        self.start_sweeping();
         let is_head = head.is_head;
         // A pooled connection the endpoint closed just now fails before any
         // answer; the request goes again on another connection when that
         // cannot do harm (RFC 9110 §9.2.2), as nginx does for idempotent
         // requests.
         for _ in 0..MAX_POOLED_TRIES {
-            let Some(stream) = self.checkout(addr) else {
+            let Some(stream) = self.idle.checkout(addr) else {
                 break;
             };
             match self.exchange(addr, stream, &head.bytes, is_head).await {
@@ -233,22 +132,24 @@ impl InlinePool {
             buf,
             framing,
             keep_alive,
-            back: Some((self.clone(), addr)),
+            back: Some((self.idle.clone(), addr)),
         };
         Ok(response.map(|()| body.boxed()))
     }
 }
 
-/// Whether an idle connection is still usable: no syscall unless the
-/// reactor saw it become readable (then it is closed, or sent something
-/// unasked for, and either way is done).
-fn still_open(stream: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    match stream.poll_read_ready(&mut cx) {
-        Poll::Pending => true,
-        Poll::Ready(Err(_)) => false,
-        Poll::Ready(Ok(())) => {
-            matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+/// An idle connection is still usable unless the reactor saw it become
+/// readable: then it is closed, or sent something unasked for, and either
+/// way is done. No system call otherwise.
+impl Reusable for TcpStream {
+    fn usable(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                matches!(self.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
         }
     }
 }
@@ -616,7 +517,7 @@ struct Inline {
     buf: BytesMut,
     framing: Framing,
     keep_alive: bool,
-    back: Option<(Arc<InlinePool>, SocketAddr)>,
+    back: Option<(Arc<IdleConns<TcpStream>>, SocketAddr)>,
 }
 
 impl Inline {
@@ -890,37 +791,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn idle_connections_the_endpoint_closed_are_closed_here_too() {
-        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let pool = Arc::new(InlinePool::new(Duration::from_secs(60)));
-        let (ours, theirs) = pair().await;
-        let (ours2, _theirs2) = pair().await;
-        pool.checkin(addr, ours);
-        pool.checkin(addr, ours2);
-        pool.start_sweeping();
-        drop(theirs);
-        let idle = || {
-            pool.idle
-                .lock()
-                .unwrap()
-                .values()
-                .map(Vec::len)
-                .sum::<usize>()
-        };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while idle() != 1 {
-            assert!(Instant::now() < deadline, "closed connection still pooled");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // The open one stays.
-        pool.sweep();
-        assert_eq!(idle(), 1);
-    }
-
-    #[tokio::test]
     async fn pool_hands_out_live_connections_only() {
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let pool = InlinePool::new(Duration::from_secs(60));
+        let pool = IdleConns::<TcpStream>::new(Duration::from_secs(60));
         let (ours, _theirs) = pair().await;
         pool.checkin(addr, ours);
         assert!(pool.checkout(addr).is_some(), "an open idle connection");
@@ -947,7 +820,7 @@ mod tests {
         assert!(pool.checkout(addr).is_none(), "unasked-for bytes");
 
         // Idle past the keep-alive timeout.
-        let pool = InlinePool::new(Duration::ZERO);
+        let pool = IdleConns::<TcpStream>::new(Duration::ZERO);
         let (ours, _theirs) = pair().await;
         pool.checkin(addr, ours);
         assert!(pool.checkout(addr).is_none(), "expired");
@@ -990,7 +863,7 @@ mod tests {
             // not seen it, so the pool still takes it for alive.
             let (ours, theirs) = pair().await;
             drop(theirs);
-            pool.checkin(addr, ours);
+            pool.idle.checkin(addr, ours);
             let head = RequestHead::new(&method, "/", 1).finish();
             let result = pool.request(addr, head, Duration::from_secs(5)).await;
             match result {

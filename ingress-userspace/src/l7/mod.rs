@@ -1,6 +1,7 @@
 //! The L7 data path: Ingress routing (pure) and the hyper proxy.
 pub mod annotations;
 pub mod balance;
+mod idle;
 mod inline_client;
 pub mod proxy;
 pub mod route;

@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 
 use super::{
     balance::Balancer,
+    idle::{IdleConns, Reusable},
     inline_client::{InlinePool, RequestHead},
     route::{Match, Route, RouteTable, Upstream, normalize_host, rewrite_path},
     stats::{LabelStats, Labels, Registry, StatsHandle},
@@ -223,8 +224,7 @@ impl Proxy {
         Arc::new(Self {
             routes: ArcSwap::from_pointee(RouteTable::default()),
             h1: Arc::new(H1Pool {
-                idle: Mutex::default(),
-                idle_timeout: limits.idle_keepalive,
+                idle: IdleConns::new(limits.idle_keepalive),
             }),
             inline: Arc::new(InlinePool::new(limits.idle_keepalive)),
             h2: H2Pool::default(),
@@ -250,7 +250,8 @@ impl Proxy {
         let live: HashSet<SocketAddr> = table.endpoints().collect();
         self.routes.store(Arc::new(table));
         self.balancer.retain(&live);
-        self.inline.retain(&live);
+        self.h1.idle.retain(&live);
+        self.inline.idle.retain(&live);
     }
 
     /// Stops taking connections, asks open ones to finish (HTTP/1.1 closes
@@ -864,53 +865,21 @@ pub(super) async fn connect_endpoint(
     Ok(stream)
 }
 
-/// Idle HTTP/1.1 connections per endpoint. A connection goes back once its
-/// response body has been read to the end; a request a pooled connection
-/// could not take (it closed meanwhile) goes out on a new one. Keyed by
-/// endpoint address, so balancing decides the connection, not the pool.
+/// hyper's HTTP/1.1 client connections to endpoints. A connection goes
+/// back once its response body has been read to the end; a request a
+/// pooled connection could not take (it closed meanwhile) goes out on a
+/// new one.
 struct H1Pool {
-    /// Per endpoint, idle connections with the time they went idle.
-    idle: Mutex<HashMap<SocketAddr, Vec<(H1Sender, Instant)>>>,
-    /// Idle connections older than this are closed instead of reused.
-    idle_timeout: Duration,
+    idle: Arc<IdleConns<H1Sender>>,
 }
 
-/// Idle connections kept per endpoint.
-const MAX_IDLE_PER_ENDPOINT: usize = 512;
+impl Reusable for H1Sender {
+    fn usable(&self) -> bool {
+        !self.is_closed()
+    }
+}
 
 impl H1Pool {
-    fn checkout(&self, addr: SocketAddr) -> Option<H1Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let stack = idle.get_mut(&addr)?;
-        // Newest on top: they are the likeliest to be alive. The expired
-        // ones sink to the bottom and are cut off there.
-        let now = Instant::now();
-        let fresh = |(s, since): &(H1Sender, Instant)| {
-            !s.is_closed() && now.duration_since(*since) < self.idle_timeout
-        };
-        if stack.first().is_some_and(|c| !fresh(c)) {
-            let stale = stack.iter().take_while(|c| !fresh(c)).count();
-            stack.drain(..stale);
-        }
-        while let Some(c) = stack.pop() {
-            if fresh(&c) {
-                return Some(c.0);
-            }
-        }
-        None
-    }
-
-    fn checkin(&self, addr: SocketAddr, sender: H1Sender) {
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let stack = idle.entry(addr).or_default();
-        if stack.len() < MAX_IDLE_PER_ENDPOINT {
-            stack.push((sender, Instant::now()));
-        }
-    }
-
     async fn connect(addr: SocketAddr, connect_timeout: Duration) -> Result<H1Sender, BoxError> {
         let stream = connect_endpoint(addr, connect_timeout).await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -929,7 +898,7 @@ impl H1Pool {
         let mut req = req;
         // A pooled connection first; it may have closed since (idle timeout
         // on the other side): then the unsent request goes on a new one.
-        while let Some(mut sender) = self.checkout(addr) {
+        while let Some(mut sender) = self.idle.checkout(addr) {
             if sender.ready().await.is_err() {
                 continue;
             }
@@ -962,7 +931,7 @@ impl H1Pool {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             return resp.map(|b| b.map_err(BoxError::from).boxed());
         }
-        let back = Some((self.clone(), addr, sender));
+        let back = Some((self.idle.clone(), addr, sender));
         resp.map(|inner| Returning { inner, back }.boxed())
     }
 }
@@ -971,7 +940,7 @@ impl H1Pool {
 /// the end (checked when the body is dropped).
 struct Returning {
     inner: Incoming,
-    back: Option<(Arc<H1Pool>, SocketAddr, H1Sender)>,
+    back: Option<(Arc<IdleConns<H1Sender>>, SocketAddr, H1Sender)>,
 }
 
 impl hyper::body::Body for Returning {

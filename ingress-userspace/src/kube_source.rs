@@ -161,38 +161,37 @@ impl KubeSource {
                 None => Api::all(client.clone()),
             }
         }
-        let all = watcher::Config::default();
-        source.watch::<Service>(scoped(&client, namespace), all.clone(), None);
-        source.watch::<EndpointSlice>(scoped(&client, namespace), all.clone(), None);
-        source.watch::<Ingress>(scoped(&client, namespace), all.clone(), None);
-        source.watch::<IngressClass>(Api::all(client.clone()), all, None);
+        let mut tasks = vec![
+            source.watch::<Service>(scoped(&client, namespace), None),
+            source.watch::<EndpointSlice>(scoped(&client, namespace), None),
+            source.watch::<Ingress>(scoped(&client, namespace), None),
+            source.watch::<IngressClass>(Api::all(client.clone()), None),
+        ];
         if !node_name.is_empty() {
-            source.watch::<Node>(
-                Api::all(client),
-                watcher::Config::default().fields(&format!("metadata.name={node_name}")),
-                Some((String::new(), node_name.to_string())),
-            );
+            let only = Some((String::new(), node_name.to_string()));
+            tasks.push(source.watch::<Node>(Api::all(client), only));
         }
+        source.tasks = tasks;
         source
     }
 
-    fn watch<K: Watched>(&mut self, api: Api<K>, config: watcher::Config, only: Option<ObjectKey>) {
-        let kind = K::KIND;
-        let name = match &only {
-            Some((ns, n)) if ns.is_empty() => format!("{kind} {n}"),
-            Some((ns, n)) => format!("{kind} {ns}/{n}"),
-            None => kind.to_string(),
+    /// Starts a watch of every `K` in `api`, or of the one object `only`
+    /// (by field selector); the sync waits for its first list.
+    fn watch<K: Watched>(&mut self, api: Api<K>, only: Option<ObjectKey>) -> Task {
+        let name = watch_name(K::KIND, only.as_ref());
+        let config = match &only {
+            Some((_, n)) => watcher::Config::default().fields(&format!("metadata.name={n}")),
+            None => watcher::Config::default(),
         };
         self.waiting.insert(name.clone());
-        let task = tokio::spawn(run_watch(
+        Task(tokio::spawn(run_watch(
             api,
             config,
             name,
             only,
             self.tx.clone(),
             self.notify.clone(),
-        ));
-        self.tasks.push(Task(task));
+        )))
     }
 
     /// Every watch has listed once: the snapshot is the cluster's.
@@ -346,7 +345,7 @@ impl KubeSource {
             .collect();
         for key in unused {
             self.secrets.remove(&key);
-            self.waiting.remove(&format!("Secret {}/{}", key.0, key.1));
+            self.waiting.remove(&watch_name(Secret::KIND, Some(&key)));
             self.snapshot.remove(&("Secret", key.0, key.1));
         }
         for key in wanted {
@@ -354,19 +353,18 @@ impl KubeSource {
                 continue;
             }
             let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.0);
-            let config = watcher::Config::default().fields(&format!("metadata.name={}", key.1));
-            let name = format!("Secret {}/{}", key.0, key.1);
-            self.waiting.insert(name.clone());
-            let task = tokio::spawn(run_watch(
-                api,
-                config,
-                name,
-                Some(key.clone()),
-                self.tx.clone(),
-                self.notify.clone(),
-            ));
-            self.secrets.insert(key, Task(task));
+            let task = self.watch(api, Some(key.clone()));
+            self.secrets.insert(key, task);
         }
+    }
+}
+
+/// The name a watch goes by, in logs and in `waiting`.
+fn watch_name(kind: &str, only: Option<&ObjectKey>) -> String {
+    match only {
+        Some((ns, n)) if ns.is_empty() => format!("{kind} {n}"),
+        Some((ns, n)) => format!("{kind} {ns}/{n}"),
+        None => kind.to_string(),
     }
 }
 

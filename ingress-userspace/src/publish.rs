@@ -177,21 +177,28 @@ fn serving(pod: &Pod) -> bool {
 }
 
 /// hostNetwork mode: the addresses of the nodes running a pod with this
-/// pod's labels (as ingress-nginx does without --publish-service).
-async fn controller_nodes(client: &Client, pod: &ObjectKey) -> Result<Vec<String>, kube::Error> {
+/// pod's labels (as ingress-nginx does without --publish-service). The
+/// label selector is looked up once: a pod's labels are its template's.
+async fn controller_nodes(
+    client: &Client,
+    pod: &ObjectKey,
+    selector: &mut Option<String>,
+) -> Result<Vec<String>, kube::Error> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.0);
-    let me = pods.get(&pod.1).await?;
-    let selector: Vec<String> = me
-        .metadata
-        .labels
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(k, _)| !REVISION_LABELS.contains(&k.as_str()))
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    let list = pods
-        .list(&ListParams::default().labels(&selector.join(",")))
-        .await?;
+    if selector.is_none() {
+        let me = pods.get(&pod.1).await?;
+        let labels: Vec<String> = me
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| !REVISION_LABELS.contains(&k.as_str()))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        *selector = Some(labels.join(","));
+    }
+    let labels = selector.as_deref().unwrap_or_default();
+    let list = pods.list(&ListParams::default().labels(labels)).await?;
     let nodes: BTreeSet<String> = list
         .items
         .iter()
@@ -365,12 +372,13 @@ pub async fn run(
     // written again meanwhile.
     let mut written: HashMap<ObjectKey, Vec<IngressLoadBalancerIngress>> = HashMap::new();
     let mut lookup_failing = false;
+    let mut selector = None;
     loop {
         if elector.tick().await {
             let now = input.borrow_and_update().clone();
             let addresses = match (&now.addresses, &pod) {
                 (Some(a), _) => a.clone(),
-                (None, Some(pod)) => match controller_nodes(&client, pod).await {
+                (None, Some(pod)) => match controller_nodes(&client, pod, &mut selector).await {
                     Ok(found) if !found.is_empty() => {
                         lookup_failing = false;
                         entries(found)

@@ -62,7 +62,7 @@ impl InlinePool {
     /// Sends a request without a body and returns the response, its body
     /// still to be read from the endpoint.
     pub(super) async fn request(
-        self: &Arc<Self>,
+        &self,
         addr: SocketAddr,
         head: RequestHead,
         connect_timeout: Duration,
@@ -92,7 +92,7 @@ impl InlinePool {
     }
 
     async fn exchange(
-        self: &Arc<Self>,
+        &self,
         addr: SocketAddr,
         mut stream: TcpStream,
         head: &[u8],
@@ -857,7 +857,7 @@ mod tests {
     #[tokio::test]
     async fn a_stale_pooled_connection_is_retried_only_when_that_is_safe() {
         let addr = endpoint().await;
-        let pool = Arc::new(InlinePool::new(Duration::from_secs(60)));
+        let pool = InlinePool::new(Duration::from_secs(60));
         for (method, retried) in [(Method::GET, true), (Method::POST, false)] {
             // Closed by the endpoint, and no await since: the reactor has
             // not seen it, so the pool still takes it for alive.

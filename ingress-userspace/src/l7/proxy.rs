@@ -96,9 +96,9 @@ pub struct Proxy {
     routes: ArcSwap<RouteTable>,
     /// HTTP/1.1 connections to endpoints for requests with a body or an
     /// upgrade (hyper's client).
-    h1: Arc<H1Pool>,
+    h1: H1Pool,
     /// HTTP/1.1 connections to endpoints for all other requests.
-    inline: Arc<InlinePool>,
+    inline: InlinePool,
     /// For Service ports whose appProtocol says HTTP/2 (h2c, gRPC).
     h2: H2Pool,
     balancer: Balancer,
@@ -223,10 +223,10 @@ impl Proxy {
             .get(&(Arc::from(DEFAULT_LABEL.0), Arc::from(DEFAULT_LABEL.1)));
         Arc::new(Self {
             routes: ArcSwap::from_pointee(RouteTable::default()),
-            h1: Arc::new(H1Pool {
+            h1: H1Pool {
                 idle: IdleConns::new(limits.idle_keepalive),
-            }),
-            inline: Arc::new(InlinePool::new(limits.idle_keepalive)),
+            },
+            inline: InlinePool::new(limits.idle_keepalive),
             h2: H2Pool::default(),
             balancer: Balancer::default(),
             limits,
@@ -278,7 +278,7 @@ impl Proxy {
     }
 
     /// Phase 1: route. Everything after works on the chosen route.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: Conn) -> Response<Counted> {
         let started = Instant::now();
         // Held to the end: the chosen route is borrowed from it.
         let table = self.routes.load_full();
@@ -311,7 +311,8 @@ impl Proxy {
                 .unwrap_or_else(|| self.metrics.by_label.get(&label(r))),
             None => self.default_stats.clone(),
         };
-        stats.observe(resp.status().as_u16(), started.elapsed());
+        let took = started.elapsed();
+        stats.observe(resp.status().as_u16(), took);
         let (ingress, service) = route.map_or(DEFAULT_LABEL, |r| (&*r.ingress, &*r.service));
         tracing::info!(
             target: "access",
@@ -322,10 +323,10 @@ impl Proxy {
             ingress,
             service,
             client = %conn.peer.ip(),
-            ms = started.elapsed().as_secs_f64() * 1e3,
+            ms = took.as_secs_f64() * 1e3,
             "request"
         );
-        resp.map(|inner| Counted { inner, stats }.boxed())
+        resp.map(|inner| Counted { inner, stats })
     }
 
     /// What the Ingress's annotations answer themselves (403 outside the
@@ -553,6 +554,8 @@ impl Proxy {
             h2,
         } = out;
         let policy = &route.policy;
+        // The in-task client drops hop-by-hop headers while it parses.
+        let stripped = matches!(out, Outbound::Inline(_));
         let mut pending = Some(out);
         let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); 2];
         for attempt in 0..tried.len() {
@@ -605,7 +608,9 @@ impl Proxy {
                         tokio::spawn(splice(down, up));
                         return resp;
                     }
-                    strip_hop_by_hop(resp.headers_mut());
+                    if !stripped {
+                        strip_hop_by_hop(resp.headers_mut());
+                    }
                     resp.headers_mut().insert(X_REQUEST_ID, request_id);
                     return resp;
                 }
@@ -689,7 +694,7 @@ pub(super) enum Outbound {
 }
 
 /// A response body that adds what it streams to a byte counter.
-struct Counted {
+pub struct Counted {
     inner: Body,
     stats: Arc<LabelStats>,
 }
@@ -890,7 +895,7 @@ impl H1Pool {
     }
 
     async fn request(
-        self: &Arc<Self>,
+        &self,
         addr: SocketAddr,
         req: Request<ReqBody>,
         connect_timeout: Duration,
@@ -923,7 +928,7 @@ impl H1Pool {
     /// The response, with its connection going back to the pool when the
     /// body is done (never after an upgrade: the connection is taken over).
     fn returning(
-        self: &Arc<Self>,
+        &self,
         addr: SocketAddr,
         sender: H1Sender,
         resp: Response<Incoming>,
@@ -1095,7 +1100,6 @@ impl<'a> Forwarding<'a> {
         vhost: Option<&'a str>,
         request_id: &'a HeaderValue,
     ) -> Self {
-        let vhost = vhost.filter(|v| HeaderValue::from_str(v).is_ok());
         // Named in Connection, they are hop-by-hop: nothing to add to.
         let prior = |name: &HeaderName| {
             headers

@@ -24,6 +24,9 @@ mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ingressd");
 
+/// The queries of the /slow requests the echo backends have begun on.
+static SLOW_ARRIVED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 /// An echo backend: answers `<name> <header values…>` for every request.
 async fn echo(name: &'static str, addr: SocketAddr) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -55,6 +58,9 @@ async fn echo(name: &'static str, addr: SocketAddr) -> SocketAddr {
                         return Ok::<_, Infallible>(resp);
                     }
                     if req.uri().path() == "/slow" {
+                        if let Some(q) = req.uri().query() {
+                            SLOW_ARRIVED.lock().unwrap().push(q.to_string());
+                        }
                         tokio::time::sleep(Duration::from_secs(3)).await;
                     }
                     let h = |n: &str| {
@@ -1010,20 +1016,11 @@ async fn sigterm_lets_requests_in_flight_finish_and_takes_no_new_connections() {
     let (_, yaml) = backends().await;
     let mut d = Ingressd::start(&yaml).await;
     let http = d.http;
-    // /slow takes 3 s at the endpoint.
-    let slow = tokio::spawn(async move { get(http, "/slow", Some("shop.test")).await });
-    let active = |text: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix("ingressd_http_active_connections "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
+    // /slow takes 3 s at the endpoint. SIGTERM once the endpoint has it:
+    // a connection merely open (no request yet) is closed by the drain.
+    let slow = tokio::spawn(async move { get(http, "/slow?sigterm", Some("shop.test")).await });
     let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let metrics = get(d.metrics, "/metrics", None).await.unwrap_or_default().1;
-        if active(&metrics) >= 1 {
-            break;
-        }
+    while !SLOW_ARRIVED.lock().unwrap().iter().any(|q| q == "sigterm") {
         assert!(Instant::now() < deadline, "request never in flight");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -1186,6 +1183,31 @@ async fn ingress_nginx_annotations_through_the_proxy() {
 static BIG: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| (0..100_000).map(|i| format!("{:09}\n", i)).collect());
 
+/// A response head over 64 KiB.
+static HUGE_HEAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 0\r\n\r\n",
+        "x".repeat(70_000)
+    )
+});
+
+/// `BIG` both ways of framing it, to arrive in many reads.
+static BIG_BY_LENGTH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+        BIG.len(),
+        *BIG
+    )
+});
+static BIG_CHUNKED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let chunks: String = BIG
+        .as_bytes()
+        .chunks(7_777)
+        .map(|c| format!("{:x}\r\n{}\r\n", c.len(), std::str::from_utf8(c).unwrap()))
+        .collect();
+    format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}0\r\n\r\n")
+});
+
 /// A raw HTTP/1.1 endpoint answering each request by its path with fixed
 /// bytes, framed in every way RFC 9112 allows; counts its connections.
 async fn scripted_endpoint(ip: Ipv4Addr) -> (SocketAddr, Arc<AtomicUsize>) {
@@ -1217,34 +1239,10 @@ async fn scripted_endpoint(ip: Ipv4Addr) -> (SocketAddr, Arc<AtomicUsize>) {
                     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                     buf.drain(..end);
                     let path = head.split(' ').nth(1).unwrap_or("/").to_string();
-                    let huge = format!(
-                        "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 0\r\n\r\n",
-                        "x".repeat(70_000)
-                    );
                     let echoed = format!(
                         "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{head}",
                         head.len()
                     );
-                    // 1 MB both ways of framing it, in many reads.
-                    let big = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
-                        BIG.len(),
-                        *BIG
-                    );
-                    let big_chunked: String =
-                        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_string()
-                            + &BIG
-                                .as_bytes()
-                                .chunks(7_777)
-                                .map(|c| {
-                                    format!(
-                                        "{:x}\r\n{}\r\n",
-                                        c.len(),
-                                        std::str::from_utf8(c).unwrap()
-                                    )
-                                })
-                                .collect::<String>()
-                            + "0\r\n\r\n";
                     let (answer, then_close): (&[u8], bool) = match path.as_str() {
                         "/chunked" => (
                             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n",
@@ -1264,9 +1262,9 @@ async fn scripted_endpoint(ip: Ipv4Addr) -> (SocketAddr, Arc<AtomicUsize>) {
                             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxy",
                             true,
                         ),
-                        "/huge-head" => (huge.as_bytes(), true),
-                        "/big" => (big.as_bytes(), false),
-                        "/big-chunked" => (big_chunked.as_bytes(), false),
+                        "/huge-head" => (HUGE_HEAD.as_bytes(), true),
+                        "/big" => (BIG_BY_LENGTH.as_bytes(), false),
+                        "/big-chunked" => (BIG_CHUNKED.as_bytes(), false),
                         // Anything else: the request head as it arrived.
                         _ => (echoed.as_bytes(), false),
                     };

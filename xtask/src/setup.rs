@@ -275,7 +275,9 @@ fn install(verbose: bool) -> anyhow::Result<()> {
             .and_then(|p| p.parent())
             .context("validator path")?
             .to_path_buf();
-        if !succeeds(Command::new("python3").args(["-m", "venv", "--help"])) && is_root() {
+        // `venv --help` answers without python3-venv on Debian: only
+        // ensurepip, which creating a venv needs, is split out into it.
+        if !succeeds(Command::new("python3").args(["-c", "import ensurepip"])) && is_root() {
             apt_install("python3-venv", &["python3-venv"])?;
         }
         run_step(

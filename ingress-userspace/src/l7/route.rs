@@ -174,9 +174,11 @@ fn numbered_braced(target: &str) -> String {
 #[derive(Clone, Debug, Default)]
 struct HostRules {
     exact: HashMap<String, Route>,
-    /// Prefixes as path elements (with the path's length), longest first.
-    prefixes: Vec<(Vec<String>, usize, Route)>,
+    /// Prefixes as path elements, longest first.
+    prefixes: Vec<(Vec<String>, Route)>,
     /// Regular expressions (with the pattern's length), longest first.
+    /// `use-regex` turns every Prefix path of a host into one, so a host
+    /// has prefixes or regexes, never both.
     regexes: Vec<(PathRegex, usize, Route)>,
 }
 
@@ -187,22 +189,18 @@ impl HostRules {
             return Some(r);
         }
         // Element-wise, without allocating: this runs on every request.
-        let prefix = self
-            .prefixes
+        // Else the longest pattern that matches, as ingress-nginx orders
+        // its regex locations.
+        self.prefixes
             .iter()
-            .find(|(p, _, _)| has_prefix(path, p))
-            .map(|(_, len, r)| (*len, r));
-        // The longest pattern that matches, as ingress-nginx orders its
-        // regex locations; it beats a shorter prefix.
-        let regex = self
-            .regexes
-            .iter()
-            .find(|(re, _, _)| re.0.is_match(path))
-            .map(|(_, len, r)| (*len, r));
-        match (prefix, regex) {
-            (Some((pl, p)), Some((rl, r))) => Some(if rl >= pl { r } else { p }),
-            (p, r) => p.or(r).map(|(_, r)| r),
-        }
+            .find(|(p, _)| has_prefix(path, p))
+            .map(|(_, r)| r)
+            .or_else(|| {
+                self.regexes
+                    .iter()
+                    .find(|(re, _, _)| re.0.is_match(path))
+                    .map(|(_, _, r)| r)
+            })
     }
 }
 
@@ -313,7 +311,7 @@ impl RouteTable {
             .flat_map(|h| {
                 h.exact
                     .values()
-                    .chain(h.prefixes.iter().map(|(_, _, r)| r))
+                    .chain(h.prefixes.iter().map(|(_, r)| r))
                     .chain(h.regexes.iter().map(|(_, _, r)| r))
             })
             .chain(self.default_backend.iter())
@@ -334,7 +332,7 @@ impl RouteTable {
             .flat_map(|h| {
                 h.exact
                     .values_mut()
-                    .chain(h.prefixes.iter_mut().map(|(_, _, r)| r))
+                    .chain(h.prefixes.iter_mut().map(|(_, r)| r))
                     .chain(h.regexes.iter_mut().map(|(_, _, r)| r))
             })
             .chain(self.default_backend.iter_mut())
@@ -757,9 +755,7 @@ pub fn compile(snapshot: &Snapshot, class: &ClassConfig) -> (RouteTable, Vec<Rou
             table.rules += 1;
             match kind {
                 PathKind::Exact => drop(rules.exact.insert(path, route)),
-                PathKind::Prefix => rules
-                    .prefixes
-                    .push((path_elements(&path), path.len(), route)),
+                PathKind::Prefix => rules.prefixes.push((path_elements(&path), route)),
                 PathKind::Regex => {
                     if let Some(re) = route.rewrite.clone() {
                         rules.regexes.push((re, path.len(), route));

@@ -422,10 +422,7 @@ async fn cluster_changes_reach_the_proxy_across_dropped_and_expired_watches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_elected_replica_writes_ingress_status_once() {
-    let dir = temp_dir("kube-status");
-    let api = FakeApi::start().await;
-    let a = echo("a").await;
-    api.apply_yaml(&(backend("a", a) + &ingress("shop.test", "/", "a")));
+    let (dir, api) = shop_api("kube-status").await;
     // Not ours: never written.
     api.apply_yaml(
         "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: theirs, namespace: shop}\n\
@@ -494,13 +491,19 @@ async fn one_elected_replica_writes_ingress_status_once() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A fake API server holding backend `a` routed from shop.test/, and an
-/// ingressd (no status writing) serving it.
-async fn serving_shop(tag: &str) -> (PathBuf, FakeApi, Ingressd) {
+/// A temp dir and a fake API server holding backend `a` (an echo server)
+/// routed from shop.test/.
+async fn shop_api(tag: &str) -> (PathBuf, FakeApi) {
     let dir = temp_dir(tag);
     let api = FakeApi::start().await;
     let a = echo("a").await;
     api.apply_yaml(&(backend("a", a) + &ingress("shop.test", "/", "a")));
+    (dir, api)
+}
+
+/// `shop_api`, and an ingressd (no status writing) serving it.
+async fn serving_shop(tag: &str) -> (PathBuf, FakeApi, Ingressd) {
+    let (dir, api) = shop_api(tag).await;
     let mut d = Ingressd::start(
         &api.kubeconfig(&dir),
         &dir,
@@ -541,10 +544,7 @@ async fn a_burst_of_a_thousand_changes_is_a_few_syncs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_network_status_lists_the_nodes_of_the_controllers_pods() {
-    let dir = temp_dir("kube-nodes");
-    let api = FakeApi::start().await;
-    let a = echo("a").await;
-    api.apply_yaml(&(backend("a", a) + &ingress("shop.test", "/", "a")));
+    let (dir, api) = shop_api("kube-nodes").await;
     // Two controller pods on two edge nodes; a pod of something else on a third.
     let pod = |name: &str, app: &str, node: &str| {
         format!(

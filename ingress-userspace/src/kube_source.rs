@@ -303,19 +303,12 @@ impl KubeSource {
             return;
         }
         self.invalid.remove(&id);
-        loaded
-            .touched
-            .extend(self.snapshot.services_touched_by(&id));
-        self.snapshot.insert(object);
-        loaded
-            .touched
-            .extend(self.snapshot.services_touched_by(&id));
+        self.snapshot.insert_touching(object, &mut loaded.touched);
     }
 
     fn remove(&mut self, id: &Identity, loaded: &mut KubeLoaded) {
         self.invalid.remove(id);
-        loaded.touched.extend(self.snapshot.services_touched_by(id));
-        self.snapshot.remove(id);
+        self.snapshot.remove_touching(id, &mut loaded.touched);
     }
 
     /// The Secrets in use: `spec.tls[].secretName` of our Ingresses, and

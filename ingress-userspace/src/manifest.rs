@@ -115,6 +115,21 @@ impl Snapshot {
             .collect()
     }
 
+    /// `insert`, adding to `touched` the Services whose L4 state that may
+    /// change: the ones the old version and the new one belong to.
+    pub fn insert_touching(&mut self, object: Object, touched: &mut BTreeSet<ObjectKey>) {
+        let id = object.identity();
+        touched.extend(self.services_touched_by(&id));
+        self.insert(object);
+        touched.extend(self.services_touched_by(&id));
+    }
+
+    /// `remove`, adding to `touched` the Services that may change.
+    pub fn remove_touching(&mut self, id: &Identity, touched: &mut BTreeSet<ObjectKey>) {
+        touched.extend(self.services_touched_by(id));
+        self.remove(id);
+    }
+
     /// The Services whose L4 state depends on the object `id` as held now.
     pub fn services_touched_by(&self, id: &Identity) -> Option<ObjectKey> {
         let key = (id.1.clone(), id.2.clone());
@@ -603,27 +618,21 @@ impl ManifestSource {
         for (old, file) in changed.into_iter().chain(gone) {
             let empty = BTreeMap::new();
             let now = self.files.get(&file).map(|s| &s.objects).unwrap_or(&empty);
-            for (id, object) in &old {
+            for id in old.keys() {
                 if now.contains_key(id) {
                     continue;
                 }
-                touched.extend(self.snapshot.services_touched_by(id));
-                self.snapshot.remove(id);
+                self.snapshot.remove_touching(id, &mut touched);
                 // Another file may hold the same object.
                 let elsewhere = self.files.values().find_map(|s| s.objects.get(id)).cloned();
                 if let Some(o) = elsewhere {
-                    self.snapshot.insert(o);
-                    touched.extend(self.snapshot.services_touched_by(id));
+                    self.snapshot.insert_touching(o, &mut touched);
                 }
-                let _ = object;
             }
             for (id, object) in now {
-                if old.get(id) == Some(object) {
-                    continue;
+                if old.get(id) != Some(object) {
+                    self.snapshot.insert_touching(object.clone(), &mut touched);
                 }
-                touched.extend(self.snapshot.services_touched_by(id));
-                self.snapshot.insert(object.clone());
-                touched.extend(self.snapshot.services_touched_by(id));
             }
         }
         let mut loaded = Loaded {

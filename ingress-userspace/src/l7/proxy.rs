@@ -151,7 +151,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    for n in connection_listed(headers) {
+    let listed = connection_listed(headers);
+    strip_listed_and_hop_by_hop(headers, &listed);
+}
+
+/// Removes the headers `Connection` named (`listed`) and the hop-by-hop ones.
+fn strip_listed_and_hop_by_hop(headers: &mut HeaderMap, listed: &[HeaderName]) {
+    for n in listed {
         headers.remove(n);
     }
     for h in HOP_BY_HOP {
@@ -409,9 +415,15 @@ impl Proxy {
         host: Option<&str>,
         first: SocketAddr,
     ) -> Result<Outgoing, Box<Response<Body>>> {
-        // Upgrade (WebSocket and others): both sides' connections are taken
-        // over once the endpoint answers 101, and spliced together.
-        let upgrade = requested_upgrade(req.headers());
+        // What Connection names, read once: hop-by-hop headers, and
+        // whether an upgrade (WebSocket and others) is asked for. Both
+        // sides' connections are then taken over once the endpoint
+        // answers 101, and spliced together.
+        let listed = connection_listed(req.headers());
+        let upgrade = listed
+            .contains(&header::UPGRADE)
+            .then(|| req.headers().get(header::UPGRADE).cloned())
+            .flatten();
         let downstream = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let request_id = parts
@@ -457,7 +469,6 @@ impl Proxy {
         }
         // From the body itself, as hyper framed it.
         let bodiless = hyper::body::Body::is_end_stream(&body);
-        let listed = connection_listed(&parts.headers);
         let forwarding = Forwarding::new(
             &parts.headers,
             &listed,
@@ -481,7 +492,7 @@ impl Proxy {
         }
         let values = forwarding.owned();
         let cookie = joined_cookies(&parts.headers, &listed);
-        strip_hop_by_hop(&mut parts.headers);
+        strip_listed_and_hop_by_hop(&mut parts.headers, &listed);
         for (name, value) in values {
             parts.headers.insert(name, value);
         }
@@ -1037,21 +1048,6 @@ fn speaks_h2(app_protocol: &str) -> bool {
         app_protocol.to_ascii_lowercase().as_str(),
         "kubernetes.io/h2c" | "h2c" | "grpc" | "http2"
     )
-}
-
-/// The protocol asked for in `Upgrade`, when `Connection` says upgrade.
-fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let wants = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if wants {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
 }
 
 /// Copies bytes both ways between the client's and the endpoint's

@@ -369,11 +369,11 @@ async fn cluster_changes_reach_the_proxy_across_dropped_and_expired_watches() {
     );
     d.bound().await;
     let hint = "the ServiceAccount needs get, list and watch on ingresses.networking.k8s.io";
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !d.log().contains(hint) {
-        assert!(Instant::now() < deadline, "no RBAC hint:\n{}", d.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        common::eventually(Duration::from_secs(20), async || d.log().contains(hint)).await,
+        "no RBAC hint:\n{}",
+        d.log()
+    );
     assert!(!d.ready().await, "ready before Ingresses could be listed");
     // Until it is allowed, the backoff retries without repeating the hint.
     let lists = |api: &FakeApi| {
@@ -383,18 +383,17 @@ async fn cluster_changes_reach_the_proxy_across_dropped_and_expired_watches() {
             .filter(|r| !r.contains("watch=true"))
             .count()
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while lists(&api) < 2 {
-        assert!(Instant::now() < deadline, "no retry");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        common::eventually(Duration::from_secs(20), async || lists(&api) >= 2).await,
+        "no retry"
+    );
     assert!(!d.ready().await);
     api.allow("Ingress");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !d.ready().await {
-        assert!(Instant::now() < deadline, "never ready:\n{}", d.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        common::eventually(Duration::from_secs(30), async || d.ready().await).await,
+        "never ready:\n{}",
+        d.log()
+    );
     assert_eq!(d.log().matches(hint).count(), 1, "{}", d.log());
     d.wait_for("shop.test", "/cart", 200, "a /cart").await;
 
@@ -439,16 +438,12 @@ async fn one_elected_replica_writes_ingress_status_once() {
             .map(|i| i["status"]["loadBalancer"]["ingress"][0]["ip"] == "198.18.0.10")
             .unwrap_or(false)
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !written() {
-        assert!(
-            Instant::now() < deadline,
-            "status not written:\n{}\n{}",
-            one.log(),
-            two.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        common::eventually(Duration::from_secs(30), async || written()).await,
+        "status not written:\n{}\n{}",
+        one.log(),
+        two.log()
+    );
     // Both replicas go through two more election rounds: no second write.
     let lease_gets = || {
         api.requests()
@@ -459,11 +454,10 @@ async fn one_elected_replica_writes_ingress_status_once() {
             .count()
     };
     let target = lease_gets() + 4;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while lease_gets() < target {
-        assert!(Instant::now() < deadline, "election stopped");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        common::eventually(Duration::from_secs(30), async || lease_gets() >= target).await,
+        "election stopped"
+    );
     let patches: Vec<String> = api
         .requests()
         .into_iter()
@@ -577,11 +571,11 @@ async fn host_network_status_lists_the_nodes_of_the_controllers_pods() {
             .filter_map(|e| e["ip"].as_str().map(str::to_string))
             .collect()
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ips().is_empty() {
-        assert!(Instant::now() < deadline, "no status:\n{}", one.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        common::eventually(Duration::from_secs(30), async || !ips().is_empty()).await,
+        "no status:\n{}",
+        one.log()
+    );
     assert_eq!(ips(), ["198.18.0.21", "198.18.0.22"], "{}", one.log());
     drop(one);
     let _ = std::fs::remove_dir_all(&dir);
@@ -600,11 +594,11 @@ async fn api_server_loss_is_logged_once_and_the_last_state_keeps_serving() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Retries go on (kube-rs backoff), each watch's problem said once.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while api.refused() < 10 {
-        assert!(Instant::now() < deadline, "no retries:\n{}", d.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        common::eventually(Duration::from_secs(30), async || api.refused() >= 10).await,
+        "no retries:\n{}",
+        d.log()
+    );
     d.wait_for("shop.test", "/", 200, "a /").await;
     let log = d.log();
     for watch in [
@@ -624,15 +618,14 @@ async fn api_server_loss_is_logged_once_and_the_last_state_keeps_serving() {
     api.set_down(false);
     api.apply_yaml(&ingress("shop.test", "/back", "a"));
     d.wait_for("shop.test", "/back", 200, "a /back").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !d.log().contains("watch works again watch=Ingress") {
-        assert!(
-            Instant::now() < deadline,
-            "recovery not logged:\n{}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        common::eventually(Duration::from_secs(10), async || d
+            .log()
+            .contains("watch works again watch=Ingress"))
+        .await,
+        "recovery not logged:\n{}",
+        d.log()
+    );
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -230,11 +230,10 @@ impl Ingressd {
     async fn update(&self, manifests: &str) {
         let before = self.syncs().await;
         write(&self.dir.join("m"), manifests);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while self.syncs().await <= before {
-            assert!(Instant::now() < deadline, "change not applied within 2 s");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        assert!(
+            common::eventually(Duration::from_secs(2), async || self.syncs().await > before).await,
+            "change not applied within 2 s"
+        );
     }
 }
 
@@ -1019,18 +1018,24 @@ async fn sigterm_lets_requests_in_flight_finish_and_takes_no_new_connections() {
     // /slow takes 3 s at the endpoint. SIGTERM once the endpoint has it:
     // a connection merely open (no request yet) is closed by the drain.
     let slow = tokio::spawn(async move { get(http, "/slow?sigterm", Some("shop.test")).await });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !SLOW_ARRIVED.lock().unwrap().iter().any(|q| q == "sigterm") {
-        assert!(Instant::now() < deadline, "request never in flight");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(
+        common::eventually(Duration::from_secs(5), async || SLOW_ARRIVED
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|q| q == "sigterm"))
+        .await,
+        "request never in flight"
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while tokio::net::TcpStream::connect(http).await.is_ok() {
-        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(
+        common::eventually(Duration::from_secs(5), async || {
+            tokio::net::TcpStream::connect(http).await.is_err()
+        })
+        .await,
+        "still accepting after SIGTERM"
+    );
     let (status, body) = slow.await.unwrap().expect("the request in flight");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("path=/slow"), "{body}");

@@ -29,3 +29,18 @@ pub async fn status_and_body(resp: Response<Incoming>) -> Result<(u16, String), 
         .to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
+
+/// Checks `cond` every 20 ms until it holds or `within` has passed;
+/// whether it held. Meant for `assert!(eventually(..).await, "what")`.
+pub async fn eventually(within: std::time::Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

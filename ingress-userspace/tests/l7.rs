@@ -1184,6 +1184,16 @@ async fn ingress_nginx_annotations_through_the_proxy() {
     assert_eq!((s, loc.as_deref()), (308, Some("https://force.test/x")));
 }
 
+/// The request head the scripted endpoint echoed, lowercased, from the
+/// whole response a raw client read.
+fn echoed_head(response: &str) -> String {
+    response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
 /// A 1 MB body no two reads of which look alike.
 static BIG: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| (0..100_000).map(|i| format!("{:09}\n", i)).collect());
@@ -1324,11 +1334,7 @@ async fn endpoint_responses_framed_every_way_and_pooled() {
     // What Connection names is hop-by-hop: the client's X-Forwarded-For
     // is not added to, Keep-Alive and Connection do not go on.
     let got = raw(b"GET /echo HTTP/1.1\r\nHost: raw.test\r\nConnection: close, x-forwarded-for\r\nX-Forwarded-For: 198.18.9.9\r\nKeep-Alive: 5\r\nX-End: 1\r\n\r\n".to_vec()).await;
-    let upstream_head = got
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let upstream_head = echoed_head(&got);
     assert!(
         upstream_head.contains("\r\nx-forwarded-for: 127.0.0.1\r\n"),
         "{got}"
@@ -1356,11 +1362,7 @@ async fn endpoint_responses_framed_every_way_and_pooled() {
         b"GET /echo HTTP/1.1\r\nHost: raw.test\r\nConnection: close\r\n\r\n",
     ] {
         let got = raw(request.to_vec()).await;
-        let upstream_head = got
-            .split("\r\n\r\n")
-            .nth(1)
-            .unwrap_or_default()
-            .to_ascii_lowercase();
+        let upstream_head = echoed_head(&got);
         assert!(
             got.starts_with("HTTP/1.1 200") || got.starts_with("HTTP/1.0 200"),
             "{got}"

@@ -1434,3 +1434,106 @@ async fn endpoint_responses_framed_every_way_and_pooled() {
     let (status, _, body) = call("GET", "/length").await;
     assert_eq!((status, body.as_str()), (200, "hello"));
 }
+
+/// Writes `request` on a new connection to `addr` and reads until the
+/// proxy closes it (bounded).
+async fn exchange_raw(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_connections_pipelined_kept_alive_and_handed_over() {
+    let (_, yaml) = backends().await;
+    let d = Ingressd::start(&yaml).await;
+    // One connection, five pipelined requests in one write: three without
+    // a body (served in-task), a POST with one (hyper's server takes the
+    // connection over with what was read), then one more on hyper.
+    let got = exchange_raw(
+        d.http,
+        b"GET /p1 HTTP/1.1\r\nHost: shop.test\r\n\r\n\
+          HEAD /p2 HTTP/1.1\r\nHost: shop.test\r\n\r\n\
+          GET /p3 HTTP/1.1\r\nHost: nowhere.test\r\n\r\n\
+          POST /p4 HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 3\r\n\r\nabc\
+          GET /p5 HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    // Status lines (the echoed bodies say "version=HTTP/1.1" too).
+    let heads: Vec<&str> = got
+        .match_indices("HTTP/1.1 ")
+        .filter(|(i, _)| *i == 0 || got.as_bytes()[i - 1] == b'\n')
+        .map(|(i, _)| &got[i..i + 12])
+        .collect();
+    assert_eq!(
+        heads,
+        [
+            "HTTP/1.1 200",
+            "HTTP/1.1 200",
+            "HTTP/1.1 404",
+            "HTTP/1.1 200",
+            "HTTP/1.1 200"
+        ],
+        "{got}"
+    );
+    // Answers in order, HEAD without a body, the POST's body delivered.
+    let at = |needle: &str| {
+        got.find(needle)
+            .unwrap_or_else(|| panic!("{needle} missing: {got}"))
+    };
+    assert!(
+        at("a path=/p1 ") < at("default backend - 404")
+            && at("default backend - 404") < at("a path=/p4 "),
+        "{got}"
+    );
+    assert!(!got.contains("path=/p2"), "HEAD got a body: {got}");
+    assert!(at("a path=/p4 ") < at("a path=/p5 "), "{got}");
+    assert!(got.contains("body=3\n"), "{got}");
+    // Every response dated; the last one says the connection ends.
+    assert_eq!(got.matches("\r\ndate: ").count(), 5, "{got}");
+    assert_eq!(got.matches("\r\nconnection: close\r\n").count(), 1, "{got}");
+
+    // HTTP/1.0: closed after the answer unless asked to keep it, then
+    // told it is kept.
+    let got = exchange_raw(d.http, b"GET /one HTTP/1.0\r\nHost: shop.test\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.0 200 OK\r\n"), "{got}");
+    assert!(!got.contains("connection:"), "{got}");
+    let got = exchange_raw(
+        d.http,
+        b"GET /ka HTTP/1.0\r\nHost: shop.test\r\nConnection: keep-alive\r\n\r\n\
+          GET /last HTTP/1.0\r\nHost: shop.test\r\n\r\n",
+    )
+    .await;
+    assert_eq!(got.matches("HTTP/1.0 200 OK\r\n").count(), 2, "{got}");
+    assert_eq!(
+        got.matches("\r\nconnection: keep-alive\r\n").count(),
+        1,
+        "{got}"
+    );
+    assert!(
+        got.contains("a path=/ka ") && got.contains("a path=/last "),
+        "{got}"
+    );
+
+    // Heads no server takes: the status, then the connection closes.
+    for (request, status) in [
+        (&b"GET /a`b HTTP/1.1\r\nHost: shop.test\r\n\r\n"[..], "400"),
+        (b"GET / HTTP/1.1\r\nHost shop.test\r\n\r\n", "400"),
+        (
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+            "400",
+        ),
+    ] {
+        let got = exchange_raw(d.http, request).await;
+        assert!(
+            got.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{request:?}: {got}"
+        );
+    }
+}

@@ -30,10 +30,9 @@ use tokio::{
     net::TcpStream,
 };
 
+use super::forwarding::is_hop_by_hop;
 use super::idle::{IdleConns, Reusable};
-use super::proxy::{
-    Body, BoxError, Outbound, UpstreamError, UpstreamResult, connect_endpoint, is_hop_by_hop,
-};
+use super::proxy::{Body, BoxError, Outbound, UpstreamError, UpstreamResult, connect_endpoint};
 
 /// A response head larger than this is refused (502), as nginx's
 /// "upstream sent too big header".
@@ -210,6 +209,19 @@ impl RequestHead {
         self.bytes.extend_from_slice(name);
         self.bytes.extend_from_slice(b": ");
         self.bytes.extend_from_slice(value);
+        self.bytes.extend_from_slice(b"\r\n");
+    }
+
+    /// One header line from several values, joined by `sep`.
+    pub(super) fn joined_header(&mut self, name: &[u8], values: &[&[u8]], sep: &[u8]) {
+        self.bytes.extend_from_slice(name);
+        self.bytes.extend_from_slice(b": ");
+        for (i, value) in values.iter().enumerate() {
+            if i > 0 {
+                self.bytes.extend_from_slice(sep);
+            }
+            self.bytes.extend_from_slice(value);
+        }
         self.bytes.extend_from_slice(b"\r\n");
     }
 

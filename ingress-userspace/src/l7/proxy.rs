@@ -20,9 +20,10 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{
-    Request, Response, StatusCode, Uri, Version,
+    Method, Request, Response, StatusCode, Uri, Version,
     body::Incoming,
     header::{self, HeaderMap, HeaderName, HeaderValue},
+    http::uri::PathAndQuery,
     service::service_fn,
 };
 use hyper_util::{
@@ -33,8 +34,13 @@ use tokio::net::TcpListener;
 
 use super::{
     balance::Balancer,
+    forwarding::{
+        Client, Forwarding, HOP_BY_HOP, X_REQUEST_ID, is_hop_by_hop, joined_cookies, request_id,
+        upstream_head,
+    },
     idle::{IdleConns, Reusable},
     inline_client::{InlinePool, RequestHead},
+    inline_server::{self, ClientHead},
     route::{Match, Route, RouteTable, Upstream, normalize_host, rewrite_path},
     stats::{LabelStats, Labels, Registry, StatsHandle},
 };
@@ -130,22 +136,6 @@ fn full(status: StatusCode, body: &'static str) -> Response<Body> {
     resp
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TRANSFER_ENCODING,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-];
-
-pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
-}
-
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages have none (Connection among them): one pass tells.
     if !headers.keys().any(is_hop_by_hop) {
@@ -165,6 +155,15 @@ fn strip_listed_and_hop_by_hop(headers: &mut HeaderMap, listed: &[HeaderName]) {
     }
 }
 
+/// Whether a header name (any case) is among those `Connection` named.
+fn named(listed: &[HeaderName]) -> impl Fn(&[u8]) -> bool + '_ {
+    move |name| {
+        listed
+            .iter()
+            .any(|l| l.as_str().as_bytes().eq_ignore_ascii_case(name))
+    }
+}
+
 /// The headers `Connection` names: they are hop-by-hop too.
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     // Most messages name nothing: no list to build then.
@@ -180,45 +179,22 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// 128 random-looking bits as 32 hex digits: splitmix64 over a per-thread
-/// state seeded once from the kernel, so no system call per request.
-fn request_id() -> HeaderValue {
-    thread_local! {
-        static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
-            let mut seed = [0u8; 8];
-            // SAFETY: getrandom into a local buffer of the given length.
-            let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
-            if n == 8 {
-                u64::from_ne_bytes(seed)
-            } else {
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
-            }
-        });
-    }
-    let next = || {
-        STATE.with(|s| {
-            let mut z = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-            s.set(z);
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        })
-    };
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 32];
-    let bits = (u128::from(next()) << 64) | u128::from(next());
-    for (i, c) in out.iter_mut().enumerate() {
-        *c = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
-    }
-    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("-"))
-}
-
 /// Who is asking, for the forwarding headers.
 #[derive(Clone, Copy, Debug)]
 pub struct Conn {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
+}
+
+impl Conn {
+    fn client(&self) -> Client {
+        Client {
+            ip: self.peer.ip(),
+            port: self.local.port(),
+            tls: self.tls,
+        }
+    }
 }
 
 impl Proxy {
@@ -274,9 +250,25 @@ impl Proxy {
     }
 
     /// Resolves once shutting down has begun.
-    async fn stopped(&self) {
+    pub(super) async fn stopped(&self) {
         let mut rx = self.stopping.subscribe();
         let _ = rx.wait_for(|s| *s).await;
+    }
+
+    pub(super) fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    pub(super) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Counts a client connection as open until the guard is dropped.
+    fn opened(&self) -> OpenConn<'_> {
+        self.metrics
+            .active_connections
+            .fetch_add(1, Ordering::Relaxed);
+        OpenConn(&self.metrics.active_connections)
     }
 
     pub fn routes(&self) -> Arc<RouteTable> {
@@ -297,17 +289,73 @@ impl Proxy {
             .map(|a| a.as_str())
             .or_else(|| host_header.as_ref().and_then(|h| h.to_str().ok()));
         let path = uri.path();
+        let target = uri.path_and_query().map_or("/", |p| p.as_str());
         let method = req.method().clone();
         let (resp, route) = match table.lookup(host, path) {
             Match::Route(route) | Match::Default(Some(route)) => {
-                let resp = match self.answer_here(&req, route, conn, host) {
+                let resp = match self.answer_here(target, path, route, conn, host) {
                     Some(resp) => resp,
                     None => self.forward(req, route, conn, host).await,
                 };
                 (resp, Some(route))
             }
-            Match::Default(None) => (full(StatusCode::NOT_FOUND, "default backend - 404\n"), None),
+            Match::Default(None) => (not_found(), None),
         };
+        let stats = self.account(route, resp.status(), started, &method, host, path, conn);
+        resp.map(|inner| Counted { inner, stats })
+    }
+
+    /// `handle` for a request the in-task HTTP/1 server read (no body, no
+    /// upgrade): the same routing, answers, forwarding, counters and log
+    /// line. `None`, before anything was done, for a request only hyper's
+    /// client can forward (to an HTTP/2 endpoint): the connection then goes
+    /// to hyper's server.
+    pub(super) async fn handle_inline(
+        &self,
+        req: &ClientHead,
+        conn: Conn,
+    ) -> Option<(Response<Body>, Arc<LabelStats>)> {
+        let started = Instant::now();
+        let table = self.routes.load_full();
+        let host = req.host();
+        let target = req.target();
+        let path = target.path();
+        let (resp, route) = match table.lookup(host, path) {
+            Match::Route(route) | Match::Default(Some(route)) => {
+                let resp = match self.answer_here(target.as_str(), path, route, conn, host) {
+                    Some(resp) => resp,
+                    None if speaks_h2_upstream(route) => return None,
+                    None => self.forward_inline(req, route, conn, host).await,
+                };
+                (resp, Some(route))
+            }
+            Match::Default(None) => (not_found(), None),
+        };
+        let stats = self.account(
+            route,
+            resp.status(),
+            started,
+            req.method(),
+            host,
+            path,
+            conn,
+        );
+        Some((resp, stats))
+    }
+
+    /// Counts a request by its route's labels and writes its access log
+    /// line; returns where the response's bytes are counted.
+    #[allow(clippy::too_many_arguments)]
+    fn account(
+        &self,
+        route: Option<&Route>,
+        status: StatusCode,
+        started: Instant,
+        method: &Method,
+        host: Option<&str>,
+        path: &str,
+        conn: Conn,
+    ) -> Arc<LabelStats> {
         let stats = match route {
             // A table published without swap_routes has no handles yet.
             Some(r) => r
@@ -318,21 +366,21 @@ impl Proxy {
             None => self.default_stats.clone(),
         };
         let took = started.elapsed();
-        stats.observe(resp.status().as_u16(), took);
+        stats.observe(status.as_u16(), took);
         let (ingress, service) = route.map_or(DEFAULT_LABEL, |r| (&*r.ingress, &*r.service));
         tracing::info!(
             target: "access",
             method = %method,
             host = host.unwrap_or("-"),
             path,
-            status = resp.status().as_u16(),
+            status = status.as_u16(),
             ingress,
             service,
             client = %conn.peer.ip(),
             ms = took.as_secs_f64() * 1e3,
             "request"
         );
-        resp.map(|inner| Counted { inner, stats })
+        stats
     }
 
     /// What the Ingress's annotations answer themselves (403 outside the
@@ -340,7 +388,8 @@ impl Proxy {
     /// Not async, so the request's future holds `forward`'s directly.
     fn answer_here(
         &self,
-        req: &Request<Incoming>,
+        target: &str,
+        path: &str,
         route: &Route,
         conn: Conn,
         host: Option<&str>,
@@ -351,8 +400,7 @@ impl Proxy {
         }
         if let Some((to, code)) = &policy.redirect {
             // The one nginx variable such redirects use.
-            let uri = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            return Some(redirect(*code, &to.replace("$request_uri", uri)));
+            return Some(redirect(*code, &to.replace("$request_uri", target)));
         }
         if let Some(protocol) = &policy.unsupported_backend {
             tracing::debug!(%protocol, "backend-protocol not supported");
@@ -362,10 +410,10 @@ impl Proxy {
             ));
         }
         if route.ssl_redirect && !conn.tls {
-            return Some(redirect_to_https(req, host));
+            return Some(redirect_to_https(target, host));
         }
         if let Some(root) = &policy.app_root
-            && req.uri().path() == "/"
+            && path == "/"
         {
             return Some(redirect(StatusCode::FOUND, root));
         }
@@ -380,27 +428,62 @@ impl Proxy {
         conn: Conn,
         host: Option<&str>,
     ) -> Response<Body> {
-        let addrs: Cow<'_, [SocketAddr]> = match &*route.upstream {
-            Upstream::Endpoints { addrs, .. } => Cow::Borrowed(addrs),
-            Upstream::External { host, port, .. } => {
-                match tokio::net::lookup_host((host.as_str(), *port)).await {
-                    Ok(a) => Cow::Owned(a.collect()),
-                    Err(_) => {
-                        return full(StatusCode::BAD_GATEWAY, "upstream name does not resolve\n");
-                    }
-                }
-            }
-            Upstream::Unavailable { .. } => Cow::Borrowed(&[]),
+        let addrs = match endpoints(route).await {
+            Ok(addrs) => addrs,
+            Err(answer) => return answer,
         };
-        if addrs.is_empty() {
-            return full(StatusCode::SERVICE_UNAVAILABLE, "no endpoints available\n");
-        }
         match self.prepare(req, route, conn, host, addrs[0]) {
             // Boxed: made in place once, where inline it would be copied
             // into each of the futures awaiting it, per request.
             Ok(out) => Box::pin(self.send(out, route, &addrs)).await,
             Err(answer) => *answer,
         }
+    }
+
+    /// `forward` for a request the in-task server read: always the
+    /// in-task client (no body, no upgrade, HTTP/1.1 to the endpoint).
+    async fn forward_inline(
+        &self,
+        req: &ClientHead,
+        route: &Route,
+        conn: Conn,
+        host: Option<&str>,
+    ) -> Response<Body> {
+        let addrs = match endpoints(route).await {
+            Ok(addrs) => addrs,
+            Err(answer) => return answer,
+        };
+        let Some(target) = rewritten(route, req.target()) else {
+            return invalid_rewrite();
+        };
+        let request_id = req
+            .value("x-request-id")
+            .and_then(|v| HeaderValue::from_maybe_shared(v).ok())
+            .unwrap_or_else(request_id);
+        let forwarding = Forwarding::new(
+            req,
+            |name| req.listed(name),
+            conn.client(),
+            host,
+            route.policy.upstream_vhost.as_deref(),
+            &request_id,
+        );
+        let head = upstream_head(
+            req.method(),
+            target.as_str(),
+            req,
+            |name| req.listed(name),
+            &forwarding,
+            addrs[0],
+        );
+        let out = Outgoing {
+            req: Outbound::Inline(head),
+            downstream: None,
+            request_id,
+            watch: None,
+            h2: false,
+        };
+        Box::pin(self.send(out, route, &addrs)).await
     }
 
     /// The request as it goes to an endpoint (forwarding headers, rewrite,
@@ -432,26 +515,15 @@ impl Proxy {
             .cloned()
             .unwrap_or_else(request_id);
         let policy = &route.policy;
-        let mut path_and_query = parts
+        let path_and_query = parts
             .uri
             .path_and_query()
             .cloned()
-            .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
-        if let Some(rewritten) = rewrite_path(route, path_and_query.path(), path_and_query.query())
-        {
-            match rewritten.parse() {
-                Ok(pq) => path_and_query = pq,
-                Err(_) => {
-                    tracing::warn!(ingress = %route.ingress, path = %rewritten, "rewrite-target made an invalid path");
-                    return Err(Box::new(full(
-                        StatusCode::BAD_GATEWAY,
-                        "rewrite-target made an invalid path\n",
-                    )));
-                }
-            }
-        }
-        let h2 = policy.h2
-            || matches!(&*route.upstream, Upstream::Endpoints { app_protocol: Some(p), .. } if speaks_h2(p));
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let Some(path_and_query) = rewritten(route, &path_and_query) else {
+            return Err(Box::new(invalid_rewrite()));
+        };
+        let h2 = speaks_h2_upstream(route);
         let max_body = policy.max_body.unwrap_or(self.limits.max_body_bytes);
         let declared = parts
             .headers
@@ -471,8 +543,8 @@ impl Proxy {
         let bodiless = hyper::body::Body::is_end_stream(&body);
         let forwarding = Forwarding::new(
             &parts.headers,
-            &listed,
-            conn,
+            named(&listed),
+            conn.client(),
             host,
             policy.upstream_vhost.as_deref(),
             &request_id,
@@ -481,7 +553,14 @@ impl Proxy {
         // endpoint) is written out here and answered in this task; the
         // others need hyper's client to stream both ways.
         if !h2 && bodiless && downstream.is_none() {
-            let head = inline_head(&parts, path_and_query.as_str(), &forwarding, &listed, first);
+            let head = upstream_head(
+                &parts.method,
+                path_and_query.as_str(),
+                &parts.headers,
+                named(&listed),
+                &forwarding,
+                first,
+            );
             return Ok(Outgoing {
                 req: Outbound::Inline(head),
                 downstream,
@@ -541,7 +620,7 @@ impl Proxy {
         } else {
             // HTTP/1.1 to the endpoint in origin form ("GET /path"), the Host
             // header carrying the client's host.
-            *out.uri_mut() = Uri::from(path_and_query);
+            *out.uri_mut() = Uri::from(path_and_query.into_owned());
             *out.version_mut() = Version::HTTP_11;
         }
         Ok(Outgoing {
@@ -668,6 +747,66 @@ impl Proxy {
         );
         out
     }
+}
+
+/// The built-in default backend's answer.
+fn not_found() -> Response<Body> {
+    full(StatusCode::NOT_FOUND, "default backend - 404\n")
+}
+
+/// The addresses a route's requests go to (ExternalName resolved now),
+/// or the answer when there are none.
+async fn endpoints(route: &Route) -> Result<Cow<'_, [SocketAddr]>, Response<Body>> {
+    let addrs: Cow<'_, [SocketAddr]> = match &*route.upstream {
+        Upstream::Endpoints { addrs, .. } => Cow::Borrowed(addrs),
+        Upstream::External { host, port, .. } => {
+            match tokio::net::lookup_host((host.as_str(), *port)).await {
+                Ok(a) => Cow::Owned(a.collect()),
+                Err(_) => {
+                    return Err(full(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream name does not resolve\n",
+                    ));
+                }
+            }
+        }
+        Upstream::Unavailable { .. } => Cow::Borrowed(&[]),
+    };
+    if addrs.is_empty() {
+        return Err(full(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no endpoints available\n",
+        ));
+    }
+    Ok(addrs)
+}
+
+/// The target after the route's rewrite-target (the same one when it has
+/// none); `None` when the rewrite made something that is not a path.
+fn rewritten<'a>(route: &Route, target: &'a PathAndQuery) -> Option<Cow<'a, PathAndQuery>> {
+    let Some(path) = rewrite_path(route, target.path(), target.query()) else {
+        return Some(Cow::Borrowed(target));
+    };
+    match path.parse() {
+        Ok(pq) => Some(Cow::Owned(pq)),
+        Err(_) => {
+            tracing::warn!(ingress = %route.ingress, %path, "rewrite-target made an invalid path");
+            None
+        }
+    }
+}
+
+fn invalid_rewrite() -> Response<Body> {
+    full(
+        StatusCode::BAD_GATEWAY,
+        "rewrite-target made an invalid path\n",
+    )
+}
+
+/// Whether the route's requests go to its endpoints in HTTP/2.
+fn speaks_h2_upstream(route: &Route) -> bool {
+    route.policy.h2
+        || matches!(&*route.upstream, Upstream::Endpoints { app_protocol: Some(p), .. } if speaks_h2(p))
 }
 
 /// Discards a request body: at most 64 MiB, for at most 10 s.
@@ -1065,187 +1204,6 @@ fn label(route: &Route) -> Labels {
     (route.ingress.clone(), route.service.clone())
 }
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-
-/// The headers the proxy sets on a request to an endpoint, as
-/// ingress-nginx does; computed once for either client.
-struct Forwarding<'a> {
-    client: std::net::IpAddr,
-    /// X-Forwarded-For and Via as the client sent them: added to.
-    prior_xff: Option<&'a [u8]>,
-    prior_via: Option<&'a [u8]>,
-    port: u16,
-    host: Option<&'a str>,
-    /// Host for the endpoint: `upstream-vhost`, else the client's.
-    upstream_host: Option<&'a str>,
-    tls: bool,
-    request_id: &'a HeaderValue,
-}
-
-impl<'a> Forwarding<'a> {
-    fn new(
-        headers: &'a HeaderMap,
-        listed: &[HeaderName],
-        conn: Conn,
-        host: Option<&'a str>,
-        vhost: Option<&'a str>,
-        request_id: &'a HeaderValue,
-    ) -> Self {
-        // Named in Connection, they are hop-by-hop: nothing to add to.
-        let prior = |name: &HeaderName| {
-            headers
-                .get(name)
-                .filter(|_| !listed.contains(name))
-                .map(HeaderValue::as_bytes)
-        };
-        Self {
-            client: conn.peer.ip(),
-            prior_xff: prior(&X_FORWARDED_FOR),
-            prior_via: prior(&header::VIA),
-            port: conn.local.port(),
-            host,
-            upstream_host: vhost.or(host),
-            tls: conn.tls,
-            request_id,
-        }
-    }
-
-    /// Whether the proxy sets this header (the client's value is replaced).
-    fn replaces(&self, name: &HeaderName) -> bool {
-        *name == X_FORWARDED_FOR
-            || *name == X_REAL_IP
-            || *name == X_FORWARDED_PORT
-            || *name == X_FORWARDED_PROTO
-            || *name == X_REQUEST_ID
-            || *name == header::VIA
-            || (self.host.is_some() && *name == X_FORWARDED_HOST)
-            || (self.upstream_host.is_some() && *name == header::HOST)
-    }
-
-    /// Each header the proxy sets, with its value.
-    fn each(&self, mut set: impl FnMut(&HeaderName, &[u8])) {
-        let mut text = [0u8; 48];
-        let ip = {
-            let mut cursor = std::io::Cursor::new(&mut text[..]);
-            let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{}", self.client));
-            cursor.position() as usize
-        };
-        let ip = &text[..ip];
-        match self.prior_xff {
-            Some(prev) => set(&X_FORWARDED_FOR, &[prev, b", ", ip].concat()),
-            None => set(&X_FORWARDED_FOR, ip),
-        }
-        set(&X_REAL_IP, ip);
-        set(&X_FORWARDED_PORT, itoa_port(self.port).as_str().as_bytes());
-        if let Some(h) = self.host {
-            set(&X_FORWARDED_HOST, h.as_bytes());
-        }
-        if let Some(h) = self.upstream_host {
-            set(&header::HOST, h.as_bytes());
-        }
-        let proto: &[u8] = if self.tls { b"https" } else { b"http" };
-        set(&X_FORWARDED_PROTO, proto);
-        set(&X_REQUEST_ID, self.request_id.as_bytes());
-        match self.prior_via {
-            Some(prev) => set(&header::VIA, &[prev, b", 1.1 ingressd"].concat()),
-            None => set(&header::VIA, b"1.1 ingressd"),
-        }
-    }
-
-    /// The same, as header values.
-    fn owned(&self) -> Vec<(HeaderName, HeaderValue)> {
-        let mut out = Vec::with_capacity(8);
-        self.each(|name, value| {
-            if let Ok(v) = HeaderValue::from_bytes(value) {
-                out.push((name.clone(), v));
-            }
-        });
-        out
-    }
-}
-
-/// The request head for the in-task client: the client's end-to-end
-/// headers, then the forwarding ones.
-fn inline_head(
-    parts: &hyper::http::request::Parts,
-    target: &str,
-    forwarding: &Forwarding<'_>,
-    listed: &[HeaderName],
-    first: SocketAddr,
-) -> RequestHead {
-    let mut head = RequestHead::new(&parts.method, target, parts.headers.len() + 8);
-    for (name, value) in &parts.headers {
-        // Host and Cookie are written once each, below.
-        if *name == header::HOST || *name == header::COOKIE {
-            continue;
-        }
-        if !is_hop_by_hop(name) && !forwarding.replaces(name) && !listed.contains(name) {
-            head.header(name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
-    if let Some(cookie) = joined_cookies(&parts.headers, listed) {
-        head.header(b"cookie", &cookie);
-    }
-    forwarding.each(|name, value| head.header(name.as_str().as_bytes(), value));
-    if forwarding.upstream_host.is_none() {
-        // HTTP/1.1 needs exactly one: the client's as it came (one that is
-        // not text is not a host to route by), else the endpoint's address
-        // (an HTTP/1.0 client may have sent none).
-        match parts.headers.get(header::HOST) {
-            Some(h) => head.header(b"host", h.as_bytes()),
-            None => head.header(b"host", first.to_string().as_bytes()),
-        }
-    }
-    head.finish()
-}
-
-/// HTTP/2 clients send each cookie as a field of its own; HTTP/1.1 has
-/// one Cookie line, joined with "; " (RFC 9113 §8.2.3).
-fn joined_cookies(headers: &HeaderMap, listed: &[HeaderName]) -> Option<Vec<u8>> {
-    if listed.contains(&header::COOKIE) {
-        return None;
-    }
-    let mut cookies = headers.get_all(header::COOKIE).iter();
-    let mut joined = cookies.next()?.as_bytes().to_vec();
-    for more in cookies {
-        joined.extend_from_slice(b"; ");
-        joined.extend_from_slice(more.as_bytes());
-    }
-    Some(joined)
-}
-
-/// A port as decimal text, without a heap allocation.
-fn itoa_port(port: u16) -> PortText {
-    let mut buf = [0u8; 5];
-    let mut n = port;
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    PortText { buf, start: i }
-}
-
-struct PortText {
-    buf: [u8; 5],
-    start: usize,
-}
-
-impl PortText {
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
-    }
-}
-
 fn redirect(code: StatusCode, to: &str) -> Response<Body> {
     let mut resp = full(code, "");
     if let Ok(v) = HeaderValue::from_str(to) {
@@ -1254,18 +1212,22 @@ fn redirect(code: StatusCode, to: &str) -> Response<Body> {
     resp
 }
 
-fn redirect_to_https(req: &Request<Incoming>, host: Option<&str>) -> Response<Body> {
+fn redirect_to_https(pq: &str, host: Option<&str>) -> Response<Body> {
     let host = host.and_then(normalize_host).unwrap_or_default();
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
     let mut resp = full(StatusCode::PERMANENT_REDIRECT, "");
     if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{pq}")) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     resp
+}
+
+/// An open client connection, as counted in the metrics.
+struct OpenConn<'a>(&'a AtomicI64);
+
+impl Drop for OpenConn<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Which HTTP a client connection speaks.
@@ -1330,10 +1292,6 @@ async fn serve_conn<I>(
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    proxy
-        .metrics
-        .active_connections
-        .fetch_add(1, Ordering::Relaxed);
     let p = proxy.clone();
     let svc = service_fn(move |req| {
         let p = p.clone();
@@ -1366,10 +1324,6 @@ where
             Box::pin(drive(b.serve_connection(io, svc), &proxy)).await
         }
     };
-    proxy
-        .metrics
-        .active_connections
-        .fetch_sub(1, Ordering::Relaxed);
     result.map_err(Into::into)
 }
 
@@ -1391,16 +1345,16 @@ async fn sniff(io: &mut KeepWriter, timeout: Duration) -> Sniffed {
         }
         let n = head.len().min(H2_PREFACE.len());
         if head[..n] != H2_PREFACE[..n] {
-            return Sniffed::Head(head.freeze(), Proto::Http1);
+            return Sniffed::Head(head, Proto::Http1);
         }
         if n == H2_PREFACE.len() {
-            return Sniffed::Head(head.freeze(), Proto::Http2);
+            return Sniffed::Head(head, Proto::Http2);
         }
     }
 }
 
 enum Sniffed {
-    Head(Bytes, Proto),
+    Head(bytes::BytesMut, Proto),
     /// Closed or failed before a byte came.
     Gone,
     /// Nothing within the client header timeout.
@@ -1563,11 +1517,26 @@ where
 /// §15.5.9 allows it on idle connections too).
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
     accept_loop(listener, proxy, |stream, conn, proxy| async move {
+        let since = tokio::time::Instant::now();
         let (mut io, late) = KeepWriter::new(stream);
+        let open = proxy.opened();
         let timed_out = match sniff(&mut io, proxy.limits.client_header_timeout).await {
-            Sniffed::Head(head, proto) => serve_conn(Prefixed { head, io }, proxy, conn, proto)
-                .await
-                .is_err_and(|e| is_header_timeout(e.as_ref())),
+            Sniffed::Head(head, Proto::Http1) => {
+                match inline_server::serve(&mut io, head, &proxy, conn, since).await {
+                    inline_server::Ended::Closed => false,
+                    inline_server::Ended::HandOver(head) => {
+                        serve_conn(Prefixed { head, io }, proxy.clone(), conn, Proto::Http1)
+                            .await
+                            .is_err_and(|e| is_header_timeout(e.as_ref()))
+                    }
+                }
+            }
+            Sniffed::Head(head, Proto::Http2) => {
+                let head = head.freeze();
+                serve_conn(Prefixed { head, io }, proxy.clone(), conn, Proto::Http2)
+                    .await
+                    .is_err_and(|e| is_header_timeout(e.as_ref()))
+            }
             Sniffed::Gone => false,
             // The same 408 as a slow head gets.
             Sniffed::TooSlow => {
@@ -1585,6 +1554,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
             // Closed without a shutdown(2) of its own, as a plain socket is.
             w.forget();
         }
+        drop(open);
     })
     .await
 }
@@ -1706,11 +1676,20 @@ pub async fn serve_tls(
             match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     // TLS says which HTTP by ALPN.
-                    let proto = match tls.get_ref().1.alpn_protocol() {
-                        Some(b"h2") => Proto::Http2,
-                        _ => Proto::Http1,
-                    };
-                    drop(serve_conn(tls, proxy, conn, proto).await)
+                    let _open = proxy.opened();
+                    let mut tls = tls;
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        drop(serve_conn(tls, proxy.clone(), conn, Proto::Http2).await);
+                        return;
+                    }
+                    let since = tokio::time::Instant::now();
+                    let empty = bytes::BytesMut::new();
+                    if let inline_server::Ended::HandOver(head) =
+                        inline_server::serve(&mut tls, empty, &proxy, conn, since).await
+                    {
+                        let io = Prefixed { head, io: tls };
+                        drop(serve_conn(io, proxy.clone(), conn, Proto::Http1).await);
+                    }
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(client = %conn.peer, error = %e, "TLS handshake failed")

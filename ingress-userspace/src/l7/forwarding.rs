@@ -1,0 +1,355 @@
+//! The headers a request takes to an endpoint, as ingress-nginx sets them
+//! (X-Forwarded-*, X-Real-IP, X-Request-ID, Via, Host), and the request
+//! head the in-task client writes, from whichever server read the request.
+use std::net::{IpAddr, SocketAddr};
+
+use hyper::{
+    Method,
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+};
+
+use super::inline_client::RequestHead;
+
+pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+pub(super) const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
+/// The same for a name as it came on the wire, in any case.
+fn is_hop_by_hop_text(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// A request's header fields as bytes, in the order they came: hyper's
+/// header map, or the head the in-task server parsed (names in the case
+/// the client wrote them).
+pub(super) trait Fields {
+    fn each<'s>(&'s self, f: impl FnMut(&'s [u8], &'s [u8]));
+
+    /// The first value of a header; `name` in lower case.
+    fn first(&self, name: &str) -> Option<&[u8]>;
+
+    /// How many fields there are (to size the head).
+    fn count(&self) -> usize;
+}
+
+impl Fields for HeaderMap {
+    fn each<'s>(&'s self, mut f: impl FnMut(&'s [u8], &'s [u8])) {
+        for (name, value) in self {
+            f(name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+
+    fn first(&self, name: &str) -> Option<&[u8]> {
+        self.get(name).map(HeaderValue::as_bytes)
+    }
+
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+/// 128 random-looking bits as 32 hex digits: splitmix64 over a per-thread
+/// state seeded once from the kernel, so no system call per request.
+pub(super) fn request_id() -> HeaderValue {
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
+            let mut seed = [0u8; 8];
+            // SAFETY: getrandom into a local buffer of the given length.
+            let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+            if n == 8 {
+                u64::from_ne_bytes(seed)
+            } else {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
+            }
+        });
+    }
+    let next = || {
+        STATE.with(|s| {
+            let mut z = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            s.set(z);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        })
+    };
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    let bits = (u128::from(next()) << 64) | u128::from(next());
+    for (i, c) in out.iter_mut().enumerate() {
+        *c = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// The headers the proxy sets on a request to an endpoint, as
+/// ingress-nginx does; computed once for either client.
+pub(super) struct Forwarding<'a> {
+    client: IpAddr,
+    /// X-Forwarded-For and Via as the client sent them: added to.
+    prior_xff: Option<&'a [u8]>,
+    prior_via: Option<&'a [u8]>,
+    port: u16,
+    host: Option<&'a str>,
+    /// Host for the endpoint: `upstream-vhost`, else the client's.
+    upstream_host: Option<&'a str>,
+    tls: bool,
+    request_id: &'a HeaderValue,
+}
+
+/// Who asked, for the forwarding headers.
+pub(super) struct Client {
+    pub(super) ip: IpAddr,
+    /// The port the client connected to.
+    pub(super) port: u16,
+    pub(super) tls: bool,
+}
+
+impl<'a> Forwarding<'a> {
+    /// `listed`: whether the request's Connection header names a header
+    /// (then it is hop-by-hop: nothing to add to).
+    pub(super) fn new(
+        fields: &'a impl Fields,
+        listed: impl Fn(&[u8]) -> bool,
+        client: Client,
+        host: Option<&'a str>,
+        vhost: Option<&'a str>,
+        request_id: &'a HeaderValue,
+    ) -> Self {
+        let prior = |name: &str| fields.first(name).filter(|_| !listed(name.as_bytes()));
+        Self {
+            client: client.ip,
+            prior_xff: prior(X_FORWARDED_FOR.as_str()),
+            prior_via: prior(header::VIA.as_str()),
+            port: client.port,
+            host,
+            upstream_host: vhost.or(host),
+            tls: client.tls,
+            request_id,
+        }
+    }
+
+    /// Whether the proxy sets this header (the client's value is replaced);
+    /// `name` in any case.
+    fn replaces(&self, name: &[u8]) -> bool {
+        let is = |h: &HeaderName| h.as_str().as_bytes().eq_ignore_ascii_case(name);
+        is(&X_FORWARDED_FOR)
+            || is(&X_REAL_IP)
+            || is(&X_FORWARDED_PORT)
+            || is(&X_FORWARDED_PROTO)
+            || is(&X_REQUEST_ID)
+            || is(&header::VIA)
+            || (self.host.is_some() && is(&X_FORWARDED_HOST))
+            || (self.upstream_host.is_some() && is(&header::HOST))
+    }
+
+    /// Each header the proxy sets, with its value.
+    pub(super) fn each(&self, mut set: impl FnMut(&HeaderName, &[u8])) {
+        let ip = IpText::of(self.client);
+        let ip = ip.as_bytes();
+        match self.prior_xff {
+            Some(prev) => set(&X_FORWARDED_FOR, &[prev, b", ", ip].concat()),
+            None => set(&X_FORWARDED_FOR, ip),
+        }
+        set(&X_REAL_IP, ip);
+        set(&X_FORWARDED_PORT, itoa_port(self.port).as_str().as_bytes());
+        if let Some(h) = self.host {
+            set(&X_FORWARDED_HOST, h.as_bytes());
+        }
+        if let Some(h) = self.upstream_host {
+            set(&header::HOST, h.as_bytes());
+        }
+        let proto: &[u8] = if self.tls { b"https" } else { b"http" };
+        set(&X_FORWARDED_PROTO, proto);
+        set(&X_REQUEST_ID, self.request_id.as_bytes());
+        match self.prior_via {
+            Some(prev) => set(&header::VIA, &[prev, b", 1.1 ingressd"].concat()),
+            None => set(&header::VIA, b"1.1 ingressd"),
+        }
+    }
+
+    /// The same, as header values.
+    pub(super) fn owned(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::with_capacity(8);
+        self.each(|name, value| {
+            if let Ok(v) = HeaderValue::from_bytes(value) {
+                out.push((name.clone(), v));
+            }
+        });
+        out
+    }
+}
+
+/// The request head for the in-task client: the client's end-to-end
+/// headers, then the forwarding ones.
+pub(super) fn upstream_head(
+    method: &Method,
+    target: &str,
+    fields: &impl Fields,
+    listed: impl Fn(&[u8]) -> bool,
+    forwarding: &Forwarding<'_>,
+    first: SocketAddr,
+) -> RequestHead {
+    let mut head = RequestHead::new(method, target, fields.count() + 8);
+    let cookies_listed = listed(b"cookie");
+    let mut cookies: Vec<&[u8]> = Vec::new();
+    fields.each(|name, value| {
+        // Host is written once, below; cookies joined on one line.
+        if name.eq_ignore_ascii_case(b"host") {
+            return;
+        }
+        if name.eq_ignore_ascii_case(b"cookie") {
+            if !cookies_listed {
+                cookies.push(value);
+            }
+            return;
+        }
+        if !is_hop_by_hop_text(name) && !forwarding.replaces(name) && !listed(name) {
+            head.header(name, value);
+        }
+    });
+    // HTTP/2 clients send each cookie as a field of its own; HTTP/1.1 has
+    // one Cookie line, joined with "; " (RFC 9113 §8.2.3).
+    if !cookies.is_empty() {
+        head.joined_header(b"cookie", &cookies, b"; ");
+    }
+    forwarding.each(|name, value| head.header(name.as_str().as_bytes(), value));
+    if forwarding.upstream_host.is_none() {
+        // HTTP/1.1 needs exactly one: the client's as it came (one that is
+        // not text is not a host to route by), else the endpoint's address
+        // (an HTTP/1.0 client may have sent none).
+        match fields.first("host") {
+            Some(h) => head.header(b"host", h),
+            None => head.header(b"host", first.to_string().as_bytes()),
+        }
+    }
+    head.finish()
+}
+
+/// Cookies on one line, for hyper's client (see `upstream_head`).
+pub(super) fn joined_cookies(headers: &HeaderMap, listed: &[HeaderName]) -> Option<Vec<u8>> {
+    if listed.contains(&header::COOKIE) {
+        return None;
+    }
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    let mut joined = cookies.next()?.as_bytes().to_vec();
+    for more in cookies {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(more.as_bytes());
+    }
+    Some(joined)
+}
+
+/// An address as text without the formatting machinery (IPv4 by hand:
+/// it is written twice into every request).
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn of(ip: IpAddr) -> Self {
+        let mut t = IpText {
+            buf: [0; 48],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.push(b'.');
+                    }
+                    if octet >= 100 {
+                        t.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        t.push(b'0' + octet / 10 % 10);
+                    }
+                    t.push(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(_) => {
+                let mut cursor = std::io::Cursor::new(&mut t.buf[..]);
+                let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{ip}"));
+                t.len = cursor.position() as usize;
+            }
+        }
+        t
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// A port as decimal text, without a heap allocation.
+fn itoa_port(port: u16) -> PortText {
+    let mut buf = [0u8; 5];
+    let mut n = port;
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    PortText { buf, start: i }
+}
+
+struct PortText {
+    buf: [u8; 5],
+    start: usize,
+}
+
+impl PortText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_as_text() {
+        for ip in [
+            "0.0.0.0",
+            "198.18.0.1",
+            "255.255.255.255",
+            "10.100.9.99",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let parsed: IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::of(parsed).as_bytes(), ip.as_bytes());
+        }
+    }
+}

@@ -1,0 +1,931 @@
+//! HTTP/1.x from clients for the common request (no body, no upgrade),
+//! read and answered by the connection's own task.
+//!
+//! hyper's server builds a header map and a `Request` for every request,
+//! runs its dispatcher, starts a new header timer per request and copies
+//! the response through buffers of its own: for a proxy that hands a
+//! request head to an endpoint and its answer back, most of the userspace
+//! time per request. Here the head is parsed in place (httparse), the
+//! endpoint's head is written out with the first piece of its body in one
+//! write, and one timer serves the whole connection.
+//!
+//! Whatever this server does not take (a request with a body, an upgrade,
+//! a head hyper refuses with a status of its own, a route whose endpoints
+//! speak HTTP/2) hands the connection to hyper's server, with every byte
+//! read so far, for the rest of its life: those cases have one
+//! implementation, hyper's.
+use std::{mem::MaybeUninit, ops::Range, time::Duration};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt as _;
+use http_body_util::BodyExt as _;
+use hyper::{
+    Method, Response, StatusCode,
+    body::Body as _,
+    header::{self, HeaderMap},
+    http::uri::PathAndQuery,
+};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+use super::forwarding::Fields;
+use super::proxy::{Body, Conn, Proxy};
+use super::stats::LabelStats;
+
+/// hyper's request-target limit (414 above it): longer ones go to hyper.
+const MAX_TARGET: usize = u16::MAX as usize - 1;
+/// Header slots on the stack; a larger `--max-headers` takes the heap.
+const STACK_HEADERS: usize = 100;
+/// Body pieces at least this large are written from where they are, not
+/// copied behind the head.
+const COPY_LIMIT: usize = 16 * 1024;
+/// How long a client gets to take a 408 before the connection closes.
+const LATE_ANSWER: Duration = Duration::from_secs(1);
+
+/// How a connection left this server.
+pub(super) enum Ended {
+    /// It is over: the client closed it, was told to, or timed out.
+    Closed,
+    /// hyper's server goes on from here, reading these bytes first.
+    HandOver(Bytes),
+}
+
+/// A request head, parsed, that this server answers: its bytes and where
+/// in them each field lies.
+pub(super) struct ClientHead {
+    bytes: Bytes,
+    method: Method,
+    target: PathAndQuery,
+    http10: bool,
+    keep_alive: bool,
+    fields: Vec<(Range<usize>, Range<usize>)>,
+    /// Names the Connection header lists (other than close/keep-alive).
+    listed: Vec<Range<usize>>,
+    host: Option<Range<usize>>,
+}
+
+impl ClientHead {
+    pub(super) fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// Always origin form (`/path?query`).
+    pub(super) fn target(&self) -> &PathAndQuery {
+        &self.target
+    }
+
+    /// The Host header, if it is text (one that is not is no host to route
+    /// by, as with hyper's `to_str`).
+    pub(super) fn host(&self) -> Option<&str> {
+        let raw = &self.bytes[self.host.clone()?];
+        if raw.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+            std::str::from_utf8(raw).ok()
+        } else {
+            None
+        }
+    }
+
+    /// Whether the request's Connection header names this header.
+    pub(super) fn listed(&self, name: &[u8]) -> bool {
+        self.listed
+            .iter()
+            .any(|r| self.bytes[r.clone()].eq_ignore_ascii_case(name))
+    }
+
+    /// The first value of a header as shared bytes (no copy).
+    pub(super) fn value(&self, name: &str) -> Option<Bytes> {
+        self.first(name).map(|v| self.bytes.slice_ref(v))
+    }
+
+    fn is_head(&self) -> bool {
+        self.method == Method::HEAD
+    }
+
+    /// Back to where it came from: the head's bytes and what followed.
+    fn unread(self, rest: &mut BytesMut) -> Bytes {
+        let mut all = BytesMut::with_capacity(self.bytes.len() + rest.len());
+        all.extend_from_slice(&self.bytes);
+        all.extend_from_slice(rest);
+        all.freeze()
+    }
+}
+
+impl Fields for ClientHead {
+    fn each<'s>(&'s self, mut f: impl FnMut(&'s [u8], &'s [u8])) {
+        for (name, value) in &self.fields {
+            f(&self.bytes[name.clone()], &self.bytes[value.clone()]);
+        }
+    }
+
+    fn first(&self, name: &str) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|(n, _)| self.bytes[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| &self.bytes[v.clone()])
+    }
+
+    fn count(&self) -> usize {
+        self.fields.len()
+    }
+}
+
+/// What the start of the buffer holds.
+enum Scan {
+    /// Not a whole head yet.
+    Partial,
+    /// A request this server answers; its head is taken off the buffer.
+    Whole(ClientHead),
+    /// A request for hyper's server (the buffer is left as it was).
+    HandOver,
+    /// A head no server takes: answered with this status, then closed.
+    Refuse(StatusCode),
+}
+
+/// `--max-header-bytes` and `--max-headers`: 431 above them.
+#[derive(Clone, Copy)]
+struct HeadLimits {
+    max_bytes: usize,
+    max_headers: usize,
+}
+
+fn eq(a: &[u8], b: &str) -> bool {
+    a.eq_ignore_ascii_case(b.as_bytes())
+}
+
+/// Parses the request head at the start of `buf`.
+fn scan(buf: &mut BytesMut, limits: HeadLimits) -> Scan {
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+    let mut heap = Vec::new();
+    let slots = if limits.max_headers <= STACK_HEADERS {
+        &mut stack[..limits.max_headers]
+    } else {
+        heap.resize_with(limits.max_headers, MaybeUninit::uninit);
+        &mut heap[..]
+    };
+    let mut req = httparse::Request::new(&mut []);
+    let parsed =
+        httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, slots);
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) if len <= limits.max_bytes => len,
+        Ok(httparse::Status::Partial) if buf.len() <= limits.max_bytes => return Scan::Partial,
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => {
+            return Scan::Refuse(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        }
+        Err(_) => return Scan::Refuse(StatusCode::BAD_REQUEST),
+    };
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return Scan::Refuse(StatusCode::BAD_REQUEST);
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Scan::Refuse(StatusCode::BAD_REQUEST);
+    };
+    if target.len() > MAX_TARGET {
+        return Scan::Refuse(StatusCode::URI_TOO_LONG);
+    }
+    // CONNECT and the asterisk and absolute forms are rare: hyper's.
+    if method == Method::CONNECT || !target.starts_with('/') {
+        return Scan::HandOver;
+    }
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        start..start + s.len()
+    };
+    let http10 = version == 0;
+    let mut close = false;
+    let mut keep_alive = false;
+    let mut host = None;
+    let mut fields = Vec::with_capacity(req.headers.len());
+    let mut listed = Vec::new();
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        // A body (or the promise of one) and upgrades need hyper's
+        // streaming both ways.
+        if eq(name, "content-length")
+            || eq(name, "transfer-encoding")
+            || eq(name, "expect")
+            || eq(name, "upgrade")
+        {
+            return Scan::HandOver;
+        }
+        if eq(name, "host") {
+            if host.is_some() {
+                return Scan::HandOver;
+            }
+            host = Some(at(h.value));
+        } else if eq(name, "connection") {
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if eq(token, "close") {
+                    close = true;
+                } else if eq(token, "keep-alive") {
+                    keep_alive = true;
+                } else if !token.is_empty() {
+                    listed.push(at(token));
+                }
+            }
+        }
+        fields.push((at(name), at(h.value)));
+    }
+    let target_at = at(target.as_bytes());
+    let bytes = buf.split_to(len).freeze();
+    // Checked as hyper checks it, on the bytes themselves (no copy).
+    let Ok(target) = PathAndQuery::from_maybe_shared(bytes.slice(target_at)) else {
+        return Scan::Refuse(StatusCode::BAD_REQUEST);
+    };
+    Scan::Whole(ClientHead {
+        bytes,
+        method,
+        target,
+        http10,
+        // HTTP/1.1 keeps the connection unless told to close; HTTP/1.0
+        // closes unless told to keep it.
+        keep_alive: !close && (!http10 || keep_alive),
+        fields,
+        listed,
+        host,
+    })
+}
+
+/// Serves a client connection until it ends or must go to hyper. `buf`
+/// holds what was read already; the first head is due within the header
+/// timeout from `since`.
+pub(super) async fn serve<I>(
+    io: &mut I,
+    mut buf: BytesMut,
+    proxy: &Proxy,
+    conn: Conn,
+    since: tokio::time::Instant,
+) -> Ended
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let timeout = proxy.limits().client_header_timeout;
+    let limits = HeadLimits {
+        max_bytes: proxy.limits().max_header_bytes,
+        max_headers: proxy.limits().max_headers,
+    };
+    // One timer for the connection, moved on per request (a later
+    // deadline on a registered timer is a store, not a new timer).
+    let deadline = tokio::time::sleep_until(since + timeout);
+    tokio::pin!(deadline);
+    let stop = proxy.stopped();
+    tokio::pin!(stop);
+    let mut stopping = false;
+    let mut out = Vec::with_capacity(4096);
+    let mut waiting_since = Some(since);
+    loop {
+        let head = loop {
+            match scan(&mut buf, limits) {
+                Scan::Whole(head) => break head,
+                Scan::HandOver => return Ended::HandOver(buf.freeze()),
+                Scan::Refuse(status) => {
+                    refuse(io, status).await;
+                    return Ended::Closed;
+                }
+                Scan::Partial => {}
+            }
+            if let Some(t) = waiting_since.take() {
+                deadline.as_mut().reset(t + timeout);
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(8192);
+            }
+            let read = tokio::select! {
+                biased;
+                r = io.read_buf(&mut buf) => r,
+                () = &mut deadline => {
+                    // A head that did not come in time, or an idle
+                    // connection kept too long (RFC 9110 §15.5.9).
+                    refuse(io, StatusCode::REQUEST_TIMEOUT).await;
+                    return Ended::Closed;
+                }
+                () = &mut stop, if !stopping => {
+                    stopping = true;
+                    // Idle: done. Within a head: that request is answered.
+                    if buf.is_empty() {
+                        return Ended::Closed;
+                    }
+                    continue;
+                }
+            };
+            match read {
+                Ok(n) if n > 0 => {}
+                // Gone, between requests or within one: nobody to answer.
+                _ => return Ended::Closed,
+            }
+        };
+        let Some((resp, stats)) = proxy.handle_inline(&head, conn).await else {
+            return Ended::HandOver(head.unread(&mut buf));
+        };
+        let keep = head.keep_alive && !stopping && !proxy.is_stopping();
+        match write_response(io, &mut out, resp, &head, keep, &stats).await {
+            Ok(true) => waiting_since = Some(tokio::time::Instant::now()),
+            Ok(false) | Err(_) => return Ended::Closed,
+        }
+    }
+}
+
+/// Answers a request that cannot be served (the connection closes after).
+async fn refuse<I: AsyncWrite + Unpin>(io: &mut I, status: StatusCode) {
+    let mut answer = Vec::with_capacity(128);
+    answer.extend_from_slice(b"HTTP/1.1 ");
+    answer.extend_from_slice(status.as_str().as_bytes());
+    answer.push(b' ');
+    answer.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    answer.extend_from_slice(b"\r\nconnection: close\r\ncontent-length: 0\r\ndate: ");
+    http_date(&mut answer);
+    answer.extend_from_slice(b"\r\n\r\n");
+    let _ = tokio::time::timeout(LATE_ANSWER, io.write_all(&answer)).await;
+}
+
+/// How a response body is sent to the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// Exactly this many bytes (none for HEAD, 1xx, 204, 304).
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (an HTTP/1.0 client, length unknown).
+    Close,
+}
+
+/// What the body says of its length before it is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyLength {
+    /// It is empty already.
+    Empty,
+    Known(u64),
+    Unknown,
+}
+
+/// Writes the response head to `out` as hyper's server would for the same
+/// response: Content-Length kept or added, else chunked (HTTP/1.1) or
+/// until close (HTTP/1.0); no body where there can be none; Connection
+/// as the connection goes on; Date unless the endpoint sent one.
+fn encode_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: BodyLength,
+    req: &ClientHead,
+    keep: bool,
+) -> Framing {
+    let is_head = req.is_head();
+    let bodiless_status = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    out.extend_from_slice(if req.http10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let no_body = is_head || bodiless_status;
+    let mut announced = None;
+    let mut date = false;
+    for (name, value) in headers {
+        if *name == header::CONTENT_LENGTH {
+            // The first one only; none for a body that is empty already,
+            // unless it answers a HEAD (the length a GET would get).
+            if announced.is_some() || (body == BodyLength::Empty && !is_head) {
+                continue;
+            }
+            announced = match body {
+                BodyLength::Known(n) => Some(n),
+                _ => match std::str::from_utf8(value.as_bytes()).map(str::parse::<u64>) {
+                    Ok(Ok(n)) => Some(n),
+                    _ => continue,
+                },
+            };
+        } else if *name == header::DATE {
+            date = true;
+        } else if super::forwarding::is_hop_by_hop(name) {
+            // The connection's own: written below.
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let framing = match (announced, body) {
+        _ if no_body => {
+            if announced.is_none()
+                && !bodiless_status
+                && matches!(body, BodyLength::Known(n) if n > 0)
+            {
+                // HEAD: the length its GET would have.
+                write_length(out, body);
+            }
+            Framing::Length(0)
+        }
+        (Some(n), _) => Framing::Length(n),
+        (None, BodyLength::Unknown) if req.http10 => Framing::Close,
+        (None, BodyLength::Unknown) => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            Framing::Chunked
+        }
+        (None, BodyLength::Empty) => {
+            out.extend_from_slice(b"content-length: 0\r\n");
+            Framing::Length(0)
+        }
+        (None, BodyLength::Known(n)) => {
+            write_length(out, body);
+            Framing::Length(n)
+        }
+    };
+    let keep = keep && framing != Framing::Close;
+    match (req.http10, keep) {
+        (false, false) => out.extend_from_slice(b"connection: close\r\n"),
+        (true, true) => out.extend_from_slice(b"connection: keep-alive\r\n"),
+        _ => {}
+    }
+    if !date {
+        out.extend_from_slice(b"date: ");
+        http_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+fn write_length(out: &mut Vec<u8>, body: BodyLength) {
+    if let BodyLength::Known(n) = body {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(n.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Now as an HTTP date, formatted once a second.
+fn http_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static CACHED: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHED.with_borrow_mut(|(at, text)| {
+        if *at != secs || text.is_empty() {
+            *at = secs;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
+}
+
+/// Writes a response; `Ok(true)` when the connection can take the next
+/// request. The head goes out with the body's first piece when that is
+/// at hand (one write for most responses).
+async fn write_response<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    resp: Response<Body>,
+    req: &ClientHead,
+    keep: bool,
+    stats: &LabelStats,
+) -> std::io::Result<bool> {
+    let (parts, mut body) = resp.into_parts();
+    let length = if body.is_end_stream() {
+        BodyLength::Empty
+    } else {
+        body.size_hint()
+            .exact()
+            .map_or(BodyLength::Unknown, BodyLength::Known)
+    };
+    out.clear();
+    let framing = encode_head(out, parts.status, &parts.headers, length, req, keep);
+    let mut keep = keep && framing != Framing::Close;
+    let mut left = match framing {
+        Framing::Length(n) => n,
+        _ => u64::MAX,
+    };
+    if framing != Framing::Length(0) {
+        loop {
+            let frame = match body.frame().now_or_never() {
+                Some(frame) => frame,
+                None => {
+                    flush(io, out).await?;
+                    body.frame().await
+                }
+            };
+            let data = match frame {
+                None => break,
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => data,
+                    // Trailers are not passed on (see inline_client).
+                    _ => continue,
+                },
+                // The endpoint failed within the body: the client can only
+                // tell by the connection closing before its end.
+                Some(Err(_)) => {
+                    keep = false;
+                    break;
+                }
+            };
+            stats
+                .bytes
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let data = match framing {
+                Framing::Length(_) => {
+                    let n = (data.len() as u64).min(left);
+                    left -= n;
+                    data.slice(..n as usize)
+                }
+                Framing::Chunked => {
+                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    data
+                }
+                Framing::Close => data,
+            };
+            if data.len() >= COPY_LIMIT {
+                flush(io, out).await?;
+                io.write_all(&data).await?;
+            } else {
+                out.extend_from_slice(&data);
+            }
+            if framing == Framing::Chunked {
+                out.extend_from_slice(b"\r\n");
+            }
+            if left == 0 {
+                break;
+            }
+        }
+    }
+    match framing {
+        Framing::Chunked if keep => out.extend_from_slice(b"0\r\n\r\n"),
+        // Shorter than announced: the connection must end to say so.
+        Framing::Length(_) if left != 0 => keep = false,
+        _ => {}
+    }
+    flush(io, out).await?;
+    Ok(keep)
+}
+
+async fn flush<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>) -> std::io::Result<()> {
+    if !out.is_empty() {
+        io.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_bytes: 1024,
+        max_headers: 8,
+    };
+
+    fn scan_text(text: &[u8], limits: HeadLimits) -> (Scan, BytesMut) {
+        let mut buf = BytesMut::from(text);
+        let scanned = scan(&mut buf, limits);
+        (scanned, buf)
+    }
+
+    fn whole(text: &[u8]) -> (ClientHead, BytesMut) {
+        match scan_text(text, LIMITS) {
+            (Scan::Whole(head), rest) => (head, rest),
+            (other, _) => panic!("{}: {}", String::from_utf8_lossy(text), name(&other)),
+        }
+    }
+
+    fn name(scan: &Scan) -> String {
+        match scan {
+            Scan::Partial => "partial".into(),
+            Scan::Whole(_) => "whole".into(),
+            Scan::HandOver => "hand over".into(),
+            Scan::Refuse(s) => format!("refuse {s}"),
+        }
+    }
+
+    #[test]
+    fn a_head_is_taken_off_the_buffer_with_what_routing_needs() {
+        let (head, rest) = whole(
+            b"GET /a/b?c=d HTTP/1.1\r\nHost: Shop.test:8080\r\nCookie: x=1\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\n\r\nGET /next",
+        );
+        assert_eq!(&rest[..], b"GET /next", "the next request stays");
+        assert_eq!(head.method(), Method::GET);
+        assert_eq!(head.target().path(), "/a/b");
+        assert_eq!(head.target().query(), Some("c=d"));
+        assert_eq!(head.host(), Some("Shop.test:8080"));
+        assert!(head.keep_alive);
+        assert!(head.listed(b"x-secret") && !head.listed(b"cookie"));
+        assert_eq!(head.first("cookie"), Some(&b"x=1"[..]));
+        assert_eq!(head.value("x-secret").as_deref(), Some(&b"s"[..]));
+        assert_eq!(head.count(), 4);
+        let mut names = Vec::new();
+        head.each(|n, _| names.push(String::from_utf8_lossy(n).into_owned()));
+        assert_eq!(names, ["Host", "Cookie", "Connection", "X-Secret"]);
+    }
+
+    #[test]
+    fn keep_alive_by_version_and_connection() {
+        for (text, keep) in [
+            (&b"GET / HTTP/1.1\r\n\r\n"[..], true),
+            (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false),
+            (
+                b"GET / HTTP/1.1\r\nConnection: keep-alive\r\nConnection: Close\r\n\r\n",
+                false,
+            ),
+            (b"GET / HTTP/1.0\r\n\r\n", false),
+            (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true),
+            (
+                b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n",
+                false,
+            ),
+        ] {
+            let (head, _) = whole(text);
+            assert_eq!(head.keep_alive, keep, "{}", String::from_utf8_lossy(text));
+        }
+    }
+
+    #[test]
+    fn only_text_hosts_route() {
+        let (head, _) = whole(b"GET / HTTP/1.1\r\nHost: \xffx\r\n\r\n");
+        assert_eq!(head.host(), None);
+        assert_eq!(head.first("host"), Some(&b"\xffx"[..]));
+        let (head, _) = whole(b"GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(head.host(), None);
+    }
+
+    #[test]
+    fn incomplete_heads_wait_for_more() {
+        for text in [
+            &b""[..],
+            b"GET",
+            b"GET / HTTP/1.1\r\nHost: a\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r",
+        ] {
+            let (scanned, rest) = scan_text(text, LIMITS);
+            assert!(
+                matches!(scanned, Scan::Partial),
+                "{text:?}: {}",
+                name(&scanned)
+            );
+            assert_eq!(&rest[..], text, "nothing taken");
+        }
+    }
+
+    #[test]
+    fn bodies_upgrades_and_rare_forms_go_to_hyper_untouched() {
+        for text in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET / HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            let (scanned, rest) = scan_text(text, LIMITS);
+            assert!(
+                matches!(scanned, Scan::HandOver),
+                "{}: {}",
+                String::from_utf8_lossy(text),
+                name(&scanned)
+            );
+            assert_eq!(&rest[..], text, "handed over whole");
+        }
+    }
+
+    #[test]
+    fn heads_no_server_takes_are_refused_with_their_status() {
+        let long_header = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "v".repeat(1100));
+        let long_partial = format!("GET / HTTP/1.1\r\nX: {}", "v".repeat(1100));
+        let many: String = (0..9).map(|i| format!("X-{i}: 1\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        let long_target = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_TARGET));
+        let wide = HeadLimits {
+            max_bytes: 2 * MAX_TARGET,
+            max_headers: 8,
+        };
+        for (text, limits, status) in [
+            (long_header.as_bytes(), LIMITS, 431),
+            (long_partial.as_bytes(), LIMITS, 431),
+            (many.as_bytes(), LIMITS, 431),
+            (long_target.as_bytes(), wide, 414),
+            (b"GET / HTTP/1.1\r\nHost a\r\n\r\n", LIMITS, 400),
+            (b"GET /a`b HTTP/1.1\r\n\r\n", LIMITS, 400),
+            (b"GET / HTTP/2.0\r\n\r\n", LIMITS, 400),
+            (b"\x16\x03\x01\x00\x05hello\r\n\r\n", LIMITS, 400),
+        ] {
+            let (scanned, _) = scan_text(text, limits);
+            assert!(
+                matches!(scanned, Scan::Refuse(s) if s.as_u16() == status),
+                "{:.60}: {} (not {status})",
+                String::from_utf8_lossy(text),
+                name(&scanned)
+            );
+        }
+        // At the limit is still fine; more headers fit a larger limit.
+        let exact = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "v".repeat(1024 - 23));
+        assert_eq!(exact.len(), 1024);
+        assert!(matches!(
+            scan_text(exact.as_bytes(), LIMITS).0,
+            Scan::Whole(_)
+        ));
+        let more = HeadLimits {
+            max_bytes: 4096,
+            max_headers: 200,
+        };
+        let many: String = (0..150).map(|i| format!("X-{i}: 1\r\n")).collect();
+        let text = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert!(matches!(scan_text(text.as_bytes(), more).0, Scan::Whole(_)));
+    }
+
+    /// The head as written, with the Date line (which changes) taken out.
+    fn encoded(
+        request: &[u8],
+        status: u16,
+        headers: &[(&str, &str)],
+        body: BodyLength,
+        keep: bool,
+    ) -> (String, Framing) {
+        let (req, _) = whole(request);
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.append(
+                hyper::header::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let mut out = Vec::new();
+        let status = StatusCode::from_u16(status).unwrap();
+        let framing = encode_head(&mut out, status, &map, body, &req, keep);
+        let text = String::from_utf8(out).unwrap();
+        let dated = text.lines().filter(|l| l.starts_with("date: ")).count();
+        assert_eq!(dated, 1, "one Date: {text}");
+        let undated = text
+            .split_inclusive("\r\n")
+            .filter(|l| !l.starts_with("date: ") || headers.iter().any(|(n, _)| *n == "date"))
+            .collect();
+        (undated, framing)
+    }
+
+    #[test]
+    fn response_heads_are_framed_as_hyper_frames_them() {
+        const GET: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
+        const HEAD: &[u8] = b"HEAD / HTTP/1.1\r\n\r\n";
+        const OLD: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
+        const OLD_KEPT: &[u8] = b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+        use BodyLength::*;
+        let cl5 = [("content-length", "5")];
+        for (request, status, headers, body, keep, head, framing) in [
+            // The endpoint's length goes on.
+            (
+                GET,
+                200,
+                &cl5[..],
+                Known(5),
+                true,
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                Framing::Length(5),
+            ),
+            // A known length without the header gets one; none gets chunked.
+            (
+                GET,
+                404,
+                &[][..],
+                Known(3),
+                true,
+                "HTTP/1.1 404 Not Found\r\ncontent-length: 3\r\n\r\n",
+                Framing::Length(3),
+            ),
+            (
+                GET,
+                200,
+                &[],
+                Unknown,
+                true,
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                Framing::Chunked,
+            ),
+            (
+                GET,
+                308,
+                &[],
+                Empty,
+                true,
+                "HTTP/1.1 308 Permanent Redirect\r\ncontent-length: 0\r\n\r\n",
+                Framing::Length(0),
+            ),
+            // HEAD: the GET's length, no body; 204 and 304: neither.
+            (
+                HEAD,
+                200,
+                &cl5,
+                Empty,
+                true,
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                Framing::Length(0),
+            ),
+            (
+                HEAD,
+                404,
+                &[],
+                Known(3),
+                true,
+                "HTTP/1.1 404 Not Found\r\ncontent-length: 3\r\n\r\n",
+                Framing::Length(0),
+            ),
+            (
+                HEAD,
+                200,
+                &[],
+                Unknown,
+                true,
+                "HTTP/1.1 200 OK\r\n\r\n",
+                Framing::Length(0),
+            ),
+            (
+                GET,
+                204,
+                &[],
+                Empty,
+                true,
+                "HTTP/1.1 204 No Content\r\n\r\n",
+                Framing::Length(0),
+            ),
+            (
+                GET,
+                304,
+                &[("etag", "\"x\"")],
+                Empty,
+                true,
+                "HTTP/1.1 304 Not Modified\r\netag: \"x\"\r\n\r\n",
+                Framing::Length(0),
+            ),
+            // Closing: said so to HTTP/1.1; HTTP/1.0 is told when kept.
+            (
+                GET,
+                200,
+                &cl5,
+                Known(5),
+                false,
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\n",
+                Framing::Length(5),
+            ),
+            (
+                OLD,
+                200,
+                &cl5,
+                Known(5),
+                false,
+                "HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\n",
+                Framing::Length(5),
+            ),
+            (
+                OLD_KEPT,
+                200,
+                &cl5,
+                Known(5),
+                true,
+                "HTTP/1.0 200 OK\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\n",
+                Framing::Length(5),
+            ),
+            // HTTP/1.0 has no chunks: until close, and not kept.
+            (
+                OLD_KEPT,
+                200,
+                &[],
+                Unknown,
+                true,
+                "HTTP/1.0 200 OK\r\n\r\n",
+                Framing::Close,
+            ),
+            // The endpoint's Date stays (no second one); hop-by-hop never
+            // goes out from the response map.
+            (
+                GET,
+                200,
+                &[
+                    ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+                    ("keep-alive", "5"),
+                ],
+                Empty,
+                true,
+                "HTTP/1.1 200 OK\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\ncontent-length: 0\r\n\r\n",
+                Framing::Length(0),
+            ),
+        ] {
+            let got = encoded(request, status, headers, body, keep);
+            assert_eq!(
+                got,
+                (head.to_string(), framing),
+                "{} {status} {headers:?} {body:?} keep={keep}",
+                String::from_utf8_lossy(request)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            );
+        }
+    }
+}

@@ -124,7 +124,9 @@ enum Command {
         /// Seconds to wait for a TCP connection to an endpoint.
         #[arg(long, default_value_t = 5, env = "INGRESSD_UPSTREAM_CONNECT_TIMEOUT")]
         upstream_connect_timeout: u64,
-        /// Seconds to wait for an endpoint's response headers (504 after).
+        /// Seconds to wait for an endpoint's response headers (504 after),
+        /// and between two reads of its body (the response is cut off after),
+        /// as nginx's proxy_read_timeout.
         #[arg(long, default_value_t = 60, env = "INGRESSD_UPSTREAM_RESPONSE_TIMEOUT")]
         upstream_response_timeout: u64,
         /// Seconds a client has to send a request head, and to sit idle (408 after).

@@ -1270,6 +1270,9 @@ async fn scripted_endpoint(ip: Ipv4Addr) -> (SocketAddr, Arc<AtomicUsize>) {
                         ),
                         "/empty" => (b"HTTP/1.1 204 No Content\r\n\r\n", false),
                         "/length" => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false),
+                        // Half the body, then nothing: the connection stays
+                        // open, waiting for a next request that never comes.
+                        "/stall" => (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf.", false),
                         // Keep-alive promised, then closed: the pooled
                         // connection is stale by the next request.
                         "/then-gone" => (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngone", true),
@@ -1308,7 +1311,7 @@ async fn endpoint_responses_framed_every_way_and_pooled() {
         addr.port(),
         &[IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6))],
     ) + "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: ebpf}\nspec: {controller: ingress-ebpf/controller}\n\
-           ---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: raw}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: raw.test\n    http:\n      paths:\n\
+           ---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: raw, annotations: {nginx.ingress.kubernetes.io/proxy-read-timeout: \"1\"}}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: raw.test\n    http:\n      paths:\n\
            \x20     - {path: /, pathType: Prefix, backend: {service: {name: raw, port: {number: 80}}}}\n\
            \x20 - http:\n      paths:\n\
            \x20     - {path: /anyhost, pathType: Prefix, backend: {service: {name: raw, port: {number: 80}}}}\n";
@@ -1433,6 +1436,16 @@ async fn endpoint_responses_framed_every_way_and_pooled() {
     // And the endpoint still serves after those.
     let (status, _, body) = call("GET", "/length").await;
     assert_eq!((status, body.as_str()), (200, "hello"));
+
+    // A body that stops coming: the read timeout (1 s here, by annotation)
+    // also holds between reads, and the client sees the connection end
+    // short of the promised length (as from nginx), not a hang.
+    let got = raw(b"GET /stall HTTP/1.1\r\nHost: raw.test\r\n\r\n".to_vec()).await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(
+        got.contains("content-length: 10\r\n") && got.ends_with("\r\n\r\nhalf."),
+        "{got}"
+    );
 }
 
 /// Writes `request` on a new connection to `addr` and reads until the

@@ -60,11 +60,12 @@ impl InlinePool {
 
     /// Sends a request without a body and returns the response, its body
     /// still to be read from the endpoint.
+    /// `timeouts`: to connect, and between two reads of the body.
     pub(super) async fn request(
         &self,
         addr: SocketAddr,
         head: RequestHead,
-        connect_timeout: Duration,
+        (connect_timeout, read_timeout): (Duration, Duration),
     ) -> UpstreamResult {
         let is_head = head.is_head;
         // A pooled connection the endpoint closed just now fails before any
@@ -75,7 +76,10 @@ impl InlinePool {
             let Some(stream) = self.idle.checkout(addr) else {
                 break;
             };
-            match self.exchange(addr, stream, &head.bytes, is_head).await {
+            match self
+                .exchange(addr, stream, &head.bytes, is_head, read_timeout)
+                .await
+            {
                 Ok(resp) => return Ok(resp),
                 Err(Failure::NoAnswer(_)) if head.may_repeat => {}
                 Err(e) => return Err(UpstreamError::sent(e.into_error())),
@@ -85,7 +89,7 @@ impl InlinePool {
             Ok(s) => s,
             Err(e) => return Err(UpstreamError::connect(e, Outbound::Inline(head))),
         };
-        self.exchange(addr, stream, &head.bytes, is_head)
+        self.exchange(addr, stream, &head.bytes, is_head, read_timeout)
             .await
             .map_err(|e| UpstreamError::sent(e.into_error()))
     }
@@ -96,6 +100,7 @@ impl InlinePool {
         mut stream: TcpStream,
         head: &[u8],
         is_head: bool,
+        read_timeout: Duration,
     ) -> Result<Response<Body>, Failure> {
         stream.write_all(head).await.map_err(Failure::NoAnswer)?;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -132,6 +137,8 @@ impl InlinePool {
             framing,
             keep_alive,
             back: Some((self.idle.clone(), addr)),
+            read_timeout,
+            waiting: None,
         };
         Ok(response.map(|()| body.boxed()))
     }
@@ -530,6 +537,10 @@ struct Inline {
     framing: Framing,
     keep_alive: bool,
     back: Option<(Arc<IdleConns<TcpStream>>, SocketAddr)>,
+    /// nginx's proxy_read_timeout: between two reads, not for the whole
+    /// body; the timer is made only once a read has to wait.
+    read_timeout: Duration,
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Inline {
@@ -554,7 +565,24 @@ impl Inline {
         }
         // read_buf reads once; a short read tells tokio the socket is
         // drained, so an idle pooled connection is not seen as readable.
-        pin!(stream.read_buf(&mut self.buf)).poll(cx)
+        match pin!(stream.read_buf(&mut self.buf)).poll(cx) {
+            Poll::Pending => {}
+            ready => {
+                self.waiting = None;
+                return ready;
+            }
+        }
+        let timeout = self.read_timeout;
+        let timer = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "endpoint sent nothing within the read timeout",
+            )));
+        }
+        Poll::Pending
     }
 }
 
@@ -877,7 +905,8 @@ mod tests {
             drop(theirs);
             pool.idle.checkin(addr, ours);
             let head = RequestHead::new(&method, "/", 1).finish();
-            let result = pool.request(addr, head, Duration::from_secs(5)).await;
+            let timeouts = (Duration::from_secs(5), Duration::from_secs(5));
+            let result = pool.request(addr, head, timeouts).await;
             match result {
                 Ok(resp) if retried => {
                     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -888,6 +917,37 @@ mod tests {
                 Err(e) => panic!("{method}: not retried: {}", e.error),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_coming_ends_after_the_read_timeout() {
+        // Half the promised body, then nothing (the connection held open).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (hold, held) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf.")
+                .await;
+            let _ = held.await;
+        });
+        let pool = InlinePool::new(Duration::from_secs(60));
+        let head = RequestHead::new(&Method::GET, "/", 1).finish();
+        let timeouts = (Duration::from_secs(5), Duration::from_millis(300));
+        let resp = match pool.request(addr, head, timeouts).await {
+            Ok(resp) => resp,
+            Err(e) => panic!("head: {}", e.error),
+        };
+        let started = std::time::Instant::now();
+        let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+            .await
+            .expect("ended by the read timeout, not the test's");
+        assert!(body.is_err(), "a cut-off body is an error");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        drop(hold);
     }
 
     #[test]

@@ -657,12 +657,16 @@ impl Proxy {
             let connect_timeout = policy
                 .connect_timeout
                 .unwrap_or(self.limits.upstream_connect_timeout);
+            let read_timeout = policy
+                .read_timeout
+                .unwrap_or(self.limits.upstream_response_timeout);
             // The less common paths are boxed: an inline future as large as
             // the largest of them would be copied around on every request.
             let sent = async {
                 match out {
                     Outbound::Inline(head) => {
-                        self.inline.request(addr, head, connect_timeout).await
+                        let timeouts = (connect_timeout, read_timeout);
+                        self.inline.request(addr, head, timeouts).await
                     }
                     Outbound::Hyper(req) if h2 => {
                         Box::pin(self.h2.request(addr, *req, connect_timeout)).await
@@ -678,10 +682,7 @@ impl Proxy {
                 if let Some(w) = &watch {
                     w.done.notified().await;
                 }
-                let timeout = policy
-                    .read_timeout
-                    .unwrap_or(self.limits.upstream_response_timeout);
-                tokio::time::sleep(timeout).await;
+                tokio::time::sleep(read_timeout).await;
             };
             let outcome = tokio::select! {
                 r = sent => Ok(r),
@@ -700,6 +701,8 @@ impl Proxy {
                     }
                     if !stripped {
                         strip_hop_by_hop(resp.headers_mut());
+                        // The in-task client's body keeps the timeout itself.
+                        resp = resp.map(|body| ReadTimeout::new(body, read_timeout).boxed());
                     }
                     resp.headers_mut().insert(X_REQUEST_ID, request_id);
                     return resp;
@@ -961,6 +964,64 @@ impl hyper::body::Body for ClientBody {
             self.watch.done.notify_one();
         }
         end
+    }
+}
+
+/// A response body that must keep coming: the read timeout (nginx's
+/// proxy_read_timeout) also holds between two reads of the body, so an
+/// endpoint that stalls mid-body ends the response instead of holding the
+/// client forever. The timer is made only once a read has to wait.
+struct ReadTimeout {
+    inner: Body,
+    timeout: Duration,
+    waiting: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl ReadTimeout {
+    fn new(inner: Body, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            waiting: None,
+        }
+    }
+}
+
+impl hyper::body::Body for ReadTimeout {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {}
+            ready => {
+                this.waiting = None;
+                return ready;
+            }
+        }
+        let timeout = this.timeout;
+        let timer = this
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(
+                "endpoint sent nothing within the read timeout".into()
+            )));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

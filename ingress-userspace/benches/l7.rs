@@ -117,6 +117,43 @@ struct Run {
     p50: Duration,
     p99: Duration,
     errors: usize,
+    /// Requests answered.
+    done: usize,
+}
+
+/// CPU time (user + system) a process and its children (nginx's workers)
+/// have used so far, from /proc: the proxy's cost per request, which the
+/// load and the upstream sharing this machine do not blur as they blur
+/// throughput.
+fn cpu_time(pid: u32) -> Duration {
+    // SAFETY: sysconf has no preconditions.
+    let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        n if n > 0 => n as f64,
+        _ => 100.0,
+    };
+    let ticks = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): utime and
+        // stime are the 12th and 13th.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        field(11) + field(12)
+    };
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let total: u64 = ticks(pid)
+        + children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+            .map(ticks)
+            .sum::<u64>();
+    Duration::from_secs_f64(total as f64 / hz)
 }
 
 /// Closed-loop load: CONCURRENCY workers, REQUESTS in all (or TIME_LIMIT).
@@ -192,6 +229,7 @@ async fn load(addr: SocketAddr, host: &'static str, path: &'static str, keepaliv
         p50: pct(0.50),
         p99: pct(0.99),
         errors,
+        done: lat.len(),
     }
 }
 
@@ -331,8 +369,16 @@ fn main() -> anyhow::Result<()> {
         "HTTP proxying on loopback: {REQUESTS} GET /cart (Host shop.test) per run, {CONCURRENCY} concurrent clients, median of {ROUNDS} interleaved runs"
     );
     println!(
-        "{:<34} {:>10} {:>9} {:>9} {:>7}   {:>10} {:>10}",
-        "", "req/s", "p50 ms", "p99 ms", "errors", "rps ratio", "p99 ratio"
+        "{:<34} {:>10} {:>9} {:>9} {:>7}   {:>10} {:>10}   {:>11} {:>10}",
+        "",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "rps ratio",
+        "p99 ratio",
+        "CPU us/req",
+        "CPU ratio"
     );
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     for keepalive in [true, false] {
@@ -344,30 +390,51 @@ fn main() -> anyhow::Result<()> {
         // Interleaved rounds, the median of each: this machine is shared by
         // the load, the upstream and the proxy, and single runs are noisy.
         let mut rounds: [Vec<Run>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        // The proxies' CPU time over all their rounds, and what it answered.
+        let mut cpu = [(Duration::ZERO, 0usize); 3];
+        let pids = [None, Some(ng_proc.0.id()), Some(ingressd.0.id())];
         for _ in 0..ROUNDS {
             for (i, target) in [up, ng, ours_addr].into_iter().enumerate() {
-                rounds[i].push(rt.block_on(load(target, "shop.test", "/cart", keepalive)));
+                let before = pids[i].map(cpu_time);
+                let run = rt.block_on(load(target, "shop.test", "/cart", keepalive));
+                if let (Some(pid), Some(before)) = (pids[i], before) {
+                    cpu[i].0 += cpu_time(pid).saturating_sub(before);
+                    cpu[i].1 += run.done;
+                }
+                rounds[i].push(run);
             }
         }
+        let per_request = cpu.map(|(t, n)| (n > 0).then(|| t.as_secs_f64() * 1e6 / n as f64));
         let [direct, nginx, ing] = rounds.map(median);
-        for (name, r) in [
+        for (i, (name, r)) in [
             ("upstream directly (the limit)", &direct),
             ("nginx 1.22 as proxy", &nginx),
             ("ingressd", &ing),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (us, ratio) = match (per_request[i], per_request[1]) {
+                (Some(us), Some(theirs)) => (format!("{us:.1}"), format!("{:.2}x", us / theirs)),
+                _ => ("-".to_string(), "-".to_string()),
+            };
             println!(
-                "{:<34} {:>10.0} {:>9.2} {:>9.2} {:>7}   {:>9.2}x {:>9.2}x",
+                "{:<34} {:>10.0} {:>9.2} {:>9.2} {:>7}   {:>9.2}x {:>9.2}x   {:>11} {:>10}",
                 format!("{name}, {mode}"),
                 r.rps,
                 ms(r.p50),
                 ms(r.p99),
                 r.errors,
                 r.rps / nginx.rps,
-                ms(r.p99) / ms(nginx.p99)
+                ms(r.p99) / ms(nginx.p99),
+                us,
+                ratio
             );
         }
     }
-    println!("(ratios are against nginx: rps above 1 and p99 below 1 mean ingressd does better)");
+    println!(
+        "(ratios are against nginx: rps above 1, p99 and CPU below 1 mean ingressd does better; CPU is the proxy's user+system time over all its rounds)"
+    );
     println!(
         "memory after the runs: ingressd {} KiB RSS, nginx worker+master {} KiB RSS",
         rss_kib(ingressd.0.id()),

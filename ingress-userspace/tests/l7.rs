@@ -1466,12 +1466,13 @@ async fn exchange_raw(addr: SocketAddr, request: &[u8]) -> String {
 async fn client_connections_pipelined_kept_alive_and_handed_over() {
     let (_, yaml) = backends().await;
     let d = Ingressd::start(&yaml).await;
-    // One connection, five pipelined requests in one write: three without
+    // One connection, six pipelined requests in one write: four without
     // a body (served in-task), a POST with one (hyper's server takes the
     // connection over with what was read), then one more on hyper.
     let got = exchange_raw(
         d.http,
-        b"GET /p1 HTTP/1.1\r\nHost: shop.test\r\n\r\n\
+        b"DELETE /p0 HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 0\r\n\r\n\
+          GET /p1 HTTP/1.1\r\nHost: shop.test\r\n\r\n\
           HEAD /p2 HTTP/1.1\r\nHost: shop.test\r\n\r\n\
           GET /p3 HTTP/1.1\r\nHost: nowhere.test\r\n\r\n\
           POST /p4 HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 3\r\n\r\nabc\
@@ -1487,6 +1488,7 @@ async fn client_connections_pipelined_kept_alive_and_handed_over() {
     assert_eq!(
         heads,
         [
+            "HTTP/1.1 200",
             "HTTP/1.1 200",
             "HTTP/1.1 200",
             "HTTP/1.1 404",
@@ -1506,10 +1508,11 @@ async fn client_connections_pipelined_kept_alive_and_handed_over() {
         "{got}"
     );
     assert!(!got.contains("path=/p2"), "HEAD got a body: {got}");
+    assert!(at("a path=/p0 ") < at("a path=/p1 "), "{got}");
     assert!(at("a path=/p4 ") < at("a path=/p5 "), "{got}");
     assert!(got.contains("body=3\n"), "{got}");
     // Every response dated; the last one says the connection ends.
-    assert_eq!(got.matches("\r\ndate: ").count(), 5, "{got}");
+    assert_eq!(got.matches("\r\ndate: ").count(), 6, "{got}");
     assert_eq!(got.matches("\r\nconnection: close\r\n").count(), 1, "{got}");
 
     // HTTP/1.0: closed after the answer unless asked to keep it, then

@@ -196,8 +196,15 @@ fn scan(buf: &mut BytesMut, limits: HeadLimits) -> Scan {
     let mut host = None;
     let mut fields = Vec::with_capacity(req.headers.len());
     let mut listed = Vec::new();
+    let mut empty_body_said = false;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
+        // "Content-Length: 0" (a POST without a body, say) is no body.
+        if eq(name, "content-length") && h.value == b"0" && !empty_body_said {
+            empty_body_said = true;
+            fields.push((at(name), at(h.value)));
+            continue;
+        }
         // A body (or the promise of one) and upgrades need hyper's
         // streaming both ways.
         if eq(name, "content-length")
@@ -625,6 +632,14 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_body_said_is_no_body() {
+        let (head, rest) = whole(b"POST /form HTTP/1.1\r\nContent-Length: 0\r\n\r\nGET /");
+        assert_eq!(head.method(), Method::POST);
+        assert_eq!(head.first("content-length"), Some(&b"0"[..]));
+        assert_eq!(&rest[..], b"GET /");
+    }
+
+    #[test]
     fn keep_alive_by_version_and_connection() {
         for (text, keep) in [
             (&b"GET / HTTP/1.1\r\n\r\n"[..], true),
@@ -677,7 +692,8 @@ mod tests {
         for text in [
             &b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"[..],
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            b"GET / HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+            b"GET / HTTP/1.1\r\ncontent-length: 00\r\n\r\n",
+            b"GET / HTTP/1.1\r\ncontent-length: 0\r\ncontent-length: 0\r\n\r\n",
             b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
             b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",

@@ -307,7 +307,10 @@ fn main() -> anyhow::Result<()> {
     )?;
     wait_listening(up)?;
 
-    // nginx as the ingress proxy, with the same hosts and paths.
+    // nginx as the ingress proxy, with the same hosts and paths, setting the
+    // same request headers as ingressd (those ingress-nginx's template sets,
+    // and Via): both proxies do the same work, and the upstream gets the
+    // same requests from both.
     let ng_port = free_port();
     let ng = SocketAddr::from((Ipv4Addr::LOCALHOST, ng_port));
     let ng_proc = nginx(
@@ -316,10 +319,13 @@ fn main() -> anyhow::Result<()> {
         &format!(
             "upstream up {{ server 127.0.0.1:{up_port}; keepalive 320; }}\n\
              server {{ listen 127.0.0.1:{ng_port}; server_name shop.test; keepalive_requests 100000;\n\
-               location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host;\n\
-                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Real-IP $remote_addr; }}\n\
-               location /cart {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host;\n\
-                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Real-IP $remote_addr; }} }}"
+               proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host;\n\
+               proxy_set_header X-Request-ID $request_id; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+               proxy_set_header X-Real-IP $remote_addr; proxy_set_header X-Forwarded-Host $host;\n\
+               proxy_set_header X-Forwarded-Port $server_port; proxy_set_header X-Forwarded-Proto $scheme;\n\
+               proxy_set_header Via \"1.1 nginx\";\n\
+               location / {{ proxy_pass http://up; }}\n\
+               location /cart {{ proxy_pass http://up; }} }}"
         ),
     )?;
     wait_listening(ng)?;

@@ -1584,7 +1584,12 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
         let timed_out = match sniff(&mut io, proxy.limits.client_header_timeout).await {
             Sniffed::Head(head, Proto::Http1) => {
                 match inline_server::serve(&mut io, head, &proxy, conn, since).await {
-                    inline_server::Ended::Closed => false,
+                    // Dropped here, so that its write half is closed below
+                    // without a shutdown(2) of its own.
+                    inline_server::Ended::Closed => {
+                        drop(io);
+                        false
+                    }
                     inline_server::Ended::HandOver(head) => {
                         serve_conn(Prefixed { head, io }, proxy.clone(), conn, Proto::Http1)
                             .await
@@ -1598,7 +1603,10 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
                     .await
                     .is_err_and(|e| is_header_timeout(e.as_ref()))
             }
-            Sniffed::Gone => false,
+            Sniffed::Gone => {
+                drop(io);
+                false
+            }
             // The same 408 as a slow head gets.
             Sniffed::TooSlow => {
                 drop(io);
@@ -1745,11 +1753,18 @@ pub async fn serve_tls(
                     }
                     let since = tokio::time::Instant::now();
                     let empty = bytes::BytesMut::new();
-                    if let inline_server::Ended::HandOver(head) =
-                        inline_server::serve(&mut tls, empty, &proxy, conn, since).await
-                    {
-                        let io = Prefixed { head, io: tls };
-                        drop(serve_conn(io, proxy.clone(), conn, Proto::Http1).await);
+                    match inline_server::serve(&mut tls, empty, &proxy, conn, since).await {
+                        inline_server::Ended::HandOver(head) => {
+                            let io = Prefixed { head, io: tls };
+                            drop(serve_conn(io, proxy.clone(), conn, Proto::Http1).await);
+                        }
+                        // close_notify first: a body that ends with the
+                        // connection must be told apart from a cut-off one.
+                        inline_server::Ended::Closed => {
+                            use tokio::io::AsyncWriteExt as _;
+                            let _ =
+                                tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+                        }
                     }
                 }
                 Ok(Err(e)) => {

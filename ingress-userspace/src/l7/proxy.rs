@@ -1394,7 +1394,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Reads the start of a plain connection (one read for a typical request:
 /// a 24-byte sniff would cost a second one) and tells HTTP/2 prior
 /// knowledge from HTTP/1.
-async fn sniff(io: &mut KeepWriter, timeout: Duration) -> Sniffed {
+async fn sniff(io: &mut tokio::net::TcpStream, timeout: Duration) -> Sniffed {
     use tokio::io::AsyncReadExt as _;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut head = bytes::BytesMut::with_capacity(4096);
@@ -1578,55 +1578,52 @@ where
 /// §15.5.9 allows it on idle connections too).
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
     accept_loop(listener, proxy, |stream, conn, proxy| async move {
+        use tokio::io::AsyncWriteExt as _;
         let since = tokio::time::Instant::now();
-        let (mut io, late) = KeepWriter::new(stream);
-        let open = proxy.opened();
-        let timed_out = match sniff(&mut io, proxy.limits.client_header_timeout).await {
-            Sniffed::Head(head, Proto::Http1) => {
-                match inline_server::serve(&mut io, head, &proxy, conn, since).await {
-                    // Dropped here, so that its write half is closed below
-                    // without a shutdown(2) of its own.
-                    inline_server::Ended::Closed => {
-                        drop(io);
-                        false
-                    }
-                    inline_server::Ended::HandOver(head) => {
-                        serve_conn(Prefixed { head, io }, proxy.clone(), conn, Proto::Http1)
-                            .await
-                            .is_err_and(|e| is_header_timeout(e.as_ref()))
-                    }
-                }
-            }
-            Sniffed::Head(head, Proto::Http2) => {
-                let head = head.freeze();
-                serve_conn(Prefixed { head, io }, proxy.clone(), conn, Proto::Http2)
-                    .await
-                    .is_err_and(|e| is_header_timeout(e.as_ref()))
-            }
-            Sniffed::Gone => {
-                drop(io);
-                false
-            }
+        let _open = proxy.opened();
+        // The socket as it is while the in-task server has it; split for
+        // hyper only if it is handed over. Dropped, it is closed (no
+        // shutdown(2) of its own).
+        let mut stream = stream;
+        let (head, proto) = match sniff(&mut stream, proxy.limits.client_header_timeout).await {
+            Sniffed::Head(head, proto) => (head, proto),
+            Sniffed::Gone => return,
             // The same 408 as a slow head gets.
             Sniffed::TooSlow => {
-                drop(io);
-                true
+                let _ = tokio::time::timeout(LATE_ANSWER, stream.write_all(TIMED_OUT)).await;
+                return;
             }
         };
+        let head = match proto {
+            Proto::Http1 => {
+                match inline_server::serve(&mut stream, head, &proxy, conn, since).await {
+                    inline_server::Ended::Closed => return,
+                    inline_server::Ended::HandOver(head) => head,
+                }
+            }
+            Proto::Http2 => head.freeze(),
+        };
+        let (io, late) = KeepWriter::new(stream);
+        let timed_out = serve_conn(Prefixed { head, io }, proxy.clone(), conn, proto)
+            .await
+            .is_err_and(|e| is_header_timeout(e.as_ref()));
         let Some(mut w) = late.take() else { return };
         if timed_out {
-            use tokio::io::AsyncWriteExt as _;
-            let answer =
-                b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
-            let _ = tokio::time::timeout(Duration::from_secs(1), w.write_all(answer)).await;
+            let _ = tokio::time::timeout(LATE_ANSWER, w.write_all(TIMED_OUT)).await;
         } else {
             // Closed without a shutdown(2) of its own, as a plain socket is.
             w.forget();
         }
-        drop(open);
     })
     .await
 }
+
+/// What a client too slow with its request head gets (hyper's path).
+const TIMED_OUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
+/// How long a client gets to take a late answer before the connection closes.
+const LATE_ANSWER: Duration = Duration::from_secs(1);
 
 /// A client socket as hyper's IO, whose write half outlives hyper: when
 /// hyper drops the connection (after a header timeout, say) the write half

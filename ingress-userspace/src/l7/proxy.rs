@@ -1594,9 +1594,13 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
                 return;
             }
         };
+        // Both servers' futures are boxed: unboxed, the connection's task
+        // would be as large as the larger of them, and a task is copied
+        // several times on its way to the scheduler, on every connection.
         let head = match proto {
             Proto::Http1 => {
-                match inline_server::serve(&mut stream, head, &proxy, conn, since).await {
+                let served = inline_server::serve(&mut stream, head, &proxy, conn, since);
+                match Box::pin(served).await {
                     inline_server::Ended::Closed => return,
                     inline_server::Ended::HandOver(head) => head,
                 }
@@ -1604,7 +1608,8 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
             Proto::Http2 => head.freeze(),
         };
         let (io, late) = KeepWriter::new(stream);
-        let timed_out = serve_conn(Prefixed { head, io }, proxy.clone(), conn, proto)
+        let served = serve_conn(Prefixed { head, io }, proxy.clone(), conn, proto);
+        let timed_out = Box::pin(served)
             .await
             .is_err_and(|e| is_header_timeout(e.as_ref()));
         let Some(mut w) = late.take() else { return };
@@ -1744,16 +1749,20 @@ pub async fn serve_tls(
                     // TLS says which HTTP by ALPN.
                     let _open = proxy.opened();
                     let mut tls = tls;
+                    // Boxed, as for plain connections.
                     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        drop(serve_conn(tls, proxy.clone(), conn, Proto::Http2).await);
+                        let served = serve_conn(tls, proxy.clone(), conn, Proto::Http2);
+                        drop(Box::pin(served).await);
                         return;
                     }
                     let since = tokio::time::Instant::now();
                     let empty = bytes::BytesMut::new();
-                    match inline_server::serve(&mut tls, empty, &proxy, conn, since).await {
+                    let served = inline_server::serve(&mut tls, empty, &proxy, conn, since);
+                    match Box::pin(served).await {
                         inline_server::Ended::HandOver(head) => {
                             let io = Prefixed { head, io: tls };
-                            drop(serve_conn(io, proxy.clone(), conn, Proto::Http1).await);
+                            let served = serve_conn(io, proxy.clone(), conn, Proto::Http1);
+                            drop(Box::pin(served).await);
                         }
                         // close_notify first: a body that ends with the
                         // connection must be told apart from a cut-off one.

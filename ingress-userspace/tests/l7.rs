@@ -1553,3 +1553,61 @@ async fn client_connections_pipelined_kept_alive_and_handed_over() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_takes_its_request_with_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An endpoint that never answers, and tells when the proxy hangs up.
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 8), 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (arrived, mut request_in) = tokio::sync::mpsc::channel::<()>(1);
+    let (hung_up, mut told) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        // The request, then nothing until the proxy closes (bounded).
+        for _ in 0..100 {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = hung_up.send(()).await;
+                    return;
+                }
+                Ok(_) => {
+                    let _ = arrived.try_send(());
+                }
+            }
+        }
+    });
+    let yaml = service(
+        "hold",
+        addr.port(),
+        &[IpAddr::V4(Ipv4Addr::new(127, 0, 0, 8))],
+    ) + "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: ebpf}\nspec: {controller: ingress-ebpf/controller}\n\
+           ---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: hold}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: hold.test\n    http:\n      paths:\n\
+           \x20     - {path: /, pathType: Prefix, backend: {service: {name: hold, port: {number: 80}}}}\n";
+    // The response timeout (60 s) is far off: only the client leaving
+    // can end the endpoint's connection within the bound below.
+    let d = Ingressd::start(&yaml).await;
+    let mut c = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    c.write_all(b"GET /wait HTTP/1.1\r\nHost: hold.test\r\n\r\n")
+        .await
+        .unwrap();
+    // Closed once the request is with the endpoint.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), request_in.recv())
+            .await
+            .is_ok_and(|m| m.is_some()),
+        "the request reached the endpoint"
+    );
+    drop(c);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), told.recv())
+            .await
+            .is_ok_and(|m| m.is_some()),
+        "the endpoint's connection outlived the client's"
+    );
+}

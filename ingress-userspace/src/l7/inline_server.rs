@@ -45,6 +45,9 @@ const LATE_ANSWER: Duration = Duration::from_secs(1);
 pub(super) enum Ended {
     /// It is over: the client closed it, was told to, or timed out.
     Closed,
+    /// It broke off: the client left mid-request, or a response was cut
+    /// off (TLS: no close_notify, so the client sees the cut).
+    Aborted,
     /// hyper's server goes on from here, reading these bytes first.
     HandOver(Bytes),
 }
@@ -320,15 +323,63 @@ where
                 _ => return Ended::Closed,
             }
         };
-        let Some((resp, stats)) = proxy.handle_inline(&head, conn).await else {
+        // A client that leaves while its request is out drops the request
+        // (and its endpoint connection), as hyper and nginx do.
+        let handled = tokio::select! {
+            biased;
+            handled = proxy.handle_inline(&head, conn) => handled,
+            () = client_gone(io, &mut buf, limits.max_bytes) => return Ended::Aborted,
+        };
+        let Some((resp, stats)) = handled else {
             return Ended::HandOver(head.unread(&mut buf));
         };
         let keep = head.keep_alive && !stopping && !proxy.is_stopping();
-        match write_response(io, &mut out, resp, &head, keep, &stats).await {
-            Ok(true) => waiting_since = Some(tokio::time::Instant::now()),
-            Ok(false) | Err(_) => return Ended::Closed,
+        let mut client = Client {
+            io,
+            buf: &mut buf,
+            max: limits.max_bytes,
+        };
+        match write_response(&mut client, &mut out, resp, &head, keep, &stats).await {
+            Ok(Wrote::Whole(true)) => waiting_since = Some(tokio::time::Instant::now()),
+            Ok(Wrote::Whole(false)) => return Ended::Closed,
+            Ok(Wrote::CutOff) | Err(_) => return Ended::Aborted,
         }
     }
+}
+
+/// Resolves once the client has closed or broken its connection; what it
+/// sends meanwhile (pipelined requests) is kept in `buf`, up to `max`.
+async fn client_gone<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut, max: usize) {
+    loop {
+        if buf.len() >= max {
+            // Enough read ahead: the client waits (TCP pushes back).
+            std::future::pending::<()>().await;
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(8192);
+        }
+        match io.read_buf(buf).await {
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
+/// The client's connection while a response goes out: written to, and
+/// watched for the client leaving.
+struct Client<'a, I> {
+    io: &'a mut I,
+    buf: &'a mut BytesMut,
+    max: usize,
+}
+
+/// How a response went out.
+#[derive(Debug, PartialEq, Eq)]
+enum Wrote {
+    /// Whole; whether the connection takes a next request.
+    Whole(bool),
+    /// Cut off: the endpoint failed within the body, or the client left.
+    CutOff,
 }
 
 /// Answers a request that cannot be served (the connection closes after).
@@ -341,7 +392,11 @@ async fn refuse<I: AsyncWrite + Unpin>(io: &mut I, status: StatusCode) {
     answer.extend_from_slice(b"\r\nconnection: close\r\ncontent-length: 0\r\ndate: ");
     http_date(&mut answer);
     answer.extend_from_slice(b"\r\n\r\n");
-    let _ = tokio::time::timeout(LATE_ANSWER, io.write_all(&answer)).await;
+    let written = async {
+        io.write_all(&answer).await?;
+        io.flush().await
+    };
+    let _ = tokio::time::timeout(LATE_ANSWER, written).await;
 }
 
 /// How a response body is sent to the client.
@@ -486,14 +541,15 @@ fn http_date(out: &mut Vec<u8>) {
 /// Writes a response; `Ok(true)` when the connection can take the next
 /// request. The head goes out with the body's first piece when that is
 /// at hand (one write for most responses).
-async fn write_response<I: AsyncWrite + Unpin>(
-    io: &mut I,
+async fn write_response<I: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut Client<'_, I>,
     out: &mut Vec<u8>,
     resp: Response<Body>,
     req: &ClientHead,
     keep: bool,
     stats: &LabelStats,
-) -> std::io::Result<bool> {
+) -> std::io::Result<Wrote> {
+    let io = &mut *client.io;
     let (parts, mut body) = resp.into_parts();
     let length = if body.is_end_stream() {
         BodyLength::Empty
@@ -504,7 +560,8 @@ async fn write_response<I: AsyncWrite + Unpin>(
     };
     out.clear();
     let framing = encode_head(out, parts.status, &parts.headers, length, req, keep);
-    let mut keep = keep && framing != Framing::Close;
+    let keep = keep && framing != Framing::Close;
+    let mut failed = false;
     let mut left = match framing {
         Framing::Length(n) => n,
         _ => u64::MAX,
@@ -515,7 +572,11 @@ async fn write_response<I: AsyncWrite + Unpin>(
                 Some(frame) => frame,
                 None => {
                     flush(io, out).await?;
-                    body.frame().await
+                    tokio::select! {
+                        biased;
+                        frame = body.frame() => frame,
+                        () = client_gone(io, client.buf, client.max) => return Ok(Wrote::CutOff),
+                    }
                 }
             };
             let data = match frame {
@@ -528,7 +589,7 @@ async fn write_response<I: AsyncWrite + Unpin>(
                 // The endpoint failed within the body: the client can only
                 // tell by the connection closing before its end.
                 Some(Err(_)) => {
-                    keep = false;
+                    failed = true;
                     break;
                 }
             };
@@ -556,27 +617,43 @@ async fn write_response<I: AsyncWrite + Unpin>(
             if framing == Framing::Chunked {
                 out.extend_from_slice(b"\r\n");
             }
+            // Written as it comes once there is a piece's worth: a body
+            // the endpoint sends faster than the client reads must not
+            // pile up here.
+            if out.len() >= COPY_LIMIT {
+                flush(io, out).await?;
+            }
             if left == 0 {
                 break;
             }
         }
     }
     match framing {
-        Framing::Chunked if keep => out.extend_from_slice(b"0\r\n\r\n"),
+        Framing::Chunked if !failed => out.extend_from_slice(b"0\r\n\r\n"),
         // Shorter than announced: the connection must end to say so.
-        Framing::Length(_) if left != 0 => keep = false,
+        Framing::Length(_) if left != 0 => failed = true,
         _ => {}
     }
     flush(io, out).await?;
-    Ok(keep)
+    // A large response's buffer is not kept for the connection's life.
+    if out.capacity() > 4 * COPY_LIMIT {
+        *out = Vec::with_capacity(4096);
+    }
+    Ok(if failed {
+        Wrote::CutOff
+    } else {
+        Wrote::Whole(keep)
+    })
 }
 
+/// Writes out what `out` holds, through any buffer of the IO's own (TLS
+/// holds what it encrypted until flushed).
 async fn flush<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>) -> std::io::Result<()> {
     if !out.is_empty() {
         io.write_all(out).await?;
         out.clear();
     }
-    Ok(())
+    io.flush().await
 }
 
 #[cfg(test)]
@@ -943,5 +1020,146 @@ mod tests {
                     .unwrap_or("")
             );
         }
+    }
+
+    /// A body of `frames` pieces of `size` bytes, all ready at once, with
+    /// no length known beforehand; counts the pieces taken from it.
+    fn ready_body(
+        frames: usize,
+        size: usize,
+        taken: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Body {
+        let piece = Bytes::from(vec![b'x'; size]);
+        let stream = futures_util::stream::iter((0..frames).map(move |_| {
+            taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok::<_, crate::l7::proxy::BoxError>(hyper::body::Frame::data(piece.clone()))
+        }));
+        http_body_util::StreamBody::new(stream).boxed()
+    }
+
+    async fn written(request: &[u8], resp: Response<Body>, keep: bool) -> (Wrote, String) {
+        use tokio::io::AsyncReadExt as _;
+        let (req, _) = whole(request);
+        let (mut theirs, mut ours) = tokio::io::duplex(1 << 20);
+        let mut buf = BytesMut::new();
+        let mut client = Client {
+            io: &mut ours,
+            buf: &mut buf,
+            max: 1024,
+        };
+        let stats = LabelStats::default();
+        let mut out = Vec::new();
+        let wrote = write_response(&mut client, &mut out, resp, &req, keep, &stats)
+            .await
+            .expect("written");
+        drop(ours);
+        let mut text = String::new();
+        theirs.read_to_string(&mut text).await.unwrap();
+        (wrote, text)
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_end_with_the_last_chunk_also_when_the_connection_closes() {
+        for keep in [true, false] {
+            let body = ready_body(2, 5, Default::default());
+            let (wrote, text) = written(b"GET / HTTP/1.1\r\n\r\n", Response::new(body), keep).await;
+            assert_eq!(wrote, Wrote::Whole(keep));
+            assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+            assert!(
+                text.ends_with("\r\n\r\n5\r\nxxxxx\r\n5\r\nxxxxx\r\n0\r\n\r\n"),
+                "{text}"
+            );
+        }
+        // HTTP/1.0: until close, nothing added.
+        let body = ready_body(2, 5, Default::default());
+        let (wrote, text) = written(b"GET / HTTP/1.0\r\n\r\n", Response::new(body), false).await;
+        assert_eq!(wrote, Wrote::Whole(false));
+        assert!(text.ends_with("\r\n\r\nxxxxxxxxxx"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_off_by_the_endpoint_is_not_ended_cleanly() {
+        let stream = futures_util::stream::iter([
+            Ok(hyper::body::Frame::data(Bytes::from_static(b"half"))),
+            Err::<hyper::body::Frame<Bytes>, crate::l7::proxy::BoxError>("endpoint reset".into()),
+        ]);
+        let resp = Response::new(http_body_util::StreamBody::new(stream).boxed());
+        let (wrote, text) = written(b"GET / HTTP/1.1\r\n\r\n", resp, true).await;
+        assert_eq!(wrote, Wrote::CutOff);
+        assert!(
+            text.ends_with("4\r\nhalf\r\n"),
+            "no last chunk after a failure: {text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fast_endpoint_and_a_slow_client_do_not_pile_up_in_memory() {
+        let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let body = ready_body(1000, 8 * 1024, taken.clone());
+        let (req, _) = whole(b"GET / HTTP/1.1\r\n\r\n");
+        // A client that reads nothing: 64 KiB fit on the way, then writes wait.
+        let (_theirs, mut ours) = tokio::io::duplex(64 * 1024);
+        let mut buf = BytesMut::new();
+        let mut client = Client {
+            io: &mut ours,
+            buf: &mut buf,
+            max: 1024,
+        };
+        let stats = LabelStats::default();
+        let mut out = Vec::new();
+        let sending = write_response(
+            &mut client,
+            &mut out,
+            Response::new(body),
+            &req,
+            true,
+            &stats,
+        );
+        // It cannot finish; what matters is how much it took meanwhile.
+        let blocked = tokio::time::timeout(Duration::from_millis(200), sending).await;
+        assert!(
+            blocked.is_err(),
+            "a client reading nothing cannot take 8 MB"
+        );
+        let n = taken.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            n <= 16,
+            "{n} pieces of 8 KiB taken for a client that took 64 KiB"
+        );
+    }
+
+    #[tokio::test]
+    async fn what_the_io_buffers_is_flushed() {
+        use tokio::io::AsyncReadExt as _;
+        // A writer that holds everything until flushed (as TLS does).
+        let (mut theirs, ours) = tokio::io::duplex(1 << 16);
+        let (rd, wr) = tokio::io::split(ours);
+        let mut io = tokio::io::join(rd, tokio::io::BufWriter::new(wr));
+        let (req, _) = whole(b"GET / HTTP/1.1\r\n\r\n");
+        let mut buf = BytesMut::new();
+        let mut client = Client {
+            io: &mut io,
+            buf: &mut buf,
+            max: 1024,
+        };
+        let body = ready_body(1, 3, Default::default());
+        let stats = LabelStats::default();
+        let mut out = Vec::new();
+        write_response(
+            &mut client,
+            &mut out,
+            Response::new(body),
+            &req,
+            true,
+            &stats,
+        )
+        .await
+        .unwrap();
+        let mut got = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), theirs.read(&mut got))
+            .await
+            .expect("the response reached the client")
+            .unwrap();
+        assert!(got[..n].starts_with(b"HTTP/1.1 200 OK\r\n"));
     }
 }

@@ -1601,7 +1601,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
             Proto::Http1 => {
                 let served = inline_server::serve(&mut stream, head, &proxy, conn, since);
                 match Box::pin(served).await {
-                    inline_server::Ended::Closed => return,
+                    inline_server::Ended::Closed | inline_server::Ended::Aborted => return,
                     inline_server::Ended::HandOver(head) => head,
                 }
             }
@@ -1766,6 +1766,9 @@ pub async fn serve_tls(
                         }
                         // close_notify first: a body that ends with the
                         // connection must be told apart from a cut-off one.
+                        // Cut off: dropped without close_notify, which the
+                        // client sees as the cut it is.
+                        inline_server::Ended::Aborted => {}
                         inline_server::Ended::Closed => {
                             use tokio::io::AsyncWriteExt as _;
                             let _ =

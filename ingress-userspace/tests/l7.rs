@@ -1610,4 +1610,15 @@ async fn a_client_that_leaves_takes_its_request_with_it() {
             .is_ok_and(|m| m.is_some()),
         "the endpoint's connection outlived the client's"
     );
+    // Counted as nginx counts it.
+    let counted = "ingressd_http_requests_total{ingress=\"default/hold\",service=\"default/hold:80\",status=\"499\"} 1";
+    assert!(
+        common::eventually(Duration::from_secs(2), async || {
+            get(d.metrics, "/metrics", None)
+                .await
+                .is_ok_and(|(_, m)| m.contains(counted))
+        })
+        .await,
+        "no 499 counted"
+    );
 }

@@ -28,7 +28,7 @@ use hyper::{
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::forwarding::Fields;
-use super::proxy::{Body, Conn, Proxy};
+use super::proxy::{Body, Conn, Handled, Proxy};
 use super::stats::LabelStats;
 
 /// hyper's request-target limit (414 above it): longer ones go to hyper.
@@ -325,13 +325,11 @@ where
         };
         // A client that leaves while its request is out drops the request
         // (and its endpoint connection), as hyper and nginx do.
-        let handled = tokio::select! {
-            biased;
-            handled = proxy.handle_inline(&head, conn) => handled,
-            () = client_gone(io, &mut buf, limits.max_bytes) => return Ended::Aborted,
-        };
-        let Some((resp, stats)) = handled else {
-            return Ended::HandOver(head.unread(&mut buf));
+        let gone = client_gone(io, &mut buf, limits.max_bytes);
+        let (resp, stats) = match proxy.handle_inline(&head, conn, gone).await {
+            Handled::Answer(resp, stats) => (resp, stats),
+            Handled::ToHyper => return Ended::HandOver(head.unread(&mut buf)),
+            Handled::ClientLeft => return Ended::Aborted,
         };
         let keep = head.keep_alive && !stopping && !proxy.is_stopping();
         let mut client = Client {

@@ -307,14 +307,14 @@ impl Proxy {
 
     /// `handle` for a request the in-task HTTP/1 server read (no body, no
     /// upgrade): the same routing, answers, forwarding, counters and log
-    /// line. `None`, before anything was done, for a request only hyper's
-    /// client can forward (to an HTTP/2 endpoint): the connection then goes
-    /// to hyper's server.
+    /// line. `gone` resolves if the client leaves while the request is out:
+    /// the request is dropped and counted as nginx counts it (499).
     pub(super) async fn handle_inline(
         &self,
         req: &ClientHead,
         conn: Conn,
-    ) -> Option<(Response<Body>, Arc<LabelStats>)> {
+        gone: impl std::future::Future<Output = ()>,
+    ) -> Handled {
         let started = Instant::now();
         let table = self.routes.load_full();
         let host = req.host();
@@ -324,8 +324,16 @@ impl Proxy {
             Match::Route(route) | Match::Default(Some(route)) => {
                 let resp = match self.answer_here(target.as_str(), path, route, conn, host) {
                     Some(resp) => resp,
-                    None if speaks_h2_upstream(route) => return None,
-                    None => self.forward_inline(req, route, conn, host).await,
+                    None if speaks_h2_upstream(route) => return Handled::ToHyper,
+                    None => tokio::select! {
+                        biased;
+                        resp = self.forward_inline(req, route, conn, host) => resp,
+                        () = gone => {
+                            let (method, route) = (req.method(), Some(route));
+                            self.account(route, CLIENT_LEFT, started, method, host, path, conn);
+                            return Handled::ClientLeft;
+                        }
+                    },
                 };
                 (resp, Some(route))
             }
@@ -340,7 +348,7 @@ impl Proxy {
             path,
             conn,
         );
-        Some((resp, stats))
+        Handled::Answer(resp, stats)
     }
 
     /// Counts a request by its route's labels and writes its access log
@@ -1281,6 +1289,23 @@ fn redirect_to_https(pq: &str, host: Option<&str>) -> Response<Body> {
     }
     resp
 }
+
+/// What became of a request the in-task server read.
+pub(super) enum Handled {
+    /// The answer, and where its bytes are counted.
+    Answer(Response<Body>, Arc<LabelStats>),
+    /// Untouched: only hyper's client can forward it (HTTP/2 endpoints),
+    /// so the connection goes to hyper's server.
+    ToHyper,
+    /// The client left before the answer (counted as 499).
+    ClientLeft,
+}
+
+/// nginx's status for a request whose client closed the connection first.
+const CLIENT_LEFT: StatusCode = match StatusCode::from_u16(499) {
+    Ok(s) => s,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
 
 /// An open client connection, as counted in the metrics.
 struct OpenConn<'a>(&'a AtomicI64);

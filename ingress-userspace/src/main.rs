@@ -129,7 +129,9 @@ enum Command {
         /// as nginx's proxy_read_timeout.
         #[arg(long, default_value_t = 60, env = "INGRESSD_UPSTREAM_RESPONSE_TIMEOUT")]
         upstream_response_timeout: u64,
-        /// Seconds a client has to send a request head, and to sit idle (408 after).
+        /// Seconds a client has to send a request head, and to sit idle (408 after);
+        /// also how long a response write may wait for the client to read
+        /// (nginx's send_timeout; HTTP/1 requests without a body).
         #[arg(long, default_value_t = 60, env = "INGRESSD_CLIENT_HEADER_TIMEOUT")]
         client_header_timeout: u64,
         /// Seconds a client may pause while sending a request body (408 after).

@@ -336,6 +336,7 @@ where
             io,
             buf: &mut buf,
             max: limits.max_bytes,
+            send_timeout: timeout,
         };
         match write_response(&mut client, &mut out, resp, &head, keep, &stats).await {
             Ok(Wrote::Whole(true)) => waiting_since = Some(tokio::time::Instant::now()),
@@ -369,6 +370,10 @@ struct Client<'a, I> {
     io: &'a mut I,
     buf: &'a mut BytesMut,
     max: usize,
+    /// How long a write may wait for the client to read (nginx's
+    /// send_timeout): a client that stops reading does not hold its
+    /// connection forever.
+    send_timeout: Duration,
 }
 
 /// How a response went out.
@@ -569,7 +574,7 @@ async fn write_response<I: AsyncRead + AsyncWrite + Unpin>(
             let frame = match body.frame().now_or_never() {
                 Some(frame) => frame,
                 None => {
-                    flush(io, out).await?;
+                    flush(io, out, client.send_timeout).await?;
                     tokio::select! {
                         biased;
                         frame = body.frame() => frame,
@@ -607,8 +612,8 @@ async fn write_response<I: AsyncRead + AsyncWrite + Unpin>(
                 Framing::Close => data,
             };
             if data.len() >= COPY_LIMIT {
-                flush(io, out).await?;
-                io.write_all(&data).await?;
+                flush(io, out, client.send_timeout).await?;
+                within(client.send_timeout, io.write_all(&data)).await?;
             } else {
                 out.extend_from_slice(&data);
             }
@@ -619,7 +624,7 @@ async fn write_response<I: AsyncRead + AsyncWrite + Unpin>(
             // the endpoint sends faster than the client reads must not
             // pile up here.
             if out.len() >= COPY_LIMIT {
-                flush(io, out).await?;
+                flush(io, out, client.send_timeout).await?;
             }
             if left == 0 {
                 break;
@@ -632,7 +637,7 @@ async fn write_response<I: AsyncRead + AsyncWrite + Unpin>(
         Framing::Length(_) if left != 0 => failed = true,
         _ => {}
     }
-    flush(io, out).await?;
+    flush(io, out, client.send_timeout).await?;
     // A large response's buffer is not kept for the connection's life.
     if out.capacity() > 4 * COPY_LIMIT {
         *out = Vec::with_capacity(4096);
@@ -645,13 +650,31 @@ async fn write_response<I: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Writes out what `out` holds, through any buffer of the IO's own (TLS
-/// holds what it encrypted until flushed).
-async fn flush<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>) -> std::io::Result<()> {
-    if !out.is_empty() {
-        io.write_all(out).await?;
-        out.clear();
+/// holds what it encrypted until flushed), within `limit`.
+async fn flush<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    limit: Duration,
+) -> std::io::Result<()> {
+    let written = async {
+        if !out.is_empty() {
+            io.write_all(out).await?;
+            out.clear();
+        }
+        io.flush().await
+    };
+    within(limit, written).await
+}
+
+/// A write that must be done within `limit` (TimedOut after).
+async fn within(
+    limit: Duration,
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(done) => done,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }
-    io.flush().await
 }
 
 #[cfg(test)]
@@ -1044,6 +1067,7 @@ mod tests {
             io: &mut ours,
             buf: &mut buf,
             max: 1024,
+            send_timeout: Duration::from_secs(5),
         };
         let stats = LabelStats::default();
         let mut out = Vec::new();
@@ -1102,6 +1126,7 @@ mod tests {
             io: &mut ours,
             buf: &mut buf,
             max: 1024,
+            send_timeout: Duration::from_secs(5),
         };
         let stats = LabelStats::default();
         let mut out = Vec::new();
@@ -1127,6 +1152,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_that_stops_reading_is_let_go_after_the_send_timeout() {
+        let body = ready_body(100, 8 * 1024, Default::default());
+        let (req, _) = whole(b"GET / HTTP/1.1\r\n\r\n");
+        let (_theirs, mut ours) = tokio::io::duplex(64 * 1024);
+        let mut buf = BytesMut::new();
+        let mut client = Client {
+            io: &mut ours,
+            buf: &mut buf,
+            max: 1024,
+            send_timeout: Duration::from_millis(200),
+        };
+        let stats = LabelStats::default();
+        let mut out = Vec::new();
+        let sending = write_response(
+            &mut client,
+            &mut out,
+            Response::new(body),
+            &req,
+            true,
+            &stats,
+        );
+        let ended = tokio::time::timeout(Duration::from_secs(5), sending)
+            .await
+            .expect("given up by the send timeout, not the test's");
+        assert_eq!(
+            ended.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::TimedOut)
+        );
+    }
+
+    #[tokio::test]
     async fn what_the_io_buffers_is_flushed() {
         use tokio::io::AsyncReadExt as _;
         // A writer that holds everything until flushed (as TLS does).
@@ -1139,6 +1195,7 @@ mod tests {
             io: &mut io,
             buf: &mut buf,
             max: 1024,
+            send_timeout: Duration::from_secs(5),
         };
         let body = ready_body(1, 3, Default::default());
         let stats = LabelStats::default();

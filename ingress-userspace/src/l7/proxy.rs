@@ -59,7 +59,8 @@ pub struct Limits {
     /// Idle upstream connections are closed after this.
     pub idle_keepalive: Duration,
     /// A client must send a whole request head within this (408 after it);
-    /// also how long an idle client connection stays open.
+    /// also how long an idle client connection stays open, and how long a
+    /// response write waits for the client to read (in-task server).
     pub client_header_timeout: Duration,
     /// A client sending a request body must not pause longer (408 after).
     pub client_body_timeout: Duration,

@@ -139,9 +139,11 @@ fn endpoint_removal_and_addition_apply_within_a_second() {
 
     write_manifests(&manifests, &nodeport_manifests(&pods(&["a1"])));
     let changed = Instant::now();
-    // Within one second every new connection lands on a1.
+    // Within one second every new connection lands on a1. (30 in a row:
+    // 10 land on a1 alone by chance once in 1,024 tries while b1 is still
+    // there, and this polls many times a second.)
     let moved = wait_until(Duration::from_secs(1), || {
-        ask_http(&lab, addr, 10).is_ok_and(|v| v.iter().all(|p| p == "a1"))
+        ask_http(&lab, addr, 30).is_ok_and(|v| v.iter().all(|p| p == "a1"))
     });
     assert!(
         moved,

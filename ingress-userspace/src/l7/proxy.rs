@@ -1570,12 +1570,16 @@ where
     let slots = Arc::new(tokio::sync::Semaphore::new(
         proxy.limits.max_connections.max(1),
     ));
+    // One wait for shutdown for the whole loop: made anew per connection it
+    // would subscribe and register twice for every accept.
+    let stop = proxy.stopped();
+    tokio::pin!(stop);
     loop {
         // Dropping the listener on shutdown refuses new connections; shutdown
         // is checked first, also while waiting for a free slot.
         let permit = tokio::select! {
             biased;
-            () = proxy.stopped() => return,
+            () = &mut stop => return,
             p = slots.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => return,
@@ -1583,7 +1587,7 @@ where
         };
         let (stream, peer) = tokio::select! {
             biased;
-            () = proxy.stopped() => return,
+            () = &mut stop => return,
             a = accept(&listener) => a,
         };
         let conn = Conn {

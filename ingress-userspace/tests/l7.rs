@@ -1317,17 +1317,7 @@ async fn endpoint_responses_framed_every_way_and_pooled() {
            \x20     - {path: /anyhost, pathType: Prefix, backend: {service: {name: raw, port: {number: 80}}}}\n";
     let d = Ingressd::start(&yaml).await;
     // Raw requests, to see the exact head the endpoint gets.
-    let raw = |request: Vec<u8>| async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(d.http).await.unwrap();
-        s.write_all(&request).await.unwrap();
-        let mut out = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-            .await
-            .expect("answered and closed")
-            .unwrap();
-        String::from_utf8_lossy(&out).into_owned()
-    };
+    let raw = |request: Vec<u8>| async move { exchange_raw(d.http, &request).await };
     // Absolute form without a path: origin form upstream has one.
     let got = raw(
         b"GET http://raw.test?a=1 HTTP/1.1\r\nHost: raw.test\r\nConnection: close\r\n\r\n".to_vec(),

@@ -137,8 +137,7 @@ impl InlinePool {
             framing,
             keep_alive,
             back: Some((self.idle.clone(), addr)),
-            read_timeout,
-            waiting: None,
+            gap: ReadGap::new(read_timeout),
         };
         Ok(response.map(|()| body.boxed()))
     }
@@ -537,11 +536,41 @@ struct Inline {
     framing: Framing,
     keep_alive: bool,
     back: Option<(Arc<IdleConns<TcpStream>>, SocketAddr)>,
-    /// nginx's proxy_read_timeout: between two reads, not for the whole
-    /// body; the timer is made only once a read has to wait.
-    read_timeout: Duration,
+    gap: ReadGap,
+}
+
+/// nginx's proxy_read_timeout for a body: the time between two reads, not
+/// for the whole body. The timer is made only once a read has to wait.
+pub(super) struct ReadGap {
+    limit: Duration,
     waiting: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+impl ReadGap {
+    pub(super) fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            waiting: None,
+        }
+    }
+
+    /// Something was read: the next gap starts afresh.
+    pub(super) fn read(&mut self) {
+        self.waiting = None;
+    }
+
+    /// A read has to wait: whether the gap has gone on too long.
+    pub(super) fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let limit = self.limit;
+        let timer = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// What a body's reader is told when its endpoint went quiet.
+pub(super) const READ_GAP_EXPIRED: &str = "endpoint sent nothing within the read timeout";
 
 impl Inline {
     fn finish(&mut self) {
@@ -566,23 +595,16 @@ impl Inline {
         // read_buf reads once; a short read tells tokio the socket is
         // drained, so an idle pooled connection is not seen as readable.
         match pin!(stream.read_buf(&mut self.buf)).poll(cx) {
-            Poll::Pending => {}
+            Poll::Pending if self.gap.poll_expired(cx) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                READ_GAP_EXPIRED,
+            ))),
+            Poll::Pending => Poll::Pending,
             ready => {
-                self.waiting = None;
-                return ready;
+                self.gap.read();
+                ready
             }
         }
-        let timeout = self.read_timeout;
-        let timer = self
-            .waiting
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        if timer.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "endpoint sent nothing within the read timeout",
-            )));
-        }
-        Poll::Pending
     }
 }
 

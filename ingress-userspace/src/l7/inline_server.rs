@@ -385,8 +385,9 @@ enum Wrote {
     CutOff,
 }
 
-/// Answers a request that cannot be served (the connection closes after).
-async fn refuse<I: AsyncWrite + Unpin>(io: &mut I, status: StatusCode) {
+/// Answers a request that cannot be served (the connection closes after);
+/// also hyper's path's 408.
+pub(super) async fn refuse<I: AsyncWrite + Unpin>(io: &mut I, status: StatusCode) {
     let mut answer = Vec::with_capacity(128);
     answer.extend_from_slice(b"HTTP/1.1 ");
     answer.extend_from_slice(status.as_str().as_bytes());
@@ -478,10 +479,10 @@ fn encode_head(
         _ if no_body => {
             if announced.is_none()
                 && !bodiless_status
-                && matches!(body, BodyLength::Known(n) if n > 0)
+                && let BodyLength::Known(n @ 1..) = body
             {
                 // HEAD: the length its GET would have.
-                write_length(out, body);
+                write_length(out, n);
             }
             Framing::Length(0)
         }
@@ -496,7 +497,7 @@ fn encode_head(
             Framing::Length(0)
         }
         (None, BodyLength::Known(n)) => {
-            write_length(out, body);
+            write_length(out, n);
             Framing::Length(n)
         }
     };
@@ -515,12 +516,10 @@ fn encode_head(
     framing
 }
 
-fn write_length(out: &mut Vec<u8>, body: BodyLength) {
-    if let BodyLength::Known(n) = body {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(n.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+fn write_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(n.to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Now as an HTTP date, formatted once a second.
@@ -1058,20 +1057,33 @@ mod tests {
         http_body_util::StreamBody::new(stream).boxed()
     }
 
-    async fn written(request: &[u8], resp: Response<Body>, keep: bool) -> (Wrote, String) {
-        use tokio::io::AsyncReadExt as _;
+    /// `write_response` on `io` as the in-task server calls it.
+    async fn respond<I: AsyncRead + AsyncWrite + Unpin>(
+        io: &mut I,
+        request: &[u8],
+        body: Body,
+        keep: bool,
+        send_timeout: Duration,
+    ) -> std::io::Result<Wrote> {
         let (req, _) = whole(request);
-        let (mut theirs, mut ours) = tokio::io::duplex(1 << 20);
         let mut buf = BytesMut::new();
         let mut client = Client {
-            io: &mut ours,
+            io,
             buf: &mut buf,
             max: 1024,
-            send_timeout: Duration::from_secs(5),
+            send_timeout,
         };
         let stats = LabelStats::default();
         let mut out = Vec::new();
-        let wrote = write_response(&mut client, &mut out, resp, &req, keep, &stats)
+        let resp = Response::new(body);
+        write_response(&mut client, &mut out, resp, &req, keep, &stats).await
+    }
+
+    /// What the client reads of a response written whole.
+    async fn written(request: &[u8], body: Body, keep: bool) -> (Wrote, String) {
+        use tokio::io::AsyncReadExt as _;
+        let (mut theirs, mut ours) = tokio::io::duplex(1 << 20);
+        let wrote = respond(&mut ours, request, body, keep, Duration::from_secs(5))
             .await
             .expect("written");
         drop(ours);
@@ -1084,7 +1096,7 @@ mod tests {
     async fn chunked_bodies_end_with_the_last_chunk_also_when_the_connection_closes() {
         for keep in [true, false] {
             let body = ready_body(2, 5, Default::default());
-            let (wrote, text) = written(b"GET / HTTP/1.1\r\n\r\n", Response::new(body), keep).await;
+            let (wrote, text) = written(b"GET / HTTP/1.1\r\n\r\n", body, keep).await;
             assert_eq!(wrote, Wrote::Whole(keep));
             assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
             assert!(
@@ -1094,7 +1106,7 @@ mod tests {
         }
         // HTTP/1.0: until close, nothing added.
         let body = ready_body(2, 5, Default::default());
-        let (wrote, text) = written(b"GET / HTTP/1.0\r\n\r\n", Response::new(body), false).await;
+        let (wrote, text) = written(b"GET / HTTP/1.0\r\n\r\n", body, false).await;
         assert_eq!(wrote, Wrote::Whole(false));
         assert!(text.ends_with("\r\n\r\nxxxxxxxxxx"), "{text}");
     }
@@ -1105,8 +1117,8 @@ mod tests {
             Ok(hyper::body::Frame::data(Bytes::from_static(b"half"))),
             Err::<hyper::body::Frame<Bytes>, crate::l7::proxy::BoxError>("endpoint reset".into()),
         ]);
-        let resp = Response::new(http_body_util::StreamBody::new(stream).boxed());
-        let (wrote, text) = written(b"GET / HTTP/1.1\r\n\r\n", resp, true).await;
+        let body = http_body_util::StreamBody::new(stream).boxed();
+        let (wrote, text) = written(b"GET / HTTP/1.1\r\n\r\n", body, true).await;
         assert_eq!(wrote, Wrote::CutOff);
         assert!(
             text.ends_with("4\r\nhalf\r\n"),
@@ -1118,26 +1130,10 @@ mod tests {
     async fn a_fast_endpoint_and_a_slow_client_do_not_pile_up_in_memory() {
         let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let body = ready_body(1000, 8 * 1024, taken.clone());
-        let (req, _) = whole(b"GET / HTTP/1.1\r\n\r\n");
         // A client that reads nothing: 64 KiB fit on the way, then writes wait.
         let (_theirs, mut ours) = tokio::io::duplex(64 * 1024);
-        let mut buf = BytesMut::new();
-        let mut client = Client {
-            io: &mut ours,
-            buf: &mut buf,
-            max: 1024,
-            send_timeout: Duration::from_secs(5),
-        };
-        let stats = LabelStats::default();
-        let mut out = Vec::new();
-        let sending = write_response(
-            &mut client,
-            &mut out,
-            Response::new(body),
-            &req,
-            true,
-            &stats,
-        );
+        let request = b"GET / HTTP/1.1\r\n\r\n";
+        let sending = respond(&mut ours, request, body, true, Duration::from_secs(5));
         // It cannot finish; what matters is how much it took meanwhile.
         let blocked = tokio::time::timeout(Duration::from_millis(200), sending).await;
         assert!(
@@ -1154,25 +1150,9 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_stops_reading_is_let_go_after_the_send_timeout() {
         let body = ready_body(100, 8 * 1024, Default::default());
-        let (req, _) = whole(b"GET / HTTP/1.1\r\n\r\n");
         let (_theirs, mut ours) = tokio::io::duplex(64 * 1024);
-        let mut buf = BytesMut::new();
-        let mut client = Client {
-            io: &mut ours,
-            buf: &mut buf,
-            max: 1024,
-            send_timeout: Duration::from_millis(200),
-        };
-        let stats = LabelStats::default();
-        let mut out = Vec::new();
-        let sending = write_response(
-            &mut client,
-            &mut out,
-            Response::new(body),
-            &req,
-            true,
-            &stats,
-        );
+        let request = b"GET / HTTP/1.1\r\n\r\n";
+        let sending = respond(&mut ours, request, body, true, Duration::from_millis(200));
         let ended = tokio::time::timeout(Duration::from_secs(5), sending)
             .await
             .expect("given up by the send timeout, not the test's");
@@ -1189,27 +1169,11 @@ mod tests {
         let (mut theirs, ours) = tokio::io::duplex(1 << 16);
         let (rd, wr) = tokio::io::split(ours);
         let mut io = tokio::io::join(rd, tokio::io::BufWriter::new(wr));
-        let (req, _) = whole(b"GET / HTTP/1.1\r\n\r\n");
-        let mut buf = BytesMut::new();
-        let mut client = Client {
-            io: &mut io,
-            buf: &mut buf,
-            max: 1024,
-            send_timeout: Duration::from_secs(5),
-        };
         let body = ready_body(1, 3, Default::default());
-        let stats = LabelStats::default();
-        let mut out = Vec::new();
-        write_response(
-            &mut client,
-            &mut out,
-            Response::new(body),
-            &req,
-            true,
-            &stats,
-        )
-        .await
-        .unwrap();
+        let request = b"GET / HTTP/1.1\r\n\r\n";
+        respond(&mut io, request, body, true, Duration::from_secs(5))
+            .await
+            .unwrap();
         let mut got = vec![0u8; 4096];
         let n = tokio::time::timeout(Duration::from_secs(5), theirs.read(&mut got))
             .await

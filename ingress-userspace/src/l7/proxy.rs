@@ -39,7 +39,7 @@ use super::{
         upstream_head,
     },
     idle::{IdleConns, Reusable},
-    inline_client::{InlinePool, RequestHead},
+    inline_client::{InlinePool, READ_GAP_EXPIRED, ReadGap, RequestHead},
     inline_server::{self, ClientHead},
     route::{Match, Route, RouteTable, Upstream, normalize_host, rewrite_path},
     stats::{LabelStats, Labels, Registry, StatsHandle},
@@ -711,7 +711,8 @@ impl Proxy {
                     if !stripped {
                         strip_hop_by_hop(resp.headers_mut());
                         // The in-task client's body keeps the timeout itself.
-                        resp = resp.map(|body| ReadTimeout::new(body, read_timeout).boxed());
+                        let gap = ReadGap::new(read_timeout);
+                        resp = resp.map(|inner| ReadTimeout { inner, gap }.boxed());
                     }
                     resp.headers_mut().insert(X_REQUEST_ID, request_id);
                     return resp;
@@ -976,24 +977,11 @@ impl hyper::body::Body for ClientBody {
     }
 }
 
-/// A response body that must keep coming: the read timeout (nginx's
-/// proxy_read_timeout) also holds between two reads of the body, so an
-/// endpoint that stalls mid-body ends the response instead of holding the
-/// client forever. The timer is made only once a read has to wait.
+/// A response body from hyper's client that must keep coming: the read
+/// timeout also holds between two reads of the body (see `ReadGap`).
 struct ReadTimeout {
     inner: Body,
-    timeout: Duration,
-    waiting: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl ReadTimeout {
-    fn new(inner: Body, timeout: Duration) -> Self {
-        Self {
-            inner,
-            timeout,
-            waiting: None,
-        }
-    }
+    gap: ReadGap,
 }
 
 impl hyper::body::Body for ReadTimeout {
@@ -1007,22 +995,15 @@ impl hyper::body::Body for ReadTimeout {
         use std::task::Poll;
         let this = &mut *self;
         match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => {}
+            Poll::Pending if this.gap.poll_expired(cx) => {
+                Poll::Ready(Some(Err(READ_GAP_EXPIRED.into())))
+            }
+            Poll::Pending => Poll::Pending,
             ready => {
-                this.waiting = None;
-                return ready;
+                this.gap.read();
+                ready
             }
         }
-        let timeout = this.timeout;
-        let timer = this
-            .waiting
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        if timer.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(Err(
-                "endpoint sent nothing within the read timeout".into()
-            )));
-        }
-        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
@@ -1608,7 +1589,6 @@ where
 /// §15.5.9 allows it on idle connections too).
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
     accept_loop(listener, proxy, |stream, conn, proxy| async move {
-        use tokio::io::AsyncWriteExt as _;
         let since = tokio::time::Instant::now();
         let _open = proxy.opened();
         // The socket as it is while the in-task server has it; split for
@@ -1620,7 +1600,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
             Sniffed::Gone => return,
             // The same 408 as a slow head gets.
             Sniffed::TooSlow => {
-                let _ = tokio::time::timeout(LATE_ANSWER, stream.write_all(TIMED_OUT)).await;
+                inline_server::refuse(&mut stream, StatusCode::REQUEST_TIMEOUT).await;
                 return;
             }
         };
@@ -1644,7 +1624,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
             .is_err_and(|e| is_header_timeout(e.as_ref()));
         let Some(mut w) = late.take() else { return };
         if timed_out {
-            let _ = tokio::time::timeout(LATE_ANSWER, w.write_all(TIMED_OUT)).await;
+            inline_server::refuse(&mut w, StatusCode::REQUEST_TIMEOUT).await;
         } else {
             // Closed without a shutdown(2) of its own, as a plain socket is.
             w.forget();
@@ -1652,13 +1632,6 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
     })
     .await
 }
-
-/// What a client too slow with its request head gets (hyper's path).
-const TIMED_OUT: &[u8] =
-    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
-
-/// How long a client gets to take a late answer before the connection closes.
-const LATE_ANSWER: Duration = Duration::from_secs(1);
 
 /// A client socket as hyper's IO, whose write half outlives hyper: when
 /// hyper drops the connection (after a header timeout, say) the write half

@@ -918,6 +918,70 @@ async fn limits_give_the_right_status() {
     assert_eq!(get(d.http, "/", Some("shop.test")).await.unwrap().0, 200);
 }
 
+/// `ingressd_http_active_connections` from /metrics.
+async fn active_connections(d: &Ingressd) -> Option<i64> {
+    let text = get(d.metrics, "/metrics", None).await.ok()?.1;
+    text.lines()
+        .find_map(|l| l.strip_prefix("ingressd_http_active_connections "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_and_a_silent_connection_takes_no_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_, yaml) = backends().await;
+    let d = Ingressd::start_with(&yaml, &["--max-connections", "2"]).await;
+    let begun = async || {
+        let mut s = tokio::net::TcpStream::connect(d.http).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\n")
+            .await
+            .unwrap();
+        s
+    };
+    let answer = async |s: &mut tokio::net::TcpStream| {
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        String::from_utf8_lossy(&buf).into_owned()
+    };
+    const WHOLE: &[u8] = b"GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n";
+    // Two connections with a request begun take both slots.
+    let mut a = begun().await;
+    let _b = begun().await;
+    assert!(
+        common::eventually(Duration::from_secs(5), async || {
+            active_connections(&d).await == Some(2)
+        })
+        .await,
+        "two connections not taken in"
+    );
+    // A connection that has sent nothing waits in the kernel
+    // (TCP_DEFER_ACCEPT), so it is not first in line for a slot: the one
+    // after it that sent a whole request is.
+    let mut silent = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    let mut c = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    c.write_all(WHOLE).await.unwrap();
+    // No answer while both slots are taken.
+    let mut byte = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), c.read(&mut byte))
+            .await
+            .is_err(),
+        "a third connection was served with --max-connections 2"
+    );
+    // Ending a's request frees its slot, which goes to c.
+    a.write_all(b"Connection: close\r\n\r\n").await.unwrap();
+    assert!(answer(&mut a).await.starts_with("HTTP/1.1 200"));
+    let got = answer(&mut c).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+    // The silent connection is served once it speaks.
+    silent.write_all(WHOLE).await.unwrap();
+    let got = answer(&mut silent).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_to_endpoints_when_the_service_port_says_so() {
     let (port, yaml) = backends().await;

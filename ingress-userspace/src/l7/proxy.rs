@@ -1503,23 +1503,36 @@ fn is_header_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// TCP_NODELAY on the listener: accepted sockets inherit it (Linux), which
-/// saves a setsockopt per connection.
-fn set_nodelay(listener: &TcpListener) {
+/// Socket options on the listener that accepted sockets inherit (Linux).
+///
+/// - TCP_NODELAY: saves a setsockopt per connection.
+/// - TCP_DEFER_ACCEPT (nginx's `listen ... deferred`): the kernel hands a
+///   connection to accept only once its first bytes are in, so the first
+///   read finds the request instead of waiting a wake-up for it, and a
+///   connection that sends nothing costs no task, no `--max-connections`
+///   slot and no header timer until it does (or until the kernel gives up
+///   deferring it after about a second and hands it over anyway). Every
+///   protocol served here has the client speak first (HTTP/1, the HTTP/2
+///   preface, a TLS ClientHello).
+fn tune_listener(listener: &TcpListener) {
+    set_tcp_option(listener, libc::TCP_NODELAY, 1, "TCP_NODELAY");
+    set_tcp_option(listener, libc::TCP_DEFER_ACCEPT, 1, "TCP_DEFER_ACCEPT");
+}
+
+fn set_tcp_option(listener: &TcpListener, name: libc::c_int, value: libc::c_int, what: &str) {
     use std::os::fd::AsRawFd as _;
-    let on: libc::c_int = 1;
     // SAFETY: setsockopt on a socket we own, with a c_int of its size.
     let rc = unsafe {
         libc::setsockopt(
             listener.as_raw_fd(),
             libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&on as *const libc::c_int).cast(),
+            name,
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if rc != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "TCP_NODELAY on the listener");
+        tracing::warn!(error = %std::io::Error::last_os_error(), option = what, "setting a listener option");
     }
 }
 
@@ -1547,7 +1560,7 @@ where
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    set_nodelay(&listener);
+    tune_listener(&listener);
     let slots = Arc::new(tokio::sync::Semaphore::new(
         proxy.limits.max_connections.max(1),
     ));

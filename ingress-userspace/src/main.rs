@@ -44,7 +44,7 @@ enum Command {
         /// Watch Services, EndpointSlices and Ingresses of this namespace only [default: all].
         #[arg(long, env = "INGRESSD_WATCH_NAMESPACE")]
         watch_namespace: Option<String>,
-        /// Service (namespace/name) whose LoadBalancer address goes into Ingress status.
+        /// The controller's own Service (namespace/name): its LoadBalancer address goes into Ingress status, and its LoadBalancer IPs are Ingress VIPs (as --ingress-vip).
         #[arg(long, env = "INGRESSD_PUBLISH_SERVICE")]
         publish_service: Option<String>,
         /// Addresses (IPs or host names) written into Ingress status, instead of --publish-service or the node's.
@@ -337,6 +337,7 @@ fn main() -> std::process::ExitCode {
                 Some((ns, name)) => (ns.to_string(), name.to_string()),
                 None => ("default".to_string(), s),
             };
+            let proxy_service = publish_service.clone().map(object_key);
             let cfg = RunConfig {
                 manifests,
                 kube: KubeConfig {
@@ -370,6 +371,7 @@ fn main() -> std::process::ExitCode {
                 default_ssl_certificate: default_ssl_certificate.map(object_key),
                 default_backend_addr,
                 ingress_vips: ingress_vip,
+                proxy_service,
                 class: ClassConfig {
                     class_name: ingress_class,
                     controller: controller_class,

@@ -83,6 +83,10 @@ pub struct Model {
     /// How many frontends in `state` point at each ring, and whose it is.
     ring_refs: BTreeMap<u64, (usize, ObjectKey)>,
     state: DesiredState,
+    /// The Service in front of the proxy (`--publish-service`): its
+    /// LoadBalancer IPs are Ingress VIPs, which `sk_lookup` gives to this
+    /// node's proxy, so they get no frontend here.
+    proxy_service: Option<ObjectKey>,
 }
 
 impl Model {
@@ -93,7 +97,15 @@ impl Model {
             claims: BTreeMap::new(),
             ring_refs: BTreeMap::new(),
             state: DesiredState::default(),
+            proxy_service: None,
         }
+    }
+
+    /// Leaves the LoadBalancer IPs of `service` to the proxy (see
+    /// `proxy_service`).
+    pub fn with_proxy_service(mut self, service: Option<ObjectKey>) -> Self {
+        self.proxy_service = service;
+        self
     }
 
     pub fn state(&self) -> &DesiredState {
@@ -121,8 +133,10 @@ impl Model {
         let mut dirty_frontends = BTreeSet::new();
         let mut dirty_rings = BTreeSet::new();
         for key in services {
+            let lb_to_proxy = self.proxy_service.as_ref() == Some(&key);
             let new = snapshot.services.get(&key).map(|svc| {
-                service_contribution(&key.0, &key.1, svc, &snapshot.slices_of(&key), &self.node)
+                let slices = snapshot.slices_of(&key);
+                service_contribution(&key.0, &key.1, svc, &slices, &self.node, lb_to_proxy)
             });
             let old = self.contributions.remove(&key);
             for (f, _) in old.iter().flat_map(|c| &c.frontends) {
@@ -289,13 +303,29 @@ pub fn ring_id(name: &str) -> u64 {
     h
 }
 
-/// One Service's frontends and rings (pure).
+/// `status.loadBalancer.ingress[].ip` of a LoadBalancer Service (IPv4;
+/// host names are for DNS, not for frontends).
+pub fn load_balancer_ips(svc: &Service) -> Vec<Ipv4Addr> {
+    if svc.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("LoadBalancer") {
+        return Vec::new();
+    }
+    let lb = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref());
+    lb.and_then(|l| l.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|ing| ing.ip.as_deref()?.parse().ok())
+        .collect()
+}
+
+/// One Service's frontends and rings (pure). `lb_to_proxy`: its
+/// LoadBalancer IPs are the proxy's (see `Model::proxy_service`).
 pub fn service_contribution(
     ns: &str,
     name: &str,
     svc: &Service,
     slices: &[&EndpointSlice],
     node: &NodeContext,
+    lb_to_proxy: bool,
 ) -> Contribution {
     let mut out = Contribution::default();
     let Some(spec) = &svc.spec else { return out };
@@ -317,13 +347,8 @@ pub fn service_contribution(
             vips.push(ip);
         }
     }
-    if ty == "LoadBalancer" {
-        let lb = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref());
-        for ing in lb.and_then(|l| l.ingress.as_ref()).into_iter().flatten() {
-            if let Some(ip) = ing.ip.as_deref().and_then(|ip| ip.parse().ok()) {
-                vips.push(ip);
-            }
-        }
+    if ty == "LoadBalancer" && !lb_to_proxy {
+        vips.extend(load_balancer_ips(svc));
     }
     vips.sort();
     vips.dedup();

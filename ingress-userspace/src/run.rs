@@ -23,7 +23,7 @@ use crate::{
     },
     manifest::{ManifestSource, ObjectKey, Snapshot},
     metrics::{self, Status},
-    model::{Model, NodeContext},
+    model::{Model, NodeContext, load_balancer_ips},
     publish::{self, Elector, PublishConfig},
     sync::{apply, diff},
 };
@@ -57,6 +57,9 @@ pub struct RunConfig {
     pub limits: Limits,
     /// Addresses whose :80/:443 connections `sk_lookup` steers to the proxy.
     pub ingress_vips: Vec<Ipv4Addr>,
+    /// `--publish-service`: the Service in front of the proxy, whose
+    /// LoadBalancer IPs are Ingress VIPs too.
+    pub proxy_service: Option<ObjectKey>,
     /// After SIGTERM, how long in-flight requests get to finish.
     pub shutdown_grace: Duration,
 }
@@ -191,7 +194,12 @@ fn start_l4(cfg: &RunConfig) -> anyhow::Result<L4> {
     let mut maps = LbMaps::open(&cfg.pin_path)?;
     maps.set_node(&node.addrs)?;
     Ok(L4 {
-        model: Model::new(node),
+        // With no proxy here, its Service is one like any other.
+        model: Model::new(node).with_proxy_service(if cfg.no_l7 {
+            None
+        } else {
+            cfg.proxy_service.clone()
+        }),
         maps,
         adopt: true,
     })
@@ -209,6 +217,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     } else {
         Some(start_l4(&cfg)?)
     };
+    let mut vips = None;
     let l7 = if cfg.no_l7 {
         None
     } else {
@@ -223,10 +232,16 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         let default_backend = bind(cfg.default_backend_addr, "--default-backend-addr").await?;
         if l4.is_some() {
             bpf::set_proxy_sockets(&cfg.pin_path, &http, &https)?;
-            bpf::set_ingress_vips(&cfg.pin_path, &cfg.ingress_vips)?;
-            if !cfg.ingress_vips.is_empty() {
-                tracing::info!(vips = ?cfg.ingress_vips, "steering Ingress VIPs to the proxy");
-            }
+            // --ingress-vip now; the Service's LoadBalancer IPs from the
+            // first sync on.
+            let mut steering = VipSteering {
+                pin_path: cfg.pin_path.clone(),
+                fixed: cfg.ingress_vips.clone(),
+                service: cfg.proxy_service.clone(),
+                current: None,
+            };
+            steering.set(steering.wanted(None))?;
+            vips = Some(steering);
         } else if !cfg.ingress_vips.is_empty() {
             tracing::warn!("--ingress-vip needs the BPF data path: ignored with --no-l4");
         }
@@ -298,6 +313,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let mut syncer = Syncer {
         l4,
         l7,
+        vips,
         class: cfg.class.clone(),
         warned: BTreeSet::new(),
     };
@@ -367,9 +383,47 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
 }
 
 /// The sync loop's state: what it keeps in step with the source.
+/// The Ingress VIPs `sk_lookup` steers to the proxy: `--ingress-vip` and
+/// the LoadBalancer IPs of `--publish-service`, kept as that Service changes.
+struct VipSteering {
+    pin_path: PathBuf,
+    fixed: Vec<Ipv4Addr>,
+    service: Option<ObjectKey>,
+    /// What the map holds (None before the first write).
+    current: Option<Vec<Ipv4Addr>>,
+}
+
+impl VipSteering {
+    fn wanted(&self, snapshot: Option<&Snapshot>) -> Vec<Ipv4Addr> {
+        let own = self
+            .service
+            .as_ref()
+            .zip(snapshot)
+            .and_then(|(key, snap)| snap.services.get(key));
+        let mut vips = self.fixed.clone();
+        vips.extend(own.map(load_balancer_ips).unwrap_or_default());
+        vips.sort();
+        vips.dedup();
+        vips
+    }
+
+    fn set(&mut self, vips: Vec<Ipv4Addr>) -> anyhow::Result<()> {
+        if self.current.as_ref() == Some(&vips) {
+            return Ok(());
+        }
+        bpf::set_ingress_vips(&self.pin_path, &vips).context("steering the Ingress VIPs")?;
+        if !vips.is_empty() || self.current.is_some() {
+            tracing::info!(vips = ?vips, "steering Ingress VIPs to the proxy");
+        }
+        self.current = Some(vips);
+        Ok(())
+    }
+}
+
 struct Syncer {
     l4: Option<L4>,
     l7: Option<L7>,
+    vips: Option<VipSteering>,
     class: ClassConfig,
     warned: BTreeSet<String>,
 }
@@ -425,6 +479,9 @@ impl Syncer {
                     .update(snapshot, &table, l7.default_secret.as_ref(), &l7.fallback);
             warnings.extend(cert_warnings.iter().map(ToString::to_string));
             l7.proxy.swap_routes(table);
+        }
+        if let Some(vips) = &mut self.vips {
+            vips.set(vips.wanted(Some(snapshot)))?;
         }
         // Each warning once, while it lasts.
         for w in warnings.difference(&self.warned) {

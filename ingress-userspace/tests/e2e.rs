@@ -320,7 +320,9 @@ fn ingress_vips_are_steered_to_the_proxy_by_sk_lookup() {
     std::fs::create_dir_all(&manifests).unwrap();
     let pods: Vec<&Pod> = lab.pods.iter().collect();
     let ingress = "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web, namespace: demo}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: vip.test\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}\n";
-    write_manifests(&manifests, &(nodeport_manifests(&pods) + ingress));
+    let base = nodeport_manifests(&pods) + ingress;
+    let (a1_ip, a1_node) = (pods[0].ip.to_string(), pods[0].node.clone());
+    write_manifests(&manifests, &base);
     lab.route_vips_to("node-a", "198.19.0.0/24").unwrap();
     // The proxy binds only the node address; the VIP has no socket at all.
     let node = lab.node("node-a").ip.to_string();
@@ -336,6 +338,8 @@ fn ingress_vips_are_steered_to_the_proxy_by_sk_lookup() {
             &https,
             "--ingress-vip",
             "198.19.0.10",
+            "--publish-service",
+            "ingress/edge",
         ],
     )
     .expect("ingressd");
@@ -358,6 +362,46 @@ fn ingress_vips_are_steered_to_the_proxy_by_sk_lookup() {
         refused.expect_err("no socket").kind(),
         std::io::ErrorKind::ConnectionRefused
     );
+
+    // The LoadBalancer IPs of the proxy's own Service (--publish-service)
+    // are steered too, as they change. Its endpoint is a pod port where
+    // nothing listens: were XDP to take the LoadBalancer IP as it does any
+    // other Service's, the connection would be refused.
+    let edge = |lb: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: edge, namespace: ingress}}\nspec:\n  type: LoadBalancer\n  ports: [{{name: http, port: 80, targetPort: 9, nodePort: 30088, protocol: TCP}}]\nstatus: {{loadBalancer: {{ingress: [{{ip: {lb}}}]}}}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: edge-1, namespace: ingress, labels: {{kubernetes.io/service-name: edge}}}}\naddressType: IPv4\nports: [{{name: http, port: 9}}]\nendpoints: [{{addresses: [\"{}\"], nodeName: {}, conditions: {{ready: true}}}}]\n",
+            a1_ip, a1_node
+        )
+    };
+    let answers = |ip: [u8; 4]| {
+        let addr = SocketAddr::from((ip, 80));
+        in_netns(&lab.client_ns, move || {
+            lab::http_get_host(addr, "vip.test", "/", T).map(|b| b.trim().to_string())
+        })
+        .unwrap()
+    };
+    for (lb, gone) in [
+        ([198, 19, 0, 12], None),
+        ([198, 19, 0, 13], Some([198, 19, 0, 12])),
+    ] {
+        let text = format!("{}.{}.{}.{}", lb[0], lb[1], lb[2], lb[3]);
+        write_manifests(&manifests, &(base.clone() + &edge(&text)));
+        assert!(
+            wait_until(Duration::from_secs(5), || answers(lb).is_ok()),
+            "LoadBalancer IP {text} not steered: {:?}\n{}",
+            answers(lb),
+            lab.ingressd_log("node-a")
+        );
+        if let Some(old) = gone {
+            assert_eq!(
+                answers(old).expect_err("no longer steered").kind(),
+                std::io::ErrorKind::ConnectionRefused
+            );
+        }
+    }
+    // The fixed VIP stays.
+    assert!(answers([198, 19, 0, 10]).is_ok());
 }
 
 #[test]

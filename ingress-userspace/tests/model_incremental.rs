@@ -164,3 +164,37 @@ fn incremental_model_matches_full_recomputation_through_a_sequence_of_changes() 
     assert!(model.state().frontends.is_empty() && model.state().rings.is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_proxy_services_load_balancer_ips_are_left_to_the_proxy() {
+    let input = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/testdata/loadbalancer-externalips-local/input.yaml");
+    let mut source = ManifestSource::new(vec![input]);
+    assert!(source.load().errors.is_empty());
+    let node = NodeContext {
+        name: "node-a".into(),
+        addrs: vec!["198.18.0.2".parse().unwrap()],
+    };
+    let addrs = |state: &DesiredState| -> std::collections::BTreeSet<std::net::Ipv4Addr> {
+        state
+            .frontends
+            .keys()
+            .map(|k| std::net::Ipv4Addr::from(u32::from_be(k.addr)))
+            .collect()
+    };
+    let lb: std::net::Ipv4Addr = "198.19.0.10".parse().unwrap();
+    let external: std::net::Ipv4Addr = "198.19.0.20".parse().unwrap();
+    let nodeport = std::net::Ipv4Addr::UNSPECIFIED;
+    // Any other LoadBalancer Service: XDP answers its LoadBalancer IP.
+    let mut model = Model::new(node.clone());
+    model.rebuild(source.snapshot());
+    assert_eq!(addrs(model.state()), [nodeport, lb, external].into());
+    // The proxy's own Service: its LoadBalancer IP is steered to the proxy
+    // (sk_lookup); its NodePort and externalIP stay with XDP.
+    let own = ("ingress".to_string(), "edge".to_string());
+    let mut model = Model::new(node.clone()).with_proxy_service(Some(own));
+    model.rebuild(source.snapshot());
+    assert_eq!(addrs(model.state()), [nodeport, external].into());
+    let svc = source.snapshot().services.values().next().unwrap();
+    assert_eq!(ingressd::model::load_balancer_ips(svc), vec![lb]);
+}

@@ -1007,6 +1007,76 @@ async fn http2_to_endpoints_when_the_service_port_says_so() {
     assert!(body.contains("version=HTTP/1.1"), "{body}");
 }
 
+/// A gRPC-shaped h2c endpoint: echoes the request body, then trailers
+/// `grpc-status: 0`; `grpc-status: 3` when the request lacks what gRPC
+/// servers require (`te: trailers`, `content-type: application/grpc`).
+async fn grpc_endpoint(ip: Ipv4Addr) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = service_fn(|req: Request<Incoming>| async move {
+                let h = |n: &str| req.headers().get(n).cloned();
+                let ok = h("te").is_some_and(|v| v == "trailers")
+                    && h("content-type").is_some_and(|v| v == "application/grpc");
+                let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                let mut trailers = hyper::HeaderMap::new();
+                let status = if ok && body.is_ok() { "0" } else { "3" };
+                trailers.insert("grpc-status", status.parse().unwrap());
+                let frames = vec![
+                    Ok::<_, Infallible>(hyper::body::Frame::data(body.unwrap_or_default())),
+                    Ok(hyper::body::Frame::trailers(trailers)),
+                ];
+                let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+                let mut resp = Response::new(body);
+                resp.headers_mut()
+                    .insert("content-type", "application/grpc".parse().unwrap());
+                Ok::<_, Infallible>(resp)
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc),
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_through_the_proxy_with_its_trailers() {
+    let ep = grpc_endpoint(Ipv4Addr::new(127, 0, 0, 5)).await;
+    let yaml = service("grpc", ep.port(), &[ep.ip()]).replace(
+        "{name: http, port: 80, targetPort",
+        "{name: http, port: 80, appProtocol: kubernetes.io/h2c, targetPort",
+    ) + INGRESSES
+        + "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: grpc}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: grpc.test\n    http:\n      paths:\n      - {path: /pkg.Echo, pathType: Prefix, backend: {service: {name: grpc, port: {number: 80}}}}\n";
+    let d = Ingressd::start(&yaml).await;
+    // A gRPC client: HTTP/2 (prior knowledge), a length-prefixed message.
+    let stream = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let message = Bytes::from_static(b"\0\0\0\0\x05hello");
+    for _ in 0..3 {
+        let req = Request::post("http://grpc.test/pkg.Echo/Say")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(message.clone()))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+            .await
+            .expect("an answer within 5 s")
+            .expect("gRPC call");
+        assert_eq!(resp.status(), 200);
+        let all = resp.into_body().collect().await.expect("body and trailers");
+        let trailers = all.trailers().cloned().expect("trailers");
+        assert_eq!(trailers.get("grpc-status").unwrap(), "0", "{trailers:?}");
+        assert_eq!(all.to_bytes(), message);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_through_the_proxy() {
     use futures_util::{SinkExt, StreamExt};

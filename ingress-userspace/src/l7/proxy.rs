@@ -156,6 +156,19 @@ fn strip_listed_and_hop_by_hop(headers: &mut HeaderMap, listed: &[HeaderName]) {
     }
 }
 
+/// Whether the client's TE names "trailers".
+fn wants_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let t = t.split(';').next().unwrap_or_default().trim();
+            t.eq_ignore_ascii_case("trailers")
+        })
+}
+
 /// Whether a header name (any case) is among those `Connection` named.
 fn named(listed: &[HeaderName]) -> impl Fn(&[u8]) -> bool + '_ {
     move |name| {
@@ -580,9 +593,18 @@ impl Proxy {
         }
         let values = forwarding.owned();
         let cookie = joined_cookies(&parts.headers, &listed);
+        // TE is hop-by-hop, but over HTTP/2 "trailers" is its one allowed
+        // value and gRPC servers refuse calls without it: passed on to an
+        // HTTP/2 endpoint when the client sent it (as nginx's grpc_pass).
+        let te_trailers = h2 && wants_trailers(&parts.headers);
         strip_listed_and_hop_by_hop(&mut parts.headers, &listed);
         for (name, value) in values {
             parts.headers.insert(name, value);
+        }
+        if te_trailers {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
         }
         if !h2 && let Some(cookie) = cookie.and_then(|c| HeaderValue::from_bytes(&c).ok()) {
             parts.headers.insert(header::COOKIE, cookie);

@@ -794,14 +794,58 @@ impl hyper::body::Body for Chunked {
     }
 }
 
+/// A listener whose accept queue is full and never drained: the kernel
+/// drops SYNs to it, so a connect there hangs until the connector gives
+/// up. Returned with the connections that fill it (kept open).
+async fn full_listener(ip: Ipv4Addr) -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((ip, 0))).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut filled = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(s)) => filled.push(s),
+            Ok(Err(e)) => panic!("connect to the backlog listener: {e}"),
+            // Hung: the queue is full.
+            Err(_) => return (listener, filled),
+        }
+    }
+    panic!("the accept queue of {addr} never filled");
+}
+
+/// `name` of the proxy's counter (no labels) from /metrics.
+async fn counter(d: &Ingressd, name: &str) -> u64 {
+    let text = get(d.metrics, "/metrics", None).await.unwrap().1;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_give_the_right_status() {
     let (port, yaml) = backends().await;
     let lo = |i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i));
-    // "dead" has one endpoint where nothing listens.
+    let host_to = |name: &str| {
+        format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: {name}}}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: {name}.test\n    http:\n      paths:\n      - {{path: /, pathType: Prefix, backend: {{service: {{name: {name}, port: {{number: 80}}}}}}}}\n"
+        )
+    };
+    // "dead" has one endpoint where nothing listens; "hung" one that never
+    // takes the connection.
+    let (hung, _filled) = full_listener(Ipv4Addr::new(127, 0, 0, 11)).await;
+    let hung = hung.local_addr().unwrap();
     let yaml = yaml
         + &service("dead", port, &[lo(9)])
-        + "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: dead}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: dead.test\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: dead, port: {number: 80}}}}\n";
+        + &host_to("dead")
+        + &service("hung", hung.port(), &[hung.ip()])
+        + &host_to("hung");
     let d = Ingressd::start_with(
         &yaml,
         &[
@@ -884,7 +928,21 @@ async fn limits_give_the_right_status() {
     assert_eq!(send(req).await, Ok(504));
     assert!(started.elapsed() < Duration::from_millis(2500));
     // 502: nothing listens at the only endpoint.
+    let errors = counter(&d, "ingressd_upstream_connect_errors_total").await;
     assert_eq!(get(d.http, "/", Some("dead.test")).await.unwrap().0, 502);
+    // 504: the only endpoint does not take the connection within
+    // --upstream-connect-timeout (1 s here), as nginx answers it.
+    let started = Instant::now();
+    assert_eq!(get(d.http, "/", Some("hung.test")).await.unwrap().0, 504);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    assert_eq!(
+        counter(&d, "ingressd_upstream_connect_errors_total").await,
+        errors + 2
+    );
     // 408: a request head that never ends (slowloris).
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(d.http).await.unwrap();

@@ -679,6 +679,7 @@ impl Proxy {
         let stripped = matches!(out, Outbound::Inline(_));
         let mut pending = Some(out);
         let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); 2];
+        let mut timed_out = false;
         for attempt in 0..tried.len() {
             let Some(out) = pending.take() else { break };
             let Some((addr, in_flight)) = self.balancer.pick(addrs, &tried[..attempt]) else {
@@ -708,12 +709,13 @@ impl Proxy {
                 }
             };
             // The response timeout counts from the end of the request body,
-            // so a slow upload is the client's time (408), not the endpoint's.
+            // so a slow upload is the client's time (408), not the endpoint's;
+            // a connect has its own timeout, which it does not eat into.
             let response_deadline = async {
                 if let Some(w) = &watch {
                     w.done.notified().await;
                 }
-                tokio::time::sleep(read_timeout).await;
+                tokio::time::sleep(connect_timeout + read_timeout).await;
             };
             let outcome = tokio::select! {
                 r = sent => Ok(r),
@@ -753,10 +755,14 @@ impl Proxy {
                         in_flight.report(false);
                         self.metrics.connect_errors.fetch_add(1, Ordering::Relaxed);
                     }
+                    timed_out = e.error.is::<ConnectTimedOut>();
                     tracing::warn!(upstream = %route.upstream.name(), endpoint = %addr, attempt, error = %e.error, "upstream request failed");
                     pending = e.unsent;
                 }
             }
+        }
+        if timed_out {
+            return full(StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out\n");
         }
         full(StatusCode::BAD_GATEWAY, "upstream connection failed\n")
     }
@@ -1081,6 +1087,20 @@ pub(super) type UpstreamResult = Result<Response<Body>, UpstreamError>;
 
 type H1Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
 
+/// An endpoint that did not take the connection within the connect
+/// timeout: 504 when no other endpoint answers (nginx's status for it),
+/// where a refused or reset connect is a 502.
+#[derive(Debug)]
+pub(super) struct ConnectTimedOut;
+
+impl std::fmt::Display for ConnectTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connect timed out")
+    }
+}
+
+impl std::error::Error for ConnectTimedOut {}
+
 /// A TCP connection to an endpoint, within `timeout`.
 pub(super) async fn connect_endpoint(
     addr: SocketAddr,
@@ -1088,7 +1108,7 @@ pub(super) async fn connect_endpoint(
 ) -> Result<tokio::net::TcpStream, BoxError> {
     let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
         .await
-        .map_err(|_| BoxError::from("connect timed out"))??;
+        .map_err(|_| BoxError::from(ConnectTimedOut))??;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
@@ -1208,8 +1228,7 @@ impl Drop for Returning {
 /// authority, which for HTTP/2 must stay the client's host.)
 #[derive(Default)]
 struct H2Pool {
-    conns:
-        tokio::sync::Mutex<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<ReqBody>>>,
+    conns: std::sync::Mutex<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<ReqBody>>>,
 }
 
 impl H2Pool {
@@ -1218,12 +1237,22 @@ impl H2Pool {
         addr: SocketAddr,
         connect_timeout: Duration,
     ) -> Result<hyper::client::conn::http2::SendRequest<ReqBody>, BoxError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(s) = conns.get(&addr)
-            && !s.is_closed()
-        {
-            return Ok(s.clone());
+        let open = |conns: &HashMap<SocketAddr, _>| {
+            conns
+                .get(&addr)
+                .filter(|s: &&hyper::client::conn::http2::SendRequest<ReqBody>| !s.is_closed())
+                .cloned()
+        };
+        let conns = || {
+            self.conns
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some(s) = open(&conns()) {
+            return Ok(s);
         }
+        // Connected without the lock held: one slow endpoint must not hold
+        // up requests to the others.
         let stream = connect_endpoint(addr, connect_timeout).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
@@ -1232,6 +1261,12 @@ impl H2Pool {
         tokio::spawn(async move {
             let _ = conn.await;
         });
+        let mut conns = conns();
+        // Another request may have connected meanwhile: one connection
+        // per endpoint is kept (ours closes as its sender is dropped).
+        if let Some(s) = open(&conns) {
+            return Ok(s);
+        }
         conns.insert(addr, sender.clone());
         Ok(sender)
     }

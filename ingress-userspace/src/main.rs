@@ -129,11 +129,23 @@ enum Command {
         /// as nginx's proxy_read_timeout.
         #[arg(long, default_value_t = 60, env = "INGRESSD_UPSTREAM_RESPONSE_TIMEOUT")]
         upstream_response_timeout: u64,
-        /// Seconds a client has to send a request head, and to sit idle (408 after);
+        /// Seconds a client has to send a request head (408 after);
         /// also how long a response write may wait for the client to read
         /// (nginx's send_timeout; HTTP/1 requests without a body).
         #[arg(long, default_value_t = 60, env = "INGRESSD_CLIENT_HEADER_TIMEOUT")]
         client_header_timeout: u64,
+        /// Seconds an idle HTTP/1 client connection is kept between requests, then closed
+        /// (ingress-nginx's keep-alive, 75); 0 closes after each response.
+        #[arg(long, default_value_t = 75, env = "INGRESSD_KEEP_ALIVE_TIMEOUT")]
+        keep_alive_timeout: u64,
+        /// Seconds an idle connection to an endpoint is kept for reuse
+        /// (ingress-nginx's upstream-keepalive-timeout, 60).
+        #[arg(
+            long,
+            default_value_t = 60,
+            env = "INGRESSD_UPSTREAM_KEEPALIVE_TIMEOUT"
+        )]
+        upstream_keepalive_timeout: u64,
         /// Seconds a client may pause while sending a request body (408 after).
         #[arg(long, default_value_t = 60, env = "INGRESSD_CLIENT_BODY_TIMEOUT")]
         client_body_timeout: u64,
@@ -325,6 +337,8 @@ fn main() -> std::process::ExitCode {
             upstream_connect_timeout,
             upstream_response_timeout,
             client_header_timeout,
+            keep_alive_timeout,
+            upstream_keepalive_timeout,
             client_body_timeout,
             max_header_size,
             max_headers,
@@ -380,6 +394,8 @@ fn main() -> std::process::ExitCode {
                     upstream_connect_timeout: Duration::from_secs(upstream_connect_timeout),
                     upstream_response_timeout: Duration::from_secs(upstream_response_timeout),
                     client_header_timeout: Duration::from_secs(client_header_timeout.max(1)),
+                    client_keepalive: Duration::from_secs(keep_alive_timeout),
+                    idle_keepalive: Duration::from_secs(upstream_keepalive_timeout),
                     client_body_timeout: Duration::from_secs(client_body_timeout.max(1)),
                     max_header_bytes: max_header_size as usize,
                     max_headers,

@@ -1041,6 +1041,84 @@ async fn max_connections_holds_and_a_silent_connection_takes_no_slot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_close_after_their_keep_alive_timeouts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An endpoint that answers one request per connection it is given and
+    // notes when the proxy closes that connection.
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 6), 0))
+        .await
+        .unwrap();
+    let ep = listener.local_addr().unwrap();
+    let closed = Arc::new(AtomicBool::new(false));
+    let noted = closed.clone();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => return,
+            }
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await;
+        if let Ok(0) = s.read(&mut buf).await {
+            noted.store(true, Ordering::Relaxed);
+        }
+    });
+    let yaml = service("one", ep.port(), &[ep.ip()])
+        + INGRESSES
+        + "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: one}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: one.test\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: one, port: {number: 80}}}}\n";
+    let d = Ingressd::start_with(
+        &yaml,
+        &[
+            "--keep-alive-timeout",
+            "1",
+            "--client-header-timeout",
+            "10",
+            "--upstream-keepalive-timeout",
+            "1",
+        ],
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: one.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while !got.ends_with(b"\r\n\r\nok") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("a response within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed before the response: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    // The client connection, idle, is closed after about a second, without
+    // a 408 (that would take the 10 s header timeout).
+    let idle_since = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("closed within 5 s")
+        .unwrap();
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+    assert!(idle_since.elapsed() >= Duration::from_millis(900));
+    // The endpoint connection, idle in the pool, is closed too.
+    assert!(
+        common::eventually(Duration::from_secs(4), async || closed
+            .load(Ordering::Relaxed))
+        .await,
+        "the idle endpoint connection was kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_to_endpoints_when_the_service_port_says_so() {
     let (port, yaml) = backends().await;
     let lo = |i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i));

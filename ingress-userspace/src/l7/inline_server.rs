@@ -269,6 +269,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let timeout = proxy.limits().client_header_timeout;
+    let keepalive = proxy.limits().client_keepalive;
     let limits = HeadLimits {
         max_bytes: proxy.limits().max_header_bytes,
         max_headers: proxy.limits().max_headers,
@@ -282,6 +283,9 @@ where
     let mut stopping = false;
     let mut out = Vec::with_capacity(4096);
     let mut waiting_since = Some(since);
+    // Between two requests, nothing of the next read yet: the keep-alive
+    // timeout holds, then the header timeout from its first bytes.
+    let mut idle = false;
     loop {
         let head = loop {
             match scan(&mut buf, limits) {
@@ -294,7 +298,9 @@ where
                 Scan::Partial => {}
             }
             if let Some(t) = waiting_since.take() {
-                deadline.as_mut().reset(t + timeout);
+                idle = buf.is_empty();
+                let limit = if idle { keepalive } else { timeout };
+                deadline.as_mut().reset(t + limit);
             }
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(8192);
@@ -303,9 +309,12 @@ where
                 biased;
                 r = io.read_buf(&mut buf) => r,
                 () = &mut deadline => {
-                    // A head that did not come in time, or an idle
-                    // connection kept too long (RFC 9110 §15.5.9).
-                    refuse(io, StatusCode::REQUEST_TIMEOUT).await;
+                    // Idle for the keep-alive timeout: closed without a
+                    // word, as nginx does. A head that did not come in
+                    // time: 408.
+                    if !idle {
+                        refuse(io, StatusCode::REQUEST_TIMEOUT).await;
+                    }
                     return Ended::Closed;
                 }
                 () = &mut stop, if !stopping => {
@@ -318,7 +327,13 @@ where
                 }
             };
             match read {
-                Ok(n) if n > 0 => {}
+                Ok(n) if n > 0 => {
+                    if std::mem::take(&mut idle) {
+                        deadline
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + timeout);
+                    }
+                }
                 // Gone, between requests or within one: nobody to answer.
                 _ => return Ended::Closed,
             }
@@ -331,7 +346,7 @@ where
             Handled::ToHyper => return Ended::HandOver(head.unread(&mut buf)),
             Handled::ClientLeft => return Ended::Aborted,
         };
-        let keep = head.keep_alive && !stopping && !proxy.is_stopping();
+        let keep = head.keep_alive && !stopping && !proxy.is_stopping() && !keepalive.is_zero();
         let mut client = Client {
             io,
             buf: &mut buf,

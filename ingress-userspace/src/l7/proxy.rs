@@ -59,9 +59,12 @@ pub struct Limits {
     /// Idle upstream connections are closed after this.
     pub idle_keepalive: Duration,
     /// A client must send a whole request head within this (408 after it);
-    /// also how long an idle client connection stays open, and how long a
-    /// response write waits for the client to read (in-task server).
+    /// also how long a response write waits for the client to read
+    /// (in-task server), and the idle time of connections hyper serves.
     pub client_header_timeout: Duration,
+    /// How long an idle HTTP/1 client connection stays open between
+    /// requests (in-task server); zero: closed after each response.
+    pub client_keepalive: Duration,
     /// A client sending a request body must not pause longer (408 after).
     pub client_body_timeout: Duration,
     /// Request head size (431 above it).
@@ -83,6 +86,7 @@ impl Default for Limits {
             upstream_response_timeout: Duration::from_secs(60),
             idle_keepalive: Duration::from_secs(60),
             client_header_timeout: Duration::from_secs(60),
+            client_keepalive: Duration::from_secs(75),
             client_body_timeout: Duration::from_secs(60),
             max_header_bytes: 32 * 1024,
             max_headers: 100,

@@ -401,7 +401,6 @@ fn main() -> std::process::ExitCode {
                     max_headers,
                     max_body_bytes: max_body_size,
                     max_connections,
-                    ..Limits::default()
                 },
             };
             let workers = workers

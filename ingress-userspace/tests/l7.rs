@@ -1710,6 +1710,49 @@ async fn endpoint_responses_framed_every_way_and_pooled() {
 
 /// Writes `request` on a new connection to `addr` and reads until the
 /// proxy closes it (bounded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_has_an_access_log_line_and_is_counted_refused_ones_too() {
+    let (_, yaml) = backends().await;
+    let d = Ingressd::start(&yaml).await;
+    let (status, _) = get(d.http, "/cart?q=1", Some("shop.test")).await.unwrap();
+    assert_eq!(status, 200);
+    // A malformed request line: 400, before any route is known.
+    let answer = exchange_raw(d.http, b"GET /x HTTP/1.1 junk\r\nHost: shop.test\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let log = |d: &Ingressd| std::fs::read_to_string(&d.log).unwrap_or_default();
+    let line = |log: &str, want: &[&str]| {
+        log.lines()
+            .find(|l| l.contains("access") && want.iter().all(|w| l.contains(w)))
+            .map(str::to_string)
+    };
+    let routed = [
+        "method=GET",
+        "host=\"shop.test\"",
+        "path=\"/cart\"",
+        "status=200",
+        "ingress=\"default/shop\"",
+        "service=\"default/b:http\"",
+        "client=127.0.0.1",
+    ];
+    // Lines are written by a background writer: wait for them (bounded).
+    assert!(
+        common::eventually(Duration::from_secs(5), async || {
+            let log = log(&d);
+            line(&log, &routed).is_some() && line(&log, &["status=400"]).is_some()
+        })
+        .await,
+        "access log lines missing:\n{}",
+        log(&d)
+    );
+    let refused = line(&log(&d), &["status=400"]).unwrap();
+    assert!(refused.contains("service=\"default-backend\""), "{refused}");
+    let metrics = get(d.metrics, "/metrics", None).await.unwrap().1;
+    assert!(
+        metrics.contains("ingressd_http_requests_total{ingress=\"-\",service=\"default-backend\",status=\"400\"} 1"),
+        "{metrics}"
+    );
+}
+
 async fn exchange_raw(addr: SocketAddr, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -292,6 +292,7 @@ where
                 Scan::Whole(head) => break head,
                 Scan::HandOver => return Ended::HandOver(buf.freeze()),
                 Scan::Refuse(status) => {
+                    proxy.refused(status, conn);
                     refuse(io, status).await;
                     return Ended::Closed;
                 }
@@ -313,6 +314,7 @@ where
                     // word, as nginx does. A head that did not come in
                     // time: 408.
                     if !idle {
+                        proxy.refused(StatusCode::REQUEST_TIMEOUT, conn);
                         refuse(io, StatusCode::REQUEST_TIMEOUT).await;
                     }
                     return Ended::Closed;

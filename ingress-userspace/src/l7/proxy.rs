@@ -319,7 +319,15 @@ impl Proxy {
             }
             Match::Default(None) => (not_found(), None),
         };
-        let stats = self.account(route, resp.status(), started, &method, host, path, conn);
+        let stats = self.account(
+            route,
+            resp.status(),
+            started,
+            method.as_str(),
+            host,
+            path,
+            conn,
+        );
         resp.map(|inner| Counted { inner, stats })
     }
 
@@ -348,6 +356,7 @@ impl Proxy {
                         resp = self.forward_inline(req, route, conn, host) => resp,
                         () = gone => {
                             let (method, route) = (req.method(), Some(route));
+                            let method = method.as_str();
                             self.account(route, CLIENT_LEFT, started, method, host, path, conn);
                             return Handled::ClientLeft;
                         }
@@ -361,7 +370,7 @@ impl Proxy {
             route,
             resp.status(),
             started,
-            req.method(),
+            req.method().as_str(),
             host,
             path,
             conn,
@@ -377,7 +386,7 @@ impl Proxy {
         route: Option<&Route>,
         status: StatusCode,
         started: Instant,
-        method: &Method,
+        method: &str,
         host: Option<&str>,
         path: &str,
         conn: Conn,
@@ -407,6 +416,13 @@ impl Proxy {
             "request"
         );
         stats
+    }
+
+    /// Counts and logs a request refused before it was read whole (400,
+    /// 408, 414, 431 from the in-task server, 408 from hyper's), under the
+    /// default backend's labels, as nginx's default server has them.
+    pub(super) fn refused(&self, status: StatusCode, conn: Conn) {
+        self.account(None, status, Instant::now(), "-", None, "-", conn);
     }
 
     /// What the Ingress's annotations answer themselves (403 outside the
@@ -1674,6 +1690,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
             Sniffed::Gone => return,
             // The same 408 as a slow head gets.
             Sniffed::TooSlow => {
+                proxy.refused(StatusCode::REQUEST_TIMEOUT, conn);
                 inline_server::refuse(&mut stream, StatusCode::REQUEST_TIMEOUT).await;
                 return;
             }
@@ -1698,6 +1715,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
             .is_err_and(|e| is_header_timeout(e.as_ref()));
         let Some(mut w) = late.take() else { return };
         if timed_out {
+            proxy.refused(StatusCode::REQUEST_TIMEOUT, conn);
             inline_server::refuse(&mut w, StatusCode::REQUEST_TIMEOUT).await;
         } else {
             // Closed without a shutdown(2) of its own, as a plain socket is.

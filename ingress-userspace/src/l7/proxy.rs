@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{
-    Method, Request, Response, StatusCode, Uri, Version,
+    Request, Response, StatusCode, Uri, Version,
     body::Incoming,
     header::{self, HeaderMap, HeaderName, HeaderValue},
     http::uri::PathAndQuery,

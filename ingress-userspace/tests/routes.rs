@@ -213,6 +213,44 @@ fn rules_for_one_host_merge_across_ingresses_and_the_older_wins_a_conflict() {
 }
 
 #[test]
+fn a_conflict_is_seen_through_a_trailing_slash_and_ties_go_by_namespace_and_name() {
+    // Prefix "/foo/" and "/foo" are one path (the same elements).
+    let yaml = ingress(
+        "new",
+        "2024-06-01T00:00:00Z",
+        Some("shop.test"),
+        &[("Prefix", "/foo", "b")],
+    ) + &ingress(
+        "old",
+        "2024-01-01T00:00:00Z",
+        Some("shop.test"),
+        &[("Prefix", "/foo/", "a")],
+    );
+    let (t, warnings) = compile(&snapshot(&(services() + &yaml)), &ClassConfig::default());
+    for path in ["/foo", "/foo/", "/foo/bar"] {
+        assert_eq!(target(&t, Some("shop.test"), path), "a", "{path}");
+    }
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].ingress, "default/new");
+    // Created in the same second: the first by namespace/name keeps it.
+    let yaml = ingress(
+        "zeta",
+        "2024-01-01T00:00:00Z",
+        Some("shop.test"),
+        &[("Prefix", "/", "b")],
+    ) + &ingress(
+        "alpha",
+        "2024-01-01T00:00:00Z",
+        Some("shop.test"),
+        &[("Prefix", "/", "a")],
+    );
+    let (t, warnings) = compile(&snapshot(&(services() + &yaml)), &ClassConfig::default());
+    assert_eq!(target(&t, Some("shop.test"), "/"), "a");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].ingress, "default/zeta");
+}
+
+#[test]
 fn default_backend_and_builtin_404() {
     let t = table(&ingress(
         "i",

@@ -721,6 +721,14 @@ pub fn compile(snapshot: &Snapshot, class: &ClassConfig) -> (RouteTable, Vec<Rou
                     _ => None,
                 };
                 let upstream = upstream_for(&p.backend, format!("{field}.backend"), &mut warnings);
+                // Prefix "/foo/" is Prefix "/foo" (the same path elements):
+                // one route, and a conflict between two Ingresses.
+                let path = if kind == PathKind::Prefix && path.len() > 1 {
+                    let trimmed = path.trim_end_matches('/');
+                    if trimmed.is_empty() { "/" } else { trimmed }.to_string()
+                } else {
+                    path
+                };
                 let key = (host.clone(), kind, path.clone());
                 if let Some(owner) = owners.get(&key) {
                     warnings.push(RouteWarning {

@@ -421,7 +421,7 @@ fn ingress_steps(lab: &Lab, manifests: &Path) -> anyhow::Result<()> {
 
     step(
         11,
-        "Pod b1 leaves Service shop while a client keeps requesting: no request fails",
+        "Pod b1 leaves Service shop, then stops, while a client keeps requesting: no request fails",
     );
     use std::sync::{
         Arc,
@@ -459,13 +459,20 @@ fn ingress_steps(lab: &Lab, manifests: &Path) -> anyhow::Result<()> {
     let changed = wait_until(Duration::from_secs(5), || syncs(lab, "node-a") > before);
     let at_change = done();
     wait_until(Duration::from_secs(5), || done() >= at_change + 20);
+    // Out of the Service, the pod goes away (as Kubernetes deletes it).
+    lab.stop_pod("b1")?;
+    let at_stop = done();
+    wait_until(Duration::from_secs(5), || done() >= at_stop + 20);
     stop.store(true, Ordering::Relaxed);
     load.join().map_err(|_| anyhow::anyhow!("load thread"))??;
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     println!(
-        "    route table swapped {}; {} requests around the change, {} failed",
+        "    route table swapped {}; pod b1 stopped; {ok} requests around both, {failed} failed",
         if changed { "atomically" } else { "(NOT seen)" },
-        ok.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed)
+    );
+    anyhow::ensure!(
+        changed && failed == 0,
+        "step 11: the change was not applied, or a request failed"
     );
     let url = format!("http://{node}/");
     let counts = curl(lab, &["-H", "Host: www.demo", &url], 8);

@@ -366,6 +366,25 @@ impl Lab {
         Ok(())
     }
 
+    /// Stops a pod's server: its process exits, as a deleted pod's does.
+    pub fn stop_pod(&self, name: &str) -> anyhow::Result<()> {
+        let i = self
+            .pods
+            .iter()
+            .position(|p| p.name == name)
+            .with_context(|| format!("no pod {name}"))?;
+        let mut res = self.res();
+        let child = res
+            .pods
+            .get_mut(i)
+            .with_context(|| format!("pod {name} was not started"))?;
+        child
+            .kill()
+            .with_context(|| format!("stopping pod {name}"))?;
+        child.wait()?;
+        Ok(())
+    }
+
     pub fn node(&self, name: &str) -> &Node {
         self.nodes
             .iter()

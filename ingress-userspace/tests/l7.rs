@@ -416,6 +416,19 @@ async fn http2_prior_knowledge_client() {
             .await
             .expect("h2 handshake");
     tokio::spawn(conn);
+    // --max-headers (100) holds for HTTP/2 too: 431, the connection stays.
+    let mut req = Request::get("http://shop.test/cart");
+    for i in 0..120 {
+        req = req.header(format!("x-h{i}"), "1");
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .expect("h2 request");
+    assert_eq!(resp.status(), 431);
+    // Refused by the proxy, not by an endpoint that was sent them.
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"too many request headers\n");
     for _ in 0..5 {
         let req = Request::get("http://shop.test/cart")
             .header("cookie", "a=1")

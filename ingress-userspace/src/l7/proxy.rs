@@ -309,7 +309,18 @@ impl Proxy {
         let path = uri.path();
         let target = uri.path_and_query().map_or("/", |p| p.as_str());
         let method = req.method().clone();
+        // HTTP/1 heads are held to --max-headers while they are parsed;
+        // HTTP/2 ones (HPACK) only to their size, so counted here.
+        let too_many =
+            req.version() == Version::HTTP_2 && req.headers().len() > self.limits.max_headers;
         let (resp, route) = match table.lookup(host, path) {
+            _ if too_many => (
+                full(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "too many request headers\n",
+                ),
+                None,
+            ),
             Match::Route(route) | Match::Default(Some(route)) => {
                 let resp = match self.answer_here(target, path, route, conn, host) {
                     Some(resp) => resp,

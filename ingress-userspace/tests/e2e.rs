@@ -352,6 +352,23 @@ fn ingress_vips_are_steered_to_the_proxy_by_sk_lookup() {
     .unwrap()
     .unwrap_or_else(|e| panic!("request to the VIP: {e}\n{}", lab.ingressd_log("node-a")));
     assert!(set(&answers).len() >= 2, "{answers:?}");
+    // :443 goes to the HTTPS socket: a TLS handshake (the default
+    // certificate; the client checks nothing) is answered.
+    let tls = SocketAddr::from(([198, 19, 0, 10], 443));
+    let hello = in_netns(&lab.client_ns, move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(&tls, T)?;
+        s.set_read_timeout(Some(T))?;
+        // A TLS 1.2 ClientHello record header is enough to get an answer:
+        // a handshake record (0x16) or an alert (0x15) back, from rustls.
+        s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00])?;
+        let mut first = [0u8; 1];
+        s.read_exact(&mut first)?;
+        Ok::<u8, std::io::Error>(first[0])
+    })
+    .unwrap();
+    let first = hello.unwrap_or_else(|e| panic!("VIP :443: {e}"));
+    assert!(first == 0x15 || first == 0x16, "not TLS: {first:#x}");
     // A VIP that is routed here but not steered finds no socket.
     let other = SocketAddr::from(([198, 19, 0, 11], 80));
     let refused = in_netns(&lab.client_ns, move || {

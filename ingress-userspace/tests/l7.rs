@@ -1757,6 +1757,17 @@ async fn every_request_has_an_access_log_line_and_is_counted_refused_ones_too() 
         "access log lines missing:\n{}",
         log(&d)
     );
+    // The request ID the endpoint was sent (and the client got back).
+    let routed = line(&log(&d), &routed).unwrap();
+    let id = routed
+        .split("request_id=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_default();
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{routed}"
+    );
     let refused = line(&log(&d), &["status=400"]).unwrap();
     assert!(refused.contains("service=\"default-backend\""), "{refused}");
     let metrics = get(d.metrics, "/metrics", None).await.unwrap().1;

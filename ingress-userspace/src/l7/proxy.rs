@@ -330,9 +330,11 @@ impl Proxy {
             }
             Match::Default(None) => (not_found(), None),
         };
+        let (status, id) = (resp.status(), resp.headers().get(X_REQUEST_ID));
         let stats = self.account(
             route,
-            resp.status(),
+            status,
+            id,
             started,
             method.as_str(),
             host,
@@ -368,7 +370,7 @@ impl Proxy {
                         () = gone => {
                             let (method, route) = (req.method(), Some(route));
                             let method = method.as_str();
-                            self.account(route, CLIENT_LEFT, started, method, host, path, conn);
+                            self.account(route, CLIENT_LEFT, None, started, method, host, path, conn);
                             return Handled::ClientLeft;
                         }
                     },
@@ -377,15 +379,9 @@ impl Proxy {
             }
             Match::Default(None) => (not_found(), None),
         };
-        let stats = self.account(
-            route,
-            resp.status(),
-            started,
-            req.method().as_str(),
-            host,
-            path,
-            conn,
-        );
+        let (status, id) = (resp.status(), resp.headers().get(X_REQUEST_ID));
+        let method = req.method().as_str();
+        let stats = self.account(route, status, id, started, method, host, path, conn);
         Handled::Answer(resp, stats)
     }
 
@@ -396,6 +392,7 @@ impl Proxy {
         &self,
         route: Option<&Route>,
         status: StatusCode,
+        request_id: Option<&HeaderValue>,
         started: Instant,
         method: &str,
         host: Option<&str>,
@@ -423,6 +420,7 @@ impl Proxy {
             ingress,
             service,
             client = %conn.peer.ip(),
+            request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("-"),
             ms = took.as_secs_f64() * 1e3,
             "request"
         );
@@ -433,7 +431,7 @@ impl Proxy {
     /// 408, 414, 431 from the in-task server, 408 from hyper's), under the
     /// default backend's labels, as nginx's default server has them.
     pub(super) fn refused(&self, status: StatusCode, conn: Conn) {
-        self.account(None, status, Instant::now(), "-", None, "-", conn);
+        self.account(None, status, None, Instant::now(), "-", None, "-", conn);
     }
 
     /// What the Ingress's annotations answer themselves (403 outside the

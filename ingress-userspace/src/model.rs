@@ -347,7 +347,7 @@ pub fn service_contribution(
             vips.push(ip);
         }
     }
-    if ty == "LoadBalancer" && !lb_to_proxy {
+    if !lb_to_proxy {
         vips.extend(load_balancer_ips(svc));
     }
     vips.sort();

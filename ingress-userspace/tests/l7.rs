@@ -216,14 +216,15 @@ impl Ingressd {
     }
 
     async fn syncs(&self) -> u64 {
-        let text = get(self.metrics, "/metrics", None)
-            .await
-            .map(|r| r.1)
-            .unwrap_or_default();
+        self.metric("ingressd_syncs_total").await.unwrap_or(0)
+    }
+
+    /// A metric without labels from /metrics; None while unreadable.
+    async fn metric<T: std::str::FromStr>(&self, name: &str) -> Option<T> {
+        let text = get(self.metrics, "/metrics", None).await.ok()?.1;
         text.lines()
-            .find_map(|l| l.strip_prefix("ingressd_syncs_total "))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
     }
 
     /// Writes new manifests and waits (bounded) until ingressd applied them.
@@ -832,15 +833,6 @@ async fn full_listener(ip: Ipv4Addr) -> (tokio::net::TcpListener, Vec<tokio::net
     panic!("the accept queue of {addr} never filled");
 }
 
-/// `name` of the proxy's counter (no labels) from /metrics.
-async fn counter(d: &Ingressd, name: &str) -> u64 {
-    let text = get(d.metrics, "/metrics", None).await.unwrap().1;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_give_the_right_status() {
     let (port, yaml) = backends().await;
@@ -941,7 +933,10 @@ async fn limits_give_the_right_status() {
     assert_eq!(send(req).await, Ok(504));
     assert!(started.elapsed() < Duration::from_millis(2500));
     // 502: nothing listens at the only endpoint.
-    let errors = counter(&d, "ingressd_upstream_connect_errors_total").await;
+    let errors = d
+        .metric::<u64>("ingressd_upstream_connect_errors_total")
+        .await
+        .expect("connect error counter");
     assert_eq!(get(d.http, "/", Some("dead.test")).await.unwrap().0, 502);
     // 504: the only endpoint does not take the connection within
     // --upstream-connect-timeout (1 s here), as nginx answers it.
@@ -953,7 +948,9 @@ async fn limits_give_the_right_status() {
         "{took:?}"
     );
     assert_eq!(
-        counter(&d, "ingressd_upstream_connect_errors_total").await,
+        d.metric::<u64>("ingressd_upstream_connect_errors_total")
+            .await
+            .expect("connect error counter"),
         errors + 2
     );
     // 408: a request head that never ends (slowloris).
@@ -989,14 +986,6 @@ async fn limits_give_the_right_status() {
     assert_eq!(get(d.http, "/", Some("shop.test")).await.unwrap().0, 200);
 }
 
-/// `ingressd_http_active_connections` from /metrics.
-async fn active_connections(d: &Ingressd) -> Option<i64> {
-    let text = get(d.metrics, "/metrics", None).await.ok()?.1;
-    text.lines()
-        .find_map(|l| l.strip_prefix("ingressd_http_active_connections "))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_holds_and_a_silent_connection_takes_no_slot() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1023,7 +1012,7 @@ async fn max_connections_holds_and_a_silent_connection_takes_no_slot() {
     let _b = begun().await;
     assert!(
         common::eventually(Duration::from_secs(5), async || {
-            active_connections(&d).await == Some(2)
+            d.metric::<i64>("ingressd_http_active_connections").await == Some(2)
         })
         .await,
         "two connections not taken in"

@@ -292,8 +292,7 @@ where
                 Scan::Whole(head) => break head,
                 Scan::HandOver => return Ended::HandOver(buf.freeze()),
                 Scan::Refuse(status) => {
-                    proxy.refused(status, conn);
-                    refuse(io, status).await;
+                    refuse(io, status, proxy, conn).await;
                     return Ended::Closed;
                 }
                 Scan::Partial => {}
@@ -314,8 +313,7 @@ where
                     // word, as nginx does. A head that did not come in
                     // time: 408.
                     if !idle {
-                        proxy.refused(StatusCode::REQUEST_TIMEOUT, conn);
-                        refuse(io, StatusCode::REQUEST_TIMEOUT).await;
+                        refuse(io, StatusCode::REQUEST_TIMEOUT, proxy, conn).await;
                     }
                     return Ended::Closed;
                 }
@@ -402,9 +400,15 @@ enum Wrote {
     CutOff,
 }
 
-/// Answers a request that cannot be served (the connection closes after);
-/// also hyper's path's 408.
-pub(super) async fn refuse<I: AsyncWrite + Unpin>(io: &mut I, status: StatusCode) {
+/// Answers a request that cannot be served (the connection closes after),
+/// counted and logged; also hyper's path's 408.
+pub(super) async fn refuse<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    status: StatusCode,
+    proxy: &Proxy,
+    conn: Conn,
+) {
+    proxy.refused(status, conn);
     let mut answer = Vec::with_capacity(128);
     answer.extend_from_slice(b"HTTP/1.1 ");
     answer.extend_from_slice(status.as_str().as_bytes());

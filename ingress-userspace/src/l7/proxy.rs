@@ -160,17 +160,25 @@ fn strip_listed_and_hop_by_hop(headers: &mut HeaderMap, listed: &[HeaderName]) {
     }
 }
 
-/// Whether the client's TE names "trailers".
-fn wants_trailers(headers: &HeaderMap) -> bool {
+/// The elements of a comma-separated header (every line of it), trimmed.
+fn list_elements<'a>(
+    headers: &'a HeaderMap,
+    name: header::HeaderName,
+) -> impl Iterator<Item = &'a str> + 'a {
     headers
-        .get_all(header::TE)
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| {
-            let t = t.split(';').next().unwrap_or_default().trim();
-            t.eq_ignore_ascii_case("trailers")
-        })
+        .map(str::trim)
+}
+
+/// Whether the client's TE names "trailers".
+fn wants_trailers(headers: &HeaderMap) -> bool {
+    list_elements(headers, header::TE).any(|t| {
+        let t = t.split(';').next().unwrap_or_default().trim();
+        t.eq_ignore_ascii_case("trailers")
+    })
 }
 
 /// Whether a header name (any case) is among those `Connection` named.
@@ -188,12 +196,8 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     if !headers.contains_key(header::CONNECTION) {
         return Vec::new();
     }
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+    list_elements(headers, header::CONNECTION)
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect()
 }
 
@@ -1115,6 +1119,7 @@ impl From<hyper::client::conn::TrySendError<Request<ReqBody>>> for UpstreamError
 pub(super) type UpstreamResult = Result<Response<Body>, UpstreamError>;
 
 type H1Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
+type H2Sender = hyper::client::conn::http2::SendRequest<ReqBody>;
 
 /// An endpoint that did not take the connection within the connect
 /// timeout: 504 when no other endpoint answers (nginx's status for it),
@@ -1257,7 +1262,7 @@ impl Drop for Returning {
 /// authority, which for HTTP/2 must stay the client's host.)
 #[derive(Default)]
 struct H2Pool {
-    conns: std::sync::Mutex<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<ReqBody>>>,
+    conns: std::sync::Mutex<HashMap<SocketAddr, H2Sender>>,
 }
 
 impl H2Pool {
@@ -1265,12 +1270,9 @@ impl H2Pool {
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
-    ) -> Result<hyper::client::conn::http2::SendRequest<ReqBody>, BoxError> {
-        let open = |conns: &HashMap<SocketAddr, _>| {
-            conns
-                .get(&addr)
-                .filter(|s: &&hyper::client::conn::http2::SendRequest<ReqBody>| !s.is_closed())
-                .cloned()
+    ) -> Result<H2Sender, BoxError> {
+        let open = |conns: &HashMap<SocketAddr, H2Sender>| {
+            conns.get(&addr).filter(|s| !s.is_closed()).cloned()
         };
         let conns = || {
             self.conns
@@ -1699,8 +1701,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
             Sniffed::Gone => return,
             // The same 408 as a slow head gets.
             Sniffed::TooSlow => {
-                proxy.refused(StatusCode::REQUEST_TIMEOUT, conn);
-                inline_server::refuse(&mut stream, StatusCode::REQUEST_TIMEOUT).await;
+                inline_server::refuse(&mut stream, StatusCode::REQUEST_TIMEOUT, &proxy, conn).await;
                 return;
             }
         };
@@ -1724,8 +1725,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
             .is_err_and(|e| is_header_timeout(e.as_ref()));
         let Some(mut w) = late.take() else { return };
         if timed_out {
-            proxy.refused(StatusCode::REQUEST_TIMEOUT, conn);
-            inline_server::refuse(&mut w, StatusCode::REQUEST_TIMEOUT).await;
+            inline_server::refuse(&mut w, StatusCode::REQUEST_TIMEOUT, &proxy, conn).await;
         } else {
             // Closed without a shutdown(2) of its own, as a plain socket is.
             w.forget();

@@ -504,7 +504,7 @@ fn main() -> anyhow::Result<()> {
     let snap = ten_thousand_rules();
     let class = ClassConfig::default();
     let mut best = Duration::MAX;
-    let proxy = ingressd::l7::proxy::Proxy::new(Default::default());
+    let proxy = ingressd::l7::Proxy::new(Default::default());
     for _ in 0..5 {
         let t = Instant::now();
         let (table, warnings) = compile(&snap, &class);

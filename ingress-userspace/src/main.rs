@@ -9,7 +9,7 @@ use std::{
 use clap::{Parser, Subcommand};
 use ingressd::{
     bpf::{self, LbMaps, XdpAttachMode},
-    l7::{proxy::Limits, route::ClassConfig},
+    l7::{Limits, route::ClassConfig},
     model::show_backend,
     publish::PublishConfig,
     render::render_state,

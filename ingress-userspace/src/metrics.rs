@@ -18,7 +18,7 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 
-use crate::{bpf::LbMaps, l7::proxy::Proxy};
+use crate::{bpf::LbMaps, l7::Proxy};
 
 /// What the sync loop reports; read by the HTTP handlers.
 #[derive(Default)]

@@ -17,7 +17,7 @@ use crate::{
     bpf::{self, LbMaps, XdpAttachMode},
     kube_source::{self, KubeSource},
     l7::{
-        proxy::{self, Limits, Proxy},
+        Limits, Proxy, listen,
         route::{ClassConfig, compile},
         tls::{self, CertStore},
     },
@@ -249,9 +249,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         let bound = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let (http_at, https_at, default_at) =
             (bound(&http), bound(&https), bound(&default_backend));
-        tokio::spawn(proxy::serve(http, proxy.clone()));
-        tokio::spawn(proxy::serve_tls(https, proxy.clone(), tls_config));
-        tokio::spawn(proxy::serve_default_backend(default_backend));
+        tokio::spawn(listen::serve_http(http, proxy.clone()));
+        tokio::spawn(listen::serve_https(https, proxy.clone(), tls_config));
+        tokio::spawn(listen::serve_default_backend(default_backend));
         tracing::info!(
             http = %http_at,
             https = %https_at,

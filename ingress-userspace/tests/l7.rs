@@ -395,8 +395,8 @@ async fn default_backend_404_on_both_ports_and_503_without_endpoints() {
     );
     assert_eq!(get(d.http, "/", Some("empty.test")).await.unwrap().0, 503);
     let metrics = get(d.metrics, "/metrics", None).await.unwrap().1;
-    assert!(metrics.contains("ingressd_http_requests_total{ingress=\"-\",service=\"default-backend\",status=\"404\"} 1"), "{metrics}");
-    assert!(metrics.contains("ingressd_http_requests_total{ingress=\"default/shop\",service=\"default/none:80\",status=\"503\"} 1"), "{metrics}");
+    assert!(metrics.contains("ingressd_http_requests_total{ingress=\"-\",service=\"default-backend\",status=\"404\",error=\"no_route\"} 1"), "{metrics}");
+    assert!(metrics.contains("ingressd_http_requests_total{ingress=\"default/shop\",service=\"default/none:80\",status=\"503\",error=\"no_endpoints\"} 1"), "{metrics}");
     // The 404 body ("default backend - 404\n") is 22 bytes.
     assert!(
         metrics.contains(
@@ -429,7 +429,7 @@ async fn http2_prior_knowledge_client() {
     assert_eq!(resp.status(), 431);
     // Refused by the proxy, not by an endpoint that was sent them.
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(&body[..], b"too many request headers\n");
+    assert_eq!(&body[..], b"request header too large\n");
     for _ in 0..5 {
         let req = Request::get("http://shop.test/cart")
             .header("cookie", "a=1")
@@ -1761,7 +1761,7 @@ async fn every_request_has_an_access_log_line_and_is_counted_refused_ones_too() 
     assert!(refused.contains("service=\"default-backend\""), "{refused}");
     let metrics = get(d.metrics, "/metrics", None).await.unwrap().1;
     assert!(
-        metrics.contains("ingressd_http_requests_total{ingress=\"-\",service=\"default-backend\",status=\"400\"} 1"),
+        metrics.contains("ingressd_http_requests_total{ingress=\"-\",service=\"default-backend\",status=\"400\",error=\"bad_head\"} 1"),
         "{metrics}"
     );
 }
@@ -1927,7 +1927,7 @@ async fn a_client_that_leaves_takes_its_request_with_it() {
         "the endpoint's connection outlived the client's"
     );
     // Counted as nginx counts it.
-    let counted = "ingressd_http_requests_total{ingress=\"default/hold\",service=\"default/hold:80\",status=\"499\"} 1";
+    let counted = "ingressd_http_requests_total{ingress=\"default/hold\",service=\"default/hold:80\",status=\"499\",error=\"client_left\"} 1";
     assert!(
         common::eventually(Duration::from_secs(2), async || {
             get(d.metrics, "/metrics", None)

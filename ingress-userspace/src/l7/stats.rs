@@ -9,10 +9,12 @@ use std::{
     fmt::Write as _,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU16, AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
+
+use super::error::ProxyError;
 
 /// Latency histogram buckets (seconds), Prometheus style.
 pub const BUCKETS: [f64; 11] = [
@@ -27,9 +29,9 @@ pub type Labels = (Arc<str>, Arc<str>);
 
 #[derive(Default)]
 pub struct LabelStats {
-    /// (status code, requests); code 0 = slot free.
-    statuses: [(AtomicU16, AtomicU64); STATUS_SLOTS],
-    other_statuses: Mutex<BTreeMap<u16, u64>>,
+    /// (status code << 8 | error code, requests); 0 = slot free.
+    statuses: [(AtomicU32, AtomicU64); STATUS_SLOTS],
+    other_statuses: Mutex<BTreeMap<u32, u64>>,
     /// Requests at or under each bucket's bound (cumulative when rendered).
     buckets: [AtomicU64; BUCKETS.len()],
     sum_micros: AtomicU64,
@@ -39,8 +41,10 @@ pub struct LabelStats {
 }
 
 impl LabelStats {
-    pub fn observe(&self, status: u16, took: Duration) {
-        self.count_status(status);
+    /// Counts a request by its status and its failure's code (0: none,
+    /// else 1 + its index in `ProxyError::LABELS`).
+    pub fn observe(&self, status: u16, error: u8, took: Duration) {
+        self.count_status(u32::from(status) << 8 | u32::from(error));
         let secs = took.as_secs_f64();
         if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
@@ -50,7 +54,7 @@ impl LabelStats {
         self.total.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn count_status(&self, status: u16) {
+    fn count_status(&self, status: u32) {
         for (code, n) in &self.statuses {
             let mut seen = code.load(Ordering::Acquire);
             if seen == 0 {
@@ -74,17 +78,20 @@ impl LabelStats {
             .or_default() += 1;
     }
 
-    /// (status, requests), by status.
-    pub fn statuses(&self) -> BTreeMap<u16, u64> {
-        let mut out = self
+    /// ((status, error code), requests), by status.
+    pub fn statuses(&self) -> BTreeMap<(u16, u8), u64> {
+        let split = |key: u32| ((key >> 8) as u16, (key & 0xff) as u8);
+        let mut out: BTreeMap<(u16, u8), u64> = self
             .other_statuses
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
+            .iter()
+            .map(|(k, n)| (split(*k), *n))
+            .collect();
         for (code, n) in &self.statuses {
             let code = code.load(Ordering::Acquire);
             if code != 0 {
-                *out.entry(code).or_default() += n.load(Ordering::Relaxed);
+                *out.entry(split(code)).or_default() += n.load(Ordering::Relaxed);
             }
         }
         out
@@ -136,13 +143,22 @@ impl Registry {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        out.push_str("# HELP ingressd_http_requests_total Requests by Ingress, Service and status\n# TYPE ingressd_http_requests_total counter\n");
+        out.push_str("# HELP ingressd_http_requests_total Requests by Ingress, Service, status and (for requests the proxy answered itself) error\n# TYPE ingressd_http_requests_total counter\n");
         for ((ing, svc), s) in &labels {
-            for (status, n) in s.statuses() {
-                let _ = writeln!(
-                    out,
-                    "ingressd_http_requests_total{{ingress=\"{ing}\",service=\"{svc}\",status=\"{status}\"}} {n}"
-                );
+            for ((status, error), n) in s.statuses() {
+                let error = usize::from(error)
+                    .checked_sub(1)
+                    .and_then(|i| ProxyError::LABELS.get(i));
+                let _ = match error {
+                    Some(e) => writeln!(
+                        out,
+                        "ingressd_http_requests_total{{ingress=\"{ing}\",service=\"{svc}\",status=\"{status}\",error=\"{e}\"}} {n}"
+                    ),
+                    None => writeln!(
+                        out,
+                        "ingressd_http_requests_total{{ingress=\"{ing}\",service=\"{svc}\",status=\"{status}\"}} {n}"
+                    ),
+                };
             }
         }
         out.push_str("# HELP ingressd_http_request_duration_seconds Request latency\n# TYPE ingressd_http_request_duration_seconds histogram\n");
@@ -204,12 +220,12 @@ mod tests {
         let s = LabelStats::default();
         for code in 100..130u16 {
             for _ in 0..(code - 99) {
-                s.observe(code, Duration::from_millis(2));
+                s.observe(code, 0, Duration::from_millis(2));
             }
         }
         let got = s.statuses();
         assert_eq!(got.len(), 30);
-        for (code, n) in got {
+        for ((code, _), n) in got {
             assert_eq!(n, u64::from(code - 99), "status {code}");
         }
         assert_eq!(s.total.load(Ordering::Relaxed), (1..=30).sum::<u64>());
@@ -220,15 +236,15 @@ mod tests {
         let reg = Registry::default();
         let label: Labels = (Arc::from("ns/ing"), Arc::from("ns/svc:80"));
         let s = reg.get(&label);
-        s.observe(200, Duration::from_micros(500));
-        s.observe(200, Duration::from_millis(7));
-        s.observe(503, Duration::from_secs(20));
+        s.observe(200, 0, Duration::from_micros(500));
+        s.observe(200, 0, Duration::from_millis(7));
+        s.observe(503, ProxyError::NoEndpoints.code(), Duration::from_secs(20));
         let mut out = String::new();
         reg.render(&mut out);
         let l = "ingress=\"ns/ing\",service=\"ns/svc:80\"";
         for line in [
             format!("ingressd_http_requests_total{{{l},status=\"200\"}} 2"),
-            format!("ingressd_http_requests_total{{{l},status=\"503\"}} 1"),
+            format!("ingressd_http_requests_total{{{l},status=\"503\",error=\"no_endpoints\"}} 1"),
             format!("ingressd_http_request_duration_seconds_bucket{{{l},le=\"0.001\"}} 1"),
             format!("ingressd_http_request_duration_seconds_bucket{{{l},le=\"0.005\"}} 1"),
             format!("ingressd_http_request_duration_seconds_bucket{{{l},le=\"0.01\"}} 2"),

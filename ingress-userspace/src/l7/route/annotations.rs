@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use hyper::StatusCode;
 
-use super::route::RouteWarning;
+use super::RouteWarning;
 
 pub const PREFIX: &str = "nginx.ingress.kubernetes.io/";
 

@@ -8,42 +8,19 @@ use hyper::{
     header::{self, HeaderMap, HeaderName, HeaderValue},
 };
 
-use super::inline_client::RequestHead;
+use crate::l7::http1::{head::RequestHead, tokens::is_hop_by_hop_text};
 
-pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(in crate::l7) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-pub(super) const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TRANSFER_ENCODING,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-];
-
-pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
-}
-
-/// The same for a name as it came on the wire, in any case.
-fn is_hop_by_hop_text(name: &[u8]) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name))
-}
-
 /// A request's header fields as bytes, in the order they came: hyper's
 /// header map, or the head the in-task server parsed (names in the case
 /// the client wrote them).
-pub(super) trait Fields {
+pub(in crate::l7) trait Fields {
     fn each<'s>(&'s self, f: impl FnMut(&'s [u8], &'s [u8]));
 
     /// The first value of a header; `name` in lower case.
@@ -71,7 +48,7 @@ impl Fields for HeaderMap {
 
 /// 128 random-looking bits as 32 hex digits: splitmix64 over a per-thread
 /// state seeded once from the kernel, so no system call per request.
-pub(super) fn request_id() -> HeaderValue {
+pub(in crate::l7) fn request_id() -> HeaderValue {
     thread_local! {
         static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
             let mut seed = [0u8; 8];
@@ -104,7 +81,7 @@ pub(super) fn request_id() -> HeaderValue {
 
 /// The headers the proxy sets on a request to an endpoint, as
 /// ingress-nginx does; computed once for either client.
-pub(super) struct Forwarding<'a> {
+pub(in crate::l7) struct Forwarding<'a> {
     client: IpAddr,
     /// X-Forwarded-For and Via as the client sent them: added to.
     prior_xff: Option<&'a [u8]>,
@@ -118,17 +95,17 @@ pub(super) struct Forwarding<'a> {
 }
 
 /// Who asked, for the forwarding headers.
-pub(super) struct Client {
-    pub(super) ip: IpAddr,
+pub(in crate::l7) struct Client {
+    pub(in crate::l7) ip: IpAddr,
     /// The port the client connected to.
-    pub(super) port: u16,
-    pub(super) tls: bool,
+    pub(in crate::l7) port: u16,
+    pub(in crate::l7) tls: bool,
 }
 
 impl<'a> Forwarding<'a> {
     /// `listed`: whether the request's Connection header names a header
     /// (then it is hop-by-hop: nothing to add to).
-    pub(super) fn new(
+    pub(in crate::l7) fn new(
         fields: &'a impl Fields,
         listed: impl Fn(&[u8]) -> bool,
         client: Client,
@@ -164,7 +141,7 @@ impl<'a> Forwarding<'a> {
     }
 
     /// Each header the proxy sets, with its value.
-    pub(super) fn each(&self, mut set: impl FnMut(&HeaderName, &[u8])) {
+    pub(in crate::l7) fn each(&self, mut set: impl FnMut(&HeaderName, &[u8])) {
         let ip = IpText::of(self.client);
         let ip = ip.as_bytes();
         match self.prior_xff {
@@ -189,7 +166,7 @@ impl<'a> Forwarding<'a> {
     }
 
     /// The same, as header values.
-    pub(super) fn owned(&self) -> Vec<(HeaderName, HeaderValue)> {
+    pub(in crate::l7) fn owned(&self) -> Vec<(HeaderName, HeaderValue)> {
         let mut out = Vec::with_capacity(8);
         self.each(|name, value| {
             if let Ok(v) = HeaderValue::from_bytes(value) {
@@ -202,7 +179,7 @@ impl<'a> Forwarding<'a> {
 
 /// The request head for the in-task client: the client's end-to-end
 /// headers, then the forwarding ones.
-pub(super) fn upstream_head(
+pub(in crate::l7) fn upstream_head(
     method: &Method,
     target: &str,
     fields: &impl Fields,
@@ -247,7 +224,7 @@ pub(super) fn upstream_head(
 }
 
 /// Cookies on one line, for hyper's client (see `upstream_head`).
-pub(super) fn joined_cookies(headers: &HeaderMap, listed: &[HeaderName]) -> Option<Vec<u8>> {
+pub(in crate::l7) fn joined_cookies(headers: &HeaderMap, listed: &[HeaderName]) -> Option<Vec<u8>> {
     if listed.contains(&header::COOKIE) {
         return None;
     }

@@ -15,13 +15,12 @@ use std::{
     pin::{Pin, pin},
     sync::Arc,
     task::{Context, Poll, ready},
-    time::Duration,
 };
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::{
-    Method, Response, StatusCode, Version,
+    Response, StatusCode, Version,
     body::Frame,
     header::{HeaderMap, HeaderName, HeaderValue},
 };
@@ -30,68 +29,43 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::forwarding::is_hop_by_hop;
-use super::idle::{IdleConns, Reusable};
-use super::proxy::{Body, BoxError, Outbound, UpstreamError, UpstreamResult, connect_endpoint};
+use super::{
+    Client, Failure, Timeouts,
+    body::{READ_GAP_EXPIRED, ReadGap},
+    connect_endpoint,
+    idle::{IdleConns, Reusable},
+};
+use crate::l7::{
+    body::Body,
+    error::{BoxError, ProxyError},
+    http1::{
+        chunked::{Chunk, Decoded, decode_chunked},
+        framing::{ResponseBody, response_body},
+        head::RequestHead,
+        tokens::{ConnectionTokens, is_hop_by_hop},
+    },
+};
 
 /// A response head larger than this is refused (502), as nginx's
 /// "upstream sent too big header".
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Response headers accepted per head (hyper's client allows 100).
 const MAX_HEADERS: usize = 100;
-/// Chunk-size lines and trailers are bounded like the head.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Reads ask for at least this much room.
 const READ_CHUNK: usize = 16 * 1024;
 /// Pooled connections tried before a new one is made: a stale one (closed
 /// by the endpoint meanwhile) is retried on, a run of them is not chased.
 const MAX_POOLED_TRIES: usize = 3;
 /// The in-task client: its idle connections, and what sends on them.
-pub(super) struct InlinePool {
-    pub(super) idle: Arc<IdleConns<TcpStream>>,
+pub(in crate::l7) struct FastPool {
+    pub(in crate::l7) idle: Arc<IdleConns<TcpStream>>,
 }
 
-impl InlinePool {
-    pub(super) fn new(idle_timeout: Duration) -> Self {
+impl FastPool {
+    pub(in crate::l7) fn new(idle_timeout: std::time::Duration) -> Self {
         Self {
             idle: IdleConns::new(idle_timeout),
         }
-    }
-
-    /// Sends a request without a body and returns the response, its body
-    /// still to be read from the endpoint.
-    /// `timeouts`: to connect, and between two reads of the body.
-    pub(super) async fn request(
-        &self,
-        addr: SocketAddr,
-        head: RequestHead,
-        (connect_timeout, read_timeout): (Duration, Duration),
-    ) -> UpstreamResult {
-        let is_head = head.is_head;
-        // A pooled connection the endpoint closed just now fails before any
-        // answer; the request goes again on another connection when that
-        // cannot do harm (RFC 9110 §9.2.2), as nginx does for idempotent
-        // requests.
-        for _ in 0..MAX_POOLED_TRIES {
-            let Some(stream) = self.idle.checkout(addr) else {
-                break;
-            };
-            match self
-                .exchange(addr, stream, &head.bytes, is_head, read_timeout)
-                .await
-            {
-                Ok(resp) => return Ok(resp),
-                Err(Failure::NoAnswer(_)) if head.may_repeat => {}
-                Err(e) => return Err(UpstreamError::sent(e.into_error())),
-            }
-        }
-        let stream = match connect_endpoint(addr, connect_timeout).await {
-            Ok(s) => s,
-            Err(e) => return Err(UpstreamError::connect(e, Outbound::Inline(head))),
-        };
-        self.exchange(addr, stream, &head.bytes, is_head, read_timeout)
-            .await
-            .map_err(|e| UpstreamError::sent(e.into_error()))
     }
 
     async fn exchange(
@@ -100,30 +74,30 @@ impl InlinePool {
         mut stream: TcpStream,
         head: &[u8],
         is_head: bool,
-        read_timeout: Duration,
-    ) -> Result<Response<Body>, Failure> {
-        stream.write_all(head).await.map_err(Failure::NoAnswer)?;
+        read_timeout: std::time::Duration,
+    ) -> Result<Response<Body>, Exchange> {
+        stream.write_all(head).await.map_err(Exchange::NoAnswer)?;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         // Once anything came back (a 1xx included), the request was seen.
         let mut answered = false;
         let parsed = loop {
-            match parse_response_head(&mut buf, is_head).map_err(Failure::Bad)? {
+            match parse_response_head(&mut buf, is_head).map_err(Exchange::Bad)? {
                 Some(Head::Informational) => continue,
                 Some(Head::Final(parsed)) => break parsed,
                 None => {}
             }
             if buf.len() >= MAX_HEAD_BYTES {
-                return Err(Failure::Bad("response head too large"));
+                return Err(Exchange::Bad("response head too large"));
             }
             buf.reserve(READ_CHUNK);
             match stream.read_buf(&mut buf).await {
                 Ok(0) if !answered => {
-                    return Err(Failure::NoAnswer(io::ErrorKind::UnexpectedEof.into()));
+                    return Err(Exchange::NoAnswer(io::ErrorKind::UnexpectedEof.into()));
                 }
-                Ok(0) => return Err(Failure::Bad("endpoint closed within the response head")),
+                Ok(0) => return Err(Exchange::Bad("endpoint closed within the response head")),
                 Ok(_) => answered = true,
-                Err(e) if !answered => return Err(Failure::NoAnswer(e)),
-                Err(_) => return Err(Failure::Bad("endpoint reset within the response head")),
+                Err(e) if !answered => return Err(Exchange::NoAnswer(e)),
+                Err(_) => return Err(Exchange::Bad("endpoint reset within the response head")),
             }
         };
         let Parsed {
@@ -131,7 +105,7 @@ impl InlinePool {
             framing,
             keep_alive,
         } = parsed;
-        let body = Inline {
+        let body = FastBody {
             stream: Some(stream),
             buf,
             framing,
@@ -140,6 +114,49 @@ impl InlinePool {
             gap: ReadGap::new(read_timeout),
         };
         Ok(response.map(|()| body.boxed()))
+    }
+}
+
+impl Client for FastPool {
+    type Request = RequestHead;
+
+    /// Sends a request without a body and returns the response, its body
+    /// still to be read from the endpoint. A pooled connection the
+    /// endpoint closed just now fails before any answer; the request goes
+    /// again on another connection when that cannot do harm (RFC 9110
+    /// §9.2.2), as nginx does for idempotent requests.
+    async fn send(
+        &self,
+        addr: SocketAddr,
+        head: RequestHead,
+        t: Timeouts,
+    ) -> Result<Response<Body>, Failure<RequestHead>> {
+        let is_head = head.is_head;
+        for _ in 0..MAX_POOLED_TRIES {
+            let Some(stream) = self.idle.checkout(addr) else {
+                break;
+            };
+            match self
+                .exchange(addr, stream, &head.bytes, is_head, t.read)
+                .await
+            {
+                Ok(resp) => return Ok(resp),
+                Err(Exchange::NoAnswer(_)) if head.may_repeat => {}
+                Err(e) => return Err(Failure::sent(e.into_error())),
+            }
+        }
+        let stream = match connect_endpoint(addr, t.connect).await {
+            Ok(s) => s,
+            Err(error) => {
+                return Err(Failure {
+                    error,
+                    unsent: Some(head),
+                });
+            }
+        };
+        self.exchange(addr, stream, &head.bytes, is_head, t.read)
+            .await
+            .map_err(|e| Failure::sent(e.into_error()))
     }
 }
 
@@ -159,85 +176,24 @@ impl Reusable for TcpStream {
     }
 }
 
-fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
-enum Failure {
+/// How one exchange on one connection failed.
+enum Exchange {
     /// Nothing came back: the connection was dead before the request.
     NoAnswer(io::Error),
     /// The endpoint answered something that is not HTTP/1.1 we accept.
     Bad(&'static str),
 }
 
-impl Failure {
-    fn into_error(self) -> BoxError {
+impl Exchange {
+    fn into_error(self) -> ProxyError {
         match self {
-            Failure::NoAnswer(e) => Box::new(e),
-            Failure::Bad(why) => why.into(),
+            Exchange::NoAnswer(e) => ProxyError::UpstreamFailed(Box::new(e)),
+            Exchange::Bad(why) => ProxyError::UpstreamProtocol(why.into()),
         }
     }
 }
 
-/// A request head as it goes on the wire, and what the client needs to
-/// know about it.
-pub(super) struct RequestHead {
-    bytes: Vec<u8>,
-    is_head: bool,
-    may_repeat: bool,
-}
-
-impl RequestHead {
-    /// `METHOD /path?query HTTP/1.1` (origin form).
-    pub(super) fn new(method: &Method, target: &str, headers: usize) -> Self {
-        let mut bytes = Vec::with_capacity(64 + target.len() + headers * 48);
-        bytes.extend_from_slice(method.as_str().as_bytes());
-        bytes.push(b' ');
-        // An absolute-form request ("GET http://host?a=1") has no path:
-        // origin form needs one.
-        if !target.starts_with('/') {
-            bytes.push(b'/');
-        }
-        bytes.extend_from_slice(target.as_bytes());
-        bytes.extend_from_slice(b" HTTP/1.1\r\n");
-        Self {
-            bytes,
-            is_head: method == Method::HEAD,
-            may_repeat: idempotent(method),
-        }
-    }
-
-    /// Names and values come from header maps: checked already.
-    pub(super) fn header(&mut self, name: &[u8], value: &[u8]) {
-        self.bytes.extend_from_slice(name);
-        self.bytes.extend_from_slice(b": ");
-        self.bytes.extend_from_slice(value);
-        self.bytes.extend_from_slice(b"\r\n");
-    }
-
-    /// One header line from several values, joined by `sep`.
-    pub(super) fn joined_header(&mut self, name: &[u8], values: &[&[u8]], sep: &[u8]) {
-        self.bytes.extend_from_slice(name);
-        self.bytes.extend_from_slice(b": ");
-        for (i, value) in values.iter().enumerate() {
-            if i > 0 {
-                self.bytes.extend_from_slice(sep);
-            }
-            self.bytes.extend_from_slice(value);
-        }
-        self.bytes.extend_from_slice(b"\r\n");
-    }
-
-    pub(super) fn finish(mut self) -> Self {
-        self.bytes.extend_from_slice(b"\r\n");
-        self
-    }
-}
-
-/// How the response body ends (RFC 9112 §6.3).
+/// Where the response body is in its framing (RFC 9112 §6.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Framing {
     /// This many bytes are left.
@@ -245,16 +201,6 @@ enum Framing {
     Chunked(Chunk),
     /// Until the endpoint closes the connection.
     Close,
-}
-
-/// Where the chunked decoder is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Chunk {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailers,
-    Done,
 }
 
 #[derive(Debug)]
@@ -300,12 +246,17 @@ fn parse_response_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>
         return Ok(Some(Head::Informational));
     }
     let http10 = parsed.version == Some(0);
-    if http10 && has_header(parsed.headers, "transfer-encoding") {
-        // RFC 9112 §6.1: faulty framing from an HTTP/1.0 sender.
-        return Err("Transfer-Encoding in an HTTP/1.0 response");
+    let framing = match response_body(status, is_head, http10, parsed.headers)? {
+        ResponseBody::Length(n) => Framing::Length(n),
+        ResponseBody::Chunked => Framing::Chunked(Chunk::Size),
+        ResponseBody::Close => Framing::Close,
+    };
+    let mut connection = ConnectionTokens::default();
+    for h in parsed.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            connection.add(h.value);
+        }
     }
-    let framing = framing(status, is_head, parsed.headers)?;
-    let connection = Connection::of(parsed.headers);
     let keep_alive = framing != Framing::Close && connection.keeps_alive(http10);
     // Header values become slices of the head: no copy per header.
     let base = buf.as_ptr() as usize;
@@ -313,7 +264,7 @@ fn parse_response_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| "invalid response header name")?;
-        if is_hop_by_hop(&name) || connection.names(h.name) {
+        if is_hop_by_hop(&name) || connection.names(h.name.as_bytes()) {
             continue;
         }
         let start = h.value.as_ptr() as usize - base;
@@ -337,200 +288,10 @@ fn parse_response_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>
     })))
 }
 
-fn has_header(headers: &[httparse::Header<'_>], name: &str) -> bool {
-    headers.iter().any(|h| h.name.eq_ignore_ascii_case(name))
-}
-
-/// Every value of one header, split at commas and trimmed.
-fn tokens<'a>(
-    headers: &'a [httparse::Header<'a>],
-    name: &'static str,
-) -> impl Iterator<Item = &'a [u8]> + 'a {
-    headers
-        .iter()
-        .filter(move |h| h.name.eq_ignore_ascii_case(name))
-        .flat_map(|h| h.value.split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-}
-
-/// RFC 9112 §6.3: no body for HEAD, 204 and 304; Transfer-Encoding,
-/// then Content-Length, else until close. Both at once is refused, as
-/// nginx does: it is how responses are smuggled.
-fn framing(
-    status: StatusCode,
-    is_head: bool,
-    headers: &[httparse::Header<'_>],
-) -> Result<Framing, &'static str> {
-    if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok(Framing::Length(0));
-    }
-    let has = |name: &str| has_header(headers, name);
-    let te = has("transfer-encoding");
-    if te && has("content-length") {
-        return Err("both Transfer-Encoding and Content-Length in the response");
-    }
-    if te {
-        return Ok(match tokens(headers, "transfer-encoding").last() {
-            Some(t) if t.eq_ignore_ascii_case(b"chunked") => Framing::Chunked(Chunk::Size),
-            _ => Framing::Close,
-        });
-    }
-    let mut length = None;
-    // Every comma-separated item must be digits: an empty one is as wrong
-    // as a sign or a letter (not skipped as in list headers).
-    let items = headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .flat_map(|h| h.value.split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii);
-    for part in items {
-        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
-            return Err("invalid Content-Length");
-        }
-        let n: u64 = std::str::from_utf8(part)
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .ok_or("invalid Content-Length")?;
-        if length.is_some_and(|l| l != n) {
-            return Err("conflicting Content-Length values");
-        }
-        length = Some(n);
-    }
-    Ok(length.map_or(Framing::Close, Framing::Length))
-}
-
-/// What the response's `Connection` header says.
-struct Connection<'a> {
-    close: bool,
-    keep_alive: bool,
-    /// Other tokens: names of headers that are hop-by-hop for this message.
-    named: Vec<&'a [u8]>,
-}
-
-impl<'a> Connection<'a> {
-    fn of(headers: &'a [httparse::Header<'a>]) -> Self {
-        let mut c = Connection {
-            close: false,
-            keep_alive: false,
-            named: Vec::new(),
-        };
-        for token in tokens(headers, "connection") {
-            if token.eq_ignore_ascii_case(b"close") {
-                c.close = true;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                c.keep_alive = true;
-            } else {
-                c.named.push(token);
-            }
-        }
-        c
-    }
-
-    /// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only
-    /// when told `keep-alive`.
-    fn keeps_alive(&self, http10: bool) -> bool {
-        !self.close && (!http10 || self.keep_alive)
-    }
-
-    fn names(&self, header: &str) -> bool {
-        self.named
-            .iter()
-            .any(|n| n.eq_ignore_ascii_case(header.as_bytes()))
-    }
-}
-
-/// What the chunked decoder got out of the buffer.
-#[derive(Debug, PartialEq, Eq)]
-enum Decoded {
-    Data(Bytes),
-    NeedMore,
-    Done,
-}
-
-/// The length of the CRLF-ended line at the start of `buf`, CRLF
-/// included; `None` while it is incomplete. A bare LF or another control
-/// character in it (HTAB aside) is refused: lenient chunk lines are how
-/// requests and responses get smuggled past a proxy.
-fn line(buf: &[u8]) -> Result<Option<usize>, &'static str> {
-    let Some(lf) = buf.iter().position(|&b| b == b'\n') else {
-        return if buf.len() < MAX_CHUNK_LINE {
-            Ok(None)
-        } else {
-            Err("chunk line too long")
-        };
-    };
-    let Some(text) = buf[..lf].strip_suffix(b"\r") else {
-        return Err("chunk line not ended by CRLF");
-    };
-    if text.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-        return Err("control character in a chunk line");
-    }
-    Ok(Some(lf + 1))
-}
-
-/// Takes the next piece of a chunked body off `buf`.
-fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, &'static str> {
-    loop {
-        match *state {
-            Chunk::Size => {
-                let Some(end) = line(buf)? else {
-                    return Ok(Decoded::NeedMore);
-                };
-                match httparse::parse_chunk_size(&buf[..end]) {
-                    Ok(httparse::Status::Complete((used, size))) if used == end => {
-                        buf.advance(end);
-                        *state = if size == 0 {
-                            Chunk::Trailers
-                        } else {
-                            Chunk::Data(size)
-                        };
-                    }
-                    _ => return Err("invalid chunk size"),
-                }
-            }
-            Chunk::Data(left) => {
-                if buf.is_empty() {
-                    return Ok(Decoded::NeedMore);
-                }
-                let take = left.min(buf.len() as u64);
-                let rest = left - take;
-                *state = if rest == 0 {
-                    Chunk::DataEnd
-                } else {
-                    Chunk::Data(rest)
-                };
-                return Ok(Decoded::Data(buf.split_to(take as usize).freeze()));
-            }
-            Chunk::DataEnd => {
-                if buf.len() < 2 {
-                    return Ok(Decoded::NeedMore);
-                }
-                if &buf[..2] != b"\r\n" {
-                    return Err("chunk not followed by CRLF");
-                }
-                buf.advance(2);
-                *state = Chunk::Size;
-            }
-            // Trailer fields are read and dropped: they would reach the
-            // client only if it asked for them (TE: trailers).
-            Chunk::Trailers => match line(buf)? {
-                Some(2) => {
-                    buf.advance(2);
-                    *state = Chunk::Done;
-                }
-                Some(end) => buf.advance(end),
-                None => return Ok(Decoded::NeedMore),
-            },
-            Chunk::Done => return Ok(Decoded::Done),
-        }
-    }
-}
-
 /// The response body, read from the endpoint's connection as the client
 /// takes it. Once read to its end the connection goes back to the pool
 /// (if the endpoint keeps it alive); dropped before, it is closed.
-struct Inline {
+struct FastBody {
     stream: Option<TcpStream>,
     buf: BytesMut,
     framing: Framing,
@@ -539,40 +300,7 @@ struct Inline {
     gap: ReadGap,
 }
 
-/// nginx's proxy_read_timeout for a body: the time between two reads, not
-/// for the whole body. The timer is made only once a read has to wait.
-pub(super) struct ReadGap {
-    limit: Duration,
-    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl ReadGap {
-    pub(super) fn new(limit: Duration) -> Self {
-        Self {
-            limit,
-            waiting: None,
-        }
-    }
-
-    /// Something was read: the next gap starts afresh.
-    pub(super) fn read(&mut self) {
-        self.waiting = None;
-    }
-
-    /// A read has to wait: whether the gap has gone on too long.
-    pub(super) fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let limit = self.limit;
-        let timer = self
-            .waiting
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        timer.as_mut().poll(cx).is_ready()
-    }
-}
-
-/// What a body's reader is told when its endpoint went quiet.
-pub(super) const READ_GAP_EXPIRED: &str = "endpoint sent nothing within the read timeout";
-
-impl Inline {
+impl FastBody {
     fn finish(&mut self) {
         if let Some(stream) = self.stream.take()
             && self.keep_alive
@@ -608,7 +336,7 @@ impl Inline {
     }
 }
 
-impl hyper::body::Body for Inline {
+impl hyper::body::Body for FastBody {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -676,7 +404,7 @@ impl hyper::body::Body for Inline {
     }
 }
 
-impl Drop for Inline {
+impl Drop for FastBody {
     fn drop(&mut self) {
         // A body with nothing left (HEAD, 204, Content-Length: 0) may never
         // be polled: it is whole all the same.
@@ -689,6 +417,8 @@ impl Drop for Inline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::Method;
+    use std::time::Duration;
 
     fn head(text: &str, is_head: bool) -> Result<Option<Head>, &'static str> {
         let mut buf = BytesMut::from(text.as_bytes());
@@ -796,52 +526,6 @@ mod tests {
         assert_eq!(&buf[..], b"hi");
     }
 
-    #[test]
-    fn chunked_bodies_decode_across_any_split() {
-        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n";
-        for split in 0..wire.len() {
-            let mut state = Chunk::Size;
-            let mut buf = BytesMut::from(&wire[..split]);
-            let mut rest = &wire[split..];
-            let mut out = Vec::new();
-            for _ in 0..100 {
-                match decode_chunked(&mut state, &mut buf).expect("valid") {
-                    Decoded::Data(d) => out.extend_from_slice(&d),
-                    Decoded::NeedMore => {
-                        assert!(!rest.is_empty(), "split {split}: stuck");
-                        buf.extend_from_slice(&rest[..1]);
-                        rest = &rest[1..];
-                    }
-                    Decoded::Done => break,
-                }
-            }
-            assert_eq!(out, b"hello world", "split {split}");
-            assert_eq!(state, Chunk::Done);
-            assert!(buf.is_empty() && rest.is_empty(), "split {split}");
-        }
-        for bad in [
-            &b"zz\r\n"[..],
-            b"5\r\nhelloXX",
-            b"ffffffffffffffffff\r\n",
-            // Bare LF and other controls in a size line or a trailer.
-            b"5;a\nb\r\nhello\r\n0\r\n\r\n",
-            b"5\n",
-            b"5;a\x00b\r\nhello\r\n",
-            b"0\r\nX-T: a\nb\r\n\r\n",
-        ] {
-            let mut state = Chunk::Size;
-            let mut buf = BytesMut::from(bad);
-            let mut result = Ok(Decoded::NeedMore);
-            for _ in 0..10 {
-                result = decode_chunked(&mut state, &mut buf);
-                if !matches!(result, Ok(Decoded::Data(_))) {
-                    break;
-                }
-            }
-            assert!(result.is_err(), "{bad:?}: {result:?}");
-        }
-    }
-
     /// A connected pair on loopback: (ours, the endpoint's side).
     async fn pair() -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -919,7 +603,7 @@ mod tests {
     #[tokio::test]
     async fn a_stale_pooled_connection_is_retried_only_when_that_is_safe() {
         let addr = endpoint().await;
-        let pool = InlinePool::new(Duration::from_secs(60));
+        let pool = FastPool::new(Duration::from_secs(60));
         for (method, retried) in [(Method::GET, true), (Method::POST, false)] {
             // Closed by the endpoint, and no await since: the reactor has
             // not seen it, so the pool still takes it for alive.
@@ -927,8 +611,11 @@ mod tests {
             drop(theirs);
             pool.idle.checkin(addr, ours);
             let head = RequestHead::new(&method, "/", 1).finish();
-            let timeouts = (Duration::from_secs(5), Duration::from_secs(5));
-            let result = pool.request(addr, head, timeouts).await;
+            let timeouts = Timeouts {
+                connect: Duration::from_secs(5),
+                read: Duration::from_secs(5),
+            };
+            let result = pool.send(addr, head, timeouts).await;
             match result {
                 Ok(resp) if retried => {
                     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -956,10 +643,13 @@ mod tests {
                 .await;
             let _ = held.await;
         });
-        let pool = InlinePool::new(Duration::from_secs(60));
+        let pool = FastPool::new(Duration::from_secs(60));
         let head = RequestHead::new(&Method::GET, "/", 1).finish();
-        let timeouts = (Duration::from_secs(5), Duration::from_millis(300));
-        let resp = match pool.request(addr, head, timeouts).await {
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(5),
+            read: Duration::from_millis(300),
+        };
+        let resp = match pool.send(addr, head, timeouts).await {
             Ok(resp) => resp,
             Err(e) => panic!("head: {}", e.error),
         };
@@ -970,25 +660,5 @@ mod tests {
         assert!(body.is_err(), "a cut-off body is an error");
         assert!(started.elapsed() >= Duration::from_millis(300));
         drop(hold);
-    }
-
-    #[test]
-    fn request_head_in_origin_form() {
-        let mut head = RequestHead::new(&Method::GET, "/a/b?c=d", 2);
-        head.header(b"host", b"shop.test");
-        head.header(b"x-forwarded-for", b"198.18.0.1");
-        let head = head.finish();
-        assert_eq!(
-            String::from_utf8(head.bytes).unwrap(),
-            "GET /a/b?c=d HTTP/1.1\r\nhost: shop.test\r\nx-forwarded-for: 198.18.0.1\r\n\r\n"
-        );
-        assert!(!head.is_head && head.may_repeat);
-        // Absolute form without a path ("GET http://host?a=1").
-        let head = RequestHead::new(&Method::GET, "?a=1", 0).finish();
-        assert!(head.bytes.starts_with(b"GET /?a=1 HTTP/1.1\r\n"));
-        let head = RequestHead::new(&Method::HEAD, "/", 0).finish();
-        assert!(head.is_head && head.may_repeat);
-        // Sent once and failed: a POST is not sent again.
-        assert!(!RequestHead::new(&Method::POST, "/", 0).may_repeat);
     }
 }

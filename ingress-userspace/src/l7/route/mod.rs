@@ -16,10 +16,11 @@ use std::{
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 
-use super::{
-    annotations::{self, Policy},
-    stats::StatsHandle,
-};
+use self::annotations::Policy;
+use crate::l7::stats::StatsHandle;
+
+pub mod annotations;
+pub mod path;
 use crate::manifest::{ObjectKey, Snapshot};
 
 /// Our IngressClass name and controller name.

@@ -1,0 +1,162 @@
+//! Listening: the accept loops of the HTTP, HTTPS and default-backend
+//! ports, with their socket options and connection caps. Each accepted
+//! connection is served on a task of its own (`server`).
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use hyper::{Request, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::net::TcpListener;
+
+use super::{
+    body::text,
+    pipeline::Conn,
+    server::{self, Proxy},
+};
+
+/// Socket options on the listener that accepted sockets inherit (Linux).
+///
+/// - TCP_NODELAY: saves a setsockopt per connection.
+/// - TCP_DEFER_ACCEPT (nginx's `listen ... deferred`): the kernel hands a
+///   connection to accept only once its first bytes are in, so the first
+///   read finds the request instead of waiting a wake-up for it, and a
+///   connection that sends nothing costs no task, no `--max-connections`
+///   slot and no header timer until it does (or until the kernel gives up
+///   deferring it after about a second and hands it over anyway). Every
+///   protocol served here has the client speak first (HTTP/1, the HTTP/2
+///   preface, a TLS ClientHello).
+fn tune_listener(listener: &TcpListener) {
+    set_tcp_option(listener, libc::TCP_NODELAY, 1, "TCP_NODELAY");
+    set_tcp_option(listener, libc::TCP_DEFER_ACCEPT, 1, "TCP_DEFER_ACCEPT");
+}
+
+fn set_tcp_option(listener: &TcpListener, name: libc::c_int, value: libc::c_int, what: &str) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: setsockopt on a socket we own, with a c_int of its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), option = what, "setting a listener option");
+    }
+}
+
+async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            // TCP_NODELAY comes from the listener (set_nodelay).
+            Ok(pair) => return pair,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Accepts until shutdown begins, at most `--max-connections` at once,
+/// and serves each connection on a task of its own.
+async fn accept_loop<F, Fut>(listener: TcpListener, proxy: Arc<Proxy>, serve_one: F)
+where
+    F: Fn(tokio::net::TcpStream, Conn, Arc<Proxy>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    tune_listener(&listener);
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        proxy.limits().max_connections.max(1),
+    ));
+    // One wait for shutdown for the whole loop: made anew per connection it
+    // would subscribe and register twice for every accept.
+    let stop = proxy.stopped();
+    tokio::pin!(stop);
+    loop {
+        // Dropping the listener on shutdown refuses new connections; shutdown
+        // is checked first, also while waiting for a free slot.
+        let permit = tokio::select! {
+            biased;
+            () = &mut stop => return,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = &mut stop => return,
+            a = accept(&listener) => a,
+        };
+        let conn = Conn {
+            peer,
+            local,
+            tls: false,
+        };
+        // The permit goes with the connection's future, not into an async
+        // block around it: that would hold the future twice (as captured
+        // and as awaited), and tasks are copied into place when spawned.
+        let served = serve_one(stream, conn, proxy.clone());
+        tokio::spawn(futures_util::FutureExt::map(served, move |()| drop(permit)));
+    }
+}
+
+/// Serves plain HTTP on `listener` until shutdown.
+pub async fn serve_http(listener: TcpListener, proxy: Arc<Proxy>) {
+    accept_loop(listener, proxy, server::serve_plain).await
+}
+
+/// Serves HTTPS on `listener`: TLS handshake (bounded in time), then HTTP.
+pub async fn serve_https(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    config: Arc<rustls::ServerConfig>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    accept_loop(listener, proxy, move |stream, conn, proxy| {
+        let acceptor = acceptor.clone();
+        async move {
+            let conn = Conn { tls: true, ..conn };
+            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => server::serve_tls(tls, conn, proxy).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(client = %conn.peer, error = %e, "TLS handshake failed")
+                }
+                Err(_) => tracing::debug!(client = %conn.peer, "TLS handshake timed out"),
+            }
+        }
+    })
+    .await
+}
+
+/// The default backend on its own port (`--default-backend-addr`), as
+/// ingress-nginx's: 404 for everything, 200 on /healthz.
+pub async fn serve_default_backend(listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        tokio::spawn(async move {
+            let svc = service_fn(|req: Request<Incoming>| async move {
+                Ok::<_, Infallible>(if req.uri().path() == "/healthz" {
+                    text(StatusCode::OK, "ok\n")
+                } else {
+                    text(StatusCode::NOT_FOUND, "default backend - 404\n")
+                })
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

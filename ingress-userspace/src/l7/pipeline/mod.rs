@@ -1,0 +1,662 @@
+//! The request pipeline, one for both servers: check the head → route →
+//! policy (the answers an Ingress gives itself) → rewrite and forwarding
+//! headers → upstream → respond → log. A failure anywhere is a
+//! `ProxyError`, turned into a status in one place. The route table is
+//! swapped whole (`ArcSwap`) and read once per request: a change never
+//! drops a connection.
+use std::{
+    borrow::Cow, collections::HashSet, fmt::Write as _, net::SocketAddr, sync::Arc, time::Instant,
+};
+
+use arc_swap::ArcSwap;
+use http_body_util::BodyExt as _;
+use hyper::{
+    Method, Request, Response, Uri, Version,
+    body::Incoming,
+    header::{self, HeaderValue},
+    http::uri::PathAndQuery,
+};
+
+pub mod counted;
+pub mod forwarding;
+mod log;
+mod policy;
+pub mod request;
+
+use self::{
+    counted::Counted,
+    forwarding::{Client, Forwarding, X_REQUEST_ID, joined_cookies, request_id, upstream_head},
+    request::ClientHead,
+};
+use super::{
+    body::Body,
+    error::ProxyError,
+    http1::tokens::{connection_listed, named, strip_listed_and_hop_by_hop, wants_trailers},
+    limits::Limits,
+    route::{Match, Route, RouteTable, Upstream, normalize_host, rewrite_path},
+    stats::{LabelStats, Labels, Registry, StatsHandle},
+    upstream::{
+        Outbound, Timeouts, Upstreams,
+        body::{BodyWatch, ClientBody, ReqBody, drain},
+    },
+};
+
+/// Who is asking, for the forwarding headers and the log.
+#[derive(Clone, Copy, Debug)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+}
+
+impl Conn {
+    fn client(&self) -> Client {
+        Client {
+            ip: self.peer.ip(),
+            port: self.local.port(),
+            tls: self.tls,
+        }
+    }
+}
+
+/// Labels of requests answered by the built-in default backend.
+const DEFAULT_LABEL: (&str, &str) = ("-", "default-backend");
+
+/// What became of a request.
+pub enum Handled {
+    /// The answer, and where its bytes are counted.
+    Answer(Response<Body>, Arc<LabelStats>),
+    /// Untouched: only hyper's client can forward it (an HTTP/2 endpoint),
+    /// so the fast server hands its connection to hyper's.
+    HandBack,
+    /// The client left before the answer (counted as 499).
+    ClientLeft,
+}
+
+/// What the pipeline reads of every request, from either server.
+struct Head<'a> {
+    method: &'a Method,
+    target: &'a PathAndQuery,
+    host: Option<&'a str>,
+    /// Came over HTTP/2 (HPACK heads are held to --max-headers here).
+    h2: bool,
+    headers: usize,
+}
+
+/// Where the rest of the request is. (Moved once into the request's
+/// future, which holds the request whole either way: no box for it.)
+#[allow(clippy::large_enum_variant)]
+enum Source<'a> {
+    /// Read by the fast server: a head, no body, no upgrade.
+    Fast(&'a ClientHead),
+    Hyper(Request<Incoming>),
+}
+
+/// The request as it goes out, with what is needed to see its answer back.
+struct Outgoing {
+    out: Outbound,
+    /// The client's side of an upgrade it asked for.
+    downstream: Option<hyper::upgrade::OnUpgrade>,
+    request_id: HeaderValue,
+    watch: Option<Arc<BodyWatch>>,
+}
+
+/// How the forwarding phases ended.
+enum Forwarded {
+    Done(Result<Response<Body>, ProxyError>),
+    HandBack,
+}
+
+pub struct Pipeline {
+    routes: ArcSwap<RouteTable>,
+    upstreams: Upstreams,
+    limits: Limits,
+    registry: Registry,
+    /// Where requests answered by the built-in default backend are counted.
+    default_stats: Arc<LabelStats>,
+    /// `--http1-fast-path`: the fast client takes requests without a body.
+    fast_path: bool,
+}
+
+impl Pipeline {
+    pub fn new(limits: Limits, fast_path: bool) -> Self {
+        let registry = Registry::default();
+        let default_stats = registry.get(&default_label());
+        Self {
+            routes: ArcSwap::from_pointee(RouteTable::default()),
+            upstreams: Upstreams::new(limits.idle_keepalive),
+            limits,
+            registry,
+            default_stats,
+            fast_path,
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes.load_full()
+    }
+
+    /// Publishes a new table; requests in flight finish on the old one.
+    pub fn swap_routes(&self, table: RouteTable) {
+        let mut table = table;
+        let mut routes: Vec<&mut Route> = table.routes_mut().collect();
+        let mut labels: Vec<Labels> = routes.iter().map(|r| label(r)).collect();
+        // The built-in default backend's counters live on too.
+        labels.push(default_label());
+        let handles = self.registry.publish(&labels);
+        for (route, stats) in routes.iter_mut().zip(handles) {
+            route.stats = StatsHandle(Some(stats));
+        }
+        let live: HashSet<SocketAddr> = table.endpoints().collect();
+        self.routes.store(Arc::new(table));
+        self.upstreams.retain(&live);
+    }
+
+    /// A request the fast server read. `gone` resolves if the client
+    /// leaves while the request is out: the request is dropped.
+    pub async fn handle_fast(
+        &self,
+        req: &ClientHead,
+        conn: Conn,
+        gone: impl std::future::Future<Output = ()>,
+    ) -> Handled {
+        let head = Head {
+            method: req.method(),
+            target: req.target(),
+            host: req.host(),
+            h2: false,
+            headers: 0,
+        };
+        self.run(&head, Source::Fast(req), conn, gone).await
+    }
+
+    /// A request hyper's server read.
+    pub async fn handle_hyper(&self, req: Request<Incoming>, conn: Conn) -> Response<Counted> {
+        // Kept for the log line after the request has moved on: the URI
+        // and Host header share the request's buffer (no copy).
+        let uri = req.uri().clone();
+        let host_header = req.headers().get(header::HOST).cloned();
+        let method = req.method().clone();
+        let root;
+        let target = match uri.path_and_query() {
+            Some(pq) => pq,
+            None => {
+                root = PathAndQuery::from_static("/");
+                &root
+            }
+        };
+        let head = Head {
+            method: &method,
+            target,
+            host: uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| host_header.as_ref().and_then(|h| h.to_str().ok())),
+            h2: req.version() == Version::HTTP_2,
+            headers: req.headers().len(),
+        };
+        let never = std::future::pending();
+        match self.run(&head, Source::Hyper(req), conn, never).await {
+            Handled::Answer(resp, stats) => resp.map(|inner| Counted::new(inner, stats)),
+            // Neither happens on hyper's server; answered all the same.
+            Handled::HandBack | Handled::ClientLeft => {
+                let resp = ProxyError::ClientLeft.respond();
+                resp.map(|inner| Counted::new(inner, self.default_stats.clone()))
+            }
+        }
+    }
+
+    /// The pipeline itself.
+    async fn run(
+        &self,
+        head: &Head<'_>,
+        src: Source<'_>,
+        conn: Conn,
+        gone: impl std::future::Future<Output = ()>,
+    ) -> Handled {
+        let started = Instant::now();
+        // Held to the end: the chosen route is borrowed from it.
+        let table = self.routes.load_full();
+        let mut route = None;
+        let forwarded = async {
+            check(head, &self.limits)?;
+            let r = match table.lookup(head.host, head.target.path()) {
+                Match::Route(r) | Match::Default(Some(r)) => r,
+                Match::Default(None) => return Err(ProxyError::NoRoute),
+            };
+            route = Some(r);
+            if let Some(answer) = policy::answer_here(head.target, r, conn, head.host)? {
+                return Ok(Forwarded::Done(Ok(answer)));
+            }
+            Ok(self.forward(head, src, r, conn).await)
+        };
+        let outcome = tokio::select! {
+            biased;
+            f = forwarded => match f {
+                Ok(Forwarded::HandBack) => return Handled::HandBack,
+                Ok(Forwarded::Done(result)) => result,
+                Err(e) => Err(e),
+            },
+            () = gone => Err(ProxyError::ClientLeft),
+        };
+        let (resp, error) = match outcome {
+            Ok(resp) => (resp, None),
+            Err(e) => {
+                if e.blame() != super::error::Blame::Client {
+                    tracing::debug!(error = %e, "request failed");
+                }
+                (e.respond(), Some(e))
+            }
+        };
+        let stats = self.account(route, &resp, error.as_ref(), started, head, conn);
+        if matches!(error, Some(ProxyError::ClientLeft)) {
+            return Handled::ClientLeft;
+        }
+        Handled::Answer(resp, stats)
+    }
+
+    /// Endpoint, rewrite and headers, send, and the answer's own headers.
+    async fn forward(
+        &self,
+        head: &Head<'_>,
+        src: Source<'_>,
+        route: &Route,
+        conn: Conn,
+    ) -> Forwarded {
+        let addrs = match endpoints(route).await {
+            Ok(addrs) => addrs,
+            Err(e) => return Forwarded::Done(Err(e)),
+        };
+        let h2 = speaks_h2_upstream(route);
+        let prepared = match src {
+            Source::Fast(_) if h2 => return Forwarded::HandBack,
+            Source::Fast(req) => self.prepare_fast(req, head, route, conn, addrs[0]),
+            Source::Hyper(req) => self.prepare_hyper(req, head, route, conn, addrs[0], h2),
+        };
+        let outgoing = match prepared {
+            Ok(o) => o,
+            Err(e) => return Forwarded::Done(Err(e)),
+        };
+        let t = Timeouts {
+            connect: route
+                .policy
+                .connect_timeout
+                .unwrap_or(self.limits.upstream_connect_timeout),
+            read: route
+                .policy
+                .read_timeout
+                .unwrap_or(self.limits.upstream_response_timeout),
+        };
+        let Outgoing {
+            out,
+            mut downstream,
+            request_id,
+            watch,
+        } = outgoing;
+        // Boxed: made in place once, where inline it would be copied into
+        // each of the futures awaiting it, per request.
+        let sent =
+            Box::pin(
+                self.upstreams
+                    .send(out, watch.as_deref(), &addrs, t, route.upstream.name()),
+            )
+            .await;
+        Forwarded::Done(sent.map(|mut resp| {
+            if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS
+                && let Some(down) = downstream.take()
+            {
+                let up = hyper::upgrade::on(&mut resp);
+                tokio::spawn(splice(down, up));
+                return resp;
+            }
+            resp.headers_mut().insert(X_REQUEST_ID, request_id);
+            resp
+        }))
+    }
+
+    /// A fast-server request, for the fast client: no body, no upgrade,
+    /// HTTP/1.1 to the endpoint.
+    fn prepare_fast(
+        &self,
+        req: &ClientHead,
+        head: &Head<'_>,
+        route: &Route,
+        conn: Conn,
+        first: SocketAddr,
+    ) -> Result<Outgoing, ProxyError> {
+        let target = rewritten(route, head.target)?;
+        let request_id = req
+            .value("x-request-id")
+            .and_then(|v| HeaderValue::from_maybe_shared(v).ok())
+            .unwrap_or_else(request_id);
+        let forwarding = Forwarding::new(
+            req,
+            |name| req.listed(name),
+            conn.client(),
+            head.host,
+            route.policy.upstream_vhost.as_deref(),
+            &request_id,
+        );
+        let upstream = upstream_head(
+            head.method,
+            target.as_str(),
+            req,
+            |name| req.listed(name),
+            &forwarding,
+            first,
+        );
+        if !self.fast_path {
+            // Never here: with the fast path off the fast server reads
+            // nothing. Kept correct all the same.
+            return Err(ProxyError::BadHead("fast path is off"));
+        }
+        Ok(Outgoing {
+            out: Outbound::Fast(upstream),
+            downstream: None,
+            request_id,
+            watch: None,
+        })
+    }
+
+    /// A hyper-server request: forwarding headers, rewrite and body limits.
+    /// No await in here: what lives across the send is only what
+    /// `Outgoing` holds, which keeps the request's future small.
+    fn prepare_hyper(
+        &self,
+        mut req: Request<Incoming>,
+        head: &Head<'_>,
+        route: &Route,
+        conn: Conn,
+        first: SocketAddr,
+        h2: bool,
+    ) -> Result<Outgoing, ProxyError> {
+        // What Connection names, read once: hop-by-hop headers, and
+        // whether an upgrade (WebSocket and others) is asked for. Both
+        // sides' connections are then taken over once the endpoint
+        // answers 101, and spliced together.
+        let listed = connection_listed(req.headers());
+        let upgrade = listed
+            .contains(&header::UPGRADE)
+            .then(|| req.headers().get(header::UPGRADE).cloned())
+            .flatten();
+        let downstream = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let request_id = parts
+            .headers
+            .get(X_REQUEST_ID)
+            .cloned()
+            .unwrap_or_else(request_id);
+        let policy = &route.policy;
+        let path_and_query = rewritten(route, head.target)?;
+        let max_body = policy.max_body.unwrap_or(self.limits.max_body_bytes);
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if max_body > 0 && declared.is_some_and(|n| n > max_body) {
+            // Read and drop what the client still sends (bounded), so it
+            // gets to read the 413 instead of a reset (nginx's lingering close).
+            tokio::spawn(drain(body));
+            return Err(ProxyError::BodyTooLarge);
+        }
+        // From the body itself, as hyper framed it.
+        let bodiless = hyper::body::Body::is_end_stream(&body);
+        let forwarding = Forwarding::new(
+            &parts.headers,
+            named(&listed),
+            conn.client(),
+            head.host,
+            policy.upstream_vhost.as_deref(),
+            &request_id,
+        );
+        // The common request (no body, no upgrade, HTTP/1.1 to the
+        // endpoint) is written out here and answered in this task; the
+        // others need hyper's client to stream both ways.
+        if self.fast_path && !h2 && bodiless && downstream.is_none() {
+            let upstream = upstream_head(
+                &parts.method,
+                path_and_query.as_str(),
+                &parts.headers,
+                named(&listed),
+                &forwarding,
+                first,
+            );
+            return Ok(Outgoing {
+                out: Outbound::Fast(upstream),
+                downstream,
+                request_id,
+                watch: None,
+            });
+        }
+        let values = forwarding.owned();
+        let cookie = joined_cookies(&parts.headers, &listed);
+        // TE is hop-by-hop, but over HTTP/2 "trailers" is its one allowed
+        // value and gRPC servers refuse calls without it: passed on to an
+        // HTTP/2 endpoint when the client sent it (as nginx's grpc_pass).
+        let te_trailers = h2 && wants_trailers(&parts.headers);
+        strip_listed_and_hop_by_hop(&mut parts.headers, &listed);
+        for (name, value) in values {
+            parts.headers.insert(name, value);
+        }
+        if te_trailers {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        if !h2 && let Some(cookie) = cookie.and_then(|c| HeaderValue::from_bytes(&c).ok()) {
+            parts.headers.insert(header::COOKIE, cookie);
+        }
+        if let Some(protocol) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+        }
+        // Streamed bodies without a length are cut off at the limit; every
+        // body must keep arriving (slow senders get a 408).
+        let (body, watch): (ReqBody, _) = if bodiless {
+            (body.map_err(Into::into).boxed(), None)
+        } else {
+            let left = if max_body > 0 && declared.is_none() {
+                max_body
+            } else {
+                u64::MAX
+            };
+            let (body, watch) = ClientBody::new(body, left, self.limits.client_body_timeout);
+            (body.boxed(), Some(watch))
+        };
+        let mut out = Request::from_parts(parts, body);
+        if h2 {
+            // HTTP/2 carries the host as :authority: keep the client's.
+            let authority = policy
+                .upstream_vhost
+                .clone()
+                .or_else(|| head.host.and_then(normalize_host))
+                .unwrap_or_else(|| first.to_string());
+            if let Ok(u) = format!("http://{authority}{path_and_query}").parse() {
+                *out.uri_mut() = u;
+            }
+            *out.version_mut() = Version::HTTP_2;
+            out.headers_mut().remove(header::HOST);
+        } else {
+            // HTTP/1.1 to the endpoint in origin form ("GET /path"), the Host
+            // header carrying the client's host.
+            *out.uri_mut() = Uri::from(path_and_query.into_owned());
+            *out.version_mut() = Version::HTTP_11;
+        }
+        Ok(Outgoing {
+            out: Outbound::Hyper {
+                req: Box::new(out),
+                h2,
+            },
+            downstream,
+            request_id,
+            watch,
+        })
+    }
+
+    /// Counts a request by its route's labels and writes its access log
+    /// line; returns where the response's bytes are counted.
+    fn account(
+        &self,
+        route: Option<&Route>,
+        resp: &Response<Body>,
+        error: Option<&ProxyError>,
+        started: Instant,
+        head: &Head<'_>,
+        conn: Conn,
+    ) -> Arc<LabelStats> {
+        let stats = match route {
+            // A table published without swap_routes has no handles yet.
+            Some(r) => r
+                .stats
+                .0
+                .clone()
+                .unwrap_or_else(|| self.registry.get(&label(r))),
+            None => self.default_stats.clone(),
+        };
+        let took = started.elapsed();
+        let status = error.map_or(resp.status(), ProxyError::status);
+        stats.observe(status.as_u16(), error.map_or(0, ProxyError::code), took);
+        let (ingress, service) = route.map_or(DEFAULT_LABEL, |r| (&*r.ingress, &*r.service));
+        log::request(&log::Line {
+            method: head.method.as_str(),
+            host: head.host,
+            path: head.target.path(),
+            status: status.as_u16(),
+            ingress,
+            service,
+            client: conn.peer.ip(),
+            request_id: resp.headers().get(X_REQUEST_ID),
+            error: error.map(ProxyError::label),
+            took,
+        });
+        stats
+    }
+
+    /// Counts and logs a request refused before it was read whole (400,
+    /// 408, 414, 431 from a server), under the default backend's labels,
+    /// as nginx's default server has them.
+    pub fn refused(&self, error: &ProxyError, conn: Conn) {
+        let took = std::time::Duration::ZERO;
+        let status = error.status();
+        self.default_stats
+            .observe(status.as_u16(), error.code(), took);
+        log::request(&log::Line {
+            method: "-",
+            host: None,
+            path: "-",
+            status: status.as_u16(),
+            ingress: DEFAULT_LABEL.0,
+            service: DEFAULT_LABEL.1,
+            client: conn.peer.ip(),
+            request_id: None,
+            error: Some(error.label()),
+            took,
+        });
+    }
+
+    /// Prometheus text for the requests and the endpoints.
+    pub fn render_metrics(&self, out: &mut String) {
+        self.registry.render(out);
+        let _ = writeln!(
+            out,
+            "# HELP ingressd_upstream_connect_errors_total Failed connects to endpoints\n# TYPE ingressd_upstream_connect_errors_total counter\ningressd_upstream_connect_errors_total {}",
+            self.upstreams.connect_errors()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ingressd_http_route_rules Host/path rules in the route table\n# TYPE ingressd_http_route_rules gauge\ningressd_http_route_rules {}",
+            self.routes.load().len()
+        );
+    }
+}
+
+/// What no request gets past, whichever server read it: nginx's answers
+/// for CONNECT (405) and for HTTP/2 heads with more fields than allowed
+/// (431; HTTP/1 heads are held to it while they are parsed).
+fn check(head: &Head<'_>, limits: &Limits) -> Result<(), ProxyError> {
+    if *head.method == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    if head.h2 && head.headers > limits.max_headers {
+        return Err(ProxyError::HeadTooLarge);
+    }
+    Ok(())
+}
+
+fn default_label() -> Labels {
+    (Arc::from(DEFAULT_LABEL.0), Arc::from(DEFAULT_LABEL.1))
+}
+
+fn label(route: &Route) -> Labels {
+    (route.ingress.clone(), route.service.clone())
+}
+
+/// The addresses a route's requests go to (ExternalName resolved now).
+async fn endpoints(route: &Route) -> Result<Cow<'_, [SocketAddr]>, ProxyError> {
+    let addrs: Cow<'_, [SocketAddr]> = match &*route.upstream {
+        Upstream::Endpoints { addrs, .. } => Cow::Borrowed(addrs),
+        Upstream::External { host, port, .. } => {
+            match tokio::net::lookup_host((host.as_str(), *port)).await {
+                Ok(a) => Cow::Owned(a.collect()),
+                Err(_) => return Err(ProxyError::NameNotResolved),
+            }
+        }
+        Upstream::Unavailable { .. } => Cow::Borrowed(&[]),
+    };
+    if addrs.is_empty() {
+        return Err(ProxyError::NoEndpoints);
+    }
+    Ok(addrs)
+}
+
+/// The target after the route's rewrite-target (the same one when it has
+/// none).
+fn rewritten<'a>(
+    route: &Route,
+    target: &'a PathAndQuery,
+) -> Result<Cow<'a, PathAndQuery>, ProxyError> {
+    let Some(path) = rewrite_path(route, target.path(), target.query()) else {
+        return Ok(Cow::Borrowed(target));
+    };
+    match path.parse() {
+        Ok(pq) => Ok(Cow::Owned(pq)),
+        Err(_) => {
+            tracing::warn!(ingress = %route.ingress, %path, "rewrite-target made an invalid path");
+            Err(ProxyError::InvalidRewrite)
+        }
+    }
+}
+
+/// Whether the route's requests go to its endpoints in HTTP/2.
+fn speaks_h2_upstream(route: &Route) -> bool {
+    route.policy.h2
+        || matches!(&*route.upstream, Upstream::Endpoints { app_protocol: Some(p), .. } if speaks_h2(p))
+}
+
+/// appProtocol values that mean HTTP/2 without TLS to the endpoint
+/// (Kubernetes' `kubernetes.io/h2c`, and the common `h2c`, `grpc`).
+fn speaks_h2(app_protocol: &str) -> bool {
+    matches!(
+        app_protocol.to_ascii_lowercase().as_str(),
+        "kubernetes.io/h2c" | "h2c" | "grpc" | "http2"
+    )
+}
+
+/// Copies bytes both ways between the client's and the endpoint's
+/// upgraded connections until either side closes.
+async fn splice(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    use hyper_util::rt::TokioIo;
+    match tokio::try_join!(down, up) {
+        Ok((d, u)) => {
+            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(d), &mut TokioIo::new(u)).await;
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+}

@@ -1,0 +1,66 @@
+//! What an Ingress's annotations answer without an endpoint: 403 outside
+//! the allowed source ranges, redirects (permanent, temporal, app-root,
+//! to HTTPS), and 502 for a backend protocol that is not offered.
+use hyper::{
+    Response, StatusCode,
+    header::{self, HeaderValue},
+    http::uri::PathAndQuery,
+};
+
+use super::Conn;
+use crate::l7::{
+    body::{Body, text},
+    error::ProxyError,
+    route::{Route, normalize_host},
+};
+
+/// The answer the route gives itself, if any. Not async, so the request's
+/// future holds the forwarding phases' directly.
+pub(super) fn answer_here(
+    target: &PathAndQuery,
+    route: &Route,
+    conn: Conn,
+    host: Option<&str>,
+) -> Result<Option<Response<Body>>, ProxyError> {
+    let policy = &route.policy;
+    if !policy.allow.is_empty() && !policy.allow.iter().any(|c| c.contains(conn.peer.ip())) {
+        return Err(ProxyError::Forbidden);
+    }
+    if let Some((to, code)) = &policy.redirect {
+        // The one nginx variable such redirects use.
+        return Ok(Some(redirect(
+            *code,
+            &to.replace("$request_uri", target.as_str()),
+        )));
+    }
+    if let Some(protocol) = &policy.unsupported_backend {
+        tracing::debug!(%protocol, "backend-protocol not supported");
+        return Err(ProxyError::UnsupportedBackend);
+    }
+    if route.ssl_redirect && !conn.tls {
+        return Ok(Some(redirect_to_https(target.as_str(), host)));
+    }
+    if let Some(root) = &policy.app_root
+        && target.path() == "/"
+    {
+        return Ok(Some(redirect(StatusCode::FOUND, root)));
+    }
+    Ok(None)
+}
+
+fn redirect(code: StatusCode, to: &str) -> Response<Body> {
+    let mut resp = text(code, "");
+    if let Ok(v) = HeaderValue::from_str(to) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+fn redirect_to_https(pq: &str, host: Option<&str>) -> Response<Body> {
+    let host = host.and_then(normalize_host).unwrap_or_default();
+    let mut resp = text(StatusCode::PERMANENT_REDIRECT, "");
+    if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{pq}")) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}

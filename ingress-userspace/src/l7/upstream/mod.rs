@@ -1,0 +1,234 @@
+//! Upstream: which endpoint (`pick`), one more endpoint when a request
+//! never left (retry), and the clients that carry a request there: the
+//! fast HTTP/1 client (`fast`) for requests without a body, hyper's
+//! (`hyper_client`) for bodies, upgrades and HTTP/2 endpoints. `send_once` is the
+//! one place a client is chosen; every failure comes back as a
+//! `ProxyError`.
+use std::{
+    net::SocketAddr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use hyper::{Request, Response, StatusCode};
+
+use super::{
+    body::Body,
+    error::ProxyError,
+    http1::{head::RequestHead, tokens::strip_hop_by_hop},
+};
+
+pub mod body;
+mod fast;
+mod hyper_client;
+mod idle;
+pub mod pick;
+
+use body::{BodyWatch, ReadTimeout, ReqBody};
+
+/// How long to wait for an endpoint.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// For the response head once the request is sent, and between two
+    /// reads of the body.
+    pub read: Duration,
+}
+
+/// A request on its way to an endpoint, by the client that carries it.
+pub enum Outbound {
+    /// The fast client: the head, ready to write (no body, HTTP/1.1).
+    Fast(RequestHead),
+    /// hyper's client: a body, an upgrade, or HTTP/2 (`h2`).
+    Hyper {
+        req: Box<Request<ReqBody>>,
+        h2: bool,
+    },
+}
+
+/// A failed exchange with one endpoint: what went wrong, and the request
+/// when it never left (then it may go to another endpoint).
+pub struct Failure<R> {
+    pub error: ProxyError,
+    pub unsent: Option<R>,
+}
+
+impl<R> Failure<R> {
+    fn sent(error: ProxyError) -> Self {
+        Self {
+            error,
+            unsent: None,
+        }
+    }
+
+    fn map<S>(self, f: impl FnOnce(R) -> S) -> Failure<S> {
+        Failure {
+            error: self.error,
+            unsent: self.unsent.map(f),
+        }
+    }
+}
+
+/// A client of endpoints.
+pub trait Client {
+    type Request;
+
+    fn send(
+        &self,
+        addr: SocketAddr,
+        req: Self::Request,
+        t: Timeouts,
+    ) -> impl std::future::Future<Output = Result<Response<Body>, Failure<Self::Request>>> + Send;
+}
+
+/// A TCP connection to an endpoint, within `timeout`.
+async fn connect_endpoint(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<tokio::net::TcpStream, ProxyError> {
+    let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(ProxyError::ConnectFailed(Box::new(e))),
+        Err(_) => return Err(ProxyError::ConnectTimedOut),
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// The endpoint clients and the choice between endpoints, shared by every
+/// request.
+pub struct Upstreams {
+    fast: fast::FastPool,
+    h1: hyper_client::H1Pool,
+    h2: hyper_client::H2Pool,
+    pub picker: pick::Balancer,
+    connect_errors: AtomicU64,
+}
+
+impl Upstreams {
+    pub fn new(idle_keepalive: Duration) -> Self {
+        Self {
+            fast: fast::FastPool::new(idle_keepalive),
+            h1: hyper_client::H1Pool::new(idle_keepalive),
+            h2: hyper_client::H2Pool::default(),
+            picker: pick::Balancer::default(),
+            connect_errors: AtomicU64::new(0),
+        }
+    }
+
+    /// Forgets what is known of endpoints no route has any more.
+    pub fn retain(&self, live: &std::collections::HashSet<SocketAddr>) {
+        self.picker.retain(live);
+        self.h1.idle.retain(live);
+        self.fast.idle.retain(live);
+    }
+
+    pub fn connect_errors(&self) -> u64 {
+        self.connect_errors.load(Ordering::Relaxed)
+    }
+
+    /// The one place a request's client is chosen.
+    async fn send_once(
+        &self,
+        addr: SocketAddr,
+        out: Outbound,
+        t: Timeouts,
+    ) -> Result<Response<Body>, Failure<Outbound>> {
+        // The less common paths are boxed: an inline future as large as the
+        // largest of them would be copied around on every request.
+        match out {
+            Outbound::Fast(head) => self
+                .fast
+                .send(addr, head, t)
+                .await
+                .map_err(|f| f.map(Outbound::Fast)),
+            Outbound::Hyper { req, h2 } => {
+                let sent = if h2 {
+                    Box::pin(self.h2.send(addr, *req, t)).await
+                } else {
+                    Box::pin(self.h1.send(addr, *req, t)).await
+                };
+                let resp = sent.map_err(|f| {
+                    f.map(|req| Outbound::Hyper {
+                        req: Box::new(req),
+                        h2,
+                    })
+                })?;
+                Ok(settled(resp, t.read))
+            }
+        }
+    }
+
+    /// Sends to one of `addrs`. A request goes to a second endpoint only if
+    /// it never left (the connect failed, or a pooled connection closed
+    /// before taking it): then even a body is still whole, as nginx's
+    /// proxy_next_upstream does for errors before sending. The response
+    /// timeout counts from the end of the request body (`watch`), so a slow
+    /// upload is the client's time (408), not the endpoint's; a connect has
+    /// its own timeout, which it does not eat into.
+    pub async fn send(
+        &self,
+        out: Outbound,
+        watch: Option<&BodyWatch>,
+        addrs: &[SocketAddr],
+        t: Timeouts,
+        upstream: &str,
+    ) -> Result<Response<Body>, ProxyError> {
+        let mut pending = Some(out);
+        let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); 2];
+        let mut last = None;
+        for attempt in 0..tried.len() {
+            let Some(out) = pending.take() else { break };
+            let Some((addr, in_flight)) = self.picker.pick(addrs, &tried[..attempt]) else {
+                break;
+            };
+            tried[attempt] = addr;
+            let response_deadline = async {
+                if let Some(w) = watch {
+                    w.done.notified().await;
+                }
+                tokio::time::sleep(t.connect + t.read).await;
+            };
+            let outcome = tokio::select! {
+                r = self.send_once(addr, out, t) => r,
+                () = response_deadline => return Err(ProxyError::UpstreamTimeout),
+            };
+            let failure = match outcome {
+                Ok(resp) => {
+                    in_flight.report(true);
+                    return Ok(resp);
+                }
+                Err(f) => f,
+            };
+            // A body cut off for the client's fault is the answer,
+            // whatever the endpoint made of the cut-off request.
+            if let Some(client) = watch.and_then(BodyWatch::failure) {
+                return Err(client);
+            }
+            if matches!(
+                failure.error,
+                ProxyError::ConnectFailed(_) | ProxyError::ConnectTimedOut
+            ) {
+                in_flight.report(false);
+                self.connect_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::warn!(%upstream, endpoint = %addr, attempt, error = %failure.error, "upstream request failed");
+            pending = failure.unsent;
+            last = Some(failure.error);
+        }
+        Err(last.unwrap_or(ProxyError::NoEndpoints))
+    }
+}
+
+/// A response from hyper's clients as the fast client gives one: without
+/// the endpoint connection's own headers, and with the read timeout held
+/// between two reads of the body. A 101 is left whole: its connection is
+/// taken over.
+fn settled(resp: Response<Body>, read: Duration) -> Response<Body> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return resp;
+    }
+    let mut resp = resp;
+    strip_hop_by_hop(resp.headers_mut());
+    resp.map(|inner| ReadTimeout::wrap(inner, read))
+}

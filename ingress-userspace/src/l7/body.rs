@@ -6,7 +6,7 @@ use hyper::{
     header::{self, HeaderValue},
 };
 
-use super::error::BoxError;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub type Body = BoxBody<Bytes, BoxError>;
 

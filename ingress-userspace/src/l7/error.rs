@@ -3,12 +3,11 @@
 //! endpoint may be tried, whose fault it is, and its metric label.
 use hyper::StatusCode;
 
+pub use super::body::BoxError;
 use super::{
     body::{Body, text},
-    route::path::PathError,
+    path::PathError,
 };
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Who caused a failure: the client, the endpoint, or the configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,13 +12,15 @@
 //! - `route`: the route table compiled from Ingresses (pure), read once per
 //!   request.
 //!
-//! Beside them: `error` (every failure and its status), `body`, `limits`,
+//! Beside them: `error` (every failure and its status), `path` (the normal
+//! form requests are routed by), `body`, `limits`,
 //! `stats` (per-route counters), `tls` (certificates by SNI).
 pub mod body;
 pub mod error;
 pub mod http1;
 pub mod limits;
 pub mod listen;
+pub mod path;
 pub mod pipeline;
 pub mod route;
 pub mod server;

@@ -20,7 +20,6 @@ use self::annotations::Policy;
 use crate::l7::stats::StatsHandle;
 
 pub mod annotations;
-pub mod path;
 use crate::manifest::{ObjectKey, Snapshot};
 
 /// Our IngressClass name and controller name.

@@ -1938,3 +1938,77 @@ async fn a_client_that_leaves_takes_its_request_with_it() {
         "no 499 counted"
     );
 }
+
+/// Ingresses for the path tests: `guard.test` has `/admin` and `/secret`
+/// (Exact) behind a source range the loopback client is outside of, and
+/// everything else open; `rwg.test` rewrites `/app/…` to `/static/…`.
+fn guarded() -> String {
+    let guard = "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: guard-admin\n  annotations:\n    nginx.ingress.kubernetes.io/allowlist-source-range: \"198.18.0.0/15\"\n\
+         spec:\n  ingressClassName: ebpf\n  rules:\n  - host: guard.test\n    http:\n      paths:\n\
+         \x20     - {path: /admin, pathType: Exact, backend: {service: {name: b, port: {number: 80}}}}\n\
+         \x20     - {path: /secret, pathType: Exact, backend: {service: {name: b, port: {number: 80}}}}\n";
+    guard.to_string()
+        + &annotated("guard.test", &[], "/", "Prefix").replace("guard-test", "guard-open")
+        + &annotated(
+            "rwg.test",
+            &[("rewrite-target", "/static/$1"), ("use-regex", "true")],
+            "/app/(.*)",
+            "ImplementationSpecific",
+        )
+}
+
+/// The spellings of the guarded paths an attacker tries.
+const PROTECTED: [&str; 7] = [
+    "/admin",
+    "/%61dmin",
+    "/x/../admin",
+    "/./admin",
+    "/%2Fadmin",
+    "//secret",
+    "/x/%2e%2e/secret",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_routed_and_guarded_in_normal_form() {
+    let (_, yaml) = backends().await;
+    let d = Ingressd::start(&(yaml + &guarded())).await;
+    let raw = |path: &str, host: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+    };
+    let status = |resp: &str| resp.get(9..12).unwrap_or("").to_string();
+    for path in PROTECTED {
+        let got = exchange_raw(d.http, raw(path, "guard.test").as_bytes()).await;
+        assert_eq!(status(&got), "403", "HTTP/1 {path}: {got}");
+    }
+    // What is open stays open, and goes to the endpoint as it was sent.
+    let got = exchange_raw(d.http, raw("/pub/%61b//c", "guard.test").as_bytes()).await;
+    assert!(got.contains("\r\n\r\na path=/pub/%61b//c "), "{got}");
+    // No normal form: 400, as nginx answers.
+    for path in ["/../admin", "/%2e%2e/admin", "/a%zz", "/a%00"] {
+        let got = exchange_raw(d.http, raw(path, "guard.test").as_bytes()).await;
+        assert_eq!(status(&got), "400", "{path}: {got}");
+    }
+    // A rewrite works on the normal form: `..` cannot climb out of its
+    // target, and captures go out escaped.
+    for path in ["/app/../admin", "/app/x%2F..%2F..%2Fadmin"] {
+        let got = exchange_raw(d.http, raw(path, "rwg.test").as_bytes()).await;
+        assert_eq!(status(&got), "404", "{path}: {got}");
+    }
+    let got = exchange_raw(d.http, raw("/app/a%3Fb/./c", "rwg.test").as_bytes()).await;
+    assert!(got.contains("a path=/static/a%3Fb/c "), "{got}");
+
+    // HTTP/2 decides on the same form.
+    let stream = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    for path in PROTECTED {
+        let req = Request::get(format!("http://guard.test{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = sender.send_request(req).await.expect("h2 request");
+        assert_eq!(resp.status(), 403, "HTTP/2 {path}");
+    }
+}

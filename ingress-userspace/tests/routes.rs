@@ -59,7 +59,7 @@ fn table(yaml: &str) -> RouteTable {
 
 /// The Service a request reaches ("404" for the built-in default backend).
 fn target(t: &RouteTable, host: Option<&str>, path: &str) -> String {
-    match t.lookup(host, path) {
+    match t.lookup_raw(host, path).expect("a path in normal form") {
         Match::Route(r) => service_of(&r.upstream),
         Match::Default(Some(r)) => format!("default:{}", service_of(&r.upstream)),
         Match::Default(None) => "404".into(),
@@ -342,7 +342,10 @@ fn invalid_paths_and_backends_are_reported_and_the_rest_works() {
     );
     assert!(warnings.iter().all(|w| w.ingress == "default/bad"));
     // The missing Service still routes, to a 503.
-    match t.lookup(Some("bad.test"), "/x") {
+    match t
+        .lookup_raw(Some("bad.test"), "/x")
+        .expect("a path in normal form")
+    {
         Match::Route(r) => assert!(matches!(*r.upstream, Upstream::Unavailable { .. })),
         other => panic!("{other:?}"),
     }
@@ -381,7 +384,7 @@ spec:
       - {path: /nope, pathType: Prefix, backend: {service: {name: web, port: {name: nope}}}}
 "#;
     let (t, warnings) = compile(&snapshot(yaml), &ClassConfig::default());
-    let up = |path: &str| match t.lookup(None, path) {
+    let up = |path: &str| match t.lookup_raw(None, path).expect("a path in normal form") {
         Match::Route(r) => (*r.upstream).clone(),
         other => panic!("{other:?}"),
     };
@@ -423,9 +426,20 @@ fn annotated(name: &str, annotations: &[(&str, &str)], paths: &[(&str, &str, &st
     )
 }
 
+/// `rewrite_path` for a path as it came; a rewrite that would climb out
+/// of its target is `"(refused)"`.
+fn rewrite(r: &ingressd::l7::route::Route, path: &str, query: Option<&str>) -> Option<String> {
+    let normal = ingressd::l7::path::normalize(path).expect("a path in normal form");
+    ingressd::l7::route::rewrite_path(r, &normal, query)
+        .map(|rw| rw.unwrap_or_else(|_| "(refused)".to_string()))
+}
+
 fn rewritten(t: &RouteTable, path: &str) -> Option<String> {
-    match t.lookup(Some("shop.test"), path) {
-        Match::Route(r) => ingressd::l7::route::rewrite_path(r, path, None),
+    match t
+        .lookup_raw(Some("shop.test"), path)
+        .expect("a path in normal form")
+    {
+        Match::Route(r) => rewrite(r, path, None),
         other => panic!("{path}: {other:?}"),
     }
 }
@@ -474,11 +488,11 @@ fn regex_paths_only_with_use_regex_and_the_longest_pattern_wins() {
     assert_eq!(target(&t, Some("shop.test"), "/api/x"), "c");
     assert_eq!(target(&t, Some("shop.test"), "/api/v1/users/admin/x"), "d");
     // Without rewrite-target the path goes upstream as it came.
-    match t.lookup(Some("shop.test"), "/api/v2/users/7") {
-        Match::Route(r) => assert_eq!(
-            ingressd::l7::route::rewrite_path(r, "/api/v2/users/7", None),
-            None
-        ),
+    match t
+        .lookup_raw(Some("shop.test"), "/api/v2/users/7")
+        .expect("a path in normal form")
+    {
+        Match::Route(r) => assert_eq!(rewrite(r, "/api/v2/users/7", None), None),
         other => panic!("{other:?}"),
     }
 }
@@ -520,10 +534,13 @@ fn rewrite_keeps_the_query_and_reads_captures_as_nginx() {
         ],
         &[("ImplementationSpecific", "/x/(.*)", "a")],
     ));
-    let Match::Route(r) = t.lookup(Some("shop.test"), "/x/a") else {
+    let Match::Route(r) = t
+        .lookup_raw(Some("shop.test"), "/x/a")
+        .expect("a path in normal form")
+    else {
         panic!("no route")
     };
-    let rw = |q| ingressd::l7::route::rewrite_path(r, "/x/a", q);
+    let rw = |q| rewrite(r, "/x/a", q);
     assert_eq!(rw(Some("b=1")).as_deref(), Some("/index.php?r=ax&b=1"));
     assert_eq!(rw(None).as_deref(), Some("/index.php?r=ax"));
 }
@@ -549,4 +566,65 @@ fn prefix_paths_become_patterns_with_rewrite_target_and_lookalikes_are_reported(
     let (_, warnings) = compile(&snapshot(&yaml), &ClassConfig::default());
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].message.contains("use-regex"), "{warnings:?}");
+}
+
+#[test]
+fn rules_and_requests_meet_in_normal_form() {
+    let t = table(&ingress(
+        "n",
+        "2024-01-01T00:00:00Z",
+        Some("shop.test"),
+        &[
+            ("Exact", "/admin", "b"),
+            ("Prefix", "/", "a"),
+            // Written unnormalised in the Ingress: matched as its normal form.
+            ("Prefix", "/api//v1/./x", "c"),
+            ("Exact", "/%7Euser", "d"),
+        ],
+    ));
+    let at = |p| target(&t, Some("shop.test"), p);
+    for p in ["/admin", "/%61dmin", "/x/../admin", "/./admin", "/%2Fadmin", "//admin"] {
+        assert_eq!(at(p), "b", "{p}");
+    }
+    assert_eq!(at("/admin/"), "a", "Exact is exact, as nginx's `=`");
+    assert_eq!(at("/api/v1/x/y"), "c");
+    assert_eq!(at("/api/v1//x"), "c");
+    assert_eq!(at("/~user"), "d");
+    assert_eq!(at("/%7euser"), "d");
+    assert!(t.lookup_raw(Some("shop.test"), "/../admin").is_err());
+    // An Ingress path with no normal form is reported, the rest kept.
+    let yaml = services()
+        + &ingress(
+            "bad",
+            "2024-01-01T00:00:00Z",
+            Some("bad.test"),
+            &[("Prefix", "/../x", "a"), ("Prefix", "/ok", "b")],
+        );
+    let (t, warnings) = compile(&snapshot(&yaml), &ClassConfig::default());
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].message.contains(".. above the root"), "{warnings:?}");
+    assert_eq!(target(&t, Some("bad.test"), "/ok"), "b");
+}
+
+#[test]
+fn rewrites_escape_their_captures_and_never_climb_out() {
+    let t = table(&annotated(
+        "rw",
+        &[("rewrite-target", "/static/$1?id=$2"), ("use-regex", "true")],
+        &[("ImplementationSpecific", "/app/([^/]*)/?(.*)", "a")],
+    ));
+    // Decoded for matching, escaped again on the way out.
+    assert_eq!(
+        rewritten(&t, "/app/a%3Fb/x%26y=1").as_deref(),
+        Some("/static/a%3Fb?id=x%26y%3D1")
+    );
+    let t = table(&annotated(
+        "rw2",
+        &[("rewrite-target", "/static/$1/end"), ("use-regex", "true")],
+        &[("ImplementationSpecific", "/app(.*)x", "a")],
+    ));
+    // A capture that makes a dot segment may not leave /static/.
+    assert_eq!(rewritten(&t, "/app/..x").as_deref(), Some("(refused)"));
+    assert_eq!(rewritten(&t, "/app/.x").as_deref(), Some("/static/end"));
+    assert_eq!(rewritten(&t, "/app/ax").as_deref(), Some("/static//a/end"));
 }

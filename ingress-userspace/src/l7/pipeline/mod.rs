@@ -33,7 +33,8 @@ use super::{
     error::ProxyError,
     http1::tokens::{connection_listed, named, strip_listed_and_hop_by_hop, wants_trailers},
     limits::Limits,
-    route::{Match, Route, RouteTable, Upstream, normalize_host, rewrite_path},
+    path::{NormalPath, PathError, normalize},
+    route::{Match, RewriteEscapes, Route, RouteTable, Upstream, normalize_host, rewrite_path},
     stats::{LabelStats, Labels, Registry, StatsHandle},
     upstream::{
         Outbound, Timeouts, Upstreams,
@@ -224,15 +225,17 @@ impl Pipeline {
         let mut route = None;
         let forwarded = async {
             check(head, &self.limits)?;
-            let r = match table.lookup(head.host, head.target.path()) {
+            // Rules, source ranges and rewrites all decide on this form.
+            let path = normalize(head.target.path()).map_err(ProxyError::BadPath)?;
+            let r = match table.lookup(head.host, &path) {
                 Match::Route(r) | Match::Default(Some(r)) => r,
                 Match::Default(None) => return Err(ProxyError::NoRoute),
             };
             route = Some(r);
-            if let Some(answer) = policy::answer_here(head.target, r, conn, head.host)? {
+            if let Some(answer) = policy::answer_here(head.target, &path, r, conn, head.host)? {
                 return Ok(Forwarded::Done(Ok(answer)));
             }
-            Ok(self.forward(head, src, r, conn).await)
+            Ok(self.forward(head, &path, src, r, conn).await)
         };
         let outcome = tokio::select! {
             biased;
@@ -263,6 +266,7 @@ impl Pipeline {
     async fn forward(
         &self,
         head: &Head<'_>,
+        path: &NormalPath<'_>,
         src: Source<'_>,
         route: &Route,
         conn: Conn,
@@ -274,8 +278,8 @@ impl Pipeline {
         let h2 = speaks_h2_upstream(route);
         let prepared = match src {
             Source::Fast(_) if h2 => return Forwarded::HandBack,
-            Source::Fast(req) => self.prepare_fast(req, head, route, conn, addrs[0]),
-            Source::Hyper(req) => self.prepare_hyper(req, head, route, conn, addrs[0], h2),
+            Source::Fast(req) => self.prepare_fast(req, head, path, route, conn, addrs[0]),
+            Source::Hyper(req) => self.prepare_hyper(req, head, path, route, conn, addrs[0], h2),
         };
         let outgoing = match prepared {
             Ok(o) => o,
@@ -324,11 +328,12 @@ impl Pipeline {
         &self,
         req: &ClientHead,
         head: &Head<'_>,
+        path: &NormalPath<'_>,
         route: &Route,
         conn: Conn,
         first: SocketAddr,
     ) -> Result<Outgoing, ProxyError> {
-        let target = rewritten(route, head.target)?;
+        let target = rewritten(route, head.target, path)?;
         let request_id = req
             .value("x-request-id")
             .and_then(|v| HeaderValue::from_maybe_shared(v).ok())
@@ -365,10 +370,12 @@ impl Pipeline {
     /// A hyper-server request: forwarding headers, rewrite and body limits.
     /// No await in here: what lives across the send is only what
     /// `Outgoing` holds, which keeps the request's future small.
+    #[allow(clippy::too_many_arguments)]
     fn prepare_hyper(
         &self,
         mut req: Request<Incoming>,
         head: &Head<'_>,
+        path: &NormalPath<'_>,
         route: &Route,
         conn: Conn,
         first: SocketAddr,
@@ -391,7 +398,7 @@ impl Pipeline {
             .cloned()
             .unwrap_or_else(request_id);
         let policy = &route.policy;
-        let path_and_query = rewritten(route, head.target)?;
+        let path_and_query = rewritten(route, head.target, path)?;
         let max_body = policy.max_body.unwrap_or(self.limits.max_body_bytes);
         let declared = parts
             .headers
@@ -616,14 +623,17 @@ async fn endpoints(route: &Route) -> Result<Cow<'_, [SocketAddr]>, ProxyError> {
     Ok(addrs)
 }
 
-/// The target after the route's rewrite-target (the same one when it has
-/// none).
+/// The target after the route's rewrite-target; without one, the target
+/// as the client sent it (nginx's `proxy_pass` without a URI).
 fn rewritten<'a>(
     route: &Route,
     target: &'a PathAndQuery,
+    path: &NormalPath<'_>,
 ) -> Result<Cow<'a, PathAndQuery>, ProxyError> {
-    let Some(path) = rewrite_path(route, target.path(), target.query()) else {
-        return Ok(Cow::Borrowed(target));
+    let path = match rewrite_path(route, path, target.query()) {
+        None => return Ok(Cow::Borrowed(target)),
+        Some(Ok(path)) => path,
+        Some(Err(RewriteEscapes)) => return Err(ProxyError::BadPath(PathError::AboveRoot)),
     };
     match path.parse() {
         Ok(pq) => Ok(Cow::Owned(pq)),

@@ -11,6 +11,7 @@ use super::Conn;
 use crate::l7::{
     body::{Body, text},
     error::ProxyError,
+    path::NormalPath,
     route::{Route, normalize_host},
 };
 
@@ -18,6 +19,7 @@ use crate::l7::{
 /// future holds the forwarding phases' directly.
 pub(super) fn answer_here(
     target: &PathAndQuery,
+    path: &NormalPath<'_>,
     route: &Route,
     conn: Conn,
     host: Option<&str>,
@@ -41,7 +43,7 @@ pub(super) fn answer_here(
         return Ok(Some(redirect_to_https(target.as_str(), host)));
     }
     if let Some(root) = &policy.app_root
-        && target.path() == "/"
+        && path.as_str() == "/"
     {
         return Ok(Some(redirect(StatusCode::FOUND, root)));
     }

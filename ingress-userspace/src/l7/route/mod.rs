@@ -17,7 +17,10 @@ use std::{
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 
 use self::annotations::Policy;
-use crate::l7::stats::StatsHandle;
+use crate::l7::{
+    path::{NormalPath, PathError, escape, normalize, resolve_within},
+    stats::StatsHandle,
+};
 
 pub mod annotations;
 use crate::manifest::{ObjectKey, Snapshot};
@@ -133,41 +136,113 @@ impl PathRegex {
 
 /// The path and query sent upstream for `rewrite-target`: as nginx's
 /// `rewrite`, the whole path becomes the target, `$1`… filled from the
-/// pattern's captures, and the request's query follows (after `&` when
-/// the target has a query of its own).
-pub fn rewrite_path(route: &Route, path: &str, query: Option<&str>) -> Option<String> {
+/// pattern's captures on the normalised path, and the request's query
+/// follows (after `&` when the target has a query of its own). Captures
+/// are escaped again for the wire (`?`, `#`, `%`, spaces; `&`, `=`, `+`
+/// also in the query), and dot segments they make are resolved, as long as
+/// the result stays under the target's fixed part: `Err` when it would
+/// climb out (`/static/$1` with `$1` = `..`). `None`: no rewrite.
+pub fn rewrite_path(
+    route: &Route,
+    path: &NormalPath<'_>,
+    query: Option<&str>,
+) -> Option<Result<String, RewriteEscapes>> {
     let target = route.policy.rewrite_target.as_deref()?;
     let re = route.rewrite.as_ref()?;
-    let caps = re.0.captures(path)?;
-    let mut out = String::new();
-    caps.expand(&numbered_braced(target), &mut out);
+    let caps = re.0.captures(path.as_str())?;
+    let (target_path, target_query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let mut out = expand(target_path, &caps, |c| escape(c).into_owned());
     if !out.starts_with('/') {
         out.insert(0, '/');
+    }
+    if has_dot_segment(&out) {
+        let fixed = &target_path[..target_path.find('$').unwrap_or(target_path.len())];
+        match resolve_within(&out, fixed) {
+            Some(resolved) => out = resolved,
+            None => return Some(Err(RewriteEscapes)),
+        }
+    }
+    if let Some(tq) = target_query {
+        out.push('?');
+        out.push_str(&expand(tq, &caps, escape_query));
     }
     if let Some(q) = query.filter(|q| !q.is_empty()) {
         out.push(if out.contains('?') { '&' } else { '?' });
         out.push_str(q);
     }
-    Some(out)
+    Some(Ok(out))
 }
 
-/// `$1abc` → `${1}abc`: nginx ends a capture reference at the digits; the
-/// regex crate would read a group named `1abc`.
-fn numbered_braced(target: &str) -> String {
-    let mut out = String::with_capacity(target.len() + 8);
-    let mut chars = target.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-            out.push_str("${");
-            while let Some(d) = chars.next_if(char::is_ascii_digit) {
-                out.push(d);
+/// A rewrite whose captures would take the path out of its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RewriteEscapes;
+
+/// `target` with `$1`, `${1}`, `$name` and `${name}` replaced by the
+/// captures, each passed through `escape`. As nginx reads it, a number
+/// ends at the digits (`$1abc` is capture 1, then `abc`); an unknown
+/// capture is empty.
+fn expand(target: &str, caps: &regex::Captures<'_>, escape: impl Fn(&str) -> String) -> String {
+    let mut out = String::with_capacity(target.len() + 16);
+    let mut rest = target;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (name, used) = if let Some(braced) = after.strip_prefix('{') {
+            match braced.find('}') {
+                Some(end) => (&braced[..end], end + 2),
+                None => ("", 0),
             }
-            out.push('}');
+        } else if after.starts_with(|c: char| c.is_ascii_digit()) {
+            let end = after
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(after.len());
+            (&after[..end], end)
         } else {
-            out.push(c);
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], end)
+        };
+        if used == 0 {
+            out.push('$');
+            rest = after;
+            continue;
+        }
+        let group = match name.parse::<usize>() {
+            Ok(i) => caps.get(i),
+            Err(_) => caps.name(name),
+        };
+        if let Some(g) = group {
+            out.push_str(&escape(g.as_str()));
+        }
+        rest = &after[used..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A capture in the query: escaped as a path is, and so that it cannot
+/// add parameters of its own (`&`, `=`, `+`, `;`).
+fn escape_query(capture: &str) -> String {
+    let escaped = escape(capture);
+    let mut out = String::with_capacity(escaped.len());
+    for c in escaped.chars() {
+        match c {
+            '&' => out.push_str("%26"),
+            '=' => out.push_str("%3D"),
+            '+' => out.push_str("%2B"),
+            ';' => out.push_str("%3B"),
+            c => out.push(c),
         }
     }
     out
+}
+
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|s| s == "." || s == "..")
 }
 
 /// One host's paths.
@@ -273,10 +348,10 @@ pub fn normalize_host(host: &str) -> Option<String> {
 }
 
 impl RouteTable {
-    /// Routes a request by its Host (or :authority) and path (query ignored).
-    pub fn lookup(&self, host: Option<&str>, path: &str) -> Match<'_> {
-        let path = path.split(['?', '#']).next().unwrap_or(path);
-        let path = if path.is_empty() { "/" } else { path };
+    /// Routes a request by its Host (or :authority) and its path in
+    /// normal form (the form every rule is compiled to).
+    pub fn lookup(&self, host: Option<&str>, path: &NormalPath<'_>) -> Match<'_> {
+        let path = path.as_str();
         let host = host.and_then(host_key);
         let rules = host
             .as_deref()
@@ -286,6 +361,11 @@ impl RouteTable {
             Some(route) => Match::Route(route),
             None => Match::Default(self.default_backend.as_ref()),
         }
+    }
+
+    /// `lookup` for a path as it came (normalised here).
+    pub fn lookup_raw(&self, host: Option<&str>, path: &str) -> Result<Match<'_>, PathError> {
+        Ok(self.lookup(host, &normalize(path)?))
     }
 
     fn rules_for_host(&self, host: &str) -> Option<&HostRules> {
@@ -705,6 +785,22 @@ pub fn compile(snapshot: &Snapshot, class: &ClassConfig) -> (RouteTable, Vec<Rou
                         ),
                     });
                 }
+                // Requests are matched in normal form: so are the rules.
+                let path = if kind == PathKind::Regex {
+                    path
+                } else {
+                    match normalize(&path) {
+                        Ok(normal) => normal.as_str().to_string(),
+                        Err(e) => {
+                            warnings.push(RouteWarning {
+                                ingress: id.clone(),
+                                field: format!("{field}.path"),
+                                message: format!("{path:?} has {e}; ignored"),
+                            });
+                            continue;
+                        }
+                    }
+                };
                 let pattern = match kind {
                     PathKind::Regex => match PathRegex::new(&path) {
                         Ok(re) => Some(re),

@@ -98,6 +98,8 @@ fn l7_modules_depend_one_way() {
     files(&root, &mut all);
     assert!(all.len() > 20, "found the l7 sources");
     let mut wrong = BTreeSet::new();
+    let statement = regex::Regex::new(r"(?m)^\s*(pub(\([^)]*\))?\s+)?use\s+([^;]+);")
+        .expect("use-statement pattern");
     for file in all {
         let rel = file.strip_prefix(&root).expect("under src/l7");
         let module = module_of(rel);
@@ -110,8 +112,6 @@ fn l7_modules_depend_one_way() {
         // Test modules may reach anywhere.
         let text = text.split("#[cfg(test)]").next().unwrap_or_default();
         let mut paths = Vec::new();
-        let statement = regex::Regex::new(r"(?m)^\s*(pub(\([^)]*\))?\s+)?use\s+([^;]+);")
-            .expect("use-statement pattern");
         for c in statement.captures_iter(text) {
             flatten(&c[3], "", &mut paths);
         }

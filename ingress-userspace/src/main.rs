@@ -9,7 +9,11 @@ use std::{
 use clap::{Parser, Subcommand};
 use ingressd::{
     bpf::{self, LbMaps, XdpAttachMode},
-    l7::{Limits, route::ClassConfig},
+    l7::{
+        Limits,
+        pipeline::trust::Trust,
+        route::{ClassConfig, annotations::Cidr},
+    },
     model::show_backend,
     publish::PublishConfig,
     render::render_state,
@@ -164,6 +168,8 @@ enum Command {
         /// Client connections served at once per listener.
         #[arg(long, default_value_t = 16384, env = "INGRESSD_MAX_CONNECTIONS")]
         max_connections: usize,
+        #[command(flatten)]
+        proxy: ProxyFlags,
     },
     /// Detach and unpin everything under --pin-path.
     Cleanup {
@@ -181,6 +187,31 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         flows: usize,
     },
+}
+
+/// How the proxy treats what clients say about themselves, and which
+/// HTTP/1 implementation reads them.
+#[derive(clap::Args)]
+struct ProxyFlags {
+    /// Believe X-Forwarded-For (the client address, nginx's realip), -Proto, -Host and -Port from
+    /// peers in --proxy-real-ip-cidr, as ingress-nginx's use-forwarded-headers; else they are replaced.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, env = "INGRESSD_USE_FORWARDED_HEADERS")]
+    use_forwarded_headers: bool,
+    /// Peers trusted with --use-forwarded-headers (comma-separated CIDRs).
+    #[arg(long, value_delimiter = ',', default_value = "0.0.0.0/0", value_parser = parse_cidr, env = "INGRESSD_PROXY_REAL_IP_CIDR")]
+    proxy_real_ip_cidr: Vec<Cidr>,
+    /// Append the peer to the client's X-Forwarded-For instead of replacing it (the endpoint then
+    /// picks the client by its own trusted proxies), as ingress-nginx's compute-full-forwarded-for.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, env = "INGRESSD_COMPUTE_FULL_FORWARDED_FOR")]
+    compute_full_forwarded_for: bool,
+    /// Read and forward HTTP/1 requests without a body with the built-in fast path; false: hyper's
+    /// server and client for everything (the fallback if a fast-path bug is ever found).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "INGRESSD_HTTP1_FAST_PATH")]
+    http1_fast_path: bool,
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    Cidr::parse(s).ok_or_else(|| format!("{s:?} is not a CIDR like 10.0.0.0/8 or 2001:db8::/32"))
 }
 
 /// `1m`, `32k`, `2g` or plain bytes (nginx's size syntax).
@@ -345,6 +376,7 @@ fn main() -> std::process::ExitCode {
             max_body_size,
             max_connections,
             workers,
+            proxy,
         } => {
             let node_name = node_name.unwrap_or_else(node_name_default);
             let object_key = |s: String| match s.split_once('/') {
@@ -402,6 +434,12 @@ fn main() -> std::process::ExitCode {
                     max_body_bytes: max_body_size,
                     max_connections,
                 },
+                trust: Trust {
+                    use_forwarded_headers: proxy.use_forwarded_headers,
+                    real_ip_from: proxy.proxy_real_ip_cidr,
+                    compute_full_forwarded_for: proxy.compute_full_forwarded_for,
+                },
+                fast_path: proxy.http1_fast_path,
             };
             let workers = workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))

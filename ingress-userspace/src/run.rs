@@ -18,6 +18,7 @@ use crate::{
     kube_source::{self, KubeSource},
     l7::{
         Limits, Proxy, listen,
+        pipeline::trust::Trust,
         route::{ClassConfig, compile},
         tls::{self, CertStore},
     },
@@ -55,6 +56,10 @@ pub struct RunConfig {
     pub default_ssl_certificate: Option<ObjectKey>,
     pub class: ClassConfig,
     pub limits: Limits,
+    /// `--use-forwarded-headers` and friends.
+    pub trust: Trust,
+    /// `--http1-fast-path`.
+    pub fast_path: bool,
     /// Addresses whose :80/:443 connections `sk_lookup` steers to the proxy.
     pub ingress_vips: Vec<Ipv4Addr>,
     /// `--publish-service`: the Service in front of the proxy, whose
@@ -221,7 +226,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let l7 = if cfg.no_l7 {
         None
     } else {
-        let proxy = Proxy::new(cfg.limits.clone());
+        let proxy = Proxy::with_options(cfg.limits.clone(), cfg.fast_path, cfg.trust.clone());
         let certs = Arc::new(CertStore::default());
         let fallback = tls::self_signed()
             .map_err(|e| anyhow::anyhow!("making the default certificate: {e}"))?;

@@ -71,7 +71,7 @@ async fn echo(name: &'static str, addr: SocketAddr) -> SocketAddr {
                             .to_string()
                     };
                     let body = format!(
-                        "{name} path={} host={} xff={} xfh={} xfproto={} xrealip={} rid={} cookie={} via={} version={:?}\n",
+                        "{name} path={} host={} xff={} xfh={} xfproto={} xrealip={} rid={} cookie={} xoff={} xfport={} proxy={} under={} via={} version={:?}\n",
                         req.uri().path(),
                         req.uri()
                             .authority()
@@ -88,6 +88,19 @@ async fn echo(name: &'static str, addr: SocketAddr) -> SocketAddr {
                             .map(|v| v.to_str().unwrap_or("?"))
                             .collect::<Vec<_>>()
                             .join("|"),
+                        h("x-original-forwarded-for"),
+                        h("x-forwarded-port"),
+                        h("proxy"),
+                        // Header names with an underscore, as they arrived.
+                        {
+                            let under: Vec<&str> = req
+                                .headers()
+                                .keys()
+                                .map(|k| k.as_str())
+                                .filter(|k| k.contains('_'))
+                                .collect();
+                            if under.is_empty() { "-".to_string() } else { under.join(",") }
+                        },
                         h("via"),
                         req.version(),
                     );
@@ -2011,4 +2024,90 @@ async fn paths_are_routed_and_guarded_in_normal_form() {
         let resp = sender.send_request(req).await.expect("h2 request");
         assert_eq!(resp.status(), 403, "HTTP/2 {path}");
     }
+}
+
+/// Field `name=` of an echoed body (up to the next space).
+fn echoed<'a>(body: &'a str, name: &str) -> &'a str {
+    body.split(&format!(" {name}="))
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or("?")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_are_replaced_unless_the_peer_is_trusted() {
+    let (_, yaml) = backends().await;
+    // What a client forging its identity sends, over the fast path (no
+    // body) and over hyper's (a body).
+    let forged = |method: &str, body: &str| {
+        format!(
+            "{method} / HTTP/1.1\r\nHost: shop.test\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 6.6.6.7\r\n\
+             X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.test\r\nX-Forwarded-Port: 1\r\nX-Real-IP: 6.6.6.8\r\n\
+             X_Forwarded_For: 7.7.7.7\r\nTransfer_Encoding: chunked\r\nProxy: http://evil.test:3128\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let d = Ingressd::start(&yaml).await;
+    for (method, body) in [("GET", ""), ("POST", "abc")] {
+        let got = exchange_raw(d.http, forged(method, body).as_bytes()).await;
+        let body = got.split("\r\n\r\n").nth(1).unwrap_or_default();
+        assert_eq!(echoed(body, "xff"), "127.0.0.1", "{method}: {body}");
+        assert_eq!(echoed(body, "xrealip"), "127.0.0.1", "{method}: {body}");
+        assert_eq!(echoed(body, "xfproto"), "http", "{method}: {body}");
+        assert_eq!(echoed(body, "xfh"), "shop.test", "{method}: {body}");
+        assert_eq!(echoed(body, "xfport"), d.http.port().to_string(), "{method}: {body}");
+        assert_eq!(echoed(body, "host"), "shop.test", "{method}: {body}");
+        // The client's list stays readable as ingress-nginx keeps it.
+        assert_eq!(echoed(body, "xoff"), "6.6.6.6,", "{method}: {body}");
+        // Dropped, as nginx drops them.
+        assert_eq!(echoed(body, "proxy"), "-", "{method}: {body}");
+        assert_eq!(echoed(body, "under"), "-", "{method}: {body}");
+    }
+    drop(d);
+
+    // Trusted (loopback is in the range): the client is who it says, as
+    // are the scheme, host and port, and source ranges see that client.
+    let trusting = ["--use-forwarded-headers", "true", "--proxy-real-ip-cidr", "127.0.0.0/8"];
+    let guarded = yaml.clone()
+        + &annotated(
+            "deny.test",
+            &[("allowlist-source-range", "198.18.0.0/15")],
+            "/",
+            "Prefix",
+        );
+    let d = Ingressd::start_with(&guarded, &trusting).await;
+    let from = |xff: &str| {
+        format!("GET / HTTP/1.1\r\nHost: deny.test\r\nX-Forwarded-For: {xff}\r\nConnection: close\r\n\r\n")
+    };
+    let got = exchange_raw(d.http, from("198.18.0.5").as_bytes()).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let got = exchange_raw(d.http, from("198.18.0.5, 6.6.6.6").as_bytes()).await;
+    assert!(got.starts_with("HTTP/1.1 403"), "the rightmost untrusted decides: {got}");
+    for (method, body) in [("GET", ""), ("POST", "abc")] {
+        let got = exchange_raw(d.http, forged(method, body).as_bytes()).await;
+        let body = got.split("\r\n\r\n").nth(1).unwrap_or_default();
+        assert_eq!(echoed(body, "xff"), "6.6.6.7", "{method}: {body}");
+        assert_eq!(echoed(body, "xrealip"), "6.6.6.7", "{method}: {body}");
+        assert_eq!(echoed(body, "xfproto"), "https", "{method}: {body}");
+        assert_eq!(echoed(body, "xfh"), "evil.test", "{method}: {body}");
+        assert_eq!(echoed(body, "xfport"), "1", "{method}: {body}");
+        assert_eq!(echoed(body, "under"), "-", "{method}: {body}");
+    }
+    drop(d);
+    // Trusted, but not this peer: replaced.
+    let elsewhere = ["--use-forwarded-headers", "true", "--proxy-real-ip-cidr", "198.18.0.0/15"];
+    let d = Ingressd::start_with(&yaml, &elsewhere).await;
+    let got = exchange_raw(d.http, forged("GET", "").as_bytes()).await;
+    let body = got.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert_eq!(echoed(body, "xff"), "127.0.0.1", "{body}");
+    assert_eq!(echoed(body, "xfproto"), "http", "{body}");
+    drop(d);
+    // compute-full-forwarded-for: the peer appended to what came.
+    let full = ["--compute-full-forwarded-for", "true"];
+    let d = Ingressd::start_with(&yaml, &full).await;
+    let got = exchange_raw(d.http, forged("GET", "").as_bytes()).await;
+    let body = got.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert_eq!(echoed(body, "xff"), "6.6.6.6,", "{body}");
+    assert!(body.contains(" xff=6.6.6.6, 6.6.6.7, 127.0.0.1 "), "{body}");
 }

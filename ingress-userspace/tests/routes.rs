@@ -583,7 +583,14 @@ fn rules_and_requests_meet_in_normal_form() {
         ],
     ));
     let at = |p| target(&t, Some("shop.test"), p);
-    for p in ["/admin", "/%61dmin", "/x/../admin", "/./admin", "/%2Fadmin", "//admin"] {
+    for p in [
+        "/admin",
+        "/%61dmin",
+        "/x/../admin",
+        "/./admin",
+        "/%2Fadmin",
+        "//admin",
+    ] {
         assert_eq!(at(p), "b", "{p}");
     }
     assert_eq!(at("/admin/"), "a", "Exact is exact, as nginx's `=`");
@@ -602,7 +609,10 @@ fn rules_and_requests_meet_in_normal_form() {
         );
     let (t, warnings) = compile(&snapshot(&yaml), &ClassConfig::default());
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].message.contains(".. above the root"), "{warnings:?}");
+    assert!(
+        warnings[0].message.contains(".. above the root"),
+        "{warnings:?}"
+    );
     assert_eq!(target(&t, Some("bad.test"), "/ok"), "b");
 }
 
@@ -610,7 +620,10 @@ fn rules_and_requests_meet_in_normal_form() {
 fn rewrites_escape_their_captures_and_never_climb_out() {
     let t = table(&annotated(
         "rw",
-        &[("rewrite-target", "/static/$1?id=$2"), ("use-regex", "true")],
+        &[
+            ("rewrite-target", "/static/$1?id=$2"),
+            ("use-regex", "true"),
+        ],
         &[("ImplementationSpecific", "/app/([^/]*)/?(.*)", "a")],
     ));
     // Decoded for matching, escaped again on the way out.

@@ -1,13 +1,17 @@
 //! The headers a request takes to an endpoint, as ingress-nginx sets them
 //! (X-Forwarded-*, X-Real-IP, X-Request-ID, Via, Host), and the request
 //! head the in-task client writes, from whichever server read the request.
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    borrow::Cow,
+    net::{IpAddr, SocketAddr},
+};
 
 use hyper::{
     Method,
     header::{self, HeaderMap, HeaderName, HeaderValue},
 };
 
+use super::trust::Origin;
 use crate::l7::http1::{head::RequestHead, tokens::is_hop_by_hop_text};
 
 pub(in crate::l7) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -16,6 +20,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_ORIGINAL_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-original-forwarded-for");
 
 /// A request's header fields as bytes, in the order they came: hyper's
 /// header map, or the head the in-task server parsed (names in the case
@@ -82,48 +87,76 @@ pub(in crate::l7) fn request_id() -> HeaderValue {
 /// The headers the proxy sets on a request to an endpoint, as
 /// ingress-nginx does; computed once for either client.
 pub(in crate::l7) struct Forwarding<'a> {
-    client: IpAddr,
-    /// X-Forwarded-For and Via as the client sent them: added to.
-    prior_xff: Option<&'a [u8]>,
+    origin: Origin,
+    /// X-Forwarded-For as the client sent it (every line), and Via.
+    prior_xff: Option<Cow<'a, [u8]>>,
     prior_via: Option<&'a [u8]>,
-    port: u16,
+    /// `--compute-full-forwarded-for`: the peer is appended to the
+    /// client's X-Forwarded-For, not put in its place.
+    full_xff: bool,
+    /// X-Forwarded-Proto, -Host, -Port from a trusted peer.
+    their_proto: Option<&'a [u8]>,
+    their_host: Option<&'a [u8]>,
+    their_port: Option<&'a [u8]>,
     host: Option<&'a str>,
-    /// Host for the endpoint: `upstream-vhost`, else the client's.
-    upstream_host: Option<&'a str>,
-    tls: bool,
+    /// `upstream-vhost`.
+    vhost: Option<&'a str>,
     request_id: &'a HeaderValue,
 }
 
-/// Who asked, for the forwarding headers.
-pub(in crate::l7) struct Client {
-    pub(in crate::l7) ip: IpAddr,
-    /// The port the client connected to.
-    pub(in crate::l7) port: u16,
-    pub(in crate::l7) tls: bool,
+/// Every line of a header, joined by ", " as nginx's `$http_` variables
+/// join them; `None` when there is none.
+pub(in crate::l7) fn joined<'a>(fields: &'a impl Fields, name: &str) -> Option<Cow<'a, [u8]>> {
+    let mut found: Option<Cow<'a, [u8]>> = None;
+    fields.each(|n, v| {
+        if n.eq_ignore_ascii_case(name.as_bytes()) {
+            found = Some(match found.take() {
+                None => Cow::Borrowed(v),
+                Some(prev) => Cow::Owned([&prev[..], b", ", v].concat()),
+            });
+        }
+    });
+    found
 }
 
 impl<'a> Forwarding<'a> {
     /// `listed`: whether the request's Connection header names a header
-    /// (then it is hop-by-hop: nothing to add to).
+    /// (then it is hop-by-hop: nothing to take from it).
     pub(in crate::l7) fn new(
         fields: &'a impl Fields,
         listed: impl Fn(&[u8]) -> bool,
-        client: Client,
+        origin: Origin,
+        full_xff: bool,
         host: Option<&'a str>,
         vhost: Option<&'a str>,
         request_id: &'a HeaderValue,
     ) -> Self {
-        let prior = |name: &str| fields.first(name).filter(|_| !listed(name.as_bytes()));
+        let end_to_end = |name: &HeaderName| !listed(name.as_str().as_bytes());
+        let prior = |name: &HeaderName| fields.first(name.as_str()).filter(|_| end_to_end(name));
+        let theirs = |name: &HeaderName| prior(name).filter(|v| origin.trusted && !v.is_empty());
         Self {
-            client: client.ip,
-            prior_xff: prior(X_FORWARDED_FOR.as_str()),
-            prior_via: prior(header::VIA.as_str()),
-            port: client.port,
+            origin,
+            prior_xff: joined(fields, X_FORWARDED_FOR.as_str())
+                .filter(|_| end_to_end(&X_FORWARDED_FOR)),
+            prior_via: prior(&header::VIA),
+            full_xff,
+            their_proto: theirs(&X_FORWARDED_PROTO),
+            their_host: theirs(&X_FORWARDED_HOST),
+            their_port: theirs(&X_FORWARDED_PORT),
             host,
-            upstream_host: vhost.or(host),
-            tls: client.tls,
+            vhost,
             request_id,
         }
+    }
+
+    /// The Host the endpoint gets: `upstream-vhost`, else a trusted
+    /// X-Forwarded-Host (ingress-nginx's `$best_http_host`), else the
+    /// client's.
+    fn upstream_host(&self) -> Option<&[u8]> {
+        self.vhost
+            .map(str::as_bytes)
+            .or(self.their_host)
+            .or(self.host.map(str::as_bytes))
     }
 
     /// Whether the proxy sets this header (the client's value is replaced);
@@ -131,33 +164,50 @@ impl<'a> Forwarding<'a> {
     fn replaces(&self, name: &[u8]) -> bool {
         let is = |h: &HeaderName| h.as_str().as_bytes().eq_ignore_ascii_case(name);
         is(&X_FORWARDED_FOR)
+            || is(&X_ORIGINAL_FORWARDED_FOR)
             || is(&X_REAL_IP)
             || is(&X_FORWARDED_PORT)
             || is(&X_FORWARDED_PROTO)
             || is(&X_REQUEST_ID)
             || is(&header::VIA)
-            || (self.host.is_some() && is(&X_FORWARDED_HOST))
-            || (self.upstream_host.is_some() && is(&header::HOST))
+            || is(&X_FORWARDED_HOST)
+            || (self.upstream_host().is_some() && is(&header::HOST))
     }
 
     /// Each header the proxy sets, with its value.
     pub(in crate::l7) fn each(&self, mut set: impl FnMut(&HeaderName, &[u8])) {
-        let ip = IpText::of(self.client);
-        let ip = ip.as_bytes();
-        match self.prior_xff {
-            Some(prev) => set(&X_FORWARDED_FOR, &[prev, b", ", ip].concat()),
-            None => set(&X_FORWARDED_FOR, ip),
+        let client = IpText::of(self.origin.client);
+        let client = client.as_bytes();
+        match (&self.prior_xff, self.full_xff) {
+            (Some(prev), true) => {
+                let peer = IpText::of(self.origin.peer);
+                set(
+                    &X_FORWARDED_FOR,
+                    &[&prev[..], b", ", peer.as_bytes()].concat(),
+                );
+            }
+            (None, true) => set(&X_FORWARDED_FOR, IpText::of(self.origin.peer).as_bytes()),
+            (_, false) => set(&X_FORWARDED_FOR, client),
         }
-        set(&X_REAL_IP, ip);
-        set(&X_FORWARDED_PORT, itoa_port(self.port).as_str().as_bytes());
-        if let Some(h) = self.host {
-            set(&X_FORWARDED_HOST, h.as_bytes());
+        if let Some(prev) = &self.prior_xff {
+            set(&X_ORIGINAL_FORWARDED_FOR, prev);
         }
-        if let Some(h) = self.upstream_host {
-            set(&header::HOST, h.as_bytes());
+        set(&X_REAL_IP, client);
+        match self.their_port {
+            Some(port) => set(&X_FORWARDED_PORT, port),
+            None => set(
+                &X_FORWARDED_PORT,
+                itoa_port(self.origin.port).as_str().as_bytes(),
+            ),
         }
-        let proto: &[u8] = if self.tls { b"https" } else { b"http" };
-        set(&X_FORWARDED_PROTO, proto);
+        if let Some(h) = self.their_host.or(self.host.map(str::as_bytes)) {
+            set(&X_FORWARDED_HOST, h);
+        }
+        if let Some(h) = self.upstream_host() {
+            set(&header::HOST, h);
+        }
+        let scheme: &[u8] = if self.origin.tls { b"https" } else { b"http" };
+        set(&X_FORWARDED_PROTO, self.their_proto.unwrap_or(scheme));
         set(&X_REQUEST_ID, self.request_id.as_bytes());
         match self.prior_via {
             Some(prev) => set(&header::VIA, &[prev, b", 1.1 ingressd"].concat()),
@@ -201,7 +251,11 @@ pub(in crate::l7) fn upstream_head(
             }
             return;
         }
-        if !is_hop_by_hop_text(name) && !forwarding.replaces(name) && !listed(name) {
+        if !is_hop_by_hop_text(name)
+            && !forwarding.replaces(name)
+            && !listed(name)
+            && !has_underscore(name)
+        {
             head.header(name, value);
         }
     });
@@ -211,7 +265,7 @@ pub(in crate::l7) fn upstream_head(
         head.joined_header(b"cookie", &cookies, b"; ");
     }
     forwarding.each(|name, value| head.header(name.as_str().as_bytes(), value));
-    if forwarding.upstream_host.is_none() {
+    if forwarding.upstream_host().is_none() {
         // HTTP/1.1 needs exactly one: the client's as it came (one that is
         // not text is not a host to route by), else the endpoint's address
         // (an HTTP/1.0 client may have sent none).
@@ -221,6 +275,32 @@ pub(in crate::l7) fn upstream_head(
         }
     }
     head.finish()
+}
+
+/// nginx ignores header names with an underscore (`ignore_invalid_headers`
+/// with `underscores_in_headers off`): `X_Forwarded_For` or
+/// `Transfer_Encoding` could mean their dashed names to an endpoint that
+/// maps one to the other (CGI, WSGI and many frameworks do).
+pub(in crate::l7) fn has_underscore(name: &[u8]) -> bool {
+    name.contains(&b'_')
+}
+
+/// Removes the headers nginx ignores (see `has_underscore`) from a map.
+pub(in crate::l7) fn strip_ignored(headers: &mut HeaderMap) {
+    if !headers
+        .keys()
+        .any(|k| has_underscore(k.as_str().as_bytes()))
+    {
+        return;
+    }
+    let ignored: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| has_underscore(k.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for name in ignored {
+        headers.remove(name);
+    }
 }
 
 /// Cookies on one line, for hyper's client (see `upstream_head`).

@@ -22,11 +22,16 @@ pub mod forwarding;
 mod log;
 mod policy;
 pub mod request;
+pub mod trust;
 
 use self::{
     counted::Counted,
-    forwarding::{Client, Forwarding, X_REQUEST_ID, joined_cookies, request_id, upstream_head},
+    forwarding::{
+        Fields, Forwarding, X_REQUEST_ID, joined, joined_cookies, request_id, strip_ignored,
+        upstream_head,
+    },
     request::ClientHead,
+    trust::{Origin, Trust},
 };
 use super::{
     body::Body,
@@ -48,16 +53,6 @@ pub struct Conn {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
-}
-
-impl Conn {
-    fn client(&self) -> Client {
-        Client {
-            ip: self.peer.ip(),
-            port: self.local.port(),
-            tls: self.tls,
-        }
-    }
 }
 
 /// Labels of requests answered by the built-in default backend.
@@ -117,10 +112,11 @@ pub struct Pipeline {
     default_stats: Arc<LabelStats>,
     /// `--http1-fast-path`: the fast client takes requests without a body.
     fast_path: bool,
+    trust: Trust,
 }
 
 impl Pipeline {
-    pub fn new(limits: Limits, fast_path: bool) -> Self {
+    pub fn new(limits: Limits, fast_path: bool, trust: Trust) -> Self {
         let registry = Registry::default();
         let default_stats = registry.get(&default_label());
         Self {
@@ -130,6 +126,7 @@ impl Pipeline {
             registry,
             default_stats,
             fast_path,
+            trust,
         }
     }
 
@@ -223,6 +220,20 @@ impl Pipeline {
         // Held to the end: the chosen route is borrowed from it.
         let table = self.routes.load_full();
         let mut route = None;
+        let origin = match &src {
+            _ if !self.trust.use_forwarded_headers => self.trust.origin(conn, None, None),
+            Source::Fast(req) => self.trust.origin(
+                conn,
+                joined(*req, "x-forwarded-for").as_deref(),
+                req.first("x-forwarded-proto"),
+            ),
+            Source::Hyper(req) => {
+                let h = req.headers();
+                let xff = joined(h, "x-forwarded-for");
+                self.trust
+                    .origin(conn, xff.as_deref(), h.first("x-forwarded-proto"))
+            }
+        };
         let forwarded = async {
             check(head, &self.limits)?;
             // Rules, source ranges and rewrites all decide on this form.
@@ -232,10 +243,10 @@ impl Pipeline {
                 Match::Default(None) => return Err(ProxyError::NoRoute),
             };
             route = Some(r);
-            if let Some(answer) = policy::answer_here(head.target, &path, r, conn, head.host)? {
+            if let Some(answer) = policy::answer_here(head.target, &path, r, origin, head.host)? {
                 return Ok(Forwarded::Done(Ok(answer)));
             }
-            Ok(self.forward(head, &path, src, r, conn).await)
+            Ok(self.forward(head, &path, src, r, origin).await)
         };
         let outcome = tokio::select! {
             biased;
@@ -255,7 +266,7 @@ impl Pipeline {
                 (e.respond(), Some(e))
             }
         };
-        let stats = self.account(route, &resp, error.as_ref(), started, head, conn);
+        let stats = self.account(route, &resp, error.as_ref(), started, head, origin);
         if matches!(error, Some(ProxyError::ClientLeft)) {
             return Handled::ClientLeft;
         }
@@ -269,7 +280,7 @@ impl Pipeline {
         path: &NormalPath<'_>,
         src: Source<'_>,
         route: &Route,
-        conn: Conn,
+        origin: Origin,
     ) -> Forwarded {
         let addrs = match endpoints(route).await {
             Ok(addrs) => addrs,
@@ -278,8 +289,8 @@ impl Pipeline {
         let h2 = speaks_h2_upstream(route);
         let prepared = match src {
             Source::Fast(_) if h2 => return Forwarded::HandBack,
-            Source::Fast(req) => self.prepare_fast(req, head, path, route, conn, addrs[0]),
-            Source::Hyper(req) => self.prepare_hyper(req, head, path, route, conn, addrs[0], h2),
+            Source::Fast(req) => self.prepare_fast(req, head, path, route, origin, addrs[0]),
+            Source::Hyper(req) => self.prepare_hyper(req, head, path, route, origin, addrs[0], h2),
         };
         let outgoing = match prepared {
             Ok(o) => o,
@@ -330,7 +341,7 @@ impl Pipeline {
         head: &Head<'_>,
         path: &NormalPath<'_>,
         route: &Route,
-        conn: Conn,
+        origin: Origin,
         first: SocketAddr,
     ) -> Result<Outgoing, ProxyError> {
         let target = rewritten(route, head.target, path)?;
@@ -341,7 +352,8 @@ impl Pipeline {
         let forwarding = Forwarding::new(
             req,
             |name| req.listed(name),
-            conn.client(),
+            origin,
+            self.trust.compute_full_forwarded_for,
             head.host,
             route.policy.upstream_vhost.as_deref(),
             &request_id,
@@ -377,7 +389,7 @@ impl Pipeline {
         head: &Head<'_>,
         path: &NormalPath<'_>,
         route: &Route,
-        conn: Conn,
+        origin: Origin,
         first: SocketAddr,
         h2: bool,
     ) -> Result<Outgoing, ProxyError> {
@@ -392,6 +404,7 @@ impl Pipeline {
             .flatten();
         let downstream = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        strip_ignored(&mut parts.headers);
         let request_id = parts
             .headers
             .get(X_REQUEST_ID)
@@ -416,7 +429,8 @@ impl Pipeline {
         let forwarding = Forwarding::new(
             &parts.headers,
             named(&listed),
-            conn.client(),
+            origin,
+            self.trust.compute_full_forwarded_for,
             head.host,
             policy.upstream_vhost.as_deref(),
             &request_id,
@@ -516,7 +530,7 @@ impl Pipeline {
         error: Option<&ProxyError>,
         started: Instant,
         head: &Head<'_>,
-        conn: Conn,
+        origin: Origin,
     ) -> Arc<LabelStats> {
         let stats = match route {
             // A table published without swap_routes has no handles yet.
@@ -538,7 +552,7 @@ impl Pipeline {
             status: status.as_u16(),
             ingress,
             service,
-            client: conn.peer.ip(),
+            client: origin.client,
             request_id: resp.headers().get(X_REQUEST_ID),
             error: error.map(ProxyError::label),
             took,

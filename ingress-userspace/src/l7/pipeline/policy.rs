@@ -7,7 +7,7 @@ use hyper::{
     http::uri::PathAndQuery,
 };
 
-use super::Conn;
+use super::trust::Origin;
 use crate::l7::{
     body::{Body, text},
     error::ProxyError,
@@ -21,11 +21,12 @@ pub(super) fn answer_here(
     target: &PathAndQuery,
     path: &NormalPath<'_>,
     route: &Route,
-    conn: Conn,
+    origin: Origin,
     host: Option<&str>,
 ) -> Result<Option<Response<Body>>, ProxyError> {
     let policy = &route.policy;
-    if !policy.allow.is_empty() && !policy.allow.iter().any(|c| c.contains(conn.peer.ip())) {
+    // nginx's allow/deny see the client realip found, not the peer.
+    if !policy.allow.is_empty() && !policy.allow.iter().any(|c| c.contains(origin.client)) {
         return Err(ProxyError::Forbidden);
     }
     if let Some((to, code)) = &policy.redirect {
@@ -39,7 +40,7 @@ pub(super) fn answer_here(
         tracing::debug!(%protocol, "backend-protocol not supported");
         return Err(ProxyError::UnsupportedBackend);
     }
-    if route.ssl_redirect && !conn.tls {
+    if route.ssl_redirect && !origin.https {
         return Ok(Some(redirect_to_https(target.as_str(), host)));
     }
     if let Some(root) = &policy.app_root

@@ -19,7 +19,7 @@ use self::hyper_server::{Proto, is_header_timeout, serve_conn};
 use super::{
     error::ProxyError,
     limits::Limits,
-    pipeline::{Conn, Pipeline},
+    pipeline::{Conn, Pipeline, trust::Trust},
     route::RouteTable,
 };
 
@@ -35,14 +35,14 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(limits: Limits) -> Arc<Self> {
-        Self::with_fast_path(limits, true)
+        Self::with_options(limits, true, Trust::default())
     }
 
     /// `fast_path` false: hyper's server and clients for everything (the
     /// operator's fallback the day a fast-path parser bug is found).
-    pub fn with_fast_path(limits: Limits, fast_path: bool) -> Arc<Self> {
+    pub fn with_options(limits: Limits, fast_path: bool, trust: Trust) -> Arc<Self> {
         Arc::new(Self {
-            pipeline: Pipeline::new(limits, fast_path),
+            pipeline: Pipeline::new(limits, fast_path, trust),
             stopping: tokio::sync::watch::Sender::new(false),
             active_connections: AtomicI64::new(0),
             fast_path,

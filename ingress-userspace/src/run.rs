@@ -19,7 +19,7 @@ use crate::{
     l7::{
         Limits, Proxy, listen,
         pipeline::trust::Trust,
-        route::{ClassConfig, compile},
+        route::{ClassConfig, Patterns, compile_with},
         tls::{self, CertStore},
     },
     manifest::{ManifestSource, ObjectKey, Snapshot},
@@ -320,6 +320,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         l7,
         vips,
         class: cfg.class.clone(),
+        patterns: Patterns::default(),
         warned: BTreeSet::new(),
     };
     let mut first = true;
@@ -430,6 +431,8 @@ struct Syncer {
     l7: Option<L7>,
     vips: Option<VipSteering>,
     class: ClassConfig,
+    /// Path patterns compiled by earlier syncs (each once per change).
+    patterns: Patterns,
     warned: BTreeSet<String>,
 }
 
@@ -475,7 +478,7 @@ impl Syncer {
         }
         let mut rules = 0;
         if let Some(l7) = &self.l7 {
-            let (table, route_warnings) = compile(snapshot, &self.class);
+            let (table, route_warnings) = compile_with(snapshot, &self.class, &mut self.patterns);
             rules = table.len();
             warnings.extend(route_warnings.iter().map(ToString::to_string));
             // Certificates first: a route to a TLS host never waits for its certificate.

@@ -99,7 +99,11 @@ async fn echo(name: &'static str, addr: SocketAddr) -> SocketAddr {
                                 .map(|k| k.as_str())
                                 .filter(|k| k.contains('_'))
                                 .collect();
-                            if under.is_empty() { "-".to_string() } else { under.join(",") }
+                            if under.is_empty() {
+                                "-".to_string()
+                            } else {
+                                under.join(",")
+                            }
                         },
                         h("via"),
                         req.version(),
@@ -2056,7 +2060,11 @@ async fn forwarded_headers_are_replaced_unless_the_peer_is_trusted() {
         assert_eq!(echoed(body, "xrealip"), "127.0.0.1", "{method}: {body}");
         assert_eq!(echoed(body, "xfproto"), "http", "{method}: {body}");
         assert_eq!(echoed(body, "xfh"), "shop.test", "{method}: {body}");
-        assert_eq!(echoed(body, "xfport"), d.http.port().to_string(), "{method}: {body}");
+        assert_eq!(
+            echoed(body, "xfport"),
+            d.http.port().to_string(),
+            "{method}: {body}"
+        );
         assert_eq!(echoed(body, "host"), "shop.test", "{method}: {body}");
         // The client's list stays readable as ingress-nginx keeps it.
         assert_eq!(echoed(body, "xoff"), "6.6.6.6,", "{method}: {body}");
@@ -2068,7 +2076,12 @@ async fn forwarded_headers_are_replaced_unless_the_peer_is_trusted() {
 
     // Trusted (loopback is in the range): the client is who it says, as
     // are the scheme, host and port, and source ranges see that client.
-    let trusting = ["--use-forwarded-headers", "true", "--proxy-real-ip-cidr", "127.0.0.0/8"];
+    let trusting = [
+        "--use-forwarded-headers",
+        "true",
+        "--proxy-real-ip-cidr",
+        "127.0.0.0/8",
+    ];
     let guarded = yaml.clone()
         + &annotated(
             "deny.test",
@@ -2078,12 +2091,17 @@ async fn forwarded_headers_are_replaced_unless_the_peer_is_trusted() {
         );
     let d = Ingressd::start_with(&guarded, &trusting).await;
     let from = |xff: &str| {
-        format!("GET / HTTP/1.1\r\nHost: deny.test\r\nX-Forwarded-For: {xff}\r\nConnection: close\r\n\r\n")
+        format!(
+            "GET / HTTP/1.1\r\nHost: deny.test\r\nX-Forwarded-For: {xff}\r\nConnection: close\r\n\r\n"
+        )
     };
     let got = exchange_raw(d.http, from("198.18.0.5").as_bytes()).await;
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     let got = exchange_raw(d.http, from("198.18.0.5, 6.6.6.6").as_bytes()).await;
-    assert!(got.starts_with("HTTP/1.1 403"), "the rightmost untrusted decides: {got}");
+    assert!(
+        got.starts_with("HTTP/1.1 403"),
+        "the rightmost untrusted decides: {got}"
+    );
     for (method, body) in [("GET", ""), ("POST", "abc")] {
         let got = exchange_raw(d.http, forged(method, body).as_bytes()).await;
         let body = got.split("\r\n\r\n").nth(1).unwrap_or_default();
@@ -2096,7 +2114,12 @@ async fn forwarded_headers_are_replaced_unless_the_peer_is_trusted() {
     }
     drop(d);
     // Trusted, but not this peer: replaced.
-    let elsewhere = ["--use-forwarded-headers", "true", "--proxy-real-ip-cidr", "198.18.0.0/15"];
+    let elsewhere = [
+        "--use-forwarded-headers",
+        "true",
+        "--proxy-real-ip-cidr",
+        "198.18.0.0/15",
+    ];
     let d = Ingressd::start_with(&yaml, &elsewhere).await;
     let got = exchange_raw(d.http, forged("GET", "").as_bytes()).await;
     let body = got.split("\r\n\r\n").nth(1).unwrap_or_default();

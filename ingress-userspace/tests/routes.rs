@@ -641,3 +641,51 @@ fn rewrites_escape_their_captures_and_never_climb_out() {
     assert_eq!(rewritten(&t, "/app/.x").as_deref(), Some("/static/end"));
     assert_eq!(rewritten(&t, "/app/ax").as_deref(), Some("/static//a/end"));
 }
+
+#[test]
+fn patterns_are_bounded_and_compiled_once_per_change() {
+    let paths: Vec<(String, String, String)> = (0..40)
+        .map(|i| {
+            (
+                "ImplementationSpecific".to_string(),
+                format!("/r{i}/\\w{{60}}"),
+                "a".to_string(),
+            )
+        })
+        .chain([(
+            "ImplementationSpecific".to_string(),
+            "/huge/(\\w{60}){1000}".to_string(),
+            "b".to_string(),
+        )])
+        .collect();
+    let paths: Vec<(&str, &str, &str)> = paths
+        .iter()
+        .map(|(k, p, s)| (k.as_str(), p.as_str(), s.as_str()))
+        .collect();
+    let yaml = services() + &annotated("rx", &[("use-regex", "true")], &paths);
+    let snap = snapshot(&yaml);
+    let mut patterns = ingressd::l7::route::Patterns::default();
+    let (t, warnings) =
+        ingressd::l7::route::compile_with(&snap, &ClassConfig::default(), &mut patterns);
+    // The one too large compiled is refused by name; the rest serve.
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].message.contains("more than 256 KiB"),
+        "{warnings:?}"
+    );
+    assert_eq!(warnings[0].field, "spec.rules[0].http.paths[40].path");
+    assert_eq!(
+        target(
+            &t,
+            Some("shop.test"),
+            "/r7/abcdefghij_abcdefghij_abcdefghij_abcdefghij_abcdefghij_abcdefghi"
+        ),
+        "a"
+    );
+    assert_eq!(patterns.len(), 41);
+    // The next sync (an endpoint changed, say) gives the same table.
+    let (again, _) =
+        ingressd::l7::route::compile_with(&snap, &ClassConfig::default(), &mut patterns);
+    assert_eq!(again.len(), t.len());
+    assert_eq!(patterns.len(), 41, "nothing compiled twice, nothing lost");
+}

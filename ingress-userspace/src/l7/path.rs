@@ -158,14 +158,16 @@ fn resolve(path: &[u8]) -> Result<Vec<u8>, PathError> {
 /// A path built by a rewrite, as it goes on the wire: what a URI path
 /// cannot hold as it is (space, `%`, `?`, `#`, controls, non-ASCII) is
 /// percent-encoded, as nginx escapes a rewritten `$uri`.
-pub fn escape(path: &str) -> Cow<'_, str> {
+pub fn escape(path: &[u8]) -> Cow<'_, str> {
     let plain = |b: u8| b > 0x20 && b < 0x7f && !matches!(b, b'%' | b'?' | b'#');
-    if path.bytes().all(plain) {
-        return Cow::Borrowed(path);
+    if path.iter().copied().all(plain)
+        && let Ok(text) = std::str::from_utf8(path)
+    {
+        return Cow::Borrowed(text);
     }
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(path.len() + 16);
-    for b in path.bytes() {
+    for &b in path {
         if plain(b) {
             out.push(b as char);
         } else {
@@ -257,9 +259,11 @@ mod tests {
 
     #[test]
     fn rewritten_paths_are_escaped_for_the_wire() {
-        assert_eq!(escape("/static/a"), "/static/a");
-        assert_eq!(escape("/a b?c#d%e"), "/a%20b%3Fc%23d%25e");
-        assert_eq!(escape("/ü"), "/%C3%BC");
+        assert_eq!(escape(b"/static/a"), "/static/a");
+        assert_eq!(escape(b"/a b?c#d%e"), "/a%20b%3Fc%23d%25e");
+        assert_eq!(escape("/ü".as_bytes()), "/%C3%BC");
+        // A capture may end within a character: each byte stands alone.
+        assert_eq!(escape(&"ü".as_bytes()[..1]), "%C3");
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! `/metrics` (Prometheus text), `/healthz` and `/readyz` on `--metrics-addr`.
 use std::{
-    convert::Infallible,
     fmt::Write as _,
     net::SocketAddr,
     path::PathBuf,
@@ -12,13 +11,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{
-    Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn,
-};
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Request, Response, StatusCode, body::Incoming};
 
-use crate::{bpf::LbMaps, l7::Proxy};
+use crate::{
+    bpf::LbMaps,
+    l7::{Proxy, body::Body, listen::serve_side},
+};
 
 /// What the sync loop reports; read by the HTTP handlers.
 #[derive(Default)]
@@ -140,7 +139,7 @@ async fn handle(
     status: Arc<Status>,
     pin_path: Arc<PathBuf>,
     proxy: Option<Arc<Proxy>>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Response<Body> {
     let (code, body) = match req.uri().path() {
         "/metrics" => {
             let mut text = render_metrics(&status, &pin_path);
@@ -158,44 +157,31 @@ async fn handle(
         ),
         _ => (StatusCode::NOT_FOUND, "not found\n".into()),
     };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
     *resp.status_mut() = code;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
     );
-    Ok(resp)
+    resp
 }
 
-/// Binds now (so a bad address fails at start-up) and serves in the background.
+/// Binds now (so a bad address fails at start-up) and serves in the
+/// background: at most `cap` connections, each request head within
+/// `timeout`.
 pub async fn serve(
     addr: SocketAddr,
     status: Arc<Status>,
     pin_path: PathBuf,
     proxy: Option<Arc<Proxy>>,
+    (cap, timeout): (usize, Duration),
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    let listener = crate::l7::listen::bind(addr)
         .map_err(|e| anyhow::anyhow!("binding --metrics-addr {addr}: {e}"))?;
     if let Ok(at) = listener.local_addr() {
         tracing::info!(metrics = %at, "metrics listening");
     }
     let pin_path = Arc::new(pin_path);
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let (status, pin_path, proxy) = (status.clone(), pin_path.clone(), proxy.clone());
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    handle(req, status.clone(), pin_path.clone(), proxy.clone())
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    }))
+    let answer = move |req| handle(req, status.clone(), pin_path.clone(), proxy.clone());
+    Ok(tokio::spawn(serve_side(listener, cap, timeout, answer)))
 }

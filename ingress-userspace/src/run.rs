@@ -17,7 +17,8 @@ use crate::{
     bpf::{self, LbMaps, XdpAttachMode},
     kube_source::{self, KubeSource},
     l7::{
-        Limits, Proxy, listen,
+        Limits, Proxy,
+        listen::{self, FdPlan},
         pipeline::trust::Trust,
         route::{ClassConfig, Patterns, compile_with},
         tls::{self, CertStore},
@@ -211,12 +212,30 @@ fn start_l4(cfg: &RunConfig) -> anyhow::Result<L4> {
 }
 
 async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {flag} {addr}"))
+    listen::bind(addr).with_context(|| format!("binding {flag} {addr}"))
 }
 
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
+    // Descriptors shared out before anything opens one: each listener gets
+    // a cap of its own, so none can take the others' (see listen::fds).
+    let fds = FdPlan::for_this_process(cfg.limits.max_connections);
+    let mut limits = cfg.limits.clone();
+    limits.max_connections = fds.proxy;
+    if fds.proxy < cfg.limits.max_connections {
+        tracing::warn!(
+            fd_limit = fds.limit,
+            max_connections = cfg.limits.max_connections,
+            "the file-descriptor limit allows {} connections per proxy listener",
+            fds.proxy
+        );
+    }
+    tracing::info!(
+        fd_limit = fds.limit,
+        proxy_connections = fds.proxy,
+        default_backend_connections = fds.default_backend,
+        metrics_connections = fds.metrics,
+        "connections per listener"
+    );
     let l4 = if cfg.no_l4 {
         None
     } else {
@@ -226,7 +245,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let l7 = if cfg.no_l7 {
         None
     } else {
-        let proxy = Proxy::with_options(cfg.limits.clone(), cfg.fast_path, cfg.trust.clone());
+        let proxy = Proxy::with_options(limits.clone(), cfg.fast_path, cfg.trust.clone());
         let certs = Arc::new(CertStore::default());
         let fallback = tls::self_signed()
             .map_err(|e| anyhow::anyhow!("making the default certificate: {e}"))?;
@@ -256,7 +275,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             (bound(&http), bound(&https), bound(&default_backend));
         tokio::spawn(listen::serve_http(http, proxy.clone()));
         tokio::spawn(listen::serve_https(https, proxy.clone(), tls_config));
-        tokio::spawn(listen::serve_default_backend(default_backend));
+        tokio::spawn(listen::serve_default_backend(
+            default_backend,
+            fds.default_backend,
+            limits.client_header_timeout,
+        ));
         tracing::info!(
             http = %http_at,
             https = %https_at,
@@ -280,6 +303,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         status.clone(),
         cfg.pin_path.clone(),
         proxy.clone(),
+        (fds.metrics, limits.client_header_timeout),
     )
     .await?;
 

@@ -166,6 +166,11 @@ impl Ingressd {
     }
 
     async fn start_with(manifests: &str, extra: &[&str]) -> Ingressd {
+        Self::start_limited(manifests, extra, None).await
+    }
+
+    /// With RLIMIT_NOFILE at `nofile` (soft and hard), when given.
+    async fn start_limited(manifests: &str, extra: &[&str], nofile: Option<u64>) -> Ingressd {
         let dir = std::env::temp_dir().join(format!(
             "ingressd-l7-{}-{}",
             std::process::id(),
@@ -175,7 +180,24 @@ impl Ingressd {
         write(&dir.join("m"), manifests);
         let log = dir.join("ingressd.log");
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: setrlimit only, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(["run", "--no-l4", "--manifests"])
             .arg(dir.join("m"))
             .args(extra)
@@ -2133,4 +2155,50 @@ async fn forwarded_headers_are_replaced_unless_the_peer_is_trusted() {
     let body = got.split("\r\n\r\n").nth(1).unwrap_or_default();
     assert_eq!(echoed(body, "xff"), "6.6.6.6,", "{body}");
     assert!(body.contains(" xff=6.6.6.6, 6.6.6.7, 127.0.0.1 "), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_listener_starves_another_of_file_descriptors() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_, yaml) = backends().await;
+    let d = Ingressd::start_limited(&yaml, &["--client-header-timeout", "3"], Some(256)).await;
+    // 300 requests to the default backend's port that never finish their
+    // head: more than every descriptor the process has.
+    let mut stuck = Vec::new();
+    for _ in 0..300 {
+        let mut s = tokio::net::TcpStream::connect(d.default_backend)
+            .await
+            .unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        stuck.push(s);
+    }
+    // The proxy and the probes answer all the same.
+    for _ in 0..5 {
+        let (status, body) = get(d.http, "/", Some("shop.test"))
+            .await
+            .expect("the proxy answers");
+        assert!(status == 200 && body.starts_with("a "), "{status} {body}");
+    }
+    assert_eq!(get(d.metrics, "/healthz", None).await.unwrap().0, 200);
+    // And the stuck ones are let go after the header timeout.
+    let mut first = stuck.swap_remove(0);
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match first.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a half-sent request held past the header timeout"
+    );
+    let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+    assert!(
+        !log.contains("accept failed"),
+        "descriptors ran out:\n{log}"
+    );
 }

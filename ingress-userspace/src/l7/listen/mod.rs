@@ -1,20 +1,40 @@
-//! Listening: the accept loops of the HTTP, HTTPS and default-backend
-//! ports, with their socket options and connection caps. Each accepted
-//! connection is served on a task of its own (`server`).
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+//! Listening: the accept loops of the HTTP, HTTPS, default-backend and
+//! metrics ports, with their socket options and connection caps (`fds`
+//! shares the descriptors out). Each accepted connection is served on a
+//! task of its own (`server`; `side` for the small ports).
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use hyper::{Request, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
+use hyper::{Request, StatusCode, body::Incoming};
 use tokio::net::TcpListener;
+
+mod fds;
+mod side;
+
+pub use fds::FdPlan;
+pub use side::serve_side;
 
 use super::{
     body::text,
     pipeline::Conn,
     server::{self, Proxy},
 };
+
+/// Connections the kernel keeps waiting for accept while a listener is at
+/// its cap (std and mio's 128 drop SYNs from a burst; nginx takes 511).
+/// Capped by `net.core.somaxconn`.
+const BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr`, with a backlog for bursts.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// Socket options on the listener that accepted sockets inherit (Linux).
 ///
@@ -139,24 +159,20 @@ pub async fn serve_https(
 }
 
 /// The default backend on its own port (`--default-backend-addr`), as
-/// ingress-nginx's: 404 for everything, 200 on /healthz.
-pub async fn serve_default_backend(listener: TcpListener) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        tokio::spawn(async move {
-            let svc = service_fn(|req: Request<Incoming>| async move {
-                Ok::<_, Infallible>(if req.uri().path() == "/healthz" {
-                    text(StatusCode::OK, "ok\n")
-                } else {
-                    text(StatusCode::NOT_FOUND, "default backend - 404\n")
-                })
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+/// ingress-nginx's: 404 for everything, 200 on /healthz; at most `cap`
+/// connections, each head within `timeout`.
+pub async fn serve_default_backend(listener: TcpListener, cap: usize, timeout: Duration) {
+    serve_side(
+        listener,
+        cap,
+        timeout,
+        |req: Request<Incoming>| async move {
+            if req.uri().path() == "/healthz" {
+                text(StatusCode::OK, "ok\n")
+            } else {
+                text(StatusCode::NOT_FOUND, "default backend - 404\n")
+            }
+        },
+    )
+    .await
 }

@@ -2202,3 +2202,174 @@ async fn no_listener_starves_another_of_file_descriptors() {
         "descriptors ran out:\n{log}"
     );
 }
+
+/// An endpoint whose every response is a body that never ends (8 KiB
+/// pieces as fast as the proxy takes them, for at most a minute); tells
+/// how many such responses the proxy has stopped taking (their connection
+/// closed under them).
+async fn streamer(ip: Ipv4Addr) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+                if s.write_all(head).await.is_err() {
+                    return;
+                }
+                let piece = format!("2000\r\n{}\r\n", "x".repeat(0x2000));
+                let until = Instant::now() + Duration::from_secs(60);
+                while Instant::now() < until {
+                    if s.write_all(piece.as_bytes()).await.is_err() {
+                        let _ = tx.send(());
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_hyper_serves_keep_their_idle_and_send_timeouts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_, yaml) = backends().await;
+    let (ep, mut cut) = streamer(Ipv4Addr::new(127, 0, 0, 7)).await;
+    let yaml = yaml
+        + &service("stream", ep.port(), &[ep.ip()])
+        + "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: stream}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: stream.test\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: stream, port: {number: 80}}}}\n"
+        + &annotated("ws.test", &[("proxy-read-timeout", "1")], "/", "Prefix");
+    let flags = ["--keep-alive-timeout", "1", "--client-header-timeout", "2"];
+    let d = Ingressd::start_with(&yaml, &flags).await;
+    let closed_within = async |s: &mut tokio::net::TcpStream, limit: Duration| {
+        let mut buf = vec![0u8; 64 * 1024];
+        tokio::time::timeout(limit, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    };
+
+    // HTTP/1 on hyper (a body took it there), then idle: closed after the
+    // keep-alive timeout, without a 408.
+    let mut s = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 1\r\n\r\nx")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let started = Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(
+        !got.contains("408"),
+        "an idle connection is closed without a word: {got}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "idle for the keep-alive timeout, not the header one"
+    );
+
+    // HTTP/2, no stream: let go after the keep-alive timeout too.
+    let mut s = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)).await,
+        "an idle HTTP/2 connection was kept"
+    );
+
+    // A client that stops reading after a request with a body: given up
+    // after the send timeout, and the endpoint's response with it.
+    let mut s = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: stream.test\r\nContent-Length: 1\r\n\r\nx")
+        .await
+        .unwrap();
+    let given_up = tokio::time::timeout(Duration::from_secs(10), cut.recv()).await;
+    assert!(
+        given_up.is_ok(),
+        "a client reading nothing held its response"
+    );
+    drop(s);
+
+    // HTTP/2 whose stream window never opens.
+    let stream = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(1024)
+        .initial_connection_window_size(1024 * 1024)
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = Request::get("http://stream.test/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("h2 response head");
+    assert_eq!(resp.status(), 200);
+    // The body is never read: its window stays shut.
+    let given_up = tokio::time::timeout(Duration::from_secs(10), cut.recv()).await;
+    assert!(
+        given_up.is_ok(),
+        "a stream whose window never opens held its response"
+    );
+    drop(resp);
+
+    // An idle WebSocket-style upgrade closes after the Ingress's
+    // proxy-read-timeout (1 s); one in use stays open.
+    let upgraded = async || {
+        let stream = tokio::net::TcpStream::connect(d.http).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn.with_upgrades());
+        let req = Request::get("/chat")
+            .header("host", "ws.test")
+            .header("connection", "Upgrade")
+            .header("upgrade", "echo")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        TokioIo::new(hyper::upgrade::on(resp).await.expect("upgraded"))
+    };
+    let mut busy = upgraded().await;
+    for _ in 0..8 {
+        busy.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(2), busy.read_exact(&mut one))
+            .await
+            .expect("echoed while in use")
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut idle = upgraded().await;
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "an idle upgraded connection was kept");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}

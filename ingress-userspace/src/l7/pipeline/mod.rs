@@ -23,6 +23,7 @@ mod log;
 mod policy;
 pub mod request;
 pub mod trust;
+mod upgrade;
 
 use self::{
     counted::Counted,
@@ -325,7 +326,7 @@ impl Pipeline {
                 && let Some(down) = downstream.take()
             {
                 let up = hyper::upgrade::on(&mut resp);
-                tokio::spawn(splice(down, up));
+                tokio::spawn(upgrade::splice(down, up, t.read));
                 return resp;
             }
             resp.headers_mut().insert(X_REQUEST_ID, request_id);
@@ -671,16 +672,4 @@ fn speaks_h2(app_protocol: &str) -> bool {
         app_protocol.to_ascii_lowercase().as_str(),
         "kubernetes.io/h2c" | "h2c" | "grpc" | "http2"
     )
-}
-
-/// Copies bytes both ways between the client's and the endpoint's
-/// upgraded connections until either side closes.
-async fn splice(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
-    use hyper_util::rt::TokioIo;
-    match tokio::try_join!(down, up) {
-        Ok((d, u)) => {
-            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(d), &mut TokioIo::new(u)).await;
-        }
-        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-    }
 }

@@ -1,12 +1,16 @@
 //! hyper's server, for what the fast server does not take: requests with a
 //! body, upgrades, HTTP/2, and every HTTP/1 request when the fast path is
 //! off. Its requests go through the same pipeline.
-use std::{convert::Infallible, sync::Arc};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
+use http_body_util::BodyExt as _;
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use super::Proxy;
+use super::{
+    Proxy,
+    watchdog::{Expired, Timeouts, Watch, WatchedIo},
+};
 use crate::l7::{error::BoxError, pipeline::Conn};
 
 /// The header count hyper's HTTP/1 parser allows when not told otherwise.
@@ -51,41 +55,92 @@ where
     }
 }
 
-/// Runs a connection to its end, or asks it to finish once shutdown begins.
-async fn drive<C: Graceful>(conn: C, proxy: &Proxy) -> Result<(), hyper::Error> {
+/// How a connection hyper served ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Served {
+    /// It is over (the client left, or was let go idle).
+    Closed,
+    /// A head did not come whole in time: the client is owed a 408.
+    HeadTimeout,
+    /// It broke off (an error, or a response the client would not take).
+    Failed,
+}
+
+/// Runs a connection to its end; asks it to finish once shutdown begins
+/// or it sat idle too long; drops it when a head or a response write ran
+/// out of time.
+async fn drive<C: Graceful>(conn: C, proxy: &Proxy, watch: &Watch, t: Timeouts) -> Served {
+    let ended = |r: Result<(), hyper::Error>| match r {
+        Ok(()) => Served::Closed,
+        Err(e) if is_header_timeout(&e) => Served::HeadTimeout,
+        Err(_) => Served::Failed,
+    };
     tokio::pin!(conn);
+    let expiry = watch.expiry(t);
+    tokio::pin!(expiry);
+    let graceful = tokio::select! {
+        r = conn.as_mut() => return ended(r),
+        () = proxy.stopped() => true,
+        e = &mut expiry => match e {
+            Expired::Idle => true,
+            Expired::Head => return Served::HeadTimeout,
+            Expired::Send => return Served::Failed,
+        },
+    };
+    if graceful {
+        conn.as_mut().graceful();
+    }
+    // Finishing is held to the send timeout too.
     tokio::select! {
-        r = conn.as_mut() => r,
-        () = proxy.stopped() => {
-            conn.as_mut().graceful();
-            conn.await
-        }
+        r = conn.as_mut() => ended(r),
+        e = &mut expiry => match e {
+            Expired::Send => Served::Failed,
+            _ => conn.await.map_or(Served::Failed, |()| Served::Closed),
+        },
     }
 }
 
 /// One client connection, plain or TLS, in the HTTP it speaks, until the
 /// client goes away.
-pub(super) async fn serve_conn<I>(
-    io: I,
-    proxy: Arc<Proxy>,
-    conn: Conn,
-    proto: Proto,
-) -> Result<(), BoxError>
+pub(super) async fn serve_conn<I>(io: I, proxy: Arc<Proxy>, conn: Conn, proto: Proto) -> Served
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let watch = Watch::new(proto == Proto::Http2);
     let p = proxy.clone();
+    let w = watch.clone();
     let svc = service_fn(move |req| {
         let p = p.clone();
-        async move { Ok::<_, Infallible>(p.pipeline.handle_hyper(req, conn).await) }
+        let request = w.begin();
+        async move {
+            let resp = p.pipeline.handle_hyper(req, conn).await;
+            Ok::<_, Infallible>(resp.map(|body| request.watch(body.boxed())))
+        }
     });
     let limits = proxy.pipeline.limits();
-    let io = TokioIo::new(io);
-    let result = match proto {
+    let t = Timeouts {
+        // No keep-alive: hyper closes after the response; the connection
+        // then only waits for its first head.
+        idle: if limits.client_keepalive.is_zero() {
+            limits.client_header_timeout
+        } else {
+            limits.client_keepalive
+        },
+        head: limits.client_header_timeout,
+        send: limits.client_header_timeout,
+    };
+    let io = TokioIo::new(WatchedIo {
+        io,
+        watch: watch.clone(),
+    });
+    match proto {
         Proto::Http1 => {
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.client_header_timeout)
+                // The watchdog keeps the idle and head timeouts; hyper's
+                // own (which counts idle time as head time) only backs it.
+                .header_read_timeout(t.idle + t.head + Duration::from_secs(1))
+                .keep_alive(!limits.client_keepalive.is_zero())
                 // hyper answers 431 past these.
                 .max_buf_size(limits.max_header_bytes.max(8192));
             // hyper's own limit is 100: told 100 again, it would build its
@@ -94,7 +149,8 @@ where
             if limits.max_headers != HYPER_MAX_HEADERS {
                 b.max_headers(limits.max_headers);
             }
-            drive(b.serve_connection(io, svc).with_upgrades(), &proxy).await
+            let served = b.serve_connection(io, svc).with_upgrades();
+            drive(served, &proxy, &watch, t).await
         }
         Proto::Http2 => {
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -103,15 +159,14 @@ where
                 .keep_alive_interval(Some(limits.client_header_timeout));
             // Boxed: HTTP/2's connection state is twice HTTP/1's, and an
             // unboxed one would make every connection's task that large.
-            Box::pin(drive(b.serve_connection(io, svc), &proxy)).await
+            Box::pin(drive(b.serve_connection(io, svc), &proxy, &watch, t)).await
         }
-    };
-    result.map_err(Into::into)
+    }
 }
 
 /// Whether a connection ended because the client was too slow sending a
 /// request head (or sat idle that long).
-pub(super) fn is_header_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+fn is_header_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if err

@@ -14,8 +14,9 @@ use bytes::Bytes;
 
 mod fast;
 mod hyper_server;
+mod watchdog;
 
-use self::hyper_server::{Proto, is_header_timeout, serve_conn};
+use self::hyper_server::{Proto, Served, serve_conn};
 use super::{
     error::ProxyError,
     limits::Limits,
@@ -149,9 +150,7 @@ pub async fn serve_plain(stream: tokio::net::TcpStream, conn: Conn, proxy: Arc<P
     };
     let (io, late) = KeepWriter::new(stream);
     let served = serve_conn(Prefixed { head, io }, proxy.clone(), conn, proto);
-    let timed_out = Box::pin(served)
-        .await
-        .is_err_and(|e| is_header_timeout(e.as_ref()));
+    let timed_out = Box::pin(served).await == Served::HeadTimeout;
     let Some(mut w) = late.take() else { return };
     if timed_out {
         fast::refuse(&mut w, &ProxyError::HeadTimeout, &proxy, conn).await;

@@ -172,7 +172,7 @@ pub async fn serve_tls(
     // Boxed, as for plain connections.
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
         let served = serve_conn(tls, proxy.clone(), conn, Proto::Http2);
-        drop(Box::pin(served).await);
+        let _ = Box::pin(served).await;
         return;
     }
     if !proxy.fast_path {
@@ -180,7 +180,7 @@ pub async fn serve_tls(
             head: Bytes::new(),
             io: tls,
         };
-        drop(Box::pin(serve_conn(io, proxy.clone(), conn, Proto::Http1)).await);
+        let _ = Box::pin(serve_conn(io, proxy.clone(), conn, Proto::Http1)).await;
         return;
     }
     let since = tokio::time::Instant::now();
@@ -190,7 +190,7 @@ pub async fn serve_tls(
         fast::Ended::HandOver(head) => {
             let io = Prefixed { head, io: tls };
             let served = serve_conn(io, proxy.clone(), conn, Proto::Http1);
-            drop(Box::pin(served).await);
+            let _ = Box::pin(served).await;
         }
         // close_notify first: a body that ends with the connection must be
         // told apart from a cut-off one. Cut off: dropped without

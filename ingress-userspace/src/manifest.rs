@@ -19,7 +19,9 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use serde::Deserialize;
+use serde::de::DeserializeSeed as _;
+
+mod bounded;
 
 /// `namespace/name` of an object; cluster-scoped objects have an empty namespace.
 pub type ObjectKey = (String, String);
@@ -249,6 +251,7 @@ pub fn parse_file(file: &Path, text: &str) -> (Vec<Object>, Vec<ManifestError>, 
     let mut objects = Vec::new();
     let mut errors = Vec::new();
     let mut skipped = Vec::new();
+    let budget = bounded::Budget::for_file(text.len());
     for (index, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
         let err = |object: Option<String>, field: Option<String>, message: String| ManifestError {
             file: file.to_path_buf(),
@@ -257,7 +260,7 @@ pub fn parse_file(file: &Path, text: &str) -> (Vec<Object>, Vec<ManifestError>, 
             field,
             message,
         };
-        let value = match serde_norway::Value::deserialize(doc) {
+        let value = match bounded::Bounded(&budget).deserialize(doc) {
             Ok(v) => v,
             Err(e) => {
                 errors.push(err(None, None, format!("not valid YAML: {e}")));
@@ -700,8 +703,20 @@ fn read_files(
     })
 }
 
+/// The largest manifest file read (Kubernetes keeps objects under
+/// 1.5 MiB; this leaves room for Lists of many).
+const MAX_FILE: u64 = 64 << 20;
+
 fn read_file(file: &Path, stamp: FileStamp, previous: BTreeMap<Identity, Object>) -> FileState {
-    let text = match std::fs::read_to_string(file) {
+    let text = match std::fs::metadata(file) {
+        Ok(m) if m.len() > MAX_FILE => Err(std::io::Error::other(format!(
+            "{} MiB is more than the {} MiB a manifest file may have",
+            m.len() >> 20,
+            MAX_FILE >> 20
+        ))),
+        _ => std::fs::read_to_string(file),
+    };
+    let text = match text {
         Ok(t) => t,
         Err(e) => {
             let error = ManifestError {

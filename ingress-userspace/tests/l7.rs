@@ -2373,3 +2373,91 @@ async fn connections_hyper_serves_keep_their_idle_and_send_timeouts() {
     assert!(ended.is_ok(), "an idle upgraded connection was kept");
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
+
+/// An endpoint that notes every request head it is sent (raw), answers
+/// 200 to each, and tells whether a body came whole.
+async fn recorder(ip: Ipv4Addr) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noted = seen.clone();
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let noted = noted.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let noted = noted.clone();
+                    async move {
+                        let line = format!("{} {}", req.method(), req.uri());
+                        let whole = req.into_body().collect().await.is_ok();
+                        noted.lock().unwrap().push(format!("{line} whole={whole}"));
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framing_is_answered_as_nginx_answers_it() {
+    let (ep, seen) = recorder(Ipv4Addr::new(127, 0, 0, 8)).await;
+    let yaml = service("rec", ep.port(), &[ep.ip()])
+        + INGRESSES
+        + "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: rec}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: rec.test\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: rec, port: {number: 80}}}}\n";
+    let d = Ingressd::start(&yaml).await;
+    // Each first on a fresh connection, then after a request with a body
+    // (which hands the connection to hyper's server), so both servers
+    // are held to it.
+    let opener = "POST /open HTTP/1.1\r\nHost: rec.test\r\nContent-Length: 2\r\n\r\nhi";
+    for (request, status) in [
+        (
+            "POST /clte HTTP/1.1\r\nHost: rec.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "400",
+        ),
+        (
+            "POST /tecl HTTP/1.1\r\nHost: rec.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+            "400",
+        ),
+        (
+            "GET /dup HTTP/1.1\r\nHost: rec.test\r\nHost: rec.test\r\n\r\n",
+            "400",
+        ),
+        ("GET /nohost HTTP/1.1\r\n\r\n", "400"),
+        (
+            "CONNECT rec.test:443 HTTP/1.1\r\nHost: rec.test:443\r\n\r\n",
+            "405",
+        ),
+        (
+            "POST /gzip HTTP/1.1\r\nHost: rec.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            "501",
+        ),
+        // A chunk that is not one: the client's fault, and the endpoint
+        // never sees the request whole.
+        (
+            "POST /badchunk HTTP/1.1\r\nHost: rec.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+            "400",
+        ),
+    ] {
+        for prefix in ["", opener] {
+            let got = exchange_raw(d.http, format!("{prefix}{request}").as_bytes()).await;
+            let last = got.rfind("HTTP/1.1 ").map_or("", |i| &got[i..]);
+            assert!(
+                last.starts_with(&format!("HTTP/1.1 {status}")),
+                "{:?} after {:?}: {got}",
+                request.lines().next().unwrap_or(""),
+                prefix.lines().next().unwrap_or("")
+            );
+        }
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .all(|r| r.starts_with("POST /open ") || r.contains("/badchunk whole=false")),
+        "the endpoint was sent what it should not have been: {seen:?}"
+    );
+}

@@ -119,21 +119,65 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
              Run `sudo -E cargo xtask test` to run everything."
         );
     }
-    let mut args = vec!["test", "--workspace"];
-    if !extra.is_empty() {
-        args.push("--");
-        args.extend(extra.iter().map(String::as_str));
+    let mut totals = Totals::default();
+    let mut failed = Vec::new();
+    // Every test, then the proxy's end-to-end suite again with the HTTP/1
+    // fast path off (hyper's server and client for everything), so both
+    // implementations are held to the same behaviour.
+    type Run<'a> = (&'a str, &'a [&'a str], Option<(&'a str, &'a str)>);
+    let runs: [Run<'_>; 2] = [
+        ("every test", &["test", "--workspace"], None),
+        (
+            "the L7 suite with --http1-fast-path=false",
+            &["test", "-p", "ingress-userspace", "--test", "l7"],
+            Some(("INGRESSD_HTTP1_FAST_PATH", "false")),
+        ),
+    ];
+    for (what, base, env) in runs {
+        println!("xtask: {what}");
+        let mut args: Vec<&str> = base.to_vec();
+        if !extra.is_empty() {
+            args.push("--");
+            args.extend(extra.iter().map(String::as_str));
+        }
+        if !cargo_test(&args, env, &mut totals)? {
+            failed.push(what);
+        }
     }
-    // Stream cargo's output and add up its "test result" lines, so the run
-    // ends with one total whatever test binary happened to run last.
-    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(&args)
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if !failed.is_empty() {
+        bail!("cargo test failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// Runs `cargo <args>`, streaming its output and adding up its "test
+/// result" lines, so the run ends with one total whatever test binary
+/// happened to run last; whether it passed.
+fn cargo_test(
+    args: &[&str],
+    env: Option<(&str, &str)>,
+    totals: &mut Totals,
+) -> anyhow::Result<bool> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args)
         .current_dir(root())
         .env("PATH", setup::path_with_cargo_bin())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("running cargo test")?;
-    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+        .stdout(std::process::Stdio::piped());
+    if let Some((k, v)) = env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().context("running cargo test")?;
     if let Some(out) = child.stdout.take() {
         use std::io::BufRead as _;
         for line in std::io::BufReader::new(out).lines() {
@@ -147,21 +191,16 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
                     };
                     let Ok(n) = n.parse::<u64>() else { continue };
                     match what {
-                        "passed" => passed += n,
-                        "failed" => failed += n,
-                        "ignored" => ignored += n,
+                        "passed" => totals.passed += n,
+                        "failed" => totals.failed += n,
+                        "ignored" => totals.ignored += n,
                         _ => {}
                     }
                 }
             }
         }
     }
-    let status = child.wait()?;
-    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
-    if !status.success() {
-        bail!("cargo test failed ({status})");
-    }
-    Ok(())
+    Ok(child.wait()?.success())
 }
 
 fn demo() -> anyhow::Result<()> {

@@ -5,6 +5,18 @@
 use hyper::StatusCode;
 
 use super::framing::{Refusal, RequestBody, request_body};
+use crate::l7::error::ProxyError;
+
+/// A refused head, as the pipeline answers it.
+impl From<Refusal> for ProxyError {
+    fn from(r: Refusal) -> Self {
+        match r.status.as_u16() {
+            405 => ProxyError::MethodNotAllowed,
+            501 => ProxyError::NotImplemented,
+            _ => ProxyError::BadHead(r.why),
+        }
+    }
+}
 
 /// The request's body framing, or why the head is refused.
 pub fn check_head(req: &httparse::Request<'_, '_>) -> Result<RequestBody, Refusal> {

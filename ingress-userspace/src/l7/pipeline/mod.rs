@@ -5,7 +5,12 @@
 //! swapped whole (`ArcSwap`) and read once per request: a change never
 //! drops a connection.
 use std::{
-    borrow::Cow, collections::HashSet, fmt::Write as _, net::SocketAddr, sync::Arc, time::Instant,
+    borrow::Cow,
+    collections::HashSet,
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Instant,
 };
 
 use arc_swap::ArcSwap;
@@ -220,7 +225,6 @@ impl Pipeline {
         let started = Instant::now();
         // Held to the end: the chosen route is borrowed from it.
         let table = self.routes.load_full();
-        let mut route = None;
         let origin = match &src {
             _ if !self.trust.use_forwarded_headers => self.trust.origin(conn, None, None),
             Source::Fast(req) => self.trust.origin(
@@ -235,6 +239,16 @@ impl Pipeline {
                     .origin(conn, xff.as_deref(), h.first("x-forwarded-proto"))
             }
         };
+        // Dropped before the answer (hyper's server drops a request whose
+        // client left), it is still counted and logged: 499.
+        let mut unanswered = Unanswered {
+            pipeline: self,
+            route: OnceLock::new(),
+            head,
+            origin,
+            started,
+            armed: true,
+        };
         let forwarded = async {
             check(head, &self.limits)?;
             // Rules, source ranges and rewrites all decide on this form.
@@ -243,7 +257,7 @@ impl Pipeline {
                 Match::Route(r) | Match::Default(Some(r)) => r,
                 Match::Default(None) => return Err(ProxyError::NoRoute),
             };
-            route = Some(r);
+            let _ = unanswered.route.set(r);
             if let Some(answer) = policy::answer_here(head.target, &path, r, origin, head.host)? {
                 return Ok(Forwarded::Done(Ok(answer)));
             }
@@ -267,7 +281,11 @@ impl Pipeline {
                 (e.respond(), Some(e))
             }
         };
-        let stats = self.account(route, &resp, error.as_ref(), started, head, origin);
+        unanswered.armed = false;
+        let route = unanswered.route.get().copied();
+        let status = error.as_ref().map_or(resp.status(), ProxyError::status);
+        let id = resp.headers().get(X_REQUEST_ID);
+        let stats = self.account(route, status, error.as_ref(), id, started, head, origin);
         if matches!(error, Some(ProxyError::ClientLeft)) {
             return Handled::ClientLeft;
         }
@@ -507,9 +525,15 @@ impl Pipeline {
             out.headers_mut().remove(header::HOST);
         } else {
             // HTTP/1.1 to the endpoint in origin form ("GET /path"), the Host
-            // header carrying the client's host.
+            // header carrying the client's host; an HTTP/1.0 client may have
+            // sent none: the endpoint's address then (HTTP/1.1 needs one).
             *out.uri_mut() = Uri::from(path_and_query.into_owned());
             *out.version_mut() = Version::HTTP_11;
+            if !out.headers().contains_key(header::HOST)
+                && let Ok(h) = HeaderValue::from_str(&first.to_string())
+            {
+                out.headers_mut().insert(header::HOST, h);
+            }
         }
         Ok(Outgoing {
             out: Outbound::Hyper {
@@ -524,11 +548,13 @@ impl Pipeline {
 
     /// Counts a request by its route's labels and writes its access log
     /// line; returns where the response's bytes are counted.
+    #[allow(clippy::too_many_arguments)]
     fn account(
         &self,
         route: Option<&Route>,
-        resp: &Response<Body>,
+        status: hyper::StatusCode,
         error: Option<&ProxyError>,
+        request_id: Option<&HeaderValue>,
         started: Instant,
         head: &Head<'_>,
         origin: Origin,
@@ -543,7 +569,6 @@ impl Pipeline {
             None => self.default_stats.clone(),
         };
         let took = started.elapsed();
-        let status = error.map_or(resp.status(), ProxyError::status);
         stats.observe(status.as_u16(), error.map_or(0, ProxyError::code), took);
         let (ingress, service) = route.map_or(DEFAULT_LABEL, |r| (&*r.ingress, &*r.service));
         log::request(&log::Line {
@@ -554,7 +579,7 @@ impl Pipeline {
             ingress,
             service,
             client: origin.client,
-            request_id: resp.headers().get(X_REQUEST_ID),
+            request_id,
             error: error.map(ProxyError::label),
             took,
         });
@@ -596,6 +621,37 @@ impl Pipeline {
             "# HELP ingressd_http_route_rules Host/path rules in the route table\n# TYPE ingressd_http_route_rules gauge\ningressd_http_route_rules {}",
             self.routes.load().len()
         );
+    }
+}
+
+/// A request on its way: if its future is dropped before the answer, its
+/// client left (hyper's server drops it then), and it is counted so.
+struct Unanswered<'p, 'h, 'r> {
+    pipeline: &'p Pipeline,
+    /// The route, once chosen (borrowed from the table the request holds).
+    route: OnceLock<&'r Route>,
+    head: &'h Head<'h>,
+    origin: Origin,
+    started: Instant,
+    armed: bool,
+}
+
+impl Drop for Unanswered<'_, '_, '_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let left = ProxyError::ClientLeft;
+            let route = self.route.get().copied();
+            let (pipeline, head) = (self.pipeline, self.head);
+            pipeline.account(
+                route,
+                left.status(),
+                Some(&left),
+                None,
+                self.started,
+                head,
+                self.origin,
+            );
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use crate::l7::{
     body::Body,
     error::ProxyError,
     http1::{
-        framing::{Refusal, RequestBody},
+        framing::RequestBody,
         head::{Answering, BodyLength, Framing, encode_response_head, refusal},
         request::check_head,
         tokens::ConnectionTokens,
@@ -94,15 +94,6 @@ fn fast_path_takes(req: &httparse::Request<'_, '_>, body: RequestBody) -> bool {
             .any(|h| eq(h.name.as_bytes(), "expect") || eq(h.name.as_bytes(), "upgrade"))
 }
 
-/// A refused head as the pipeline answers it.
-fn refused(r: Refusal) -> ProxyError {
-    match r.status.as_u16() {
-        405 => ProxyError::MethodNotAllowed,
-        501 => ProxyError::NotImplemented,
-        _ => ProxyError::BadHead(r.why),
-    }
-}
-
 /// Parses the request head at the start of `buf`.
 fn scan(buf: &mut BytesMut, limits: HeadLimits) -> Scan {
     let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
@@ -135,7 +126,7 @@ fn scan(buf: &mut BytesMut, limits: HeadLimits) -> Scan {
     }
     let body = match check_head(&req) {
         Ok(body) => body,
-        Err(r) => return Scan::Refuse(refused(r)),
+        Err(r) => return Scan::Refuse(r.into()),
     };
     if !fast_path_takes(&req, body) {
         return Scan::HandOver;

@@ -9,9 +9,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::{
     Proxy,
+    guard::{Guarded, Refusals},
     watchdog::{Expired, Timeouts, Watch, WatchedIo},
 };
-use crate::l7::{error::BoxError, pipeline::Conn};
+use crate::l7::{
+    error::{BoxError, ProxyError},
+    pipeline::Conn,
+};
 
 /// The header count hyper's HTTP/1 parser allows when not told otherwise.
 const HYPER_MAX_HEADERS: usize = 100;
@@ -56,7 +60,7 @@ where
 }
 
 /// How a connection hyper served ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(super) enum Served {
     /// It is over (the client left, or was let go idle).
     Closed,
@@ -64,6 +68,23 @@ pub(super) enum Served {
     HeadTimeout,
     /// It broke off (an error, or a response the client would not take).
     Failed,
+    /// hyper refused a head (and answered it with the status of this).
+    Refused(ProxyError),
+}
+
+/// A hyper server error that refused a head, as the pipeline counts it.
+fn refusal(e: &hyper::Error) -> Option<ProxyError> {
+    if e.is_parse_too_large() {
+        // hyper's 414 and 431 are told apart only by their text.
+        return Some(if e.to_string().contains("URI") {
+            ProxyError::TargetTooLong
+        } else {
+            ProxyError::HeadTooLarge
+        });
+    }
+    e.is_parse().then_some(ProxyError::BadHead(
+        "not an HTTP/1 request head hyper takes",
+    ))
 }
 
 /// Runs a connection to its end; asks it to finish once shutdown begins
@@ -73,7 +94,7 @@ async fn drive<C: Graceful>(conn: C, proxy: &Proxy, watch: &Watch, t: Timeouts) 
     let ended = |r: Result<(), hyper::Error>| match r {
         Ok(()) => Served::Closed,
         Err(e) if is_header_timeout(&e) => Served::HeadTimeout,
-        Err(_) => Served::Failed,
+        Err(e) => refusal(&e).map_or(Served::Failed, Served::Refused),
     };
     tokio::pin!(conn);
     let expiry = watch.expiry(t);
@@ -107,14 +128,24 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let watch = Watch::new(proto == Proto::Http2);
+    let refusals = Arc::new(Refusals::default());
     let p = proxy.clone();
     let w = watch.clone();
+    let refused = refusals.clone();
     let svc = service_fn(move |req| {
         let p = p.clone();
-        let request = w.begin();
+        let (request, seq) = w.begin();
+        // The stand-in for a head the guard refused: its refusal answers.
+        let refusal = refused.take(seq);
         async move {
-            let resp = p.pipeline.handle_hyper(req, conn).await;
-            Ok::<_, Infallible>(resp.map(|body| request.watch(body.boxed())))
+            let resp = match refusal {
+                Some(e) => {
+                    p.pipeline.refused(&e, conn);
+                    e.respond()
+                }
+                None => p.pipeline.handle_hyper(req, conn).await.map(|b| b.boxed()),
+            };
+            Ok::<_, Infallible>(resp.map(|body| request.watch(body)))
         }
     });
     let limits = proxy.pipeline.limits();
@@ -129,10 +160,6 @@ where
         head: limits.client_header_timeout,
         send: limits.client_header_timeout,
     };
-    let io = TokioIo::new(WatchedIo {
-        io,
-        watch: watch.clone(),
-    });
     match proto {
         Proto::Http1 => {
             let mut b = hyper::server::conn::http1::Builder::new();
@@ -149,10 +176,25 @@ where
             if limits.max_headers != HYPER_MAX_HEADERS {
                 b.max_headers(limits.max_headers);
             }
+            // The watchdog sees bytes as they come, before the guard holds
+            // a head back to vet it.
+            let watched = WatchedIo {
+                io,
+                watch: watch.clone(),
+            };
+            let io = TokioIo::new(Guarded::new(
+                watched,
+                refusals,
+                limits.max_header_bytes.max(8192),
+            ));
             let served = b.serve_connection(io, svc).with_upgrades();
             drive(served, &proxy, &watch, t).await
         }
         Proto::Http2 => {
+            let io = TokioIo::new(WatchedIo {
+                io,
+                watch: watch.clone(),
+            });
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             b.timer(hyper_util::rt::TokioTimer::new())
                 .max_header_list_size(limits.max_header_bytes as u32)

@@ -13,6 +13,7 @@ use std::{
 use bytes::Bytes;
 
 mod fast;
+mod guard;
 mod hyper_server;
 mod watchdog;
 
@@ -150,13 +151,21 @@ pub async fn serve_plain(stream: tokio::net::TcpStream, conn: Conn, proxy: Arc<P
     };
     let (io, late) = KeepWriter::new(stream);
     let served = serve_conn(Prefixed { head, io }, proxy.clone(), conn, proto);
-    let timed_out = Box::pin(served).await == Served::HeadTimeout;
+    let served = Box::pin(served).await;
+    counted(&served, &proxy, conn);
     let Some(mut w) = late.take() else { return };
-    if timed_out {
+    if matches!(served, Served::HeadTimeout) {
         fast::refuse(&mut w, &ProxyError::HeadTimeout, &proxy, conn).await;
     } else {
         // Closed without a shutdown(2) of its own, as a plain socket is.
         w.forget();
+    }
+}
+
+/// Counts and logs a head hyper refused (it answered it itself).
+fn counted(served: &Served, proxy: &Proxy, conn: Conn) {
+    if let Served::Refused(e) = served {
+        proxy.pipeline.refused(e, conn);
     }
 }
 
@@ -172,7 +181,7 @@ pub async fn serve_tls(
     // Boxed, as for plain connections.
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
         let served = serve_conn(tls, proxy.clone(), conn, Proto::Http2);
-        let _ = Box::pin(served).await;
+        counted(&Box::pin(served).await, &proxy, conn);
         return;
     }
     if !proxy.fast_path {
@@ -180,7 +189,8 @@ pub async fn serve_tls(
             head: Bytes::new(),
             io: tls,
         };
-        let _ = Box::pin(serve_conn(io, proxy.clone(), conn, Proto::Http1)).await;
+        let served = Box::pin(serve_conn(io, proxy.clone(), conn, Proto::Http1)).await;
+        counted(&served, &proxy, conn);
         return;
     }
     let since = tokio::time::Instant::now();
@@ -190,7 +200,7 @@ pub async fn serve_tls(
         fast::Ended::HandOver(head) => {
             let io = Prefixed { head, io: tls };
             let served = serve_conn(io, proxy.clone(), conn, Proto::Http1);
-            let _ = Box::pin(served).await;
+            counted(&Box::pin(served).await, &proxy, conn);
         }
         // close_notify first: a body that ends with the connection must be
         // told apart from a cut-off one. Cut off: dropped without

@@ -40,6 +40,8 @@ pub(super) struct Watch {
     born: tokio::time::Instant,
     /// Requests whose responses are not done yet.
     in_flight: AtomicUsize,
+    /// Requests begun so far: the next one's number.
+    begun: AtomicU64,
     /// When the last request ended (ms since born): idle from then.
     idle_since: AtomicU64,
     /// When bytes came while idle (ms since born + 1; 0: none): a head is
@@ -66,6 +68,7 @@ impl Watch {
         Arc::new(Self {
             born: tokio::time::Instant::now(),
             in_flight: AtomicUsize::new(0),
+            begun: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
             write_waiting: AtomicU64::new(0),
@@ -78,12 +81,14 @@ impl Watch {
         self.born.elapsed().as_millis() as u64 + 1
     }
 
-    /// A request begins; it ends when the returned guard is dropped (with
-    /// its response body, or before, if there is none).
-    pub(super) fn begin(self: &Arc<Self>) -> InFlight {
+    /// A request begins (with its number on the connection, 0, 1, …); it
+    /// ends when the returned guard is dropped (with its response body, or
+    /// before, if there is none).
+    pub(super) fn begin(self: &Arc<Self>) -> (InFlight, u64) {
         self.in_flight.fetch_add(1, Relaxed);
         self.head_since.store(0, Relaxed);
-        InFlight(self.clone())
+        let seq = self.begun.fetch_add(1, Relaxed);
+        (InFlight(self.clone()), seq)
     }
 
     fn read(&self) {
@@ -292,7 +297,7 @@ mod tests {
 
         // A request in flight is not idle, however long it takes.
         let w = Watch::new(false);
-        let req = w.begin();
+        let (req, _) = w.begin();
         tokio::time::advance(Duration::from_secs(60)).await;
         assert_eq!(w.expired(T), None);
         drop(req);
@@ -316,6 +321,7 @@ mod tests {
         }));
         let mut body = w
             .begin()
+            .0
             .watch(http_body_util::StreamBody::new(pieces).boxed());
         body.frame().await.unwrap().unwrap();
         tokio::time::advance(Duration::from_secs(1)).await;

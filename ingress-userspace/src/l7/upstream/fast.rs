@@ -33,6 +33,7 @@ use super::{
     Client, Failure, Timeouts,
     body::{READ_GAP_EXPIRED, ReadGap},
     connect_endpoint,
+    hyper_client::MAX_HEAD_BYTES,
     idle::{IdleConns, Reusable},
 };
 use crate::l7::{
@@ -46,9 +47,6 @@ use crate::l7::{
     },
 };
 
-/// A response head larger than this is refused (502), as nginx's
-/// "upstream sent too big header".
-const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Response headers accepted per head (hyper's client allows 100).
 const MAX_HEADERS: usize = 100;
 /// Reads ask for at least this much room.

@@ -19,6 +19,9 @@ use crate::l7::{
 };
 
 type H1Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
+
+/// The largest response head taken (nginx: "upstream sent too big header").
+pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
 type H2Sender = hyper::client::conn::http2::SendRequest<ReqBody>;
 
 /// What became of a request hyper's client could not send: it comes back
@@ -64,7 +67,11 @@ impl H1Pool {
 
     async fn connect(addr: SocketAddr, t: Timeouts) -> Result<H1Sender, ProxyError> {
         let stream = connect_endpoint(addr, t.connect).await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            // A response head past this is refused (502), as the fast
+            // client and nginx refuse one.
+            .max_buf_size(MAX_HEAD_BYTES)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ProxyError::ConnectFailed(Box::new(e)))?;
         tokio::spawn(async move {

@@ -154,7 +154,7 @@ impl Upstreams {
                         h2,
                     })
                 })?;
-                Ok(settled(resp, t.read))
+                settled(resp, t.read).map_err(Failure::sent)
             }
         }
     }
@@ -220,15 +220,36 @@ impl Upstreams {
     }
 }
 
-/// A response from hyper's clients as the fast client gives one: without
-/// the endpoint connection's own headers, and with the read timeout held
+/// A response from hyper's clients as the fast client gives one: refused
+/// when framed two ways (hyper would take Transfer-Encoding over
+/// Content-Length; the fast client and nginx answer 502), without the
+/// endpoint connection's own headers, and with the read timeout held
 /// between two reads of the body. A 101 is left whole: its connection is
 /// taken over.
-fn settled(resp: Response<Body>, read: Duration) -> Response<Body> {
+fn settled(resp: Response<Body>, read: Duration) -> Result<Response<Body>, ProxyError> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return resp;
+        return Ok(resp);
+    }
+    let headers = resp.headers();
+    if headers.contains_key(hyper::header::TRANSFER_ENCODING)
+        && headers.contains_key(hyper::header::CONTENT_LENGTH)
+    {
+        return Err(ProxyError::UpstreamProtocol(
+            "both Transfer-Encoding and Content-Length in the response".into(),
+        ));
+    }
+    // hyper's buffer bound lets a head past it by up to one read: held to
+    // the fast client's bound here, measured as it came on the wire.
+    let head: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if head > hyper_client::MAX_HEAD_BYTES {
+        return Err(ProxyError::UpstreamProtocol(
+            "response head too large".into(),
+        ));
     }
     let mut resp = resp;
     strip_hop_by_hop(resp.headers_mut());
-    resp.map(|inner| ReadTimeout::wrap(inner, read))
+    Ok(resp.map(|inner| ReadTimeout::wrap(inner, read)))
 }

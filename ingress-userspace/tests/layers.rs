@@ -9,8 +9,19 @@ use std::{
 /// Highest first: a module may use the modules after it, never those
 /// before it (so there can be no cycle).
 const ORDER: &[&str] = &[
-    "listen", "server", "pipeline", "tls", "upstream", "route", "http1", "stats", "error", "path",
-    "body", "limits",
+    "differential",
+    "listen",
+    "server",
+    "pipeline",
+    "tls",
+    "upstream",
+    "route",
+    "http1",
+    "stats",
+    "error",
+    "path",
+    "body",
+    "limits",
 ];
 
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {

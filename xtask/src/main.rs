@@ -41,6 +41,23 @@ enum Cmd {
     },
     /// cargo fmt --check and clippy -D warnings.
     Lint,
+    /// The differential fuzz targets (the fast HTTP/1 path against hyper's), coverage-guided.
+    Fuzz {
+        /// Which target; all of them by default.
+        #[arg(value_enum)]
+        target: Option<FuzzTarget>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FuzzTarget {
+    /// Request heads: the fast server against hyper's behind its guard.
+    Request,
+    /// Endpoint responses: the fast client against hyper's.
+    Response,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -91,6 +108,7 @@ fn main() -> ExitCode {
         Cmd::Bench {
             what: BenchKind::L7,
         } => setup::ensure().and_then(|()| bench_l7()),
+        Cmd::Fuzz { target, seconds } => setup::ensure().and_then(|()| fuzz(target, seconds)),
         Cmd::Lint => setup::ensure().and_then(|()| {
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&[
@@ -201,6 +219,45 @@ fn cargo_test(
         }
     }
     Ok(child.wait()?.success())
+}
+
+fn fuzz(target: Option<FuzzTarget>, seconds: u64) -> anyhow::Result<()> {
+    setup::ensure_cargo_fuzz()?;
+    let targets: &[&str] = match target {
+        Some(FuzzTarget::Request) => &["request"],
+        Some(FuzzTarget::Response) => &["response"],
+        None => &["request", "response"],
+    };
+    let dir = "ingress-userspace/fuzz";
+    for t in targets {
+        println!(
+            "xtask: fuzzing {t} for {seconds} s (corpus in {dir}/corpus/{t}, failures in {dir}/artifacts/{t})"
+        );
+        let max_time = format!("-max_total_time={seconds}");
+        let dict = format!("-dict={dir}/http.dict");
+        let status = Command::new("cargo")
+            .args([
+                "+nightly",
+                "fuzz",
+                "run",
+                t,
+                "--fuzz-dir",
+                dir,
+                "--",
+                &max_time,
+                &dict,
+            ])
+            .current_dir(root())
+            .env("PATH", setup::path_with_cargo_bin())
+            // The proxy alone: no BPF object is built for the fuzz targets.
+            .env("AYA_BUILD_SKIP", "1")
+            .status()
+            .context("running cargo fuzz")?;
+        if !status.success() {
+            bail!("fuzz target {t} failed ({status}): the input is in {dir}/artifacts/{t}");
+        }
+    }
+    Ok(())
 }
 
 fn demo() -> anyhow::Result<()> {

@@ -346,3 +346,17 @@ pub fn ensure_nginx() -> anyhow::Result<()> {
         .status();
     Ok(())
 }
+
+/// What `cargo xtask fuzz` runs the fuzz targets with: cargo-fuzz
+/// (libFuzzer, on the nightly toolchain the BPF build has already).
+pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    if succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
+        return Ok(());
+    }
+    step("cargo-fuzz", false, "from crates.io, for cargo xtask fuzz");
+    run_step(
+        "cargo-fuzz",
+        Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]),
+        "Install it by hand: cargo install cargo-fuzz --locked",
+    )
+}

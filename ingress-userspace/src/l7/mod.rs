@@ -12,10 +12,13 @@
 //! - `route`: the route table compiled from Ingresses (pure), read once per
 //!   request.
 //!
-//! Beside them: `error` (every failure and its status), `path` (the normal
+//! `differential` checks the fast path against hyper's (tests and the
+//! fuzzer). Beside them: `error` (every failure and its status), `path` (the normal
 //! form requests are routed by), `body`, `limits`,
 //! `stats` (per-route counters), `tls` (certificates by SNI).
 pub mod body;
+#[doc(hidden)]
+pub mod differential;
 pub mod error;
 pub mod http1;
 pub mod limits;

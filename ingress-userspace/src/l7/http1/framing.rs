@@ -111,11 +111,13 @@ pub fn response_body(
     if http10 && te {
         return Err("Transfer-Encoding in an HTTP/1.0 response");
     }
-    if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok(ResponseBody::Length(0));
-    }
+    // Refused even where no body follows (HEAD, 204, 304): a head framed
+    // two ways is not one to pass on.
     if te && has(headers, "content-length") {
         return Err("both Transfer-Encoding and Content-Length in the response");
+    }
+    if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(ResponseBody::Length(0));
     }
     if te {
         let last = headers

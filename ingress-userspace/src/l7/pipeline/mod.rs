@@ -339,16 +339,20 @@ impl Pipeline {
                     .send(out, watch.as_deref(), &addrs, t, route.upstream.name()),
             )
             .await;
-        Forwarded::Done(sent.map(|mut resp| {
-            if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS
-                && let Some(down) = downstream.take()
-            {
+        Forwarded::Done(sent.and_then(|mut resp| {
+            if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+                let Some(down) = downstream.take() else {
+                    // Only a request that asked may be switched.
+                    return Err(ProxyError::UpstreamProtocol(
+                        "101 to a request that asked for no upgrade".into(),
+                    ));
+                };
                 let up = hyper::upgrade::on(&mut resp);
                 tokio::spawn(upgrade::splice(down, up, t.read));
-                return resp;
+                return Ok(resp);
             }
             resp.headers_mut().insert(X_REQUEST_ID, request_id);
-            resp
+            Ok(resp)
         }))
     }
 

@@ -94,6 +94,29 @@ fn fast_path_takes(req: &httparse::Request<'_, '_>, body: RequestBody) -> bool {
             .any(|h| eq(h.name.as_bytes(), "expect") || eq(h.name.as_bytes(), "upgrade"))
 }
 
+/// What the fast server makes of the start of `wire`, for the
+/// differential check against hyper's server: the head it would answer,
+/// `Err(None)` when it would hand the connection over or needs more, and
+/// `Err(Some(status))` when it refuses.
+pub(in crate::l7) fn scan_wire(
+    wire: &[u8],
+    max_bytes: usize,
+    max_headers: usize,
+) -> Result<ClientHead, Option<hyper::StatusCode>> {
+    let mut buf = BytesMut::from(wire);
+    match scan(
+        &mut buf,
+        HeadLimits {
+            max_bytes,
+            max_headers,
+        },
+    ) {
+        Scan::Whole(head) => Ok(head),
+        Scan::Partial | Scan::HandOver => Err(None),
+        Scan::Refuse(e) => Err(Some(e.status())),
+    }
+}
+
 /// Parses the request head at the start of `buf`.
 fn scan(buf: &mut BytesMut, limits: HeadLimits) -> Scan {
     let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];

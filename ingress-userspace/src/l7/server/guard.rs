@@ -39,11 +39,11 @@ const MAX_HEADERS: usize = 256;
 /// Refusals, by the number of the request (0, 1, …) hyper will make of
 /// the stand-in.
 #[derive(Default)]
-pub(super) struct Refusals(Mutex<Option<(u64, ProxyError)>>);
+pub(in crate::l7) struct Refusals(Mutex<Option<(u64, ProxyError)>>);
 
 impl Refusals {
     /// The refusal for request `seq`, if its head was refused.
-    pub(super) fn take(&self, seq: u64) -> Option<ProxyError> {
+    pub(in crate::l7) fn take(&self, seq: u64) -> Option<ProxyError> {
         let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match slot.take() {
             Some((at, e)) if at == seq => Some(e),
@@ -67,7 +67,7 @@ enum State {
     Closed,
 }
 
-pub(super) struct Guarded<I> {
+pub(in crate::l7) struct Guarded<I> {
     io: I,
     /// Read from `io`, not yet given to hyper; the first `vetted` of them
     /// may be.
@@ -82,7 +82,7 @@ pub(super) struct Guarded<I> {
 }
 
 impl<I> Guarded<I> {
-    pub(super) fn new(io: I, refusals: Arc<Refusals>, max_head: usize) -> Self {
+    pub(in crate::l7) fn new(io: I, refusals: Arc<Refusals>, max_head: usize) -> Self {
         Self {
             io,
             pending: BytesMut::new(),

@@ -12,8 +12,8 @@ use std::{
 
 use bytes::Bytes;
 
-mod fast;
-mod guard;
+pub(super) mod fast;
+pub(super) mod guard;
 mod hyper_server;
 mod watchdog;
 

@@ -55,12 +55,12 @@ const READ_CHUNK: usize = 16 * 1024;
 /// by the endpoint meanwhile) is retried on, a run of them is not chased.
 const MAX_POOLED_TRIES: usize = 3;
 /// The in-task client: its idle connections, and what sends on them.
-pub(in crate::l7) struct FastPool {
-    pub(in crate::l7) idle: Arc<IdleConns<TcpStream>>,
+pub(super) struct FastPool {
+    pub(super) idle: Arc<IdleConns<TcpStream>>,
 }
 
 impl FastPool {
-    pub(in crate::l7) fn new(idle_timeout: std::time::Duration) -> Self {
+    pub(super) fn new(idle_timeout: std::time::Duration) -> Self {
         Self {
             idle: IdleConns::new(idle_timeout),
         }
@@ -286,6 +286,70 @@ fn parse_response_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>
     })))
 }
 
+const ENDED_EARLY: &str = "endpoint closed within the body";
+
+/// What the body's framing makes of the buffer next.
+enum Step {
+    Piece(Bytes),
+    Done,
+    NeedMore,
+}
+
+/// The next piece of a body by its framing (RFC 9112 §6.3); the one
+/// decoder both the fast client and its differential check use.
+fn step(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, &'static str> {
+    Ok(match framing {
+        Framing::Length(0) => Step::Done,
+        Framing::Length(left) if !buf.is_empty() => {
+            let take = (*left).min(buf.len() as u64);
+            *left -= take;
+            Step::Piece(buf.split_to(take as usize).freeze())
+        }
+        Framing::Length(_) => Step::NeedMore,
+        Framing::Chunked(state) => match decode_chunked(state, buf)? {
+            Decoded::Data(d) => Step::Piece(d),
+            Decoded::NeedMore => Step::NeedMore,
+            Decoded::Done => Step::Done,
+        },
+        Framing::Close if !buf.is_empty() => Step::Piece(buf.split().freeze()),
+        Framing::Close => Step::NeedMore,
+    })
+}
+
+/// A whole response as the fast client reads it from `wire` (the
+/// endpoint closing after it): its head and body, or why it is refused.
+/// The fast client's reading, without a socket, for the differential
+/// check against hyper's client.
+pub(in crate::l7) fn read_whole(
+    wire: &[u8],
+    is_head: bool,
+) -> Result<(Response<()>, Vec<u8>), &'static str> {
+    let mut buf = BytesMut::from(wire);
+    let parsed = loop {
+        match parse_response_head(&mut buf, is_head)? {
+            Some(Head::Informational) => continue,
+            Some(Head::Final(parsed)) => break parsed,
+            None if buf.len() >= MAX_HEAD_BYTES => return Err("response head too large"),
+            None => return Err("endpoint closed within the response head"),
+        }
+    };
+    let Parsed {
+        response,
+        mut framing,
+        ..
+    } = parsed;
+    let mut body = Vec::new();
+    loop {
+        match step(&mut framing, &mut buf)? {
+            Step::Piece(d) => body.extend_from_slice(&d),
+            Step::Done => return Ok((response, body)),
+            // The wire is all there is: its end ends the body.
+            Step::NeedMore if framing == Framing::Close => return Ok((response, body)),
+            Step::NeedMore => return Err(ENDED_EARLY),
+        }
+    }
+}
+
 /// The response body, read from the endpoint's connection as the client
 /// takes it. Once read to its end the connection goes back to the pool
 /// (if the endpoint keeps it alive); dropped before, it is closed.
@@ -344,43 +408,28 @@ impl hyper::body::Body for FastBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
-            let data = match &mut this.framing {
-                Framing::Length(0) => {
+            match step(&mut this.framing, &mut this.buf) {
+                Ok(Step::Done) => {
                     this.finish();
                     return Poll::Ready(None);
                 }
-                Framing::Length(left) if !this.buf.is_empty() => {
-                    let take = (*left).min(this.buf.len() as u64);
-                    *left -= take;
-                    Some(this.buf.split_to(take as usize).freeze())
-                }
-                Framing::Length(_) => None,
-                Framing::Chunked(state) => match decode_chunked(state, &mut this.buf) {
-                    Ok(Decoded::Data(d)) => Some(d),
-                    Ok(Decoded::NeedMore) => None,
-                    Ok(Decoded::Done) => {
+                Ok(Step::Piece(data)) => {
+                    if this.framing == Framing::Length(0) {
+                        // Done with this frame: the connection can go back
+                        // now, before the client has even been written to.
                         this.finish();
-                        return Poll::Ready(None);
                     }
-                    Err(e) => return Poll::Ready(Some(Err(e.into()))),
-                },
-                Framing::Close if !this.buf.is_empty() => Some(this.buf.split().freeze()),
-                Framing::Close => None,
-            };
-            if let Some(data) = data {
-                if this.framing == Framing::Length(0) {
-                    // Done with this frame: the connection can go back now,
-                    // before the client has even been written to.
-                    this.finish();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                return Poll::Ready(Some(Ok(Frame::data(data))));
+                Ok(Step::NeedMore) => {}
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
             }
             match ready!(this.poll_fill(cx)) {
                 Ok(0) if this.framing == Framing::Close => {
                     this.stream = None;
                     return Poll::Ready(None);
                 }
-                Ok(0) => return Poll::Ready(Some(Err("endpoint closed within the body".into()))),
+                Ok(0) => return Poll::Ready(Some(Err(ENDED_EARLY.into()))),
                 Ok(_) => {}
                 Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
             }

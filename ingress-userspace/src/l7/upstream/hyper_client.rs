@@ -21,7 +21,7 @@ use crate::l7::{
 type H1Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
 
 /// The largest response head taken (nginx: "upstream sent too big header").
-pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
+pub(in crate::l7) const MAX_HEAD_BYTES: usize = 64 * 1024;
 type H2Sender = hyper::client::conn::http2::SendRequest<ReqBody>;
 
 /// What became of a request hyper's client could not send: it comes back

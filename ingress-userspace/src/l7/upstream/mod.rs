@@ -19,12 +19,13 @@ use super::{
 };
 
 pub mod body;
-mod fast;
+pub(super) mod fast;
 mod hyper_client;
 mod idle;
 pub mod pick;
 
 use body::{BodyWatch, ReadTimeout, ReqBody};
+pub(in crate::l7) use hyper_client::MAX_HEAD_BYTES;
 
 /// How long to wait for an endpoint.
 #[derive(Clone, Copy, Debug)]
@@ -226,16 +227,21 @@ impl Upstreams {
 /// endpoint connection's own headers, and with the read timeout held
 /// between two reads of the body. A 101 is left whole: its connection is
 /// taken over.
-fn settled(resp: Response<Body>, read: Duration) -> Result<Response<Body>, ProxyError> {
+pub(super) fn settled(resp: Response<Body>, read: Duration) -> Result<Response<Body>, ProxyError> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         return Ok(resp);
     }
     let headers = resp.headers();
-    if headers.contains_key(hyper::header::TRANSFER_ENCODING)
-        && headers.contains_key(hyper::header::CONTENT_LENGTH)
-    {
+    let te = headers.contains_key(hyper::header::TRANSFER_ENCODING);
+    if te && headers.contains_key(hyper::header::CONTENT_LENGTH) {
         return Err(ProxyError::UpstreamProtocol(
             "both Transfer-Encoding and Content-Length in the response".into(),
+        ));
+    }
+    // RFC 9112 §6.1 (hyper checks it only where a body follows).
+    if te && resp.version() == hyper::Version::HTTP_10 {
+        return Err(ProxyError::UpstreamProtocol(
+            "Transfer-Encoding in an HTTP/1.0 response".into(),
         ));
     }
     // hyper's buffer bound lets a head past it by up to one read: held to
@@ -244,7 +250,7 @@ fn settled(resp: Response<Body>, read: Duration) -> Result<Response<Body>, Proxy
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
-    if head > hyper_client::MAX_HEAD_BYTES {
+    if head > MAX_HEAD_BYTES {
         return Err(ProxyError::UpstreamProtocol(
             "response head too large".into(),
         ));

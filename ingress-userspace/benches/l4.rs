@@ -26,9 +26,9 @@ use ingressd::{
     bpf::{LbMaps, cleanup, load_unattached},
     manifest::ManifestSource,
     model::{DesiredState, Model, NodeContext, RingSpec},
-    packet::{self, TCP_ACK, TCP_SYN},
     sync::{apply, diff},
 };
+use testkit::packet::{self, TCP_ACK, TCP_SYN};
 
 const RUNS: usize = 100_000;
 const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -489,7 +489,7 @@ fn kube_proxy_iptables(n: u32) -> anyhow::Result<Option<(Duration, Duration)>> {
 }
 
 fn main() -> anyhow::Result<()> {
-    if !ingressd::lab::is_root() {
+    if !testkit::lab::is_root() {
         anyhow::bail!("the L4 benchmark loads BPF programs: run it as root");
     }
     // Sync first: freeing the 100,000-service maps of the per-packet runs

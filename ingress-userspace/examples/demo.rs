@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ingressd::lab::{self, Lab, Pod, in_netns, nodeport_manifests, wait_until};
+use testkit::lab::{self, Lab, Pod, in_netns, nodeport_manifests, wait_until};
 
 const EMPTY_SERVICE: &str = r#"
 ---

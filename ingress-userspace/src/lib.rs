@@ -5,12 +5,10 @@
 pub mod bpf;
 pub mod kube_source;
 pub mod l7;
-pub mod lab;
 pub mod maglev;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
-pub mod packet;
 pub mod publish;
 pub mod render;
 pub mod run;

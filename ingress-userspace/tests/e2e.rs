@@ -12,9 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ingressd::lab::{self, Lab, Pod, in_netns, nodeport_manifests, wait_until};
+use testkit::lab::{self, Lab, Pod, in_netns, nodeport_manifests, wait_until};
 
-mod fakeapi;
+use testkit::fakeapi;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ingressd");
 const T: Duration = Duration::from_millis(1500);

@@ -3,8 +3,7 @@
 //! same desired state as the file source, follows changes (also across a
 //! dropped watch and a 410 Gone), waits for every list before it is ready,
 //! and one elected replica writes Ingress status once. No root needed.
-mod common;
-mod fakeapi;
+use testkit::{fakeapi, wait as common};
 
 use std::{
     convert::Infallible,

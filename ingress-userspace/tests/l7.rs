@@ -3,8 +3,6 @@
 use std::{
     convert::Infallible,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -20,283 +18,13 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
 };
 
-mod common;
+use testkit::{
+    endpoints::{SLOW_ARRIVED, echo, exchange_raw, recorder, streamer},
+    proxy::{Ingressd, free_port, get},
+    wait as common,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ingressd");
-
-/// The queries of the /slow requests the echo backends have begun on.
-static SLOW_ARRIVED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-
-/// An echo backend: answers `<name> <header values…>` for every request.
-async fn echo(name: &'static str, addr: SocketAddr) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .expect("bind echo");
-    let local = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let svc = service_fn(move |mut req: Request<Incoming>| async move {
-                    // "Upgrade: echo": switch protocols, then echo raw bytes.
-                    if req.headers().contains_key("upgrade") {
-                        let on = hyper::upgrade::on(&mut req);
-                        tokio::spawn(async move {
-                            if let Ok(io) = on.await {
-                                let (mut r, mut w) = tokio::io::split(TokioIo::new(io));
-                                let _ = tokio::io::copy(&mut r, &mut w).await;
-                            }
-                        });
-                        let mut resp = Response::new(Full::new(Bytes::new()));
-                        *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
-                        resp.headers_mut()
-                            .insert("upgrade", "echo".parse().unwrap());
-                        resp.headers_mut()
-                            .insert("connection", "upgrade".parse().unwrap());
-                        return Ok::<_, Infallible>(resp);
-                    }
-                    if req.uri().path() == "/slow" {
-                        if let Some(q) = req.uri().query() {
-                            SLOW_ARRIVED.lock().unwrap().push(q.to_string());
-                        }
-                        tokio::time::sleep(Duration::from_secs(3)).await;
-                    }
-                    let h = |n: &str| {
-                        req.headers()
-                            .get(n)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("-")
-                            .to_string()
-                    };
-                    let body = format!(
-                        "{name} path={} host={} xff={} xfh={} xfproto={} xrealip={} rid={} cookie={} xoff={} xfport={} proxy={} under={} via={} version={:?}\n",
-                        req.uri().path(),
-                        req.uri()
-                            .authority()
-                            .map(|a| a.to_string())
-                            .unwrap_or_else(|| h("host")),
-                        h("x-forwarded-for"),
-                        h("x-forwarded-host"),
-                        h("x-forwarded-proto"),
-                        h("x-real-ip"),
-                        h("x-request-id"),
-                        req.headers()
-                            .get_all("cookie")
-                            .iter()
-                            .map(|v| v.to_str().unwrap_or("?"))
-                            .collect::<Vec<_>>()
-                            .join("|"),
-                        h("x-original-forwarded-for"),
-                        h("x-forwarded-port"),
-                        h("proxy"),
-                        // Header names with an underscore, as they arrived.
-                        {
-                            let under: Vec<&str> = req
-                                .headers()
-                                .keys()
-                                .map(|k| k.as_str())
-                                .filter(|k| k.contains('_'))
-                                .collect();
-                            if under.is_empty() {
-                                "-".to_string()
-                            } else {
-                                under.join(",")
-                            }
-                        },
-                        h("via"),
-                        req.version(),
-                    );
-                    // Read the whole request body first, as real servers do.
-                    let got = req
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes().len())
-                        .unwrap_or(0);
-                    let body = body.replace('\n', &format!(" body={got}\n"));
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    local
-}
-
-fn unbound() -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
-}
-
-fn free_port(ip: Ipv4Addr) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A running `ingressd run --no-l4`, killed on drop.
-struct Ingressd {
-    child: Child,
-    http: SocketAddr,
-    https: SocketAddr,
-    default_backend: SocketAddr,
-    metrics: SocketAddr,
-    dir: PathBuf,
-    log: PathBuf,
-}
-
-impl Drop for Ingressd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
-impl Ingressd {
-    async fn start(manifests: &str) -> Ingressd {
-        Self::start_with(manifests, &[]).await
-    }
-
-    async fn start_with(manifests: &str, extra: &[&str]) -> Ingressd {
-        Self::start_limited(manifests, extra, None).await
-    }
-
-    /// With RLIMIT_NOFILE at `nofile` (soft and hard), when given.
-    async fn start_limited(manifests: &str, extra: &[&str], nofile: Option<u64>) -> Ingressd {
-        let dir = std::env::temp_dir().join(format!(
-            "ingressd-l7-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(dir.join("m")).unwrap();
-        write(&dir.join("m"), manifests);
-        let log = dir.join("ingressd.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(BIN);
-        if let Some(n) = nofile {
-            use std::os::unix::process::CommandExt as _;
-            // SAFETY: setrlimit only, between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let lim = libc::rlimit {
-                        rlim_cur: n,
-                        rlim_max: n,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let child = cmd
-            .args(["run", "--no-l4", "--manifests"])
-            .arg(dir.join("m"))
-            .args(extra)
-            // Port 0: ingressd picks free ports and logs them (no races with
-            // other tests picking ports).
-            .args(["--http-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0"])
-            .args(["--default-backend-addr", "127.0.0.1:0"])
-            .args([
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--upstream-connect-timeout",
-                "1",
-            ])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start ingressd");
-        let mut d = Ingressd {
-            child,
-            http: unbound(),
-            https: unbound(),
-            default_backend: unbound(),
-            metrics: unbound(),
-            dir,
-            log,
-        };
-        // The bound addresses are in the log; then wait for /readyz.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            assert!(
-                d.child.try_wait().ok().flatten().is_none(),
-                "ingressd exited:\n{}",
-                std::fs::read_to_string(&d.log).unwrap_or_default()
-            );
-            let log = std::fs::read_to_string(&d.log).unwrap_or_default();
-            let field = |name: &str| common::logged_addr(&log, name);
-            if let (Some(h), Some(s), Some(db), Some(m)) = (
-                field("http"),
-                field("https"),
-                field("default_backend"),
-                field("metrics"),
-            ) {
-                (d.http, d.https, d.default_backend, d.metrics) = (h, s, db, m);
-                if let Ok((200, _)) = get(d.metrics, "/readyz", None).await {
-                    return d;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!(
-            "ingressd not ready:\n{}",
-            std::fs::read_to_string(&d.log).unwrap_or_default()
-        );
-    }
-
-    async fn syncs(&self) -> u64 {
-        self.metric("ingressd_syncs_total").await.unwrap_or(0)
-    }
-
-    /// A metric without labels from /metrics; None while unreadable.
-    async fn metric<T: std::str::FromStr>(&self, name: &str) -> Option<T> {
-        let text = get(self.metrics, "/metrics", None).await.ok()?.1;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    }
-
-    /// Writes new manifests and waits (bounded) until ingressd applied them.
-    async fn update(&self, manifests: &str) {
-        let before = self.syncs().await;
-        write(&self.dir.join("m"), manifests);
-        assert!(
-            common::eventually(Duration::from_secs(2), async || self.syncs().await > before).await,
-            "change not applied within 2 s"
-        );
-    }
-}
-
-fn write(dir: &Path, text: &str) {
-    let tmp = dir.join(".all.yaml.tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join("all.yaml")).unwrap();
-}
-
-/// One HTTP/1.1 request on a fresh client: (status, body).
-async fn get(addr: SocketAddr, path: &str, host: Option<&str>) -> Result<(u16, String), String> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut req = Request::get(format!("http://{addr}{path}"));
-    if let Some(h) = host {
-        req = req.header("host", h);
-    }
-    let req = req.body(Full::new(Bytes::new())).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
-        .await
-        .map_err(|_| "timeout".to_string())?
-        .map_err(|e| e.to_string())?;
-    common::status_and_body(resp).await
-}
 
 fn service(name: &str, port: u16, endpoints: &[IpAddr]) -> String {
     let eps: String = endpoints
@@ -363,7 +91,7 @@ async fn backends() -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_host_and_path_with_forwarding_headers() {
     let (_, yaml) = backends().await;
-    let d = Ingressd::start(&yaml).await;
+    let d = Ingressd::start(BIN, &yaml).await;
     let (status, body) = get(d.http, "/", Some("shop.test")).await.unwrap();
     assert_eq!(status, 200);
     assert!(body.starts_with("a path=/ host=shop.test xff=127.0.0.1 xfh=shop.test xfproto=http xrealip=127.0.0.1 rid="), "{body}");
@@ -419,7 +147,7 @@ async fn routes_by_host_and_path_with_forwarding_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_backend_404_on_both_ports_and_503_without_endpoints() {
     let (_, yaml) = backends().await;
-    let d = Ingressd::start(&yaml).await;
+    let d = Ingressd::start(BIN, &yaml).await;
     assert_eq!(
         get(d.http, "/", Some("unknown.test")).await.unwrap(),
         (404, "default backend - 404\n".into())
@@ -448,7 +176,7 @@ async fn default_backend_404_on_both_ports_and_503_without_endpoints() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_prior_knowledge_client() {
     let (_, yaml) = backends().await;
-    let d = Ingressd::start(&yaml).await;
+    let d = Ingressd::start(BIN, &yaml).await;
     // One HTTP/2 connection to the proxy, requests for shop.test on it.
     let stream = tokio::net::TcpStream::connect(d.http).await.unwrap();
     let (mut sender, conn) =
@@ -498,7 +226,7 @@ async fn dead_endpoint_is_retried_around_and_ejected() {
         &service("b", port, &[lo(3), lo(4)]),
         &service("b", port, &[lo(3), lo(4), lo(9)]),
     );
-    let d = Ingressd::start(&yaml).await;
+    let d = Ingressd::start(BIN, &yaml).await;
     // A POST whose connect fails never left: it goes, body and all, to
     // another endpoint (as nginx's proxy_next_upstream error does).
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
@@ -537,7 +265,7 @@ async fn dead_endpoint_is_retried_around_and_ejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_and_endpoint_changes_under_load_fail_no_request() {
     let (port, yaml) = backends().await;
-    let d = Ingressd::start(&yaml).await;
+    let d = Ingressd::start(BIN, &yaml).await;
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let addr = d.http;
@@ -730,6 +458,7 @@ async fn tls_by_sni_with_default_certificate_http2_by_alpn_and_https_redirect() 
     ])
     .unwrap();
     let d = Ingressd::start(
+        BIN,
         &(yaml + &tls_manifests(&cert.cert.pem(), &cert.signing_key.serialize_pem())),
     )
     .await;
@@ -796,7 +525,7 @@ async fn tls_by_sni_with_default_certificate_http2_by_alpn_and_https_redirect() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_requests_are_passed_through() {
     let (_, yaml) = backends().await;
-    let d = Ingressd::start(&yaml).await;
+    let d = Ingressd::start(BIN, &yaml).await;
     let stream = tokio::net::TcpStream::connect(d.http).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -891,6 +620,7 @@ async fn limits_give_the_right_status() {
         + &service("hung", hung.port(), &[hung.ip()])
         + &host_to("hung");
     let d = Ingressd::start_with(
+        BIN,
         &yaml,
         &[
             "--client-header-timeout",
@@ -1029,7 +759,7 @@ async fn limits_give_the_right_status() {
 async fn max_connections_holds_and_a_silent_connection_takes_no_slot() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (_, yaml) = backends().await;
-    let d = Ingressd::start_with(&yaml, &["--max-connections", "2"]).await;
+    let d = Ingressd::start_with(BIN, &yaml, &["--max-connections", "2"]).await;
     let begun = async || {
         let mut s = tokio::net::TcpStream::connect(d.http).await.unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\n")
@@ -1115,6 +845,7 @@ async fn idle_connections_close_after_their_keep_alive_timeouts() {
         + INGRESSES
         + "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: one}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: one.test\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: one, port: {number: 80}}}}\n";
     let d = Ingressd::start_with(
+        BIN,
         &yaml,
         &[
             "--keep-alive-timeout",
@@ -1170,7 +901,7 @@ async fn http2_to_endpoints_when_the_service_port_says_so() {
     let yaml = yaml
         + &grpc
         + "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: grpc}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: grpc.test\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: grpc, port: {number: 80}}}}\n";
-    let d = Ingressd::start(&yaml).await;
+    let d = Ingressd::start(BIN, &yaml).await;
     let (status, body) = get(d.http, "/pkg.Service/Method", Some("grpc.test"))
         .await
         .unwrap();
@@ -1227,7 +958,7 @@ async fn grpc_through_the_proxy_with_its_trailers() {
         "{name: http, port: 80, appProtocol: kubernetes.io/h2c, targetPort",
     ) + INGRESSES
         + "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: grpc}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: grpc.test\n    http:\n      paths:\n      - {path: /pkg.Echo, pathType: Prefix, backend: {service: {name: grpc, port: {number: 80}}}}\n";
-    let d = Ingressd::start(&yaml).await;
+    let d = Ingressd::start(BIN, &yaml).await;
     // A gRPC client: HTTP/2 (prior knowledge), a length-prefixed message.
     let stream = tokio::net::TcpStream::connect(d.http).await.unwrap();
     let (mut sender, conn) =
@@ -1279,7 +1010,7 @@ async fn websocket_through_the_proxy() {
     });
     let yaml = service("ws", port, &[IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5))])
         + "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: ws}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: ws.test\n    http:\n      paths:\n      - {path: /socket, pathType: Prefix, backend: {service: {name: ws, port: {number: 80}}}}\n";
-    let d = Ingressd::start(&yaml).await;
+    let d = Ingressd::start(BIN, &yaml).await;
     let stream = tokio::net::TcpStream::connect(d.http).await.unwrap();
     let (mut ws, resp) = tokio_tungstenite::client_async("ws://ws.test/socket/chat", stream)
         .await
@@ -1315,7 +1046,7 @@ async fn external_name_service_is_resolved_with_dns() {
         "---\napiVersion: v1\nkind: Service\nmetadata: {{name: ext}}\nspec:\n  type: ExternalName\n  externalName: localhost\n  ports: [{{port: {port}}}]\n\
          ---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: ext}}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: ext.test\n    http:\n      paths:\n      - {{path: /, pathType: Prefix, backend: {{service: {{name: ext, port: {{number: {port}}}}}}}}}\n"
     );
-    let d = Ingressd::start(&yaml).await;
+    let d = Ingressd::start(BIN, &yaml).await;
     let (status, body) = get(d.http, "/", Some("ext.test")).await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.starts_with("external "), "{body}");
@@ -1324,7 +1055,7 @@ async fn external_name_service_is_resolved_with_dns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_requests_in_flight_finish_and_takes_no_new_connections() {
     let (_, yaml) = backends().await;
-    let mut d = Ingressd::start(&yaml).await;
+    let mut d = Ingressd::start(BIN, &yaml).await;
     let http = d.http;
     // /slow takes 3 s at the endpoint. SIGTERM once the endpoint has it:
     // a connection merely open (no request yet) is closed by the drain.
@@ -1449,7 +1180,7 @@ async fn ingress_nginx_annotations_through_the_proxy() {
                 "/",
                 "Prefix",
             );
-    let d = Ingressd::start(&yaml).await;
+    let d = Ingressd::start(BIN, &yaml).await;
     let h = d.http;
 
     let (s, _, body) = send(h, "GET", "/api/users/7?x=1", "rw.test", vec![]).await;
@@ -1626,7 +1357,7 @@ async fn endpoint_responses_framed_every_way_and_pooled() {
            \x20     - {path: /, pathType: Prefix, backend: {service: {name: raw, port: {number: 80}}}}\n\
            \x20 - http:\n      paths:\n\
            \x20     - {path: /anyhost, pathType: Prefix, backend: {service: {name: raw, port: {number: 80}}}}\n";
-    let d = Ingressd::start(&yaml).await;
+    let d = Ingressd::start(BIN, &yaml).await;
     // Raw requests, to see the exact head the endpoint gets.
     let raw = |request: Vec<u8>| async move { exchange_raw(d.http, &request).await };
     // Absolute form without a path: origin form upstream has one.
@@ -1754,7 +1485,7 @@ async fn endpoint_responses_framed_every_way_and_pooled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_has_an_access_log_line_and_is_counted_refused_ones_too() {
     let (_, yaml) = backends().await;
-    let d = Ingressd::start(&yaml).await;
+    let d = Ingressd::start(BIN, &yaml).await;
     let (status, _) = get(d.http, "/cart?q=1", Some("shop.test")).await.unwrap();
     assert_eq!(status, 200);
     // A malformed request line: 400, before any route is known.
@@ -1805,22 +1536,10 @@ async fn every_request_has_an_access_log_line_and_is_counted_refused_ones_too() 
     );
 }
 
-async fn exchange_raw(addr: SocketAddr, request: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(request).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-        .await
-        .expect("answered and closed")
-        .unwrap();
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_connections_pipelined_kept_alive_and_handed_over() {
     let (_, yaml) = backends().await;
-    let d = Ingressd::start(&yaml).await;
+    let d = Ingressd::start(BIN, &yaml).await;
     // One connection, six pipelined requests in one write: four without
     // a body (served in-task), a POST with one (hyper's server takes the
     // connection over with what was read), then one more on hyper.
@@ -1946,7 +1665,7 @@ async fn a_client_that_leaves_takes_its_request_with_it() {
            \x20     - {path: /, pathType: Prefix, backend: {service: {name: hold, port: {number: 80}}}}\n";
     // The response timeout (60 s) is far off: only the client leaving
     // can end the endpoint's connection within the bound below.
-    let d = Ingressd::start(&yaml).await;
+    let d = Ingressd::start(BIN, &yaml).await;
     let mut c = tokio::net::TcpStream::connect(d.http).await.unwrap();
     c.write_all(b"GET /wait HTTP/1.1\r\nHost: hold.test\r\n\r\n")
         .await
@@ -2010,7 +1729,7 @@ const PROTECTED: [&str; 7] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paths_are_routed_and_guarded_in_normal_form() {
     let (_, yaml) = backends().await;
-    let d = Ingressd::start(&(yaml + &guarded())).await;
+    let d = Ingressd::start(BIN, &(yaml + &guarded())).await;
     let raw = |path: &str, host: &str| {
         format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
     };
@@ -2074,7 +1793,7 @@ async fn forwarded_headers_are_replaced_unless_the_peer_is_trusted() {
             body.len()
         )
     };
-    let d = Ingressd::start(&yaml).await;
+    let d = Ingressd::start(BIN, &yaml).await;
     for (method, body) in [("GET", ""), ("POST", "abc")] {
         let got = exchange_raw(d.http, forged(method, body).as_bytes()).await;
         let body = got.split("\r\n\r\n").nth(1).unwrap_or_default();
@@ -2111,7 +1830,7 @@ async fn forwarded_headers_are_replaced_unless_the_peer_is_trusted() {
             "/",
             "Prefix",
         );
-    let d = Ingressd::start_with(&guarded, &trusting).await;
+    let d = Ingressd::start_with(BIN, &guarded, &trusting).await;
     let from = |xff: &str| {
         format!(
             "GET / HTTP/1.1\r\nHost: deny.test\r\nX-Forwarded-For: {xff}\r\nConnection: close\r\n\r\n"
@@ -2142,7 +1861,7 @@ async fn forwarded_headers_are_replaced_unless_the_peer_is_trusted() {
         "--proxy-real-ip-cidr",
         "198.18.0.0/15",
     ];
-    let d = Ingressd::start_with(&yaml, &elsewhere).await;
+    let d = Ingressd::start_with(BIN, &yaml, &elsewhere).await;
     let got = exchange_raw(d.http, forged("GET", "").as_bytes()).await;
     let body = got.split("\r\n\r\n").nth(1).unwrap_or_default();
     assert_eq!(echoed(body, "xff"), "127.0.0.1", "{body}");
@@ -2150,7 +1869,7 @@ async fn forwarded_headers_are_replaced_unless_the_peer_is_trusted() {
     drop(d);
     // compute-full-forwarded-for: the peer appended to what came.
     let full = ["--compute-full-forwarded-for", "true"];
-    let d = Ingressd::start_with(&yaml, &full).await;
+    let d = Ingressd::start_with(BIN, &yaml, &full).await;
     let got = exchange_raw(d.http, forged("GET", "").as_bytes()).await;
     let body = got.split("\r\n\r\n").nth(1).unwrap_or_default();
     assert_eq!(echoed(body, "xff"), "6.6.6.6,", "{body}");
@@ -2161,7 +1880,7 @@ async fn forwarded_headers_are_replaced_unless_the_peer_is_trusted() {
 async fn no_listener_starves_another_of_file_descriptors() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (_, yaml) = backends().await;
-    let d = Ingressd::start_limited(&yaml, &["--client-header-timeout", "3"], Some(256)).await;
+    let d = Ingressd::start_limited(BIN, &yaml, &["--client-header-timeout", "3"], Some(256)).await;
     // 300 requests to the default backend's port that never finish their
     // head: more than every descriptor the process has.
     let mut stuck = Vec::new();
@@ -2203,45 +1922,6 @@ async fn no_listener_starves_another_of_file_descriptors() {
     );
 }
 
-/// An endpoint whose every response is a body that never ends (8 KiB
-/// pieces as fast as the proxy takes them, for at most a minute); tells
-/// how many such responses the proxy has stopped taking (their connection
-/// closed under them).
-async fn streamer(ip: Ipv4Addr) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
-                }
-                let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
-                if s.write_all(head).await.is_err() {
-                    return;
-                }
-                let piece = format!("2000\r\n{}\r\n", "x".repeat(0x2000));
-                let until = Instant::now() + Duration::from_secs(60);
-                while Instant::now() < until {
-                    if s.write_all(piece.as_bytes()).await.is_err() {
-                        let _ = tx.send(());
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, rx)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_hyper_serves_keep_their_idle_and_send_timeouts() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -2252,7 +1932,7 @@ async fn connections_hyper_serves_keep_their_idle_and_send_timeouts() {
         + "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: stream}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: stream.test\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: stream, port: {number: 80}}}}\n"
         + &annotated("ws.test", &[("proxy-read-timeout", "1")], "/", "Prefix");
     let flags = ["--keep-alive-timeout", "1", "--client-header-timeout", "2"];
-    let d = Ingressd::start_with(&yaml, &flags).await;
+    let d = Ingressd::start_with(BIN, &yaml, &flags).await;
     let closed_within = async |s: &mut tokio::net::TcpStream, limit: Duration| {
         let mut buf = vec![0u8; 64 * 1024];
         tokio::time::timeout(limit, async {
@@ -2374,42 +2054,13 @@ async fn connections_hyper_serves_keep_their_idle_and_send_timeouts() {
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
 
-/// An endpoint that notes every request head it is sent (raw), answers
-/// 200 to each, and tells whether a body came whole.
-async fn recorder(ip: Ipv4Addr) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let noted = seen.clone();
-    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let noted = noted.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let noted = noted.clone();
-                    async move {
-                        let line = format!("{} {}", req.method(), req.uri());
-                        let whole = req.into_body().collect().await.is_ok();
-                        noted.lock().unwrap().push(format!("{line} whole={whole}"));
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, seen)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn framing_is_answered_as_nginx_answers_it() {
     let (ep, seen) = recorder(Ipv4Addr::new(127, 0, 0, 8)).await;
     let yaml = service("rec", ep.port(), &[ep.ip()])
         + INGRESSES
         + "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: rec}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: rec.test\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: rec, port: {number: 80}}}}\n";
-    let d = Ingressd::start(&yaml).await;
+    let d = Ingressd::start(BIN, &yaml).await;
     // Each first on a fresh connection, then after a request with a body
     // (which hands the connection to hyper's server), so both servers
     // are held to it.

@@ -18,9 +18,9 @@ use ingress_common::{
 use ingressd::{
     bpf::LbMaps,
     model::{DesiredState, RingSpec},
-    packet::{self, TCP_ACK, TCP_RST, TCP_SYN},
     sync::{apply, diff},
 };
+use testkit::packet::{self, TCP_ACK, TCP_RST, TCP_SYN};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;

@@ -4,7 +4,6 @@
 //! and delete, for the kinds ingressd reads and the Lease it elects with.
 //! Objects are loaded from the same YAML as the file source reads, so the
 //! real kube-rs client code runs against known state.
-#![allow(dead_code)]
 
 use std::{
     collections::{BTreeMap, BTreeSet},

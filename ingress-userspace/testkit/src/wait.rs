@@ -1,5 +1,4 @@
 //! Helpers the loopback test binaries share.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 

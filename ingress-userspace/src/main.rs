@@ -12,8 +12,9 @@ use ingressd::{
     l7::{
         Limits,
         pipeline::trust::Trust,
-        route::{ClassConfig, annotations::Cidr},
+        route::{ClassConfig, annotations::Cidr, compile, render_routes},
     },
+    manifest::ManifestSource,
     model::show_backend,
     publish::PublishConfig,
     render::render_state,
@@ -179,6 +180,20 @@ enum Command {
         #[arg(long, num_args = 1..)]
         interface: Vec<String>,
     },
+    /// Print the proxy's route table in the order requests are matched:
+    /// the running ingressd's (from its --metrics-addr, on this machine),
+    /// or compiled from --manifests without one.
+    Routes {
+        #[arg(long, default_value = "127.0.0.1:10254")]
+        metrics_addr: SocketAddr,
+        /// Compile these files or directories instead of asking ingressd.
+        #[arg(long, num_args = 1.., value_delimiter = ',')]
+        manifests: Vec<PathBuf>,
+        #[arg(long, default_value = "ebpf")]
+        ingress_class: String,
+        #[arg(long, default_value = "ingress-ebpf/controller")]
+        controller_class: String,
+    },
     /// Print the live services, backends and flows as a table.
     Maps {
         #[arg(long, default_value = "/sys/fs/bpf/ingressd")]
@@ -258,6 +273,43 @@ fn identity() -> String {
         .ok()
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| format!("{}-{}", node_name_default(), std::process::id()))
+}
+
+fn print_routes(
+    metrics_addr: SocketAddr,
+    manifests: Vec<PathBuf>,
+    class: &ClassConfig,
+) -> anyhow::Result<()> {
+    if !manifests.is_empty() {
+        let mut source = ManifestSource::new(manifests);
+        let loaded = source.load();
+        for e in &loaded.errors {
+            eprintln!("{e}");
+        }
+        let (table, warnings) = compile(source.snapshot(), class);
+        for w in &warnings {
+            eprintln!("{w}");
+        }
+        print!("{}", render_routes(&table));
+        return Ok(());
+    }
+    use std::io::{Read as _, Write as _};
+    let timeout = Duration::from_secs(5);
+    let mut s = std::net::TcpStream::connect_timeout(&metrics_addr, timeout).map_err(|e| {
+        anyhow::anyhow!("asking the running ingressd at {metrics_addr} (--metrics-addr): {e}")
+    })?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(b"GET /routes HTTP/1.1\r\nHost: ingressd\r\nConnection: close\r\n\r\n")?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)?;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.lines().next().unwrap_or_default();
+    if !status.starts_with("HTTP/1.1 200") {
+        anyhow::bail!("{metrics_addr}/routes answered {status:?}: {}", body.trim());
+    }
+    print!("{body}");
+    Ok(())
 }
 
 fn print_maps(pin_path: &std::path::Path, flow_limit: usize) -> anyhow::Result<()> {
@@ -470,6 +522,18 @@ fn main() -> std::process::ExitCode {
             );
         }),
         Command::Maps { pin_path, flows } => print_maps(&pin_path, flows),
+        Command::Routes {
+            metrics_addr,
+            manifests,
+            ingress_class,
+            controller_class,
+        } => {
+            let class = ClassConfig {
+                class_name: ingress_class,
+                controller: controller_class,
+            };
+            print_routes(metrics_addr, manifests, &class)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -16,7 +16,7 @@ use hyper::{Request, Response, StatusCode, body::Incoming};
 
 use crate::{
     bpf::LbMaps,
-    l7::{Proxy, body::Body, listen::serve_side},
+    l7::{Proxy, body::Body, listen::serve_side, route::render_routes},
 };
 
 /// What the sync loop reports; read by the HTTP handlers.
@@ -136,11 +136,21 @@ fn render_metrics(status: &Status, pin_path: &std::path::Path) -> String {
 
 async fn handle(
     req: Request<Incoming>,
+    peer: SocketAddr,
     status: Arc<Status>,
     pin_path: Arc<PathBuf>,
     proxy: Option<Arc<Proxy>>,
 ) -> Response<Body> {
     let (code, body) = match req.uri().path() {
+        // The route table names every host and endpoint: for whoever is on
+        // this machine (`ingressd routes`), not for whoever can scrape.
+        "/routes" if !peer.ip().is_loopback() => {
+            (StatusCode::FORBIDDEN, "from this machine only\n".into())
+        }
+        "/routes" => match &proxy {
+            Some(p) => (StatusCode::OK, render_routes(&p.routes())),
+            None => (StatusCode::NOT_FOUND, "no proxy (--no-l7)\n".into()),
+        },
         "/metrics" => {
             let mut text = render_metrics(&status, &pin_path);
             if let Some(p) = &proxy {
@@ -182,6 +192,7 @@ pub async fn serve(
         tracing::info!(metrics = %at, "metrics listening");
     }
     let pin_path = Arc::new(pin_path);
-    let answer = move |req| handle(req, status.clone(), pin_path.clone(), proxy.clone());
+    let answer =
+        move |req, peer| handle(req, peer, status.clone(), pin_path.clone(), proxy.clone());
     Ok(tokio::spawn(serve_side(listener, cap, timeout, answer)))
 }

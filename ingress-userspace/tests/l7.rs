@@ -2112,3 +2112,36 @@ async fn framing_is_answered_as_nginx_answers_it() {
         "the endpoint was sent what it should not have been: {seen:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingressd_routes_prints_the_table_it_serves_and_the_one_files_make() {
+    let (_, yaml) = backends().await;
+    let d = Ingressd::start(BIN, &yaml).await;
+    let live = std::process::Command::new(BIN)
+        .args(["routes", "--metrics-addr", &d.metrics.to_string()])
+        .output()
+        .expect("ingressd routes");
+    assert!(
+        live.status.success(),
+        "{}",
+        String::from_utf8_lossy(&live.stderr)
+    );
+    let live = String::from_utf8_lossy(&live.stdout).into_owned();
+    assert!(live.starts_with("HOST empty.test\n"), "{live}");
+    assert!(
+        live.contains("HOST shop.test\n  Prefix /cart                    → default/b:http ["),
+        "{live}"
+    );
+    // The same table from the files alone, without a running ingressd.
+    let dir = std::env::temp_dir().join(format!("ingressd-routes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("all.yaml"), &yaml).unwrap();
+    let offline = std::process::Command::new(BIN)
+        .arg("routes")
+        .arg("--manifests")
+        .arg(&dir)
+        .output()
+        .expect("ingressd routes --manifests");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(String::from_utf8_lossy(&offline.stdout), live);
+}

@@ -166,7 +166,7 @@ pub async fn serve_default_backend(listener: TcpListener, cap: usize, timeout: D
         listener,
         cap,
         timeout,
-        |req: Request<Incoming>| async move {
+        |req: Request<Incoming>, _| async move {
             if req.uri().path() == "/healthz" {
                 text(StatusCode::OK, "ok\n")
             } else {

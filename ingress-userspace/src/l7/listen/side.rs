@@ -3,7 +3,7 @@
 //! client header timeout on every request head (the wait for the next one
 //! on an idle connection included), so that whatever clients do to one
 //! port costs the others nothing.
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use http_body_util::combinators::BoxBody;
 use hyper::{Request, Response, body::Incoming, service::service_fn};
@@ -14,10 +14,11 @@ use super::{accept, tune_listener};
 use crate::l7::error::BoxError;
 
 /// Serves `handle` on `listener` forever: at most `cap` connections at
-/// once (more wait in the backlog), a request head within `timeout`.
+/// once (more wait in the backlog), a request head within `timeout`. The
+/// handler is told who asks.
 pub async fn serve_side<H, F>(listener: TcpListener, cap: usize, timeout: Duration, handle: H)
 where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: std::future::Future<Output = Response<BoxBody<bytes::Bytes, BoxError>>> + Send + 'static,
 {
     tune_listener(&listener);
@@ -26,11 +27,11 @@ where
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (stream, _) = accept(&listener).await;
+        let (stream, peer) = accept(&listener).await;
         let handle = handle.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let answer = handle(req);
+                let answer = handle(req, peer);
                 async move { Ok::<_, Infallible>(answer.await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()

@@ -26,10 +26,12 @@ use crate::{
 pub mod annotations;
 mod compile;
 pub mod pattern;
+mod render;
 mod rewrite;
 
 pub use compile::{compile, compile_with, is_ours};
 pub use pattern::{PathRegex, Patterns};
+pub use render::render_routes;
 pub use rewrite::{RewriteEscapes, rewrite_path};
 
 /// Our IngressClass name and controller name.

@@ -1,0 +1,128 @@
+//! The route table as text, in the order requests are matched: hosts
+//! (exact, then `*.` wildcards, then rules for any host), each host's
+//! paths (Exact, then Prefix longest first, then patterns longest first),
+//! then the default backend. `ingressd routes` prints it, and the route
+//! golden tests compare it: precedence is tested in the form it is read.
+use std::fmt::Write as _;
+
+use super::{HostRules, Route, RouteTable, Upstream, annotations::Policy};
+
+pub fn render_routes(table: &RouteTable) -> String {
+    let mut out = String::new();
+    let mut exact: Vec<_> = table.exact_hosts.iter().collect();
+    exact.sort_by(|a, b| a.0.cmp(b.0));
+    for (host, rules) in exact {
+        host_block(&mut out, host, table, rules);
+    }
+    let mut wildcards: Vec<_> = table.wildcard_hosts.iter().collect();
+    wildcards.sort_by(|a, b| a.0.cmp(b.0));
+    for (suffix, rules) in wildcards {
+        host_block(&mut out, &format!("*.{suffix}"), table, rules);
+    }
+    if let Some(rules) = &table.any_host {
+        host_block(&mut out, "*", table, rules);
+    }
+    match &table.default_backend {
+        Some(r) => {
+            let _ = writeln!(out, "DEFAULT BACKEND\n  {}", target(r));
+        }
+        None => out.push_str("DEFAULT BACKEND\n  built-in 404\n"),
+    }
+    out
+}
+
+fn host_block(out: &mut String, host: &str, table: &RouteTable, rules: &HostRules) {
+    let tls = table
+        .tls_hosts
+        .get(host)
+        .map(|(ns, name)| format!("  (TLS: Secret {ns}/{name})"))
+        .unwrap_or_default();
+    let _ = writeln!(out, "HOST {host}{tls}");
+    let mut exact: Vec<_> = rules.exact.iter().collect();
+    exact.sort_by(|a, b| a.0.cmp(b.0));
+    for (path, r) in exact {
+        line(out, "Exact", path, r);
+    }
+    for (elements, r) in &rules.prefixes {
+        line(out, "Prefix", &format!("/{}", elements.join("/")), r);
+    }
+    for (re, _, r) in &rules.regexes {
+        line(out, "Regex", re.as_str(), r);
+    }
+}
+
+fn line(out: &mut String, kind: &str, path: &str, route: &Route) {
+    let _ = writeln!(out, "  {kind:<6} {path:<24} {}", target(route));
+}
+
+/// Where a route sends, who made it, and what its annotations change.
+fn target(route: &Route) -> String {
+    let upstream = match &*route.upstream {
+        Upstream::Endpoints {
+            name,
+            addrs,
+            app_protocol,
+        } => {
+            let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            let list = if list.is_empty() {
+                "no endpoints: 503".to_string()
+            } else {
+                list.join(" ")
+            };
+            let proto = app_protocol
+                .as_ref()
+                .map(|p| format!(" appProtocol={p}"))
+                .unwrap_or_default();
+            format!("→ {name} [{list}]{proto}")
+        }
+        Upstream::External { name, host, port } => format!("→ {name} ExternalName {host}:{port}"),
+        Upstream::Unavailable { name, reason } => format!("→ {name} unavailable: {reason}"),
+    };
+    let mut notes = policy_notes(&route.policy);
+    if route.ssl_redirect {
+        notes.insert(0, "ssl-redirect".into());
+    }
+    let notes = if notes.is_empty() {
+        String::new()
+    } else {
+        format!(" {{{}}}", notes.join(", "))
+    };
+    format!("{upstream}  ingress {}{notes}", route.ingress)
+}
+
+/// The annotations in force, as `name=value` (defaults left out).
+fn policy_notes(p: &Policy) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(n) = p.max_body {
+        notes.push(format!("proxy-body-size={n}"));
+    }
+    if let Some(d) = p.connect_timeout {
+        notes.push(format!("proxy-connect-timeout={}s", d.as_secs()));
+    }
+    if let Some(d) = p.read_timeout {
+        notes.push(format!("proxy-read-timeout={}s", d.as_secs()));
+    }
+    if !p.allow.is_empty() {
+        let ranges: Vec<String> = p.allow.iter().map(ToString::to_string).collect();
+        notes.push(format!("allowlist-source-range={}", ranges.join(",")));
+    }
+    if let Some((to, code)) = &p.redirect {
+        notes.push(format!("redirect={} {to}", code.as_u16()));
+    }
+    if let Some(root) = &p.app_root {
+        notes.push(format!("app-root={root}"));
+    }
+    if let Some(v) = &p.upstream_vhost {
+        notes.push(format!("upstream-vhost={v}"));
+    }
+    if let Some(t) = &p.rewrite_target {
+        notes.push(format!("rewrite-target={t}"));
+    }
+    if p.h2 {
+        notes.push("backend-protocol=h2c".into());
+    }
+    if let Some(b) = &p.unsupported_backend {
+        notes.push(format!("backend-protocol={b} (answered 502)"));
+    }
+    notes
+}

@@ -11,7 +11,10 @@ use ingressd::{
     bpf::{self, LbMaps, XdpAttachMode},
     l7::{
         Limits,
-        pipeline::trust::Trust,
+        pipeline::{
+            log::{Destination, Format},
+            trust::Trust,
+        },
         route::{ClassConfig, annotations::Cidr, compile, render_routes},
     },
     manifest::ManifestSource,
@@ -223,6 +226,26 @@ struct ProxyFlags {
     /// server and client for everything (the fallback if a fast-path bug is ever found).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "INGRESSD_HTTP1_FAST_PATH")]
     http1_fast_path: bool,
+    /// Where the access log goes: stdout, false (none), or a file to append to.
+    #[arg(long, default_value = "stdout", value_parser = parse_destination, env = "INGRESSD_ACCESS_LOG")]
+    access_log: Destination,
+    /// text (ingress-nginx's upstreaminfo) or json.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "text",
+        env = "INGRESSD_ACCESS_LOG_FORMAT"
+    )]
+    access_log_format: Format,
+}
+
+fn parse_destination(s: &str) -> Result<Destination, String> {
+    Ok(match s {
+        "false" | "off" | "none" => Destination::Off,
+        "stdout" | "true" | "-" => Destination::Stdout,
+        "" => return Err("empty: stdout, false, or a file path".into()),
+        path => Destination::File(path.into()),
+    })
 }
 
 fn parse_cidr(s: &str) -> Result<Cidr, String> {
@@ -492,6 +515,8 @@ fn main() -> std::process::ExitCode {
                     compute_full_forwarded_for: proxy.compute_full_forwarded_for,
                 },
                 fast_path: proxy.http1_fast_path,
+                access_log: proxy.access_log,
+                access_log_format: proxy.access_log_format,
             };
             let workers = workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))

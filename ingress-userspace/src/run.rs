@@ -19,7 +19,11 @@ use crate::{
     l7::{
         Limits, Proxy,
         listen::{self, FdPlan},
-        pipeline::trust::Trust,
+        pipeline::{
+            Options,
+            log::{AccessLog, Destination, Format},
+            trust::Trust,
+        },
         route::{ClassConfig, Patterns, compile_with},
         tls::{self, CertStore},
     },
@@ -61,6 +65,9 @@ pub struct RunConfig {
     pub trust: Trust,
     /// `--http1-fast-path`.
     pub fast_path: bool,
+    /// `--access-log` and `--access-log-format`.
+    pub access_log: Destination,
+    pub access_log_format: Format,
     /// Addresses whose :80/:443 connections `sk_lookup` steers to the proxy.
     pub ingress_vips: Vec<Ipv4Addr>,
     /// `--publish-service`: the Service in front of the proxy, whose
@@ -245,7 +252,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let l7 = if cfg.no_l7 {
         None
     } else {
-        let proxy = Proxy::with_options(limits.clone(), cfg.fast_path, cfg.trust.clone());
+        let access_log = AccessLog::open(&cfg.access_log, cfg.access_log_format)
+            .with_context(|| format!("opening --access-log {:?}", cfg.access_log))?;
+        let options = Options {
+            fast_path: cfg.fast_path,
+            trust: cfg.trust.clone(),
+            access_log,
+        };
+        let proxy = Proxy::with_options(limits.clone(), options);
         let certs = Arc::new(CertStore::default());
         let fallback = tls::self_signed()
             .map_err(|e| anyhow::anyhow!("making the default certificate: {e}"))?;

@@ -1486,54 +1486,78 @@ async fn endpoint_responses_framed_every_way_and_pooled() {
 async fn every_request_has_an_access_log_line_and_is_counted_refused_ones_too() {
     let (_, yaml) = backends().await;
     let d = Ingressd::start(BIN, &yaml).await;
-    let (status, _) = get(d.http, "/cart?q=1", Some("shop.test")).await.unwrap();
+    let (status, body) = get(d.http, "/cart?q=1", Some("shop.test")).await.unwrap();
     assert_eq!(status, 200);
+    // One with a body (hyper's path), with what clients say of themselves.
+    let posted = exchange_raw(
+        d.http,
+        b"POST /cart HTTP/1.1\r\nHost: shop.test\r\nUser-Agent: tester \"1\"\r\nReferer: http://r/\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    )
+    .await;
+    assert!(posted.starts_with("HTTP/1.1 200"), "{posted}");
+    let posted_body = posted.split("\r\n\r\n").nth(1).unwrap_or_default().len();
     // A malformed request line: 400, before any route is known.
     let answer = exchange_raw(d.http, b"GET /x HTTP/1.1 junk\r\nHost: shop.test\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     let log = |d: &Ingressd| std::fs::read_to_string(&d.log).unwrap_or_default();
-    let line = |log: &str, want: &[&str]| {
-        log.lines()
-            .find(|l| l.contains("access") && want.iter().all(|w| l.contains(w)))
-            .map(str::to_string)
-    };
-    let routed = [
-        "method=GET",
-        "host=\"shop.test\"",
-        "path=\"/cart\"",
-        "status=200",
-        "ingress=\"default/shop\"",
-        "service=\"default/b:http\"",
-        "client=127.0.0.1",
-    ];
+    let line = |log: &str, want: &str| log.lines().find(|l| l.contains(want)).map(str::to_string);
+    // ingress-nginx's upstreaminfo: client - user [time] "request" status
+    // bytes "referer" "agent" length time [upstream] [] addr bytes time status id
+    let got = format!("\"GET /cart?q=1 HTTP/1.1\" 200 {} \"-\" \"-\" ", body.len());
+    let posted_line = format!(
+        "\"POST /cart HTTP/1.1\" 200 {posted_body} \"http://r/\" \"tester \\x221\\x22\" "
+    );
     // Lines are written by a background writer: wait for them (bounded).
     assert!(
         common::eventually(Duration::from_secs(5), async || {
             let log = log(&d);
-            line(&log, &routed).is_some() && line(&log, &["status=400"]).is_some()
+            [&got[..], &posted_line, "\"-\" 400 0 "].iter().all(|w| line(&log, w).is_some())
         })
         .await,
         "access log lines missing:\n{}",
         log(&d)
     );
-    // The request ID the endpoint was sent (and the client got back).
-    let routed = line(&log(&d), &routed).unwrap();
-    let id = routed
-        .split("request_id=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap_or_default();
+    let routed = line(&log(&d), &got).unwrap();
+    assert!(routed.starts_with("127.0.0.1 - - ["), "{routed}");
+    assert!(routed.contains(" [default-b-http] [] 127.0.0."), "{routed}");
+    // The request ID the endpoint was sent (and the client got back) ends it.
+    let id = routed.rsplit(' ').next().unwrap_or_default();
     assert!(
         id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
         "{routed}"
     );
-    let refused = line(&log(&d), &["status=400"]).unwrap();
-    assert!(refused.contains("service=\"default-backend\""), "{refused}");
+    assert!(body.contains(&format!("rid={id} ")), "{body}");
+    let refused = line(&log(&d), "\"-\" 400 0 ").unwrap();
+    assert!(refused.contains("[upstream-default-backend] [] - - - -"), "{refused}");
     let metrics = get(d.metrics, "/metrics", None).await.unwrap().1;
     assert!(
         metrics.contains("ingressd_http_requests_total{ingress=\"-\",service=\"default-backend\",status=\"400\",error=\"bad_head\"} 1"),
         "{metrics}"
     );
+    drop(d);
+
+    // As JSON, to a file; and none at all.
+    let file = std::env::temp_dir().join(format!("ingressd-access-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let to_file = ["--access-log", file.to_str().unwrap(), "--access-log-format", "json"];
+    let d = Ingressd::start_with(BIN, &yaml, &to_file).await;
+    get(d.http, "/cart", Some("shop.test")).await.unwrap();
+    let written = async || std::fs::read_to_string(&file).unwrap_or_default().contains('\n');
+    assert!(common::eventually(Duration::from_secs(5), written).await, "no line in {file:?}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(v["request"], "GET /cart HTTP/1.1");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["ingress"], "default/shop");
+    let _ = std::fs::remove_file(&file);
+    drop(d);
+    let d = Ingressd::start_with(BIN, &yaml, &["--access-log", "false"]).await;
+    get(d.http, "/cart", Some("shop.test")).await.unwrap();
+    // The request's count is in before its answer, its log line would be
+    // right after: none came.
+    let syncs = d.syncs().await;
+    assert!(syncs > 0);
+    assert!(!log(&d).contains("\"GET /cart"), "{}", log(&d));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

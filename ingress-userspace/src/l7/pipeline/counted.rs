@@ -1,23 +1,25 @@
 //! A response body that adds what it streams to its route's byte counter.
 use std::{
     pin::Pin,
-    sync::{Arc, atomic::Ordering},
     task::{Context, Poll},
 };
 
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
 
-use crate::l7::{body::Body, error::BoxError, stats::LabelStats};
+use super::log::Pending;
+use crate::l7::{body::Body, error::BoxError};
 
+/// A response body on hyper's server: its bytes are counted as they go,
+/// and its log line written when it is done (dropped).
 pub struct Counted {
     inner: Body,
-    stats: Arc<LabelStats>,
+    pending: Pending,
 }
 
 impl Counted {
-    pub fn new(inner: Body, stats: Arc<LabelStats>) -> Self {
-        Self { inner, stats }
+    pub fn new(inner: Body, pending: Pending) -> Self {
+        Self { inner, pending }
     }
 }
 
@@ -33,9 +35,8 @@ impl hyper::body::Body for Counted {
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
-            self.stats
-                .bytes
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            let n = data.len();
+            self.pending.sent(n);
         }
         polled
     }

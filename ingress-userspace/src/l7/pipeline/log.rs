@@ -1,35 +1,412 @@
-//! The access log: one line per request (target `access`).
-use std::{net::IpAddr, time::Duration};
+//! The access log: one line per request, in ingress-nginx's `upstreaminfo`
+//! format (so the parsers people run on it keep working) or as JSON, once
+//! its response has gone out (bytes sent and time taken are known then).
+//!
+//! Off the request path: a request hands a record of its fields (slices
+//! of its head, no copies) to a thread of the log's own, which formats
+//! and writes them, many lines per write under load and each line at once
+//! when quiet. A log that cannot keep up loses lines, counted, rather than
+//! holding requests up or growing without bound.
+use std::{
+    io::Write as _,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant, SystemTime},
+};
 
-use hyper::header::HeaderValue;
+use bytes::Bytes;
+use hyper::{Method, Version, header::HeaderValue, http::uri::PathAndQuery};
 
-/// What a request's log line says.
-pub(super) struct Line<'a> {
-    pub method: &'a str,
-    pub host: Option<&'a str>,
-    pub path: &'a str,
-    pub status: u16,
-    pub ingress: &'a str,
-    pub service: &'a str,
+use crate::l7::stats::LabelStats;
+
+/// Records waiting for the writer, at most.
+const QUEUE: usize = 16 * 1024;
+/// Bytes formatted before a write, at most.
+const BATCH: usize = 64 * 1024;
+
+/// `--access-log`: where lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    Off,
+    Stdout,
+    File(std::path::PathBuf),
+}
+
+/// `--access-log-format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// ingress-nginx's `upstreaminfo`.
+    #[default]
+    Text,
+    Json,
+}
+
+/// What one line says. Header values are the request's own bytes.
+pub struct Record {
+    pub time: SystemTime,
     pub client: IpAddr,
-    pub request_id: Option<&'a HeaderValue>,
+    /// None for a head refused before it was read whole.
+    pub method: Option<Method>,
+    pub target: Option<PathAndQuery>,
+    pub version: Version,
+    pub status: u16,
+    pub referer: Option<Bytes>,
+    pub user_agent: Option<Bytes>,
+    pub request_length: u64,
+    /// `namespace/name` of the Ingress, and the upstream (`ns/svc:port`).
+    pub ingress: Arc<str>,
+    pub service: Arc<str>,
+    /// The endpoint, its status and how long its head took.
+    pub upstream: Option<(SocketAddr, u16, Duration)>,
+    pub request_id: Option<HeaderValue>,
     pub error: Option<&'static str>,
+    pub started: Instant,
+    pub bytes_sent: u64,
     pub took: Duration,
 }
 
-pub(super) fn request(line: &Line<'_>) {
-    tracing::info!(
-        target: "access",
-        method = %line.method,
-        host = line.host.unwrap_or("-"),
-        path = line.path,
-        status = line.status,
-        ingress = line.ingress,
-        service = line.service,
-        client = %line.client,
-        request_id = line.request_id.and_then(|v| v.to_str().ok()).unwrap_or("-"),
-        error = line.error.unwrap_or("-"),
-        ms = line.took.as_secs_f64() * 1e3,
-        "request"
-    );
+/// The log's end on the request side.
+pub struct AccessLog {
+    tx: Option<mpsc::SyncSender<Record>>,
+    dropped: AtomicU64,
+}
+
+impl AccessLog {
+    pub fn off() -> Arc<Self> {
+        Arc::new(Self {
+            tx: None,
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// Opens the destination and starts the writer thread.
+    pub fn open(to: &Destination, format: Format) -> std::io::Result<Arc<Self>> {
+        let out: Box<dyn std::io::Write + Send> = match to {
+            Destination::Off => return Ok(Self::off()),
+            Destination::Stdout => Box::new(std::io::stdout()),
+            Destination::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        };
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(rx, out, format))?;
+        Ok(Arc::new(Self {
+            tx: Some(tx),
+            dropped: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    fn send(&self, record: Record) {
+        if let Some(tx) = &self.tx
+            && tx.try_send(record).is_err()
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Lines lost because the log could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// A request's line and byte count, until its response has gone out: the
+/// server counts what it sends, and the line goes when this is dropped.
+pub struct Pending {
+    stats: Arc<LabelStats>,
+    record: Option<Box<Record>>,
+    log: Arc<AccessLog>,
+}
+
+impl Pending {
+    pub(in crate::l7) fn new(
+        stats: Arc<LabelStats>,
+        record: Option<Record>,
+        log: Arc<AccessLog>,
+    ) -> Self {
+        Self {
+            stats,
+            record: record.map(Box::new),
+            log,
+        }
+    }
+
+    /// Body bytes sent to the client.
+    pub fn sent(&mut self, n: usize) {
+        self.stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(r) = &mut self.record {
+            r.bytes_sent += n as u64;
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(mut r) = self.record.take() {
+            r.took = r.started.elapsed();
+            self.log.send(*r);
+        }
+    }
+}
+
+fn write_lines(
+    rx: mpsc::Receiver<Record>,
+    mut out: Box<dyn std::io::Write + Send>,
+    format: Format,
+) {
+    let mut buf = Vec::with_capacity(BATCH + 1024);
+    let mut clock = TimeText::default();
+    while let Ok(first) = rx.recv() {
+        line(&mut buf, &first, format, &mut clock);
+        // Whatever else is waiting goes in the same write.
+        while buf.len() < BATCH {
+            match rx.try_recv() {
+                Ok(r) => line(&mut buf, &r, format, &mut clock),
+                Err(_) => break,
+            }
+        }
+        if out.write_all(&buf).and_then(|()| out.flush()).is_err() {
+            // Nowhere to write: lines are lost, requests go on.
+        }
+        buf.clear();
+    }
+}
+
+/// `[02/Dec/2026:13:04:05 +0000]`-style local time (UTC), made once a second.
+#[derive(Default)]
+struct TimeText {
+    secs: u64,
+    text: String,
+    iso: String,
+}
+
+impl TimeText {
+    fn at(&mut self, t: SystemTime) -> (&str, &str) {
+        let secs = t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if secs != self.secs || self.text.is_empty() {
+            self.secs = secs;
+            let (y, mo, d) = civil(secs / 86_400);
+            let (h, mi, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
+            const MONTHS: [&str; 12] = [
+                "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+            ];
+            let month = MONTHS[(mo - 1) as usize];
+            self.text = format!("{d:02}/{month}/{y}:{h:02}:{mi:02}:{s:02} +0000");
+            self.iso = format!("{y}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}+00:00");
+        }
+        (&self.text, &self.iso)
+    }
+}
+
+/// Days since 1970-01-01 as (year, month, day) (Howard Hinnant's algorithm).
+fn civil(days: u64) -> (i64, u32, u32) {
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// A value as nginx logs it: `"`, `\`, controls and non-ASCII as `\xHH`,
+/// so a client cannot forge lines or fields.
+fn escaped(out: &mut Vec<u8>, v: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in v {
+        if !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\' {
+            out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]);
+        } else {
+            out.push(b);
+        }
+    }
+}
+
+/// A JSON string's contents.
+fn json_escaped(out: &mut Vec<u8>, v: &[u8]) {
+    let text = String::from_utf8_lossy(v);
+    let quoted = serde_json::to_string(&*text).unwrap_or_else(|_| "\"\"".into());
+    out.extend_from_slice(&quoted.as_bytes()[1..quoted.len() - 1]);
+}
+
+fn version_text(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// ingress-nginx's `$proxy_upstream_name`: `namespace-service-port`, and
+/// `upstream-default-backend` for the built-in one.
+fn upstream_name(service: &str) -> String {
+    if service == "default-backend" {
+        return "upstream-default-backend".into();
+    }
+    service.replace(['/', ':'], "-")
+}
+
+fn line(out: &mut Vec<u8>, r: &Record, format: Format, clock: &mut TimeText) {
+    use std::io::Write as _;
+    let (local, iso) = clock.at(r.time);
+    let secs = |d: Duration| format!("{:.3}", d.as_secs_f64());
+    let upstream_addr = r.upstream.map(|(a, _, _)| a.to_string());
+    let upstream_status = r.upstream.map(|(_, s, _)| s.to_string());
+    let upstream_time = r.upstream.map(|(_, _, t)| secs(t));
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let id = r.request_id.as_ref().map(HeaderValue::as_bytes);
+    match format {
+        Format::Text => {
+            let _ = write!(out, "{} - - [{local}] \"", r.client);
+            match (&r.method, &r.target) {
+                (Some(m), Some(t)) => {
+                    escaped(out, m.as_str().as_bytes());
+                    out.push(b' ');
+                    escaped(out, t.as_str().as_bytes());
+                    let _ = write!(out, " {}", version_text(r.version));
+                }
+                _ => out.push(b'-'),
+            }
+            let _ = write!(out, "\" {} {} \"", r.status, r.bytes_sent);
+            escaped(out, r.referer.as_deref().unwrap_or(b"-"));
+            out.extend_from_slice(b"\" \"");
+            escaped(out, r.user_agent.as_deref().unwrap_or(b"-"));
+            let _ = write!(
+                out,
+                "\" {} {} [{}] [] {} {} {} {} ",
+                r.request_length,
+                secs(r.took),
+                upstream_name(&r.service),
+                dash(&upstream_addr),
+                if r.upstream.is_some() {
+                    r.bytes_sent.to_string()
+                } else {
+                    "-".into()
+                },
+                dash(&upstream_time),
+                dash(&upstream_status),
+            );
+            escaped(out, id.unwrap_or(b"-"));
+            out.push(b'\n');
+        }
+        Format::Json => {
+            let _ = write!(
+                out,
+                "{{\"time\":\"{iso}\",\"remote_addr\":\"{}\",\"request\":\"",
+                r.client
+            );
+            if let (Some(m), Some(t)) = (&r.method, &r.target) {
+                json_escaped(out, m.as_str().as_bytes());
+                out.push(b' ');
+                json_escaped(out, t.as_str().as_bytes());
+                let _ = write!(out, " {}", version_text(r.version));
+            }
+            let _ = write!(
+                out,
+                "\",\"status\":{},\"body_bytes_sent\":{},\"http_referer\":\"",
+                r.status, r.bytes_sent
+            );
+            json_escaped(out, r.referer.as_deref().unwrap_or(b""));
+            out.extend_from_slice(b"\",\"http_user_agent\":\"");
+            json_escaped(out, r.user_agent.as_deref().unwrap_or(b""));
+            let _ = write!(
+                out,
+                "\",\"request_length\":{},\"request_time\":{},\"proxy_upstream_name\":\"{}\",\"upstream_addr\":\"{}\",\"upstream_status\":\"{}\",\"upstream_response_time\":\"{}\",\"ingress\":\"",
+                r.request_length,
+                secs(r.took),
+                upstream_name(&r.service),
+                dash(&upstream_addr),
+                dash(&upstream_status),
+                dash(&upstream_time),
+            );
+            json_escaped(out, r.ingress.as_bytes());
+            out.extend_from_slice(b"\",\"error\":\"");
+            json_escaped(out, r.error.unwrap_or("").as_bytes());
+            out.extend_from_slice(b"\",\"req_id\":\"");
+            json_escaped(out, id.unwrap_or(b""));
+            out.extend_from_slice(b"\"}\n");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_680_645),
+            client: "198.18.0.9".parse().unwrap(),
+            method: Some(Method::GET),
+            target: Some(PathAndQuery::from_static("/cart?x=1")),
+            version: Version::HTTP_11,
+            status: 200,
+            referer: None,
+            user_agent: Some(Bytes::from_static(b"curl/8 \"x\"\n")),
+            request_length: 78,
+            ingress: Arc::from("shop/web"),
+            service: Arc::from("shop/b:http"),
+            upstream: Some((
+                "198.18.1.3:8080".parse().unwrap(),
+                200,
+                Duration::from_millis(2),
+            )),
+            request_id: Some(HeaderValue::from_static("abc123")),
+            error: None,
+            started: Instant::now(),
+            bytes_sent: 12,
+            took: Duration::from_millis(3),
+        }
+    }
+
+    #[test]
+    fn lines_read_as_ingress_nginx_upstreaminfo() {
+        let mut out = Vec::new();
+        line(&mut out, &record(), Format::Text, &mut TimeText::default());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "198.18.0.9 - - [02/Dec/2025:13:04:05 +0000] \"GET /cart?x=1 HTTP/1.1\" 200 12 \"-\" \"curl/8 \\x22x\\x22\\x0A\" 78 0.003 [shop-b-http] [] 198.18.1.3:8080 12 0.002 200 abc123\n"
+        );
+    }
+
+    #[test]
+    fn json_lines_are_json() {
+        let mut out = Vec::new();
+        line(&mut out, &record(), Format::Json, &mut TimeText::default());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["http_user_agent"], "curl/8 \"x\"\n");
+        assert_eq!(v["time"], "2025-12-02T13:04:05+00:00");
+        assert_eq!(v["upstream_addr"], "198.18.1.3:8080");
+    }
+
+    #[test]
+    fn days_as_dates() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(19_723), (2024, 1, 1));
+        assert_eq!(civil(19_782), (2024, 2, 29));
+    }
 }

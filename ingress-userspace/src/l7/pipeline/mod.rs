@@ -10,10 +10,11 @@ use std::{
     fmt::Write as _,
     net::SocketAddr,
     sync::{Arc, OnceLock},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use hyper::{
     Method, Request, Response, Uri, Version,
@@ -24,7 +25,7 @@ use hyper::{
 
 pub mod counted;
 pub mod forwarding;
-mod log;
+pub mod log;
 mod policy;
 pub mod request;
 pub mod trust;
@@ -36,6 +37,7 @@ use self::{
         Fields, Forwarding, X_REQUEST_ID, joined, joined_cookies, request_id, strip_ignored,
         upstream_head,
     },
+    log::{AccessLog, Pending},
     request::ClientHead,
     trust::{Origin, Trust},
 };
@@ -66,8 +68,9 @@ const DEFAULT_LABEL: (&str, &str) = ("-", "default-backend");
 
 /// What became of a request.
 pub enum Handled {
-    /// The answer, and where its bytes are counted.
-    Answer(Response<Body>, Arc<LabelStats>),
+    /// The answer, and its count and log line, which the server finishes
+    /// as the body goes out.
+    Answer(Response<Body>, Pending),
     /// Untouched: only hyper's client can forward it (an HTTP/2 endpoint),
     /// so the fast server hands its connection to hyper's.
     HandBack,
@@ -83,7 +86,20 @@ struct Head<'a> {
     /// Came over HTTP/2 (HPACK heads are held to --max-headers here).
     h2: bool,
     headers: usize,
+    /// For the access log (read only when it is on).
+    logged: Option<Logged>,
 }
+
+/// The request's fields only the access log needs.
+struct Logged {
+    version: Version,
+    referer: Option<Bytes>,
+    user_agent: Option<Bytes>,
+    length: u64,
+}
+
+/// The endpoint a request went to, its status, and how long its head took.
+type UpstreamSeen = (SocketAddr, u16, Duration);
 
 /// Where the rest of the request is. (Moved once into the request's
 /// future, which holds the request whole either way: no box for it.)
@@ -119,10 +135,30 @@ pub struct Pipeline {
     /// `--http1-fast-path`: the fast client takes requests without a body.
     fast_path: bool,
     trust: Trust,
+    log: Arc<AccessLog>,
+}
+
+/// How the proxy is set up beyond its limits.
+#[derive(Clone)]
+pub struct Options {
+    /// `--http1-fast-path`.
+    pub fast_path: bool,
+    pub trust: Trust,
+    pub access_log: Arc<AccessLog>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            fast_path: true,
+            trust: Trust::default(),
+            access_log: AccessLog::off(),
+        }
+    }
 }
 
 impl Pipeline {
-    pub fn new(limits: Limits, fast_path: bool, trust: Trust) -> Self {
+    pub fn new(limits: Limits, options: Options) -> Self {
         let registry = Registry::default();
         let default_stats = registry.get(&default_label());
         Self {
@@ -131,9 +167,14 @@ impl Pipeline {
             limits,
             registry,
             default_stats,
-            fast_path,
-            trust,
+            fast_path: options.fast_path,
+            trust: options.trust,
+            log: options.access_log,
         }
+    }
+
+    pub fn fast_path(&self) -> bool {
+        self.fast_path
     }
 
     pub fn limits(&self) -> &Limits {
@@ -174,6 +215,16 @@ impl Pipeline {
             host: req.host(),
             h2: false,
             headers: 0,
+            logged: self.log.enabled().then(|| Logged {
+                version: if req.http10() {
+                    Version::HTTP_10
+                } else {
+                    Version::HTTP_11
+                },
+                referer: req.value("referer"),
+                user_agent: req.value("user-agent"),
+                length: req.len() as u64,
+            }),
         };
         self.run(&head, Source::Fast(req), conn, gone).await
     }
@@ -202,14 +253,35 @@ impl Pipeline {
                 .or_else(|| host_header.as_ref().and_then(|h| h.to_str().ok())),
             h2: req.version() == Version::HTTP_2,
             headers: req.headers().len(),
+            logged: self.log.enabled().then(|| {
+                let h = req.headers();
+                let value = |n| {
+                    h.get(n)
+                        .map(|v: &HeaderValue| Bytes::copy_from_slice(v.as_bytes()))
+                };
+                // As the head came: its fields, and a body said to follow.
+                let fields: usize = h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+                let body = hyper::body::Body::size_hint(req.body())
+                    .exact()
+                    .unwrap_or(0);
+                Logged {
+                    version: req.version(),
+                    referer: value(header::REFERER),
+                    user_agent: value(header::USER_AGENT),
+                    length: (req.method().as_str().len() + target.as_str().len() + 12 + fields)
+                        as u64
+                        + body,
+                }
+            }),
         };
         let never = std::future::pending();
         match self.run(&head, Source::Hyper(req), conn, never).await {
-            Handled::Answer(resp, stats) => resp.map(|inner| Counted::new(inner, stats)),
+            Handled::Answer(resp, pending) => resp.map(|inner| Counted::new(inner, pending)),
             // Neither happens on hyper's server; answered all the same.
             Handled::HandBack | Handled::ClientLeft => {
                 let resp = ProxyError::ClientLeft.respond();
-                resp.map(|inner| Counted::new(inner, self.default_stats.clone()))
+                let pending = Pending::new(self.default_stats.clone(), None, self.log.clone());
+                resp.map(|inner| Counted::new(inner, pending))
             }
         }
     }
@@ -244,6 +316,7 @@ impl Pipeline {
         let mut unanswered = Unanswered {
             pipeline: self,
             route: OnceLock::new(),
+            upstream: OnceLock::new(),
             head,
             origin,
             started,
@@ -261,7 +334,9 @@ impl Pipeline {
             if let Some(answer) = policy::answer_here(head.target, &path, r, origin, head.host)? {
                 return Ok(Forwarded::Done(Ok(answer)));
             }
-            Ok(self.forward(head, &path, src, r, origin).await)
+            Ok(self
+                .forward(head, &path, src, r, origin, &unanswered.upstream)
+                .await)
         };
         let outcome = tokio::select! {
             biased;
@@ -282,14 +357,18 @@ impl Pipeline {
             }
         };
         unanswered.armed = false;
-        let route = unanswered.route.get().copied();
-        let status = error.as_ref().map_or(resp.status(), ProxyError::status);
-        let id = resp.headers().get(X_REQUEST_ID);
-        let stats = self.account(route, status, error.as_ref(), id, started, head, origin);
+        let outcome = Outcome {
+            route: unanswered.route.get().copied(),
+            status: error.as_ref().map_or(resp.status(), ProxyError::status),
+            error: error.as_ref(),
+            request_id: resp.headers().get(X_REQUEST_ID),
+            upstream: unanswered.upstream.get().copied(),
+        };
+        let pending = self.account(&outcome, started, head, origin);
         if matches!(error, Some(ProxyError::ClientLeft)) {
             return Handled::ClientLeft;
         }
-        Handled::Answer(resp, stats)
+        Handled::Answer(resp, pending)
     }
 
     /// Endpoint, rewrite and headers, send, and the answer's own headers.
@@ -300,6 +379,7 @@ impl Pipeline {
         src: Source<'_>,
         route: &Route,
         origin: Origin,
+        seen: &OnceLock<UpstreamSeen>,
     ) -> Forwarded {
         let addrs = match endpoints(route).await {
             Ok(addrs) => addrs,
@@ -333,13 +413,15 @@ impl Pipeline {
         } = outgoing;
         // Boxed: made in place once, where inline it would be copied into
         // each of the futures awaiting it, per request.
+        let sending = Instant::now();
         let sent =
             Box::pin(
                 self.upstreams
                     .send(out, watch.as_deref(), &addrs, t, route.upstream.name()),
             )
             .await;
-        Forwarded::Done(sent.and_then(|mut resp| {
+        Forwarded::Done(sent.and_then(|(mut resp, addr)| {
+            let _ = seen.set((addr, resp.status().as_u16(), sending.elapsed()));
             if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
                 let Some(down) = downstream.take() else {
                     // Only a request that asked may be switched.
@@ -550,20 +632,16 @@ impl Pipeline {
         })
     }
 
-    /// Counts a request by its route's labels and writes its access log
-    /// line; returns where the response's bytes are counted.
-    #[allow(clippy::too_many_arguments)]
+    /// Counts a request by its route's labels and makes its access-log
+    /// record; what is returned finishes both as the body goes out.
     fn account(
         &self,
-        route: Option<&Route>,
-        status: hyper::StatusCode,
-        error: Option<&ProxyError>,
-        request_id: Option<&HeaderValue>,
+        o: &Outcome<'_>,
         started: Instant,
         head: &Head<'_>,
         origin: Origin,
-    ) -> Arc<LabelStats> {
-        let stats = match route {
+    ) -> Pending {
+        let stats = match o.route {
             // A table published without swap_routes has no handles yet.
             Some(r) => r
                 .stats
@@ -572,44 +650,70 @@ impl Pipeline {
                 .unwrap_or_else(|| self.registry.get(&label(r))),
             None => self.default_stats.clone(),
         };
-        let took = started.elapsed();
-        stats.observe(status.as_u16(), error.map_or(0, ProxyError::code), took);
-        let (ingress, service) = route.map_or(DEFAULT_LABEL, |r| (&*r.ingress, &*r.service));
-        log::request(&log::Line {
-            method: head.method.as_str(),
-            host: head.host,
-            path: head.target.path(),
-            status: status.as_u16(),
-            ingress,
-            service,
-            client: origin.client,
-            request_id,
-            error: error.map(ProxyError::label),
-            took,
+        stats.observe(
+            o.status.as_u16(),
+            o.error.map_or(0, ProxyError::code),
+            started.elapsed(),
+        );
+        let record = head.logged.as_ref().map(|l| {
+            let (ingress, service) = match o.route {
+                Some(r) => (r.ingress.clone(), r.service.clone()),
+                None => (Arc::from(DEFAULT_LABEL.0), Arc::from(DEFAULT_LABEL.1)),
+            };
+            log::Record {
+                time: std::time::SystemTime::now(),
+                client: origin.client,
+                method: Some(head.method.clone()),
+                target: Some(head.target.clone()),
+                version: l.version,
+                status: o.status.as_u16(),
+                referer: l.referer.clone(),
+                user_agent: l.user_agent.clone(),
+                request_length: l.length,
+                ingress,
+                service,
+                upstream: o.upstream,
+                request_id: o.request_id.cloned(),
+                error: o.error.map(ProxyError::label),
+                started,
+                bytes_sent: 0,
+                took: Duration::ZERO,
+            }
         });
-        stats
+        Pending::new(stats, record, self.log.clone())
     }
 
     /// Counts and logs a request refused before it was read whole (400,
     /// 408, 414, 431 from a server), under the default backend's labels,
     /// as nginx's default server has them.
     pub fn refused(&self, error: &ProxyError, conn: Conn) {
-        let took = std::time::Duration::ZERO;
         let status = error.status();
         self.default_stats
-            .observe(status.as_u16(), error.code(), took);
-        log::request(&log::Line {
-            method: "-",
-            host: None,
-            path: "-",
-            status: status.as_u16(),
-            ingress: DEFAULT_LABEL.0,
-            service: DEFAULT_LABEL.1,
+            .observe(status.as_u16(), error.code(), Duration::ZERO);
+        let record = self.log.enabled().then(|| log::Record {
+            time: std::time::SystemTime::now(),
             client: conn.peer.ip(),
+            method: None,
+            target: None,
+            version: Version::HTTP_11,
+            status: status.as_u16(),
+            referer: None,
+            user_agent: None,
+            request_length: 0,
+            ingress: Arc::from(DEFAULT_LABEL.0),
+            service: Arc::from(DEFAULT_LABEL.1),
+            upstream: None,
             request_id: None,
             error: Some(error.label()),
-            took,
+            started: Instant::now(),
+            bytes_sent: 0,
+            took: Duration::ZERO,
         });
+        drop(Pending::new(
+            self.default_stats.clone(),
+            record,
+            self.log.clone(),
+        ));
     }
 
     /// Prometheus text for the requests and the endpoints.
@@ -625,7 +729,21 @@ impl Pipeline {
             "# HELP ingressd_http_route_rules Host/path rules in the route table\n# TYPE ingressd_http_route_rules gauge\ningressd_http_route_rules {}",
             self.routes.load().len()
         );
+        let _ = writeln!(
+            out,
+            "# HELP ingressd_access_log_dropped_total Access-log lines lost because the log could not keep up\n# TYPE ingressd_access_log_dropped_total counter\ningressd_access_log_dropped_total {}",
+            self.log.dropped()
+        );
     }
+}
+
+/// How a request ended, for its count and log line.
+struct Outcome<'a> {
+    route: Option<&'a Route>,
+    status: hyper::StatusCode,
+    error: Option<&'a ProxyError>,
+    request_id: Option<&'a HeaderValue>,
+    upstream: Option<UpstreamSeen>,
 }
 
 /// A request on its way: if its future is dropped before the answer, its
@@ -634,6 +752,8 @@ struct Unanswered<'p, 'h, 'r> {
     pipeline: &'p Pipeline,
     /// The route, once chosen (borrowed from the table the request holds).
     route: OnceLock<&'r Route>,
+    /// The endpoint that answered, once one did.
+    upstream: OnceLock<UpstreamSeen>,
     head: &'h Head<'h>,
     origin: Origin,
     started: Instant,
@@ -644,17 +764,15 @@ impl Drop for Unanswered<'_, '_, '_> {
     fn drop(&mut self) {
         if self.armed {
             let left = ProxyError::ClientLeft;
-            let route = self.route.get().copied();
+            let outcome = Outcome {
+                route: self.route.get().copied(),
+                status: left.status(),
+                error: Some(&left),
+                request_id: None,
+                upstream: self.upstream.get().copied(),
+            };
             let (pipeline, head) = (self.pipeline, self.head);
-            pipeline.account(
-                route,
-                left.status(),
-                Some(&left),
-                None,
-                self.started,
-                head,
-                self.origin,
-            );
+            drop(pipeline.account(&outcome, self.started, head, self.origin));
         }
     }
 }

@@ -58,6 +58,15 @@ impl ClientHead {
         self.method == Method::HEAD
     }
 
+    /// The head's length as it came.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
     pub fn http10(&self) -> bool {
         self.http10
     }

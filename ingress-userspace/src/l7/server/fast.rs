@@ -32,8 +32,7 @@ use crate::l7::{
         request::check_head,
         tokens::ConnectionTokens,
     },
-    pipeline::{Conn, Handled, request::ClientHead},
-    stats::LabelStats,
+    pipeline::{Conn, Handled, log::Pending, request::ClientHead},
 };
 
 /// hyper's request-target limit (414 above it): longer ones go to hyper.
@@ -278,8 +277,8 @@ where
         // A client that leaves while its request is out drops the request
         // (and its endpoint connection), as hyper and nginx do.
         let gone = client_gone(io, &mut buf, limits.max_bytes);
-        let (resp, stats) = match proxy.pipeline.handle_fast(&head, conn, gone).await {
-            Handled::Answer(resp, stats) => (resp, stats),
+        let (resp, mut pending) = match proxy.pipeline.handle_fast(&head, conn, gone).await {
+            Handled::Answer(resp, pending) => (resp, pending),
             Handled::HandBack => return Ended::HandOver(head.unread(&mut buf)),
             Handled::ClientLeft => return Ended::Aborted,
         };
@@ -290,7 +289,10 @@ where
             max: limits.max_bytes,
             send_timeout: timeout,
         };
-        match write_response(&mut client, &mut out, resp, &head, keep, &stats).await {
+        let wrote = write_response(&mut client, &mut out, resp, &head, keep, &mut pending).await;
+        // Its line goes once its body has gone out.
+        drop(pending);
+        match wrote {
             Ok(Wrote::Whole(true)) => waiting_since = Some(tokio::time::Instant::now()),
             Ok(Wrote::Whole(false)) => return Ended::Closed,
             Ok(Wrote::CutOff) | Err(_) => return Ended::Aborted,
@@ -363,7 +365,7 @@ async fn write_response<I: AsyncRead + AsyncWrite + Unpin>(
     resp: Response<Body>,
     req: &ClientHead,
     keep: bool,
-    stats: &LabelStats,
+    pending: &mut Pending,
 ) -> std::io::Result<Wrote> {
     let io = &mut *client.io;
     let (parts, mut body) = resp.into_parts();
@@ -413,9 +415,7 @@ async fn write_response<I: AsyncRead + AsyncWrite + Unpin>(
                     break;
                 }
             };
-            stats
-                .bytes
-                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            pending.sent(data.len());
             let data = match framing {
                 Framing::Length(_) => {
                     let n = (data.len() as u64).min(left);
@@ -720,10 +720,14 @@ mod tests {
             max: 1024,
             send_timeout,
         };
-        let stats = LabelStats::default();
+        let mut pending = Pending::new(
+            std::sync::Arc::new(crate::l7::stats::LabelStats::default()),
+            None,
+            crate::l7::pipeline::log::AccessLog::off(),
+        );
         let mut out = Vec::new();
         let resp = Response::new(body);
-        write_response(&mut client, &mut out, resp, &req, keep, &stats).await
+        write_response(&mut client, &mut out, resp, &req, keep, &mut pending).await
     }
 
     /// What the client reads of a response written whole.

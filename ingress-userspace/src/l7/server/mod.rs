@@ -21,7 +21,7 @@ use self::hyper_server::{Proto, Served, serve_conn};
 use super::{
     error::ProxyError,
     limits::Limits,
-    pipeline::{Conn, Pipeline, trust::Trust},
+    pipeline::{Conn, Options, Pipeline},
     route::RouteTable,
 };
 
@@ -37,14 +37,16 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(limits: Limits) -> Arc<Self> {
-        Self::with_options(limits, true, Trust::default())
+        Self::with_options(limits, Options::default())
     }
 
-    /// `fast_path` false: hyper's server and clients for everything (the
-    /// operator's fallback the day a fast-path parser bug is found).
-    pub fn with_options(limits: Limits, fast_path: bool, trust: Trust) -> Arc<Self> {
+    /// With `options.fast_path` false, hyper's server and clients take
+    /// everything (the operator's fallback the day a fast-path parser bug
+    /// is found).
+    pub fn with_options(limits: Limits, options: Options) -> Arc<Self> {
+        let fast_path = options.fast_path;
         Arc::new(Self {
-            pipeline: Pipeline::new(limits, fast_path, trust),
+            pipeline: Pipeline::new(limits, options),
             stopping: tokio::sync::watch::Sender::new(false),
             active_connections: AtomicI64::new(0),
             fast_path,

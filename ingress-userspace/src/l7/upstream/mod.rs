@@ -174,7 +174,7 @@ impl Upstreams {
         addrs: &[SocketAddr],
         t: Timeouts,
         upstream: &str,
-    ) -> Result<Response<Body>, ProxyError> {
+    ) -> Result<(Response<Body>, SocketAddr), ProxyError> {
         let mut pending = Some(out);
         let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); 2];
         let mut last = None;
@@ -197,7 +197,7 @@ impl Upstreams {
             let failure = match outcome {
                 Ok(resp) => {
                     in_flight.report(true);
-                    return Ok(resp);
+                    return Ok((resp, addr));
                 }
                 Err(f) => f,
             };

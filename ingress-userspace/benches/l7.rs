@@ -329,6 +329,92 @@ fn ten_thousand_rules() -> Snapshot {
     snap
 }
 
+/// ingress-nginx's `upstreaminfo` log format, for nginx with its log on.
+const UPSTREAMINFO: &str = "log_format upstreaminfo '$remote_addr - $remote_user [$time_local] \"$request\" $status $body_bytes_sent \"$http_referer\" \"$http_user_agent\" $request_length $request_time [$proxy_host] [] $upstream_addr $upstream_response_length $upstream_response_time $upstream_status $request_id';";
+
+/// Hosts beside shop.test in both proxies' configurations, as a cluster
+/// with many Ingresses has them.
+const EXTRA_HOSTS: usize = 1000;
+
+/// One proxy under test.
+struct Target {
+    name: String,
+    addr: SocketAddr,
+    /// Whose CPU time is counted (None: the upstream itself).
+    pid: Option<u32>,
+    /// The nginx it is compared with (its index in the list).
+    versus: Option<usize>,
+}
+
+fn nginx_proxy(
+    dir: &Path,
+    name: &str,
+    up_port: u16,
+    log: Option<&Path>,
+) -> anyhow::Result<(Proc, SocketAddr)> {
+    let port = free_port();
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    // The same request headers as ingressd sets (those ingress-nginx's
+    // template sets, and Via): both proxies do the same work, and the
+    // upstream gets the same requests from both.
+    let locations = "proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host;\n\
+         proxy_set_header X-Request-ID $request_id; proxy_set_header X-Forwarded-For $remote_addr;\n\
+         proxy_set_header X-Real-IP $remote_addr; proxy_set_header X-Forwarded-Host $host;\n\
+         proxy_set_header X-Forwarded-Port $server_port; proxy_set_header X-Forwarded-Proto $scheme;\n\
+         proxy_set_header Via \"1.1 nginx\";\n\
+         location / { proxy_pass http://up; }\n\
+         location /cart { proxy_pass http://up; }";
+    let mut servers = format!(
+        "server {{ listen 127.0.0.1:{port}; server_name shop.test; keepalive_requests 100000;\n{locations} }}\n"
+    );
+    for i in 0..EXTRA_HOSTS {
+        servers.push_str(&format!(
+            "server {{ listen 127.0.0.1:{port}; server_name h{i}.test; {locations} }}\n"
+        ));
+    }
+    let access = match log {
+        Some(path) => format!(
+            "{UPSTREAMINFO}\naccess_log {} upstreaminfo buffer=64k;",
+            path.display()
+        ),
+        None => "access_log off;".into(),
+    };
+    let conf = format!(
+        "server_names_hash_bucket_size 128; server_names_hash_max_size 4096;\n{access}\n\
+         upstream up {{ server 127.0.0.1:{up_port}; keepalive 320; }}\n{servers}"
+    );
+    let proc = nginx(dir, name, &conf)?;
+    wait_listening(addr)?;
+    Ok((proc, addr))
+}
+
+fn ingressd_proxy(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> anyhow::Result<(Proc, SocketAddr)> {
+    let (ours, https, dflt, metrics) = (free_port(), free_port(), free_port(), free_port());
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ours));
+    let child = Command::new(bin)
+        .args(["run", "--no-l4", "--manifests"])
+        .arg(dir.join("manifests"))
+        .args(["--http-addr", &addr.to_string()])
+        .args(["--https-addr", &format!("127.0.0.1:{https}")])
+        .args(["--default-backend-addr", &format!("127.0.0.1:{dflt}")])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+        // One worker, as the nginx it is compared with (worker_processes 1).
+        .args(["--workers", "1"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.stderr")))?)
+        .spawn()?;
+    let proc = Proc(child);
+    wait_listening(addr)?;
+    Ok((proc, addr))
+}
+
 fn main() -> anyhow::Result<()> {
     let have_nginx = Command::new("sh")
         .args(["-c", "command -v nginx"])
@@ -360,84 +446,103 @@ fn main() -> anyhow::Result<()> {
     )?;
     wait_listening(up)?;
 
-    // nginx as the ingress proxy, with the same hosts and paths, setting the
-    // same request headers as ingressd (those ingress-nginx's template sets,
-    // and Via): both proxies do the same work, and the upstream gets the
-    // same requests from both.
-    let ng_port = free_port();
-    let ng = SocketAddr::from((Ipv4Addr::LOCALHOST, ng_port));
-    let ng_proc = nginx(
-        &dir,
-        "proxy",
-        &format!(
-            "upstream up {{ server 127.0.0.1:{up_port}; keepalive 320; }}\n\
-             server {{ listen 127.0.0.1:{ng_port}; server_name shop.test; keepalive_requests 100000;\n\
-               proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host;\n\
-               proxy_set_header X-Request-ID $request_id; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
-               proxy_set_header X-Real-IP $remote_addr; proxy_set_header X-Forwarded-Host $host;\n\
-               proxy_set_header X-Forwarded-Port $server_port; proxy_set_header X-Forwarded-Proto $scheme;\n\
-               proxy_set_header Via \"1.1 nginx\";\n\
-               location / {{ proxy_pass http://up; }}\n\
-               location /cart {{ proxy_pass http://up; }} }}"
-        ),
-    )?;
-    wait_listening(ng)?;
-
-    // ingressd --no-l4 with the same rules.
+    // The same rules for ingressd: shop.test and the extra hosts.
     let svc = format!(
         "---\napiVersion: v1\nkind: Service\nmetadata: {{name: up}}\nspec:\n  ports: [{{port: 80, targetPort: {up_port}}}]\n\
          ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: up-1, labels: {{kubernetes.io/service-name: up}}}}\n\
          addressType: IPv4\nports: [{{port: {up_port}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n"
     );
-    std::fs::write(dir.join("manifests/all.yaml"), svc + INGRESS)?;
-    let (ours, https, dflt, metrics) = (free_port(), free_port(), free_port(), free_port());
-    let ours_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ours));
-    let ingressd = Proc(
-        Command::new(&bin)
-            .args(["run", "--no-l4", "--manifests"])
-            .arg(dir.join("manifests"))
-            .args(["--http-addr", &ours_addr.to_string()])
-            .args([
-                "--https-addr",
-                &format!("127.0.0.1:{https}"),
-                "--default-backend-addr",
-                &format!("127.0.0.1:{dflt}"),
-            ])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
-            // One worker, as the nginx it is compared with (worker_processes 1).
-            .args(["--workers", "1"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    wait_listening(ours_addr)?;
-    // Ready means routes are in: wait for a 200 through it.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut manifests = svc + INGRESS;
+    for i in 0..EXTRA_HOSTS {
+        manifests.push_str(
+            &INGRESS
+                .replace("name: shop", &format!("name: x{i}"))
+                .replace("shop.test", &format!("h{i}.test")),
+        );
+    }
+    std::fs::write(dir.join("manifests/all.yaml"), manifests)?;
+
+    // Each proxy with its access log off and on (to a file, in
+    // ingress-nginx's upstreaminfo format, in both), and ingressd also
+    // with its HTTP/1 fast path off.
+    let log_file = |n: &str| dir.join(format!("{n}.access.log"));
+    let mut procs = Vec::new();
+    let mut targets = vec![Target {
+        name: "upstream directly (the limit)".into(),
+        addr: up,
+        pid: None,
+        versus: None,
+    }];
+    for logged in [false, true] {
+        let tag = if logged { "logs on" } else { "logs off" };
+        let name = format!("nginx-{}", if logged { "log" } else { "nolog" });
+        let (p, addr) = nginx_proxy(
+            &dir,
+            &name,
+            up_port,
+            logged.then(|| log_file(&name)).as_deref(),
+        )?;
+        let nginx_at = targets.len();
+        targets.push(Target {
+            name: format!("nginx 1.22, {tag}"),
+            addr,
+            pid: Some(p.0.id()),
+            versus: None,
+        });
+        procs.push(p);
+        for fast in [true, false] {
+            let name = format!(
+                "ingressd-{}-{}",
+                if fast { "fast" } else { "hyper" },
+                if logged { "log" } else { "nolog" }
+            );
+            let log = log_file(&name);
+            let mut extra: Vec<&str> = Vec::new();
+            let log_arg = log.display().to_string();
+            if logged {
+                extra.extend(["--access-log", &log_arg]);
+            } else {
+                extra.extend(["--access-log", "false"]);
+            }
+            if !fast {
+                extra.extend(["--http1-fast-path", "false"]);
+            }
+            let (p, addr) = ingressd_proxy(&bin, &dir, &name, &extra)?;
+            targets.push(Target {
+                name: format!(
+                    "ingressd{}, {tag}",
+                    if fast { "" } else { " --http1-fast-path=false" }
+                ),
+                addr,
+                pid: Some(p.0.id()),
+                versus: Some(nginx_at),
+            });
+            procs.push(p);
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    while rt.block_on(load_one(ours_addr)).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "ingressd never routed shop.test");
-        std::thread::sleep(Duration::from_millis(50));
+    // Ready means routes are in: wait for a 200 through each.
+    for t in &targets {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while rt.block_on(load_one(t.addr)).is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} never routed shop.test",
+                t.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     println!(
-        "HTTP proxying on loopback: {REQUESTS} GET /cart (Host shop.test) per run, {CONCURRENCY} concurrent clients, median of {ROUNDS} interleaved runs"
+        "HTTP proxying on loopback: {REQUESTS} GET /cart (Host shop.test, {EXTRA_HOSTS} other hosts configured) per run, {CONCURRENCY} concurrent clients, median of {ROUNDS} interleaved runs"
     );
     println!(
-        "{:<34} {:>10} {:>9} {:>9} {:>7}   {:>10} {:>10}   {:>11} {:>10}",
-        "",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "errors",
-        "rps ratio",
-        "p99 ratio",
-        "CPU us/req",
-        "CPU ratio"
+        "{:<58} {:>9} {:>8} {:>8} {:>6}  {:>8} {:>8}  {:>10} {:>9}",
+        "", "req/s", "p50 ms", "p99 ms", "errors", "rps x", "p99 x", "CPU us/req", "CPU x"
     );
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     for keepalive in [true, false] {
@@ -447,58 +552,66 @@ fn main() -> anyhow::Result<()> {
             "new connection"
         };
         // Interleaved rounds, the median of each: this machine is shared by
-        // the load, the upstream and the proxy, and single runs are noisy.
-        let mut rounds: [Vec<Run>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-        // The proxies' CPU time over all their rounds, and what it answered.
-        let mut cpu = [(Duration::ZERO, 0usize); 3];
-        let pids = [None, Some(ng_proc.0.id()), Some(ingressd.0.id())];
+        // the load, the upstream and the proxies, and single runs are noisy.
+        let mut rounds: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
+        // Each proxy's CPU time over all its rounds, and what it answered.
+        let mut cpu = vec![(Duration::ZERO, 0usize); targets.len()];
         for _ in 0..ROUNDS {
-            for (i, target) in [up, ng, ours_addr].into_iter().enumerate() {
-                let before = pids[i].map(cpu_time);
-                let run = rt.block_on(load(target, "shop.test", "/cart", keepalive));
-                if let (Some(pid), Some(before)) = (pids[i], before) {
+            for (i, t) in targets.iter().enumerate() {
+                let before = t.pid.map(cpu_time);
+                let run = rt.block_on(load(t.addr, "shop.test", "/cart", keepalive));
+                if let (Some(pid), Some(before)) = (t.pid, before) {
                     cpu[i].0 += cpu_time(pid).saturating_sub(before);
                     cpu[i].1 += run.done;
                 }
                 rounds[i].push(run);
             }
         }
-        let per_request = cpu.map(|(t, n)| (n > 0).then(|| t.as_secs_f64() * 1e6 / n as f64));
-        let [direct, nginx, ing] = rounds.map(median);
-        for (i, (name, r)) in [
-            ("upstream directly (the limit)", &direct),
-            ("nginx 1.22 as proxy", &nginx),
-            ("ingressd", &ing),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let (us, ratio) = match (per_request[i], per_request[1]) {
-                (Some(us), Some(theirs)) => (format!("{us:.1}"), format!("{:.2}x", us / theirs)),
-                _ => ("-".to_string(), "-".to_string()),
+        let per_request: Vec<Option<f64>> = cpu
+            .iter()
+            .map(|(t, n)| (*n > 0).then(|| t.as_secs_f64() * 1e6 / *n as f64))
+            .collect();
+        let runs: Vec<Run> = rounds.into_iter().map(median).collect();
+        for (i, t) in targets.iter().enumerate() {
+            let r = &runs[i];
+            let us = per_request[i].map_or("-".to_string(), |us| format!("{us:.1}"));
+            let (rps_x, p99_x, cpu_x) = match t.versus {
+                Some(n) => (
+                    format!("{:.2}x", r.rps / runs[n].rps),
+                    format!("{:.2}x", ms(r.p99) / ms(runs[n].p99)),
+                    match (per_request[i], per_request[n]) {
+                        (Some(a), Some(b)) => format!("{:.2}x", a / b),
+                        _ => "-".into(),
+                    },
+                ),
+                None => ("".into(), "".into(), "".into()),
             };
             println!(
-                "{:<34} {:>10.0} {:>9.2} {:>9.2} {:>7}   {:>9.2}x {:>9.2}x   {:>11} {:>10}",
-                format!("{name}, {mode}"),
+                "{:<58} {:>9.0} {:>8.2} {:>8.2} {:>6}  {:>8} {:>8}  {:>10} {:>9}",
+                format!("{}, {mode}", t.name),
                 r.rps,
                 ms(r.p50),
                 ms(r.p99),
                 r.errors,
-                r.rps / nginx.rps,
-                ms(r.p99) / ms(nginx.p99),
+                rps_x,
+                p99_x,
                 us,
-                ratio
+                cpu_x
             );
         }
     }
     println!(
-        "(ratios are against nginx: rps above 1, p99 and CPU below 1 mean ingressd does better; CPU is the proxy's user+system time over all its rounds)"
+        "(ratios are against the nginx with the same logging: rps above 1, p99 and CPU below 1 mean ingressd does better; CPU is the proxy's user+system time over all its rounds, its log thread included)"
     );
-    println!(
-        "memory after the runs: ingressd {} KiB RSS, nginx worker+master {} KiB RSS",
-        rss_kib(ingressd.0.id()),
-        rss_kib(ng_proc.0.id()) + children_rss(ng_proc.0.id())
-    );
+    for t in &targets {
+        if let Some(pid) = t.pid {
+            println!(
+                "memory after the runs: {} {} KiB RSS",
+                t.name,
+                rss_kib(pid) + children_rss(pid)
+            );
+        }
+    }
 
     // Route updates: compile and swap a table of 10,000 rules.
     let snap = ten_thousand_rules();
@@ -517,7 +630,7 @@ fn main() -> anyhow::Result<()> {
         "route update: 10,000 Ingress rules (1,000 Ingresses × 10 paths) compiled and swapped in {:.1} ms (best of 5)",
         ms(best)
     );
-    drop(ingressd);
+    drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

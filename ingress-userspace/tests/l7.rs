@@ -1504,14 +1504,15 @@ async fn every_request_has_an_access_log_line_and_is_counted_refused_ones_too() 
     // ingress-nginx's upstreaminfo: client - user [time] "request" status
     // bytes "referer" "agent" length time [upstream] [] addr bytes time status id
     let got = format!("\"GET /cart?q=1 HTTP/1.1\" 200 {} \"-\" \"-\" ", body.len());
-    let posted_line = format!(
-        "\"POST /cart HTTP/1.1\" 200 {posted_body} \"http://r/\" \"tester \\x221\\x22\" "
-    );
+    let posted_line =
+        format!("\"POST /cart HTTP/1.1\" 200 {posted_body} \"http://r/\" \"tester \\x221\\x22\" ");
     // Lines are written by a background writer: wait for them (bounded).
     assert!(
         common::eventually(Duration::from_secs(5), async || {
             let log = log(&d);
-            [&got[..], &posted_line, "\"-\" 400 0 "].iter().all(|w| line(&log, w).is_some())
+            [&got[..], &posted_line, "\"-\" 400 0 "]
+                .iter()
+                .all(|w| line(&log, w).is_some())
         })
         .await,
         "access log lines missing:\n{}",
@@ -1528,7 +1529,10 @@ async fn every_request_has_an_access_log_line_and_is_counted_refused_ones_too() 
     );
     assert!(body.contains(&format!("rid={id} ")), "{body}");
     let refused = line(&log(&d), "\"-\" 400 0 ").unwrap();
-    assert!(refused.contains("[upstream-default-backend] [] - - - -"), "{refused}");
+    assert!(
+        refused.contains("[upstream-default-backend] [] - - - -"),
+        "{refused}"
+    );
     let metrics = get(d.metrics, "/metrics", None).await.unwrap().1;
     assert!(
         metrics.contains("ingressd_http_requests_total{ingress=\"-\",service=\"default-backend\",status=\"400\",error=\"bad_head\"} 1"),
@@ -1539,11 +1543,23 @@ async fn every_request_has_an_access_log_line_and_is_counted_refused_ones_too() 
     // As JSON, to a file; and none at all.
     let file = std::env::temp_dir().join(format!("ingressd-access-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&file);
-    let to_file = ["--access-log", file.to_str().unwrap(), "--access-log-format", "json"];
+    let to_file = [
+        "--access-log",
+        file.to_str().unwrap(),
+        "--access-log-format",
+        "json",
+    ];
     let d = Ingressd::start_with(BIN, &yaml, &to_file).await;
     get(d.http, "/cart", Some("shop.test")).await.unwrap();
-    let written = async || std::fs::read_to_string(&file).unwrap_or_default().contains('\n');
-    assert!(common::eventually(Duration::from_secs(5), written).await, "no line in {file:?}");
+    let written = async || {
+        std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .contains('\n')
+    };
+    assert!(
+        common::eventually(Duration::from_secs(5), written).await,
+        "no line in {file:?}"
+    );
     let text = std::fs::read_to_string(&file).unwrap();
     let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(v["request"], "GET /cart HTTP/1.1");

@@ -11,9 +11,8 @@ use std::{
     io::Write as _,
     net::{IpAddr, SocketAddr},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
-        mpsc,
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -71,14 +70,24 @@ pub struct Record {
 
 /// The log's end on the request side.
 pub struct AccessLog {
-    tx: Option<mpsc::SyncSender<Record>>,
+    queue: Option<Arc<Queue>>,
     dropped: AtomicU64,
 }
+
+/// Records waiting for the writer. A request only takes the lock to push
+/// (no wake-up, no system call); the writer takes them all every `TICK`.
+#[derive(Default)]
+struct Queue {
+    records: Mutex<Vec<Record>>,
+}
+
+/// How often the writer takes what waits: lines are at most this late.
+const TICK: Duration = Duration::from_millis(20);
 
 impl AccessLog {
     pub fn off() -> Arc<Self> {
         Arc::new(Self {
-            tx: None,
+            queue: None,
             dropped: AtomicU64::new(0),
         })
     }
@@ -95,24 +104,28 @@ impl AccessLog {
                     .open(path)?,
             ),
         };
-        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let queue = Arc::new(Queue::default());
+        let taken = Arc::downgrade(&queue);
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(rx, out, format))?;
+            .spawn(move || write_lines(&taken, out, format))?;
         Ok(Arc::new(Self {
-            tx: Some(tx),
+            queue: Some(queue),
             dropped: AtomicU64::new(0),
         }))
     }
 
     pub fn enabled(&self) -> bool {
-        self.tx.is_some()
+        self.queue.is_some()
     }
 
     fn send(&self, record: Record) {
-        if let Some(tx) = &self.tx
-            && tx.try_send(record).is_err()
-        {
+        let Some(q) = &self.queue else { return };
+        let mut records = q.records.lock().unwrap_or_else(|e| e.into_inner());
+        if records.len() < QUEUE {
+            records.push(record);
+        } else {
+            drop(records);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -162,26 +175,36 @@ impl Drop for Pending {
     }
 }
 
+/// The writer: every `TICK`, what waits is formatted and written in one
+/// go, until the log is gone.
 fn write_lines(
-    rx: mpsc::Receiver<Record>,
+    queue: &std::sync::Weak<Queue>,
     mut out: Box<dyn std::io::Write + Send>,
     format: Format,
 ) {
-    let mut buf = Vec::with_capacity(BATCH + 1024);
+    let mut buf = Vec::with_capacity(BATCH);
     let mut clock = TimeText::default();
-    while let Ok(first) = rx.recv() {
-        line(&mut buf, &first, format, &mut clock);
-        // Whatever else is waiting goes in the same write.
-        while buf.len() < BATCH {
-            match rx.try_recv() {
-                Ok(r) => line(&mut buf, &r, format, &mut clock),
-                Err(_) => break,
+    let mut taken = Vec::new();
+    loop {
+        std::thread::sleep(TICK);
+        let Some(q) = queue.upgrade() else { return };
+        std::mem::swap(
+            &mut *q.records.lock().unwrap_or_else(|e| e.into_inner()),
+            &mut taken,
+        );
+        drop(q);
+        for r in taken.drain(..) {
+            line(&mut buf, &r, format, &mut clock);
+            if buf.len() >= BATCH {
+                // Nowhere to write: lines are lost, requests go on.
+                let _ = out.write_all(&buf);
+                buf.clear();
             }
         }
-        if out.write_all(&buf).and_then(|()| out.flush()).is_err() {
-            // Nowhere to write: lines are lost, requests go on.
+        if !buf.is_empty() {
+            let _ = out.write_all(&buf).and_then(|()| out.flush());
+            buf.clear();
         }
-        buf.clear();
     }
 }
 
@@ -245,11 +268,27 @@ fn escaped(out: &mut Vec<u8>, v: &[u8]) {
     }
 }
 
-/// A JSON string's contents.
+/// A JSON string's contents (bytes that are not UTF-8 as U+FFFD).
 fn json_escaped(out: &mut Vec<u8>, v: &[u8]) {
-    let text = String::from_utf8_lossy(v);
-    let quoted = serde_json::to_string(&*text).unwrap_or_else(|_| "\"\"".into());
-    out.extend_from_slice(&quoted.as_bytes()[1..quoted.len() - 1]);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for c in String::from_utf8_lossy(v).chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            c if (c as u32) < 0x20 => {
+                let b = c as u8;
+                out.extend_from_slice(b"\\u00");
+                out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+            }
+            c => {
+                let mut utf8 = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            }
+        }
+    }
 }
 
 fn version_text(v: Version) -> &'static str {
@@ -262,21 +301,25 @@ fn version_text(v: Version) -> &'static str {
 
 /// ingress-nginx's `$proxy_upstream_name`: `namespace-service-port`, and
 /// `upstream-default-backend` for the built-in one.
-fn upstream_name(service: &str) -> String {
+fn upstream_name(out: &mut Vec<u8>, service: &str) {
     if service == "default-backend" {
-        return "upstream-default-backend".into();
+        out.extend_from_slice(b"upstream-default-backend");
+        return;
     }
-    service.replace(['/', ':'], "-")
+    out.extend(
+        service
+            .bytes()
+            .map(|b| if b == b'/' || b == b':' { b'-' } else { b }),
+    );
+}
+
+/// Seconds with milliseconds, as nginx writes `$request_time`.
+fn secs(out: &mut Vec<u8>, d: Duration) {
+    let _ = write!(out, "{}.{:03}", d.as_secs(), d.subsec_millis());
 }
 
 fn line(out: &mut Vec<u8>, r: &Record, format: Format, clock: &mut TimeText) {
-    use std::io::Write as _;
     let (local, iso) = clock.at(r.time);
-    let secs = |d: Duration| format!("{:.3}", d.as_secs_f64());
-    let upstream_addr = r.upstream.map(|(a, _, _)| a.to_string());
-    let upstream_status = r.upstream.map(|(_, s, _)| s.to_string());
-    let upstream_time = r.upstream.map(|(_, _, t)| secs(t));
-    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let id = r.request_id.as_ref().map(HeaderValue::as_bytes);
     match format {
         Format::Text => {
@@ -294,21 +337,19 @@ fn line(out: &mut Vec<u8>, r: &Record, format: Format, clock: &mut TimeText) {
             escaped(out, r.referer.as_deref().unwrap_or(b"-"));
             out.extend_from_slice(b"\" \"");
             escaped(out, r.user_agent.as_deref().unwrap_or(b"-"));
-            let _ = write!(
-                out,
-                "\" {} {} [{}] [] {} {} {} {} ",
-                r.request_length,
-                secs(r.took),
-                upstream_name(&r.service),
-                dash(&upstream_addr),
-                if r.upstream.is_some() {
-                    r.bytes_sent.to_string()
-                } else {
-                    "-".into()
-                },
-                dash(&upstream_time),
-                dash(&upstream_status),
-            );
+            let _ = write!(out, "\" {} ", r.request_length);
+            secs(out, r.took);
+            out.extend_from_slice(b" [");
+            upstream_name(out, &r.service);
+            out.extend_from_slice(b"] [] ");
+            match r.upstream {
+                Some((addr, status, took)) => {
+                    let _ = write!(out, "{addr} {} ", r.bytes_sent);
+                    secs(out, took);
+                    let _ = write!(out, " {status} ");
+                }
+                None => out.extend_from_slice(b"- - - - "),
+            }
             escaped(out, id.unwrap_or(b"-"));
             out.push(b'\n');
         }
@@ -334,14 +375,22 @@ fn line(out: &mut Vec<u8>, r: &Record, format: Format, clock: &mut TimeText) {
             json_escaped(out, r.user_agent.as_deref().unwrap_or(b""));
             let _ = write!(
                 out,
-                "\",\"request_length\":{},\"request_time\":{},\"proxy_upstream_name\":\"{}\",\"upstream_addr\":\"{}\",\"upstream_status\":\"{}\",\"upstream_response_time\":\"{}\",\"ingress\":\"",
-                r.request_length,
-                secs(r.took),
-                upstream_name(&r.service),
-                dash(&upstream_addr),
-                dash(&upstream_status),
-                dash(&upstream_time),
+                "\",\"request_length\":{},\"request_time\":",
+                r.request_length
             );
+            secs(out, r.took);
+            out.extend_from_slice(b",\"proxy_upstream_name\":\"");
+            upstream_name(out, &r.service);
+            match r.upstream {
+                Some((addr, status, took)) => {
+                    let _ = write!(out, "\",\"upstream_addr\":\"{addr}\",\"upstream_status\":\"{status}\",\"upstream_response_time\":\"");
+                    secs(out, took);
+                }
+                None => out.extend_from_slice(
+                    b"\",\"upstream_addr\":\"-\",\"upstream_status\":\"-\",\"upstream_response_time\":\"-",
+                ),
+            }
+            out.extend_from_slice(b"\",\"ingress\":\"");
             json_escaped(out, r.ingress.as_bytes());
             out.extend_from_slice(b"\",\"error\":\"");
             json_escaped(out, r.error.unwrap_or("").as_bytes());

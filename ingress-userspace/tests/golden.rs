@@ -33,29 +33,5 @@ fn render_case(dir: &Path) -> String {
 #[test]
 fn golden_desired_state() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata");
-    let mut cases: Vec<_> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    cases.sort();
-    assert!(cases.len() >= 7);
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    let mut failures = Vec::new();
-    for case in cases {
-        let got = render_case(&case);
-        let expected_path = case.join("expected.txt");
-        if update {
-            std::fs::write(&expected_path, &got).unwrap();
-            continue;
-        }
-        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
-        if got != expected {
-            failures.push(format!(
-                "== {} ==\n--- expected\n{expected}\n+++ got\n{got}",
-                case.display()
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    testkit::golden::check(&root, 7, render_case);
 }

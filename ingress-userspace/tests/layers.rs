@@ -22,6 +22,7 @@ const ORDER: &[&str] = &[
     "path",
     "body",
     "limits",
+    "io",
 ];
 
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -696,16 +696,7 @@ fn patterns_are_bounded_and_compiled_once_per_change() {
 #[test]
 fn golden_route_tables() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/routedata");
-    let mut cases: Vec<_> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    cases.sort();
-    assert!(cases.len() >= 4, "{cases:?}");
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    let mut failures = Vec::new();
-    for case in cases {
+    testkit::golden::check(&root, 4, |case| {
         let mut source = ingressd::manifest::ManifestSource::new(vec![case.join("input.yaml")]);
         let loaded = source.load();
         let (table, warnings) = compile(source.snapshot(), &ClassConfig::default());
@@ -719,18 +710,6 @@ fn golden_route_tables() {
                 got.push_str(&format!("{w}\n"));
             }
         }
-        let expected_path = case.join("expected.txt");
-        if update {
-            std::fs::write(&expected_path, &got).unwrap();
-            continue;
-        }
-        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
-        if got != expected {
-            failures.push(format!(
-                "== {} ==\n--- expected\n{expected}\n+++ got\n{got}",
-                case.display()
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+        got
+    });
 }

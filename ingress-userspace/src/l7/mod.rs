@@ -21,6 +21,7 @@ pub mod body;
 pub mod differential;
 pub mod error;
 pub mod http1;
+mod io;
 pub mod limits;
 pub mod listen;
 pub mod path;

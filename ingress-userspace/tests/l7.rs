@@ -913,6 +913,20 @@ async fn http2_to_endpoints_when_the_service_port_says_so() {
     // The same endpoint without appProtocol is spoken to in HTTP/1.1.
     let (_, body) = get(d.http, "/", Some("shop.test")).await.unwrap();
     assert!(body.contains("version=HTTP/1.1"), "{body}");
+    // The fast server handed the HTTP/2 endpoint's request to hyper's:
+    // counted once, as answered, not also as a client that left.
+    let metrics = get(d.metrics, "/metrics", None).await.unwrap().1;
+    let counted: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("ingressd_http_requests_total{ingress=\"default/grpc\""))
+        .collect();
+    assert_eq!(
+        counted,
+        [
+            "ingressd_http_requests_total{ingress=\"default/grpc\",service=\"default/grpc:80\",status=\"200\"} 1"
+        ],
+        "{metrics}"
+    );
 }
 
 /// A gRPC-shaped h2c endpoint: echoes the request body, then trailers

@@ -341,7 +341,11 @@ impl Pipeline {
         let outcome = tokio::select! {
             biased;
             f = forwarded => match f {
-                Ok(Forwarded::HandBack) => return Handled::HandBack,
+                Ok(Forwarded::HandBack) => {
+                    // hyper's server answers it, and counts it then.
+                    unanswered.armed = false;
+                    return Handled::HandBack;
+                }
                 Ok(Forwarded::Done(result)) => result,
                 Err(e) => Err(e),
             },

@@ -20,18 +20,6 @@ impl NormalPath<'_> {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    pub fn into_owned(self) -> NormalPath<'static> {
-        NormalPath(Cow::Owned(self.0.into_owned()))
-    }
-}
-
-impl std::ops::Deref for NormalPath<'_> {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        &self.0
-    }
 }
 
 /// Why a path has no normal form: nginx answers each with 400.

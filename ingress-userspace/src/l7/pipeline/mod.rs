@@ -173,6 +173,7 @@ impl Pipeline {
         }
     }
 
+    /// `--http1-fast-path`: the fast server reads HTTP/1 requests first.
     pub fn fast_path(&self) -> bool {
         self.fast_path
     }
@@ -475,11 +476,6 @@ impl Pipeline {
             &forwarding,
             first,
         );
-        if !self.fast_path {
-            // Never here: with the fast path off the fast server reads
-            // nothing. Kept correct all the same.
-            return Err(ProxyError::BadHead("fast path is off"));
-        }
         Ok(Outgoing {
             out: Outbound::Fast(upstream),
             downstream: None,

@@ -31,8 +31,6 @@ pub struct Proxy {
     /// Set once on SIGTERM: listeners stop, connections finish gracefully.
     stopping: tokio::sync::watch::Sender<bool>,
     active_connections: AtomicI64,
-    /// `--http1-fast-path`: the fast server reads HTTP/1 requests first.
-    fast_path: bool,
 }
 
 impl Proxy {
@@ -44,12 +42,10 @@ impl Proxy {
     /// everything (the operator's fallback the day a fast-path parser bug
     /// is found).
     pub fn with_options(limits: Limits, options: Options) -> Arc<Self> {
-        let fast_path = options.fast_path;
         Arc::new(Self {
             pipeline: Pipeline::new(limits, options),
             stopping: tokio::sync::watch::Sender::new(false),
             active_connections: AtomicI64::new(0),
-            fast_path,
         })
     }
 
@@ -142,7 +138,7 @@ pub async fn serve_plain(stream: tokio::net::TcpStream, conn: Conn, proxy: Arc<P
     // would be as large as the larger of them, and a task is copied
     // several times on its way to the scheduler, on every connection.
     let head = match proto {
-        Proto::Http1 if proxy.fast_path => {
+        Proto::Http1 if proxy.pipeline.fast_path() => {
             let served = fast::serve(&mut stream, head, &proxy, conn, since);
             match Box::pin(served).await {
                 fast::Ended::Closed | fast::Ended::Aborted => return,
@@ -186,7 +182,7 @@ pub async fn serve_tls(
         counted(&Box::pin(served).await, &proxy, conn);
         return;
     }
-    if !proxy.fast_path {
+    if !proxy.pipeline.fast_path() {
         let io = Prefixed {
             head: Bytes::new(),
             io: tls,

@@ -145,12 +145,7 @@ impl Client for FastPool {
         }
         let stream = match connect_endpoint(addr, t.connect).await {
             Ok(s) => s,
-            Err(error) => {
-                return Err(Failure {
-                    error,
-                    unsent: Some(head),
-                });
-            }
+            Err(error) => return Err(Failure::unsent(error, head)),
         };
         self.exchange(addr, stream, &head.bytes, is_head, t.read)
             .await

@@ -122,12 +122,7 @@ impl Client for H1Pool {
         }
         let mut sender = match Self::connect(addr, t).await {
             Ok(s) => s,
-            Err(error) => {
-                return Err(Failure {
-                    error,
-                    unsent: Some(req),
-                });
-            }
+            Err(error) => return Err(Failure::unsent(error, req)),
         };
         match sender.try_send_request(req).await {
             Ok(resp) => Ok(self.returning(addr, sender, resp)),
@@ -229,12 +224,7 @@ impl Client for H2Pool {
     ) -> Result<Response<Body>, Failure<Request<ReqBody>>> {
         let mut sender = match self.sender(addr, t).await {
             Ok(s) => s,
-            Err(error) => {
-                return Err(Failure {
-                    error,
-                    unsent: Some(req),
-                });
-            }
+            Err(error) => return Err(Failure::unsent(error, req)),
         };
         match sender.try_send_request(req).await {
             Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed())),

@@ -55,6 +55,14 @@ pub struct Failure<R> {
 }
 
 impl<R> Failure<R> {
+    /// Failed before the request went out: it comes back for another try.
+    fn unsent(error: ProxyError, req: R) -> Self {
+        Self {
+            error,
+            unsent: Some(req),
+        }
+    }
+
     fn sent(error: ProxyError) -> Self {
         Self {
             error,

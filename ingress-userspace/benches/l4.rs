@@ -23,10 +23,10 @@ use aya::{
 };
 use ingress_common::{Backend, FrontendKey, IPPROTO_TCP, ServiceEntry, program_names};
 use ingressd::{
-    bpf::{LbMaps, cleanup, load_unattached},
-    manifest::ManifestSource,
-    model::{DesiredState, Model, NodeContext, RingSpec},
-    sync::{apply, diff},
+    kernel::{LbMaps, cleanup, load_unattached},
+    l4::model::{DesiredState, Model, NodeContext, RingSpec},
+    l4::{apply, diff},
+    source::files::ManifestSource,
 };
 use testkit::packet::{self, TCP_ACK, TCP_SYN};
 

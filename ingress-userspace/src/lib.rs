@@ -1,15 +1,13 @@
-//! `ingressd`: the node daemon's library.
+//! `ingressd`: the node daemon's library, one folder per box of the design.
 //!
-//! source (manifest files) → `model::desired_state` (pure) → `sync::diff`
-//! (pure) → `sync::apply` (the only map writer, through `bpf::LbMaps`).
-pub mod bpf;
-pub mod kube_source;
+//! source (files | kube) → cluster (the [`cluster::Snapshot`]) →
+//! l4 (`model` and `diff`, pure; `apply` through the kernel's maps) and
+//! l7 (route table, proxy) → status (written back). `daemon` runs the loop;
+//! `kernel` is the BPF edge.
+pub mod cluster;
+pub mod daemon;
+pub mod kernel;
+pub mod l4;
 pub mod l7;
-pub mod maglev;
-pub mod manifest;
-pub mod metrics;
-pub mod model;
-pub mod publish;
-pub mod render;
-pub mod run;
-pub mod sync;
+pub mod source;
+pub mod status;

@@ -1,4 +1,5 @@
 //! `ingressd`: eBPF L4 service load balancer and Ingress controller proxy for one node.
+use ingressd::cluster::ClassConfig;
 use std::{
     fmt::Write as _,
     net::{Ipv4Addr, SocketAddr},
@@ -8,20 +9,20 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use ingressd::{
-    bpf::{self, LbMaps, XdpAttachMode},
+    daemon::{KubeConfig, RunConfig, run},
+    kernel::{self, LbMaps, XdpAttachMode},
+    l4::model::show_backend,
+    l4::render::render_state,
     l7::{
         Limits,
         pipeline::{
             log::{Destination, Format},
             trust::Trust,
         },
-        route::{ClassConfig, annotations::Cidr, compile, render_routes},
+        route::{annotations::Cidr, compile, render_routes},
     },
-    manifest::ManifestSource,
-    model::show_backend,
-    publish::PublishConfig,
-    render::render_state,
-    run::{KubeConfig, RunConfig, run},
+    source::files::ManifestSource,
+    status::PublishConfig,
 };
 
 #[derive(Parser)]
@@ -536,7 +537,7 @@ fn main() -> std::process::ExitCode {
         Command::Cleanup {
             pin_path,
             interface: _,
-        } => bpf::cleanup(&pin_path).map(|removed| {
+        } => kernel::cleanup(&pin_path).map(|removed| {
             for p in &removed {
                 println!("removed {}", p.display());
             }

@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use ingressd::{
-    manifest::ManifestSource,
-    model::{NodeContext, desired_state},
-    render::render_state,
+    l4::model::{NodeContext, desired_state},
+    l4::render::render_state,
+    source::files::ManifestSource,
 };
 
 fn render_case(dir: &Path) -> String {

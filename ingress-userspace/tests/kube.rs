@@ -3,6 +3,7 @@
 //! same desired state as the file source, follows changes (also across a
 //! dropped watch and a 410 Gone), waits for every list before it is ready,
 //! and one elected replica writes Ingress status once. No root needed.
+use ingressd::cluster::ClassConfig;
 use testkit::{fakeapi, wait as common};
 
 use std::{
@@ -19,11 +20,12 @@ use http_body_util::Full;
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use ingressd::{
-    kube_source::{self, KubeSource},
-    l7::route::{ClassConfig, Match, compile},
-    manifest::{ManifestSource, Object, Snapshot, parse_file},
-    model::{NodeContext, desired_state},
-    render::render_state,
+    cluster::{Object, Snapshot},
+    l4::model::{NodeContext, desired_state},
+    l4::render::render_state,
+    l7::route::{Match, compile},
+    source::files::{ManifestSource, parse_file},
+    source::kube::{self, KubeSource},
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_ingressd");
@@ -62,7 +64,7 @@ fn api_objects(yaml: &str) -> Vec<serde_json::Value> {
 
 /// A kube source on `api`, loaded until every watch has listed (bounded).
 async fn synced_source(api: &FakeApi, dir: &Path, class: ClassConfig) -> KubeSource {
-    let client = kube_source::client(Some(&api.kubeconfig(dir)))
+    let client = kube::client(Some(&api.kubeconfig(dir)))
         .await
         .expect("client");
     let mut source = KubeSource::start(client, None, "node-a", class, None);

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use ingress_common::{FrontendKey, Ring, ServiceEntry};
 use ingressd::{
-    manifest::ManifestSource,
-    model::{DesiredState, Model, NodeContext, desired_state},
-    sync::{Diff, LbMapWriter, apply, gone_endpoints},
+    l4::model::{DesiredState, Model, NodeContext, desired_state},
+    l4::{Diff, LbMapWriter, apply, gone_endpoints},
+    source::files::ManifestSource,
 };
 
 fn svc(name: &str, node_port: u16, ext_ip: Option<&str>) -> String {
@@ -40,10 +40,10 @@ struct Replay(DesiredState);
 
 impl LbMapWriter for Replay {
     fn put_ring(&mut self, id: u64, ring: &Ring, name: &str) -> anyhow::Result<()> {
-        let backends = ingressd::maglev::ring_backends(ring);
+        let backends = ingressd::l4::maglev::ring_backends(ring);
         self.0.rings.insert(
             id,
-            ingressd::model::RingSpec {
+            ingressd::l4::model::RingSpec {
                 name: name.into(),
                 backends,
             },
@@ -196,5 +196,5 @@ fn the_proxy_services_load_balancer_ips_are_left_to_the_proxy() {
     model.rebuild(source.snapshot());
     assert_eq!(addrs(model.state()), [nodeport, external].into());
     let svc = source.snapshot().services.values().next().unwrap();
-    assert_eq!(ingressd::model::load_balancer_ips(svc), vec![lb]);
+    assert_eq!(ingressd::l4::model::load_balancer_ips(svc), vec![lb]);
 }

@@ -16,9 +16,9 @@ use ingress_common::{
     ServiceEntry, program_names,
 };
 use ingressd::{
-    bpf::LbMaps,
-    model::{DesiredState, RingSpec},
-    sync::{apply, diff},
+    kernel::LbMaps,
+    l4::model::{DesiredState, RingSpec},
+    l4::{apply, diff},
 };
 use testkit::packet::{self, TCP_ACK, TCP_RST, TCP_SYN};
 
@@ -57,7 +57,7 @@ struct PinDir(PathBuf);
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        let _ = ingressd::bpf::cleanup(&self.0);
+        let _ = ingressd::kernel::cleanup(&self.0);
     }
 }
 
@@ -71,7 +71,7 @@ fn load() -> Loaded {
     ));
     std::fs::create_dir_all(&dir).expect("bpffs at /sys/fs/bpf (run `cargo xtask setup`)");
     let pins = PinDir(dir.clone());
-    let ebpf = ingressd::bpf::load_unattached(&dir).expect("load and verify the programs");
+    let ebpf = ingressd::kernel::load_unattached(&dir).expect("load and verify the programs");
     let mut maps = LbMaps::open(&dir).expect("open pinned maps");
     maps.set_node(&[NODE]).unwrap();
     Loaded {

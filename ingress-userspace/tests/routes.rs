@@ -1,11 +1,13 @@
 //! The Ingress router against tables of host/path cases: every example of
 //! the Kubernetes documentation's path-matching table, host precedence,
 //! merging across Ingresses, conflicts and class selection. Pure.
+use ingressd::cluster::ClassConfig;
 use std::path::Path;
 
 use ingressd::{
-    l7::route::{ClassConfig, Match, RouteTable, Upstream, compile},
-    manifest::{Snapshot, parse_file},
+    cluster::Snapshot,
+    l7::route::{Match, RouteTable, Upstream, compile},
+    source::files::parse_file,
 };
 
 fn snapshot(yaml: &str) -> Snapshot {
@@ -697,7 +699,8 @@ fn patterns_are_bounded_and_compiled_once_per_change() {
 fn golden_route_tables() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/routedata");
     testkit::golden::check(&root, 4, |case| {
-        let mut source = ingressd::manifest::ManifestSource::new(vec![case.join("input.yaml")]);
+        let mut source =
+            ingressd::source::files::ManifestSource::new(vec![case.join("input.yaml")]);
         let loaded = source.load();
         let (table, warnings) = compile(source.snapshot(), &ClassConfig::default());
         let mut got = ingressd::l7::route::render_routes(&table);

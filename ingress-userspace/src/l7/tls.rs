@@ -13,7 +13,7 @@ use rustls::{
 };
 
 use super::route::{RouteTable, RouteWarning};
-use crate::manifest::{ObjectKey, Snapshot};
+use crate::cluster::{ObjectKey, Snapshot};
 
 #[derive(Default)]
 struct Certs {

@@ -81,7 +81,7 @@ impl Resources {
         }
         self.pods.clear();
         for pin in self.pins.drain(..) {
-            let _ = ingressd::bpf::cleanup(&pin);
+            let _ = ingressd::kernel::cleanup(&pin);
         }
         for ns in self.namespaces.drain(..).rev() {
             let _ = ip(&["netns", "del", &ns]);
@@ -328,7 +328,7 @@ impl Lab {
         // Frames a native-XDP veth sends back (XDP_TX) are only flushed to a
         // peer that runs XDP itself.
         let (peer, pins) = (peer.to_string(), self.sw_pins());
-        in_netns(sw, move || ingressd::bpf::attach_xdp_pass(&peer, &pins))??;
+        in_netns(sw, move || ingressd::kernel::attach_xdp_pass(&peer, &pins))??;
         Ok(())
     }
 

@@ -10,57 +10,15 @@ use std::{
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 
 use super::{
-    ClassConfig, HostRules, PathKind, Route, RouteTable, RouteWarning, Upstream,
+    HostRules, PathKind, Route, RouteTable, RouteWarning, Upstream,
     annotations::{self, Policy},
     path_elements,
     pattern::{Budget, Patterns, REGEX_CHARS},
 };
 use crate::{
+    cluster::{ClassConfig, Snapshot, is_ours},
     l7::{path::normalize, route::normalize_host, stats::StatsHandle},
-    manifest::Snapshot,
 };
-
-/// Whether an Ingress is ours: its `ingressClassName` names an IngressClass
-/// with our controller (or our class name, if that IngressClass is not
-/// defined at all, as in plain manifest files), or it names none and an
-/// IngressClass of ours is the default; the legacy
-/// `kubernetes.io/ingress.class` annotation is honoured too.
-pub fn is_ours(ingress: &Ingress, snapshot: &Snapshot, class: &ClassConfig) -> bool {
-    let ours = |name: &str| match snapshot
-        .ingress_classes
-        .get(&(String::new(), name.to_string()))
-    {
-        Some(ic) => {
-            ic.spec.as_ref().and_then(|s| s.controller.as_deref())
-                == Some(class.controller.as_str())
-        }
-        None => name == class.class_name,
-    };
-    let spec_class = ingress
-        .spec
-        .as_ref()
-        .and_then(|s| s.ingress_class_name.as_deref());
-    let annotation = ingress
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get("kubernetes.io/ingress.class"))
-        .map(String::as_str);
-    match spec_class.or(annotation) {
-        Some(name) => ours(name),
-        None => snapshot.ingress_classes.values().any(|ic| {
-            let default = ic
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get("ingressclass.kubernetes.io/is-default-class"))
-                .is_some_and(|v| v == "true");
-            default
-                && ic.spec.as_ref().and_then(|s| s.controller.as_deref())
-                    == Some(class.controller.as_str())
-        }),
-    }
-}
 
 /// `namespace/service:port` of a backend, for logs and metrics.
 fn backend_name(ns: &str, backend: &IngressBackend) -> String {

@@ -16,11 +16,11 @@ use std::{
 
 use self::annotations::Policy;
 use crate::{
+    cluster::ObjectKey,
     l7::{
         path::{NormalPath, PathError, normalize},
         stats::StatsHandle,
     },
-    manifest::ObjectKey,
 };
 
 pub mod annotations;
@@ -29,28 +29,10 @@ pub mod pattern;
 mod render;
 mod rewrite;
 
-pub use compile::{compile, compile_with, is_ours};
+pub use compile::{compile, compile_with};
 pub use pattern::{PathRegex, Patterns};
 pub use render::render_routes;
 pub use rewrite::{RewriteEscapes, rewrite_path};
-
-/// Our IngressClass name and controller name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClassConfig {
-    /// `--ingress-class`: the IngressClass name we serve (default `ebpf`).
-    pub class_name: String,
-    /// The `spec.controller` of IngressClasses that are ours.
-    pub controller: String,
-}
-
-impl Default for ClassConfig {
-    fn default() -> Self {
-        Self {
-            class_name: "ebpf".into(),
-            controller: "ingress-ebpf/controller".into(),
-        }
-    }
-}
 
 /// Where matched requests go.
 #[derive(Clone, Debug, PartialEq, Eq)]

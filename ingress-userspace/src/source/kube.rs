@@ -6,6 +6,7 @@
 //! owns the snapshot and applies everything queued at once, so a burst of
 //! changes is one sync. Secrets are watched one by one, only those named in
 //! the `spec.tls` of an Ingress of ours (and `--default-ssl-certificate`).
+use crate::cluster::{ClassConfig, is_ours};
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt::Debug,
@@ -26,10 +27,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc};
 
-use crate::{
-    l7::route::{ClassConfig, is_ours},
-    manifest::{Identity, Object, ObjectKey, Snapshot, validate},
-};
+use crate::cluster::{Identity, Object, ObjectKey, Snapshot, validate};
 
 /// A kind we watch, and how it goes into the snapshot.
 pub trait Watched:

@@ -1,21 +1,26 @@
-//! `ingressd run`: attach the L4 data path and adopt its pinned maps, start
-//! the L7 proxy, then keep both in step with the source: the manifest files,
-//! or the cluster through kube-rs watches (with Ingress status written by
-//! the elected replica).
+//! The daemon: start-up (L4 data path, proxy, metrics, source), the loop
+//! that keeps everything in step with the source, and shutdown.
+pub mod metrics;
+mod reconcile;
+
+use crate::cluster::ClassConfig;
+use metrics::Status;
+use reconcile::{L4, L7, Syncer, VipSteering};
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::{Arc, atomic::Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::{
-    bpf::{self, LbMaps, XdpAttachMode},
-    kube_source::{self, KubeSource},
+    cluster::{ObjectKey, Snapshot},
+    kernel::{self, LbMaps, XdpAttachMode},
+    l4::model::{Model, NodeContext},
     l7::{
         Limits, Proxy,
         listen::{self, FdPlan},
@@ -24,18 +29,17 @@ use crate::{
             log::{AccessLog, Destination, Format},
             trust::Trust,
         },
-        route::{ClassConfig, Patterns, compile_with},
+        route::Patterns,
         tls::{self, CertStore},
     },
-    manifest::{ManifestSource, ObjectKey, Snapshot},
-    metrics::{self, Status},
-    model::{Model, NodeContext, load_balancer_ips},
-    publish::{self, Elector, PublishConfig},
-    sync::{apply, diff},
+    source::files::ManifestSource,
+    source::kube::{self, KubeSource},
+    status::{self, Elector, PublishConfig},
 };
 
 /// How often the manifest files are checked: changes apply well within a second.
 const POLL: Duration = Duration::from_millis(200);
+
 /// After the first change from the API server, how long more are gathered
 /// into the same sync (a burst of changes is one sync).
 const BATCH_WINDOW: Duration = Duration::from_millis(50);
@@ -170,29 +174,11 @@ impl Source {
     }
 }
 
-/// The L7 part: the proxy and its certificates.
-struct L7 {
-    proxy: Arc<Proxy>,
-    certs: Arc<CertStore>,
-    /// Served when nothing else matches and no default Secret is usable.
-    fallback: Arc<rustls::sign::CertifiedKey>,
-    default_secret: Option<ObjectKey>,
-}
-
-/// The L4 part: the model and the maps it keeps in step.
-struct L4 {
-    model: Model,
-    maps: LbMaps,
-    /// Diff against what the maps really hold (start-up, after a failed
-    /// write) instead of against the model's last state.
-    adopt: bool,
-}
-
 fn start_l4(cfg: &RunConfig) -> anyhow::Result<L4> {
     let mut node_ips = cfg.node_ips.clone();
     if node_ips.is_empty() {
         for iface in &cfg.interfaces {
-            node_ips.extend(bpf::interface_addrs(iface)?);
+            node_ips.extend(kernel::interface_addrs(iface)?);
         }
     }
     if node_ips.is_empty() {
@@ -203,7 +189,7 @@ fn start_l4(cfg: &RunConfig) -> anyhow::Result<L4> {
         addrs: node_ips,
     };
     tracing::info!(node = %node.name, addrs = ?node.addrs, interfaces = ?cfg.interfaces, "starting the L4 data path");
-    bpf::load_and_attach(&cfg.pin_path, &cfg.interfaces, cfg.xdp_mode, !cfg.no_l7)?;
+    kernel::load_and_attach(&cfg.pin_path, &cfg.interfaces, cfg.xdp_mode, !cfg.no_l7)?;
     let mut maps = LbMaps::open(&cfg.pin_path)?;
     maps.set_node(&node.addrs)?;
     Ok(L4 {
@@ -269,7 +255,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         let https = bind(cfg.https_addr, "--https-addr").await?;
         let default_backend = bind(cfg.default_backend_addr, "--default-backend-addr").await?;
         if l4.is_some() {
-            bpf::set_proxy_sockets(&cfg.pin_path, &http, &https)?;
+            kernel::set_proxy_sockets(&cfg.pin_path, &http, &https)?;
             // --ingress-vip now; the Service's LoadBalancer IPs from the
             // first sync on.
             let mut steering = VipSteering {
@@ -322,7 +308,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     .await?;
 
     let (mut source, publisher) = if cfg.manifests.is_empty() {
-        let client = kube_source::client(cfg.kube.kubeconfig.as_ref()).await?;
+        let client = kube::client(cfg.kube.kubeconfig.as_ref()).await?;
         let source = KubeSource::start(
             client.clone(),
             cfg.kube.namespace.as_deref(),
@@ -331,14 +317,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             cfg.default_ssl_certificate.clone(),
         );
         let publisher = cfg.kube.update_status.then(|| {
-            let (tx, rx) = tokio::sync::watch::channel(publish::StatusInput::default());
+            let (tx, rx) = tokio::sync::watch::channel(status::StatusInput::default());
             let elector = Elector::new(
                 client.clone(),
                 &cfg.kube.lease_namespace,
                 &cfg.kube.election_id,
                 &cfg.kube.identity,
             );
-            tokio::spawn(publish::run(
+            tokio::spawn(status::run(
                 client,
                 elector,
                 cfg.kube.publish.pod.clone(),
@@ -395,7 +381,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 }
             }
             if let Some(tx) = &publisher {
-                let todo = publish::status_input(source.snapshot(), &cfg.class, &cfg.kube.publish);
+                let todo = status::status_input(source.snapshot(), &cfg.class, &cfg.kube.publish);
                 tx.send_if_modified(|current| {
                     let changed = *current != todo;
                     *current = todo;
@@ -424,131 +410,4 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     }
     tracing::info!("exiting; the L4 data path stays attached with its pinned maps");
     Ok(())
-}
-
-/// The sync loop's state: what it keeps in step with the source.
-/// The Ingress VIPs `sk_lookup` steers to the proxy: `--ingress-vip` and
-/// the LoadBalancer IPs of `--publish-service`, kept as that Service changes.
-struct VipSteering {
-    pin_path: PathBuf,
-    fixed: Vec<Ipv4Addr>,
-    service: Option<ObjectKey>,
-    /// What the map holds (None before the first write).
-    current: Option<Vec<Ipv4Addr>>,
-}
-
-impl VipSteering {
-    fn wanted(&self, snapshot: Option<&Snapshot>) -> Vec<Ipv4Addr> {
-        let own = self
-            .service
-            .as_ref()
-            .zip(snapshot)
-            .and_then(|(key, snap)| snap.services.get(key));
-        let mut vips = self.fixed.clone();
-        vips.extend(own.map(load_balancer_ips).unwrap_or_default());
-        vips.sort();
-        vips.dedup();
-        vips
-    }
-
-    fn set(&mut self, vips: Vec<Ipv4Addr>) -> anyhow::Result<()> {
-        if self.current.as_ref() == Some(&vips) {
-            return Ok(());
-        }
-        bpf::set_ingress_vips(&self.pin_path, &vips).context("steering the Ingress VIPs")?;
-        if !vips.is_empty() || self.current.is_some() {
-            tracing::info!(vips = ?vips, "steering Ingress VIPs to the proxy");
-        }
-        self.current = Some(vips);
-        Ok(())
-    }
-}
-
-struct Syncer {
-    l4: Option<L4>,
-    l7: Option<L7>,
-    vips: Option<VipSteering>,
-    class: ClassConfig,
-    /// Path patterns compiled by earlier syncs (each once per change).
-    patterns: Patterns,
-    warned: BTreeSet<String>,
-}
-
-impl Syncer {
-    fn sync_once(
-        &mut self,
-        snapshot: &Snapshot,
-        touched: BTreeSet<ObjectKey>,
-        status: &Status,
-    ) -> anyhow::Result<()> {
-        let started = Instant::now();
-        let mut warnings = BTreeSet::new();
-        let mut writes = 0;
-        if let Some(l4) = &mut self.l4 {
-            let d = if l4.adopt {
-                l4.model.rebuild(snapshot);
-                let current = l4.maps.read_state().context("reading the pinned maps")?;
-                tracing::info!(
-                    frontends = current.frontends.len(),
-                    rings = current.rings.len(),
-                    "adopted pinned maps"
-                );
-                diff(&current, l4.model.state())
-            } else {
-                l4.model.update(snapshot, touched)
-            };
-            writes = d.writes();
-            apply(&d, &mut l4.maps)?;
-            l4.adopt = false;
-            warnings.extend(
-                l4.model
-                    .warnings()
-                    .into_iter()
-                    .map(|w| format!("{}: {}", w.object, w.message)),
-            );
-            let state = l4.model.state();
-            status
-                .frontends
-                .store(state.frontends.len() as u64, Ordering::Relaxed);
-            status
-                .rings
-                .store(state.rings.len() as u64, Ordering::Relaxed);
-        }
-        let mut rules = 0;
-        if let Some(l7) = &self.l7 {
-            let (table, route_warnings) = compile_with(snapshot, &self.class, &mut self.patterns);
-            rules = table.len();
-            warnings.extend(route_warnings.iter().map(ToString::to_string));
-            // Certificates first: a route to a TLS host never waits for its certificate.
-            let cert_warnings =
-                l7.certs
-                    .update(snapshot, &table, l7.default_secret.as_ref(), &l7.fallback);
-            warnings.extend(cert_warnings.iter().map(ToString::to_string));
-            l7.proxy.swap_routes(table);
-        }
-        if let Some(vips) = &mut self.vips {
-            vips.set(vips.wanted(Some(snapshot)))?;
-        }
-        // Each warning once, while it lasts.
-        for w in warnings.difference(&self.warned) {
-            tracing::warn!("{w}");
-        }
-        self.warned = warnings;
-        let took = started.elapsed();
-        status.syncs.fetch_add(1, Ordering::Relaxed);
-        status
-            .map_writes
-            .fetch_add(writes as u64, Ordering::Relaxed);
-        status
-            .last_sync_micros
-            .store(took.as_micros() as u64, Ordering::Relaxed);
-        status.ready.store(true, Ordering::Relaxed);
-        tracing::info!(
-            writes,
-            route_rules = rules,
-            micros = took.as_micros() as u64,
-            "synced"
-        );
-        Ok(())
-    }
 }

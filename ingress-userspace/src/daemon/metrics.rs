@@ -15,7 +15,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, Response, StatusCode, body::Incoming};
 
 use crate::{
-    bpf::LbMaps,
+    kernel::LbMaps,
     l7::{Proxy, body::Body, listen::serve_side, route::render_routes},
 };
 

@@ -15,8 +15,8 @@ use ingress_common::{
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::{
-    manifest::{ObjectKey, Snapshot},
-    sync::{Diff, gone_endpoints},
+    cluster::{ObjectKey, Snapshot},
+    l4::{Diff, gone_endpoints},
 };
 
 /// What makes this node different from the others.

@@ -3,7 +3,7 @@ use std::fmt::Write as _;
 
 use ingress_common::{SVC_F_AFFINITY_CLIENT_IP, SVC_F_LOCAL_ONLY};
 
-use crate::model::{DesiredState, show_backend, show_frontend};
+use crate::l4::model::{DesiredState, show_backend, show_frontend};
 
 fn flags(f: u32) -> String {
     let mut v = Vec::new();

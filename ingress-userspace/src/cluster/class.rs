@@ -1,0 +1,65 @@
+//! Which Ingresses are ours: the IngressClass rule, shared by the route
+//! table, the kube source and the status writer.
+use k8s_openapi::api::networking::v1::Ingress;
+
+use super::Snapshot;
+
+/// Our IngressClass name and controller name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassConfig {
+    /// `--ingress-class`: the IngressClass name we serve (default `ebpf`).
+    pub class_name: String,
+    /// The `spec.controller` of IngressClasses that are ours.
+    pub controller: String,
+}
+
+impl Default for ClassConfig {
+    fn default() -> Self {
+        Self {
+            class_name: "ebpf".into(),
+            controller: "ingress-ebpf/controller".into(),
+        }
+    }
+}
+
+/// Whether an Ingress is ours: its `ingressClassName` names an IngressClass
+/// with our controller (or our class name, if that IngressClass is not
+/// defined at all, as in plain manifest files), or it names none and an
+/// IngressClass of ours is the default; the legacy
+/// `kubernetes.io/ingress.class` annotation is honoured too.
+pub fn is_ours(ingress: &Ingress, snapshot: &Snapshot, class: &ClassConfig) -> bool {
+    let ours = |name: &str| match snapshot
+        .ingress_classes
+        .get(&(String::new(), name.to_string()))
+    {
+        Some(ic) => {
+            ic.spec.as_ref().and_then(|s| s.controller.as_deref())
+                == Some(class.controller.as_str())
+        }
+        None => name == class.class_name,
+    };
+    let spec_class = ingress
+        .spec
+        .as_ref()
+        .and_then(|s| s.ingress_class_name.as_deref());
+    let annotation = ingress
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("kubernetes.io/ingress.class"))
+        .map(String::as_str);
+    match spec_class.or(annotation) {
+        Some(name) => ours(name),
+        None => snapshot.ingress_classes.values().any(|ic| {
+            let default = ic
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("ingressclass.kubernetes.io/is-default-class"))
+                .is_some_and(|v| v == "true");
+            default
+                && ic.spec.as_ref().and_then(|s| s.controller.as_deref())
+                    == Some(class.controller.as_str())
+        }),
+    }
+}

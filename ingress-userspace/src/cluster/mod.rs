@@ -1,0 +1,200 @@
+//! The cluster as the daemon sees it: the objects it reads, held in a
+//! [`Snapshot`], their keys, and what makes an object valid.
+mod class;
+mod validate;
+
+pub use class::{ClassConfig, is_ours};
+use std::collections::{BTreeMap, BTreeSet};
+pub(crate) use validate::field_error;
+pub use validate::{FieldError, validate};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, Secret, Service},
+        discovery::v1::EndpointSlice,
+        networking::v1::{Ingress, IngressClass},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+
+/// `namespace/name` of an object; cluster-scoped objects have an empty namespace.
+pub type ObjectKey = (String, String);
+
+/// Every object the daemon cares about, as the cluster would hold them.
+/// EndpointSlices are indexed by the Service they belong to (label
+/// `kubernetes.io/service-name`), so one Service's inputs are found without
+/// a scan: change them through [`Snapshot::insert`] and [`Snapshot::remove`].
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub services: BTreeMap<ObjectKey, Service>,
+    endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    slices_by_service: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    pub ingresses: BTreeMap<ObjectKey, Ingress>,
+    pub ingress_classes: BTreeMap<ObjectKey, IngressClass>,
+    pub secrets: BTreeMap<ObjectKey, Secret>,
+    pub nodes: BTreeMap<ObjectKey, Node>,
+}
+
+/// The Service an EndpointSlice belongs to.
+fn slice_owner(ns: &str, slice: &EndpointSlice) -> Option<ObjectKey> {
+    let labels = slice.metadata.labels.as_ref()?;
+    Some((
+        ns.to_string(),
+        labels.get("kubernetes.io/service-name")?.clone(),
+    ))
+}
+
+impl Snapshot {
+    pub fn insert(&mut self, object: Object) {
+        let namespaced = object.namespaced();
+        let key = object_key(object.metadata(), namespaced);
+        match object {
+            Object::Service(o) => drop(self.services.insert(key, *o)),
+            Object::EndpointSlice(o) => {
+                self.unindex_slice(&key);
+                if let Some(owner) = slice_owner(&key.0, &o) {
+                    self.slices_by_service
+                        .entry(owner)
+                        .or_default()
+                        .insert(key.clone());
+                }
+                self.endpoint_slices.insert(key, *o);
+            }
+            Object::Ingress(o) => drop(self.ingresses.insert(key, *o)),
+            Object::IngressClass(o) => drop(self.ingress_classes.insert(key, *o)),
+            Object::Secret(o) => drop(self.secrets.insert(key, *o)),
+            Object::Node(o) => drop(self.nodes.insert(key, *o)),
+        }
+    }
+
+    pub fn remove(&mut self, id: &Identity) {
+        let key = (id.1.clone(), id.2.clone());
+        match id.0 {
+            "Service" => drop(self.services.remove(&key)),
+            "EndpointSlice" => {
+                self.unindex_slice(&key);
+                self.endpoint_slices.remove(&key);
+            }
+            "Ingress" => drop(self.ingresses.remove(&key)),
+            "IngressClass" => drop(self.ingress_classes.remove(&key)),
+            "Secret" => drop(self.secrets.remove(&key)),
+            "Node" => drop(self.nodes.remove(&key)),
+            _ => {}
+        }
+    }
+
+    fn unindex_slice(&mut self, key: &ObjectKey) {
+        let Some(old) = self.endpoint_slices.get(key) else {
+            return;
+        };
+        if let Some(owner) = slice_owner(&key.0, old)
+            && let Some(set) = self.slices_by_service.get_mut(&owner)
+        {
+            set.remove(key);
+            if set.is_empty() {
+                self.slices_by_service.remove(&owner);
+            }
+        }
+    }
+
+    pub fn endpoint_slices(&self) -> &BTreeMap<ObjectKey, EndpointSlice> {
+        &self.endpoint_slices
+    }
+
+    /// The EndpointSlices of one Service, in name order.
+    pub fn slices_of(&self, service: &ObjectKey) -> Vec<&EndpointSlice> {
+        self.slices_by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.endpoint_slices.get(k))
+            .collect()
+    }
+
+    /// `insert`, adding to `touched` the Services whose L4 state that may
+    /// change: the ones the old version and the new one belong to.
+    pub fn insert_touching(&mut self, object: Object, touched: &mut BTreeSet<ObjectKey>) {
+        let id = object.identity();
+        touched.extend(self.services_touched_by(&id));
+        self.insert(object);
+        touched.extend(self.services_touched_by(&id));
+    }
+
+    /// `remove`, adding to `touched` the Services that may change.
+    pub fn remove_touching(&mut self, id: &Identity, touched: &mut BTreeSet<ObjectKey>) {
+        touched.extend(self.services_touched_by(id));
+        self.remove(id);
+    }
+
+    /// The Services whose L4 state depends on the object `id` as held now.
+    pub fn services_touched_by(&self, id: &Identity) -> Option<ObjectKey> {
+        let key = (id.1.clone(), id.2.clone());
+        match id.0 {
+            "Service" => Some(key),
+            "EndpointSlice" => self
+                .endpoint_slices
+                .get(&key)
+                .and_then(|s| slice_owner(&key.0, s)),
+            _ => None,
+        }
+    }
+}
+
+/// (kind, namespace, name): what identifies an object across versions.
+pub type Identity = (&'static str, String, String);
+
+/// One object of a kind we read.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    Ingress(Box<Ingress>),
+    IngressClass(Box<IngressClass>),
+    Secret(Box<Secret>),
+    Node(Box<Node>),
+}
+
+impl Object {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Service(_) => "Service",
+            Object::EndpointSlice(_) => "EndpointSlice",
+            Object::Ingress(_) => "Ingress",
+            Object::IngressClass(_) => "IngressClass",
+            Object::Secret(_) => "Secret",
+            Object::Node(_) => "Node",
+        }
+    }
+
+    fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
+            Object::Ingress(o) => &o.metadata,
+            Object::IngressClass(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
+            Object::Node(o) => &o.metadata,
+        }
+    }
+
+    /// (kind, namespace, name): what identifies the object across versions.
+    pub fn identity(&self) -> Identity {
+        let (ns, name) = object_key(self.metadata(), self.namespaced());
+        (self.kind(), ns, name)
+    }
+
+    fn namespaced(&self) -> bool {
+        !matches!(self, Object::IngressClass(_) | Object::Node(_))
+    }
+}
+
+fn object_key(meta: &ObjectMeta, namespaced: bool) -> ObjectKey {
+    let ns = if namespaced {
+        meta.namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_string())
+    } else {
+        String::new()
+    };
+    (ns, meta.name.clone().unwrap_or_default())
+}

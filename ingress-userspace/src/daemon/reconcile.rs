@@ -1,0 +1,170 @@
+//! One turn of the loop: the snapshot made real in the maps, the route
+//! table and the steered VIPs.
+use crate::cluster::ClassConfig;
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::Instant,
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    cluster::{ObjectKey, Snapshot},
+    daemon::metrics::Status,
+    kernel::{self, LbMaps},
+    l4::model::{Model, load_balancer_ips},
+    l4::{apply, diff},
+    l7::{
+        Proxy,
+        route::{Patterns, compile_with},
+        tls::CertStore,
+    },
+};
+
+/// The sync loop's state: what it keeps in step with the source.
+/// The Ingress VIPs `sk_lookup` steers to the proxy: `--ingress-vip` and
+/// the LoadBalancer IPs of `--publish-service`, kept as that Service changes.
+/// The L7 part: the proxy and its certificates.
+pub(super) struct L7 {
+    pub(super) proxy: Arc<Proxy>,
+    pub(super) certs: Arc<CertStore>,
+    /// Served when nothing else matches and no default Secret is usable.
+    pub(super) fallback: Arc<rustls::sign::CertifiedKey>,
+    pub(super) default_secret: Option<ObjectKey>,
+}
+
+/// The L4 part: the model and the maps it keeps in step.
+pub(super) struct L4 {
+    pub(super) model: Model,
+    pub(super) maps: LbMaps,
+    /// Diff against what the maps really hold (start-up, after a failed
+    /// write) instead of against the model's last state.
+    pub(super) adopt: bool,
+}
+
+pub(super) struct VipSteering {
+    pub(super) pin_path: PathBuf,
+    pub(super) fixed: Vec<Ipv4Addr>,
+    pub(super) service: Option<ObjectKey>,
+    /// What the map holds (None before the first write).
+    pub(super) current: Option<Vec<Ipv4Addr>>,
+}
+
+impl VipSteering {
+    pub(super) fn wanted(&self, snapshot: Option<&Snapshot>) -> Vec<Ipv4Addr> {
+        let own = self
+            .service
+            .as_ref()
+            .zip(snapshot)
+            .and_then(|(key, snap)| snap.services.get(key));
+        let mut vips = self.fixed.clone();
+        vips.extend(own.map(load_balancer_ips).unwrap_or_default());
+        vips.sort();
+        vips.dedup();
+        vips
+    }
+
+    pub(super) fn set(&mut self, vips: Vec<Ipv4Addr>) -> anyhow::Result<()> {
+        if self.current.as_ref() == Some(&vips) {
+            return Ok(());
+        }
+        kernel::set_ingress_vips(&self.pin_path, &vips).context("steering the Ingress VIPs")?;
+        if !vips.is_empty() || self.current.is_some() {
+            tracing::info!(vips = ?vips, "steering Ingress VIPs to the proxy");
+        }
+        self.current = Some(vips);
+        Ok(())
+    }
+}
+
+pub(super) struct Syncer {
+    pub(super) l4: Option<L4>,
+    pub(super) l7: Option<L7>,
+    pub(super) vips: Option<VipSteering>,
+    pub(super) class: ClassConfig,
+    /// Path patterns compiled by earlier syncs (each once per change).
+    pub(super) patterns: Patterns,
+    pub(super) warned: BTreeSet<String>,
+}
+
+impl Syncer {
+    pub(super) fn sync_once(
+        &mut self,
+        snapshot: &Snapshot,
+        touched: BTreeSet<ObjectKey>,
+        status: &Status,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let mut warnings = BTreeSet::new();
+        let mut writes = 0;
+        if let Some(l4) = &mut self.l4 {
+            let d = if l4.adopt {
+                l4.model.rebuild(snapshot);
+                let current = l4.maps.read_state().context("reading the pinned maps")?;
+                tracing::info!(
+                    frontends = current.frontends.len(),
+                    rings = current.rings.len(),
+                    "adopted pinned maps"
+                );
+                diff(&current, l4.model.state())
+            } else {
+                l4.model.update(snapshot, touched)
+            };
+            writes = d.writes();
+            apply(&d, &mut l4.maps)?;
+            l4.adopt = false;
+            warnings.extend(
+                l4.model
+                    .warnings()
+                    .into_iter()
+                    .map(|w| format!("{}: {}", w.object, w.message)),
+            );
+            let state = l4.model.state();
+            status
+                .frontends
+                .store(state.frontends.len() as u64, Ordering::Relaxed);
+            status
+                .rings
+                .store(state.rings.len() as u64, Ordering::Relaxed);
+        }
+        let mut rules = 0;
+        if let Some(l7) = &self.l7 {
+            let (table, route_warnings) = compile_with(snapshot, &self.class, &mut self.patterns);
+            rules = table.len();
+            warnings.extend(route_warnings.iter().map(ToString::to_string));
+            // Certificates first: a route to a TLS host never waits for its certificate.
+            let cert_warnings =
+                l7.certs
+                    .update(snapshot, &table, l7.default_secret.as_ref(), &l7.fallback);
+            warnings.extend(cert_warnings.iter().map(ToString::to_string));
+            l7.proxy.swap_routes(table);
+        }
+        if let Some(vips) = &mut self.vips {
+            vips.set(vips.wanted(Some(snapshot)))?;
+        }
+        // Each warning once, while it lasts.
+        for w in warnings.difference(&self.warned) {
+            tracing::warn!("{w}");
+        }
+        self.warned = warnings;
+        let took = started.elapsed();
+        status.syncs.fetch_add(1, Ordering::Relaxed);
+        status
+            .map_writes
+            .fetch_add(writes as u64, Ordering::Relaxed);
+        status
+            .last_sync_micros
+            .store(took.as_micros() as u64, Ordering::Relaxed);
+        status.ready.store(true, Ordering::Relaxed);
+        tracing::info!(
+            writes,
+            route_rules = rules,
+            micros = took.as_micros() as u64,
+            "synced"
+        );
+        Ok(())
+    }
+}

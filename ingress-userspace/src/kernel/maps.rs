@@ -1,0 +1,264 @@
+//! Typed access to the pinned maps: the only code that touches their bytes.
+use super::pins::open_map;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::Path,
+};
+
+use anyhow::Context as _;
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use ingress_common::{
+    Config, CtEntry, FlowKey, FrontendKey, IPPROTO_UDP, RevNatEntry, Ring, SNAT_PORT_MAX,
+    SNAT_PORT_MIN, ServiceEntry, ServiceName, counter, map_names,
+};
+
+use crate::{
+    l4::LbMapWriter,
+    l4::maglev::ring_backends,
+    l4::model::{DesiredState, RingSpec},
+};
+
+/// Puts the proxy's listening sockets where `sk_lookup_proxy` finds them.
+pub fn set_proxy_sockets(
+    pin_path: &Path,
+    http: &impl std::os::fd::AsRawFd,
+    https: &impl std::os::fd::AsRawFd,
+) -> anyhow::Result<()> {
+    let mut map: aya::maps::SockMap<MapData> =
+        open_map(pin_path, map_names::PROXY_SOCKETS)?.try_into()?;
+    map.set(ingress_common::PROXY_SOCKET_HTTP, http, 0)
+        .context("adding the HTTP socket")?;
+    map.set(ingress_common::PROXY_SOCKET_HTTPS, https, 0)
+        .context("adding the HTTPS socket")?;
+    Ok(())
+}
+
+/// Makes `vips` (and only them) the steered Ingress VIPs.
+pub fn set_ingress_vips(pin_path: &Path, vips: &[Ipv4Addr]) -> anyhow::Result<()> {
+    let mut map: HashMap<MapData, u32, u32> =
+        open_map(pin_path, map_names::INGRESS_VIPS)?.try_into()?;
+    let want: Vec<u32> = vips.iter().map(|a| u32::from(*a).to_be()).collect();
+    for v in &want {
+        map.insert(v, 1, 0)?;
+    }
+    let stale: Vec<u32> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !want.contains(k))
+        .collect();
+    for k in stale {
+        ignore_missing(map.remove(&k))?;
+    }
+    Ok(())
+}
+
+/// Typed handles on the pinned maps.
+pub struct LbMaps {
+    services: HashMap<MapData, FrontendKey, ServiceEntry>,
+    rings: HashMap<MapData, u64, Ring>,
+    names: HashMap<MapData, u64, ServiceName>,
+    conntrack: HashMap<MapData, FlowKey, CtEntry>,
+    revnat: HashMap<MapData, FlowKey, RevNatEntry>,
+    node_addrs: HashMap<MapData, u32, u32>,
+    config: Array<MapData, Config>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+/// One conntrack entry, for display.
+pub struct Flow {
+    pub key: FlowKey,
+    pub entry: CtEntry,
+}
+
+impl LbMaps {
+    pub fn open(pin_path: &Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            services: open_map(pin_path, map_names::SERVICES)?.try_into()?,
+            rings: open_map(pin_path, map_names::RINGS)?.try_into()?,
+            names: open_map(pin_path, map_names::SVC_NAMES)?.try_into()?,
+            conntrack: open_map(pin_path, map_names::CONNTRACK)?.try_into()?,
+            revnat: open_map(pin_path, map_names::REVNAT)?.try_into()?,
+            node_addrs: open_map(pin_path, map_names::NODE_ADDRS)?.try_into()?,
+            config: open_map(pin_path, map_names::CONFIG)?.try_into()?,
+            counters: open_map(pin_path, map_names::COUNTERS)?.try_into()?,
+        })
+    }
+
+    /// What the maps hold now, in the model's terms (adoption after restart).
+    pub fn read_state(&self) -> anyhow::Result<DesiredState> {
+        let mut state = DesiredState::default();
+        for item in self.services.iter() {
+            let (k, v) = item?;
+            state.frontends.insert(k, v);
+        }
+        for item in self.rings.iter() {
+            let (id, ring) = item?;
+            let name = self
+                .names
+                .get(&id, 0)
+                .map(|n| decode_name(&n))
+                .unwrap_or_default();
+            state.rings.insert(
+                id,
+                RingSpec {
+                    name,
+                    backends: ring_backends(&ring),
+                },
+            );
+        }
+        Ok(state)
+    }
+
+    /// Sets the node addresses NodePorts answer on and the SNAT address.
+    pub fn set_node(&mut self, addrs: &[Ipv4Addr]) -> anyhow::Result<()> {
+        let want: Vec<u32> = addrs.iter().map(|a| u32::from(*a).to_be()).collect();
+        for a in &want {
+            self.node_addrs.insert(a, 1, 0)?;
+        }
+        let stale: Vec<u32> = self
+            .node_addrs
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !want.contains(k))
+            .collect();
+        for k in stale {
+            self.node_addrs.remove(&k)?;
+        }
+        let cfg = Config {
+            snat_addr: want.first().copied().unwrap_or(0),
+            snat_port_min: SNAT_PORT_MIN,
+            snat_port_max: SNAT_PORT_MAX,
+        };
+        self.config.set(0, cfg, 0)?;
+        Ok(())
+    }
+
+    pub fn node_addrs(&self) -> Vec<Ipv4Addr> {
+        let mut v: Vec<Ipv4Addr> = self
+            .node_addrs
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| Ipv4Addr::from(u32::from_be(k)))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Packet counters summed over CPUs, by name.
+    pub fn counters(&self) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+        let mut out = BTreeMap::new();
+        for i in 0..counter::COUNT {
+            let per_cpu = self.counters.get(&i, 0)?;
+            out.insert(counter::NAMES[i as usize], per_cpu.iter().sum());
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` conntrack entries.
+    pub fn flows(&self, limit: usize) -> Vec<Flow> {
+        self.conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .take(limit)
+            .map(|(key, entry)| Flow { key, entry })
+            .collect()
+    }
+
+    /// Number of reverse-NAT entries (for metrics).
+    pub fn revnat_len(&self, limit: usize) -> usize {
+        self.revnat.keys().take(limit).count()
+    }
+
+    pub fn ring_name(&self, id: u64) -> Option<String> {
+        self.names.get(&id, 0).ok().map(|n| decode_name(&n))
+    }
+}
+
+fn encode_name(name: &str) -> ServiceName {
+    let mut out = ServiceName {
+        len: 0,
+        bytes: [0; 124],
+    };
+    let mut n = name.len().min(out.bytes.len());
+    while !name.is_char_boundary(n) {
+        n -= 1;
+    }
+    out.bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
+    out.len = n as u32;
+    out
+}
+
+fn decode_name(n: &ServiceName) -> String {
+    let len = (n.len as usize).min(n.bytes.len());
+    String::from_utf8_lossy(&n.bytes[..len]).into_owned()
+}
+
+impl LbMapWriter for LbMaps {
+    fn put_ring(&mut self, id: u64, ring: &Ring, name: &str) -> anyhow::Result<()> {
+        // The name first: it is only read by humans, and a ring must never be
+        // visible under a stale name.
+        self.names.insert(id, encode_name(name), 0)?;
+        self.rings.insert(id, ring, 0)?;
+        Ok(())
+    }
+
+    fn delete_ring(&mut self, id: u64) -> anyhow::Result<()> {
+        ignore_missing(self.rings.remove(&id))?;
+        ignore_missing(self.names.remove(&id))?;
+        Ok(())
+    }
+
+    fn put_frontend(&mut self, key: &FrontendKey, entry: &ServiceEntry) -> anyhow::Result<()> {
+        self.services.insert(key, entry, 0)?;
+        Ok(())
+    }
+
+    fn delete_frontend(&mut self, key: &FrontendKey) -> anyhow::Result<()> {
+        ignore_missing(self.services.remove(key))
+    }
+
+    fn forget_udp_flows(&mut self, endpoints: &BTreeSet<(u32, u16)>) -> anyhow::Result<()> {
+        // A walk over the flow table: proportional to live flows, and only
+        // when an endpoint disappears.
+        let stale: Vec<(FlowKey, CtEntry)> = self
+            .conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, e)| {
+                k.proto == IPPROTO_UDP && endpoints.contains(&(e.backend.addr, e.backend.port))
+            })
+            .collect();
+        for (key, entry) in &stale {
+            ignore_missing(self.conntrack.remove(key))?;
+            let reply = FlowKey {
+                src: entry.backend.addr,
+                dst: if entry.snat_addr != 0 {
+                    entry.snat_addr
+                } else {
+                    key.src
+                },
+                sport: entry.backend.port,
+                dport: if entry.snat_addr != 0 {
+                    entry.snat_port
+                } else {
+                    key.sport
+                },
+                proto: key.proto,
+                pad: [0; 3],
+            };
+            ignore_missing(self.revnat.remove(&reply))?;
+        }
+        if !stale.is_empty() {
+            tracing::info!(flows = stale.len(), "forgot UDP flows to removed endpoints");
+        }
+        Ok(())
+    }
+}
+
+fn ignore_missing(r: Result<(), aya::maps::MapError>) -> anyhow::Result<()> {
+    match r {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

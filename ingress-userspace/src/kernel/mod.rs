@@ -1,0 +1,11 @@
+//! The kernel edge: loading and attaching the programs, pinning, and typed
+//! access to the pinned maps. Nothing here decides anything.
+mod attach;
+mod interfaces;
+mod maps;
+mod pins;
+
+pub use attach::*;
+pub use interfaces::*;
+pub use maps::*;
+pub use pins::*;

@@ -24,8 +24,10 @@ use aya::{
 use ingress_common::{Backend, FrontendKey, IPPROTO_TCP, ServiceEntry, program_names};
 use ingressd::{
     kernel::{LbMaps, cleanup, load_unattached},
-    l4::model::{DesiredState, Model, NodeContext, RingSpec},
-    l4::{apply, diff},
+    l4::{
+        apply, diff,
+        model::{DesiredState, Model, NodeContext, RingSpec},
+    },
     source::files::ManifestSource,
 };
 use testkit::packet::{self, TCP_ACK, TCP_SYN};

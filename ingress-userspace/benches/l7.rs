@@ -6,7 +6,6 @@
 //! Everything runs on loopback: the upstream is an nginx answering a fixed
 //! body, the load comes from this process (closed loop, bounded in count
 //! and time). Ratios matter; absolute numbers depend on the machine.
-use ingressd::cluster::ClassConfig;
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
@@ -15,7 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ingressd::{cluster::Snapshot, l7::route::compile, source::files::parse_file};
+use ingressd::{
+    cluster::{ClassConfig, Snapshot},
+    l7::route::compile,
+    source::files::parse_file,
+};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,

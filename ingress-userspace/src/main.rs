@@ -1,5 +1,4 @@
 //! `ingressd`: eBPF L4 service load balancer and Ingress controller proxy for one node.
-use ingressd::cluster::ClassConfig;
 use std::{
     fmt::Write as _,
     net::{Ipv4Addr, SocketAddr},
@@ -9,10 +8,10 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use ingressd::{
+    cluster::ClassConfig,
     daemon::{KubeConfig, RunConfig, run},
     kernel::{self, LbMaps, XdpAttachMode},
-    l4::model::show_backend,
-    l4::render::render_state,
+    l4::{model::show_backend, render::render_state},
     l7::{
         Limits,
         pipeline::{

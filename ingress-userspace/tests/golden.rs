@@ -4,8 +4,10 @@
 use std::path::Path;
 
 use ingressd::{
-    l4::model::{NodeContext, desired_state},
-    l4::render::render_state,
+    l4::{
+        model::{NodeContext, desired_state},
+        render::render_state,
+    },
     source::files::ManifestSource,
 };
 

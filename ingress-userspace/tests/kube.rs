@@ -3,7 +3,6 @@
 //! same desired state as the file source, follows changes (also across a
 //! dropped watch and a 410 Gone), waits for every list before it is ready,
 //! and one elected replica writes Ingress status once. No root needed.
-use ingressd::cluster::ClassConfig;
 use testkit::{fakeapi, wait as common};
 
 use std::{
@@ -20,12 +19,16 @@ use http_body_util::Full;
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use ingressd::{
-    cluster::{Object, Snapshot},
-    l4::model::{NodeContext, desired_state},
-    l4::render::render_state,
+    cluster::{ClassConfig, Object, Snapshot},
+    l4::{
+        model::{NodeContext, desired_state},
+        render::render_state,
+    },
     l7::route::{Match, compile},
-    source::files::{ManifestSource, parse_file},
-    source::kube::{self, KubeSource},
+    source::{
+        files::{ManifestSource, parse_file},
+        kube::{self, KubeSource},
+    },
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_ingressd");

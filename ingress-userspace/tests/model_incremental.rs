@@ -5,8 +5,10 @@ use std::path::Path;
 
 use ingress_common::{FrontendKey, Ring, ServiceEntry};
 use ingressd::{
-    l4::model::{DesiredState, Model, NodeContext, desired_state},
-    l4::{Diff, LbMapWriter, apply, gone_endpoints},
+    l4::{
+        Diff, LbMapWriter, apply, gone_endpoints,
+        model::{DesiredState, Model, NodeContext, desired_state},
+    },
     source::files::ManifestSource,
 };
 

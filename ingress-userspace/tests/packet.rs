@@ -17,8 +17,10 @@ use ingress_common::{
 };
 use ingressd::{
     kernel::LbMaps,
-    l4::model::{DesiredState, RingSpec},
-    l4::{apply, diff},
+    l4::{
+        apply, diff,
+        model::{DesiredState, RingSpec},
+    },
 };
 use testkit::packet::{self, TCP_ACK, TCP_RST, TCP_SYN};
 

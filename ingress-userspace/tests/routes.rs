@@ -1,11 +1,10 @@
 //! The Ingress router against tables of host/path cases: every example of
 //! the Kubernetes documentation's path-matching table, host precedence,
 //! merging across Ingresses, conflicts and class selection. Pure.
-use ingressd::cluster::ClassConfig;
 use std::path::Path;
 
 use ingressd::{
-    cluster::Snapshot,
+    cluster::{ClassConfig, Snapshot},
     l7::route::{Match, RouteTable, Upstream, compile},
     source::files::parse_file,
 };

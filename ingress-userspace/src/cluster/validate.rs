@@ -1,8 +1,9 @@
 //! What an object must hold to be used: an invalid one is refused whole,
 //! with the field named, and its last good version stays.
-use super::Object;
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use super::Object;
 
 /// A semantic problem found by validation: field path and message.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,9 +3,6 @@
 pub mod metrics;
 mod reconcile;
 
-use crate::cluster::ClassConfig;
-use metrics::Status;
-use reconcile::{L4, L7, Syncer, VipSteering};
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr},
@@ -17,8 +14,12 @@ use std::{
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
+use self::{
+    metrics::Status,
+    reconcile::{L4, L7, Syncer, VipSteering},
+};
 use crate::{
-    cluster::{ObjectKey, Snapshot},
+    cluster::{ClassConfig, ObjectKey, Snapshot},
     kernel::{self, LbMaps, XdpAttachMode},
     l4::model::{Model, NodeContext},
     l7::{
@@ -32,8 +33,10 @@ use crate::{
         route::Patterns,
         tls::{self, CertStore},
     },
-    source::files::ManifestSource,
-    source::kube::{self, KubeSource},
+    source::{
+        files::ManifestSource,
+        kube::{self, KubeSource},
+    },
     status::{self, Elector, PublishConfig},
 };
 

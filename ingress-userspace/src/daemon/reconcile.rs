@@ -1,6 +1,5 @@
 //! One turn of the loop: the snapshot made real in the maps, the route
 //! table and the steered VIPs.
-use crate::cluster::ClassConfig;
 use std::{
     collections::BTreeSet,
     net::Ipv4Addr,
@@ -12,11 +11,13 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    cluster::{ObjectKey, Snapshot},
+    cluster::{ClassConfig, ObjectKey, Snapshot},
     daemon::metrics::Status,
     kernel::{self, LbMaps},
-    l4::model::{Model, load_balancer_ips},
-    l4::{apply, diff},
+    l4::{
+        apply, diff,
+        model::{Model, load_balancer_ips},
+    },
     l7::{
         Proxy,
         route::{Patterns, compile_with},
@@ -24,9 +25,6 @@ use crate::{
     },
 };
 
-/// The sync loop's state: what it keeps in step with the source.
-/// The Ingress VIPs `sk_lookup` steers to the proxy: `--ingress-vip` and
-/// the LoadBalancer IPs of `--publish-service`, kept as that Service changes.
 /// The L7 part: the proxy and its certificates.
 pub(super) struct L7 {
     pub(super) proxy: Arc<Proxy>,
@@ -45,6 +43,8 @@ pub(super) struct L4 {
     pub(super) adopt: bool,
 }
 
+/// The Ingress VIPs `sk_lookup` steers to the proxy: `--ingress-vip` and
+/// the LoadBalancer IPs of `--publish-service`, kept as that Service changes.
 pub(super) struct VipSteering {
     pub(super) pin_path: PathBuf,
     pub(super) fixed: Vec<Ipv4Addr>,
@@ -80,6 +80,7 @@ impl VipSteering {
     }
 }
 
+/// The sync loop's state: what it keeps in step with the source.
 pub(super) struct Syncer {
     pub(super) l4: Option<L4>,
     pub(super) l7: Option<L7>,

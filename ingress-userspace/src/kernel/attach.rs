@@ -1,6 +1,5 @@
 //! Loading the BPF object and attaching its programs, links pinned so a
 //! restart swaps them in place.
-use super::{check_bpffs, links_dir, prepare_interface};
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -14,6 +13,8 @@ use aya::{
     },
 };
 use ingress_common::program_names;
+
+use super::{check_bpffs, links_dir, prepare_interface};
 
 /// The BPF object, built by `build.rs` from `ingress-ebpf`.
 pub static BPF_OBJECT: &[u8] =

@@ -1,5 +1,4 @@
 //! Typed access to the pinned maps: the only code that touches their bytes.
-use super::pins::open_map;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
@@ -13,10 +12,11 @@ use ingress_common::{
     SNAT_PORT_MIN, ServiceEntry, ServiceName, counter, map_names,
 };
 
-use crate::{
-    l4::LbMapWriter,
-    l4::maglev::ring_backends,
-    l4::model::{DesiredState, RingSpec},
+use super::pins::open_map;
+use crate::l4::{
+    LbMapWriter,
+    maglev::ring_backends,
+    model::{DesiredState, RingSpec},
 };
 
 /// Puts the proxy's listening sockets where `sk_lookup_proxy` finds them.

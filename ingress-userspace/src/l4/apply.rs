@@ -3,12 +3,11 @@
 //! Write order, so that no packet ever sees a frontend pointing at a missing
 //! ring: rings first, then frontends; removals in the reverse order. A ring
 //! is one map value, replaced atomically: an endpoint change is one write.
-use super::Diff;
 use std::collections::BTreeSet;
 
 use ingress_common::{FrontendKey, Ring, ServiceEntry};
 
-use crate::l4::maglev::build_ring;
+use super::{Diff, maglev::build_ring};
 
 /// Where `apply` writes: the pinned BPF maps, or a fake in tests.
 pub trait LbMapWriter {

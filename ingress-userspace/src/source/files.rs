@@ -4,8 +4,6 @@
 //! A document that fails to parse or validate is reported with file,
 //! document index, object and field; the object keeps its last good version
 //! (see [`ManifestSource`]), so nothing that worked stops working.
-use super::bounded;
-use crate::cluster::{FieldError, Identity, Object, ObjectKey, Snapshot, field_error, validate};
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
@@ -19,6 +17,9 @@ use k8s_openapi::api::{
     networking::v1::{Ingress, IngressClass},
 };
 use serde::de::DeserializeSeed as _;
+
+use super::bounded;
+use crate::cluster::{FieldError, Identity, Object, ObjectKey, Snapshot, field_error, validate};
 
 /// A document that could not be used, with everything needed to find it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,7 +6,6 @@
 //! owns the snapshot and applies everything queued at once, so a burst of
 //! changes is one sync. Secrets are watched one by one, only those named in
 //! the `spec.tls` of an Ingress of ours (and `--default-ssl-certificate`).
-use crate::cluster::{ClassConfig, is_ours};
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt::Debug,
@@ -27,7 +26,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc};
 
-use crate::cluster::{Identity, Object, ObjectKey, Snapshot, validate};
+use crate::cluster::{ClassConfig, Identity, Object, ObjectKey, Snapshot, is_ours, validate};
 
 /// A kind we watch, and how it goes into the snapshot.
 pub trait Watched:

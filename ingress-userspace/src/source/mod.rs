@@ -1,5 +1,5 @@
 //! Where the cluster's objects come from: manifest files, or the
-//! Kubernetes API. Both keep a [`Snapshot`] and say what changed.
+//! Kubernetes API. Both keep a [`Snapshot`](crate::cluster::Snapshot) and say what changed.
 mod bounded;
 pub mod files;
 pub mod kube;

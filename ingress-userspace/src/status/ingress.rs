@@ -1,7 +1,5 @@
 //! Ingress status: the addresses each of our Ingresses is reached at,
 //! written by the Lease holder only, and only when they differ.
-use super::lease::{Elector, RENEW_EVERY};
-use crate::cluster::{ClassConfig, is_ours};
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
@@ -17,7 +15,8 @@ use kube::{
 };
 use tokio::sync::watch;
 
-use crate::cluster::{ObjectKey, Snapshot};
+use super::lease::{Elector, RENEW_EVERY};
+use crate::cluster::{ClassConfig, ObjectKey, Snapshot, is_ours};
 
 /// Where the published address comes from, in ingress-nginx's order.
 #[derive(Clone, Debug, Default)]

@@ -22,7 +22,14 @@ pub mod map_names {
     pub const REVNAT: &str = "LB4_REVNAT";
     pub const NODE_ADDRS: &str = "LB4_NODE_ADDRS";
     pub const CONFIG: &str = "LB4_CONFIG";
-    pub const COUNTERS: &str = "LB4_COUNTERS";
+    /// `_V2`: 64 slots (was 16), so new counters need no new name.
+    pub const COUNTERS: &str = "LB4_COUNTERS_V2";
+    /// The socket-level programs' counters (per CPU, [`super::sock_counter`]).
+    pub const SOCK_COUNTERS: &str = "SOCK4_COUNTERS";
+    /// Per-socket reverse translation (socket storage, freed with the socket).
+    pub const SOCK_REVNAT: &str = "SOCK4_REVNAT";
+    /// `sessionAffinity: ClientIP` choices, by client and ring.
+    pub const AFFINITY: &str = "LB4_AFFINITY";
     pub const SVC_NAMES: &str = "LB4_SVC_NAMES";
     pub const INGRESS_VIPS: &str = "L7_VIPS";
     pub const PROXY_SOCKETS: &str = "L7_SOCKETS";
@@ -35,6 +42,11 @@ pub mod program_names {
     /// A pass-everything program for the far end of veth pairs (labs).
     pub const XDP_PASS: &str = "xdp_pass";
     pub const SK_LOOKUP: &str = "sk_lookup_proxy";
+    /// ClusterIP at the socket (cgroup v2 hooks).
+    pub const CGROUP_CONNECT4: &str = "cgroup_connect4";
+    pub const CGROUP_SENDMSG4: &str = "cgroup_sendmsg4";
+    pub const CGROUP_RECVMSG4: &str = "cgroup_recvmsg4";
+    pub const CGROUP_GETPEERNAME4: &str = "cgroup_getpeername4";
 }
 
 /// Default capacities; `ingressd` may raise them at load time.
@@ -85,7 +97,10 @@ pub struct ServiceEntry {
     pub ring_id: u64,
     /// `SVC_F_*`.
     pub flags: u32,
-    pub pad: u32,
+    /// With `SVC_F_AFFINITY_CLIENT_IP`: seconds a client keeps its backend
+    /// after its last new connection (`sessionAffinityConfig.clientIP.
+    /// timeoutSeconds`). Was padding (always 0) before affinity timed out.
+    pub affinity_timeout: u32,
 }
 const _: () = assert!(size_of::<ServiceEntry>() == 16);
 
@@ -116,13 +131,21 @@ const _: () = assert!(size_of::<Backend>() == 8);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ring {
-    /// Number of distinct backends in `slots`; 0 means "refuse".
+    /// Number of distinct backends in `slots`; 0 means "refuse" (or "drop",
+    /// with `RING_F_DROP_IF_EMPTY`).
     pub count: u32,
-    pub pad: u32,
+    /// `RING_F_*`. Was padding (always 0).
+    pub flags: u32,
     /// Backend chosen for each hash slot.
     pub slots: [Backend; MAGLEV_RING_SIZE],
 }
 const _: () = assert!(size_of::<Ring>() == 8 + 8 * MAGLEV_RING_SIZE);
+
+/// `Ring::flags`: an empty ring drops instead of refusing. Set on the
+/// node-local ring of a `Local` traffic policy while the Service has
+/// endpoints on other nodes: kube-proxy drops that traffic silently (there
+/// are endpoints, just none here), and refuses only when there are none.
+pub const RING_F_DROP_IF_EMPTY: u32 = 1 << 0;
 
 /// A flow as seen in one direction of a packet.
 #[repr(C)]
@@ -202,7 +225,11 @@ const _: () = assert!(size_of::<Config>() == 8);
 pub const SNAT_PORT_MIN: u16 = 61_000;
 pub const SNAT_PORT_MAX: u16 = 65_535;
 
-/// Indexes into the per-CPU `LB4_COUNTERS` array: what happened to a packet.
+/// Slots of the per-CPU counter arrays (more than in use: new counters
+/// need no new map).
+pub const COUNTER_SLOTS: u32 = 64;
+
+/// Indexes into the per-CPU `LB4_COUNTERS_V2` array: what happened to a packet.
 pub mod counter {
     pub const PASS_NOT_IPV4: u32 = 0;
     pub const PASS_TRUNCATED: u32 = 1;
@@ -220,7 +247,9 @@ pub mod counter {
     pub const FIB_MISS: u32 = 13;
     pub const DROP_SNAT_EXHAUSTED: u32 = 14;
     pub const DROP_REWRITE_FAILED: u32 = 15;
-    pub const COUNT: u32 = 16;
+    /// A `Local` policy and no endpoint on this node (see `RING_F_DROP_IF_EMPTY`).
+    pub const DROP_NO_LOCAL_ENDPOINT: u32 = 16;
+    pub const COUNT: u32 = 17;
 
     /// Metric label for each counter, by index.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -240,8 +269,93 @@ pub mod counter {
         "fib_miss",
         "drop_snat_exhausted",
         "drop_rewrite_failed",
+        "drop_no_local_endpoint",
     ];
 }
+
+/// Indexes into the per-CPU `SOCK4_COUNTERS` array: what the socket-level
+/// programs did with a `connect()` or `sendmsg()` to a frontend.
+pub mod sock_counter {
+    /// A TCP or connected-UDP socket sent to a backend.
+    pub const CONNECT_TRANSLATED: u32 = 0;
+    /// An unconnected UDP datagram sent to a backend.
+    pub const SENDMSG_TRANSLATED: u32 = 1;
+    /// No endpoint: the call failed with ECONNREFUSED.
+    pub const REFUSED: u32 = 2;
+    /// A `Local` policy and no endpoint here: failed with EHOSTUNREACH.
+    pub const DROPPED: u32 = 3;
+    /// A reply's source or a peer name given back as the Service address.
+    pub const REVERSED: u32 = 4;
+    /// The backend came from a live `sessionAffinity: ClientIP` entry.
+    pub const AFFINITY_HIT: u32 = 5;
+    pub const COUNT: u32 = 6;
+
+    /// Metric label for each counter, by index.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "connect_translated",
+        "sendmsg_translated",
+        "refused",
+        "dropped",
+        "reversed",
+        "affinity_hit",
+    ];
+}
+
+/// How many translations one socket remembers (unconnected UDP may send to
+/// several Services from one socket; a resolver asks up to three servers).
+pub const SOCK_REVNAT_SLOTS: usize = 4;
+
+/// One translation a socket made: replies from `backend_*` are reported
+/// as coming from `service_*` (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockRevNat {
+    pub backend_addr: u32,
+    pub service_addr: u32,
+    pub backend_port: u16,
+    pub service_port: u16,
+}
+const _: () = assert!(size_of::<SockRevNat>() == 12);
+
+/// What a socket keeps of its translations (socket storage: it lives and
+/// dies with the socket, so nothing can fill up or go stale).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockLbState {
+    pub entries: [SockRevNat; SOCK_REVNAT_SLOTS],
+    /// Next slot to overwrite when all are in use.
+    pub next: u32,
+}
+const _: () = assert!(size_of::<SockLbState>() == 12 * SOCK_REVNAT_SLOTS + 4);
+
+/// Key of a `sessionAffinity: ClientIP` choice: who the client is (its
+/// network namespace's cookie at the socket, its IPv4 address on the
+/// packet path) and which ring it chose from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub client: u64,
+    pub ring_id: u64,
+}
+const _: () = assert!(size_of::<AffinityKey>() == 16);
+
+/// The backend a client keeps, and when it last opened a connection.
+/// `slot` is where the backend sat in the ring: a choice stays valid while
+/// the ring still holds that backend in that slot (Maglev moves few slots
+/// when the set changes, and every slot of a removed backend).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityEntry {
+    pub backend: Backend,
+    /// `bpf_ktime_get_ns()` of the last use.
+    pub last_used_ns: u64,
+    pub slot: u32,
+    pub pad: u32,
+}
+const _: () = assert!(size_of::<AffinityEntry>() == 24);
+
+/// Affinity entries kept (LRU: the least recently used go first).
+pub const MAX_AFFINITY: u32 = 65_536;
 
 #[cfg(feature = "user")]
 mod pod_impls {
@@ -257,4 +371,8 @@ mod pod_impls {
     unsafe impl aya::Pod for RevNatEntry {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for ServiceName {}
+    unsafe impl aya::Pod for SockRevNat {}
+    unsafe impl aya::Pod for SockLbState {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityEntry {}
 }

@@ -1,11 +1,13 @@
 //! Service lookup, conntrack and backend selection: the decisions of the
 //! load balancer, independent of the hook the packet came through.
+use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 use ingress_common::{
-    BACKEND_F_REMOTE, Backend, CtEntry, FlowKey, FrontendKey, MAGLEV_RING_SIZE, RevNatEntry,
-    SVC_F_AFFINITY_CLIENT_IP, ServiceEntry, counter,
+    AffinityEntry, AffinityKey, BACKEND_F_REMOTE, Backend, CtEntry, FlowKey, FrontendKey,
+    MAGLEV_RING_SIZE, RING_F_DROP_IF_EMPTY, RevNatEntry, Ring, SVC_F_AFFINITY_CLIENT_IP,
+    ServiceEntry, counter,
 };
 
-use crate::maps::{CONNTRACK, NODE_ADDRS, REVNAT, RINGS, SERVICES, config, count};
+use crate::maps::{AFFINITY, CONNTRACK, NODE_ADDRS, REVNAT, RINGS, SERVICES, config, count};
 
 /// BPF_NOEXIST: insert only if absent.
 const BPF_NOEXIST: u64 = 1;
@@ -38,21 +40,18 @@ pub fn lookup_service_v4(flow: &FlowKey) -> Option<ServiceEntry> {
     unsafe { SERVICES.get(&nodeport) }.copied()
 }
 
-/// A flow hash that both directions of userspace tooling can reproduce
-/// (`ingressd` uses the same function in its `simulate`-style tests).
+/// A hash of the whole flow: which ring slot a new flow takes, and where
+/// its search for a free SNAT port starts.
 #[inline(always)]
-pub fn flow_hash(flow: &FlowKey, client_only: bool) -> u32 {
+pub fn flow_hash(flow: &FlowKey) -> u32 {
     let mut h: u32 = 0x9e37_79b9 ^ flow.src;
     h = mix(h);
-    if !client_only {
-        h ^= flow.dst;
-        h = mix(h);
-        h ^= ((flow.sport as u32) << 16) | flow.dport as u32;
-        h = mix(h);
-        h ^= flow.proto as u32;
-        h = mix(h);
-    }
-    h
+    h ^= flow.dst;
+    h = mix(h);
+    h ^= ((flow.sport as u32) << 16) | flow.dport as u32;
+    h = mix(h);
+    h ^= flow.proto as u32;
+    mix(h)
 }
 
 /// murmur3's finaliser: cheap and spreads every input bit.
@@ -71,6 +70,79 @@ pub enum Selected {
     Backend(CtEntry),
     /// The service has no usable endpoint: refuse the flow.
     NoEndpoint,
+    /// A `Local` policy and no endpoint on this node: drop the flow.
+    NoLocalEndpoint,
+}
+
+/// What an empty ring means: refuse, or drop (`RING_F_DROP_IF_EMPTY`).
+#[inline(always)]
+pub fn empty_ring_verdict(ring: &Ring) -> Selected {
+    if ring.flags & RING_F_DROP_IF_EMPTY != 0 {
+        Selected::NoLocalEndpoint
+    } else {
+        Selected::NoEndpoint
+    }
+}
+
+/// The backend in the ring slot `hash` falls on, and that slot.
+#[inline(always)]
+pub fn ring_slot(ring: &Ring, hash: u32) -> Option<(Backend, u32)> {
+    let slot = (hash % MAGLEV_RING_SIZE as u32) as usize;
+    // LLVM proves slot < M from its multiply-shift modulo and drops the
+    // bounds check below, but the verifier cannot follow that arithmetic
+    // ("R0 unbounded memory access"; LLVM 22, Linux 6.18). A volatile
+    // re-read hides the proof so the check stays.
+    // SAFETY: reading a local.
+    let slot = unsafe { core::ptr::read_volatile(&slot) };
+    let backend = *ring.slots.get(slot)?;
+    Some((backend, slot as u32))
+}
+
+/// `sessionAffinity: ClientIP`: the backend `client` chose from this ring
+/// before, if it did so within the Service's timeout and the ring still
+/// holds that backend in the same slot; else a new choice by `hash`,
+/// remembered. Either way the entry's clock restarts (per connection).
+/// The flag says whether the earlier choice held.
+#[inline(always)]
+pub fn affine_backend(
+    client: u64,
+    svc: &ServiceEntry,
+    ring: &Ring,
+    hash: u32,
+) -> Option<(Backend, bool)> {
+    let key = AffinityKey {
+        client,
+        ring_id: svc.ring_id,
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let timeout_ns = svc.affinity_timeout as u64 * 1_000_000_000;
+    if let Some(e) = AFFINITY.get_ptr_mut(&key) {
+        // SAFETY: pointer into a map value, valid for this program run.
+        let e = unsafe { &mut *e };
+        if now.wrapping_sub(e.last_used_ns) < timeout_ns {
+            // SAFETY: reading a local (see ring_slot).
+            let slot = unsafe { core::ptr::read_volatile(&(e.slot as usize)) };
+            if let Some(held) = ring.slots.get(slot)
+                && held.addr == e.backend.addr
+                && held.port == e.backend.port
+            {
+                e.last_used_ns = now;
+                e.backend = *held;
+                return Some((*held, true));
+            }
+        }
+    }
+    let (backend, slot) = ring_slot(ring, hash)?;
+    let entry = AffinityEntry {
+        backend,
+        last_used_ns: now,
+        slot,
+        pad: 0,
+    };
+    // Fail open: without the entry the next connection chooses anew.
+    let _ = AFFINITY.insert(&key, &entry, 0);
+    Some((backend, false))
 }
 
 /// Conntrack hit, or a new choice from the service's Maglev ring.
@@ -89,17 +161,16 @@ pub fn select_backend(flow: &FlowKey, svc: &ServiceEntry, is_syn: bool) -> Optio
     // SAFETY: pointer into a map value that stays valid for this program run.
     let ring = unsafe { &*ring };
     if ring.count == 0 {
-        return Some(Selected::NoEndpoint);
+        return Some(empty_ring_verdict(ring));
     }
-    let hash = flow_hash(flow, svc.flags & SVC_F_AFFINITY_CLIENT_IP != 0);
-    let slot = (hash % MAGLEV_RING_SIZE as u32) as usize;
-    // LLVM proves slot < M from its multiply-shift modulo and drops the
-    // bounds check below, but the verifier cannot follow that arithmetic
-    // ("R0 unbounded memory access"; LLVM 22, Linux 6.18). A volatile
-    // re-read hides the proof so the check stays.
-    // SAFETY: reading a local.
-    let slot = unsafe { core::ptr::read_volatile(&slot) };
-    let backend = *ring.slots.get(slot)?;
+    // The whole flow, also with affinity: the hash picks SNAT ports too,
+    // and a client-only hash would give one client 8 ports in all.
+    let hash = flow_hash(flow);
+    let backend = if svc.flags & SVC_F_AFFINITY_CLIENT_IP != 0 {
+        affine_backend(flow.src as u64, svc, ring, hash)?.0
+    } else {
+        ring_slot(ring, hash)?.0
+    };
     let mut ct = CtEntry {
         backend,
         snat_addr: 0,

@@ -4,6 +4,9 @@
 //! SNAT for remote backends, reverse NAT of SNATed replies, refusal of
 //! services without endpoints. `tc_revnat_egress` (TC egress, node
 //! interface): reverse NAT of replies from local backends.
+//! `cgroup_connect4`, `cgroup_sendmsg4`, `cgroup_recvmsg4`,
+//! `cgroup_getpeername4` (cgroup v2): ClusterIP and every other frontend
+//! at the socket, for the node's own processes and its pods.
 //!
 //! Each entry is a thin shim over a chain of small steps returning
 //! `Result<_, verdict>` so that `?` ends the chain with a verdict.
@@ -20,6 +23,8 @@ mod lb;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod refuse;
+#[cfg(target_arch = "bpf")]
+mod sock;
 #[cfg(target_arch = "bpf")]
 mod steer;
 #[cfg(target_arch = "bpf")]

@@ -1,11 +1,13 @@
 //! The maps, all pinned by name so a restarted `ingressd` adopts them.
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use ingress_common::{
-    Config, CtEntry, FlowKey, FrontendKey, MAX_FLOWS, MAX_NODE_ADDRS, MAX_RINGS, MAX_SERVICES,
-    RevNatEntry, Ring, ServiceEntry, ServiceName, counter,
+    AffinityEntry, AffinityKey, COUNTER_SLOTS, Config, CtEntry, FlowKey, FrontendKey, MAX_AFFINITY,
+    MAX_FLOWS, MAX_NODE_ADDRS, MAX_RINGS, MAX_SERVICES, RevNatEntry, Ring, ServiceEntry,
+    ServiceName, SockLbState,
 };
 
 /// Rings are large (8 KiB) and most services are few: allocate on demand.
@@ -34,15 +36,41 @@ pub static SVC_NAMES: HashMap<u64, ServiceName> = HashMap::pinned(MAX_RINGS, BPF
 #[map(name = "LB4_CONFIG")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
-#[map(name = "LB4_COUNTERS")]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
+#[map(name = "LB4_COUNTERS_V2")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+
+#[map(name = "SOCK4_COUNTERS")]
+pub static SOCK_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+
+/// `sessionAffinity: ClientIP` choices (LRU: a full table forgets the
+/// least recently used client, who then chooses anew).
+#[map(name = "LB4_AFFINITY")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> = LruHashMap::pinned(MAX_AFFINITY, 0);
+
+/// What each socket translated, so replies and getpeername() show the
+/// Service address. A BTF map (socket storage needs BTF); pinned by
+/// `ingressd` through the loader, as BTF maps carry no pinning here.
+#[btf_map(name = "SOCK4_REVNAT")]
+pub static SOCK_REVNAT: SkStorage<SockLbState> = SkStorage::new();
 
 #[inline(always)]
-pub fn count(index: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+fn bump(map: &PerCpuArray<u64>, index: u32) {
+    if let Some(slot) = map.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *slot += 1 };
     }
+}
+
+/// Counts a packet outcome (`ingress_common::counter`).
+#[inline(always)]
+pub fn count(index: u32) {
+    bump(&COUNTERS, index);
+}
+
+/// Counts a socket-level outcome (`ingress_common::sock_counter`).
+#[inline(always)]
+pub fn count_sock(index: u32) {
+    bump(&SOCK_COUNTERS, index);
 }
 
 #[inline(always)]

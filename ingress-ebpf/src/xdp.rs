@@ -65,6 +65,10 @@ fn try_xdp_lb_ingress(ctx: &XdpContext) -> Result<u32, u32> {
             Err(xdp_action::XDP_DROP)
         }
         Some(Selected::NoEndpoint) => Ok(refuse::refuse_v4(ctx, &pkt)),
+        Some(Selected::NoLocalEndpoint) => {
+            count(counter::DROP_NO_LOCAL_ENDPOINT);
+            Err(xdp_action::XDP_DROP)
+        }
         Some(Selected::Backend(ct)) => {
             // The packet's new addresses (the rewrite takes the same shape
             // as a reverse-NAT entry): to the backend, from the client or,

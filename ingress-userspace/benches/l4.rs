@@ -75,6 +75,7 @@ fn services(n: u32) -> DesiredState {
             RingSpec {
                 name: format!("bench/svc-{i}:80/TCP"),
                 backends: vec![backend(i, 1), backend(i, 2)],
+                ..Default::default()
             },
         );
         s.frontends.insert(
@@ -87,7 +88,7 @@ fn services(n: u32) -> DesiredState {
             ServiceEntry {
                 ring_id: id,
                 flags: 0,
-                pad: 0,
+                affinity_timeout: 0,
             },
         );
     }
@@ -293,6 +294,7 @@ fn sync() -> anyhow::Result<()> {
     let node = NodeContext {
         name: "node-a".into(),
         addrs: vec![NODE],
+        ..Default::default()
     };
 
     println!(

@@ -74,26 +74,9 @@ enum Command {
         /// Seconds in-flight requests get to finish after SIGTERM (no new connections are taken).
         #[arg(long, default_value_t = 25, env = "INGRESSD_SHUTDOWN_GRACE_PERIOD")]
         shutdown_grace_period: u64,
-        /// Attach XDP (ingress) and TC (egress) here.
-        #[arg(long, num_args = 1.., required_unless_present = "no_l4", env = "INGRESSD_INTERFACE", value_delimiter = ',')]
-        interface: Vec<String>,
-        /// Addresses NodePorts answer on [default: the addresses of --interface].
-        #[arg(long, num_args = 1.., env = "INGRESSD_NODE_IP", value_delimiter = ',')]
-        node_ip: Vec<Ipv4Addr>,
-        /// This node's name, matched against EndpointSlice nodeName [default: $NODE_NAME, else the hostname].
-        #[arg(long, env = "INGRESSD_NODE_NAME")]
-        node_name: Option<String>,
-        #[arg(
-            long,
-            default_value = "/sys/fs/bpf/ingressd",
-            env = "INGRESSD_PIN_PATH"
-        )]
-        pin_path: PathBuf,
         /// /metrics, /healthz, /readyz.
         #[arg(long, default_value = "127.0.0.1:10254", env = "INGRESSD_METRICS_ADDR")]
         metrics_addr: SocketAddr,
-        #[arg(long, value_enum, default_value = "auto", env = "INGRESSD_XDP_MODE")]
-        xdp_mode: XdpAttachMode,
         /// Run the proxy alone: no BPF, no privileges needed.
         #[arg(long, conflicts_with = "no_l7", env = "INGRESSD_NO_L4")]
         no_l4: bool,
@@ -174,6 +157,8 @@ enum Command {
         max_connections: usize,
         #[command(flatten)]
         proxy: ProxyFlags,
+        #[command(flatten)]
+        l4: L4Flags,
     },
     /// Detach and unpin everything under --pin-path.
     Cleanup {
@@ -205,6 +190,42 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         flows: usize,
     },
+}
+
+/// Where the L4 data path attaches and what it serves.
+#[derive(clap::Args)]
+struct L4Flags {
+    /// Attach XDP (ingress) and TC (egress) here.
+    #[arg(long, num_args = 1.., required_unless_present = "no_l4", env = "INGRESSD_INTERFACE", value_delimiter = ',')]
+    interface: Vec<String>,
+    /// Addresses NodePorts answer on [default: the addresses of --interface].
+    #[arg(long, num_args = 1.., env = "INGRESSD_NODE_IP", value_delimiter = ',')]
+    node_ip: Vec<Ipv4Addr>,
+    /// This node's name, matched against EndpointSlice nodeName [default: $NODE_NAME, else the hostname].
+    #[arg(long, env = "INGRESSD_NODE_NAME")]
+    node_name: Option<String>,
+    #[arg(
+        long,
+        default_value = "/sys/fs/bpf/ingressd",
+        env = "INGRESSD_PIN_PATH"
+    )]
+    pin_path: PathBuf,
+    #[arg(long, value_enum, default_value = "auto", env = "INGRESSD_XDP_MODE")]
+    xdp_mode: XdpAttachMode,
+    /// Serve cluster IPs (and every other frontend, for the node's own
+    /// processes and its pods) at the socket with cgroup v2 programs;
+    /// false: cluster IPs are not served (for meshes or VM runtimes that
+    /// need to see the original address).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "INGRESSD_SOCKET_LB")]
+    socket_lb: bool,
+    /// The cgroup v2 directory the socket programs attach to: every process in it and below
+    /// [default: the cgroup2 mount's root, from /proc/mounts].
+    #[arg(long, env = "INGRESSD_CGROUP")]
+    cgroup: Option<PathBuf>,
+    /// Serve only Services labelled service.kubernetes.io/service-proxy-name with this value
+    /// [default: only Services without that label, as kube-proxy].
+    #[arg(long, env = "INGRESSD_SERVICE_PROXY_NAME")]
+    service_proxy_name: Option<String>,
 }
 
 /// How the proxy treats what clients say about themselves, and which
@@ -425,12 +446,7 @@ fn main() -> std::process::ExitCode {
             election_id,
             election_namespace,
             shutdown_grace_period,
-            interface,
-            node_ip,
-            node_name,
-            pin_path,
             metrics_addr,
-            xdp_mode,
             no_l4,
             no_l7,
             http_addr,
@@ -452,8 +468,9 @@ fn main() -> std::process::ExitCode {
             max_connections,
             workers,
             proxy,
+            l4,
         } => {
-            let node_name = node_name.unwrap_or_else(node_name_default);
+            let node_name = l4.node_name.unwrap_or_else(node_name_default);
             let object_key = |s: String| match s.split_once('/') {
                 Some((ns, name)) => (ns.to_string(), name.to_string()),
                 None => ("default".to_string(), s),
@@ -479,12 +496,15 @@ fn main() -> std::process::ExitCode {
                     identity: identity(),
                 },
                 shutdown_grace: Duration::from_secs(shutdown_grace_period),
-                interfaces: interface,
-                node_ips: node_ip,
+                interfaces: l4.interface,
+                node_ips: l4.node_ip,
                 node_name,
-                pin_path,
+                pin_path: l4.pin_path,
                 metrics_addr,
-                xdp_mode,
+                xdp_mode: l4.xdp_mode,
+                socket_lb: l4.socket_lb,
+                cgroup: l4.cgroup,
+                service_proxy_name: l4.service_proxy_name.filter(|n| !n.is_empty()),
                 no_l4,
                 no_l7,
                 http_addr,

@@ -17,6 +17,7 @@ fn render_case(dir: &Path) -> String {
     let node = NodeContext {
         name: "node-a".into(),
         addrs: vec!["198.18.0.2".parse().unwrap()],
+        ..Default::default()
     };
     let (state, warnings) = desired_state(source.snapshot(), &node);
     let mut out = render_state(&state);

@@ -86,6 +86,7 @@ fn node() -> NodeContext {
     NodeContext {
         name: "node-a".into(),
         addrs: vec!["198.18.0.2".parse().unwrap()],
+        ..Default::default()
     }
 }
 

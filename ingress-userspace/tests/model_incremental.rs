@@ -48,6 +48,7 @@ impl LbMapWriter for Replay {
             ingressd::l4::model::RingSpec {
                 name: name.into(),
                 backends,
+                drop_when_empty: ring.flags & ingress_common::RING_F_DROP_IF_EMPTY != 0,
             },
         );
         Ok(())
@@ -86,6 +87,7 @@ fn incremental_model_matches_full_recomputation_through_a_sequence_of_changes() 
     let node = NodeContext {
         name: "node-a".into(),
         addrs: vec!["198.18.0.2".parse().unwrap()],
+        ..Default::default()
     };
     let steps: Vec<Vec<(&str, String)>> = vec![
         // a and b fight over 30100; c is alone.
@@ -176,6 +178,7 @@ fn the_proxy_services_load_balancer_ips_are_left_to_the_proxy() {
     let node = NodeContext {
         name: "node-a".into(),
         addrs: vec!["198.18.0.2".parse().unwrap()],
+        ..Default::default()
     };
     let addrs = |state: &DesiredState| -> std::collections::BTreeSet<std::net::Ipv4Addr> {
         state

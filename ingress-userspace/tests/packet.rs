@@ -112,6 +112,7 @@ impl Loaded {
             RingSpec {
                 name: "test/web:http/TCP".into(),
                 backends,
+                ..Default::default()
             },
         );
         for f in frontends {
@@ -120,7 +121,11 @@ impl Loaded {
                 ServiceEntry {
                     ring_id: 7,
                     flags,
-                    pad: 0,
+                    affinity_timeout: if flags & SVC_F_AFFINITY_CLIENT_IP != 0 {
+                        10_800
+                    } else {
+                        0
+                    },
                 },
             );
         }

@@ -1,9 +1,11 @@
 //! The cluster as the daemon sees it: the objects it reads, held in a
 //! [`Snapshot`], their keys, and what makes an object valid.
 mod class;
+mod endpoints;
 mod validate;
 
 pub use class::{ClassConfig, is_ours};
+pub use endpoints::{Endpoint, PortRef, usable_endpoints};
 use std::collections::{BTreeMap, BTreeSet};
 pub(crate) use validate::field_error;
 pub use validate::{FieldError, validate};

@@ -21,7 +21,7 @@ use self::{
 use crate::{
     cluster::{ClassConfig, ObjectKey, Snapshot},
     kernel::{self, LbMaps, XdpAttachMode},
-    l4::model::{Model, NodeContext},
+    l4::model::{Model, NodeContext, ServeConfig},
     l7::{
         Limits, Proxy,
         listen::{self, FdPlan},
@@ -57,6 +57,13 @@ pub struct RunConfig {
     pub pin_path: PathBuf,
     pub metrics_addr: SocketAddr,
     pub xdp_mode: XdpAttachMode,
+    /// `--socket-lb`: cluster IPs (and every frontend, for local callers)
+    /// at `connect()`, by the cgroup programs.
+    pub socket_lb: bool,
+    /// `--cgroup`: where those attach (default: the cgroup2 root).
+    pub cgroup: Option<PathBuf>,
+    /// `--service-proxy-name`.
+    pub service_proxy_name: Option<String>,
     /// Proxy only: no BPF at all.
     pub no_l4: bool,
     /// Data path only: no proxy.
@@ -190,9 +197,24 @@ fn start_l4(cfg: &RunConfig) -> anyhow::Result<L4> {
     let node = NodeContext {
         name: cfg.node_name.clone(),
         addrs: node_ips,
+        serve: ServeConfig {
+            cluster_ip: cfg.socket_lb,
+            proxy_name: cfg.service_proxy_name.clone(),
+        },
     };
     tracing::info!(node = %node.name, addrs = ?node.addrs, interfaces = ?cfg.interfaces, "starting the L4 data path");
-    kernel::load_and_attach(&cfg.pin_path, &cfg.interfaces, cfg.xdp_mode, !cfg.no_l7)?;
+    let cgroup = match (&cfg.cgroup, cfg.socket_lb) {
+        (_, false) => None,
+        (Some(c), true) => Some(c.clone()),
+        (None, true) => Some(kernel::default_cgroup()?),
+    };
+    kernel::load_and_attach(
+        &cfg.pin_path,
+        &cfg.interfaces,
+        cfg.xdp_mode,
+        !cfg.no_l7,
+        cgroup.as_deref(),
+    )?;
     let mut maps = LbMaps::open(&cfg.pin_path)?;
     maps.set_node(&node.addrs)?;
     Ok(L4 {

@@ -12,9 +12,12 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use ingress_common::program_names;
+use ingress_common::{map_names, program_names};
 
-use super::{check_bpffs, links_dir, prepare_interface};
+use super::{
+    cgroup::{attach_socket_lb, detach_socket_lb},
+    check_bpffs, links_dir, prepare_interface,
+};
 
 /// The BPF object, built by `build.rs` from `ingress-ebpf`.
 pub static BPF_OBJECT: &[u8] =
@@ -29,22 +32,33 @@ pub enum XdpAttachMode {
     Generic,
 }
 
+/// Loads the object with every map pinned under `pin_path` (adopted when a
+/// pin is there): the legacy maps by their own pinning, the BTF-defined
+/// socket storage by name here.
+fn load_pinned(pin_path: &Path) -> anyhow::Result<aya::Ebpf> {
+    let revnat_pin = pin_path.join(map_names::SOCK_REVNAT);
+    EbpfLoader::new()
+        .default_map_pin_directory(pin_path)
+        .map_pin_path(map_names::SOCK_REVNAT, revnat_pin.as_path())
+        .load(BPF_OBJECT)
+        .context("loading the BPF object (an incompatible older map pinned under --pin-path? run `ingressd cleanup`)")
+}
+
 /// Loads the programs, adopting pinned maps when present, and attaches them
-/// to each interface: a pinned link from an earlier run is updated in place
-/// (atomic program swap, no gap), otherwise a new link is made and pinned.
+/// to each interface (and, with `socket_lb`, to that cgroup): a pinned link
+/// from an earlier run is updated in place (atomic program swap, no gap),
+/// otherwise a new link is made and pinned.
 pub fn load_and_attach(
     pin_path: &Path,
     interfaces: &[String],
     mode: XdpAttachMode,
     steer_vips: bool,
+    socket_lb: Option<&Path>,
 ) -> anyhow::Result<()> {
     check_bpffs(pin_path)?;
     std::fs::create_dir_all(links_dir(pin_path))
         .with_context(|| format!("creating {}", pin_path.display()))?;
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(pin_path)
-        .load(BPF_OBJECT)
-        .context("loading the BPF object (an incompatible older map pinned under --pin-path? run `ingressd cleanup`)")?;
+    let mut ebpf = load_pinned(pin_path)?;
     let xdp: &mut Xdp = ebpf
         .program_mut(program_names::XDP_INGRESS)
         .context("program xdp_lb_ingress missing from the object")?
@@ -66,6 +80,10 @@ pub fn load_and_attach(
     }
     if steer_vips {
         attach_sk_lookup(&mut ebpf, pin_path)?;
+    }
+    match socket_lb {
+        Some(cgroup) => attach_socket_lb(&mut ebpf, pin_path, cgroup)?,
+        None => detach_socket_lb(pin_path)?,
     }
     Ok(())
 }

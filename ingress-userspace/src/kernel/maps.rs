@@ -8,8 +8,8 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use ingress_common::{
-    Config, CtEntry, FlowKey, FrontendKey, IPPROTO_UDP, RevNatEntry, Ring, SNAT_PORT_MAX,
-    SNAT_PORT_MIN, ServiceEntry, ServiceName, counter, map_names,
+    Config, CtEntry, FlowKey, FrontendKey, IPPROTO_UDP, RING_F_DROP_IF_EMPTY, RevNatEntry, Ring,
+    SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceEntry, ServiceName, counter, map_names,
 };
 
 use super::pins::open_map;
@@ -104,6 +104,7 @@ impl LbMaps {
                 RingSpec {
                     name,
                     backends: ring_backends(&ring),
+                    drop_when_empty: ring.flags & RING_F_DROP_IF_EMPTY != 0,
                 },
             );
         }

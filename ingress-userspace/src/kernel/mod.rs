@@ -1,11 +1,14 @@
 //! The kernel edge: loading and attaching the programs, pinning, and typed
 //! access to the pinned maps. Nothing here decides anything.
 mod attach;
+mod cgroup;
 mod interfaces;
+mod link;
 mod maps;
 mod pins;
 
 pub use attach::*;
+pub use cgroup::default_cgroup;
 pub use interfaces::*;
 pub use maps::*;
 pub use pins::*;

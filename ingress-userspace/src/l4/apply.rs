@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use ingress_common::{FrontendKey, Ring, ServiceEntry};
 
-use super::{Diff, maglev::build_ring};
+use super::Diff;
 
 /// Where `apply` writes: the pinned BPF maps, or a fake in tests.
 pub trait LbMapWriter {
@@ -23,7 +23,7 @@ pub trait LbMapWriter {
 /// the caller then re-reads the maps and diffs again.
 pub fn apply(d: &Diff, maps: &mut impl LbMapWriter) -> anyhow::Result<()> {
     for (id, spec) in &d.ring_upserts {
-        maps.put_ring(*id, &build_ring(&spec.backends), &spec.name)?;
+        maps.put_ring(*id, &spec.to_ring(), &spec.name)?;
     }
     for (key, entry) in &d.frontend_upserts {
         maps.put_frontend(key, entry)?;
@@ -69,6 +69,7 @@ mod tests {
                 RingSpec {
                     name: format!("ns/svc{i}:80/TCP"),
                     backends: vec![backend(1), backend(2), backend(3)],
+                    ..Default::default()
                 },
             );
             s.frontends.insert(
@@ -81,7 +82,7 @@ mod tests {
                 ServiceEntry {
                     ring_id: id,
                     flags: 0,
-                    pad: 0,
+                    affinity_timeout: 0,
                 },
             );
         }
@@ -120,6 +121,7 @@ mod tests {
                 RingSpec {
                     name: format!("moved {id}"),
                     backends: vec![backend(9)],
+                    ..Default::default()
                 },
             );
             moved.frontends.insert(
@@ -127,7 +129,7 @@ mod tests {
                 ServiceEntry {
                     ring_id: id,
                     flags: 0,
-                    pad: 0,
+                    affinity_timeout: 0,
                 },
             );
         }

@@ -62,7 +62,7 @@ pub fn populate(backends: &[Backend]) -> Vec<usize> {
 pub fn build_ring(backends: &[Backend]) -> Box<Ring> {
     let mut ring = Box::new(Ring {
         count: 0,
-        pad: 0,
+        flags: 0,
         slots: [Backend::default(); M],
     });
     let table = populate(backends);

@@ -5,18 +5,22 @@
 //! Deterministic: sorted maps, IDs that are hashes of names, no clock, no I/O.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use ingress_common::{
     BACKEND_F_REMOTE, BACKEND_F_TERMINATING, Backend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
-    MAGLEV_RING_SIZE, SVC_F_AFFINITY_CLIENT_IP, SVC_F_LOCAL_ONLY, ServiceEntry,
+    MAGLEV_RING_SIZE, RING_F_DROP_IF_EMPTY, Ring, SVC_F_AFFINITY_CLIENT_IP, SVC_F_LOCAL_ONLY,
+    ServiceEntry,
 };
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Service, ServiceSpec},
+    discovery::v1::EndpointSlice,
+};
 
 use crate::{
-    cluster::{ObjectKey, Snapshot},
-    l4::{Diff, gone_endpoints},
+    cluster::{Endpoint, ObjectKey, PortRef, Snapshot, usable_endpoints},
+    l4::{Diff, gone_endpoints, maglev::build_ring},
 };
 
 /// What makes this node different from the others.
@@ -26,15 +30,51 @@ pub struct NodeContext {
     pub name: String,
     /// Where NodePorts answer, and the SNAT address (the first one).
     pub addrs: Vec<Ipv4Addr>,
+    /// What this daemon was asked to serve.
+    pub serve: ServeConfig,
+}
+
+/// Which Services and frontends this daemon serves (its flags).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// Cluster IPs get frontends (`--socket-lb`, on by default: the
+    /// socket-level programs are what serves them).
+    pub cluster_ip: bool,
+    /// `--service-proxy-name`: serve only Services labelled with it;
+    /// without one, only Services without the label.
+    pub proxy_name: Option<String>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            cluster_ip: true,
+            proxy_name: None,
+        }
+    }
 }
 
 /// One Maglev ring: a service port's backend set as seen from this node.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RingSpec {
-    /// `namespace/name:port/PROTO`, for humans.
+    /// `namespace/name:port/PROTO` (`… local` for this node's endpoints
+    /// only), for humans.
     pub name: String,
     /// Sorted, without duplicates.
     pub backends: Vec<Backend>,
+    /// Empty, it drops instead of refusing (`RING_F_DROP_IF_EMPTY`).
+    pub drop_when_empty: bool,
+}
+
+impl RingSpec {
+    /// The map value: the Maglev table and the flags.
+    pub fn to_ring(&self) -> Box<Ring> {
+        let mut ring = build_ring(&self.backends);
+        if self.drop_when_empty {
+            ring.flags |= RING_F_DROP_IF_EMPTY;
+        }
+        ring
+    }
 }
 
 /// The L4 tables this node should hold.
@@ -317,8 +357,86 @@ pub fn load_balancer_ips(svc: &Service) -> Vec<Ipv4Addr> {
         .collect()
 }
 
+/// Label naming the proxy that serves a Service (kube-proxy serves only
+/// Services without it).
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// Label that takes a Service away from every proxy.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+
+/// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds`.
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+/// The API server's upper bound for it (one day).
+pub const MAX_AFFINITY_TIMEOUT: u32 = 86_400;
+
+/// Whether this daemon serves `svc` at all: not labelled headless, and
+/// labelled with our `--service-proxy-name` (or, without one, unlabelled).
+pub fn is_served(svc: &Service, serve: &ServeConfig) -> bool {
+    let labels = svc.metadata.labels.as_ref();
+    let label = |k: &str| labels.and_then(|l| l.get(k));
+    if label(HEADLESS_LABEL).is_some() {
+        return false;
+    }
+    label(SERVICE_PROXY_NAME_LABEL).map(String::as_str) == serve.proxy_name.as_deref()
+}
+
+/// The IPv4 cluster IPs of a Service (`clusterIPs`, else `clusterIP`);
+/// none for a headless one (`None`).
+pub fn cluster_ips(spec: &ServiceSpec) -> Vec<Ipv4Addr> {
+    let listed = spec.cluster_ips.iter().flatten();
+    let single = spec.cluster_ip.iter();
+    let mut ips: Vec<Ipv4Addr> = if spec.cluster_ips.as_ref().is_some_and(|v| !v.is_empty()) {
+        listed.filter_map(|ip| ip.parse().ok()).collect()
+    } else {
+        single.filter_map(|ip| ip.parse().ok()).collect()
+    };
+    ips.retain(|ip| !ip.is_unspecified());
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// Fields kube-proxy honours that this daemon does not yet, by field path.
+fn unsupported_fields(spec: &ServiceSpec) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if spec.health_check_node_port.is_some() {
+        out.push("spec.healthCheckNodePort");
+    }
+    if spec
+        .load_balancer_source_ranges
+        .as_ref()
+        .is_some_and(|r| !r.is_empty())
+    {
+        out.push("spec.loadBalancerSourceRanges");
+    }
+    out
+}
+
+/// `sessionAffinity: ClientIP`'s timeout, or an error naming the field.
+fn affinity_timeout(spec: &ServiceSpec) -> Result<Option<u32>, String> {
+    if spec.session_affinity.as_deref() != Some("ClientIP") {
+        return Ok(None);
+    }
+    let set = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds);
+    match set {
+        None => Ok(Some(DEFAULT_AFFINITY_TIMEOUT)),
+        Some(t) if (1..=MAX_AFFINITY_TIMEOUT as i32).contains(&t) => Ok(Some(t as u32)),
+        Some(t) => Err(format!(
+            "field spec.sessionAffinityConfig.clientIP.timeoutSeconds: {t} is not in 1-{MAX_AFFINITY_TIMEOUT}; the default {DEFAULT_AFFINITY_TIMEOUT} is used"
+        )),
+    }
+}
+
 /// One Service's frontends and rings (pure). `lb_to_proxy`: its
 /// LoadBalancer IPs are the proxy's (see `Model::proxy_service`).
+///
+/// Each port gets up to two rings: every usable endpoint, and this node's
+/// only. External frontends (NodePort, LoadBalancer IPs, externalIPs) use
+/// the local one under `externalTrafficPolicy: Local`, cluster IPs under
+/// `internalTrafficPolicy: Local`.
 pub fn service_contribution(
     ns: &str,
     name: &str,
@@ -329,17 +447,35 @@ pub fn service_contribution(
 ) -> Contribution {
     let mut out = Contribution::default();
     let Some(spec) = &svc.spec else { return out };
+    if !is_served(svc, &node.serve) {
+        return out;
+    }
     let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
     if ty == "ExternalName" {
         return out;
     }
-    let local_only = spec.external_traffic_policy.as_deref() == Some("Local");
-    let mut flags = 0;
-    if spec.session_affinity.as_deref() == Some("ClientIP") {
-        flags |= SVC_F_AFFINITY_CLIENT_IP;
+    let object = format!("Service {ns}/{name}");
+    let warn = |out: &mut Contribution, message: String| {
+        out.warnings.push(ModelWarning {
+            object: object.clone(),
+            message,
+        })
+    };
+    for field in unsupported_fields(spec) {
+        warn(
+            &mut out,
+            format!("field {field} is not supported yet; the Service is served without it"),
+        );
     }
-    if local_only {
-        flags |= SVC_F_LOCAL_ONLY;
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let mut flags = 0;
+    let timeout = affinity_timeout(spec).unwrap_or_else(|e| {
+        warn(&mut out, e);
+        Some(DEFAULT_AFFINITY_TIMEOUT)
+    });
+    if timeout.is_some() {
+        flags |= SVC_F_AFFINITY_CLIENT_IP;
     }
     let mut vips: Vec<Ipv4Addr> = Vec::new();
     for ip in spec.external_ips.iter().flatten() {
@@ -352,23 +488,34 @@ pub fn service_contribution(
     }
     vips.sort();
     vips.dedup();
-    let object = format!("Service {ns}/{name}");
+    let cluster = if node.serve.cluster_ip {
+        cluster_ips(spec)
+    } else {
+        Vec::new()
+    };
     for port in spec.ports.iter().flatten() {
         let Some(proto) = proto_number(port.protocol.as_deref()) else {
-            out.warnings.push(ModelWarning {
-                object: object.clone(),
-                message: format!(
+            warn(
+                &mut out,
+                format!(
                     "port {}: protocol {:?} is not handled (TCP and UDP are)",
                     port.port, port.protocol
                 ),
-            });
+            );
+            continue;
+        };
+        let Some(service_port) = u16::try_from(port.port).ok().filter(|p| *p != 0) else {
             continue;
         };
         let node_port = match ty {
-            "NodePort" | "LoadBalancer" => port.node_port.filter(|p| (1..=65535).contains(p)),
+            "NodePort" | "LoadBalancer" => port
+                .node_port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0),
             _ => None,
         };
-        if node_port.is_none() && vips.is_empty() {
+        let external = node_port.is_some() || !vips.is_empty();
+        if !external && cluster.is_empty() {
             continue;
         }
         let port_label = port
@@ -377,118 +524,121 @@ pub fn service_contribution(
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| port.port.to_string());
         let proto_label = if proto == IPPROTO_TCP { "TCP" } else { "UDP" };
-        let ring_name = format!("{ns}/{name}:{port_label}/{proto_label}");
-        let id = ring_id(&ring_name);
-        let mut backends = backends_for(
-            slices,
-            port.name.as_deref().unwrap_or(""),
-            proto_label,
-            node,
-            local_only,
-        );
-        if backends.len() > MAGLEV_RING_SIZE {
-            out.warnings.push(ModelWarning {
-                object: object.clone(),
-                message: format!(
-                    "{} endpoints, only the first {MAGLEV_RING_SIZE} are used",
-                    backends.len()
-                ),
-            });
-            backends.truncate(MAGLEV_RING_SIZE);
-        }
-        out.rings.insert(
-            id,
-            RingSpec {
-                name: ring_name,
-                backends,
-            },
-        );
-        let entry = ServiceEntry {
-            ring_id: id,
-            flags,
-            pad: 0,
+        let base = format!("{ns}/{name}:{port_label}/{proto_label}");
+        let port_ref = PortRef {
+            name: port.name.as_deref().unwrap_or(""),
+            protocol: proto_label,
         };
-        if let Some(np) = node_port {
-            out.frontends.push((
-                FrontendKey {
-                    addr: 0,
-                    port: (np as u16).to_be(),
+        let everywhere = backends_for(slices, port_ref, node, false);
+        let ring_for = |local: bool, out: &mut Contribution| -> u64 {
+            let (ring_name, backends) = if local {
+                let here = backends_for(slices, port_ref, node, true);
+                (format!("{base} local"), here)
+            } else {
+                (base.clone(), everywhere.clone())
+            };
+            let id = ring_id(&ring_name);
+            if !out.rings.contains_key(&id) {
+                let mut backends = backends;
+                if backends.len() > MAGLEV_RING_SIZE {
+                    out.warnings.push(ModelWarning {
+                        object: object.clone(),
+                        message: format!(
+                            "{} endpoints, only the first {MAGLEV_RING_SIZE} are used",
+                            backends.len()
+                        ),
+                    });
+                    backends.truncate(MAGLEV_RING_SIZE);
+                }
+                // No endpoint here but some elsewhere: kube-proxy drops
+                // (it refuses only when there are none at all).
+                let drop_when_empty = local && backends.is_empty() && !everywhere.is_empty();
+                out.rings.insert(
+                    id,
+                    RingSpec {
+                        name: ring_name,
+                        backends,
+                        drop_when_empty,
+                    },
+                );
+            }
+            id
+        };
+        let entry = |ring_id: u64, local: bool| ServiceEntry {
+            ring_id,
+            flags: flags | if local { SVC_F_LOCAL_ONLY } else { 0 },
+            affinity_timeout: timeout.unwrap_or(0),
+        };
+        if external {
+            let e = entry(ring_for(external_local, &mut out), external_local);
+            if let Some(np) = node_port {
+                out.frontends.push((
+                    FrontendKey {
+                        addr: 0,
+                        port: np.to_be(),
+                        proto,
+                        pad: 0,
+                    },
+                    e,
+                ));
+            }
+            for vip in &vips {
+                let key = FrontendKey {
+                    addr: u32::from(*vip).to_be(),
+                    port: service_port.to_be(),
                     proto,
                     pad: 0,
-                },
-                entry,
-            ));
+                };
+                out.frontends.push((key, e));
+            }
         }
-        for vip in &vips {
-            let key = FrontendKey {
-                addr: u32::from(*vip).to_be(),
-                port: (port.port as u16).to_be(),
-                proto,
-                pad: 0,
-            };
-            out.frontends.push((key, entry));
+        if !cluster.is_empty() {
+            let e = entry(ring_for(internal_local, &mut out), internal_local);
+            for ip in &cluster {
+                let key = FrontendKey {
+                    addr: u32::from(*ip).to_be(),
+                    port: service_port.to_be(),
+                    proto,
+                    pad: 0,
+                };
+                out.frontends.push((key, e));
+            }
         }
     }
     out
 }
 
-/// Ready endpoints, or serving-but-terminating ones when no ready one is
-/// left (as kube-proxy does), IPv4 only, deduplicated and sorted.
+/// A Service port's usable endpoints as ring backends (IPv4; with
+/// `local_only`, this node's only), by the one endpoint rule.
 fn backends_for(
     slices: &[&EndpointSlice],
-    port_name: &str,
-    proto: &str,
+    port: PortRef<'_>,
     node: &NodeContext,
     local_only: bool,
 ) -> Vec<Backend> {
-    let mut ready = BTreeSet::new();
-    let mut terminating = BTreeSet::new();
-    for slice in slices {
-        if slice.address_type != "IPv4" {
-            continue;
-        }
-        let Some(target) = slice.ports.iter().flatten().find(|p| {
-            p.name.as_deref().unwrap_or("") == port_name
-                && p.protocol.as_deref().unwrap_or("TCP") == proto
-        }) else {
-            continue;
-        };
-        let Some(target_port) = target.port.filter(|p| (1..=65535).contains(p)) else {
-            continue;
-        };
-        for ep in &slice.endpoints {
-            let cond = ep.conditions.as_ref();
-            let is_ready = cond.and_then(|c| c.ready).unwrap_or(true);
-            let is_serving = cond.and_then(|c| c.serving).unwrap_or(is_ready);
-            let is_terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
-            let local =
-                ep.node_name.as_deref() == Some(node.name.as_str()) && !node.name.is_empty();
-            if local_only && !local {
-                continue;
-            }
-            let mut flags = if local { 0 } else { BACKEND_F_REMOTE };
-            let set = if is_ready {
-                &mut ready
-            } else if is_serving && is_terminating {
+    let is_local = |e: &Endpoint<'_>| !node.name.is_empty() && e.node_name == Some(&node.name);
+    let usable = usable_endpoints(slices, port, |e| {
+        e.addr.is_ipv4() && (!local_only || is_local(e))
+    });
+    let mut out: Vec<Backend> = usable
+        .iter()
+        .filter_map(|e| {
+            let IpAddr::V4(ip) = e.addr else { return None };
+            let mut flags = if is_local(e) { 0 } else { BACKEND_F_REMOTE };
+            if e.terminating {
                 flags |= BACKEND_F_TERMINATING;
-                &mut terminating
-            } else {
-                continue;
-            };
-            for addr in &ep.addresses {
-                if let Ok(ip) = addr.parse::<Ipv4Addr>() {
-                    set.insert(Backend {
-                        addr: u32::from(ip).to_be(),
-                        port: (target_port as u16).to_be(),
-                        flags,
-                        pad: 0,
-                    });
-                }
             }
-        }
-    }
-    let chosen = if ready.is_empty() { terminating } else { ready };
-    chosen.into_iter().collect()
+            Some(Backend {
+                addr: u32::from(ip).to_be(),
+                port: e.port.to_be(),
+                flags,
+                pad: 0,
+            })
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 pub fn show_frontend(key: &FrontendKey) -> String {

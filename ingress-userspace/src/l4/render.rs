@@ -1,17 +1,17 @@
 //! One text form of the L4 state, for golden tests and `ingressd maps`.
 use std::fmt::Write as _;
 
-use ingress_common::{SVC_F_AFFINITY_CLIENT_IP, SVC_F_LOCAL_ONLY};
+use ingress_common::{SVC_F_AFFINITY_CLIENT_IP, SVC_F_LOCAL_ONLY, ServiceEntry};
 
 use crate::l4::model::{DesiredState, show_backend, show_frontend};
 
-fn flags(f: u32) -> String {
+fn flags(e: &ServiceEntry) -> String {
     let mut v = Vec::new();
-    if f & SVC_F_AFFINITY_CLIENT_IP != 0 {
-        v.push("affinity=ClientIP");
+    if e.flags & SVC_F_AFFINITY_CLIENT_IP != 0 {
+        v.push(format!("affinity=ClientIP/{}s", e.affinity_timeout));
     }
-    if f & SVC_F_LOCAL_ONLY != 0 {
-        v.push("externalTrafficPolicy=Local");
+    if e.flags & SVC_F_LOCAL_ONLY != 0 {
+        v.push("trafficPolicy=Local".to_string());
     }
     if v.is_empty() {
         "-".to_string()
@@ -34,7 +34,7 @@ pub fn render_state(state: &DesiredState) -> String {
                 .get(&entry.ring_id)
                 .map(|r| r.name.clone())
                 .unwrap_or_else(|| format!("ring {:016x} (missing)", entry.ring_id));
-            (show_frontend(key), name, flags(entry.flags))
+            (show_frontend(key), name, flags(entry))
         })
         .collect();
     rows.sort();
@@ -46,7 +46,12 @@ pub fn render_state(state: &DesiredState) -> String {
     rings.sort_by(|a, b| a.name.cmp(&b.name));
     for ring in rings {
         if ring.backends.is_empty() {
-            let _ = writeln!(out, "{:<40} (none: refused)", ring.name);
+            let verdict = if ring.drop_when_empty {
+                "(none here: dropped)"
+            } else {
+                "(none: refused)"
+            };
+            let _ = writeln!(out, "{:<40} {verdict}", ring.name);
         }
         let mut backends = ring.backends.clone();
         backends.sort_by_key(|b| (u32::from_be(b.addr), u16::from_be(b.port)));

@@ -3,6 +3,11 @@
 //! end-to-end tests and by `cargo xtask demo`. Everything it makes is
 //! removed on drop, also when a test fails.
 //!
+//! Each node also has a cgroup v2 directory of its own, under the
+//! machine's cgroup2 root: its pods' processes and the clients run "on" it
+//! are started inside, and its `ingressd` attaches the socket programs
+//! there (never to the machine's root cgroup).
+//!
 //! ```text
 //!  client 198.18.0.1 ──┐            ┌── node-a 198.18.0.2 ── cbr0 198.18.1.1/24 ── pods 198.18.1.x
 //!                      └── br0 (sw) ┤
@@ -34,6 +39,9 @@ pub struct Node {
     pub ip: Ipv4Addr,
     pub pin_path: PathBuf,
     pub metrics: SocketAddr,
+    /// This node's cgroup: its pods and host processes, where its
+    /// `ingressd` attaches the socket programs.
+    pub cgroup: PathBuf,
 }
 
 /// A pod: a namespace with one address, running the echo server.
@@ -65,6 +73,7 @@ pub struct Resources {
     pods: Vec<Child>,
     daemons: Vec<(String, Child)>,
     pins: Vec<PathBuf>,
+    cgroups: Vec<PathBuf>,
     dir: Option<PathBuf>,
 }
 
@@ -82,6 +91,10 @@ impl Resources {
         self.pods.clear();
         for pin in self.pins.drain(..) {
             let _ = ingressd::kernel::cleanup(&pin);
+        }
+        // Empty by now: every process that was in one has been stopped.
+        for cg in self.cgroups.drain(..).rev() {
+            let _ = std::fs::remove_dir(&cg);
         }
         for ns in self.namespaces.drain(..).rev() {
             let _ = ip(&["netns", "del", &ns]);
@@ -221,6 +234,7 @@ impl Lab {
             PathBuf::from(format!("/sys/fs/bpf/{p}-node-b")),
         ];
         self.res().pins.extend(pins);
+        let cgroup_root = ingressd::kernel::default_cgroup()?;
         let sw = format!("{p}-sw");
         self.add_ns(&sw)?;
         ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
@@ -233,6 +247,10 @@ impl Lab {
             let ns = format!("{p}-{name}");
             let node_ip = Ipv4Addr::new(198, 18, 0, 2 + i as u8);
             self.add_ns(&ns)?;
+            let cgroup = cgroup_root.join(format!("{p}-{name}"));
+            std::fs::create_dir(&cgroup)
+                .with_context(|| format!("creating cgroup {}", cgroup.display()))?;
+            self.res().cgroups.push(cgroup.clone());
             self.uplink(&ns, &sw, &format!("v{letter}"), node_ip)?;
             self.exec(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
             let gw = Ipv4Addr::new(198, 18, 1 + i as u8, 1);
@@ -282,6 +300,7 @@ impl Lab {
                 name,
                 ns,
                 ip: node_ip,
+                cgroup,
             });
         }
         // Each node reaches the other's pods through it.
@@ -340,15 +359,15 @@ impl Lab {
     pub fn start_pods(&mut self) -> anyhow::Result<()> {
         let script = self.dir.join("echo.py");
         for pod in self.pods.clone() {
-            let child = Command::new("ip")
-                .args(["netns", "exec", &pod.ns, "python3", "-u"])
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &pod.ns, "python3", "-u"])
                 .arg(&script)
                 .arg(&pod.name)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting a pod's python3 server")?;
+                .stderr(Stdio::null());
+            join_cgroup_on_exec(&mut cmd, &self.node(&pod.node).cgroup)?;
+            let child = cmd.spawn().context("starting a pod's python3 server")?;
             self.res().pods.push(child);
         }
         for pod in self.pods.clone() {
@@ -444,6 +463,8 @@ impl Lab {
             .args(["run", "--interface", "eth0", "--node-name", &n.name])
             .arg("--pin-path")
             .arg(&n.pin_path)
+            .arg("--cgroup")
+            .arg(&n.cgroup)
             .args(["--metrics-addr", &n.metrics.to_string()])
             .args(args)
             .stdin(Stdio::null())
@@ -512,6 +533,202 @@ impl Lab {
 
     pub fn ingressd_log(&self, node: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("ingressd-{node}.log"))).unwrap_or_default()
+    }
+}
+
+/// Makes the child join `cgroup` before it runs anything, so every socket
+/// it opens belongs to that cgroup's programs.
+pub fn join_cgroup_on_exec(cmd: &mut Command, cgroup: &Path) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let procs = std::ffi::CString::new(
+        cgroup
+            .join("cgroup.procs")
+            .as_os_str()
+            .as_encoded_bytes()
+            .to_vec(),
+    )?;
+    // SAFETY: only async-signal-safe calls (open, write, close) between
+    // fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // "0": the writing process itself.
+            let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if n != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// The lab's client program: connects as a pod's or a node's process
+/// would and prints one line per attempt (see [`Attempt`]).
+const SOCKET_CLIENT: &str = r#"
+import errno, socket, sys
+mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+count = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+def addr(a):
+    return "%s:%d" % (a[0], a[1])
+for _ in range(count):
+    s = None
+    try:
+        if mode == "tcp":
+            s = socket.create_connection((host, port), timeout=3)
+            peer = addr(s.getpeername())
+            s.sendall(b"GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            body = data.split(b"\r\n\r\n", 1)[-1].decode().strip()
+            print("ok peer=%s from=%s body=%s" % (peer, peer, body), flush=True)
+        else:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(3)
+            peer = "-"
+            if mode == "udp-connected":
+                s.connect((host, port))
+                peer = addr(s.getpeername())
+                s.send(b"who?")
+            else:
+                s.sendto(b"who?", (host, port))
+            data, src = s.recvfrom(2048)
+            print("ok peer=%s from=%s body=%s" % (peer, addr(src), data.decode().strip()), flush=True)
+    except socket.timeout:
+        print("err timeout", flush=True)
+    except OSError as e:
+        print("err " + errno.errorcode.get(e.errno, str(e.errno)), flush=True)
+    finally:
+        if s is not None:
+            s.close()
+"#;
+
+/// One attempt of the lab's client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// Answered: the peer name the socket reported (`-` for unconnected
+    /// UDP), the source of the answer, and the answer (the pod's name).
+    Ok {
+        peer: String,
+        from: String,
+        body: String,
+    },
+    /// Failed with this errno name (`ECONNREFUSED`), or `timeout`.
+    Err(String),
+}
+
+impl Attempt {
+    fn parse(line: &str) -> Option<Attempt> {
+        if let Some(e) = line.strip_prefix("err ") {
+            return Some(Attempt::Err(e.trim().to_string()));
+        }
+        let rest = line.strip_prefix("ok ")?;
+        let field = |k: &str| {
+            rest.split(' ')
+                .find_map(|f| f.strip_prefix(k))
+                .map(str::to_string)
+        };
+        Some(Attempt::Ok {
+            peer: field("peer=")?,
+            from: field("from=")?,
+            body: field("body=")?,
+        })
+    }
+
+    /// The pod that answered, if any.
+    pub fn body(&self) -> Option<&str> {
+        match self {
+            Attempt::Ok { body, .. } => Some(body),
+            Attempt::Err(_) => None,
+        }
+    }
+}
+
+/// How the lab's client reaches a Service.
+#[derive(Clone, Copy, Debug)]
+pub enum Mode {
+    /// TCP connect, getpeername, one HTTP GET.
+    Tcp,
+    /// UDP connect, getpeername, send, recvfrom.
+    UdpConnected,
+    /// UDP sendto, recvfrom.
+    Udp,
+}
+
+impl Lab {
+    /// Runs the client `count` times against `target` as a process of
+    /// `place` (a pod's name, or a node's name for a host-network process),
+    /// inside that node's cgroup. Bounded: 3 s per attempt, plus start-up.
+    pub fn connect_from(
+        &self,
+        place: &str,
+        mode: Mode,
+        target: SocketAddr,
+        count: usize,
+    ) -> anyhow::Result<Vec<Attempt>> {
+        let (ns, node) = match self.pods.iter().find(|p| p.name == place) {
+            Some(p) => (p.ns.clone(), p.node.clone()),
+            None => {
+                let n = self
+                    .nodes
+                    .iter()
+                    .find(|n| n.name == place)
+                    .with_context(|| format!("no pod or node {place}"))?;
+                (n.ns.clone(), n.name.clone())
+            }
+        };
+        let script = self.dir.join("client.py");
+        if !script.exists() {
+            std::fs::write(&script, SOCKET_CLIENT)?;
+        }
+        let mode = match mode {
+            Mode::Tcp => "tcp",
+            Mode::UdpConnected => "udp-connected",
+            Mode::Udp => "udp",
+        };
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{ns}"))
+            .arg("python3")
+            .arg(&script)
+            .args([
+                mode,
+                &target.ip().to_string(),
+                &target.port().to_string(),
+                &count.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        join_cgroup_on_exec(&mut cmd, &self.node(&node).cgroup)?;
+        let mut child = cmd.spawn().context("starting the lab's client")?;
+        let limit = Duration::from_secs(5 + 4 * count as u64);
+        let done = wait_until(limit, || child.try_wait().is_ok_and(|s| s.is_some()));
+        if !done {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the client in {place} did not finish within {limit:?}");
+        }
+        let mut out = String::new();
+        if let Some(mut o) = child.stdout.take() {
+            o.read_to_string(&mut out)?;
+        }
+        let attempts: Vec<Attempt> = out.lines().filter_map(Attempt::parse).collect();
+        if attempts.len() != count {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            bail!("the client in {place} printed {out:?} (stderr {err:?})");
+        }
+        Ok(attempts)
     }
 }
 

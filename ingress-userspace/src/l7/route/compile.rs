@@ -3,7 +3,7 @@
 //! first on a conflict.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     sync::Arc,
 };
 
@@ -16,7 +16,7 @@ use super::{
     pattern::{Budget, Patterns, REGEX_CHARS},
 };
 use crate::{
-    cluster::{ClassConfig, Snapshot, is_ours},
+    cluster::{ClassConfig, PortRef, Snapshot, is_ours, usable_endpoints},
     l7::{path::normalize, route::normalize_host, stats::StatsHandle},
 };
 
@@ -78,44 +78,15 @@ fn resolve_backend(
             svc_ref.name
         ));
     };
-    let port_name = port.name.clone().unwrap_or_default();
-    let mut ready = Vec::new();
-    let mut terminating = Vec::new();
-    for slice in snapshot.slices_of(&key) {
-        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
-            continue;
-        }
-        let Some(target) = slice
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| {
-                p.name.clone().unwrap_or_default() == port_name
-                    && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
-            })
-            .and_then(|p| p.port)
-        else {
-            continue;
-        };
-        for ep in &slice.endpoints {
-            let cond = ep.conditions.as_ref();
-            let is_ready = cond.and_then(|c| c.ready).unwrap_or(true);
-            let serving = cond.and_then(|c| c.serving).unwrap_or(is_ready);
-            let term = cond.and_then(|c| c.terminating).unwrap_or(false);
-            for a in &ep.addresses {
-                let Ok(ip) = a.parse::<IpAddr>() else {
-                    continue;
-                };
-                let addr = SocketAddr::new(ip, target as u16);
-                if is_ready {
-                    ready.push(addr);
-                } else if serving && term {
-                    terminating.push(addr);
-                }
-            }
-        }
-    }
-    let mut addrs = if ready.is_empty() { terminating } else { ready };
+    let port_ref = PortRef {
+        name: port.name.as_deref().unwrap_or(""),
+        protocol: "TCP",
+    };
+    let slices = snapshot.slices_of(&key);
+    let mut addrs: Vec<SocketAddr> = usable_endpoints(&slices, port_ref, |_| true)
+        .into_iter()
+        .map(|e| SocketAddr::new(e.addr, e.port))
+        .collect();
     addrs.sort();
     addrs.dedup();
     Ok(Upstream::Endpoints {

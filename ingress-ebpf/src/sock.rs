@@ -1,0 +1,208 @@
+//! ClusterIP at the socket (cgroup v2 hooks), as Cilium's socket LB: a
+//! `connect()` or `sendmsg()` to a frontend is sent to a backend once, at
+//! the system call, so the packets never carry the Service address and no
+//! conntrack, NAT or per-packet work is needed.
+//!
+//! `cgroup_connect4` (TCP, connected UDP) and `cgroup_sendmsg4`
+//! (unconnected UDP) choose the backend from the same rings as the packet
+//! path and remember the translation in the socket's own storage;
+//! `cgroup_recvmsg4` and `cgroup_getpeername4` read it back, so a reply
+//! seems to come from the Service address (resolvers compare it) and the
+//! peer name is the one the caller connected to.
+//!
+//! Fail-open: anything that is not IPv4 TCP/UDP to one of our frontends
+//! proceeds untouched. A frontend without endpoints fails the call with
+//! ECONNREFUSED at once (kube-proxy's REJECT); a `Local` policy without a
+//! local endpoint fails it with EHOSTUNREACH (kube-proxy drops that traffic;
+//! failing at once is what a dropped packet would end in, minus the wait).
+use aya_ebpf::{
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_set_retval},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use ingress_common::{
+    FlowKey, IPPROTO_TCP, IPPROTO_UDP, SOCK_REVNAT_SLOTS, SVC_F_AFFINITY_CLIENT_IP, SockLbState,
+    SockRevNat, sock_counter,
+};
+
+use crate::{
+    lb::{Selected, affine_backend, empty_ring_verdict, lookup_service_v4, ring_slot},
+    maps::{RINGS, SOCK_REVNAT, count_sock},
+};
+
+/// Return values of cgroup sock_addr programs.
+const SYS_REJECT: i32 = 0;
+const SYS_PROCEED: i32 = 1;
+const ECONNREFUSED: i32 = 111;
+const EHOSTUNREACH: i32 = 113;
+
+#[cgroup_sock_addr(connect4)]
+pub fn cgroup_connect4(ctx: SockAddrContext) -> i32 {
+    match translate_v4(&ctx) {
+        Ok(()) => {
+            count_sock(sock_counter::CONNECT_TRANSLATED);
+            SYS_PROCEED
+        }
+        Err(verdict) => verdict,
+    }
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn cgroup_sendmsg4(ctx: SockAddrContext) -> i32 {
+    match translate_v4(&ctx) {
+        Ok(()) => {
+            count_sock(sock_counter::SENDMSG_TRANSLATED);
+            SYS_PROCEED
+        }
+        Err(verdict) => verdict,
+    }
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn cgroup_recvmsg4(ctx: SockAddrContext) -> i32 {
+    reverse_v4(&ctx);
+    // recvmsg hooks must return 1.
+    SYS_PROCEED
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn cgroup_getpeername4(ctx: SockAddrContext) -> i32 {
+    reverse_v4(&ctx);
+    SYS_PROCEED
+}
+
+/// The destination of the call as a flow key (only the fields the service
+/// lookup reads), or `Err(SYS_PROCEED)` when it is none of ours.
+#[inline(always)]
+fn destination_v4(ctx: &SockAddrContext) -> Result<FlowKey, i32> {
+    // SAFETY: the context the kernel handed us.
+    let sa = unsafe { &*ctx.sock_addr };
+    let proto = match sa.protocol {
+        p if p == IPPROTO_TCP as u32 => IPPROTO_TCP,
+        p if p == IPPROTO_UDP as u32 => IPPROTO_UDP,
+        _ => return Err(SYS_PROCEED),
+    };
+    Ok(FlowKey {
+        src: 0,
+        dst: sa.user_ip4,
+        sport: 0,
+        // The port sits in the low 16 bits, in network byte order.
+        dport: sa.user_port as u16,
+        proto,
+        pad: [0; 3],
+    })
+}
+
+/// Fails the system call with `errno`.
+#[inline(always)]
+fn fail(errno: i32, counter: u32) -> i32 {
+    count_sock(counter);
+    // SAFETY: plain helper call; a negative value becomes the call's error.
+    unsafe { bpf_set_retval(-errno) };
+    SYS_REJECT
+}
+
+/// Frontend → backend: the address the call goes to is rewritten, and the
+/// socket remembers how to undo it.
+#[inline(always)]
+fn translate_v4(ctx: &SockAddrContext) -> Result<(), i32> {
+    let dst = destination_v4(ctx)?;
+    let svc = lookup_service_v4(&dst).ok_or(SYS_PROCEED)?;
+    let ring = RINGS.get_ptr(svc.ring_id).ok_or(SYS_PROCEED)?;
+    // SAFETY: pointer into a map value that stays valid for this program run.
+    let ring = unsafe { &*ring };
+    if ring.count == 0 {
+        return Err(match empty_ring_verdict(ring) {
+            Selected::NoLocalEndpoint => fail(EHOSTUNREACH, sock_counter::DROPPED),
+            _ => fail(ECONNREFUSED, sock_counter::REFUSED),
+        });
+    }
+    // SAFETY: plain helper call.
+    let hash = unsafe { bpf_get_prandom_u32() };
+    let backend = if svc.flags & SVC_F_AFFINITY_CLIENT_IP != 0 {
+        // The caller is its network namespace: a pod, or the host.
+        // SAFETY: helper call on our own context.
+        let client = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+        let (backend, held) = affine_backend(client, &svc, ring, hash).ok_or(SYS_PROCEED)?;
+        if held {
+            count_sock(sock_counter::AFFINITY_HIT);
+        }
+        backend
+    } else {
+        ring_slot(ring, hash).ok_or(SYS_PROCEED)?.0
+    };
+    remember_v4(
+        ctx,
+        SockRevNat {
+            backend_addr: backend.addr,
+            service_addr: dst.dst,
+            backend_port: backend.port,
+            service_port: dst.dport,
+        },
+    );
+    // SAFETY: the context the kernel handed us; these fields are writable
+    // in connect4 and sendmsg4.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    sa.user_ip4 = backend.addr;
+    sa.user_port = backend.port as u32;
+    Ok(())
+}
+
+/// Records a translation in the socket's storage: the slot already holding
+/// that backend, else the next one round-robin.
+#[inline(always)]
+fn remember_v4(ctx: &SockAddrContext, rev: SockRevNat) {
+    // SAFETY: the helper checks the socket; a null result is handled.
+    let state = unsafe { SOCK_REVNAT.get_or_insert_ptr_mut(ctx, None) };
+    if state.is_null() {
+        // Fail open: the call still reaches the backend; only replies
+        // and getpeername() show the backend's address.
+        return;
+    }
+    // SAFETY: non-null pointer into this socket's storage.
+    let state: &mut SockLbState = unsafe { &mut *state };
+    let mut i = 0;
+    while i < SOCK_REVNAT_SLOTS {
+        let e = &mut state.entries[i];
+        if e.backend_addr == rev.backend_addr && e.backend_port == rev.backend_port {
+            *e = rev;
+            return;
+        }
+        i += 1;
+    }
+    let next = state.next as usize % SOCK_REVNAT_SLOTS;
+    // SAFETY: reading a local (the verifier loses the modulo's bound, as in
+    // lb::ring_slot).
+    let next = unsafe { core::ptr::read_volatile(&next) };
+    if let Some(e) = state.entries.get_mut(next) {
+        *e = rev;
+    }
+    state.next = ((next + 1) % SOCK_REVNAT_SLOTS) as u32;
+}
+
+/// Backend → frontend in the address a reply or getpeername() reports.
+#[inline(always)]
+fn reverse_v4(ctx: &SockAddrContext) {
+    // SAFETY: the helper checks the socket; a null result is handled.
+    let state = unsafe { SOCK_REVNAT.get_ptr_mut(ctx) };
+    if state.is_null() {
+        return;
+    }
+    // SAFETY: non-null pointer into this socket's storage.
+    let state: &SockLbState = unsafe { &*state };
+    // SAFETY: the context the kernel handed us; user_ip4 and user_port
+    // are readable and writable in recvmsg4 and getpeername4.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let (addr, port) = (sa.user_ip4, sa.user_port as u16);
+    let mut i = 0;
+    while i < SOCK_REVNAT_SLOTS {
+        let e = &state.entries[i];
+        if e.backend_addr == addr && e.backend_port == port && e.backend_addr != 0 {
+            sa.user_ip4 = e.service_addr;
+            sa.user_port = e.service_port as u32;
+            count_sock(sock_counter::REVERSED);
+            return;
+        }
+        i += 1;
+    }
+}

@@ -1,0 +1,75 @@
+//! The two link operations aya 0.14 does not offer for cgroup links:
+//! opening a pinned link as a plain descriptor, and putting a new program
+//! into it (`BPF_LINK_UPDATE`: one atomic swap, no call goes unserved).
+use std::{
+    ffi::CString,
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    path::Path,
+};
+
+use anyhow::Context as _;
+
+/// `enum bpf_cmd` values (include/uapi/linux/bpf.h).
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+
+/// `bpf_attr` for BPF_OBJ_GET.
+#[repr(C)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+}
+
+/// `bpf_attr` for BPF_LINK_UPDATE.
+#[repr(C)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
+    // SAFETY: `attr` is a valid, fully initialised bpf_attr prefix of the
+    // size given; the kernel checks the rest is zero.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut libc::c_void,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Opens the object pinned at `pin`.
+pub fn open_pinned(pin: &Path) -> anyhow::Result<OwnedFd> {
+    let path = CString::new(pin.as_os_str().as_encoded_bytes()).context("pin path")?;
+    let mut attr = ObjGetAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+    };
+    let fd = bpf(BPF_OBJ_GET, &mut attr).with_context(|| format!("opening {}", pin.display()))?;
+    // SAFETY: the kernel returned a new descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Replaces the program of `link` with `prog`, atomically.
+pub fn update_link(link: impl AsFd, prog: impl AsFd) -> std::io::Result<()> {
+    let mut attr = LinkUpdateAttr {
+        link_fd: link.as_fd().as_raw_fd() as u32,
+        new_prog_fd: prog.as_fd().as_raw_fd() as u32,
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}

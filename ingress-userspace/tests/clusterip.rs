@@ -1,0 +1,308 @@
+//! ClusterIP at the socket, end to end: `ingressd` on node-a attaches the
+//! cgroup programs to node-a's cgroup; its pods and host processes connect
+//! to cluster IPs with real sockets (the lab's client: Python's socket
+//! module). Tests are named after the Kubernetes e2e cases they mirror
+//! (test/e2e/network/service.go). Needs root; without it each test says so.
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use testkit::lab::{self, Attempt, Lab, Mode, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ingressd");
+
+fn need_root() -> bool {
+    if !lab::is_root() {
+        eprintln!(
+            "SKIPPED: end-to-end tests make network namespaces, cgroups and load BPF; run as root: `sudo -E cargo xtask test`"
+        );
+        return false;
+    }
+    true
+}
+
+/// A Service with a cluster IP and one port, and its EndpointSlice
+/// listing `pods` (name, address, node) as ready.
+fn service(
+    name: &str,
+    cluster_ip: &str,
+    (port, target, proto): (u16, u16, &str),
+    spec_extra: &str,
+    pods: &[&lab::Pod],
+) -> String {
+    let endpoints: String = pods
+        .iter()
+        .map(|p| {
+            format!(
+                "\n- {{addresses: [\"{}\"], nodeName: {}, conditions: {{ready: true}}}}",
+                p.ip, p.node
+            )
+        })
+        .collect();
+    let endpoints = if endpoints.is_empty() {
+        " []".to_string()
+    } else {
+        endpoints
+    };
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: demo}}
+spec:
+  clusterIP: {cluster_ip}
+  ports: [{{name: p, port: {port}, targetPort: {target}, protocol: {proto}}}]
+{spec_extra}---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-1
+  namespace: demo
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports: [{{name: p, port: {target}, protocol: {proto}}}]
+endpoints:{endpoints}
+---
+"
+    )
+}
+
+fn write_manifests(dir: &Path, text: &str) {
+    let tmp = dir.join(".services.yaml.tmp");
+    std::fs::write(&tmp, text).expect("manifests");
+    std::fs::rename(&tmp, dir.join("services.yaml")).expect("manifests");
+}
+
+/// A lab with every pod answering and `ingressd --no-l7` on node-a
+/// serving `manifests(lab)`.
+fn setup(tag: &str, manifests: impl Fn(&Lab) -> String) -> (Lab, PathBuf) {
+    let mut lab = Lab::two_nodes(tag).expect("lab");
+    lab.start_pods().expect("pods");
+    let dir = lab.dir.join("manifests");
+    std::fs::create_dir_all(&dir).expect("manifests dir");
+    write_manifests(&dir, &manifests(&lab));
+    lab.start_ingressd_with(Path::new(BIN), "node-a", &dir, &["--no-l7"])
+        .expect("ingressd");
+    (lab, dir)
+}
+
+fn pod<'a>(lab: &'a Lab, name: &str) -> &'a lab::Pod {
+    lab.pods.iter().find(|p| p.name == name).expect("pod")
+}
+
+fn bodies(attempts: &[Attempt]) -> BTreeSet<String> {
+    attempts
+        .iter()
+        .filter_map(|a| a.body().map(str::to_string))
+        .collect()
+}
+
+const WEB: &str = "198.19.10.1";
+const DNS: &str = "198.19.10.2";
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("ip"), port)
+}
+
+/// Every attempt answered, the peer and the answer's source being the
+/// Service address the caller used (`-` peer: unconnected UDP).
+fn assert_all_from_service(attempts: &[Attempt], service: SocketAddr, connected: bool) {
+    for a in attempts {
+        match a {
+            Attempt::Ok { peer, from, .. } => {
+                assert_eq!(from, &service.to_string(), "source of the answer: {a:?}");
+                if connected {
+                    assert_eq!(peer, &service.to_string(), "getpeername(): {a:?}");
+                }
+            }
+            Attempt::Err(e) => panic!("an attempt to {service} failed: {e}"),
+        }
+    }
+}
+
+#[test]
+fn clusterip_reachable_from_pods_and_host_network_processes() {
+    if !need_root() {
+        return;
+    }
+    let (lab, _dir) = setup("cip", |lab| {
+        let ends = [pod(lab, "a1"), pod(lab, "b1")];
+        service("web", WEB, (80, 8080, "TCP"), "", &ends)
+            + &service("dns", DNS, (53, 5353, "UDP"), "", &ends)
+    });
+    let web = addr(WEB, 80);
+    let dns = addr(DNS, 53);
+    for place in ["a2", "node-a"] {
+        let tcp = lab.connect_from(place, Mode::Tcp, web, 20).expect("tcp");
+        assert_all_from_service(&tcp, web, true);
+        // Both endpoints, local and on the other node, take connections.
+        let expected: BTreeSet<String> = ["a1", "b1"].map(String::from).into();
+        assert_eq!(bodies(&tcp), expected, "from {place}");
+
+        // A resolver's two ways: the answer must come from the address
+        // asked, or it would be dropped as a spoof.
+        let udp = lab
+            .connect_from(place, Mode::UdpConnected, dns, 4)
+            .expect("udp");
+        assert_all_from_service(&udp, dns, true);
+        let udp = lab.connect_from(place, Mode::Udp, dns, 4).expect("udp");
+        assert_all_from_service(&udp, dns, false);
+    }
+    let log = lab.ingressd_log("node-a");
+    assert!(
+        log.contains("socket-level load balancing attached"),
+        "log:\n{log}"
+    );
+}
+
+#[test]
+fn should_be_rejected_when_no_endpoints_exist() {
+    if !need_root() {
+        return;
+    }
+    let (lab, _dir) = setup("crej", |_| {
+        service("web", WEB, (80, 8080, "TCP"), "", &[])
+            + &service("dns", DNS, (53, 5353, "UDP"), "", &[])
+    });
+    // Refused at once, as kube-proxy's REJECT: not a timeout.
+    let tcp = lab
+        .connect_from("a2", Mode::Tcp, addr(WEB, 80), 2)
+        .expect("tcp");
+    assert_eq!(tcp, vec![Attempt::Err("ECONNREFUSED".into()); 2]);
+    let udp = lab
+        .connect_from("node-a", Mode::Udp, addr(DNS, 53), 2)
+        .expect("udp");
+    assert_eq!(udp, vec![Attempt::Err("ECONNREFUSED".into()); 2]);
+}
+
+#[test]
+fn traffic_moves_when_an_endpoint_leaves_the_service() {
+    if !need_root() {
+        return;
+    }
+    let (lab, dir) = setup("cmove", |lab| {
+        service(
+            "web",
+            WEB,
+            (80, 8080, "TCP"),
+            "",
+            &[pod(lab, "a1"), pod(lab, "b1")],
+        )
+    });
+    write_manifests(
+        &dir,
+        &service("web", WEB, (80, 8080, "TCP"), "", &[pod(&lab, "b1")]),
+    );
+    let web = addr(WEB, 80);
+    let moved = wait_until(Duration::from_secs(10), || {
+        lab.connect_from("a2", Mode::Tcp, web, 4)
+            .is_ok_and(|a| bodies(&a) == BTreeSet::from(["b1".to_string()]))
+    });
+    assert!(moved, "connections still reach a1");
+    let after = lab.connect_from("a2", Mode::Tcp, web, 10).expect("tcp");
+    assert_all_from_service(&after, web, true);
+    assert_eq!(bodies(&after), BTreeSet::from(["b1".to_string()]));
+}
+
+#[test]
+fn should_have_session_affinity_work_for_service_with_type_clusterip() {
+    if !need_root() {
+        return;
+    }
+    let (lab, _dir) = setup("caff", |lab| {
+        service(
+            "web",
+            WEB,
+            (80, 8080, "TCP"),
+            "  sessionAffinity: ClientIP\n",
+            &[pod(lab, "a1"), pod(lab, "b1")],
+        )
+    });
+    let web = addr(WEB, 80);
+    for place in ["a2", "node-a"] {
+        let tcp = lab.connect_from(place, Mode::Tcp, web, 12).expect("tcp");
+        assert_all_from_service(&tcp, web, true);
+        assert_eq!(bodies(&tcp).len(), 1, "{place} moved between endpoints");
+    }
+}
+
+#[test]
+fn should_have_session_affinity_timeout_work_for_service_with_type_clusterip() {
+    if !need_root() {
+        return;
+    }
+    let (lab, _dir) = setup("cafft", |lab| {
+        service(
+            "web",
+            WEB,
+            (80, 8080, "TCP"),
+            "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 30}}\n",
+            &[pod(lab, "a1"), pod(lab, "b1")],
+        )
+    });
+    let web = addr(WEB, 80);
+    let pins = lab.node("node-a").pin_path.clone();
+    // Age every affinity entry past its timeout (as 31 s without a
+    // connection would), then connect again: a fresh choice each round,
+    // so over 12 rounds both endpoints show up.
+    let first = lab.connect_from("a2", Mode::Tcp, web, 1).expect("tcp");
+    assert_all_from_service(&first, web, true);
+    let mut seen = bodies(&first);
+    for _ in 0..12 {
+        let n = age_affinity(&pins, Duration::from_secs(31));
+        assert!(n >= 1, "no affinity entry to age");
+        let tcp = lab.connect_from("a2", Mode::Tcp, web, 1).expect("tcp");
+        assert_all_from_service(&tcp, web, true);
+        seen.extend(bodies(&tcp));
+    }
+    assert_eq!(seen.len(), 2, "affinity outlived its timeout: {seen:?}");
+}
+
+/// Moves the last use of every affinity entry `by` into the past; how many.
+fn age_affinity(pins: &Path, by: Duration) -> usize {
+    use aya::maps::{HashMap, Map, MapData};
+    use ingress_common::{AffinityEntry, AffinityKey, map_names};
+    let data = MapData::from_pin(pins.join(map_names::AFFINITY)).expect("affinity map");
+    let mut map: HashMap<MapData, AffinityKey, AffinityEntry> =
+        Map::LruHashMap(data).try_into().expect("affinity map type");
+    let entries: Vec<(AffinityKey, AffinityEntry)> = map.iter().filter_map(Result::ok).collect();
+    for (k, mut e) in entries.iter().copied() {
+        e.last_used_ns = e.last_used_ns.saturating_sub(by.as_nanos() as u64);
+        map.insert(k, e, 0).expect("aging an entry");
+    }
+    entries.len()
+}
+
+#[test]
+fn internal_traffic_policy_local_keeps_traffic_on_the_node() {
+    if !need_root() {
+        return;
+    }
+    let (lab, _dir) = setup("citp", |lab| {
+        service(
+            "web",
+            WEB,
+            (80, 8080, "TCP"),
+            "  internalTrafficPolicy: Local\n",
+            &[pod(lab, "a1"), pod(lab, "b1")],
+        ) + &service(
+            "remote",
+            "198.19.10.3",
+            (80, 8080, "TCP"),
+            "  internalTrafficPolicy: Local\n",
+            &[pod(lab, "b1")],
+        )
+    });
+    let tcp = lab
+        .connect_from("a2", Mode::Tcp, addr(WEB, 80), 12)
+        .expect("tcp");
+    assert_all_from_service(&tcp, addr(WEB, 80), true);
+    assert_eq!(bodies(&tcp), BTreeSet::from(["a1".to_string()]));
+    // Endpoints exist, none here: dropped, never sent to node-b.
+    let none = lab
+        .connect_from("a2", Mode::Tcp, addr("198.19.10.3", 80), 2)
+        .expect("tcp");
+    assert_eq!(none, vec![Attempt::Err("EHOSTUNREACH".into()); 2]);
+}

@@ -407,6 +407,12 @@ fn print_maps(pin_path: &std::path::Path, flow_limit: usize) -> anyhow::Result<(
             let _ = writeln!(out, "{name:<28} {v}");
         }
     }
+    out.push_str("\nSOCKET COUNTERS\n");
+    for (name, v) in maps.sock_counters()? {
+        if v > 0 {
+            let _ = writeln!(out, "{name:<28} {v}");
+        }
+    }
     print!("{out}");
     Ok(())
 }

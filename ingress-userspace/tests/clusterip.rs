@@ -122,6 +122,20 @@ fn assert_all_from_service(attempts: &[Attempt], service: SocketAddr, connected:
     }
 }
 
+/// A sample of node-a's `/metrics` (0 when absent).
+fn metric(lab: &Lab, sample: &str) -> u64 {
+    let n = lab.node("node-a");
+    let addr = n.metrics;
+    let text = lab::in_netns(&n.ns, move || {
+        lab::http_get(addr, "/metrics", Duration::from_secs(2))
+    })
+    .expect("netns")
+    .expect("/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
 fn clusterip_reachable_from_pods_and_host_network_processes() {
     if !need_root() {
@@ -150,11 +164,17 @@ fn clusterip_reachable_from_pods_and_host_network_processes() {
         let udp = lab.connect_from(place, Mode::Udp, dns, 4).expect("udp");
         assert_all_from_service(&udp, dns, false);
     }
-    let log = lab.ingressd_log("node-a");
-    assert!(
-        log.contains("socket-level load balancing attached"),
-        "log:\n{log}"
+    // 2 places x (20 TCP + 4 connected UDP); 8 unconnected datagrams.
+    let translated = metric(
+        &lab,
+        "ingressd_socket_lb_total{result=\"connect_translated\"}",
     );
+    assert!(translated >= 48, "connects translated: {translated}");
+    let sent = metric(
+        &lab,
+        "ingressd_socket_lb_total{result=\"sendmsg_translated\"}",
+    );
+    assert!(sent >= 8, "datagrams translated: {sent}");
 }
 
 #[test]
@@ -175,6 +195,8 @@ fn should_be_rejected_when_no_endpoints_exist() {
         .connect_from("node-a", Mode::Udp, addr(DNS, 53), 2)
         .expect("udp");
     assert_eq!(udp, vec![Attempt::Err("ECONNREFUSED".into()); 2]);
+    let refused = metric(&lab, "ingressd_socket_lb_total{result=\"refused\"}");
+    assert!(refused >= 4, "refusals counted: {refused}");
 }
 
 #[test]
@@ -305,4 +327,61 @@ fn internal_traffic_policy_local_keeps_traffic_on_the_node() {
         .connect_from("a2", Mode::Tcp, addr("198.19.10.3", 80), 2)
         .expect("tcp");
     assert_eq!(none, vec![Attempt::Err("EHOSTUNREACH".into()); 2]);
+}
+
+#[test]
+fn restarts_keep_serving_and_socket_lb_false_detaches() {
+    if !need_root() {
+        return;
+    }
+    let (mut lab, dir) = setup("crst", |lab| {
+        service(
+            "web",
+            WEB,
+            (80, 8080, "TCP"),
+            "",
+            &[pod(lab, "a1"), pod(lab, "b1")],
+        )
+    });
+    let web = addr(WEB, 80);
+    // While ingressd is stopped and started again, the pinned links keep
+    // the programs attached: connections never stop being translated.
+    let during = lab
+        .spawn_client("a2", Mode::Tcp, web, 150, Duration::from_millis(20))
+        .expect("client");
+    lab.stop_ingressd("node-a").expect("stop");
+    let stopped = lab.connect_from("a2", Mode::Tcp, web, 4).expect("tcp");
+    assert_all_from_service(&stopped, web, true);
+    lab.start_ingressd_with(Path::new(BIN), "node-a", &dir, &["--no-l7"])
+        .expect("restart");
+    let log = lab.ingressd_log("node-a");
+    assert!(
+        log.contains("replaced_in_place=4"),
+        "the restart did not reuse the pinned links:\n{log}"
+    );
+    let during = during.finish().expect("client");
+    assert_all_from_service(&during, web, true);
+    let after = lab.connect_from("a2", Mode::Tcp, web, 4).expect("tcp");
+    assert_all_from_service(&after, web, true);
+
+    // --socket-lb=false: the links go, cluster IPs are left to the network.
+    lab.stop_ingressd("node-a").expect("stop");
+    lab.start_ingressd_with(
+        Path::new(BIN),
+        "node-a",
+        &dir,
+        &["--no-l7", "--socket-lb=false"],
+    )
+    .expect("restart without socket lb");
+    let links = std::fs::read_dir(lab.node("node-a").pin_path.join("links"))
+        .expect("links dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("sock-"))
+        .count();
+    assert_eq!(links, 0, "socket links left pinned");
+    let off = lab.connect_from("a2", Mode::Tcp, web, 1).expect("tcp");
+    assert!(
+        off[0].body().is_none(),
+        "a cluster IP was translated with --socket-lb=false: {off:?}"
+    );
 }

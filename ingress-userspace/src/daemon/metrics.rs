@@ -130,6 +130,16 @@ fn render_metrics(status: &Status, pin_path: &std::path::Path) -> String {
         for (reason, v) in counters {
             let _ = writeln!(out, "ingressd_l4_packets_total{{reason=\"{reason}\"}} {v}");
         }
+        if let Ok(sock) = maps.sock_counters() {
+            let _ = writeln!(
+                out,
+                "# HELP ingressd_socket_lb_total connect() and sendmsg() calls to frontends, and replies reversed, by outcome"
+            );
+            let _ = writeln!(out, "# TYPE ingressd_socket_lb_total counter");
+            for (result, v) in sock {
+                let _ = writeln!(out, "ingressd_socket_lb_total{{result=\"{result}\"}} {v}");
+            }
+        }
     }
     out
 }

@@ -115,6 +115,7 @@ pub(super) fn attach_socket_lb(
         .map(|(_, hook)| pin_name(hook, id))
         .collect();
     remove_socket_links(pin_path, |name| !keep.iter().any(|k| k == name))?;
+    let mut swapped_in_place = 0;
     for (name, hook) in SOCKET_PROGRAMS {
         let prog: &mut CgroupSockAddr = ebpf
             .program_mut(name)
@@ -130,7 +131,7 @@ pub(super) fn attach_socket_lb(
             });
             match swapped {
                 Ok(()) => {
-                    tracing::debug!(hook, "socket program replaced in the pinned link");
+                    swapped_in_place += 1;
                     continue;
                 }
                 Err(e) => {
@@ -150,7 +151,11 @@ pub(super) fn attach_socket_lb(
         link.pin(&pin)
             .with_context(|| format!("pinning {}", pin.display()))?;
     }
-    tracing::info!(cgroup = %cgroup.display(), "socket-level load balancing attached (cluster IPs at connect())");
+    tracing::info!(
+        cgroup = %cgroup.display(),
+        replaced_in_place = swapped_in_place,
+        "socket-level load balancing attached (cluster IPs at connect())"
+    );
     Ok(())
 }
 

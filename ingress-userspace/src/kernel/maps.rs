@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use ingress_common::{
     Config, CtEntry, FlowKey, FrontendKey, IPPROTO_UDP, RING_F_DROP_IF_EMPTY, RevNatEntry, Ring,
-    SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceEntry, ServiceName, counter, map_names,
+    SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceEntry, ServiceName, counter, map_names, sock_counter,
 };
 
 use super::pins::open_map;
@@ -63,6 +63,7 @@ pub struct LbMaps {
     node_addrs: HashMap<MapData, u32, u32>,
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
+    sock_counters: PerCpuArray<MapData, u64>,
 }
 
 /// One conntrack entry, for display.
@@ -82,6 +83,7 @@ impl LbMaps {
             node_addrs: open_map(pin_path, map_names::NODE_ADDRS)?.try_into()?,
             config: open_map(pin_path, map_names::CONFIG)?.try_into()?,
             counters: open_map(pin_path, map_names::COUNTERS)?.try_into()?,
+            sock_counters: open_map(pin_path, map_names::SOCK_COUNTERS)?.try_into()?,
         })
     }
 
@@ -148,12 +150,12 @@ impl LbMaps {
 
     /// Packet counters summed over CPUs, by name.
     pub fn counters(&self) -> anyhow::Result<BTreeMap<&'static str, u64>> {
-        let mut out = BTreeMap::new();
-        for i in 0..counter::COUNT {
-            let per_cpu = self.counters.get(&i, 0)?;
-            out.insert(counter::NAMES[i as usize], per_cpu.iter().sum());
-        }
-        Ok(out)
+        sum_counters(&self.counters, &counter::NAMES)
+    }
+
+    /// The socket programs' counters summed over CPUs, by name.
+    pub fn sock_counters(&self) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+        sum_counters(&self.sock_counters, &sock_counter::NAMES)
     }
 
     /// Up to `limit` conntrack entries.
@@ -174,6 +176,18 @@ impl LbMaps {
     pub fn ring_name(&self, id: u64) -> Option<String> {
         self.names.get(&id, 0).ok().map(|n| decode_name(&n))
     }
+}
+
+fn sum_counters(
+    map: &PerCpuArray<MapData, u64>,
+    names: &[&'static str],
+) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+    let mut out = BTreeMap::new();
+    for (i, name) in names.iter().enumerate() {
+        let per_cpu = map.get(&(i as u32), 0)?;
+        out.insert(*name, per_cpu.iter().sum());
+    }
+    Ok(out)
 }
 
 fn encode_name(name: &str) -> ServiceName {

@@ -571,11 +571,15 @@ pub fn join_cgroup_on_exec(cmd: &mut Command, cgroup: &Path) -> anyhow::Result<(
 /// would and prints one line per attempt (see [`Attempt`]).
 const SOCKET_CLIENT: &str = r#"
 import errno, socket, sys
+import time
 mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 count = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+pause = int(sys.argv[5]) / 1000.0 if len(sys.argv) > 5 else 0
 def addr(a):
     return "%s:%d" % (a[0], a[1])
-for _ in range(count):
+for i in range(count):
+    if i and pause:
+        time.sleep(pause)
     s = None
     try:
         if mode == "tcp":
@@ -663,6 +667,47 @@ pub enum Mode {
     Udp,
 }
 
+/// A client started by [`Lab::spawn_client`], running on its own.
+pub struct ClientRun {
+    child: Child,
+    place: String,
+    count: usize,
+    limit: Duration,
+}
+
+impl ClientRun {
+    /// Waits (bounded by the attempts' own timeouts) for every attempt.
+    pub fn finish(mut self) -> anyhow::Result<Vec<Attempt>> {
+        let child = &mut self.child;
+        let done = wait_until(self.limit, || child.try_wait().is_ok_and(|s| s.is_some()));
+        if !done {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            bail!(
+                "the client in {} did not finish within {:?}",
+                self.place,
+                self.limit
+            );
+        }
+        let mut out = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            o.read_to_string(&mut out)?;
+        }
+        let attempts: Vec<Attempt> = out.lines().filter_map(Attempt::parse).collect();
+        if attempts.len() != self.count {
+            let mut err = String::new();
+            if let Some(mut e) = self.child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            bail!(
+                "the client in {} printed {out:?} (stderr {err:?})",
+                self.place
+            );
+        }
+        Ok(attempts)
+    }
+}
+
 impl Lab {
     /// Runs the client `count` times against `target` as a process of
     /// `place` (a pod's name, or a node's name for a host-network process),
@@ -674,6 +719,19 @@ impl Lab {
         target: SocketAddr,
         count: usize,
     ) -> anyhow::Result<Vec<Attempt>> {
+        self.spawn_client(place, mode, target, count, Duration::ZERO)?
+            .finish()
+    }
+
+    /// The same, started in the background with `pause` between attempts.
+    pub fn spawn_client(
+        &self,
+        place: &str,
+        mode: Mode,
+        target: SocketAddr,
+        count: usize,
+        pause: Duration,
+    ) -> anyhow::Result<ClientRun> {
         let (ns, node) = match self.pods.iter().find(|p| p.name == place) {
             Some(p) => (p.ns.clone(), p.node.clone()),
             None => {
@@ -703,32 +761,19 @@ impl Lab {
                 &target.ip().to_string(),
                 &target.port().to_string(),
                 &count.to_string(),
+                &pause.as_millis().to_string(),
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         join_cgroup_on_exec(&mut cmd, &self.node(&node).cgroup)?;
-        let mut child = cmd.spawn().context("starting the lab's client")?;
-        let limit = Duration::from_secs(5 + 4 * count as u64);
-        let done = wait_until(limit, || child.try_wait().is_ok_and(|s| s.is_some()));
-        if !done {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("the client in {place} did not finish within {limit:?}");
-        }
-        let mut out = String::new();
-        if let Some(mut o) = child.stdout.take() {
-            o.read_to_string(&mut out)?;
-        }
-        let attempts: Vec<Attempt> = out.lines().filter_map(Attempt::parse).collect();
-        if attempts.len() != count {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            bail!("the client in {place} printed {out:?} (stderr {err:?})");
-        }
-        Ok(attempts)
+        let child = cmd.spawn().context("starting the lab's client")?;
+        Ok(ClientRun {
+            child,
+            place: place.to_string(),
+            count,
+            limit: Duration::from_secs(5) + (Duration::from_secs(4) + pause) * count as u32,
+        })
     }
 }
 

@@ -30,6 +30,8 @@ pub mod map_names {
     pub const SOCK_REVNAT: &str = "SOCK4_REVNAT";
     /// `sessionAffinity: ClientIP` choices, by client and ring.
     pub const AFFINITY: &str = "LB4_AFFINITY";
+    /// Connected UDP sockets sent to a backend, by socket cookie.
+    pub const UDP_CONNECTED: &str = "SOCK4_UDP_CONNECTED";
     pub const SVC_NAMES: &str = "LB4_SVC_NAMES";
     pub const INGRESS_VIPS: &str = "L7_VIPS";
     pub const PROXY_SOCKETS: &str = "L7_SOCKETS";
@@ -47,6 +49,7 @@ pub mod program_names {
     pub const CGROUP_SENDMSG4: &str = "cgroup_sendmsg4";
     pub const CGROUP_RECVMSG4: &str = "cgroup_recvmsg4";
     pub const CGROUP_GETPEERNAME4: &str = "cgroup_getpeername4";
+    pub const CGROUP_SOCK_RELEASE: &str = "cgroup_sock_release";
 }
 
 /// Default capacities; `ingressd` may raise them at load time.
@@ -357,6 +360,25 @@ const _: () = assert!(size_of::<AffinityEntry>() == 24);
 /// Affinity entries kept (LRU: the least recently used go first).
 pub const MAX_AFFINITY: u32 = 65_536;
 
+/// A connected UDP socket the socket programs sent to a backend (key: its
+/// socket cookie). When that backend leaves, `ingressd` closes the socket
+/// (SOCK_DESTROY) so a long-lived client, a resolver, moves on; the entry
+/// goes when the socket is released.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UdpConnected {
+    /// The ring the backend was chosen from (a Service port).
+    pub ring_id: u64,
+    /// Network byte order.
+    pub backend_addr: u32,
+    pub backend_port: u16,
+    pub pad: u16,
+}
+const _: () = assert!(size_of::<UdpConnected>() == 16);
+
+/// Connected UDP sockets tracked (LRU; released ones are removed at once).
+pub const MAX_UDP_CONNECTED: u32 = 65_536;
+
 #[cfg(feature = "user")]
 mod pod_impls {
     use super::*;
@@ -375,4 +397,5 @@ mod pod_impls {
     unsafe impl aya::Pod for SockLbState {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityEntry {}
+    unsafe impl aya::Pod for UdpConnected {}
 }

@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use ingress_common::{
     AffinityEntry, AffinityKey, COUNTER_SLOTS, Config, CtEntry, FlowKey, FrontendKey, MAX_AFFINITY,
-    MAX_FLOWS, MAX_NODE_ADDRS, MAX_RINGS, MAX_SERVICES, RevNatEntry, Ring, ServiceEntry,
-    ServiceName, SockLbState,
+    MAX_FLOWS, MAX_NODE_ADDRS, MAX_RINGS, MAX_SERVICES, MAX_UDP_CONNECTED, RevNatEntry, Ring,
+    ServiceEntry, ServiceName, SockLbState, UdpConnected,
 };
 
 /// Rings are large (8 KiB) and most services are few: allocate on demand.
@@ -46,6 +46,11 @@ pub static SOCK_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 
 /// least recently used client, who then chooses anew).
 #[map(name = "LB4_AFFINITY")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> = LruHashMap::pinned(MAX_AFFINITY, 0);
+
+/// Connected UDP sockets sent to a backend, by socket cookie: `ingressd`
+/// closes those whose backend left. Entries go at `sock_release`.
+#[map(name = "SOCK4_UDP_CONNECTED")]
+pub static UDP_CONNECTED: LruHashMap<u64, UdpConnected> = LruHashMap::pinned(MAX_UDP_CONNECTED, 0);
 
 /// What each socket translated, so replies and getpeername() show the
 /// Service address. A BTF map (socket storage needs BTF); pinned by

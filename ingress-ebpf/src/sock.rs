@@ -16,18 +16,20 @@
 //! local endpoint fails it with EHOSTUNREACH (kube-proxy drops that traffic;
 //! failing at once is what a dropped packet would end in, minus the wait).
 use aya_ebpf::{
-    helpers::generated::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_set_retval},
-    macros::cgroup_sock_addr,
-    programs::SockAddrContext,
+    helpers::generated::{
+        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval,
+    },
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SockAddrContext, SockContext},
 };
 use ingress_common::{
     FlowKey, IPPROTO_TCP, IPPROTO_UDP, SOCK_REVNAT_SLOTS, SVC_F_AFFINITY_CLIENT_IP, SockLbState,
-    SockRevNat, sock_counter,
+    SockRevNat, UdpConnected, sock_counter,
 };
 
 use crate::{
     lb::{Selected, affine_backend, empty_ring_verdict, lookup_service_v4, ring_slot},
-    maps::{RINGS, SOCK_REVNAT, count_sock},
+    maps::{RINGS, SOCK_REVNAT, UDP_CONNECTED, count_sock},
 };
 
 /// Return values of cgroup sock_addr programs.
@@ -39,7 +41,10 @@ const EHOSTUNREACH: i32 = 113;
 #[cgroup_sock_addr(connect4)]
 pub fn cgroup_connect4(ctx: SockAddrContext) -> i32 {
     match translate_v4(&ctx) {
-        Ok(()) => {
+        Ok((proto, ring_id, rev)) => {
+            if proto == IPPROTO_UDP {
+                track_udp_connected(&ctx, ring_id, &rev);
+            }
             count_sock(sock_counter::CONNECT_TRANSLATED);
             SYS_PROCEED
         }
@@ -47,10 +52,37 @@ pub fn cgroup_connect4(ctx: SockAddrContext) -> i32 {
     }
 }
 
+/// A socket is being released: it is no longer one to close.
+#[cgroup_sock(sock_release)]
+pub fn cgroup_sock_release(ctx: SockContext) -> i32 {
+    // SAFETY: helper call on our own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+    let _ = UDP_CONNECTED.remove(&cookie);
+    SYS_PROCEED
+}
+
+/// Remembers a connected UDP socket and its backend, so `ingressd` can
+/// close it when that backend leaves (kube-proxy clears UDP conntrack for
+/// the same reason: a client that keeps its socket would talk to a gone
+/// endpoint forever).
+#[inline(always)]
+fn track_udp_connected(ctx: &SockAddrContext, ring_id: u64, rev: &SockRevNat) {
+    // SAFETY: helper call on our own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let entry = UdpConnected {
+        ring_id,
+        backend_addr: rev.backend_addr,
+        backend_port: rev.backend_port,
+        pad: 0,
+    };
+    // Fail open: untracked, the socket is only not closed for us.
+    let _ = UDP_CONNECTED.insert(&cookie, &entry, 0);
+}
+
 #[cgroup_sock_addr(sendmsg4)]
 pub fn cgroup_sendmsg4(ctx: SockAddrContext) -> i32 {
     match translate_v4(&ctx) {
-        Ok(()) => {
+        Ok(_) => {
             count_sock(sock_counter::SENDMSG_TRANSLATED);
             SYS_PROCEED
         }
@@ -103,9 +135,10 @@ fn fail(errno: i32, counter: u32) -> i32 {
 }
 
 /// Frontend → backend: the address the call goes to is rewritten, and the
-/// socket remembers how to undo it.
+/// socket remembers how to undo it. Gives the protocol, the ring and the
+/// translation.
 #[inline(always)]
-fn translate_v4(ctx: &SockAddrContext) -> Result<(), i32> {
+fn translate_v4(ctx: &SockAddrContext) -> Result<(u8, u64, SockRevNat), i32> {
     let dst = destination_v4(ctx)?;
     let svc = lookup_service_v4(&dst).ok_or(SYS_PROCEED)?;
     let ring = RINGS.get_ptr(svc.ring_id).ok_or(SYS_PROCEED)?;
@@ -131,21 +164,19 @@ fn translate_v4(ctx: &SockAddrContext) -> Result<(), i32> {
     } else {
         ring_slot(ring, hash).ok_or(SYS_PROCEED)?.0
     };
-    remember_v4(
-        ctx,
-        SockRevNat {
-            backend_addr: backend.addr,
-            service_addr: dst.dst,
-            backend_port: backend.port,
-            service_port: dst.dport,
-        },
-    );
+    let rev = SockRevNat {
+        backend_addr: backend.addr,
+        service_addr: dst.dst,
+        backend_port: backend.port,
+        service_port: dst.dport,
+    };
+    remember_v4(ctx, rev);
     // SAFETY: the context the kernel handed us; these fields are writable
     // in connect4 and sendmsg4.
     let sa = unsafe { &mut *ctx.sock_addr };
     sa.user_ip4 = backend.addr;
     sa.user_port = backend.port as u32;
-    Ok(())
+    Ok((dst.proto, svc.ring_id, rev))
 }
 
 /// Records a translation in the socket's storage: the slot already holding

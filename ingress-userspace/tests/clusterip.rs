@@ -356,7 +356,7 @@ fn restarts_keep_serving_and_socket_lb_false_detaches() {
         .expect("restart");
     let log = lab.ingressd_log("node-a");
     assert!(
-        log.contains("replaced_in_place=4"),
+        log.contains("replaced_in_place=5"),
         "the restart did not reuse the pinned links:\n{log}"
     );
     let during = during.finish().expect("client");
@@ -383,5 +383,54 @@ fn restarts_keep_serving_and_socket_lb_false_detaches() {
     assert!(
         off[0].body().is_none(),
         "a cluster IP was translated with --socket-lb=false: {off:?}"
+    );
+}
+
+#[test]
+fn should_be_able_to_preserve_udp_traffic_when_server_pod_cycles_for_a_clusterip_service() {
+    if !need_root() {
+        return;
+    }
+    let (lab, dir) = setup("cudp", |lab| {
+        service("dns", DNS, (53, 5353, "UDP"), "", &[pod(lab, "a1")])
+    });
+    let dns = addr(DNS, 53);
+    // A resolver that keeps one connected socket. a1 stays up after it
+    // leaves the Service: only closing the socket can move the client.
+    let client = lab
+        .spawn_client("a2", Mode::UdpKeep, dns, 100, Duration::from_millis(40))
+        .expect("client");
+    let connected = wait_until(Duration::from_secs(5), || {
+        metric(
+            &lab,
+            "ingressd_socket_lb_total{result=\"connect_translated\"}",
+        ) >= 1
+    });
+    assert!(connected, "the client never connected");
+    write_manifests(
+        &dir,
+        &service("dns", DNS, (53, 5353, "UDP"), "", &[pod(&lab, "b1")]),
+    );
+    let attempts = client.finish().expect("client");
+    assert_eq!(attempts[0].body(), Some("a1"), "{attempts:?}");
+    let last = attempts.last().expect("attempts");
+    assert_eq!(
+        last.body(),
+        Some("b1"),
+        "the socket kept its endpoint: {attempts:?}"
+    );
+    assert!(
+        attempts.iter().any(|a| matches!(a, Attempt::Err(_))),
+        "the socket was never closed: {attempts:?}"
+    );
+    for a in &attempts {
+        if let Attempt::Ok { from, .. } = a {
+            assert_eq!(from, &dns.to_string());
+        }
+    }
+    let log = lab.ingressd_log("node-a");
+    assert!(
+        log.contains("closed connected UDP sockets to removed endpoints sockets=1"),
+        "log:\n{log}"
     );
 }

@@ -519,7 +519,27 @@ fn runs_with_only_the_daemonsets_capabilities() {
     let pods: Vec<&Pod> = lab.pods.iter().collect();
     let ingress = "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web, namespace: demo}\n\
                    spec:\n  ingressClassName: ebpf\n  defaultBackend: {service: {name: web, port: {number: 80}}}\n";
-    write_manifests(&manifests, &(nodeport_manifests(&pods) + ingress));
+    // A cluster IP for a resolver-like client (cgroup programs, and
+    // closing its socket in the pod's namespace when its endpoint leaves).
+    let pod_at: Vec<(String, String, String)> = lab
+        .pods
+        .iter()
+        .map(|p| (p.name.clone(), p.ip.to_string(), p.node.clone()))
+        .collect();
+    let resolver = |pod: &str| {
+        let (_, ip, node) = pod_at.iter().find(|p| p.0 == pod).unwrap();
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: cdns, namespace: demo}}\n\
+             spec:\n  clusterIP: 198.19.10.2\n  ports: [{{name: p, port: 53, targetPort: 5353, protocol: UDP}}]\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: cdns-1, namespace: demo, labels: {{kubernetes.io/service-name: cdns}}}}\n\
+             addressType: IPv4\nports: [{{name: p, port: 5353, protocol: UDP}}]\n\
+             endpoints: [{{addresses: [\"{}\"], nodeName: {}}}]\n",
+            ip, node,
+        )
+    };
+    let base = nodeport_manifests(&pods) + ingress;
+    write_manifests(&manifests, &(base.clone() + &resolver("a1")));
     // Started twice: loading and attaching, then adopting the pinned
     // maps and swapping the programs in the pinned links.
     for round in 0..2 {
@@ -542,6 +562,44 @@ fn runs_with_only_the_daemonsets_capabilities() {
             "proxy on :80: {l7:?}\n{}",
             lab.ingressd_log("node-a")
         );
+        if round == 0 {
+            closes_a_resolvers_socket(&lab, &manifests, &(base.clone() + &resolver("b1")));
+        }
         lab.stop_ingressd("node-a").unwrap();
     }
+}
+
+/// A pod's resolver keeps one connected UDP socket to a cluster IP; its
+/// endpoint leaves the Service: ingressd closes the socket in the pod's
+/// network namespace and the resolver's next socket reaches the new one.
+fn closes_a_resolvers_socket(lab: &Lab, manifests: &Path, moved: &str) {
+    let dns: SocketAddr = "198.19.10.2:53".parse().unwrap();
+    let client = lab
+        .spawn_client("a2", lab::Mode::UdpKeep, dns, 60, Duration::from_millis(40))
+        .expect("client");
+    let pins = lab
+        .node("node-a")
+        .pin_path
+        .join(ingress_common::map_names::UDP_CONNECTED);
+    let tracked = wait_until(Duration::from_secs(5), || {
+        aya::maps::MapData::from_pin(&pins)
+            .ok()
+            .and_then(|m| {
+                let m: aya::maps::HashMap<_, u64, ingress_common::UdpConnected> =
+                    aya::maps::Map::LruHashMap(m).try_into().ok()?;
+                Some(m.keys().count())
+            })
+            .is_some_and(|n| n >= 1)
+    });
+    assert!(tracked, "the resolver's socket was never tracked");
+    write_manifests(manifests, moved);
+    let attempts = client.finish().expect("client");
+    assert_eq!(
+        attempts.last().and_then(|a| a.body()),
+        Some("b1"),
+        "{attempts:?}\n{}",
+        lab.ingressd_log("node-a")
+    );
+    let log = lab.ingressd_log("node-a");
+    assert!(log.contains("sockets=1"), "log:\n{log}");
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use ingress_common::{FrontendKey, Ring, ServiceEntry};
 use ingressd::{
     l4::{
-        Diff, LbMapWriter, apply, gone_endpoints,
+        Diff, LbMapWriter, apply, diff,
         model::{DesiredState, Model, NodeContext, desired_state},
     },
     source::files::ManifestSource,
@@ -67,7 +67,7 @@ impl LbMapWriter for Replay {
     }
     fn forget_udp_flows(
         &mut self,
-        _: &std::collections::BTreeSet<(u32, u16)>,
+        _: &std::collections::BTreeSet<ingressd::l4::RingMember>,
     ) -> anyhow::Result<()> {
         Ok(())
     }
@@ -147,18 +147,8 @@ fn incremental_model_matches_full_recomputation_through_a_sequence_of_changes() 
             "step {i}: incremental model differs from the full one"
         );
         assert_eq!(model.warnings(), full_warnings, "step {i}");
-        // Endpoints that left every ring, and only those, are reported gone.
-        let all = |s: &DesiredState| {
-            s.rings
-                .values()
-                .flat_map(|r| r.backends.clone())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            d.gone_endpoints,
-            gone_endpoints(&all(&replay.0), &all(&full)),
-            "step {i}"
-        );
+        // Endpoints that left a ring, and only those, are reported.
+        assert_eq!(d.left, diff(&replay.0, &full).left, "step {i}");
         apply(&d, &mut replay).unwrap();
         assert_eq!(
             replay.0, full,

@@ -9,7 +9,9 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink};
+use aya::programs::{
+    CgroupAttachMode, CgroupSock, CgroupSockAddr, Program, ProgramError, ProgramFd, links::FdLink,
+};
 use ingress_common::program_names;
 
 use super::{
@@ -18,12 +20,62 @@ use super::{
 };
 
 /// The programs and the hook each one is attached to (the link's pin name).
-const SOCKET_PROGRAMS: [(&str, &str); 4] = [
+const SOCKET_PROGRAMS: [(&str, &str); 5] = [
     (program_names::CGROUP_CONNECT4, "connect4"),
     (program_names::CGROUP_SENDMSG4, "sendmsg4"),
     (program_names::CGROUP_RECVMSG4, "recvmsg4"),
     (program_names::CGROUP_GETPEERNAME4, "getpeername4"),
+    (program_names::CGROUP_SOCK_RELEASE, "sock-release"),
 ];
+
+/// The two program types among them, loaded and attached alike.
+enum CgroupProgram<'a> {
+    SockAddr(&'a mut CgroupSockAddr),
+    Sock(&'a mut CgroupSock),
+}
+
+impl CgroupProgram<'_> {
+    fn of<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> anyhow::Result<CgroupProgram<'a>> {
+        let prog = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?;
+        Ok(match prog {
+            Program::CgroupSockAddr(p) => CgroupProgram::SockAddr(p),
+            Program::CgroupSock(p) => CgroupProgram::Sock(p),
+            _ => bail!("program {name} is not a cgroup socket program"),
+        })
+    }
+
+    fn load(&mut self) -> Result<(), ProgramError> {
+        match self {
+            CgroupProgram::SockAddr(p) => p.load(),
+            CgroupProgram::Sock(p) => p.load(),
+        }
+    }
+
+    fn fd(&self) -> Result<&ProgramFd, ProgramError> {
+        match self {
+            CgroupProgram::SockAddr(p) => p.fd(),
+            CgroupProgram::Sock(p) => p.fd(),
+        }
+    }
+
+    /// A new link on `cgroup`. A cgroup link takes no flags
+    /// (BPF_LINK_CREATE refuses BPF_F_ALLOW_MULTI with EINVAL; Linux 6.18)
+    /// and always runs beside the cgroup's other programs.
+    fn attach_link(&mut self, cgroup: &std::fs::File) -> anyhow::Result<FdLink> {
+        Ok(match self {
+            CgroupProgram::SockAddr(p) => {
+                let id = p.attach(cgroup, CgroupAttachMode::Single)?;
+                FdLink::try_from(p.take_link(id)?)?
+            }
+            CgroupProgram::Sock(p) => {
+                let id = p.attach(cgroup, CgroupAttachMode::Single)?;
+                FdLink::try_from(p.take_link(id)?)?
+            }
+        })
+    }
+}
 
 /// Pin names of socket-program links start with this.
 const PIN_PREFIX: &str = "sock-";
@@ -117,10 +169,7 @@ pub(super) fn attach_socket_lb(
     remove_socket_links(pin_path, |name| !keep.iter().any(|k| k == name))?;
     let mut swapped_in_place = 0;
     for (name, hook) in SOCKET_PROGRAMS {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing from the object"))?
-            .try_into()?;
+        let mut prog = CgroupProgram::of(ebpf, name)?;
         prog.load()
             .with_context(|| format!("verifier rejected {name}"))?;
         let pin = links_dir(pin_path).join(pin_name(hook, id));
@@ -140,14 +189,9 @@ pub(super) fn attach_socket_lb(
                 }
             }
         }
-        // A cgroup link takes no flags (BPF_LINK_CREATE refuses
-        // BPF_F_ALLOW_MULTI with EINVAL; Linux 6.18) and always runs beside
-        // the cgroup's other programs.
-        let link_id = prog
-            .attach(&dir, CgroupAttachMode::Single)
+        let link = prog
+            .attach_link(&dir)
             .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
-        let link = FdLink::try_from(prog.take_link(link_id)?)
-            .context("cgroup links need Linux 5.7 or later")?;
         link.pin(&pin)
             .with_context(|| format!("pinning {}", pin.display()))?;
     }

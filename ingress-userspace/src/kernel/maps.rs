@@ -12,9 +12,9 @@ use ingress_common::{
     SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceEntry, ServiceName, counter, map_names, sock_counter,
 };
 
-use super::pins::open_map;
+use super::{pins::open_map, sockdiag};
 use crate::l4::{
-    LbMapWriter,
+    LbMapWriter, RingMember,
     maglev::ring_backends,
     model::{DesiredState, RingSpec},
 };
@@ -64,6 +64,9 @@ pub struct LbMaps {
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
     sock_counters: PerCpuArray<MapData, u64>,
+    pin_path: std::path::PathBuf,
+    /// Whether the missing-capability warning was given.
+    warned_netns: bool,
 }
 
 /// One conntrack entry, for display.
@@ -84,6 +87,8 @@ impl LbMaps {
             config: open_map(pin_path, map_names::CONFIG)?.try_into()?,
             counters: open_map(pin_path, map_names::COUNTERS)?.try_into()?,
             sock_counters: open_map(pin_path, map_names::SOCK_COUNTERS)?.try_into()?,
+            pin_path: pin_path.to_path_buf(),
+            warned_netns: false,
         })
     }
 
@@ -178,6 +183,41 @@ impl LbMaps {
     }
 }
 
+impl LbMaps {
+    /// Closes the connected UDP sockets the socket programs sent to these
+    /// endpoints (see `sockdiag`). Best effort: a namespace that cannot be
+    /// entered is reported, never an error for the sync.
+    fn close_udp_sockets(&mut self, left: &BTreeSet<RingMember>) {
+        let cookies = match sockdiag::sockets_to(&self.pin_path, left) {
+            Ok(c) if c.is_empty() => return,
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot read the connected UDP sockets");
+                return;
+            }
+        };
+        match sockdiag::close_udp_sockets(&cookies) {
+            Ok(closed) => {
+                tracing::info!(
+                    sockets = closed.sockets,
+                    namespaces = closed.namespaces,
+                    "closed connected UDP sockets to removed endpoints"
+                );
+                if closed.unreachable > 0 && !self.warned_netns {
+                    self.warned_netns = true;
+                    tracing::warn!(
+                        namespaces = closed.unreachable,
+                        "cannot enter some network namespaces (needs CAP_SYS_ADMIN): connected UDP sockets there keep their removed endpoint"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "closing connected UDP sockets failed")
+            }
+        }
+    }
+}
+
 fn sum_counters(
     map: &PerCpuArray<MapData, u64>,
     names: &[&'static str],
@@ -233,7 +273,7 @@ impl LbMapWriter for LbMaps {
         ignore_missing(self.services.remove(key))
     }
 
-    fn forget_udp_flows(&mut self, endpoints: &BTreeSet<(u32, u16)>) -> anyhow::Result<()> {
+    fn forget_udp_flows(&mut self, left: &BTreeSet<RingMember>) -> anyhow::Result<()> {
         // A walk over the flow table: proportional to live flows, and only
         // when an endpoint disappears.
         let stale: Vec<(FlowKey, CtEntry)> = self
@@ -241,7 +281,8 @@ impl LbMapWriter for LbMaps {
             .iter()
             .filter_map(Result::ok)
             .filter(|(k, e)| {
-                k.proto == IPPROTO_UDP && endpoints.contains(&(e.backend.addr, e.backend.port))
+                k.proto == IPPROTO_UDP
+                    && left.contains(&(e.ring_id, e.backend.addr, e.backend.port))
             })
             .collect();
         for (key, entry) in &stale {
@@ -267,6 +308,7 @@ impl LbMapWriter for LbMaps {
         if !stale.is_empty() {
             tracing::info!(flows = stale.len(), "forgot UDP flows to removed endpoints");
         }
+        self.close_udp_sockets(left);
         Ok(())
     }
 }

@@ -6,6 +6,7 @@ mod interfaces;
 mod link;
 mod maps;
 mod pins;
+mod sockdiag;
 
 pub use attach::*;
 pub use cgroup::default_cgroup;

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use ingress_common::{FrontendKey, Ring, ServiceEntry};
 
-use super::Diff;
+use super::{Diff, RingMember};
 
 /// Where `apply` writes: the pinned BPF maps, or a fake in tests.
 pub trait LbMapWriter {
@@ -15,8 +15,9 @@ pub trait LbMapWriter {
     fn delete_ring(&mut self, id: u64) -> anyhow::Result<()>;
     fn put_frontend(&mut self, key: &FrontendKey, entry: &ServiceEntry) -> anyhow::Result<()>;
     fn delete_frontend(&mut self, key: &FrontendKey) -> anyhow::Result<()>;
-    /// Forgets the UDP flows pinned to these endpoints.
-    fn forget_udp_flows(&mut self, endpoints: &BTreeSet<(u32, u16)>) -> anyhow::Result<()>;
+    /// Forgets the UDP flows, and closes the connected UDP sockets, that
+    /// went to these endpoints through these rings.
+    fn forget_udp_flows(&mut self, left: &BTreeSet<RingMember>) -> anyhow::Result<()>;
 }
 
 /// Performs the diff in the safe order. Stops at the first failed write:
@@ -34,8 +35,8 @@ pub fn apply(d: &Diff, maps: &mut impl LbMapWriter) -> anyhow::Result<()> {
     for id in &d.ring_deletes {
         maps.delete_ring(*id)?;
     }
-    if !d.gone_endpoints.is_empty() {
-        maps.forget_udp_flows(&d.gone_endpoints)?;
+    if !d.left.is_empty() {
+        maps.forget_udp_flows(&d.left)?;
     }
     Ok(())
 }
@@ -202,7 +203,7 @@ pub mod fake {
             self.check();
             Ok(())
         }
-        fn forget_udp_flows(&mut self, _: &BTreeSet<(u32, u16)>) -> anyhow::Result<()> {
+        fn forget_udp_flows(&mut self, _: &BTreeSet<RingMember>) -> anyhow::Result<()> {
             Ok(())
         }
     }

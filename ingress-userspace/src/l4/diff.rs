@@ -12,23 +12,24 @@ pub struct Diff {
     pub frontend_upserts: Vec<(FrontendKey, ServiceEntry)>,
     pub frontend_deletes: Vec<FrontendKey>,
     pub ring_deletes: Vec<u64>,
-    /// Endpoints (address, port; network order) no ring holds any more:
-    /// UDP flows pinned to them are forgotten, as kube-proxy clears UDP
-    /// conntrack, so a client reusing its port moves to a live endpoint.
-    /// TCP flows stay, to end gracefully on a terminating pod.
-    pub gone_endpoints: BTreeSet<(u32, u16)>,
+    /// Endpoints that left a ring (the ring's id, address and port;
+    /// network order): UDP flows and connected UDP sockets that went to
+    /// them through that ring are forgotten and closed, as kube-proxy
+    /// clears a Service's UDP conntrack entries for a removed endpoint, so
+    /// a client moves to a live one. TCP stays, to end gracefully.
+    pub left: BTreeSet<RingMember>,
 }
 
-/// Endpoints in `old` but in none of `new`.
-pub fn gone_endpoints<'a>(
-    old: impl IntoIterator<Item = &'a Backend>,
-    new: impl IntoIterator<Item = &'a Backend>,
-) -> BTreeSet<(u32, u16)> {
-    let keep: BTreeSet<(u32, u16)> = new.into_iter().map(|b| (b.addr, b.port)).collect();
-    old.into_iter()
+/// An endpoint of one ring: (ring id, address, port), network order.
+pub type RingMember = (u64, u32, u16);
+
+/// The members of ring `id` in `old` but not in `new`.
+pub fn left_ring(id: u64, old: &[Backend], new: &[Backend]) -> impl Iterator<Item = RingMember> {
+    let keep: BTreeSet<(u32, u16)> = new.iter().map(|b| (b.addr, b.port)).collect();
+    old.iter()
         .map(|b| (b.addr, b.port))
-        .filter(|k| !keep.contains(k))
-        .collect()
+        .filter(move |k| !keep.contains(k))
+        .map(move |(a, p)| (id, a, p))
 }
 
 impl Diff {
@@ -67,9 +68,9 @@ pub fn diff(current: &DesiredState, desired: &DesiredState) -> Diff {
             d.ring_deletes.push(*id);
         }
     }
-    d.gone_endpoints = gone_endpoints(
-        current.rings.values().flat_map(|r| &r.backends),
-        desired.rings.values().flat_map(|r| &r.backends),
-    );
+    for (id, old) in &current.rings {
+        let new = desired.rings.get(id).map_or(&[][..], |r| &r.backends);
+        d.left.extend(left_ring(*id, &old.backends, new));
+    }
     d
 }

@@ -20,7 +20,7 @@ use k8s_openapi::api::{
 
 use crate::{
     cluster::{Endpoint, ObjectKey, PortRef, Snapshot, usable_endpoints},
-    l4::{Diff, gone_endpoints, maglev::build_ring},
+    l4::{Diff, left_ring, maglev::build_ring},
 };
 
 /// What makes this node different from the others.
@@ -246,7 +246,6 @@ impl Model {
                 }
             }
         }
-        let mut gone: Vec<Backend> = Vec::new();
         for id in dirty_rings {
             let want = match self.ring_refs.get(&id) {
                 Some((n, owner)) if *n > 0 => self
@@ -265,32 +264,18 @@ impl Model {
                         if *old == spec {
                             continue;
                         }
-                        gone.extend(old.backends.iter().copied());
+                        d.left.extend(left_ring(id, &old.backends, &spec.backends));
                     }
                     self.state.rings.insert(id, spec.clone());
                     d.ring_upserts.push((id, spec));
                 }
                 None => {
                     if let Some(old) = self.state.rings.remove(&id) {
-                        gone.extend(old.backends);
+                        d.left.extend(left_ring(id, &old.backends, &[]));
                         d.ring_deletes.push(id);
                     }
                 }
             }
-        }
-        // Gone means in no ring any more, not just out of the changed ones.
-        let candidates =
-            gone_endpoints(&gone, d.ring_upserts.iter().flat_map(|(_, r)| &r.backends));
-        if !candidates.is_empty() {
-            let still: BTreeSet<(u32, u16)> = self
-                .state
-                .rings
-                .values()
-                .flat_map(|r| &r.backends)
-                .map(|b| (b.addr, b.port))
-                .filter(|k| candidates.contains(k))
-                .collect();
-            d.gone_endpoints = candidates.difference(&still).copied().collect();
         }
         d
     }

@@ -577,12 +577,23 @@ count = int(sys.argv[4]) if len(sys.argv) > 4 else 1
 pause = int(sys.argv[5]) / 1000.0 if len(sys.argv) > 5 else 0
 def addr(a):
     return "%s:%d" % (a[0], a[1])
+keep = None
 for i in range(count):
     if i and pause:
         time.sleep(pause)
     s = None
     try:
-        if mode == "tcp":
+        if mode == "udp-keep":
+            # One connected socket for every attempt, as a resolver keeps
+            # it; a new one only after an error other than a timeout.
+            if keep is None:
+                keep = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                keep.settimeout(1)
+                keep.connect((host, port))
+            keep.send(b"who?")
+            data, src = keep.recvfrom(2048)
+            print("ok peer=%s from=%s body=%s" % (addr(keep.getpeername()), addr(src), data.decode().strip()), flush=True)
+        elif mode == "tcp":
             s = socket.create_connection((host, port), timeout=3)
             peer = addr(s.getpeername())
             s.sendall(b"GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
@@ -610,6 +621,9 @@ for i in range(count):
         print("err timeout", flush=True)
     except OSError as e:
         print("err " + errno.errorcode.get(e.errno, str(e.errno)), flush=True)
+        if keep is not None:
+            keep.close()
+            keep = None
     finally:
         if s is not None:
             s.close()
@@ -665,6 +679,9 @@ pub enum Mode {
     UdpConnected,
     /// UDP sendto, recvfrom.
     Udp,
+    /// One connected UDP socket for every attempt (a new one after an
+    /// error), as a resolver keeps its socket.
+    UdpKeep,
 }
 
 /// A client started by [`Lab::spawn_client`], running on its own.
@@ -751,6 +768,7 @@ impl Lab {
             Mode::Tcp => "tcp",
             Mode::UdpConnected => "udp-connected",
             Mode::Udp => "udp",
+            Mode::UdpKeep => "udp-keep",
         };
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/var/run/netns/{ns}"))

@@ -226,6 +226,10 @@ struct L4Flags {
     /// [default: only Services without that label, as kube-proxy].
     #[arg(long, env = "INGRESSD_SERVICE_PROXY_NAME")]
     service_proxy_name: Option<String>,
+    /// kube-proxy's health endpoints, /healthz (503 while a change waits unapplied for
+    /// over 60 s, or this Node is being removed) and /livez, with the L4 data path.
+    #[arg(long, default_value = "0.0.0.0:10256", env = "INGRESSD_HEALTHZ_ADDR")]
+    healthz_addr: SocketAddr,
 }
 
 /// How the proxy treats what clients say about themselves, and which
@@ -511,6 +515,7 @@ fn main() -> std::process::ExitCode {
                 socket_lb: l4.socket_lb,
                 cgroup: l4.cgroup,
                 service_proxy_name: l4.service_proxy_name.filter(|n| !n.is_empty()),
+                healthz_addr: l4.healthz_addr,
                 no_l4,
                 no_l7,
                 http_addr,

@@ -1,5 +1,6 @@
 //! The daemon: start-up (L4 data path, proxy, metrics, source), the loop
 //! that keeps everything in step with the source, and shutdown.
+pub mod health;
 pub mod metrics;
 mod reconcile;
 
@@ -15,6 +16,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use self::{
+    health::{HealthServers, ProxyHealth},
     metrics::Status,
     reconcile::{L4, L7, Syncer, VipSteering},
 };
@@ -64,6 +66,8 @@ pub struct RunConfig {
     pub cgroup: Option<PathBuf>,
     /// `--service-proxy-name`.
     pub service_proxy_name: Option<String>,
+    /// `--healthz-addr`: kube-proxy's /healthz and /livez (with L4).
+    pub healthz_addr: SocketAddr,
     /// Proxy only: no BPF at all.
     pub no_l4: bool,
     /// Data path only: no proxy.
@@ -184,7 +188,7 @@ impl Source {
     }
 }
 
-fn start_l4(cfg: &RunConfig) -> anyhow::Result<L4> {
+fn start_l4(cfg: &RunConfig, health: &Arc<ProxyHealth>, health_cap: usize) -> anyhow::Result<L4> {
     let mut node_ips = cfg.node_ips.clone();
     if node_ips.is_empty() {
         for iface in &cfg.interfaces {
@@ -217,7 +221,14 @@ fn start_l4(cfg: &RunConfig) -> anyhow::Result<L4> {
     )?;
     let mut maps = LbMaps::open(&cfg.pin_path)?;
     maps.set_node(&node.addrs)?;
+    let servers = HealthServers::start(
+        cfg.healthz_addr,
+        health.clone(),
+        health_cap,
+        cfg.limits.client_header_timeout,
+    )?;
     Ok(L4 {
+        health: servers,
         // With no proxy here, its Service is one like any other.
         model: Model::new(node).with_proxy_service(if cfg.no_l7 {
             None
@@ -254,10 +265,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         metrics_connections = fds.metrics,
         "connections per listener"
     );
+    let health = Arc::new(ProxyHealth::default());
     let l4 = if cfg.no_l4 {
         None
     } else {
-        Some(start_l4(&cfg)?)
+        Some(start_l4(&cfg, &health, fds.metrics)?)
     };
     let mut vips = None;
     let l7 = if cfg.no_l7 {
@@ -384,9 +396,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         None;
     loop {
         status.beat();
+        health.beat();
         if let Some(t) = source.load(first, &status) {
             touched.extend(t);
             dirty = true;
+            health.queued();
         }
         // Nothing is applied before every first list is in: a half-listed
         // cluster would empty maps a restarted pod adopted. Later lists (a
@@ -394,7 +408,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         if (source.synced() || !first) && (first || dirty) {
             dirty = false;
             match syncer.sync_once(source.snapshot(), std::mem::take(&mut touched), &status) {
-                Ok(()) => first = false,
+                Ok(()) => {
+                    first = false;
+                    health.applied();
+                }
                 Err(e) => {
                     // Retried on the next turn, changes or not.
                     dirty = true;

@@ -12,10 +12,11 @@ use anyhow::Context as _;
 
 use crate::{
     cluster::{ClassConfig, ObjectKey, Snapshot},
-    daemon::metrics::Status,
+    daemon::{health::HealthServers, metrics::Status},
     kernel::{self, LbMaps},
     l4::{
         apply, diff,
+        health::{health_checks, node_eligible},
         model::{Model, load_balancer_ips},
     },
     l7::{
@@ -34,10 +35,12 @@ pub(super) struct L7 {
     pub(super) default_secret: Option<ObjectKey>,
 }
 
-/// The L4 part: the model and the maps it keeps in step.
+/// The L4 part: the model, the maps it keeps in step, and the health
+/// servers it feeds.
 pub(super) struct L4 {
     pub(super) model: Model,
     pub(super) maps: LbMaps,
+    pub(super) health: HealthServers,
     /// Diff against what the maps really hold (start-up, after a failed
     /// write) instead of against the model's last state.
     pub(super) adopt: bool,
@@ -123,6 +126,19 @@ impl Syncer {
                     .into_iter()
                     .map(|w| format!("{}: {}", w.object, w.message)),
             );
+            let (checks, check_warnings) = health_checks(snapshot, l4.model.node());
+            warnings.extend(
+                check_warnings
+                    .into_iter()
+                    .map(|w| format!("{}: {}", w.object, w.message)),
+            );
+            l4.health.set(checks);
+            let this_node = snapshot
+                .nodes
+                .get(&(String::new(), l4.model.node().name.clone()));
+            l4.health
+                .proxy()
+                .set_node_eligible(node_eligible(this_node));
             let state = l4.model.state();
             status
                 .frontends

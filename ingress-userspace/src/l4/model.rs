@@ -148,6 +148,10 @@ impl Model {
         self
     }
 
+    pub fn node(&self) -> &NodeContext {
+        &self.node
+    }
+
     pub fn state(&self) -> &DesiredState {
         &self.state
     }
@@ -383,9 +387,6 @@ pub fn cluster_ips(spec: &ServiceSpec) -> Vec<Ipv4Addr> {
 /// Fields kube-proxy honours that this daemon does not yet, by field path.
 fn unsupported_fields(spec: &ServiceSpec) -> Vec<&'static str> {
     let mut out = Vec::new();
-    if spec.health_check_node_port.is_some() {
-        out.push("spec.healthCheckNodePort");
-    }
     if spec
         .load_balancer_source_ranges
         .as_ref()

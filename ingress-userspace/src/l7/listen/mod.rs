@@ -11,7 +11,7 @@ mod fds;
 mod side;
 
 pub use fds::FdPlan;
-pub use side::serve_side;
+pub use side::{serve_side, serve_side_shared};
 
 use super::{
     body::text,

@@ -21,8 +21,21 @@ where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: std::future::Future<Output = Response<BoxBody<bytes::Bytes, BoxError>>> + Send + 'static,
 {
-    tune_listener(&listener);
     let slots = Arc::new(tokio::sync::Semaphore::new(cap.max(1)));
+    serve_side_shared(listener, slots, timeout, handle).await
+}
+
+/// The same with a cap shared by several listeners (the health ports).
+pub async fn serve_side_shared<H, F>(
+    listener: TcpListener,
+    slots: Arc<tokio::sync::Semaphore>,
+    timeout: Duration,
+    handle: H,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<BoxBody<bytes::Bytes, BoxError>>> + Send + 'static,
+{
+    tune_listener(&listener);
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;

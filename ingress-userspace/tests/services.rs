@@ -1,0 +1,161 @@
+//! kube-proxy's Service semantics beyond forwarding, end to end: its health
+//! servers (`--healthz-addr`, healthCheckNodePort) as a cloud load balancer
+//! and the kubelet probe them. Needs root; without it each test says so.
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    time::Duration,
+};
+
+use testkit::lab::{self, Lab, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ingressd");
+
+fn need_root() -> bool {
+    if !lab::is_root() {
+        eprintln!(
+            "SKIPPED: end-to-end tests make network namespaces and load BPF; run as root: `sudo -E cargo xtask test`"
+        );
+        return false;
+    }
+    true
+}
+
+fn write_manifests(dir: &Path, text: &str) {
+    let tmp = dir.join(".services.yaml.tmp");
+    std::fs::write(&tmp, text).expect("manifests");
+    std::fs::rename(&tmp, dir.join("services.yaml")).expect("manifests");
+}
+
+/// A GET from the lab's client: the status, the headers (lower-case
+/// names) and the body; None when the connection is refused.
+fn get(lab: &Lab, addr: SocketAddr, path: &str) -> Option<(u16, String, String)> {
+    let path = path.to_string();
+    lab::in_netns(&lab.client_ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: lb-probe\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        let (head, body) = buf.split_once("\r\n\r\n")?;
+        let code = head.split(' ').nth(1)?.parse().ok()?;
+        Some((code, head.to_ascii_lowercase(), body.to_string()))
+    })
+    .expect("netns")
+}
+
+/// `web`: LoadBalancer, externalTrafficPolicy Local, healthCheckNodePort
+/// 32000; a1 (on node-a) in the state given, b1 on node-b ready; and the
+/// Node object node-a, tainted for removal or not.
+fn manifests(lab: &Lab, a1_ready: bool, node_tainted: bool) -> String {
+    let ip = |name: &str| lab.pods.iter().find(|p| p.name == name).expect("pod").ip;
+    let a1_conditions = if a1_ready {
+        "{ready: true}"
+    } else {
+        "{ready: false, serving: true, terminating: true}"
+    };
+    let taint = if node_tainted {
+        "\nspec:\n  taints: [{key: ToBeDeletedByClusterAutoscaler, value: \"1765000000\", effect: NoSchedule}]"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: demo}}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32000
+  ports: [{{name: http, port: 80, targetPort: 8080, nodePort: 30080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: demo
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints:
+- {{addresses: [\"{}\"], nodeName: node-a, conditions: {a1_conditions}}}
+- {{addresses: [\"{}\"], nodeName: node-b, conditions: {{ready: true}}}}
+---
+apiVersion: v1
+kind: Node
+metadata: {{name: node-a}}{taint}
+",
+        ip("a1"),
+        ip("b1"),
+    )
+}
+
+#[test]
+fn health_check_node_port_and_proxy_health_answer_as_kube_proxy() {
+    if !need_root() {
+        return;
+    }
+    let mut lab = Lab::two_nodes("hc").expect("lab");
+    lab.start_pods().expect("pods");
+    let dir = lab.dir.join("manifests");
+    std::fs::create_dir_all(&dir).expect("dir");
+    write_manifests(&dir, &manifests(&lab, true, false));
+    lab.start_ingressd_with(Path::new(BIN), "node-a", &dir, &["--no-l7"])
+        .expect("ingressd");
+    let node = lab.node("node-a").ip;
+    let hc = SocketAddr::from((node, 32000));
+    let healthz = SocketAddr::from((node, 10256));
+
+    let (code, head, body) = get(&lab, hc, "/").expect("healthCheckNodePort");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["service"]["namespace"], "demo");
+    assert_eq!(v["service"]["name"], "web");
+    assert_eq!(v["localEndpoints"], 1, "{body}");
+    assert_eq!(v["serviceProxyHealthy"], true);
+    assert!(
+        head.contains("x-load-balancing-endpoint-weight: 1"),
+        "{head}"
+    );
+    assert!(head.contains("content-type: application/json"), "{head}");
+
+    let (code, _, body) = get(&lab, healthz, "/healthz").expect("healthz");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["nodeEligible"], true);
+    assert!(v["lastUpdated"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert_eq!(get(&lab, healthz, "/livez").expect("livez").0, 200);
+
+    // Its one local endpoint terminating: no longer counted, the load
+    // balancer takes this node out.
+    write_manifests(&dir, &manifests(&lab, false, false));
+    let drained = wait_until(Duration::from_secs(5), || {
+        get(&lab, hc, "/")
+            .is_some_and(|(code, _, body)| code == 503 && body.contains("\"localEndpoints\": 0"))
+    });
+    assert!(drained, "{:?}", get(&lab, hc, "/"));
+
+    // The autoscaler removes the node: /healthz and the Service's check
+    // fail, /livez does not (the proxy itself is fine).
+    write_manifests(&dir, &manifests(&lab, true, true));
+    let ineligible = wait_until(Duration::from_secs(5), || {
+        get(&lab, healthz, "/healthz")
+            .is_some_and(|(code, _, body)| code == 503 && body.contains("\"nodeEligible\": false"))
+    });
+    assert!(ineligible, "{:?}", get(&lab, healthz, "/healthz"));
+    assert_eq!(get(&lab, healthz, "/livez").expect("livez").0, 200);
+    let (code, _, body) = get(&lab, hc, "/").expect("healthCheckNodePort");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"serviceProxyHealthy\": false"), "{body}");
+    assert!(body.contains("\"localEndpoints\": 1"), "{body}");
+
+    // The Service goes: so does its port.
+    write_manifests(&dir, "");
+    let closed = wait_until(Duration::from_secs(5), || get(&lab, hc, "/").is_none());
+    assert!(closed, "healthCheckNodePort still answers");
+}

@@ -32,6 +32,8 @@ pub mod map_names {
     pub const AFFINITY: &str = "LB4_AFFINITY";
     /// Connected UDP sockets sent to a backend, by socket cookie.
     pub const UDP_CONNECTED: &str = "SOCK4_UDP_CONNECTED";
+    /// `loadBalancerSourceRanges`, by ring (LPM trie).
+    pub const SOURCE_RANGES: &str = "LB4_SOURCE_RANGES";
     pub const SVC_NAMES: &str = "LB4_SVC_NAMES";
     pub const INGRESS_VIPS: &str = "L7_VIPS";
     pub const PROXY_SOCKETS: &str = "L7_SOCKETS";
@@ -91,6 +93,11 @@ pub const SVC_F_AFFINITY_CLIENT_IP: u32 = 1 << 0;
 /// local backends).
 pub const SVC_F_LOCAL_ONLY: u32 = 1 << 1;
 
+/// `ServiceEntry::flags`: only sources in the ring's `loadBalancerSourceRanges`
+/// (`LB4_SOURCE_RANGES`) may use this frontend (a LoadBalancer IP); others
+/// are dropped.
+pub const SVC_F_SOURCE_RANGES: u32 = 1 << 2;
+
 /// What a frontend leads to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,6 +156,25 @@ const _: () = assert!(size_of::<Ring>() == 8 + 8 * MAGLEV_RING_SIZE);
 /// endpoints on other nodes: kube-proxy drops that traffic silently (there
 /// are endpoints, just none here), and refuses only when there are none.
 pub const RING_F_DROP_IF_EMPTY: u32 = 1 << 0;
+
+/// The data of a `LB4_SOURCE_RANGES` key: a ring and a client address
+/// (network byte order). Entries are stored with a prefix length of
+/// 64 + the range's own, so the ring always matches whole and the address
+/// by its prefix; lookups use 96.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceRangeKey {
+    pub ring_id: u64,
+    pub addr: u32,
+    pub pad: u32,
+}
+const _: () = assert!(size_of::<SourceRangeKey>() == 16);
+
+/// Prefix bits of a `SourceRangeKey` taken by its ring id.
+pub const SOURCE_RANGE_RING_BITS: u32 = 64;
+
+/// Source ranges kept in all (a few per LoadBalancer Service port).
+pub const MAX_SOURCE_RANGES: u32 = 65_536;
 
 /// A flow as seen in one direction of a packet.
 #[repr(C)]
@@ -252,7 +278,9 @@ pub mod counter {
     pub const DROP_REWRITE_FAILED: u32 = 15;
     /// A `Local` policy and no endpoint on this node (see `RING_F_DROP_IF_EMPTY`).
     pub const DROP_NO_LOCAL_ENDPOINT: u32 = 16;
-    pub const COUNT: u32 = 17;
+    /// A source outside the frontend's `loadBalancerSourceRanges`.
+    pub const DROP_SOURCE_RANGE: u32 = 17;
+    pub const COUNT: u32 = 18;
 
     /// Metric label for each counter, by index.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -273,6 +301,7 @@ pub mod counter {
         "drop_snat_exhausted",
         "drop_rewrite_failed",
         "drop_no_local_endpoint",
+        "drop_source_range",
     ];
 }
 
@@ -398,4 +427,5 @@ mod pod_impls {
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityEntry {}
     unsafe impl aya::Pod for UdpConnected {}
+    unsafe impl aya::Pod for SourceRangeKey {}
 }

@@ -1,13 +1,15 @@
 //! Service lookup, conntrack and backend selection: the decisions of the
 //! load balancer, independent of the hook the packet came through.
-use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
+use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use ingress_common::{
     AffinityEntry, AffinityKey, BACKEND_F_REMOTE, Backend, CtEntry, FlowKey, FrontendKey,
-    MAGLEV_RING_SIZE, RING_F_DROP_IF_EMPTY, RevNatEntry, Ring, SVC_F_AFFINITY_CLIENT_IP,
-    ServiceEntry, counter,
+    MAGLEV_RING_SIZE, RING_F_DROP_IF_EMPTY, RevNatEntry, Ring, SOURCE_RANGE_RING_BITS,
+    SVC_F_AFFINITY_CLIENT_IP, SVC_F_SOURCE_RANGES, ServiceEntry, SourceRangeKey, counter,
 };
 
-use crate::maps::{AFFINITY, CONNTRACK, NODE_ADDRS, REVNAT, RINGS, SERVICES, config, count};
+use crate::maps::{
+    AFFINITY, CONNTRACK, NODE_ADDRS, REVNAT, RINGS, SERVICES, SOURCE_RANGES, config, count,
+};
 
 /// BPF_NOEXIST: insert only if absent.
 const BPF_NOEXIST: u64 = 1;
@@ -38,6 +40,24 @@ pub fn lookup_service_v4(flow: &FlowKey) -> Option<ServiceEntry> {
     };
     // SAFETY: as above.
     unsafe { SERVICES.get(&nodeport) }.copied()
+}
+
+/// Whether `src` may use a frontend restricted to its ring's
+/// `loadBalancerSourceRanges` (`SVC_F_SOURCE_RANGES`).
+#[inline(always)]
+pub fn source_allowed_v4(svc: &ServiceEntry, src: u32) -> bool {
+    if svc.flags & SVC_F_SOURCE_RANGES == 0 {
+        return true;
+    }
+    let key = Key::new(
+        SOURCE_RANGE_RING_BITS + 32,
+        SourceRangeKey {
+            ring_id: svc.ring_id,
+            addr: src,
+            pad: 0,
+        },
+    );
+    SOURCE_RANGES.get(&key).is_some()
 }
 
 /// A hash of the whole flow: which ring slot a new flow takes, and where

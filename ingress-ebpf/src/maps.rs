@@ -2,12 +2,12 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use ingress_common::{
     AffinityEntry, AffinityKey, COUNTER_SLOTS, Config, CtEntry, FlowKey, FrontendKey, MAX_AFFINITY,
-    MAX_FLOWS, MAX_NODE_ADDRS, MAX_RINGS, MAX_SERVICES, MAX_UDP_CONNECTED, RevNatEntry, Ring,
-    ServiceEntry, ServiceName, SockLbState, UdpConnected,
+    MAX_FLOWS, MAX_NODE_ADDRS, MAX_RINGS, MAX_SERVICES, MAX_SOURCE_RANGES, MAX_UDP_CONNECTED,
+    RevNatEntry, Ring, ServiceEntry, ServiceName, SockLbState, SourceRangeKey, UdpConnected,
 };
 
 /// Rings are large (8 KiB) and most services are few: allocate on demand.
@@ -46,6 +46,11 @@ pub static SOCK_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 
 /// least recently used client, who then chooses anew).
 #[map(name = "LB4_AFFINITY")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> = LruHashMap::pinned(MAX_AFFINITY, 0);
+
+/// `loadBalancerSourceRanges` of each ring whose LoadBalancer IPs carry
+/// `SVC_F_SOURCE_RANGES`.
+#[map(name = "LB4_SOURCE_RANGES")]
+pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> = LpmTrie::pinned(MAX_SOURCE_RANGES, 0);
 
 /// Connected UDP sockets sent to a backend, by socket cookie: `ingressd`
 /// closes those whose backend left. Entries go at `sock_release`.

@@ -16,7 +16,7 @@ use crate::{
     headers::{
         ETH_HLEN, ETH_P_IP, EthHdr, IP_HLEN, Ipv4Hdr, L4_OFF, TCP_ACK, TCP_SYN, TcpHdr, ptr_at,
     },
-    lb::{Selected, lookup_revnat_v4, lookup_service_v4, select_backend},
+    lb::{Selected, lookup_revnat_v4, lookup_service_v4, select_backend, source_allowed_v4},
     maps::{config, count},
     refuse,
 };
@@ -58,6 +58,12 @@ fn try_xdp_lb_ingress(ctx: &XdpContext) -> Result<u32, u32> {
         count(counter::PASS_NOT_SERVICE);
         return Ok(xdp_action::XDP_PASS);
     };
+    // Every packet, not only a flow's first: a range removed takes effect
+    // on established flows too, as kube-proxy's firewall chain does.
+    if !source_allowed_v4(&svc, pkt.flow.src) {
+        count(counter::DROP_SOURCE_RANGE);
+        return Err(xdp_action::XDP_DROP);
+    }
     let is_syn = pkt.flow.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     match select_backend(&pkt.flow, &svc, is_syn) {
         None => {

@@ -6,7 +6,7 @@ use std::path::Path;
 use ingress_common::{FrontendKey, Ring, ServiceEntry};
 use ingressd::{
     l4::{
-        Diff, LbMapWriter, apply, diff,
+        Diff, LbMapWriter, SourceRange, apply, diff,
         model::{DesiredState, Model, NodeContext, desired_state},
     },
     source::files::ManifestSource,
@@ -18,6 +18,16 @@ fn svc(name: &str, node_port: u16, ext_ip: Option<&str>) -> String {
         .unwrap_or_default();
     format!(
         "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  type: NodePort\n{ext}  ports:\n  - {{port: 80, nodePort: {node_port}}}\n"
+    )
+}
+
+/// A LoadBalancer Service with a cluster IP, an address, and these
+/// loadBalancerSourceRanges.
+fn lb(name: &str, ranges: &[&str]) -> String {
+    let ranges: Vec<String> = ranges.iter().map(|r| format!("\"{r}\"")).collect();
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  type: LoadBalancer\n  clusterIP: 198.19.3.1\n  internalTrafficPolicy: Local\n  loadBalancerSourceRanges: [{}]\n  ports:\n  - {{port: 443, nodePort: 30443}}\nstatus: {{loadBalancer: {{ingress: [{{ip: 198.19.4.1}}]}}}}\n",
+        ranges.join(", ")
     )
 }
 
@@ -43,14 +53,38 @@ struct Replay(DesiredState);
 impl LbMapWriter for Replay {
     fn put_ring(&mut self, id: u64, ring: &Ring, name: &str) -> anyhow::Result<()> {
         let backends = ingressd::l4::maglev::ring_backends(ring);
+        // Ranges are written on their own (as in the source-range map).
+        let source_ranges = self
+            .0
+            .rings
+            .get(&id)
+            .map(|r| r.source_ranges.clone())
+            .unwrap_or_default();
         self.0.rings.insert(
             id,
             ingressd::l4::model::RingSpec {
                 name: name.into(),
                 backends,
                 drop_when_empty: ring.flags & ingress_common::RING_F_DROP_IF_EMPTY != 0,
+                source_ranges,
             },
         );
+        Ok(())
+    }
+    fn put_source_range(&mut self, ring: u64, range: SourceRange) -> anyhow::Result<()> {
+        let spec = self
+            .0
+            .rings
+            .get_mut(&ring)
+            .expect("ranges of a missing ring");
+        spec.source_ranges.push(range);
+        spec.source_ranges.sort();
+        Ok(())
+    }
+    fn delete_source_range(&mut self, ring: u64, range: SourceRange) -> anyhow::Result<()> {
+        if let Some(spec) = self.0.rings.get_mut(&ring) {
+            spec.source_ranges.retain(|r| *r != range);
+        }
         Ok(())
     }
     fn delete_ring(&mut self, id: u64) -> anyhow::Result<()> {
@@ -123,11 +157,23 @@ fn incremental_model_matches_full_recomputation_through_a_sequence_of_changes() 
                 svc("b", 30100, None) + &slice("b-1", "b", &["198.18.1.3"]),
             ),
         ],
+        // A restricted LoadBalancer with a cluster IP arrives, then its
+        // ranges change, then it loses them.
+        vec![(
+            "d.yaml",
+            lb("d", &["198.18.0.0/24", "203.0.113.9/32"]) + &slice("d-1", "d", &["198.18.1.5"]),
+        )],
+        vec![(
+            "d.yaml",
+            lb("d", &["198.18.0.0/25", "203.0.113.9/32"]) + &slice("d-1", "d", &["198.18.1.6"]),
+        )],
+        vec![("d.yaml", lb("d", &[]) + &slice("d-1", "d", &["198.18.1.6"]))],
         // Everything goes.
         vec![
             ("b.yaml", String::new()),
             ("c.yaml", String::new()),
             ("c-slice.yaml", String::new()),
+            ("d.yaml", String::new()),
         ],
     ];
     let mut source = ManifestSource::new(vec![dir.clone()]);

@@ -13,7 +13,7 @@ use aya::{
 };
 use ingress_common::{
     BACKEND_F_REMOTE, Backend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, SVC_F_AFFINITY_CLIENT_IP,
-    ServiceEntry, program_names,
+    SVC_F_SOURCE_RANGES, ServiceEntry, program_names,
 };
 use ingressd::{
     kernel::LbMaps,
@@ -129,6 +129,12 @@ impl Loaded {
                 },
             );
         }
+        apply(&diff(&self.state, &desired), &mut self.maps).expect("apply");
+        self.state = desired;
+    }
+
+    /// Makes `desired` the maps' state, through diff + apply.
+    fn set_state(&mut self, desired: DesiredState) {
         apply(&diff(&self.state, &desired), &mut self.maps).expect("apply");
         self.state = desired;
     }
@@ -609,4 +615,141 @@ fn xdp_pass_passes_everything_untouched() {
         let (verdict, out) = run(|opts| prog.test_run(opts), &input);
         assert_eq!((verdict, out), (XDP_PASS, input));
     }
+}
+
+#[test]
+fn load_balancer_source_ranges_drop_other_sources_at_the_lb_ip_only() {
+    if !need_root() {
+        return;
+    }
+    let mut l = load();
+    let pod = Ipv4Addr::new(198, 18, 1, 2);
+    let vip = FrontendKey {
+        addr: u32::from(LB_IP).to_be(),
+        port: 80u16.to_be(),
+        proto: IPPROTO_TCP,
+        pad: 0,
+    };
+    let mut desired = DesiredState::default();
+    desired.rings.insert(
+        7,
+        RingSpec {
+            name: "test/web:http/TCP".into(),
+            backends: vec![backend(pod, 8080, false)],
+            source_ranges: vec![(Ipv4Addr::new(198, 18, 0, 0), 24)],
+            ..Default::default()
+        },
+    );
+    let entry = |flags| ServiceEntry {
+        ring_id: 7,
+        flags,
+        affinity_timeout: 0,
+    };
+    desired.frontends.insert(vip, entry(SVC_F_SOURCE_RANGES));
+    desired.frontends.insert(nodeport(IPPROTO_TCP), entry(0));
+    l.set_state(desired);
+    let outsider = Ipv4Addr::new(203, 0, 113, 5);
+    // Inside the range: served.
+    let (verdict, out) = l.xdp(&packet::tcp((CLIENT, 40000), (LB_IP, 80), TCP_SYN, 1, b""));
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(packet::parse(&out).unwrap().dst, pod);
+    // Outside: dropped, every packet (not only the first), and counted.
+    for flags in [TCP_SYN, TCP_ACK] {
+        let (verdict, _) = l.xdp(&packet::tcp((outsider, 40001), (LB_IP, 80), flags, 1, b""));
+        assert_eq!(verdict, XDP_DROP);
+    }
+    assert_eq!(l.counter("drop_source_range"), 2);
+    // The NodePort of the same Service is not restricted.
+    let (verdict, out) = l.xdp(&packet::tcp(
+        (outsider, 40002),
+        (NODE, NODE_PORT),
+        TCP_SYN,
+        1,
+        b"",
+    ));
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(packet::parse(&out).unwrap().dst, pod);
+    // The range goes: the outsider may use the LoadBalancer IP.
+    let mut open = l.state.clone();
+    open.rings.get_mut(&7).unwrap().source_ranges = vec![(Ipv4Addr::new(203, 0, 113, 0), 24)];
+    l.set_state(open);
+    let (verdict, _) = l.xdp(&packet::tcp(
+        (outsider, 40003),
+        (LB_IP, 80),
+        TCP_SYN,
+        1,
+        b"",
+    ));
+    assert_eq!(verdict, XDP_PASS);
+    let (verdict, _) = l.xdp(&packet::tcp((CLIENT, 40004), (LB_IP, 80), TCP_SYN, 1, b""));
+    assert_eq!(verdict, XDP_DROP, "the old range still admits");
+}
+
+#[test]
+fn client_ip_affinity_does_not_narrow_the_snat_ports() {
+    if !need_root() {
+        return;
+    }
+    let mut l = load();
+    let remote = backend(Ipv4Addr::new(198, 18, 2, 2), 8080, true);
+    l.set_service(
+        &[nodeport(IPPROTO_TCP)],
+        vec![remote],
+        SVC_F_AFFINITY_CLIENT_IP,
+    );
+    let mut ports = std::collections::BTreeSet::new();
+    for port in 0..40u16 {
+        let (verdict, out) = l.xdp(&packet::tcp(
+            (CLIENT, 30000 + port),
+            (NODE, NODE_PORT),
+            TCP_SYN,
+            1,
+            b"",
+        ));
+        assert_ne!(verdict, XDP_DROP, "connection {port} found no SNAT port");
+        ports.insert(packet::parse(&out).unwrap().sport);
+    }
+    // One client, one backend, but a port per connection (the client-only
+    // hash gave it the same 8 candidates for every connection).
+    assert_eq!(ports.len(), 40, "{ports:?}");
+    assert_eq!(l.counter("drop_snat_exhausted"), 0);
+}
+
+#[test]
+fn an_empty_local_ring_drops_where_an_empty_service_refuses() {
+    if !need_root() {
+        return;
+    }
+    let mut l = load();
+    let mut desired = DesiredState::default();
+    desired.rings.insert(
+        7,
+        RingSpec {
+            name: "test/web:http/TCP local".into(),
+            drop_when_empty: true,
+            ..Default::default()
+        },
+    );
+    desired.frontends.insert(
+        nodeport(IPPROTO_TCP),
+        ServiceEntry {
+            ring_id: 7,
+            flags: ingress_common::SVC_F_LOCAL_ONLY,
+            affinity_timeout: 0,
+        },
+    );
+    l.set_state(desired);
+    let (verdict, _) = l.xdp(&packet::tcp(
+        (CLIENT, 40000),
+        (NODE, NODE_PORT),
+        TCP_SYN,
+        1,
+        b"",
+    ));
+    assert_eq!(
+        verdict, XDP_DROP,
+        "no RST for a Local policy without local endpoints"
+    );
+    assert_eq!(l.counter("drop_no_local_endpoint"), 1);
+    assert_eq!(l.counter("refused_tcp_rst"), 0);
 }

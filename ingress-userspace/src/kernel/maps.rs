@@ -6,15 +6,19 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{
+    Array, HashMap, MapData, PerCpuArray,
+    lpm_trie::{Key, LpmTrie},
+};
 use ingress_common::{
     Config, CtEntry, FlowKey, FrontendKey, IPPROTO_UDP, RING_F_DROP_IF_EMPTY, RevNatEntry, Ring,
-    SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceEntry, ServiceName, counter, map_names, sock_counter,
+    SNAT_PORT_MAX, SNAT_PORT_MIN, SOURCE_RANGE_RING_BITS, ServiceEntry, ServiceName,
+    SourceRangeKey, counter, map_names, sock_counter,
 };
 
 use super::{pins::open_map, sockdiag};
 use crate::l4::{
-    LbMapWriter, RingMember,
+    LbMapWriter, RingMember, SourceRange,
     maglev::ring_backends,
     model::{DesiredState, RingSpec},
 };
@@ -64,6 +68,7 @@ pub struct LbMaps {
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
     sock_counters: PerCpuArray<MapData, u64>,
+    source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
     pin_path: std::path::PathBuf,
     /// Whether the missing-capability warning was given.
     warned_netns: bool,
@@ -87,6 +92,7 @@ impl LbMaps {
             config: open_map(pin_path, map_names::CONFIG)?.try_into()?,
             counters: open_map(pin_path, map_names::COUNTERS)?.try_into()?,
             sock_counters: open_map(pin_path, map_names::SOCK_COUNTERS)?.try_into()?,
+            source_ranges: open_map(pin_path, map_names::SOURCE_RANGES)?.try_into()?,
             pin_path: pin_path.to_path_buf(),
             warned_netns: false,
         })
@@ -112,8 +118,22 @@ impl LbMaps {
                     name,
                     backends: ring_backends(&ring),
                     drop_when_empty: ring.flags & RING_F_DROP_IF_EMPTY != 0,
+                    source_ranges: Vec::new(),
                 },
             );
+        }
+        for key in self.source_ranges.keys() {
+            let key = key?;
+            let data = key.data();
+            let Some(spec) = state.rings.get_mut(&data.ring_id) else {
+                continue;
+            };
+            let len = key.prefix_len().saturating_sub(SOURCE_RANGE_RING_BITS) as u8;
+            spec.source_ranges
+                .push((Ipv4Addr::from(u32::from_be(data.addr)), len));
+        }
+        for spec in state.rings.values_mut() {
+            spec.source_ranges.sort();
         }
         Ok(state)
     }
@@ -218,6 +238,17 @@ impl LbMaps {
     }
 }
 
+fn range_key(ring: u64, (addr, len): SourceRange) -> Key<SourceRangeKey> {
+    Key::new(
+        SOURCE_RANGE_RING_BITS + u32::from(len.min(32)),
+        SourceRangeKey {
+            ring_id: ring,
+            addr: u32::from(addr).to_be(),
+            pad: 0,
+        },
+    )
+}
+
 fn sum_counters(
     map: &PerCpuArray<MapData, u64>,
     names: &[&'static str],
@@ -271,6 +302,15 @@ impl LbMapWriter for LbMaps {
 
     fn delete_frontend(&mut self, key: &FrontendKey) -> anyhow::Result<()> {
         ignore_missing(self.services.remove(key))
+    }
+
+    fn put_source_range(&mut self, ring: u64, range: SourceRange) -> anyhow::Result<()> {
+        self.source_ranges.insert(&range_key(ring, range), 1, 0)?;
+        Ok(())
+    }
+
+    fn delete_source_range(&mut self, ring: u64, range: SourceRange) -> anyhow::Result<()> {
+        ignore_missing(self.source_ranges.remove(&range_key(ring, range)))
     }
 
     fn forget_udp_flows(&mut self, left: &BTreeSet<RingMember>) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use ingress_common::{FrontendKey, Ring, ServiceEntry};
 
-use super::{Diff, RingMember};
+use super::{Diff, RingMember, SourceRange};
 
 /// Where `apply` writes: the pinned BPF maps, or a fake in tests.
 pub trait LbMapWriter {
@@ -15,6 +15,8 @@ pub trait LbMapWriter {
     fn delete_ring(&mut self, id: u64) -> anyhow::Result<()>;
     fn put_frontend(&mut self, key: &FrontendKey, entry: &ServiceEntry) -> anyhow::Result<()>;
     fn delete_frontend(&mut self, key: &FrontendKey) -> anyhow::Result<()>;
+    fn put_source_range(&mut self, ring: u64, range: SourceRange) -> anyhow::Result<()>;
+    fn delete_source_range(&mut self, ring: u64, range: SourceRange) -> anyhow::Result<()>;
     /// Forgets the UDP flows, and closes the connected UDP sockets, that
     /// went to these endpoints through these rings.
     fn forget_udp_flows(&mut self, left: &BTreeSet<RingMember>) -> anyhow::Result<()>;
@@ -26,11 +28,23 @@ pub fn apply(d: &Diff, maps: &mut impl LbMapWriter) -> anyhow::Result<()> {
     for (id, spec) in &d.ring_upserts {
         maps.put_ring(*id, &spec.to_ring(), &spec.name)?;
     }
+    // Ranges before the frontends that check them: a new restricted
+    // LoadBalancer IP never drops an allowed client.
+    for c in &d.source_ranges {
+        for r in &c.add {
+            maps.put_source_range(c.ring, *r)?;
+        }
+    }
     for (key, entry) in &d.frontend_upserts {
         maps.put_frontend(key, entry)?;
     }
     for key in &d.frontend_deletes {
         maps.delete_frontend(key)?;
+    }
+    for c in &d.source_ranges {
+        for r in &c.remove {
+            maps.delete_source_range(c.ring, *r)?;
+        }
     }
     for id in &d.ring_deletes {
         maps.delete_ring(*id)?;
@@ -201,6 +215,14 @@ pub mod fake {
             self.frontends.remove(key);
             self.writes += 1;
             self.check();
+            Ok(())
+        }
+        fn put_source_range(&mut self, _: u64, _: SourceRange) -> anyhow::Result<()> {
+            self.writes += 1;
+            Ok(())
+        }
+        fn delete_source_range(&mut self, _: u64, _: SourceRange) -> anyhow::Result<()> {
+            self.writes += 1;
             Ok(())
         }
         fn forget_udp_flows(&mut self, _: &BTreeSet<RingMember>) -> anyhow::Result<()> {

@@ -1,5 +1,5 @@
 //! `diff` (pure): the map writes that turn one desired state into another.
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use ingress_common::{Backend, FrontendKey, ServiceEntry};
 
@@ -18,6 +18,26 @@ pub struct Diff {
     /// clears a Service's UDP conntrack entries for a removed endpoint, so
     /// a client moves to a live one. TCP stays, to end gracefully.
     pub left: BTreeSet<RingMember>,
+    /// `loadBalancerSourceRanges` added to and removed from rings.
+    pub source_ranges: Vec<RangeChange>,
+}
+
+/// A source range: network address and prefix length.
+pub type SourceRange = (Ipv4Addr, u8);
+
+/// How one ring's source ranges change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeChange {
+    pub ring: u64,
+    pub add: Vec<SourceRange>,
+    pub remove: Vec<SourceRange>,
+}
+
+/// The change from `old` to `new` ranges of ring `ring`, if any.
+pub fn range_change(ring: u64, old: &[SourceRange], new: &[SourceRange]) -> Option<RangeChange> {
+    let add: Vec<SourceRange> = new.iter().filter(|r| !old.contains(r)).copied().collect();
+    let remove: Vec<SourceRange> = old.iter().filter(|r| !new.contains(r)).copied().collect();
+    (!add.is_empty() || !remove.is_empty()).then_some(RangeChange { ring, add, remove })
 }
 
 /// An endpoint of one ring: (ring id, address, port), network order.
@@ -43,6 +63,11 @@ impl Diff {
             + self.frontend_upserts.len()
             + self.frontend_deletes.len()
             + self.ring_deletes.len()
+            + self
+                .source_ranges
+                .iter()
+                .map(|c| c.add.len() + c.remove.len())
+                .sum::<usize>()
     }
 }
 
@@ -71,6 +96,25 @@ pub fn diff(current: &DesiredState, desired: &DesiredState) -> Diff {
     for (id, old) in &current.rings {
         let new = desired.rings.get(id).map_or(&[][..], |r| &r.backends);
         d.left.extend(left_ring(*id, &old.backends, new));
+    }
+    let no_ranges = Vec::new();
+    let ranges = |s: &DesiredState, id: &u64| -> Vec<SourceRange> {
+        s.rings
+            .get(id)
+            .map_or(no_ranges.clone(), |r| r.source_ranges.clone())
+    };
+    let ids: BTreeSet<u64> = current
+        .rings
+        .keys()
+        .chain(desired.rings.keys())
+        .copied()
+        .collect();
+    for id in ids {
+        d.source_ranges.extend(range_change(
+            id,
+            &ranges(current, &id),
+            &ranges(desired, &id),
+        ));
     }
     d
 }

@@ -11,7 +11,7 @@ use std::{
 use ingress_common::{
     BACKEND_F_REMOTE, BACKEND_F_TERMINATING, Backend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
     MAGLEV_RING_SIZE, RING_F_DROP_IF_EMPTY, Ring, SVC_F_AFFINITY_CLIENT_IP, SVC_F_LOCAL_ONLY,
-    ServiceEntry,
+    SVC_F_SOURCE_RANGES, ServiceEntry,
 };
 use k8s_openapi::api::{
     core::v1::{Service, ServiceSpec},
@@ -20,7 +20,7 @@ use k8s_openapi::api::{
 
 use crate::{
     cluster::{Endpoint, ObjectKey, PortRef, Snapshot, usable_endpoints},
-    l4::{Diff, left_ring, maglev::build_ring},
+    l4::{Diff, SourceRange, left_ring, maglev::build_ring, range_change},
 };
 
 /// What makes this node different from the others.
@@ -64,6 +64,9 @@ pub struct RingSpec {
     pub backends: Vec<Backend>,
     /// Empty, it drops instead of refusing (`RING_F_DROP_IF_EMPTY`).
     pub drop_when_empty: bool,
+    /// `loadBalancerSourceRanges` (masked, sorted): the only sources its
+    /// frontends flagged `SVC_F_SOURCE_RANGES` take.
+    pub source_ranges: Vec<SourceRange>,
 }
 
 impl RingSpec {
@@ -264,18 +267,24 @@ impl Model {
             };
             match want {
                 Some(spec) => {
-                    if let Some(old) = self.state.rings.get(&id) {
-                        if *old == spec {
-                            continue;
+                    let old_ranges = match self.state.rings.get(&id) {
+                        Some(old) if *old == spec => continue,
+                        Some(old) => {
+                            d.left.extend(left_ring(id, &old.backends, &spec.backends));
+                            old.source_ranges.clone()
                         }
-                        d.left.extend(left_ring(id, &old.backends, &spec.backends));
-                    }
+                        None => Vec::new(),
+                    };
+                    d.source_ranges
+                        .extend(range_change(id, &old_ranges, &spec.source_ranges));
                     self.state.rings.insert(id, spec.clone());
                     d.ring_upserts.push((id, spec));
                 }
                 None => {
                     if let Some(old) = self.state.rings.remove(&id) {
                         d.left.extend(left_ring(id, &old.backends, &[]));
+                        d.source_ranges
+                            .extend(range_change(id, &old.source_ranges, &[]));
                         d.ring_deletes.push(id);
                     }
                 }
@@ -384,17 +393,65 @@ pub fn cluster_ips(spec: &ServiceSpec) -> Vec<Ipv4Addr> {
     ips
 }
 
-/// Fields kube-proxy honours that this daemon does not yet, by field path.
-fn unsupported_fields(spec: &ServiceSpec) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    if spec
-        .load_balancer_source_ranges
-        .as_ref()
-        .is_some_and(|r| !r.is_empty())
-    {
-        out.push("spec.loadBalancerSourceRanges");
+/// The annotation kube-proxy reads when `spec.loadBalancerSourceRanges` is empty.
+pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+
+/// `loadBalancerSourceRanges` (or its annotation): None when unrestricted,
+/// else the IPv4 ranges, masked and sorted, and a warning per invalid entry.
+/// IPv6 ranges restrict too (an IPv4 client is then refused).
+fn source_ranges(svc: &Service, spec: &ServiceSpec) -> (Option<Vec<SourceRange>>, Vec<String>) {
+    let field: Vec<String> = spec.load_balancer_source_ranges.clone().unwrap_or_default();
+    let (entries, name): (Vec<String>, &str) = if !field.is_empty() {
+        (field, "field spec.loadBalancerSourceRanges")
+    } else {
+        let annotation = svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SOURCE_RANGES_ANNOTATION));
+        match annotation {
+            Some(v) if !v.trim().is_empty() => (
+                v.split(',').map(|s| s.trim().to_string()).collect(),
+                "annotation service.beta.kubernetes.io/load-balancer-source-ranges",
+            ),
+            _ => return (None, Vec::new()),
+        }
+    };
+    let mut ranges = Vec::new();
+    let mut warnings = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        match parse_cidr(e) {
+            Some(Some(r)) => ranges.push(r),
+            Some(None) => {}
+            None => warnings.push(format!(
+                "{name}[{i}]: {e:?} is not a CIDR like 198.51.100.0/24; skipped"
+            )),
+        }
     }
-    out
+    if ranges.is_empty() && warnings.len() == entries.len() {
+        warnings.push(format!(
+            "{name}: no valid range, so no source may use the LoadBalancer IPs"
+        ));
+    }
+    ranges.sort();
+    ranges.dedup();
+    (Some(ranges), warnings)
+}
+
+/// `a.b.c.d/n`, masked: Some(Some) for IPv4, Some(None) for a valid IPv6
+/// range, None when malformed.
+fn parse_cidr(s: &str) -> Option<Option<SourceRange>> {
+    let (addr, len) = s.trim().split_once('/')?;
+    let len: u8 = len.parse().ok()?;
+    if addr.parse::<std::net::Ipv6Addr>().is_ok() {
+        return (len <= 128).then_some(None);
+    }
+    let v4: Ipv4Addr = addr.parse().ok()?;
+    if len > 32 {
+        return None;
+    }
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    Some(Some((Ipv4Addr::from(u32::from(v4) & mask), len)))
 }
 
 /// `sessionAffinity: ClientIP`'s timeout, or an error naming the field.
@@ -447,11 +504,13 @@ pub fn service_contribution(
             message,
         })
     };
-    for field in unsupported_fields(spec) {
-        warn(
-            &mut out,
-            format!("field {field} is not supported yet; the Service is served without it"),
-        );
+    let (ranges, range_warnings) = if ty == "LoadBalancer" {
+        source_ranges(svc, spec)
+    } else {
+        (None, Vec::new())
+    };
+    for w in range_warnings {
+        warn(&mut out, w);
     }
     let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
     let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
@@ -469,9 +528,12 @@ pub fn service_contribution(
             vips.push(ip);
         }
     }
-    if !lb_to_proxy {
-        vips.extend(load_balancer_ips(svc));
-    }
+    let lb_ips = if lb_to_proxy {
+        Vec::new()
+    } else {
+        load_balancer_ips(svc)
+    };
+    vips.extend(lb_ips.iter().copied());
     vips.sort();
     vips.dedup();
     let cluster = if node.serve.cluster_ip {
@@ -545,6 +607,7 @@ pub fn service_contribution(
                         name: ring_name,
                         backends,
                         drop_when_empty,
+                        source_ranges: Vec::new(),
                     },
                 );
             }
@@ -556,7 +619,11 @@ pub fn service_contribution(
             affinity_timeout: timeout.unwrap_or(0),
         };
         if external {
-            let e = entry(ring_for(external_local, &mut out), external_local);
+            let ring = ring_for(external_local, &mut out);
+            let e = entry(ring, external_local);
+            if let (Some(r), Some(spec)) = (&ranges, out.rings.get_mut(&ring)) {
+                spec.source_ranges = r.clone();
+            }
             if let Some(np) = node_port {
                 out.frontends.push((
                     FrontendKey {
@@ -575,6 +642,12 @@ pub fn service_contribution(
                     proto,
                     pad: 0,
                 };
+                // The ranges guard the LoadBalancer IPs only (kube-proxy's
+                // firewall chain): not externalIPs, not the NodePort.
+                let mut e = e;
+                if ranges.is_some() && lb_ips.contains(vip) {
+                    e.flags |= SVC_F_SOURCE_RANGES;
+                }
                 out.frontends.push((key, e));
             }
         }

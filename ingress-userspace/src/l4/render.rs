@@ -1,7 +1,9 @@
 //! One text form of the L4 state, for golden tests and `ingressd maps`.
 use std::fmt::Write as _;
 
-use ingress_common::{SVC_F_AFFINITY_CLIENT_IP, SVC_F_LOCAL_ONLY, ServiceEntry};
+use ingress_common::{
+    SVC_F_AFFINITY_CLIENT_IP, SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES, ServiceEntry,
+};
 
 use crate::l4::model::{DesiredState, show_backend, show_frontend};
 
@@ -12,6 +14,9 @@ fn flags(e: &ServiceEntry) -> String {
     }
     if e.flags & SVC_F_LOCAL_ONLY != 0 {
         v.push("trafficPolicy=Local".to_string());
+    }
+    if e.flags & SVC_F_SOURCE_RANGES != 0 {
+        v.push("sourceRanges".to_string());
     }
     if v.is_empty() {
         "-".to_string()
@@ -57,6 +62,14 @@ pub fn render_state(state: &DesiredState) -> String {
         backends.sort_by_key(|b| (u32::from_be(b.addr), u16::from_be(b.port)));
         for b in &backends {
             let _ = writeln!(out, "{:<40} {}", ring.name, show_backend(b));
+        }
+        if !ring.source_ranges.is_empty() {
+            let ranges: Vec<String> = ring
+                .source_ranges
+                .iter()
+                .map(|(a, l)| format!("{a}/{l}"))
+                .collect();
+            let _ = writeln!(out, "{:<40} sources {}", ring.name, ranges.join(","));
         }
     }
     out

@@ -18,7 +18,12 @@ pub const MAGLEV_RING_SIZE: usize = 1021;
 pub mod map_names {
     pub const SERVICES: &str = "LB4_SERVICES";
     pub const RINGS: &str = "LB4_RINGS";
-    pub const CONNTRACK: &str = "LB4_CONNTRACK";
+    /// `_V2`: entries carry their TCP state and last use (aged by time).
+    pub const CONNTRACK: &str = "LB4_CONNTRACK_V2";
+    /// The layout before `_V2`: adopted (migrated) once at start.
+    pub const CONNTRACK_V1: &str = "LB4_CONNTRACK";
+    /// Per-CPU token bucket for RSTs and ICMP unreachables.
+    pub const REFUSE_BUCKET: &str = "LB4_REFUSE_BUCKET";
     pub const REVNAT: &str = "LB4_REVNAT";
     pub const NODE_ADDRS: &str = "LB4_NODE_ADDRS";
     pub const CONFIG: &str = "LB4_CONFIG";
@@ -194,6 +199,8 @@ pub struct FlowKey {
 const _: () = assert!(size_of::<FlowKey>() == 16);
 
 /// Conntrack entry for a client flow (key: the client's packet as received).
+/// The fields up to `ring_id` keep the layout of the first version (then
+/// `state` was padding), so `ingressd` migrates old entries field by field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtEntry {
@@ -203,11 +210,43 @@ pub struct CtEntry {
     /// to (network byte order); zero for local backends.
     pub snat_addr: u32,
     pub snat_port: u16,
-    pub pad: u16,
-    /// Ring of the service the flow entered through (for `ingressd maps`).
+    /// `CT_*`: where the flow is in its life, which decides its timeout.
+    pub state: u8,
+    pub pad: u8,
+    /// Ring of the service the flow entered through.
     pub ring_id: u64,
+    /// `bpf_ktime_get_ns()` of the client's last packet (refreshed at most
+    /// once a second, the timeouts' granularity).
+    pub last_seen_ns: u64,
 }
-const _: () = assert!(size_of::<CtEntry>() == 24);
+const _: () = assert!(size_of::<CtEntry>() == 32);
+
+/// `CtEntry::state`: a TCP SYN, nothing after it yet.
+pub const CT_TCP_SYN: u8 = 1;
+/// `CtEntry::state`: a TCP flow past its handshake.
+pub const CT_TCP_ESTABLISHED: u8 = 2;
+/// `CtEntry::state`: a TCP flow whose client sent FIN or RST.
+pub const CT_TCP_CLOSING: u8 = 3;
+/// `CtEntry::state`: a UDP flow.
+pub const CT_UDP: u8 = 4;
+
+/// How often a flow's `last_seen_ns` is rewritten, at most.
+pub const CT_REFRESH_NS: u64 = 1_000_000_000;
+
+/// The refusals' token bucket (per CPU): time credit, in nanoseconds, for
+/// RSTs and ICMP unreachables; each costs `REFUSE_INTERVAL_NS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RefuseBucket {
+    pub credit_ns: u64,
+    pub last_ns: u64,
+}
+const _: () = assert!(size_of::<RefuseBucket>() == 16);
+
+/// One refusal a millisecond per CPU (Linux's icmp_msgs_per_sec is 1000)...
+pub const REFUSE_INTERVAL_NS: u64 = 1_000_000;
+/// ...with bursts of 50 (icmp_msgs_burst).
+pub const REFUSE_BURST: u64 = 50;
 
 /// How to rewrite a reply (key: the reply packet's flow as it leaves the
 /// backend). Local backends: the TC egress program rewrites the source back
@@ -280,7 +319,23 @@ pub mod counter {
     pub const DROP_NO_LOCAL_ENDPOINT: u32 = 16;
     /// A source outside the frontend's `loadBalancerSourceRanges`.
     pub const DROP_SOURCE_RANGE: u32 = 17;
-    pub const COUNT: u32 = 18;
+    /// A TCP packet other than a SYN with no flow: never starts one (the
+    /// stack answers it as it would without us).
+    pub const PASS_TCP_WITHOUT_FLOW: u32 = 18;
+    /// A refusal (RST, ICMP) over the rate limit: dropped instead.
+    pub const DROP_REFUSAL_RATE_LIMITED: u32 = 19;
+    /// A new flow whose reply would have taken over another flow's reverse
+    /// NAT entry (a spoofed client address and port): dropped.
+    pub const DROP_REVNAT_CONFLICT: u32 = 20;
+    /// New flows recorded in conntrack.
+    pub const CONNTRACK_CREATED: u32 = 21;
+    /// Flows removed by `ingressd` for being idle past their timeout
+    /// (written from user space, on CPU 0's slot only).
+    pub const CONNTRACK_EXPIRED: u32 = 22;
+    /// UDP flows removed by `ingressd` because their endpoint left
+    /// (written from user space, on CPU 0's slot only).
+    pub const CONNTRACK_FORGOTTEN: u32 = 23;
+    pub const COUNT: u32 = 24;
 
     /// Metric label for each counter, by index.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -302,6 +357,12 @@ pub mod counter {
         "drop_rewrite_failed",
         "drop_no_local_endpoint",
         "drop_source_range",
+        "pass_tcp_without_flow",
+        "drop_refusal_rate_limited",
+        "drop_revnat_conflict",
+        "conntrack_created",
+        "conntrack_expired",
+        "conntrack_forgotten",
     ];
 }
 
@@ -428,4 +489,5 @@ mod pod_impls {
     unsafe impl aya::Pod for AffinityEntry {}
     unsafe impl aya::Pod for UdpConnected {}
     unsafe impl aya::Pod for SourceRangeKey {}
+    unsafe impl aya::Pod for RefuseBucket {}
 }

@@ -2,10 +2,13 @@
 //! load balancer, independent of the hook the packet came through.
 use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use ingress_common::{
-    AffinityEntry, AffinityKey, BACKEND_F_REMOTE, Backend, CtEntry, FlowKey, FrontendKey,
+    AffinityEntry, AffinityKey, BACKEND_F_REMOTE, Backend, CT_REFRESH_NS, CT_TCP_CLOSING,
+    CT_TCP_ESTABLISHED, CT_TCP_SYN, CT_UDP, CtEntry, FlowKey, FrontendKey, IPPROTO_TCP,
     MAGLEV_RING_SIZE, RING_F_DROP_IF_EMPTY, RevNatEntry, Ring, SOURCE_RANGE_RING_BITS,
     SVC_F_AFFINITY_CLIENT_IP, SVC_F_SOURCE_RANGES, ServiceEntry, SourceRangeKey, counter,
 };
+
+use crate::headers::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 use crate::maps::{
     AFFINITY, CONNTRACK, NODE_ADDRS, REVNAT, RINGS, SERVICES, SOURCE_RANGES, config, count,
@@ -88,6 +91,10 @@ fn mix(mut h: u32) -> u32 {
 pub enum Selected {
     /// Forward to this backend (SNAT fields set for remote ones).
     Backend(CtEntry),
+    /// A TCP packet other than a SYN and no flow: leave it to the stack.
+    NoFlow,
+    /// Drop the packet, counted under this counter.
+    Drop(u32),
     /// The service has no usable endpoint: refuse the flow.
     NoEndpoint,
     /// A `Local` policy and no endpoint on this node: drop the flow.
@@ -167,14 +174,26 @@ pub fn affine_backend(
 
 /// Conntrack hit, or a new choice from the service's Maglev ring.
 /// A TCP SYN always chooses anew, so a reused client port never lands on a
-/// backend that has since been removed.
+/// backend that has since been removed; any other TCP packet without a flow
+/// starts none (`NoFlow`): an outsider's stray or spoofed packets cost no
+/// state and no SNAT port.
 #[inline(always)]
-pub fn select_backend(flow: &FlowKey, svc: &ServiceEntry, is_syn: bool) -> Option<Selected> {
+pub fn select_backend(flow: &FlowKey, svc: &ServiceEntry, tcp_flags: u8) -> Option<Selected> {
+    let is_tcp = flow.proto == IPPROTO_TCP;
+    let is_syn = is_tcp && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
     if !is_syn {
-        // SAFETY: Copy value read once.
-        if let Some(ct) = unsafe { CONNTRACK.get(flow) } {
+        if let Some(ct) = CONNTRACK.get_ptr_mut(flow) {
+            // SAFETY: pointer into a map value, valid for this program run;
+            // other CPUs may write it too, which only races a timestamp.
+            let ct = unsafe { &mut *ct };
+            touch_flow(ct, tcp_flags, now);
             count(counter::DNAT_CT_HIT);
             return Some(Selected::Backend(*ct));
+        }
+        if is_tcp {
+            return Some(Selected::NoFlow);
         }
     }
     let ring = RINGS.get_ptr(svc.ring_id)?;
@@ -195,13 +214,14 @@ pub fn select_backend(flow: &FlowKey, svc: &ServiceEntry, is_syn: bool) -> Optio
         backend,
         snat_addr: 0,
         snat_port: 0,
+        state: if is_tcp { CT_TCP_SYN } else { CT_UDP },
         pad: 0,
         ring_id: svc.ring_id,
+        last_seen_ns: now,
     };
     if backend.flags & BACKEND_F_REMOTE != 0 {
         if !reserve_snat(flow, &backend, hash, &mut ct) {
-            count(counter::DROP_SNAT_EXHAUSTED);
-            return None;
+            return Some(Selected::Drop(counter::DROP_SNAT_EXHAUSTED));
         }
         count(counter::DNAT_NEW_REMOTE);
     } else {
@@ -214,13 +234,46 @@ pub fn select_backend(flow: &FlowKey, svc: &ServiceEntry, is_syn: bool) -> Optio
             pad: [0; 3],
         };
         let rev = undo_for(flow);
-        // Fail open: without the entry the reply leaves un-NATed and the
-        // client resets it, which it would do anyway without the service.
-        let _ = REVNAT.insert(&reply, &rev, 0);
+        // Never overwrite another flow's entry: a spoofed client address
+        // and port through another frontend would steal its replies.
+        if REVNAT.insert(&reply, &rev, BPF_NOEXIST).is_err() {
+            // SAFETY: Copy value read once.
+            match unsafe { REVNAT.get(&reply) } {
+                Some(existing) if same_revnat(existing, &rev) => {}
+                Some(_) => return Some(Selected::Drop(counter::DROP_REVNAT_CONFLICT)),
+                // Fail open: without the entry the reply leaves un-NATed
+                // and the client resets it.
+                None => {}
+            }
+        }
         count(counter::DNAT_NEW_LOCAL);
     }
     let _ = CONNTRACK.insert(flow, &ct, 0);
+    count(counter::CONNTRACK_CREATED);
     Some(Selected::Backend(ct))
+}
+
+/// A client packet of a known flow: its state follows the TCP flags, and
+/// its clock restarts (at most once per `CT_REFRESH_NS`).
+#[inline(always)]
+fn touch_flow(ct: &mut CtEntry, tcp_flags: u8, now: u64) {
+    let mut state = ct.state;
+    if state != CT_UDP {
+        if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            state = CT_TCP_CLOSING;
+        } else if state == CT_TCP_SYN && tcp_flags & TCP_ACK != 0 {
+            state = CT_TCP_ESTABLISHED;
+        }
+    }
+    if state != ct.state || now.wrapping_sub(ct.last_seen_ns) >= CT_REFRESH_NS {
+        ct.state = state;
+        ct.last_seen_ns = now;
+    }
+}
+
+#[inline(always)]
+fn same_revnat(a: &RevNatEntry, b: &RevNatEntry) -> bool {
+    a.src == b.src && a.dst == b.dst && a.sport == b.sport && a.dport == b.dport
 }
 
 /// Finds a free (node address, port) for a flow to a remote backend and
@@ -252,11 +305,7 @@ fn reserve_snat(flow: &FlowKey, backend: &Backend, hash: u32, ct: &mut CtEntry) 
         // The port is taken: by this same flow (a retransmitted SYN) it is ours.
         // SAFETY: Copy value read once.
         if let Some(existing) = unsafe { REVNAT.get(&reply) } {
-            if existing.dst == rev.dst
-                && existing.dport == rev.dport
-                && existing.src == rev.src
-                && existing.sport == rev.sport
-            {
+            if same_revnat(existing, &rev) {
                 ct.snat_addr = cfg.snat_addr;
                 ct.snat_port = port.to_be();
                 return true;

@@ -7,7 +7,8 @@ use aya_ebpf::{
 use ingress_common::{
     AffinityEntry, AffinityKey, COUNTER_SLOTS, Config, CtEntry, FlowKey, FrontendKey, MAX_AFFINITY,
     MAX_FLOWS, MAX_NODE_ADDRS, MAX_RINGS, MAX_SERVICES, MAX_SOURCE_RANGES, MAX_UDP_CONNECTED,
-    RevNatEntry, Ring, ServiceEntry, ServiceName, SockLbState, SourceRangeKey, UdpConnected,
+    RefuseBucket, RevNatEntry, Ring, ServiceEntry, ServiceName, SockLbState, SourceRangeKey,
+    UdpConnected,
 };
 
 /// Rings are large (8 KiB) and most services are few: allocate on demand.
@@ -19,7 +20,7 @@ pub static SERVICES: HashMap<FrontendKey, ServiceEntry> = HashMap::pinned(MAX_SE
 #[map(name = "LB4_RINGS")]
 pub static RINGS: HashMap<u64, Ring> = HashMap::pinned(MAX_RINGS, BPF_F_NO_PREALLOC);
 
-#[map(name = "LB4_CONNTRACK")]
+#[map(name = "LB4_CONNTRACK_V2")]
 pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(MAX_FLOWS, 0);
 
 #[map(name = "LB4_REVNAT")]
@@ -38,6 +39,10 @@ pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
 #[map(name = "LB4_COUNTERS_V2")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+
+/// The refusals' token bucket, one per CPU (so no lock and no sharing).
+#[map(name = "LB4_REFUSE_BUCKET")]
+pub static REFUSE_BUCKET: PerCpuArray<RefuseBucket> = PerCpuArray::pinned(1, 0);
 
 #[map(name = "SOCK4_COUNTERS")]
 pub static SOCK_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);

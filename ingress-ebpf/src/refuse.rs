@@ -3,10 +3,10 @@
 //! interface the packet came in on (XDP_TX), from the frontend's address.
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    helpers::generated::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use ingress_common::{IPPROTO_TCP, counter};
+use ingress_common::{IPPROTO_TCP, REFUSE_BURST, REFUSE_INTERVAL_NS, counter};
 
 use crate::{
     csum,
@@ -14,7 +14,7 @@ use crate::{
         ETH_HLEN, EthHdr, IP_HLEN, Ipv4Hdr, L4_OFF, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr,
         ptr_at,
     },
-    maps::count,
+    maps::{REFUSE_BUCKET, count},
     xdp::Packet,
 };
 
@@ -24,12 +24,40 @@ const TCP_HLEN: usize = 20;
 /// ICMP carries the offending IP header and the first 8 bytes after it.
 const ICMP_QUOTE: usize = IP_HLEN + 8;
 
+/// Takes a token from this CPU's refusal bucket; false when it is empty.
+/// Bounded refusals: a flood at a Service without endpoints cannot turn
+/// this node into a reflector of RSTs and ICMP at line rate.
+#[inline(always)]
+fn refusal_allowed() -> bool {
+    let Some(b) = REFUSE_BUCKET.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: this CPU's slot; nothing else runs on it meanwhile.
+    let b = unsafe { &mut *b };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let cap = REFUSE_INTERVAL_NS * REFUSE_BURST;
+    let credit = b.credit_ns.saturating_add(now.saturating_sub(b.last_ns));
+    b.last_ns = now;
+    let credit = if credit > cap { cap } else { credit };
+    if credit < REFUSE_INTERVAL_NS {
+        b.credit_ns = credit;
+        return false;
+    }
+    b.credit_ns = credit - REFUSE_INTERVAL_NS;
+    true
+}
+
 pub fn refuse_v4(ctx: &XdpContext, pkt: &Packet) -> u32 {
+    // Never answer a reset with a reset (and spend no token on it).
+    if pkt.flow.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {
+        return xdp_action::XDP_DROP;
+    }
+    if !refusal_allowed() {
+        count(counter::DROP_REFUSAL_RATE_LIMITED);
+        return xdp_action::XDP_DROP;
+    }
     if pkt.flow.proto == IPPROTO_TCP {
-        // Never answer a reset with a reset.
-        if pkt.tcp_flags & TCP_RST != 0 {
-            return xdp_action::XDP_DROP;
-        }
         return match reset_tcp_v4(ctx) {
             Some(v) => {
                 count(counter::REFUSED_TCP_RST);

@@ -13,9 +13,7 @@ use ingress_common::{BACKEND_F_REMOTE, FlowKey, IPPROTO_TCP, IPPROTO_UDP, RevNat
 
 use crate::{
     csum,
-    headers::{
-        ETH_HLEN, ETH_P_IP, EthHdr, IP_HLEN, Ipv4Hdr, L4_OFF, TCP_ACK, TCP_SYN, TcpHdr, ptr_at,
-    },
+    headers::{ETH_HLEN, ETH_P_IP, EthHdr, IP_HLEN, Ipv4Hdr, L4_OFF, TcpHdr, ptr_at},
     lb::{Selected, lookup_revnat_v4, lookup_service_v4, select_backend, source_allowed_v4},
     maps::{config, count},
     refuse,
@@ -64,10 +62,17 @@ fn try_xdp_lb_ingress(ctx: &XdpContext) -> Result<u32, u32> {
         count(counter::DROP_SOURCE_RANGE);
         return Err(xdp_action::XDP_DROP);
     }
-    let is_syn = pkt.flow.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    match select_backend(&pkt.flow, &svc, is_syn) {
+    match select_backend(&pkt.flow, &svc, pkt.tcp_flags) {
         None => {
             count(counter::DROP_REWRITE_FAILED);
+            Err(xdp_action::XDP_DROP)
+        }
+        Some(Selected::NoFlow) => {
+            count(counter::PASS_TCP_WITHOUT_FLOW);
+            Ok(xdp_action::XDP_PASS)
+        }
+        Some(Selected::Drop(reason)) => {
+            count(reason);
             Err(xdp_action::XDP_DROP)
         }
         Some(Selected::NoEndpoint) => Ok(refuse::refuse_v4(ctx, &pkt)),

@@ -230,6 +230,18 @@ struct L4Flags {
     /// over 60 s, or this Node is being removed) and /livez, with the L4 data path.
     #[arg(long, default_value = "0.0.0.0:10256", env = "INGRESSD_HEALTHZ_ADDR")]
     healthz_addr: SocketAddr,
+    /// An idle TCP flow past its handshake is forgotten after this long (24h, 90m, 3600s).
+    #[arg(long, default_value = "24h", value_parser = parse_duration, env = "INGRESSD_CONNTRACK_TCP_TIMEOUT_ESTABLISHED")]
+    conntrack_tcp_timeout_established: Duration,
+    /// A TCP flow whose client sent FIN or RST is forgotten after this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "INGRESSD_CONNTRACK_TCP_TIMEOUT_CLOSE")]
+    conntrack_tcp_timeout_close: Duration,
+    /// A TCP flow that never got past its SYN is forgotten after this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, env = "INGRESSD_CONNTRACK_TCP_TIMEOUT_SYN")]
+    conntrack_tcp_timeout_syn: Duration,
+    /// An idle UDP flow is forgotten after this long.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "INGRESSD_CONNTRACK_UDP_TIMEOUT")]
+    conntrack_udp_timeout: Duration,
 }
 
 /// How the proxy treats what clients say about themselves, and which
@@ -275,6 +287,37 @@ fn parse_destination(s: &str) -> Result<Destination, String> {
 
 fn parse_cidr(s: &str) -> Result<Cidr, String> {
     Cidr::parse(s).ok_or_else(|| format!("{s:?} is not a CIDR like 10.0.0.0/8 or 2001:db8::/32"))
+}
+
+/// `24h`, `1h30m`, `90s`, `500ms` or plain seconds (Go's duration syntax,
+/// as kube-proxy's flags take them, without fractions).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let bad = || format!("{s:?} is not a duration like 24h, 1h30m, 90s or 500ms");
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
+        let part = match &rest[..unit] {
+            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
+            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
+            "s" => Duration::from_secs(n),
+            "ms" => Duration::from_millis(n),
+            _ => return Err(bad()),
+        };
+        total = total.checked_add(part).ok_or_else(bad)?;
+        rest = &rest[unit..];
+    }
+    Ok(total)
 }
 
 /// `1m`, `32k`, `2g` or plain bytes (nginx's size syntax).
@@ -367,13 +410,20 @@ fn print_maps(pin_path: &std::path::Path, flow_limit: usize) -> anyhow::Result<(
     let addrs: Vec<String> = maps.node_addrs().iter().map(|a| a.to_string()).collect();
     let _ = writeln!(out, "NODE ADDRESSES  {}\n", addrs.join(" "));
     out.push_str(&render_state(&state));
-    out.push_str("\nFLOWS\n");
+    let flows = maps.flows(usize::MAX);
+    let now = kernel::monotonic_ns();
     let _ = writeln!(
         out,
-        "{:<8} {:<22} {:<22} {:<28} SNAT",
-        "PROTO", "CLIENT", "FRONTEND", "BACKEND"
+        "\nFLOWS ({} of {} in the table)",
+        flows.len(),
+        ingress_common::MAX_FLOWS
     );
-    for f in maps.flows(flow_limit) {
+    let _ = writeln!(
+        out,
+        "{:<8} {:<22} {:<22} {:<28} {:<12} {:<7} SNAT",
+        "PROTO", "CLIENT", "FRONTEND", "BACKEND", "STATE", "IDLE"
+    );
+    for f in flows.iter().take(flow_limit) {
         let k = f.key;
         let proto = if k.proto == ingress_common::IPPROTO_TCP {
             "TCP"
@@ -399,9 +449,20 @@ fn print_maps(pin_path: &std::path::Path, flow_limit: usize) -> anyhow::Result<(
                 u16::from_be(f.entry.snat_port)
             )
         };
+        let state = match f.entry.state {
+            ingress_common::CT_TCP_SYN => "syn",
+            ingress_common::CT_TCP_ESTABLISHED => "established",
+            ingress_common::CT_TCP_CLOSING => "closing",
+            ingress_common::CT_UDP => "udp",
+            _ => "?",
+        };
+        let idle = format!(
+            "{}s",
+            now.saturating_sub(f.entry.last_seen_ns) / 1_000_000_000
+        );
         let _ = writeln!(
             out,
-            "{proto:<8} {client:<22} {frontend:<22} {:<28} {snat}",
+            "{proto:<8} {client:<22} {frontend:<22} {:<28} {state:<12} {idle:<7} {snat}",
             show_backend(&f.entry.backend)
         );
     }
@@ -516,6 +577,12 @@ fn main() -> std::process::ExitCode {
                 cgroup: l4.cgroup,
                 service_proxy_name: l4.service_proxy_name.filter(|n| !n.is_empty()),
                 healthz_addr: l4.healthz_addr,
+                conntrack: kernel::Timeouts {
+                    tcp_syn: l4.conntrack_tcp_timeout_syn,
+                    tcp_established: l4.conntrack_tcp_timeout_established,
+                    tcp_close: l4.conntrack_tcp_timeout_close,
+                    udp: l4.conntrack_udp_timeout,
+                },
                 no_l4,
                 no_l7,
                 http_addr,

@@ -603,3 +603,97 @@ fn closes_a_resolvers_socket(lab: &Lab, manifests: &Path, moved: &str) {
     let log = lab.ingressd_log("node-a");
     assert!(log.contains("sockets=1"), "log:\n{log}");
 }
+
+/// A sample of a node's `/metrics` (0 when absent).
+fn metric(lab: &Lab, node: &str, sample: &str) -> u64 {
+    let n = lab.node(node);
+    let addr = n.metrics;
+    let text = in_netns(&n.ns, move || lab::http_get(addr, "/metrics", T))
+        .expect("netns")
+        .expect("/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn spoofed_non_syn_floods_neither_create_state_nor_stop_real_clients() {
+    if !need_root() {
+        return;
+    }
+    // Endpoints on node-b only: every flow through node-a would need SNAT.
+    let (lab, _m) = setup("flood", &["b1", "b2"]);
+    let node = lab.node("node-a").ip;
+    // 20,000 TCP ACKs from random sources of 198.19.0.0/16, through a raw
+    // socket of the client's namespace.
+    let sent = in_netns(&lab.client_ns, move || -> std::io::Result<usize> {
+        // SAFETY: a raw socket owned for this closure; IPPROTO_RAW implies
+        // that we write the IP header.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let dst = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(node).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let mut seed: u32 = 0x1234_5678;
+        let mut sent = 0;
+        for i in 0..20_000u32 {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            let src = std::net::Ipv4Addr::new(198, 19, (seed >> 8) as u8, seed as u8);
+            let frame = testkit::packet::tcp(
+                (src, 1024 + (i % 60_000) as u16),
+                (node, 30080),
+                testkit::packet::TCP_ACK,
+                seed,
+                b"",
+            );
+            let ip = &frame[testkit::packet::IP_OFF..];
+            // SAFETY: sending a buffer we own to a valid address.
+            let n = unsafe {
+                libc::sendto(
+                    fd,
+                    ip.as_ptr().cast(),
+                    ip.len(),
+                    0,
+                    (&dst as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                )
+            };
+            if n > 0 {
+                sent += 1;
+            }
+        }
+        // SAFETY: closing our own descriptor.
+        unsafe { libc::close(fd) };
+        Ok(sent)
+    })
+    .expect("netns")
+    .expect("raw socket");
+    assert_eq!(sent, 20_000);
+    let seen = wait_until(Duration::from_secs(5), || {
+        metric(
+            &lab,
+            "node-a",
+            "ingressd_l4_packets_total{reason=\"pass_tcp_without_flow\"}",
+        ) >= 19_000
+    });
+    assert!(seen, "the flood did not reach node-a's XDP program");
+    // A real client still gets through, every time.
+    let answers = ask_http(&lab, SocketAddr::from((node, 30080)), 30)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.ingressd_log("node-a")));
+    assert_eq!(answers.len(), 30);
+    // The flood took no state and no SNAT port.
+    let flows = wait_until(Duration::from_secs(5), || {
+        let n = metric(&lab, "node-a", "ingressd_l4_snat_ports_in_use");
+        metric(&lab, "node-a", "ingressd_l4_conntrack_entries") <= 30 && n <= 30
+    });
+    assert!(flows, "the flood left state behind");
+}

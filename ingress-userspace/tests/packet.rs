@@ -22,7 +22,7 @@ use ingressd::{
         model::{DesiredState, RingSpec},
     },
 };
-use testkit::packet::{self, TCP_ACK, TCP_RST, TCP_SYN};
+use testkit::packet::{self, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -231,6 +231,9 @@ fn payload_packets_keep_exact_checksums() {
     l.set_service(&[vip], vec![backend(pod, 8080, false)], 0);
     for len in [0usize, 1, 2, 3, 17, 100, 1000] {
         let payload: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+        // The flow starts with its SYN; the payload follows.
+        let syn = packet::tcp((CLIENT, 41000 + len as u16), (LB_IP, 80), TCP_SYN, 98, b"");
+        assert_eq!(l.xdp(&syn).0, XDP_PASS);
         let pkt = packet::tcp(
             (CLIENT, 41000 + len as u16),
             (LB_IP, 80),
@@ -458,15 +461,15 @@ fn service_without_endpoints_refuses_tcp_with_rst() {
     );
     assert_checksums(&out);
 
-    // With ACK set, the RST takes its sequence number from the ACK.
+    // Anything but a SYN starts no flow: the stack answers it (with a
+    // reset of its own), and nothing is recorded.
     let ack = packet::tcp((CLIENT, 43001), (NODE, NODE_PORT), TCP_ACK, 5, b"data");
-    let (_, out) = l.xdp(&ack);
-    let tcp = &out[packet::L4_OFF..];
-    assert_eq!(tcp[13], TCP_RST);
-    assert_eq!(u32::from_be_bytes(tcp[4..8].try_into().unwrap()), 1000);
-    assert_checksums(&out);
+    let (verdict, out) = l.xdp(&ack);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, ack, "passed untouched");
+    assert_eq!(l.counter("pass_tcp_without_flow"), 1);
 
-    // Never a reset for a reset.
+    // Never a reset for a reset: it goes to the stack like any non-SYN.
     let (verdict, _) = l.xdp(&packet::tcp(
         (CLIENT, 43002),
         (NODE, NODE_PORT),
@@ -474,8 +477,8 @@ fn service_without_endpoints_refuses_tcp_with_rst() {
         5,
         b"",
     ));
-    assert_eq!(verdict, XDP_DROP);
-    assert_eq!(l.counter("refused_tcp_rst"), 2);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(l.counter("refused_tcp_rst"), 1);
 }
 
 #[test]
@@ -752,4 +755,143 @@ fn an_empty_local_ring_drops_where_an_empty_service_refuses() {
     );
     assert_eq!(l.counter("drop_no_local_endpoint"), 1);
     assert_eq!(l.counter("refused_tcp_rst"), 0);
+}
+
+#[test]
+fn tcp_flows_start_only_with_a_syn() {
+    if !need_root() {
+        return;
+    }
+    let mut l = load();
+    let remote = backend(Ipv4Addr::new(198, 18, 2, 2), 8080, true);
+    l.set_service(&[nodeport(IPPROTO_TCP)], vec![remote], 0);
+    // Spoofed or stray packets of flows that never began: passed to the
+    // stack as they came, with no flow recorded and no SNAT port taken.
+    for (i, flags) in [TCP_ACK, TCP_ACK | TCP_FIN, TCP_RST, TCP_SYN | TCP_ACK]
+        .into_iter()
+        .enumerate()
+    {
+        let src = Ipv4Addr::new(203, 0, 113, 1 + i as u8);
+        let pkt = packet::tcp((src, 50000 + i as u16), (NODE, NODE_PORT), flags, 7, b"x");
+        let (verdict, out) = l.xdp(&pkt);
+        assert_eq!(verdict, XDP_PASS, "flags {flags:#x}");
+        assert_eq!(out, pkt, "flags {flags:#x}: bytes changed");
+    }
+    assert_eq!(l.counter("pass_tcp_without_flow"), 4);
+    assert!(l.maps.flows(usize::MAX).is_empty(), "state was created");
+    let sweep = ingressd::kernel::Conntrack::open(&l._pins.0)
+        .unwrap()
+        .sweep(&Default::default(), ingressd::kernel::monotonic_ns())
+        .unwrap();
+    assert_eq!(sweep.snat_in_use, 0);
+}
+
+#[test]
+fn flows_follow_their_tcp_state_and_age_out_giving_their_snat_port_back() {
+    if !need_root() {
+        return;
+    }
+    let mut l = load();
+    let pod = Ipv4Addr::new(198, 18, 2, 2);
+    l.set_service(&[nodeport(IPPROTO_TCP)], vec![backend(pod, 8080, true)], 0);
+    let flow = |flags| packet::tcp((CLIENT, 45000), (NODE, NODE_PORT), flags, 1, b"");
+    let state = |l: &Loaded| l.maps.flows(usize::MAX).first().map(|f| f.entry.state);
+    l.xdp(&flow(TCP_SYN));
+    assert_eq!(state(&l), Some(ingress_common::CT_TCP_SYN));
+    l.xdp(&flow(TCP_ACK));
+    assert_eq!(state(&l), Some(ingress_common::CT_TCP_ESTABLISHED));
+    let mut ct = ingressd::kernel::Conntrack::open(&l._pins.0).unwrap();
+    let t = ingressd::kernel::Timeouts::default();
+    let now = ingressd::kernel::monotonic_ns();
+    let s = ct.sweep(&t, now).unwrap();
+    assert_eq!((s.flows, s.snat_in_use, s.expired), (1, 1, 0));
+    // An hour idle is nothing for an established flow...
+    let s = ct.sweep(&t, now + 3_600_000_000_000).unwrap();
+    assert_eq!((s.flows, s.expired), (1, 0));
+    // ...but 10 s after the client's FIN it is gone, with its SNAT port.
+    l.xdp(&flow(TCP_ACK | TCP_FIN));
+    assert_eq!(state(&l), Some(ingress_common::CT_TCP_CLOSING));
+    let s = ct
+        .sweep(&t, ingressd::kernel::monotonic_ns() + 11_000_000_000)
+        .unwrap();
+    assert_eq!((s.flows, s.expired, s.snat_in_use), (0, 1, 0));
+    assert_eq!(l.counter("conntrack_expired"), 1);
+    // A lone SYN lasts 60 s, UDP 30 s.
+    l.xdp(&flow(TCP_SYN));
+    l.xdp(&packet::udp((CLIENT, 45001), (NODE, NODE_PORT), b"q"));
+    l.set_service(
+        &[nodeport(IPPROTO_TCP), nodeport(IPPROTO_UDP)],
+        vec![backend(pod, 8080, true)],
+        0,
+    );
+    l.xdp(&packet::udp((CLIENT, 45001), (NODE, NODE_PORT), b"q"));
+    let now = ingressd::kernel::monotonic_ns();
+    assert_eq!(ct.sweep(&t, now + 31_000_000_000).unwrap().expired, 1);
+    assert_eq!(ct.sweep(&t, now + 61_000_000_000).unwrap().expired, 1);
+    assert!(l.maps.flows(usize::MAX).is_empty());
+}
+
+#[test]
+fn refusals_are_rate_limited() {
+    if !need_root() {
+        return;
+    }
+    let mut l = load();
+    l.set_service(&[nodeport(IPPROTO_TCP)], vec![], 0);
+    for i in 0..600u16 {
+        let src = Ipv4Addr::new(203, 0, 113, (i % 250) as u8 + 1);
+        l.xdp(&packet::tcp(
+            (src, 1000 + i),
+            (NODE, NODE_PORT),
+            TCP_SYN,
+            1,
+            b"",
+        ));
+    }
+    let (sent, limited) = (
+        l.counter("refused_tcp_rst"),
+        l.counter("drop_refusal_rate_limited"),
+    );
+    assert_eq!(sent + limited, 600);
+    // A burst of 50 per CPU, then one a millisecond.
+    assert!(sent >= 50, "{sent} sent");
+    assert!(limited >= 300, "{sent} sent, {limited} limited");
+}
+
+#[test]
+fn a_spoofed_flow_cannot_take_over_another_flows_replies() {
+    if !need_root() {
+        return;
+    }
+    let mut l = load();
+    let pod = Ipv4Addr::new(198, 18, 1, 2);
+    let vip = FrontendKey {
+        addr: u32::from(LB_IP).to_be(),
+        port: 80u16.to_be(),
+        proto: IPPROTO_TCP,
+        pad: 0,
+    };
+    l.set_service(
+        &[vip, nodeport(IPPROTO_TCP)],
+        vec![backend(pod, 8080, false)],
+        0,
+    );
+    // The real client, through the LoadBalancer IP.
+    l.xdp(&packet::tcp((CLIENT, 46000), (LB_IP, 80), TCP_SYN, 1, b""));
+    // Someone sends a SYN with its address and port to the NodePort: the
+    // same endpoint would answer both on one reply tuple.
+    let (verdict, _) = l.xdp(&packet::tcp(
+        (CLIENT, 46000),
+        (NODE, NODE_PORT),
+        TCP_SYN,
+        1,
+        b"",
+    ));
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(l.counter("drop_revnat_conflict"), 1);
+    // The real client's replies still come from the address it used.
+    let reply = packet::tcp((pod, 8080), (CLIENT, 46000), TCP_SYN | TCP_ACK, 9, b"");
+    let (_, out) = l.tc(&reply);
+    let p = packet::parse(&out).unwrap();
+    assert_eq!((p.src, p.sport), (LB_IP, 80));
 }

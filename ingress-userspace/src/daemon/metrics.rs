@@ -33,6 +33,11 @@ pub struct Status {
     pub manifest_errors: AtomicU64,
     pub frontends: AtomicU64,
     pub rings: AtomicU64,
+    /// The conntrack sweeper's last findings.
+    pub flows: AtomicU64,
+    pub revnat_entries: AtomicU64,
+    pub snat_in_use: AtomicU64,
+    pub snat_ports: AtomicU64,
 }
 
 pub fn now_ms() -> u64 {
@@ -43,6 +48,13 @@ pub fn now_ms() -> u64 {
 }
 
 impl Status {
+    pub fn record_sweep(&self, s: &crate::kernel::Sweep) {
+        self.flows.store(s.flows, Ordering::Relaxed);
+        self.revnat_entries.store(s.revnat, Ordering::Relaxed);
+        self.snat_in_use.store(s.snat_in_use, Ordering::Relaxed);
+        self.snat_ports.store(s.snat_ports, Ordering::Relaxed);
+    }
+
     pub fn beat(&self) {
         self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
     }
@@ -119,9 +131,55 @@ fn render_metrics(status: &Status, pin_path: &std::path::Path) -> String {
         "gauge",
         r(&status.rings),
     );
+    g(
+        &mut out,
+        "ingressd_l4_conntrack_entries",
+        "Flows in the conntrack table at the last sweep",
+        "gauge",
+        r(&status.flows),
+    );
+    g(
+        &mut out,
+        "ingressd_l4_conntrack_capacity",
+        "Flows the conntrack table holds before the least recently used go",
+        "gauge",
+        ingress_common::MAX_FLOWS as u64,
+    );
+    g(
+        &mut out,
+        "ingressd_l4_revnat_entries",
+        "Reverse-NAT entries at the last sweep",
+        "gauge",
+        r(&status.revnat_entries),
+    );
+    g(
+        &mut out,
+        "ingressd_l4_snat_ports_in_use",
+        "SNAT ports held by flows to other nodes' endpoints",
+        "gauge",
+        r(&status.snat_in_use),
+    );
+    g(
+        &mut out,
+        "ingressd_l4_snat_ports",
+        "Ports in the SNAT range",
+        "gauge",
+        r(&status.snat_ports),
+    );
     if let Ok(maps) = LbMaps::open(pin_path)
         && let Ok(counters) = maps.counters()
     {
+        // Flows neither live nor removed by ingressd went to LRU pressure.
+        let c = |k: &str| counters.get(k).copied().unwrap_or(0);
+        let evicted = c("conntrack_created")
+            .saturating_sub(c("conntrack_expired") + c("conntrack_forgotten") + r(&status.flows));
+        g(
+            &mut out,
+            "ingressd_l4_conntrack_evicted_total",
+            "Flows pushed out of a full conntrack table (created, less those expired, forgotten or live)",
+            "counter",
+            evicted,
+        );
         let _ = writeln!(
             out,
             "# HELP ingressd_l4_packets_total Packets seen by the L4 programs, by outcome"

@@ -68,6 +68,8 @@ pub struct RunConfig {
     pub service_proxy_name: Option<String>,
     /// `--healthz-addr`: kube-proxy's /healthz and /livez (with L4).
     pub healthz_addr: SocketAddr,
+    /// `--conntrack-*-timeout`: how long idle flows are kept, by state.
+    pub conntrack: kernel::Timeouts,
     /// Proxy only: no BPF at all.
     pub no_l4: bool,
     /// Data path only: no proxy.
@@ -188,7 +190,15 @@ impl Source {
     }
 }
 
-fn start_l4(cfg: &RunConfig, health: &Arc<ProxyHealth>, health_cap: usize) -> anyhow::Result<L4> {
+/// How often idle flows are looked for (the timeouts' granularity).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+
+fn start_l4(
+    cfg: &RunConfig,
+    status: &Arc<Status>,
+    health: &Arc<ProxyHealth>,
+    health_cap: usize,
+) -> anyhow::Result<L4> {
     let mut node_ips = cfg.node_ips.clone();
     if node_ips.is_empty() {
         for iface in &cfg.interfaces {
@@ -221,6 +231,10 @@ fn start_l4(cfg: &RunConfig, health: &Arc<ProxyHealth>, health_cap: usize) -> an
     )?;
     let mut maps = LbMaps::open(&cfg.pin_path)?;
     maps.set_node(&node.addrs)?;
+    let table = status.clone();
+    kernel::spawn_sweeper(&cfg.pin_path, cfg.conntrack, SWEEP_INTERVAL, move |s| {
+        table.record_sweep(&s)
+    })?;
     let servers = HealthServers::start(
         cfg.healthz_addr,
         health.clone(),
@@ -266,10 +280,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         "connections per listener"
     );
     let health = Arc::new(ProxyHealth::default());
+    let status = Arc::new(Status::default());
     let l4 = if cfg.no_l4 {
         None
     } else {
-        Some(start_l4(&cfg, &health, fds.metrics)?)
+        Some(start_l4(&cfg, &status, &health, fds.metrics)?)
     };
     let mut vips = None;
     let l7 = if cfg.no_l7 {
@@ -333,7 +348,6 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     };
     let proxy = l7.as_ref().map(|l| l.proxy.clone());
 
-    let status = Arc::new(Status::default());
     status.beat();
     let _server = metrics::serve(
         cfg.metrics_addr,

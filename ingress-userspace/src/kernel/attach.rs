@@ -44,6 +44,15 @@ fn load_pinned(pin_path: &Path) -> anyhow::Result<aya::Ebpf> {
         .context("loading the BPF object (an incompatible older map pinned under --pin-path? run `ingressd cleanup`)")
 }
 
+/// Maps of earlier versions nothing reads any more.
+const STALE_PINS: [&str; 1] = ["LB4_COUNTERS"];
+
+fn remove_stale_pins(pin_path: &Path) {
+    for name in STALE_PINS {
+        let _ = std::fs::remove_file(pin_path.join(name));
+    }
+}
+
 /// Loads the programs, adopting pinned maps when present, and attaches them
 /// to each interface (and, with `socket_lb`, to that cgroup): a pinned link
 /// from an earlier run is updated in place (atomic program swap, no gap),
@@ -59,6 +68,10 @@ pub fn load_and_attach(
     std::fs::create_dir_all(links_dir(pin_path))
         .with_context(|| format!("creating {}", pin_path.display()))?;
     let mut ebpf = load_pinned(pin_path)?;
+    // Flows an older version tracked, into the new table before its
+    // programs run (and again after, for the ones made meanwhile).
+    let migrated = super::conntrack::migrate_v1(pin_path, false)?;
+    remove_stale_pins(pin_path);
     let xdp: &mut Xdp = ebpf
         .program_mut(program_names::XDP_INGRESS)
         .context("program xdp_lb_ingress missing from the object")?
@@ -77,6 +90,13 @@ pub fn load_and_attach(
     for iface in interfaces {
         attach_tc(tc, iface, pin_path)
             .with_context(|| format!("attaching TC egress to {iface}"))?;
+    }
+    let migrated = migrated + super::conntrack::migrate_v1(pin_path, true)?;
+    if migrated > 0 {
+        tracing::info!(
+            flows = migrated,
+            "flows of the earlier conntrack table carried over"
+        );
     }
     if steer_vips {
         attach_sk_lookup(&mut ebpf, pin_path)?;

@@ -16,7 +16,11 @@ use ingress_common::{
     SourceRangeKey, counter, map_names, sock_counter,
 };
 
-use super::{pins::open_map, sockdiag};
+use super::{
+    conntrack::{add_to_counter, reply_key},
+    pins::open_map,
+    sockdiag,
+};
 use crate::l4::{
     LbMapWriter, RingMember, SourceRange,
     maglev::ring_backends,
@@ -327,23 +331,14 @@ impl LbMapWriter for LbMaps {
             .collect();
         for (key, entry) in &stale {
             ignore_missing(self.conntrack.remove(key))?;
-            let reply = FlowKey {
-                src: entry.backend.addr,
-                dst: if entry.snat_addr != 0 {
-                    entry.snat_addr
-                } else {
-                    key.src
-                },
-                sport: entry.backend.port,
-                dport: if entry.snat_addr != 0 {
-                    entry.snat_port
-                } else {
-                    key.sport
-                },
-                proto: key.proto,
-                pad: [0; 3],
-            };
-            ignore_missing(self.revnat.remove(&reply))?;
+            ignore_missing(self.revnat.remove(&reply_key(key, entry)))?;
+        }
+        if !stale.is_empty() {
+            add_to_counter(
+                &mut self.counters,
+                counter::CONNTRACK_FORGOTTEN,
+                stale.len() as u64,
+            )?;
         }
         if !stale.is_empty() {
             tracing::info!(flows = stale.len(), "forgot UDP flows to removed endpoints");

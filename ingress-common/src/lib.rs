@@ -24,6 +24,8 @@ pub mod map_names {
     pub const CONNTRACK_V1: &str = "LB4_CONNTRACK";
     /// Per-CPU token bucket for RSTs and ICMP unreachables.
     pub const REFUSE_BUCKET: &str = "LB4_REFUSE_BUCKET";
+    /// Interfaces XDP may redirect a forwarded packet to (by ifindex).
+    pub const REDIRECT_IFS: &str = "LB4_REDIRECT_IFS";
     pub const REVNAT: &str = "LB4_REVNAT";
     pub const NODE_ADDRS: &str = "LB4_NODE_ADDRS";
     pub const CONFIG: &str = "LB4_CONFIG";
@@ -64,6 +66,9 @@ pub const MAX_SERVICES: u32 = 131_072;
 pub const MAX_RINGS: u32 = 131_072;
 pub const MAX_FLOWS: u32 = 262_144;
 pub const MAX_NODE_ADDRS: u32 = 64;
+
+/// Interfaces in `LB4_REDIRECT_IFS`, at most.
+pub const MAX_REDIRECT_IFS: u32 = 64;
 
 /// Ingress VIPs steered to the proxy by `sk_lookup_proxy`.
 pub const MAX_INGRESS_VIPS: u32 = 1024;
@@ -335,7 +340,11 @@ pub mod counter {
     /// UDP flows removed by `ingressd` because their endpoint left
     /// (written from user space, on CPU 0's slot only).
     pub const CONNTRACK_FORGOTTEN: u32 = 23;
-    pub const COUNT: u32 = 24;
+    /// A rewritten packet whose next hop is a device XDP cannot send on
+    /// (a bridge, a VXLAN or IPIP tunnel, a veth without XDP on its peer):
+    /// left to the stack, which forwards it.
+    pub const PASS_FORWARD_BY_STACK: u32 = 24;
+    pub const COUNT: u32 = 25;
 
     /// Metric label for each counter, by index.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -363,6 +372,7 @@ pub mod counter {
         "conntrack_created",
         "conntrack_expired",
         "conntrack_forgotten",
+        "pass_forward_by_stack",
     ];
 }
 

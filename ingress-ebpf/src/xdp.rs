@@ -15,7 +15,7 @@ use crate::{
     csum,
     headers::{ETH_HLEN, ETH_P_IP, EthHdr, IP_HLEN, Ipv4Hdr, L4_OFF, TcpHdr, ptr_at},
     lb::{Selected, lookup_revnat_v4, lookup_service_v4, select_backend, source_allowed_v4},
-    maps::{config, count},
+    maps::{REDIRECT_IFS, config, count},
     refuse,
 };
 
@@ -252,6 +252,14 @@ fn forward_fib(ctx: &XdpContext) -> u32 {
         count(counter::FIB_MISS);
         return xdp_action::XDP_PASS;
     }
+    // Decided before anything is rewritten: the stack forwards what it
+    // gets here as if we had not looked.
+    let same_iface = params.ifindex == ctx.ingress_ifindex() as u32;
+    // SAFETY: Copy value read once.
+    if !same_iface && unsafe { REDIRECT_IFS.get(&params.ifindex) }.is_none() {
+        count(counter::PASS_FORWARD_BY_STACK);
+        return xdp_action::XDP_PASS;
+    }
     // TTL sits in the high byte of the TTL/protocol word (network order).
     let old = ((ip.ttl as u16) << 8 | ip.proto as u16).to_be();
     ip.ttl -= 1;
@@ -259,7 +267,7 @@ fn forward_fib(ctx: &XdpContext) -> u32 {
     ip.check = csum::replace2(ip.check, old, new);
     eth.dst = params.dmac;
     eth.src = params.smac;
-    if params.ifindex == ctx.ingress_ifindex() as u32 {
+    if same_iface {
         return xdp_action::XDP_TX;
     }
     // SAFETY: plain helper call.

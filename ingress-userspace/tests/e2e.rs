@@ -38,6 +38,10 @@ fn write_manifests(dir: &Path, text: &str) {
 }
 
 fn setup(tag: &str, endpoints: &[&str]) -> (Lab, PathBuf) {
+    setup_with(tag, endpoints, &[])
+}
+
+fn setup_with(tag: &str, endpoints: &[&str], extra: &[&str]) -> (Lab, PathBuf) {
     let mut lab = Lab::two_nodes(tag).expect("lab");
     lab.start_pods().expect("pods");
     let manifests = lab.dir.join("manifests");
@@ -49,7 +53,7 @@ fn setup(tag: &str, endpoints: &[&str]) -> (Lab, PathBuf) {
         .collect();
     write_manifests(&manifests, &nodeport_manifests(&pods));
     for node in ["node-a", "node-b"] {
-        lab.start_ingressd(Path::new(BIN), node, &manifests)
+        lab.start_ingressd_with(Path::new(BIN), node, &manifests, extra)
             .expect("ingressd");
     }
     (lab, manifests)
@@ -91,7 +95,21 @@ fn nodeport_tcp_and_udp_spread_over_pods_on_both_nodes() {
     if !need_root() {
         return;
     }
-    let (lab, _m) = setup("sp", &["a1", "a2", "b1", "b2"]);
+    spread_over_pods_on_both_nodes(&[]);
+}
+
+/// The same with native XDP (the lab's veth peers run XDP, so frames sent
+/// back or redirected arrive; the default picks generic on a veth).
+#[test]
+fn nodeport_spread_with_native_xdp() {
+    if !need_root() {
+        return;
+    }
+    spread_over_pods_on_both_nodes(&["--xdp-mode", "native"]);
+}
+
+fn spread_over_pods_on_both_nodes(extra: &[&str]) {
+    let (lab, _m) = setup_with("sp", &["a1", "a2", "b1", "b2"], extra);
     for node in &lab.nodes {
         let tcp = ask_http(&lab, SocketAddr::from((node.ip, 30080)), 40).unwrap_or_else(|e| {
             panic!(

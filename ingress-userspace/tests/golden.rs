@@ -5,7 +5,7 @@ use std::path::Path;
 
 use ingressd::{
     l4::{
-        model::{NodeContext, desired_state},
+        model::{NodeContext, Route, desired_state},
         render::render_state,
     },
     source::files::ManifestSource,
@@ -14,9 +14,23 @@ use ingressd::{
 fn render_case(dir: &Path) -> String {
     let mut source = ManifestSource::new(vec![dir.join("input.yaml")]);
     let loaded = source.load();
+    // The lab's node-a: its pods behind cbr0, node-b's through node-b.
+    let route = |dest: &str, prefix, gateway: Option<&str>, dev: &str| Route {
+        dest: dest.parse().unwrap(),
+        prefix,
+        gateway: gateway.map(|g| g.parse().unwrap()),
+        dev: dev.into(),
+        metric: 0,
+    };
     let node = NodeContext {
         name: "node-a".into(),
         addrs: vec!["198.18.0.2".parse().unwrap()],
+        routes: vec![
+            route("198.18.0.0", 24, None, "eth0"),
+            route("198.18.1.0", 24, None, "cbr0"),
+            route("198.18.2.0", 24, Some("198.18.0.3"), "eth0"),
+        ],
+        interfaces: vec!["eth0".into()],
         ..Default::default()
     };
     let (state, warnings) = desired_state(source.snapshot(), &node);

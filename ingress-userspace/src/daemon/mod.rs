@@ -215,6 +215,8 @@ fn start_l4(
             cluster_ip: cfg.socket_lb,
             proxy_name: cfg.service_proxy_name.clone(),
         },
+        routes: kernel::main_routes(),
+        interfaces: cfg.interfaces.clone(),
     };
     tracing::info!(node = %node.name, addrs = ?node.addrs, interfaces = ?cfg.interfaces, "starting the L4 data path");
     let cgroup = match (&cfg.cgroup, cfg.socket_lb) {
@@ -231,6 +233,10 @@ fn start_l4(
     )?;
     let mut maps = LbMaps::open(&cfg.pin_path)?;
     maps.set_node(&node.addrs)?;
+    maps.set_redirect_ifs(&kernel::redirect_targets(
+        &cfg.interfaces,
+        cfg.xdp_mode == XdpAttachMode::Native,
+    ))?;
     let table = status.clone();
     kernel::spawn_sweeper(&cfg.pin_path, cfg.conntrack, SWEEP_INTERVAL, move |s| {
         table.record_sweep(&s)

@@ -106,6 +106,7 @@ impl Syncer {
         let mut writes = 0;
         if let Some(l4) = &mut self.l4 {
             let d = if l4.adopt {
+                l4.model.set_routes(kernel::main_routes());
                 l4.model.rebuild(snapshot);
                 let current = l4.maps.read_state().context("reading the pinned maps")?;
                 tracing::info!(
@@ -115,6 +116,10 @@ impl Syncer {
                 );
                 diff(&current, l4.model.state())
             } else {
+                // Endpoints without nodeName are placed by the routes,
+                // which change without the cluster saying so.
+                let mut touched = touched;
+                touched.extend(l4.model.set_routes(kernel::main_routes()));
                 l4.model.update(snapshot, touched)
             };
             writes = d.writes();

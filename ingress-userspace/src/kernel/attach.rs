@@ -16,7 +16,7 @@ use ingress_common::{map_names, program_names};
 
 use super::{
     cgroup::{attach_socket_lb, detach_socket_lb},
-    check_bpffs, links_dir, prepare_interface,
+    check_bpffs, interface_driver, links_dir, prepare_interface,
 };
 
 /// The BPF object, built by `build.rs` from `ingress-ebpf`.
@@ -154,6 +154,18 @@ fn attach_xdp(
     let id = match mode {
         XdpAttachMode::Native => prog.attach(iface, XdpMode::Driver)?,
         XdpAttachMode::Generic => prog.attach(iface, XdpMode::Skb)?,
+        // A veth (a kind or container node) delivers what native XDP sends
+        // back out of it (XDP_TX, a refusal) or into it (a redirect) only
+        // when its peer runs XDP too, which is not ours to decide: generic
+        // XDP sends those as ordinary packets, so they arrive whatever the
+        // peer runs (Linux 6.18 veth_xdp_xmit).
+        XdpAttachMode::Auto if interface_driver(iface).as_deref() == Some("veth") => {
+            tracing::info!(
+                interface = iface,
+                "a veth: generic XDP, so refusals and forwarded flows reach its peer (--xdp-mode native if the peer runs XDP)"
+            );
+            prog.attach(iface, XdpMode::Skb)?
+        }
         XdpAttachMode::Auto => match prog.attach(iface, XdpMode::Driver) {
             Ok(id) => id,
             Err(e) => {

@@ -3,6 +3,8 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, bail};
 
+use crate::l4::model::Route;
+
 /// Kernel settings the data path relies on, per interface:
 /// `accept_local`: a flow to a remote endpoint whose next hop is not yet
 /// resolved goes to the stack with this node's address as its (SNAT)
@@ -64,4 +66,120 @@ pub fn interface_addrs(iface: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
     // SAFETY: the list from getifaddrs, freed once.
     unsafe { libc::freeifaddrs(ifap) };
     Ok(out)
+}
+
+/// The driver behind an interface (`veth`, `mlx5_core`, ...), by ethtool's
+/// GDRVINFO; None when it will not say.
+pub fn interface_driver(iface: &str) -> Option<String> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+    /// `struct ethtool_drvinfo` (linux/ethtool.h).
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 32 * 4 + 12 + 20],
+    }
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 32 * 4 + 12 + 20],
+    };
+    // SAFETY: an all-zero ifreq is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = iface.as_bytes();
+    if name.len() >= req.ifr_name.len() {
+        return None;
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: a datagram socket for the ioctl, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: SIOCETHTOOL with a valid ifreq pointing at a drvinfo buffer.
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req) };
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return None;
+    }
+    let len = info.driver.iter().position(|b| *b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..len]).into_owned())
+}
+
+/// The index of an interface (0: none by that name).
+pub fn interface_index(iface: &str) -> u32 {
+    let Ok(name) = std::ffi::CString::new(iface) else {
+        return 0;
+    };
+    // SAFETY: a valid C string.
+    unsafe { libc::if_nametoindex(name.as_ptr()) }
+}
+
+/// The interfaces XDP may redirect forwarded packets to: ours, but a veth
+/// only when native mode was asked for (its peer then runs XDP, as the
+/// user vouched); anything else is left to the stack.
+pub fn redirect_targets(interfaces: &[String], native_asked: bool) -> Vec<u32> {
+    interfaces
+        .iter()
+        .filter(|i| native_asked || interface_driver(i).as_deref() != Some("veth"))
+        .map(|i| interface_index(i))
+        .filter(|i| *i != 0)
+        .collect()
+}
+
+/// The main routing table, from `/proc/net/route` (empty when unreadable).
+pub fn main_routes() -> Vec<Route> {
+    std::fs::read_to_string("/proc/net/route")
+        .map(|t| parse_routes(&t))
+        .unwrap_or_default()
+}
+
+/// `/proc/net/route`: Iface, Destination, Gateway, Flags, RefCnt, Use,
+/// Metric, Mask, ...; addresses as hexadecimal in network byte order.
+fn parse_routes(text: &str) -> Vec<Route> {
+    let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(u32::from_be);
+    let mut out: Vec<Route> = text
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 8 {
+                return None;
+            }
+            let (dest, gw, mask) = (hex(f[1])?, hex(f[2])?, hex(f[7])?);
+            Some(Route {
+                dest: Ipv4Addr::from(dest),
+                prefix: mask.count_ones() as u8,
+                gateway: (gw != 0).then(|| Ipv4Addr::from(gw)),
+                dev: f[0].to_string(),
+                metric: f[6].parse().ok()?,
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_route_is_read_in_network_order() {
+        let text = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                    eth0\t000012C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                    eth0\t000212C6\t030012C6\t0003\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        let routes = parse_routes(text);
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0].dest, Ipv4Addr::new(198, 18, 0, 0));
+        assert_eq!(routes[0].prefix, 24);
+        assert_eq!(routes[0].gateway, None);
+        assert_eq!(routes[1].dest, Ipv4Addr::new(198, 18, 2, 0));
+        assert_eq!(routes[1].gateway, Some(Ipv4Addr::new(198, 18, 0, 3)));
+    }
 }

@@ -73,6 +73,7 @@ pub struct LbMaps {
     counters: PerCpuArray<MapData, u64>,
     sock_counters: PerCpuArray<MapData, u64>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
+    redirect_ifs: HashMap<MapData, u32, u32>,
     pin_path: std::path::PathBuf,
     /// Whether the missing-capability warning was given.
     warned_netns: bool,
@@ -97,6 +98,7 @@ impl LbMaps {
             counters: open_map(pin_path, map_names::COUNTERS)?.try_into()?,
             sock_counters: open_map(pin_path, map_names::SOCK_COUNTERS)?.try_into()?,
             source_ranges: open_map(pin_path, map_names::SOURCE_RANGES)?.try_into()?,
+            redirect_ifs: open_map(pin_path, map_names::REDIRECT_IFS)?.try_into()?,
             pin_path: pin_path.to_path_buf(),
             warned_netns: false,
         })
@@ -163,6 +165,23 @@ impl LbMaps {
             snat_port_max: SNAT_PORT_MAX,
         };
         self.config.set(0, cfg, 0)?;
+        Ok(())
+    }
+
+    /// Makes `ifindexes` (and only them) the interfaces XDP may redirect to.
+    pub fn set_redirect_ifs(&mut self, ifindexes: &[u32]) -> anyhow::Result<()> {
+        for i in ifindexes {
+            self.redirect_ifs.insert(i, 1, 0)?;
+        }
+        let stale: Vec<u32> = self
+            .redirect_ifs
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !ifindexes.contains(k))
+            .collect();
+        for k in stale {
+            ignore_missing(self.redirect_ifs.remove(&k))?;
+        }
         Ok(())
     }
 

@@ -54,9 +54,7 @@ pub fn health_checks(
                 name: p.name.as_deref().unwrap_or(""),
                 protocol: p.protocol.as_deref().unwrap_or("TCP"),
             };
-            for e in usable_endpoints(&slices, port_ref, |e| {
-                !node.name.is_empty() && e.node_name == Some(node.name.as_str())
-            }) {
+            for e in usable_endpoints(&slices, port_ref, |e| node.is_local(e)) {
                 if !e.terminating {
                     local.insert(e.addr);
                 }

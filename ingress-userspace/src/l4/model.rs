@@ -32,6 +32,56 @@ pub struct NodeContext {
     pub addrs: Vec<Ipv4Addr>,
     /// What this daemon was asked to serve.
     pub serve: ServeConfig,
+    /// The main routing table and the data path's interfaces: where an
+    /// endpoint without `nodeName` lives.
+    pub routes: Vec<Route>,
+    pub interfaces: Vec<String>,
+}
+
+/// A route of the node's main table, as `/proc/net/route` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Route {
+    pub dest: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub dev: String,
+    pub metric: u32,
+}
+
+impl NodeContext {
+    /// Whether an endpoint lives on this node: its `nodeName` says so or,
+    /// without one (selector-less Services, hand-written EndpointSlices),
+    /// it is one of the node's addresses or reached by a route of the node's
+    /// own (directly, not through a gateway, and not out of the data path's
+    /// interfaces): a pod behind a local bridge or veth.
+    pub fn is_local(&self, e: &Endpoint<'_>) -> bool {
+        match e.node_name {
+            Some(n) => !self.name.is_empty() && n == self.name,
+            None => match e.addr {
+                IpAddr::V4(ip) => self.addrs.contains(&ip) || self.routes_locally(ip),
+                IpAddr::V6(_) => false,
+            },
+        }
+    }
+
+    fn routes_locally(&self, ip: Ipv4Addr) -> bool {
+        let matches = |r: &&Route| {
+            let mask = if r.prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(r.prefix.min(32)))
+            };
+            u32::from(ip) & mask == u32::from(r.dest) & mask
+        };
+        let best = self
+            .routes
+            .iter()
+            .filter(matches)
+            .max_by(|a, b| a.prefix.cmp(&b.prefix).then(b.metric.cmp(&a.metric)));
+        best.is_some_and(|r| {
+            r.gateway.is_none() && r.dev != "lo" && !self.interfaces.contains(&r.dev)
+        })
+    }
 }
 
 /// Which Services and frontends this daemon serves (its flags).
@@ -110,6 +160,8 @@ pub struct Contribution {
     pub rings: BTreeMap<u64, RingSpec>,
     pub frontends: Vec<(FrontendKey, ServiceEntry)>,
     pub warnings: Vec<ModelWarning>,
+    /// Some endpoint has no `nodeName`: locality came from the routes.
+    pub uses_routes: bool,
 }
 
 /// The model kept up to date one Service at a time, so that a change costs
@@ -153,6 +205,20 @@ impl Model {
 
     pub fn node(&self) -> &NodeContext {
         &self.node
+    }
+
+    /// New routes: the Services whose endpoints' locality came from them
+    /// are the ones to update.
+    pub fn set_routes(&mut self, routes: Vec<Route>) -> Vec<ObjectKey> {
+        if self.node.routes == routes {
+            return Vec::new();
+        }
+        self.node.routes = routes;
+        self.contributions
+            .iter()
+            .filter(|(_, c)| c.uses_routes)
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     pub fn state(&self) -> &DesiredState {
@@ -497,6 +563,9 @@ pub fn service_contribution(
     if ty == "ExternalName" {
         return out;
     }
+    out.uses_routes = slices
+        .iter()
+        .any(|s| s.endpoints.iter().any(|e| e.node_name.is_none()));
     let object = format!("Service {ns}/{name}");
     let warn = |out: &mut Contribution, message: String| {
         out.warnings.push(ModelWarning {
@@ -675,7 +744,7 @@ fn backends_for(
     node: &NodeContext,
     local_only: bool,
 ) -> Vec<Backend> {
-    let is_local = |e: &Endpoint<'_>| !node.name.is_empty() && e.node_name == Some(&node.name);
+    let is_local = |e: &Endpoint<'_>| node.is_local(e);
     let usable = usable_endpoints(slices, port, |e| {
         e.addr.is_ipv4() && (!local_only || is_local(e))
     });

@@ -53,7 +53,40 @@ pub struct Pod {
     pub node: String,
 }
 
+/// How the lab's nodes are built, beyond the common topology.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// The switch's end of each node's uplink runs an XDP program (so
+    /// native XDP on the node can send back out of it); false: as on a
+    /// kind or container node, whose veth peer runs nothing.
+    pub peer_xdp: bool,
+    /// How each node reaches the other's pods.
+    pub pod_routes: PodRoutes,
+}
+
+/// How each node reaches the other's pod network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodRoutes {
+    /// Through the other node's address on the shared link.
+    Direct,
+    /// Through a VXLAN device (VNI 42, UDP 4789 over the uplinks), routes
+    /// `via` the other end `onlink`, as flannel's vxlan backend sets up.
+    Vxlan,
+    /// Through a Linux bridge on a second link between the nodes.
+    Bridge,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Self {
+            peer_xdp: true,
+            pod_routes: PodRoutes::Direct,
+        }
+    }
+}
+
 pub struct Lab {
+    pub shape: Shape,
     pub prefix: String,
     pub client_ns: String,
     pub nodes: Vec<Node>,
@@ -176,6 +209,11 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 impl Lab {
     /// Two nodes with pods `a1`, `a2` on node-a and `b1`, `b2` on node-b.
     pub fn two_nodes(tag: &str) -> anyhow::Result<Lab> {
+        Self::two_nodes_shaped(tag, Shape::default())
+    }
+
+    /// The same, built as `shape` says.
+    pub fn two_nodes_shaped(tag: &str, shape: Shape) -> anyhow::Result<Lab> {
         if !is_root() {
             bail!("the lab makes network namespaces and needs root");
         }
@@ -188,6 +226,7 @@ impl Lab {
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("echo.py"), ECHO_SERVER)?;
         let mut lab = Lab {
+            shape,
             wrapper: Vec::new(),
             client_ns: format!("{prefix}-client"),
             prefix: prefix.clone(),
@@ -303,26 +342,135 @@ impl Lab {
                 cgroup,
             });
         }
-        // Each node reaches the other's pods through it.
         let (a, b) = (self.nodes[0].clone(), self.nodes[1].clone());
-        ip(&[
-            "-n",
-            &a.ns,
-            "route",
-            "add",
-            "198.18.2.0/24",
-            "via",
-            &b.ip.to_string(),
-        ])?;
-        ip(&[
-            "-n",
-            &b.ns,
-            "route",
-            "add",
-            "198.18.1.0/24",
-            "via",
-            &a.ip.to_string(),
-        ])?;
+        match self.shape.pod_routes {
+            PodRoutes::Direct => {
+                // Each node reaches the other's pods through it.
+                ip(&[
+                    "-n",
+                    &a.ns,
+                    "route",
+                    "add",
+                    "198.18.2.0/24",
+                    "via",
+                    &b.ip.to_string(),
+                ])?;
+                ip(&[
+                    "-n",
+                    &b.ns,
+                    "route",
+                    "add",
+                    "198.18.1.0/24",
+                    "via",
+                    &a.ip.to_string(),
+                ])?;
+            }
+            PodRoutes::Vxlan => {
+                let ends = [
+                    (
+                        &a,
+                        &b,
+                        "198.18.251.1",
+                        "198.18.251.2",
+                        "02:00:00:00:fa:02",
+                        "198.18.2.0/24",
+                    ),
+                    (
+                        &b,
+                        &a,
+                        "198.18.251.2",
+                        "198.18.251.1",
+                        "02:00:00:00:fa:01",
+                        "198.18.1.0/24",
+                    ),
+                ];
+                for (i, (me, other, addr, peer, peer_mac, pods)) in ends.iter().enumerate() {
+                    let mac = format!("02:00:00:00:fa:0{}", i + 1);
+                    ip(&[
+                        "-n",
+                        &me.ns,
+                        "link",
+                        "add",
+                        "vx0",
+                        "address",
+                        &mac,
+                        "type",
+                        "vxlan",
+                        "id",
+                        "42",
+                        "local",
+                        &me.ip.to_string(),
+                        "remote",
+                        &other.ip.to_string(),
+                        "dstport",
+                        "4789",
+                        "dev",
+                        "eth0",
+                    ])?;
+                    ip(&[
+                        "-n",
+                        &me.ns,
+                        "addr",
+                        "add",
+                        &format!("{addr}/32"),
+                        "dev",
+                        "vx0",
+                    ])?;
+                    ip(&["-n", &me.ns, "link", "set", "vx0", "up"])?;
+                    ip(&[
+                        "-n",
+                        &me.ns,
+                        "neigh",
+                        "add",
+                        peer,
+                        "lladdr",
+                        peer_mac,
+                        "dev",
+                        "vx0",
+                        "nud",
+                        "permanent",
+                    ])?;
+                    ip(&[
+                        "-n", &me.ns, "route", "add", pods, "via", peer, "dev", "vx0", "onlink",
+                    ])?;
+                }
+            }
+            PodRoutes::Bridge => {
+                // A second link: node-a's side is a bridge, node-b's a plain end.
+                ip(&[
+                    "link", "add", "tob", "netns", &a.ns, "type", "veth", "peer", "name", "toa",
+                    "netns", &b.ns,
+                ])?;
+                ip(&["-n", &a.ns, "link", "add", "br1", "type", "bridge"])?;
+                ip(&["-n", &a.ns, "link", "set", "tob", "master", "br1", "up"])?;
+                ip(&["-n", &a.ns, "addr", "add", "198.18.3.1/24", "dev", "br1"])?;
+                ip(&["-n", &a.ns, "link", "set", "br1", "up"])?;
+                ip(&["-n", &b.ns, "addr", "add", "198.18.3.2/24", "dev", "toa"])?;
+                ip(&["-n", &b.ns, "link", "set", "toa", "up"])?;
+                ip(&[
+                    "-n",
+                    &a.ns,
+                    "route",
+                    "add",
+                    "198.18.2.0/24",
+                    "via",
+                    "198.18.3.2",
+                    "dev",
+                    "br1",
+                ])?;
+                ip(&[
+                    "-n",
+                    &b.ns,
+                    "route",
+                    "add",
+                    "198.18.1.0/24",
+                    "via",
+                    "198.18.3.1",
+                    "dev",
+                    "toa",
+                ])?;
+            }
+        }
         Ok(())
     }
 
@@ -346,8 +494,10 @@ impl Lab {
         self.exec(ns, &["ethtool", "-K", "eth0", "tx", "off"])?;
         // Frames a native-XDP veth sends back (XDP_TX) are only flushed to a
         // peer that runs XDP itself.
-        let (peer, pins) = (peer.to_string(), self.sw_pins());
-        in_netns(sw, move || ingressd::kernel::attach_xdp_pass(&peer, &pins))??;
+        if self.shape.peer_xdp {
+            let (peer, pins) = (peer.to_string(), self.sw_pins());
+            in_netns(sw, move || ingressd::kernel::attach_xdp_pass(&peer, &pins))??;
+        }
         Ok(())
     }
 

@@ -1,0 +1,178 @@
+//! The node shapes users run, end to end with `ingressd`'s defaults: a
+//! node whose interface is a veth with nothing on its peer (kind, a
+//! container), endpoints without `nodeName`, and remote endpoints reached
+//! through a device XDP cannot send on (a VXLAN overlay as flannel builds,
+//! a Linux bridge). IPIP (Calico's overlay) is not built into this kernel
+//! (CONFIG_NET_IPIP is off); it takes the same path as VXLAN (the stack
+//! forwards). Needs root; without it each test says so.
+use std::{
+    collections::BTreeSet,
+    io::ErrorKind,
+    net::SocketAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use testkit::lab::{self, Lab, PodRoutes, Shape, in_netns};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ingressd");
+const T: Duration = Duration::from_millis(1500);
+
+fn need_root() -> bool {
+    if !lab::is_root() {
+        eprintln!(
+            "SKIPPED: end-to-end tests make network namespaces and load BPF; run as root: `sudo -E cargo xtask test`"
+        );
+        return false;
+    }
+    true
+}
+
+/// NodePort `web` (30080 → 8080) with `pods` as endpoints, with or without
+/// `nodeName`, and NodePort `empty` (30081) without endpoints.
+fn manifests(lab: &Lab, pods: &[&str], node_names: bool) -> String {
+    let endpoints: String = pods
+        .iter()
+        .map(|name| {
+            let p = lab.pods.iter().find(|p| p.name == *name).expect("pod");
+            let node = if node_names {
+                format!(", nodeName: {}", p.node)
+            } else {
+                String::new()
+            };
+            format!("\n- {{addresses: [\"{}\"]{node}}}", p.ip)
+        })
+        .collect();
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: demo}}
+spec:
+  type: NodePort
+  ports: [{{port: 80, targetPort: 8080, nodePort: 30080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-manual, namespace: demo, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{port: 8080}}]
+endpoints:{endpoints}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: empty, namespace: demo}}
+spec:
+  type: NodePort
+  ports: [{{port: 80, nodePort: 30081}}]
+"
+    )
+}
+
+fn start(shape: Shape, tag: &str, pods: &[&str], node_names: bool, extra: &[&str]) -> Lab {
+    let mut lab = Lab::two_nodes_shaped(tag, shape).expect("lab");
+    lab.start_pods().expect("pods");
+    let dir = lab.dir.join("manifests");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("services.yaml"), manifests(&lab, pods, node_names)).expect("write");
+    let mut args = vec!["--no-l7"];
+    args.extend(extra);
+    lab.start_ingressd_with(Path::new(BIN), "node-a", &dir, &args)
+        .expect("ingressd");
+    lab
+}
+
+/// Pod names answering `n` requests to node-a's NodePort from the client.
+fn ask(lab: &Lab, n: usize) -> Result<BTreeSet<String>, String> {
+    let addr = SocketAddr::from((lab.node("node-a").ip, 30080));
+    in_netns(&lab.client_ns, move || {
+        (0..n)
+            .map(|_| {
+                lab::http_get(addr, "/", T)
+                    .map(|b| b.trim().to_string())
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<BTreeSet<_>, _>>()
+    })
+    .map_err(|e| e.to_string())?
+}
+
+fn metric(lab: &Lab, sample: &str) -> u64 {
+    let n = lab.node("node-a");
+    let addr = n.metrics;
+    let text = in_netns(&n.ns, move || lab::http_get(addr, "/metrics", T))
+        .expect("netns")
+        .expect("/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_kind_shaped_node_forwards_and_refuses_with_the_defaults() {
+    if !need_root() {
+        return;
+    }
+    // The node's uplink is a veth whose peer runs no XDP, and the endpoints
+    // (one here, one on node-b) carry no nodeName.
+    let shape = Shape {
+        peer_xdp: false,
+        pod_routes: PodRoutes::Direct,
+    };
+    let lab = start(shape, "kind", &["a1", "b1"], false, &[]);
+    let seen = ask(&lab, 30).unwrap_or_else(|e| panic!("{e}\n{}", lab.ingressd_log("node-a")));
+    assert_eq!(seen, BTreeSet::from(["a1".to_string(), "b1".to_string()]));
+    // A Service without endpoints is refused at once (the RST reaches the
+    // client), not left to time out.
+    let empty = SocketAddr::from((lab.node("node-a").ip, 30081));
+    let started = Instant::now();
+    let refused = in_netns(&lab.client_ns, move || {
+        std::net::TcpStream::connect_timeout(&empty, Duration::from_secs(3)).map(drop)
+    })
+    .expect("netns");
+    assert_eq!(
+        refused.map_err(|e| e.kind()),
+        Err(ErrorKind::ConnectionRefused),
+        "{}",
+        lab.ingressd_log("node-a")
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(
+        lab.ingressd_log("node-a").contains("a veth: generic XDP"),
+        "{}",
+        lab.ingressd_log("node-a")
+    );
+}
+
+/// Remote endpoints behind `routes`, with native XDP asked for (the peer
+/// runs XDP): the forwarded packet's next hop is a device native XDP
+/// cannot send on, so the stack forwards it.
+fn remote_endpoints_through(routes: PodRoutes, tag: &str) {
+    let shape = Shape {
+        peer_xdp: true,
+        pod_routes: routes,
+    };
+    let lab = start(shape, tag, &["b1", "b2"], true, &["--xdp-mode", "native"]);
+    let seen = ask(&lab, 20).unwrap_or_else(|e| panic!("{e}\n{}", lab.ingressd_log("node-a")));
+    assert_eq!(seen, BTreeSet::from(["b1".to_string(), "b2".to_string()]));
+    let by_stack = metric(
+        &lab,
+        "ingressd_l4_packets_total{reason=\"pass_forward_by_stack\"}",
+    );
+    assert!(by_stack >= 20, "forwarded by the stack: {by_stack}");
+}
+
+#[test]
+fn remote_endpoints_behind_a_vxlan_overlay() {
+    if !need_root() {
+        return;
+    }
+    remote_endpoints_through(PodRoutes::Vxlan, "vxlan");
+}
+
+#[test]
+fn remote_endpoints_behind_a_linux_bridge() {
+    if !need_root() {
+        return;
+    }
+    remote_endpoints_through(PodRoutes::Bridge, "bridge");
+}

@@ -434,3 +434,58 @@ fn should_be_able_to_preserve_udp_traffic_when_server_pod_cycles_for_a_clusterip
         "log:\n{log}"
     );
 }
+
+/// `service(...)` with labels on the Service.
+fn labelled(yaml: String, name: &str, labels: &str) -> String {
+    yaml.replacen(
+        &format!("metadata: {{name: {name}, namespace: demo}}"),
+        &format!("metadata: {{name: {name}, namespace: demo, labels: {{{labels}}}}}"),
+        1,
+    )
+}
+
+#[test]
+fn should_implement_service_proxy_name_and_skip_headless_labelled_services() {
+    if !need_root() {
+        return;
+    }
+    let manifests = |lab: &Lab| {
+        let ends = [pod(lab, "a1")];
+        labelled(
+            service("mesh", WEB, (80, 8080, "TCP"), "", &ends),
+            "mesh",
+            "service.kubernetes.io/service-proxy-name: other-proxy",
+        ) + &labelled(
+            service("skipped", DNS, (80, 8080, "TCP"), "", &ends),
+            "skipped",
+            "service.kubernetes.io/headless: \"\"",
+        ) + &service("plain", "198.19.10.3", (80, 8080, "TCP"), "", &ends)
+    };
+    let (mut lab, dir) = setup("cpxn", manifests);
+    // Without --service-proxy-name: only the unlabelled Service.
+    let ok = lab
+        .connect_from("a2", Mode::Tcp, addr("198.19.10.3", 80), 1)
+        .expect("tcp");
+    assert_all_from_service(&ok, addr("198.19.10.3", 80), true);
+    for skipped in [addr(WEB, 80), addr(DNS, 80)] {
+        let a = lab.connect_from("a2", Mode::Tcp, skipped, 1).expect("tcp");
+        assert!(a[0].body().is_none(), "{skipped} was served: {a:?}");
+    }
+    // As other-proxy: its Service, and no longer the unlabelled one.
+    lab.stop_ingressd("node-a").expect("stop");
+    lab.start_ingressd_with(
+        Path::new(BIN),
+        "node-a",
+        &dir,
+        &["--no-l7", "--service-proxy-name", "other-proxy"],
+    )
+    .expect("ingressd");
+    let mesh = lab
+        .connect_from("a2", Mode::Tcp, addr(WEB, 80), 1)
+        .expect("tcp");
+    assert_all_from_service(&mesh, addr(WEB, 80), true);
+    let plain = lab
+        .connect_from("a2", Mode::Tcp, addr("198.19.10.3", 80), 1)
+        .expect("tcp");
+    assert!(plain[0].body().is_none(), "{plain:?}");
+}

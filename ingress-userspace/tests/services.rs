@@ -159,3 +159,61 @@ fn health_check_node_port_and_proxy_health_answer_as_kube_proxy() {
     let closed = wait_until(Duration::from_secs(5), || get(&lab, hc, "/").is_none());
     assert!(closed, "healthCheckNodePort still answers");
 }
+
+/// kube-proxy as it shows itself on a node: `/proxyMode` on its metrics
+/// port (127.0.0.1:10249), and its health server holding 10256.
+const FAKE_KUBE_PROXY: &str = r#"
+import http.server, socket, threading
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"iptables" if self.path == "/proxyMode" else b"ok"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+healthz = socket.socket()
+healthz.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+healthz.bind(("0.0.0.0", 10256))
+healthz.listen(8)
+http.server.HTTPServer(("127.0.0.1", 10249), H).serve_forever()
+"#;
+
+#[test]
+fn kube_proxy_beside_ingressd_is_reported_and_does_not_stop_it() {
+    if !need_root() {
+        return;
+    }
+    let mut lab = Lab::two_nodes("kp").expect("lab");
+    lab.start_pods().expect("pods");
+    lab.spawn_on_node("node-a", FAKE_KUBE_PROXY, &[])
+        .expect("fake kube-proxy");
+    let n = lab.node("node-a").clone();
+    let up = wait_until(Duration::from_secs(5), || {
+        lab::in_netns(&n.ns, || {
+            lab::http_get(
+                "127.0.0.1:10249".parse().unwrap(),
+                "/proxyMode",
+                Duration::from_secs(1),
+            )
+        })
+        .is_ok_and(|r| r.is_ok())
+    });
+    assert!(up, "the fake kube-proxy did not start");
+    let dir = lab.dir.join("manifests");
+    std::fs::create_dir_all(&dir).expect("dir");
+    write_manifests(&dir, &manifests(&lab, true, false));
+    // Ready despite 10256 being taken.
+    lab.start_ingressd_with(Path::new(BIN), "node-a", &dir, &["--no-l7"])
+        .expect("ingressd");
+    let log = lab.ingressd_log("node-a");
+    assert!(
+        log.contains("kube-proxy runs on this node (iptables mode)"),
+        "{log}"
+    );
+    assert!(log.contains("--healthz-addr is taken"), "{log}");
+    // What it serves still works: the healthCheckNodePort answers.
+    let hc = SocketAddr::from((n.ip, 32000));
+    assert_eq!(get(&lab, hc, "/").map(|r| r.0), Some(200));
+}

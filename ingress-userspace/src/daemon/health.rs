@@ -196,8 +196,25 @@ impl HealthServers {
         timeout: Duration,
     ) -> anyhow::Result<Self> {
         let slots = Arc::new(tokio::sync::Semaphore::new(cap.max(1)));
-        let listener = crate::l7::listen::bind(healthz)
-            .map_err(|e| anyhow::anyhow!("binding --healthz-addr {healthz}: {e}"))?;
+        let listener = match crate::l7::listen::bind(healthz) {
+            Ok(l) => l,
+            // kube-proxy's own health server, while both run (a migration):
+            // not a reason to leave the node without a data path.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                tracing::warn!(
+                    healthz = %healthz,
+                    "--healthz-addr is taken (by kube-proxy?): /healthz and /livez are not served here until it is free; healthCheckNodePorts are"
+                );
+                return Ok(Self {
+                    health,
+                    slots,
+                    timeout,
+                    ports: BTreeMap::new(),
+                    failed: BTreeMap::new(),
+                });
+            }
+            Err(e) => anyhow::bail!("binding --healthz-addr {healthz}: {e}"),
+        };
         if let Ok(at) = listener.local_addr() {
             tracing::info!(healthz = %at, "kube-proxy health listening (/healthz, /livez)");
         }

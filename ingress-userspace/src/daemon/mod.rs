@@ -1,6 +1,7 @@
 //! The daemon: start-up (L4 data path, proxy, metrics, source), the loop
 //! that keeps everything in step with the source, and shutdown.
 pub mod health;
+mod kube_proxy;
 pub mod metrics;
 mod reconcile;
 
@@ -219,6 +220,9 @@ fn start_l4(
         interfaces: cfg.interfaces.clone(),
     };
     tracing::info!(node = %node.name, addrs = ?node.addrs, interfaces = ?cfg.interfaces, "starting the L4 data path");
+    if let Some(found) = kube_proxy::detect() {
+        kube_proxy::report(&found, cfg.socket_lb);
+    }
     let cgroup = match (&cfg.cgroup, cfg.socket_lb) {
         (_, false) => None,
         (Some(c), true) => Some(c.clone()),

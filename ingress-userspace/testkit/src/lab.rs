@@ -535,6 +535,22 @@ impl Lab {
         Ok(())
     }
 
+    /// Starts `python3 -c script args...` as a host process of `node` (in
+    /// its network namespace and cgroup), stopped with the lab.
+    pub fn spawn_on_node(&mut self, node: &str, script: &str, args: &[&str]) -> anyhow::Result<()> {
+        let n = self.node(node).clone();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &n.ns, "python3", "-c", script])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        join_cgroup_on_exec(&mut cmd, &n.cgroup)?;
+        let child = cmd.spawn().context("starting a host process")?;
+        self.res().pods.push(child);
+        Ok(())
+    }
+
     /// Stops a pod's server: its process exits, as a deleted pod's does.
     pub fn stop_pod(&self, name: &str) -> anyhow::Result<()> {
         let i = self

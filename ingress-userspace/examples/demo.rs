@@ -1,6 +1,8 @@
-//! `cargo xtask demo`: NodePort load balancing in XDP, shown step by step in
-//! a lab of network namespaces (a client, two nodes, four pods). Run as root;
-//! the argument is the `ingressd` binary. Cleans up on exit and on Ctrl-C.
+//! `cargo xtask demo`: NodePort load balancing in XDP, ClusterIP at the
+//! socket and the Ingress proxy, shown step by step in a lab of network
+//! namespaces (a client, two nodes, four pods), then a kind-shaped node.
+//! Run as root; the argument is the `ingressd` binary. Cleans up on exit
+//! and on Ctrl-C.
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -9,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use testkit::lab::{self, Lab, Pod, in_netns, nodeport_manifests, wait_until};
+use testkit::lab::{
+    self, Attempt, Lab, Mode, Pod, PodRoutes, Shape, in_netns, nodeport_manifests, wait_until,
+};
 
 const EMPTY_SERVICE: &str = r#"
 ---
@@ -22,7 +26,7 @@ spec:
   - {name: http, port: 80, targetPort: 8080, nodePort: 30090}
 "#;
 
-const STEPS: u32 = 11;
+const STEPS: u32 = 14;
 
 fn step(n: u32, text: &str) {
     println!("\n\x1b[1mStep {n}/{STEPS}  {text}\x1b[0m");
@@ -77,7 +81,8 @@ fn print_maps(bin: &Path, lab: &Lab, node: &str) {
     }
 }
 
-fn syncs(lab: &Lab, node: &str) -> u64 {
+/// A sample of a node's /metrics (0 when absent).
+fn metric(lab: &Lab, node: &str, sample: &str) -> u64 {
     let n = lab.node(node);
     let addr = n.metrics;
     in_netns(&n.ns, move || {
@@ -86,12 +91,14 @@ fn syncs(lab: &Lab, node: &str) -> u64 {
     .ok()
     .and_then(|r| r.ok())
     .and_then(|body| {
-        body.lines().find_map(|l| {
-            l.strip_prefix("ingressd_syncs_total ")
-                .and_then(|v| v.trim().parse().ok())
-        })
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
     })
     .unwrap_or(0)
+}
+
+fn syncs(lab: &Lab, node: &str) -> u64 {
+    metric(lab, node, "ingressd_syncs_total ")
 }
 
 /// Ctrl-C and SIGTERM go to a thread that releases the lab and exits.
@@ -245,10 +252,192 @@ fn main() -> anyhow::Result<()> {
     );
     print_maps(&bin, &lab, "node-a");
 
+    cluster_ip_steps(&lab, &manifests)?;
     ingress_steps(&lab, &manifests)?;
 
     println!("\nCleaning up the lab (namespaces, processes, pins).");
     drop(lab);
+    kind_shaped_node(&bin)?;
+    Ok(())
+}
+
+const WEB_CIP: &str = "198.19.10.1";
+const DNS_CIP: &str = "198.19.10.2";
+
+/// ClusterIP Services `web-cip` (TCP 80 → 8080) and `dns-cip` (UDP 53 →
+/// 5353) on `pods`.
+fn cluster_ip_manifests(lab: &Lab, pods: &[&str]) -> String {
+    let eps: String = lab
+        .pods
+        .iter()
+        .filter(|p| pods.contains(&p.name.as_str()))
+        .map(|p| format!("- {{addresses: [\"{}\"], nodeName: {}}}\n", p.ip, p.node))
+        .collect();
+    let svc = |name: &str, ip: &str, port: u16, target: u16, proto: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\n\
+             spec:\n  clusterIP: {ip}\n  ports: [{{name: p, port: {port}, targetPort: {target}, protocol: {proto}}}]\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}-1, namespace: demo, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: IPv4\nports: [{{name: p, port: {target}, protocol: {proto}}}]\nendpoints:\n{eps}"
+        )
+    };
+    svc("web-cip", WEB_CIP, 80, 8080, "TCP") + &svc("dns-cip", DNS_CIP, 53, 5353, "UDP")
+}
+
+fn tally(attempts: &[Attempt]) -> String {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for a in attempts {
+        let key = match a {
+            Attempt::Ok { body, .. } => body.clone(),
+            Attempt::Err(e) => format!("FAILED ({e})"),
+        };
+        *counts.entry(key).or_default() += 1;
+    }
+    show(&counts)
+}
+
+/// Every attempt answered from the Service address the caller used.
+fn all_from(attempts: &[Attempt], service: SocketAddr) -> bool {
+    attempts
+        .iter()
+        .all(|a| matches!(a, Attempt::Ok { from, .. } if *from == service.to_string()))
+}
+
+fn cluster_ip_steps(lab: &Lab, manifests: &Path) -> anyhow::Result<()> {
+    let file = manifests.join("cluster-ip.yaml");
+    let write = |pods: &[&str]| -> anyhow::Result<()> {
+        let tmp = manifests.join(".cluster-ip.yaml.tmp");
+        std::fs::write(&tmp, cluster_ip_manifests(lab, pods))?;
+        std::fs::rename(&tmp, &file)?;
+        Ok(())
+    };
+    let web: SocketAddr = format!("{WEB_CIP}:80").parse()?;
+    let dns: SocketAddr = format!("{DNS_CIP}:53").parse()?;
+    let before = syncs(lab, "node-a");
+    write(&["a1", "a2", "b2"])?;
+    wait_until(Duration::from_secs(5), || syncs(lab, "node-a") > before);
+
+    step(
+        8,
+        "ClusterIP at the socket: pod a2 and node-a's own processes reach cluster IPs",
+    );
+    println!(
+        "    web-cip {web} (TCP) and dns-cip {dns} (UDP) → a1, a2, b2; cgroup programs on node-a's cgroup"
+    );
+    let mut ok = true;
+    for place in ["a2", "node-a"] {
+        let tcp = lab.connect_from(place, Mode::Tcp, web, 12)?;
+        let udp = lab.connect_from(place, Mode::UdpConnected, dns, 4)?;
+        ok &= all_from(&tcp, web) && all_from(&udp, dns);
+        println!("    {place:<7} TCP {web}   → {}", tally(&tcp));
+        println!("    {place:<7} UDP {dns}   → {}", tally(&udp));
+    }
+    println!(
+        "    getpeername() and every UDP answer's source: {} (resolvers accept the answer)",
+        if ok {
+            "the cluster IP"
+        } else {
+            "NOT the cluster IP"
+        }
+    );
+
+    step(
+        9,
+        "a1 leaves the Services: connections move, a resolver's socket is closed and reconnects",
+    );
+    let translated = |lab: &Lab| {
+        metric(
+            lab,
+            "node-a",
+            "ingressd_socket_lb_total{result=\"connect_translated\"}",
+        )
+    };
+    let connects = translated(lab);
+    let resolver = lab.spawn_client("a2", Mode::UdpKeep, dns, 40, Duration::from_millis(50))?;
+    // The resolver has its socket (connected through the cluster IP).
+    wait_until(Duration::from_secs(5), || translated(lab) > connects);
+    let before = syncs(lab, "node-a");
+    write(&["a2", "b2"])?;
+    let applied = wait_until(Duration::from_secs(5), || syncs(lab, "node-a") > before);
+    let kept = resolver.finish()?;
+    let tcp = lab.connect_from("a2", Mode::Tcp, web, 12)?;
+    println!("    a2 TCP {web} → {}", tally(&tcp));
+    let closed = kept.iter().any(|a| matches!(a, Attempt::Err(_)));
+    println!(
+        "    a2's resolver (one connected UDP socket, 40 questions) → {} ({})",
+        tally(&kept),
+        if closed {
+            "its socket was closed when its endpoint left; it reconnected"
+        } else {
+            "its socket was NOT closed"
+        }
+    );
+    let moved = applied && tcp.iter().all(|a| a.body().is_some_and(|b| b != "a1"));
+    write(&[])?;
+    let before = syncs(lab, "node-a");
+    wait_until(Duration::from_secs(5), || syncs(lab, "node-a") > before);
+    let refused = lab.connect_from("a2", Mode::Tcp, web, 1)?;
+    println!("    no endpoints left: a2 TCP {web} → {}", tally(&refused));
+    anyhow::ensure!(
+        ok && moved && refused == vec![Attempt::Err("ECONNREFUSED".into())],
+        "steps 8-9: a cluster IP was not served as shown above"
+    );
+    Ok(())
+}
+
+/// A node built as kind builds one: its interface a veth whose peer runs
+/// no XDP. With the default --xdp-mode, NodePorts work and refusals arrive.
+fn kind_shaped_node(bin: &Path) -> anyhow::Result<()> {
+    step(
+        14,
+        "A kind-shaped node (its veth's peer runs no XDP), with the defaults",
+    );
+    let shape = Shape {
+        peer_xdp: false,
+        pod_routes: PodRoutes::Direct,
+    };
+    let mut lab = Lab::two_nodes_shaped("kind", shape)?;
+    handle_signals(&lab);
+    lab.start_pods()?;
+    let manifests = lab.dir.join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    let all: Vec<&Pod> = lab.pods.iter().collect();
+    write_manifests(&manifests, &all);
+    lab.start_ingressd(bin, "node-a", &manifests)?;
+    let generic = lab.ingressd_log("node-a").contains("a veth: generic XDP");
+    println!(
+        "    node-a's eth0 is a veth: {}",
+        if generic {
+            "ingressd chose generic XDP"
+        } else {
+            "ingressd did NOT choose generic XDP"
+        }
+    );
+    let a = lab.node("node-a").ip;
+    let url = format!("http://{a}:30080/");
+    let counts = curl(&lab, &[&url], 16);
+    println!("    curl {url:<28} → {}", show(&counts));
+    let out = curl_once(
+        &lab,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{time_total}",
+            &format!("http://{a}:30090/"),
+        ],
+    );
+    println!(
+        "    curl http://{a}:30090/ (no endpoints) → curl exit {} after {} s (7: refused)",
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    anyhow::ensure!(
+        generic && !counts.keys().any(|k| k.starts_with("FAILED")) && out.status.code() == Some(7),
+        "step 14: the kind-shaped node did not serve as shown above"
+    );
+    println!("\nCleaning up the kind-shaped lab.");
     Ok(())
 }
 
@@ -341,7 +530,7 @@ fn ingress_steps(lab: &Lab, manifests: &Path) -> anyhow::Result<()> {
     wait_until(Duration::from_secs(5), || syncs(lab, "node-a") > before);
 
     step(
-        8,
+        10,
         "Ingress: the proxy on node-a (:80) routes by Host header and path to pods directly",
     );
     println!(
@@ -358,7 +547,7 @@ fn ingress_steps(lab: &Lab, manifests: &Path) -> anyhow::Result<()> {
     }
 
     step(
-        9,
+        11,
         "No rule matches: the default backend answers 404, also on its own port 8181",
     );
     for (label, args) in [
@@ -385,7 +574,7 @@ fn ingress_steps(lab: &Lab, manifests: &Path) -> anyhow::Result<()> {
     }
 
     step(
-        10,
+        12,
         "HTTPS: TLS by SNI with the certificate from the Secret; plain HTTP is redirected",
     );
     let resolve = format!("shop.demo:443:{node}");
@@ -420,7 +609,7 @@ fn ingress_steps(lab: &Lab, manifests: &Path) -> anyhow::Result<()> {
     );
 
     step(
-        11,
+        13,
         "Pod b1 leaves Service shop, then stops, while a client keeps requesting: no request fails",
     );
     use std::sync::{
@@ -472,7 +661,7 @@ fn ingress_steps(lab: &Lab, manifests: &Path) -> anyhow::Result<()> {
     );
     anyhow::ensure!(
         changed && failed == 0,
-        "step 11: the change was not applied, or a request failed"
+        "step 13: the change was not applied, or a request failed"
     );
     let url = format!("http://{node}/");
     let counts = curl(lab, &["-H", "Host: www.demo", &url], 8);

@@ -473,10 +473,14 @@ fn print_maps(pin_path: &std::path::Path, flow_limit: usize) -> anyhow::Result<(
         }
     }
     out.push_str("\nSOCKET COUNTERS\n");
-    for (name, v) in maps.sock_counters()? {
-        if v > 0 {
+    let sock = maps.sock_counters()?;
+    for (name, v) in &sock {
+        if *v > 0 {
             let _ = writeln!(out, "{name:<28} {v}");
         }
+    }
+    if sock.values().all(|v| *v == 0) {
+        out.push_str("(no connect() or sendmsg() to a frontend yet)\n");
     }
     print!("{out}");
     Ok(())

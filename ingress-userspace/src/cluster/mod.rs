@@ -72,16 +72,15 @@ impl Snapshot {
     pub fn remove(&mut self, id: &Identity) {
         let key = (id.1.clone(), id.2.clone());
         match id.0 {
-            "Service" => drop(self.services.remove(&key)),
-            "EndpointSlice" => {
+            Kind::Service => drop(self.services.remove(&key)),
+            Kind::EndpointSlice => {
                 self.unindex_slice(&key);
                 self.endpoint_slices.remove(&key);
             }
-            "Ingress" => drop(self.ingresses.remove(&key)),
-            "IngressClass" => drop(self.ingress_classes.remove(&key)),
-            "Secret" => drop(self.secrets.remove(&key)),
-            "Node" => drop(self.nodes.remove(&key)),
-            _ => {}
+            Kind::Ingress => drop(self.ingresses.remove(&key)),
+            Kind::IngressClass => drop(self.ingress_classes.remove(&key)),
+            Kind::Secret => drop(self.secrets.remove(&key)),
+            Kind::Node => drop(self.nodes.remove(&key)),
         }
     }
 
@@ -132,8 +131,8 @@ impl Snapshot {
     pub fn services_touched_by(&self, id: &Identity) -> Option<ObjectKey> {
         let key = (id.1.clone(), id.2.clone());
         match id.0 {
-            "Service" => Some(key),
-            "EndpointSlice" => self
+            Kind::Service => Some(key),
+            Kind::EndpointSlice => self
                 .endpoint_slices
                 .get(&key)
                 .and_then(|s| slice_owner(&key.0, s)),
@@ -143,7 +142,64 @@ impl Snapshot {
 }
 
 /// (kind, namespace, name): what identifies an object across versions.
-pub type Identity = (&'static str, String, String);
+pub type Identity = (Kind, String, String);
+
+/// The kinds the daemon reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Service,
+    EndpointSlice,
+    Ingress,
+    IngressClass,
+    Secret,
+    Node,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Ingress,
+        Kind::IngressClass,
+        Kind::Secret,
+        Kind::Node,
+    ];
+
+    /// The kind's name, as manifests and the API spell it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Ingress => "Ingress",
+            Kind::IngressClass => "IngressClass",
+            Kind::Secret => "Secret",
+            Kind::Node => "Node",
+        }
+    }
+
+    /// The API resource, as an RBAC rule names it.
+    pub const fn resource(self) -> &'static str {
+        match self {
+            Kind::Service => "services",
+            Kind::EndpointSlice => "endpointslices.discovery.k8s.io",
+            Kind::Ingress => "ingresses.networking.k8s.io",
+            Kind::IngressClass => "ingressclasses.networking.k8s.io",
+            Kind::Secret => "secrets",
+            Kind::Node => "nodes",
+        }
+    }
+
+    /// Cluster-scoped kinds have an empty namespace in their keys.
+    pub const fn namespaced(self) -> bool {
+        !matches!(self, Kind::IngressClass | Kind::Node)
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// One object of a kind we read.
 #[derive(Clone, Debug, PartialEq)]
@@ -157,14 +213,14 @@ pub enum Object {
 }
 
 impl Object {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> Kind {
         match self {
-            Object::Service(_) => "Service",
-            Object::EndpointSlice(_) => "EndpointSlice",
-            Object::Ingress(_) => "Ingress",
-            Object::IngressClass(_) => "IngressClass",
-            Object::Secret(_) => "Secret",
-            Object::Node(_) => "Node",
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Ingress(_) => Kind::Ingress,
+            Object::IngressClass(_) => Kind::IngressClass,
+            Object::Secret(_) => Kind::Secret,
+            Object::Node(_) => Kind::Node,
         }
     }
 
@@ -186,7 +242,7 @@ impl Object {
     }
 
     fn namespaced(&self) -> bool {
-        !matches!(self, Object::IngressClass(_) | Object::Node(_))
+        self.kind().namespaced()
     }
 }
 

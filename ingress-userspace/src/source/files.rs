@@ -437,7 +437,7 @@ fn read_file(file: &Path, stamp: FileStamp, previous: BTreeMap<Identity, Object>
 /// names this identity; unknown parts match anything.
 fn label_matches(label: &str, id: &Identity) -> bool {
     let (kind, rest) = label.split_once(' ').unwrap_or((label, ""));
-    if kind != "?" && kind != id.0 {
+    if kind != "?" && kind != id.0.as_str() {
         return false;
     }
     let name = rest.rsplit('/').next().unwrap_or(rest);
@@ -447,6 +447,7 @@ fn label_matches(label: &str, id: &Identity) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::Kind;
 
     fn parse(text: &str) -> (Vec<Object>, Vec<ManifestError>) {
         let (o, e, _) = parse_file(Path::new("t.yaml"), text);
@@ -464,8 +465,8 @@ mod tests {
         assert_eq!(
             ids,
             vec![
-                ("Service", "default".to_string(), "a".to_string()),
-                ("Service", "x".to_string(), "b".to_string())
+                (Kind::Service, "default".to_string(), "a".to_string()),
+                (Kind::Service, "x".to_string(), "b".to_string())
             ]
         );
     }

@@ -26,21 +26,21 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc};
 
-use crate::cluster::{ClassConfig, Identity, Object, ObjectKey, Snapshot, is_ours, validate};
+use crate::cluster::{ClassConfig, Identity, Kind, Object, ObjectKey, Snapshot, is_ours, validate};
 
 /// A kind we watch, and how it goes into the snapshot.
 pub trait Watched:
     Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
 {
-    /// The kind's name, as [`Object::kind`] says it.
-    const KIND: &'static str;
+    /// The kind, as [`Object::kind`] says it.
+    const KIND: Kind;
     fn into_object(self) -> Object;
 }
 
 macro_rules! watched {
     ($($t:ident),*) => {$(
         impl Watched for $t {
-            const KIND: &'static str = stringify!($t);
+            const KIND: Kind = Kind::$t;
             fn into_object(self) -> Object {
                 // managedFields is often most of an object and nothing
                 // here reads it (client-go informers drop it the same way).
@@ -61,7 +61,7 @@ enum Change {
     /// covers (`only` one object, for a watch on one name).
     Listed {
         watch: String,
-        kind: &'static str,
+        kind: Kind,
         only: Option<ObjectKey>,
         objects: Vec<Object>,
     },
@@ -261,7 +261,7 @@ impl KubeSource {
         }
     }
 
-    fn identities_of(&self, kind: &'static str) -> Vec<Identity> {
+    fn identities_of(&self, kind: Kind) -> Vec<Identity> {
         let ids = |keys: Vec<&ObjectKey>| -> Vec<Identity> {
             keys.into_iter()
                 .map(|(ns, n)| (kind, ns.clone(), n.clone()))
@@ -269,20 +269,19 @@ impl KubeSource {
         };
         let s = &self.snapshot;
         match kind {
-            "Service" => ids(s.services.keys().collect()),
-            "EndpointSlice" => ids(s.endpoint_slices().keys().collect()),
-            "Ingress" => ids(s.ingresses.keys().collect()),
-            "IngressClass" => ids(s.ingress_classes.keys().collect()),
-            "Secret" => ids(s.secrets.keys().collect()),
-            "Node" => ids(s.nodes.keys().collect()),
-            _ => Vec::new(),
+            Kind::Service => ids(s.services.keys().collect()),
+            Kind::EndpointSlice => ids(s.endpoint_slices().keys().collect()),
+            Kind::Ingress => ids(s.ingresses.keys().collect()),
+            Kind::IngressClass => ids(s.ingress_classes.keys().collect()),
+            Kind::Secret => ids(s.secrets.keys().collect()),
+            Kind::Node => ids(s.nodes.keys().collect()),
         }
     }
 
     fn upsert(&mut self, object: Object, loaded: &mut KubeLoaded) {
         let id = object.identity();
         // From a Secret watch stopped after it queued this: not in use.
-        if id.0 == "Secret" && !self.secrets.contains_key(&(id.1.clone(), id.2.clone())) {
+        if id.0 == Kind::Secret && !self.secrets.contains_key(&(id.1.clone(), id.2.clone())) {
             return;
         }
         if let Err(e) = validate(&object) {
@@ -336,7 +335,7 @@ impl KubeSource {
         for key in unused {
             self.secrets.remove(&key);
             self.waiting.remove(&watch_name(Secret::KIND, Some(&key)));
-            self.snapshot.remove(&("Secret", key.0, key.1));
+            self.snapshot.remove(&(Kind::Secret, key.0, key.1));
         }
         for key in wanted {
             if self.secrets.contains_key(&key) {
@@ -350,7 +349,7 @@ impl KubeSource {
 }
 
 /// The name a watch goes by, in logs and in `waiting`.
-fn watch_name(kind: &str, only: Option<&ObjectKey>) -> String {
+fn watch_name(kind: Kind, only: Option<&ObjectKey>) -> String {
     match only {
         Some((ns, n)) if ns.is_empty() => format!("{kind} {n}"),
         Some((ns, n)) => format!("{kind} {ns}/{n}"),
@@ -423,7 +422,7 @@ async fn run_watch<K: Watched>(
 }
 
 /// A short class of the error (to log each once) and what to do about it.
-fn explain(e: &watcher::Error, kind: &str) -> (String, String) {
+fn explain(e: &watcher::Error, kind: Kind) -> (String, String) {
     let api_code = match e {
         watcher::Error::InitialListFailed(kube::Error::Api(s))
         | watcher::Error::WatchStartFailed(kube::Error::Api(s))
@@ -431,15 +430,7 @@ fn explain(e: &watcher::Error, kind: &str) -> (String, String) {
         watcher::Error::WatchError(s) => Some(s.code),
         _ => None,
     };
-    let resource = match kind {
-        "Service" => "services",
-        "EndpointSlice" => "endpointslices.discovery.k8s.io",
-        "Ingress" => "ingresses.networking.k8s.io",
-        "IngressClass" => "ingressclasses.networking.k8s.io",
-        "Secret" => "secrets",
-        "Node" => "nodes",
-        _ => "this kind",
-    };
+    let resource = kind.resource();
     match api_code {
         Some(403) => (
             "403".into(),

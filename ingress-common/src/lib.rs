@@ -344,7 +344,12 @@ pub mod counter {
     /// (a bridge, a VXLAN or IPIP tunnel, a veth without XDP on its peer):
     /// left to the stack, which forwards it.
     pub const PASS_FORWARD_BY_STACK: u32 = 24;
-    pub const COUNT: u32 = 25;
+    /// Flows ended by the client's RST, removed at once.
+    pub const CONNTRACK_RESET: u32 = 25;
+    /// Reverse-NAT entries of an earlier flow removed because the same
+    /// client port opened a new connection elsewhere.
+    pub const REVNAT_SUPERSEDED: u32 = 26;
+    pub const COUNT: u32 = 27;
 
     /// Metric label for each counter, by index.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -373,6 +378,8 @@ pub mod counter {
         "conntrack_expired",
         "conntrack_forgotten",
         "pass_forward_by_stack",
+        "conntrack_reset",
+        "revnat_superseded",
     ];
 }
 

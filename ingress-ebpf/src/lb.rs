@@ -190,7 +190,14 @@ pub fn select_backend(flow: &FlowKey, svc: &ServiceEntry, tcp_flags: u8) -> Opti
             let ct = unsafe { &mut *ct };
             touch_flow(ct, tcp_flags, now);
             count(counter::DNAT_CT_HIT);
-            return Some(Selected::Backend(*ct));
+            let entry = *ct;
+            // A reset ends the flow at once (this packet still goes through):
+            // its tuple is free for the client's next connection, whatever
+            // that connects to.
+            if is_tcp && tcp_flags & TCP_RST != 0 {
+                forget_flow(flow, &entry);
+            }
+            return Some(Selected::Backend(entry));
         }
         if is_tcp {
             return Some(Selected::NoFlow);
@@ -268,6 +275,47 @@ fn touch_flow(ct: &mut CtEntry, tcp_flags: u8, now: u64) {
     if state != ct.state || now.wrapping_sub(ct.last_seen_ns) >= CT_REFRESH_NS {
         ct.state = state;
         ct.last_seen_ns = now;
+    }
+}
+
+/// The reply key of a flow's reverse-NAT entry (as `ingressd` computes it).
+#[inline(always)]
+fn reply_key(flow: &FlowKey, ct: &CtEntry) -> FlowKey {
+    let snat = ct.snat_addr != 0;
+    FlowKey {
+        src: ct.backend.addr,
+        dst: if snat { ct.snat_addr } else { flow.src },
+        sport: ct.backend.port,
+        dport: if snat { ct.snat_port } else { flow.sport },
+        proto: flow.proto,
+        pad: [0; 3],
+    }
+}
+
+/// Removes a flow and its reverse-NAT entry.
+#[inline(always)]
+fn forget_flow(flow: &FlowKey, ct: &CtEntry) {
+    let _ = REVNAT.remove(&reply_key(flow, ct));
+    let _ = CONNTRACK.remove(flow);
+    count(counter::CONNTRACK_RESET);
+}
+
+/// A new TCP connection to something that is not a frontend: a reverse-NAT
+/// entry for its reply tuple belongs to an earlier flow of the same client
+/// port (to a frontend, now closing) and would rewrite this connection's
+/// replies. The new connection wins.
+#[inline(always)]
+pub fn clear_stale_revnat_v4(flow: &FlowKey) {
+    let reply = FlowKey {
+        src: flow.dst,
+        dst: flow.src,
+        sport: flow.dport,
+        dport: flow.sport,
+        proto: flow.proto,
+        pad: [0; 3],
+    };
+    if REVNAT.remove(&reply).is_ok() {
+        count(counter::REVNAT_SUPERSEDED);
     }
 }
 

@@ -55,6 +55,12 @@ pub fn cgroup_connect4(ctx: SockAddrContext) -> i32 {
 /// A socket is being released: it is no longer one to close.
 #[cgroup_sock(sock_release)]
 pub fn cgroup_sock_release(ctx: SockContext) -> i32 {
+    // Only UDP sockets are ever tracked: every other release (most of
+    // them, TCP) costs one read.
+    // SAFETY: the context the kernel handed us.
+    if unsafe { (*ctx.sock).protocol } != IPPROTO_UDP as u32 {
+        return SYS_PROCEED;
+    }
     // SAFETY: helper call on our own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
     let _ = UDP_CONNECTED.remove(&cookie);

@@ -13,8 +13,13 @@ use ingress_common::{BACKEND_F_REMOTE, FlowKey, IPPROTO_TCP, IPPROTO_UDP, RevNat
 
 use crate::{
     csum,
-    headers::{ETH_HLEN, ETH_P_IP, EthHdr, IP_HLEN, Ipv4Hdr, L4_OFF, TcpHdr, ptr_at},
-    lb::{Selected, lookup_revnat_v4, lookup_service_v4, select_backend, source_allowed_v4},
+    headers::{
+        ETH_HLEN, ETH_P_IP, EthHdr, IP_HLEN, Ipv4Hdr, L4_OFF, TCP_ACK, TCP_SYN, TcpHdr, ptr_at,
+    },
+    lb::{
+        Selected, clear_stale_revnat_v4, lookup_revnat_v4, lookup_service_v4, select_backend,
+        source_allowed_v4,
+    },
     maps::{REDIRECT_IFS, config, count},
     refuse,
 };
@@ -53,6 +58,9 @@ fn try_xdp_lb_ingress(ctx: &XdpContext) -> Result<u32, u32> {
         }
     }
     let Some(svc) = lookup_service_v4(&pkt.flow) else {
+        if pkt.flow.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            clear_stale_revnat_v4(&pkt.flow);
+        }
         count(counter::PASS_NOT_SERVICE);
         return Ok(xdp_action::XDP_PASS);
     };

@@ -895,3 +895,63 @@ fn a_spoofed_flow_cannot_take_over_another_flows_replies() {
     let p = packet::parse(&out).unwrap();
     assert_eq!((p.src, p.sport), (LB_IP, 80));
 }
+
+#[test]
+fn a_reset_ends_a_flow_at_once_and_a_new_connection_supersedes_a_closing_one() {
+    if !need_root() {
+        return;
+    }
+    let mut l = load();
+    let pod = Ipv4Addr::new(198, 18, 1, 2);
+    l.set_service(&[nodeport(IPPROTO_TCP)], vec![backend(pod, 8080, false)], 0);
+    // A flow the client resets: gone with its reply entry, the RST itself
+    // still delivered to the endpoint.
+    l.xdp(&packet::tcp(
+        (CLIENT, 47000),
+        (NODE, NODE_PORT),
+        TCP_SYN,
+        1,
+        b"",
+    ));
+    let (_, out) = l.xdp(&packet::tcp(
+        (CLIENT, 47000),
+        (NODE, NODE_PORT),
+        TCP_RST,
+        2,
+        b"",
+    ));
+    assert_eq!(packet::parse(&out).unwrap().dst, pod);
+    assert!(l.maps.flows(usize::MAX).is_empty());
+    assert_eq!(l.counter("conntrack_reset"), 1);
+    let reply = packet::tcp((pod, 8080), (CLIENT, 47000), TCP_ACK, 9, b"");
+    let (_, out) = l.tc(&reply);
+    assert_eq!(
+        out, reply,
+        "a reset flow's replies are not rewritten any more"
+    );
+
+    // A flow closing with FIN keeps its entries for its close timeout...
+    l.xdp(&packet::tcp(
+        (CLIENT, 47001),
+        (NODE, NODE_PORT),
+        TCP_SYN,
+        1,
+        b"",
+    ));
+    l.xdp(&packet::tcp(
+        (CLIENT, 47001),
+        (NODE, NODE_PORT),
+        TCP_ACK | TCP_FIN,
+        2,
+        b"",
+    ));
+    // ...but the same client port connecting to the pod itself takes its
+    // tuple over: the pod's replies to it are not rewritten as the NodePort.
+    let direct = packet::tcp((CLIENT, 47001), (pod, 8080), TCP_SYN, 1, b"");
+    let (verdict, out) = l.xdp(&direct);
+    assert_eq!((verdict, out), (XDP_PASS, direct));
+    assert_eq!(l.counter("revnat_superseded"), 1);
+    let reply = packet::tcp((pod, 8080), (CLIENT, 47001), TCP_SYN | TCP_ACK, 9, b"");
+    let (_, out) = l.tc(&reply);
+    assert_eq!(out, reply);
+}

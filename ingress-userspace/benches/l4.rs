@@ -10,7 +10,12 @@
 //!    iptables mode writing the same Services (iptables-restore, in a
 //!    network namespace of the benchmark's own).
 //!
-//! Needs root (BPF). Nothing here sends a packet anywhere.
+//! 3. New connections through real sockets (`l4/connect.rs`): ClusterIP
+//!    from a pod through the socket programs, kube-proxy's iptables and
+//!    nftables modes and directly; a NodePort through XDP and directly.
+//!
+//! Needs root (BPF). Parts 1 and 2 send no packet; part 3 only inside
+//! network namespaces of its own.
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -31,6 +36,9 @@ use ingressd::{
     source::files::ManifestSource,
 };
 use testkit::packet::{self, TCP_ACK, TCP_SYN};
+
+#[path = "l4/connect.rs"]
+mod connect;
 
 const RUNS: usize = 100_000;
 const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -496,10 +504,15 @@ fn main() -> anyhow::Result<()> {
     if !testkit::lab::is_root() {
         anyhow::bail!("the L4 benchmark loads BPF programs: run it as root");
     }
+    // `cargo bench --bench l4 -- connect`: part 3 alone.
+    if std::env::args().any(|a| a == "connect") {
+        return connect::run();
+    }
     // Sync first: freeing the 100,000-service maps of the per-packet runs
     // keeps the kernel busy for a while after.
     sync()?;
     println!();
     per_packet()?;
+    connect::run()?;
     Ok(())
 }

@@ -309,19 +309,19 @@ pub fn validator_path() -> PathBuf {
 
 /// What `cargo xtask bench` compares against: iptables (kube-proxy's mode).
 pub fn ensure_bench_tools() -> anyhow::Result<()> {
-    if have("iptables-restore") {
+    if have("iptables-restore") && have("nft") {
         return Ok(());
     }
     if is_root() {
         step(
             "bench tools",
             false,
-            "iptables, for the kube-proxy comparison",
+            "iptables and nftables, for the kube-proxy comparisons",
         );
-        apt_install("bench tools", &["iptables"])
+        apt_install("bench tools", &["iptables", "nftables"])
     } else {
         println!(
-            "setup: bench tools                      missing: iptables (apt-get install -y iptables)"
+            "setup: bench tools                      missing: iptables, nftables (apt-get install -y iptables nftables)"
         );
         Ok(())
     }

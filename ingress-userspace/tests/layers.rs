@@ -154,3 +154,59 @@ fn l7_modules_depend_one_way() {
         wrong.into_iter().collect::<Vec<_>>().join("\n")
     );
 }
+
+/// The crate's folders, the boxes of ARCHITECTURE.md, highest first: each
+/// may use those after it, never those before it.
+const FOLDERS: &[&str] = &[
+    "daemon", "status", "source", "l7", "kernel", "l4", "cluster",
+];
+
+#[test]
+fn crate_folders_depend_one_way() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let statement = regex::Regex::new(r"(?m)^\s*(pub(\([^)]*\))?\s+)?use\s+([^;]+);")
+        .expect("use-statement pattern");
+    let mut wrong = BTreeSet::new();
+    for own in FOLDERS {
+        let mut all = Vec::new();
+        files(&src.join(own), &mut all);
+        assert!(!all.is_empty(), "no sources in src/{own}");
+        let own_rank = FOLDERS.iter().position(|f| f == own);
+        for file in all {
+            let text = std::fs::read_to_string(&file).expect("read source");
+            let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+            let mut paths = Vec::new();
+            for c in statement.captures_iter(text) {
+                flatten(&c[3], "", &mut paths);
+            }
+            for word in text.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':')) {
+                if word.starts_with("crate::") {
+                    paths.push(word.to_string());
+                }
+            }
+            for p in paths {
+                // `crate::{…}` alone is a use tree's head, flattened above.
+                let Some(named) = p
+                    .strip_prefix("crate::")
+                    .and_then(|r| r.split("::").next())
+                    .filter(|n| !n.is_empty())
+                else {
+                    continue;
+                };
+                let rank = FOLDERS.iter().position(|f| *f == named);
+                match (own_rank, rank) {
+                    (Some(o), Some(r)) if r >= o => {}
+                    _ => {
+                        let rel = file.strip_prefix(&src).expect("under src");
+                        wrong.insert(format!("{} uses {named} ({p})", rel.display()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "upward or unknown dependencies between folders:\n{}",
+        wrong.into_iter().collect::<Vec<_>>().join("\n")
+    );
+}

@@ -19,10 +19,10 @@ use tokio::net::TcpListener;
 use self::{
     health::{HealthServers, ProxyHealth},
     metrics::Status,
-    reconcile::{L4, L7, Syncer, VipSteering},
+    reconcile::{L4, L7, Syncer, VipSteering, error_policy},
 };
 use crate::{
-    cluster::{ClassConfig, ObjectKey, Snapshot},
+    cluster::{ClassConfig, ObjectKey},
     kernel::{self, LbMaps, XdpAttachMode},
     l4::model::{Model, NodeContext, ServeConfig},
     l7::{
@@ -37,18 +37,12 @@ use crate::{
         tls::{self, CertStore},
     },
     source::{
+        Source,
         files::ManifestSource,
         kube::{self, KubeSource},
     },
     status::{self, Elector, PublishConfig},
 };
-
-/// How often the manifest files are checked: changes apply well within a second.
-const POLL: Duration = Duration::from_millis(200);
-
-/// After the first change from the API server, how long more are gathered
-/// into the same sync (a burst of changes is one sync).
-const BATCH_WINDOW: Duration = Duration::from_millis(50);
 
 pub struct RunConfig {
     /// Files and directories; none: the Kubernetes API.
@@ -114,81 +108,21 @@ pub struct KubeConfig {
     pub identity: String,
 }
 
-/// Where objects come from (one per process: sizes do not matter).
-#[allow(clippy::large_enum_variant)]
-enum Source {
-    Files(ManifestSource),
-    Kube(KubeSource),
-}
-
-impl Source {
-    fn snapshot(&self) -> &Snapshot {
-        match self {
-            Source::Files(m) => m.snapshot(),
-            Source::Kube(k) => k.snapshot(),
-        }
+/// Reads what changed in `source` (everything, the first time): the
+/// Services touched, or None when nothing changed. Refused objects are
+/// logged here, once per load that finds them.
+fn load(source: &mut dyn Source, first: bool, status: &Status) -> Option<BTreeSet<ObjectKey>> {
+    if !first && !source.changed() {
+        return None;
     }
-
-    /// Reads what changed (everything, the first time); returns the
-    /// Services touched, or None when nothing changed.
-    fn load(&mut self, first: bool, status: &Status) -> Option<BTreeSet<ObjectKey>> {
-        match self {
-            Source::Files(m) => {
-                if !first && !m.changed() {
-                    return None;
-                }
-                let loaded = m.load();
-                for e in &loaded.errors {
-                    tracing::error!("{e}; its last good version stays in force");
-                }
-                for s in &loaded.skipped {
-                    tracing::debug!(object = %s, "kind not handled; skipped");
-                }
-                status
-                    .manifest_errors
-                    .store(loaded.errors.len() as u64, Ordering::Relaxed);
-                Some(loaded.touched)
-            }
-            Source::Kube(k) => {
-                if !first && !k.changed() {
-                    return None;
-                }
-                let loaded = k.load();
-                for e in &loaded.errors {
-                    tracing::error!("{e}; its last good version stays in force");
-                }
-                status
-                    .manifest_errors
-                    .store(k.invalid() as u64, Ordering::Relaxed);
-                Some(loaded.touched)
-            }
-        }
+    let changes = source.load();
+    for e in &changes.errors {
+        tracing::error!("{e}; its last good version stays in force");
     }
-
-    /// The first list of everything is in (files: always).
-    fn synced(&self) -> bool {
-        match self {
-            Source::Files(_) => true,
-            Source::Kube(k) => k.synced(),
-        }
-    }
-
-    /// Until something may have changed.
-    async fn wait(&self) {
-        match self {
-            Source::Files(_) => tokio::time::sleep(POLL).await,
-            Source::Kube(k) => {
-                // Bounded, so the loop keeps turning (its heartbeat is
-                // what /healthz checks) while the cluster is quiet.
-                if tokio::time::timeout(Duration::from_secs(1), k.wait())
-                    .await
-                    .is_ok()
-                {
-                    tokio::time::sleep(BATCH_WINDOW).await;
-                }
-            }
-        }
-    }
+    status
+        .manifest_errors
+        .store(changes.invalid as u64, Ordering::Relaxed);
+    Some(changes.touched)
 }
 
 /// How often idle flows are looked for (the timeouts' granularity).
@@ -393,10 +327,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             ));
             tx
         });
-        (Source::Kube(source), publisher)
+        (Box::new(source) as Box<dyn Source>, publisher)
     } else {
         (
-            Source::Files(ManifestSource::new(cfg.manifests.clone())),
+            Box::new(ManifestSource::new(cfg.manifests.clone())) as Box<dyn Source>,
             None,
         )
     };
@@ -421,7 +355,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     loop {
         status.beat();
         health.beat();
-        if let Some(t) = source.load(first, &status) {
+        if let Some(t) = load(source.as_mut(), first, &status) {
             touched.extend(t);
             dirty = true;
             health.queued();
@@ -436,15 +370,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                     first = false;
                     health.applied();
                 }
-                Err(e) => {
-                    // Retried on the next turn, changes or not.
-                    dirty = true;
-                    status.sync_errors.fetch_add(1, Ordering::Relaxed);
-                    if let Some(l4) = &mut syncer.l4 {
-                        l4.adopt = true;
-                    }
-                    tracing::error!(error = %format!("{e:#}"), "sync failed; will re-read the maps and retry");
-                }
+                Err(e) => dirty = error_policy(&e, &mut syncer, &status),
             }
             if let Some(tx) = &publisher {
                 let todo = status::status_input(source.snapshot(), &cfg.class, &cfg.kube.publish);

@@ -190,3 +190,17 @@ impl Syncer {
         Ok(())
     }
 }
+
+/// What a failed sync leads to (the loop's error policy, apart from the
+/// sync itself as controller-rs keeps its `error_policy`): counted and
+/// logged, the maps re-read rather than trusted (a write may have half
+/// happened), and a retry on the next turn whether or not anything
+/// changes. Returns whether the next turn must sync.
+pub(super) fn error_policy(e: &anyhow::Error, syncer: &mut Syncer, status: &Status) -> bool {
+    status.sync_errors.fetch_add(1, Ordering::Relaxed);
+    if let Some(l4) = &mut syncer.l4 {
+        l4.adopt = true;
+    }
+    tracing::error!(error = %format!("{e:#}"), "sync failed; will re-read the maps and retry");
+    true
+}

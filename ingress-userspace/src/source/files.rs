@@ -328,6 +328,9 @@ impl ManifestSource {
     }
 
     /// Every object in force, as of the last [`load`](Self::load).
+    /// How often the files are checked: changes apply well within a second.
+    pub const POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
     }
@@ -442,6 +445,32 @@ fn label_matches(label: &str, id: &Identity) -> bool {
     }
     let name = rest.rsplit('/').next().unwrap_or(rest);
     name == "?" || name == id.2
+}
+
+impl super::Source for ManifestSource {
+    fn snapshot(&self) -> &Snapshot {
+        ManifestSource::snapshot(self)
+    }
+
+    fn changed(&self) -> bool {
+        ManifestSource::changed(self)
+    }
+
+    fn load(&mut self) -> super::Changes {
+        let loaded = ManifestSource::load(self);
+        for s in &loaded.skipped {
+            tracing::debug!(object = %s, "kind not handled; skipped");
+        }
+        super::Changes {
+            invalid: loaded.errors.len(),
+            errors: loaded.errors.iter().map(ToString::to_string).collect(),
+            touched: loaded.touched,
+        }
+    }
+
+    fn wait(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(tokio::time::sleep(Self::POLL))
+    }
 }
 
 #[cfg(test)]

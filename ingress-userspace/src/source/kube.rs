@@ -11,6 +11,7 @@ use std::{
     fmt::Debug,
     path::PathBuf,
     sync::Arc,
+    time::Duration,
 };
 
 use futures_util::StreamExt as _;
@@ -453,5 +454,43 @@ fn explain(e: &watcher::Error, kind: Kind) -> (String, String) {
         ),
         Some(code) => (format!("{code}"), format!("the API server answered {code}")),
         None => ("transport".into(), "cannot reach the API server".into()),
+    }
+}
+
+/// After the first change, how long more are gathered into the same load
+/// (a burst of changes is one sync).
+const BATCH_WINDOW: Duration = Duration::from_millis(50);
+
+impl super::Source for KubeSource {
+    fn snapshot(&self) -> &Snapshot {
+        KubeSource::snapshot(self)
+    }
+
+    fn changed(&self) -> bool {
+        KubeSource::changed(self)
+    }
+
+    fn load(&mut self) -> super::Changes {
+        let loaded = KubeSource::load(self);
+        super::Changes {
+            touched: loaded.touched,
+            errors: loaded.errors,
+            invalid: self.invalid(),
+        }
+    }
+
+    fn synced(&self) -> bool {
+        KubeSource::synced(self)
+    }
+
+    fn wait(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            if tokio::time::timeout(Duration::from_secs(1), KubeSource::wait(self))
+                .await
+                .is_ok()
+            {
+                tokio::time::sleep(BATCH_WINDOW).await;
+            }
+        })
     }
 }

@@ -42,119 +42,24 @@ enum Command {
     /// Attach the data path and keep its maps and routes in step with the
     /// cluster (kube-rs watches) or with manifest files (--manifests).
     Run {
-        /// YAML/JSON files or directories (multi-document), watched for
-        /// changes, instead of the Kubernetes API.
-        #[arg(long, num_args = 1.., env = "INGRESSD_MANIFESTS", value_delimiter = ',')]
-        manifests: Vec<PathBuf>,
-        /// Kubeconfig for the API server [default: in-cluster config in a pod, else $KUBECONFIG, else ~/.kube/config].
-        #[arg(long, conflicts_with = "manifests", env = "INGRESSD_KUBECONFIG")]
-        kubeconfig: Option<PathBuf>,
-        /// Watch Services, EndpointSlices and Ingresses of this namespace only [default: all].
-        #[arg(long, env = "INGRESSD_WATCH_NAMESPACE")]
-        watch_namespace: Option<String>,
-        /// The controller's own Service (namespace/name): its LoadBalancer address goes into Ingress status, and its LoadBalancer IPs are Ingress VIPs (as --ingress-vip).
-        #[arg(long, env = "INGRESSD_PUBLISH_SERVICE")]
-        publish_service: Option<String>,
-        /// Addresses (IPs or host names) written into Ingress status, instead of --publish-service or the node's.
-        #[arg(long, value_delimiter = ',', env = "INGRESSD_PUBLISH_STATUS_ADDRESS")]
-        publish_status_address: Vec<String>,
-        /// Write status.loadBalancer of the Ingresses served (one elected replica writes).
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "INGRESSD_UPDATE_STATUS")]
-        update_status: bool,
-        /// Name of the Lease that elects the replica writing Ingress status.
-        #[arg(
-            long,
-            default_value = "ingress-ebpf-leader",
-            env = "INGRESSD_ELECTION_ID"
-        )]
-        election_id: String,
-        /// Namespace of that Lease [default: $POD_NAMESPACE, else the ServiceAccount's, else default].
-        #[arg(long, env = "INGRESSD_ELECTION_NAMESPACE")]
-        election_namespace: Option<String>,
         /// Seconds in-flight requests get to finish after SIGTERM (no new connections are taken).
         #[arg(long, default_value_t = 25, env = "INGRESSD_SHUTDOWN_GRACE_PERIOD")]
         shutdown_grace_period: u64,
-        /// /metrics, /healthz, /readyz.
-        #[arg(long, default_value = "127.0.0.1:10254", env = "INGRESSD_METRICS_ADDR")]
-        metrics_addr: SocketAddr,
         /// Run the proxy alone: no BPF, no privileges needed.
         #[arg(long, conflicts_with = "no_l7", env = "INGRESSD_NO_L4")]
         no_l4: bool,
         /// Run the L4 data path alone: no proxy.
         #[arg(long, env = "INGRESSD_NO_L7")]
         no_l7: bool,
-        /// Where the proxy serves HTTP (HTTP/1.1, and HTTP/2 with prior knowledge).
-        #[arg(long, default_value = "0.0.0.0:80", env = "INGRESSD_HTTP_ADDR")]
-        http_addr: SocketAddr,
-        /// Ingress VIPs: connections to any of them on :80/:443 are steered to the proxy (sk_lookup).
-        #[arg(long, num_args = 1.., env = "INGRESSD_INGRESS_VIP", value_delimiter = ',')]
-        ingress_vip: Vec<Ipv4Addr>,
-        /// Where the proxy serves HTTPS (TLS by SNI from Ingress spec.tls Secrets).
-        #[arg(long, default_value = "0.0.0.0:443", env = "INGRESSD_HTTPS_ADDR")]
-        https_addr: SocketAddr,
-        /// Secret (namespace/name) for TLS hosts without a certificate of their own [default: a self-signed one].
-        #[arg(long, env = "INGRESSD_DEFAULT_SSL_CERTIFICATE")]
-        default_ssl_certificate: Option<String>,
-        /// The default backend on its own port (404 for everything, /healthz).
-        #[arg(
-            long,
-            default_value = "0.0.0.0:8181",
-            env = "INGRESSD_DEFAULT_BACKEND_ADDR"
-        )]
-        default_backend_addr: SocketAddr,
-        /// The IngressClass name served.
-        #[arg(long, default_value = "ebpf", env = "INGRESSD_INGRESS_CLASS")]
-        ingress_class: String,
-        /// IngressClasses whose spec.controller is this are ours.
-        #[arg(
-            long,
-            default_value = "ingress-ebpf/controller",
-            env = "INGRESSD_CONTROLLER_CLASS"
-        )]
-        controller_class: String,
-        /// Seconds to wait for a TCP connection to an endpoint.
-        #[arg(long, default_value_t = 5, env = "INGRESSD_UPSTREAM_CONNECT_TIMEOUT")]
-        upstream_connect_timeout: u64,
-        /// Seconds to wait for an endpoint's response headers (504 after),
-        /// and between two reads of its body (the response is cut off after),
-        /// as nginx's proxy_read_timeout.
-        #[arg(long, default_value_t = 60, env = "INGRESSD_UPSTREAM_RESPONSE_TIMEOUT")]
-        upstream_response_timeout: u64,
-        /// Seconds a client has to send a request head (408 after);
-        /// also how long a response write may wait for the client to read
-        /// (nginx's send_timeout; HTTP/1 requests without a body).
-        #[arg(long, default_value_t = 60, env = "INGRESSD_CLIENT_HEADER_TIMEOUT")]
-        client_header_timeout: u64,
-        /// Seconds an idle HTTP/1 client connection is kept between requests, then closed
-        /// (ingress-nginx's keep-alive, 75); 0 closes after each response.
-        #[arg(long, default_value_t = 75, env = "INGRESSD_KEEP_ALIVE_TIMEOUT")]
-        keep_alive_timeout: u64,
-        /// Seconds an idle connection to an endpoint is kept for reuse
-        /// (ingress-nginx's upstream-keepalive-timeout, 60).
-        #[arg(
-            long,
-            default_value_t = 60,
-            env = "INGRESSD_UPSTREAM_KEEPALIVE_TIMEOUT"
-        )]
-        upstream_keepalive_timeout: u64,
-        /// Seconds a client may pause while sending a request body (408 after).
-        #[arg(long, default_value_t = 60, env = "INGRESSD_CLIENT_BODY_TIMEOUT")]
-        client_body_timeout: u64,
-        /// Largest request head (431 above), e.g. 32k.
-        #[arg(long, default_value = "32k", value_parser = parse_size, env = "INGRESSD_MAX_HEADER_SIZE")]
-        max_header_size: u64,
-        /// Most request headers (431 above).
-        #[arg(long, default_value_t = 100, env = "INGRESSD_MAX_HEADERS")]
-        max_headers: usize,
-        /// Largest request body (413 above), e.g. 1m; 0 for no limit (ingress-nginx's proxy-body-size).
-        #[arg(long, default_value = "1m", value_parser = parse_size, env = "INGRESSD_MAX_BODY_SIZE")]
-        max_body_size: u64,
         /// Threads serving the proxy and the sync loop [default: one per CPU, like nginx's worker_processes auto].
         #[arg(long, env = "INGRESSD_WORKERS")]
         workers: Option<usize>,
-        /// Client connections served at once per listener.
-        #[arg(long, default_value_t = 16384, env = "INGRESSD_MAX_CONNECTIONS")]
-        max_connections: usize,
+        #[command(flatten)]
+        source: SourceFlags,
+        #[command(flatten)]
+        listen: ListenFlags,
+        #[command(flatten)]
+        limits: LimitFlags,
         #[command(flatten)]
         proxy: ProxyFlags,
         #[command(flatten)]
@@ -190,6 +95,150 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         flows: usize,
     },
+}
+
+/// Where the cluster comes from, and what is written back to it.
+#[derive(clap::Args)]
+struct SourceFlags {
+    /// YAML/JSON files or directories (multi-document), watched for
+    /// changes, instead of the Kubernetes API.
+    #[arg(long, num_args = 1.., env = "INGRESSD_MANIFESTS", value_delimiter = ',')]
+    manifests: Vec<PathBuf>,
+    /// Kubeconfig for the API server [default: in-cluster config in a pod, else $KUBECONFIG, else ~/.kube/config].
+    #[arg(long, conflicts_with = "manifests", env = "INGRESSD_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Watch Services, EndpointSlices and Ingresses of this namespace only [default: all].
+    #[arg(long, env = "INGRESSD_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// The controller's own Service (namespace/name): its LoadBalancer address goes into Ingress status, and its LoadBalancer IPs are Ingress VIPs (as --ingress-vip).
+    #[arg(long, env = "INGRESSD_PUBLISH_SERVICE")]
+    publish_service: Option<String>,
+    /// Addresses (IPs or host names) written into Ingress status, instead of --publish-service or the node's.
+    #[arg(long, value_delimiter = ',', env = "INGRESSD_PUBLISH_STATUS_ADDRESS")]
+    publish_status_address: Vec<String>,
+    /// Write status.loadBalancer of the Ingresses served (one elected replica writes).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "INGRESSD_UPDATE_STATUS")]
+    update_status: bool,
+    /// Name of the Lease that elects the replica writing Ingress status.
+    #[arg(
+        long,
+        default_value = "ingress-ebpf-leader",
+        env = "INGRESSD_ELECTION_ID"
+    )]
+    election_id: String,
+    /// Namespace of that Lease [default: $POD_NAMESPACE, else the ServiceAccount's, else default].
+    #[arg(long, env = "INGRESSD_ELECTION_NAMESPACE")]
+    election_namespace: Option<String>,
+}
+
+/// Where the proxy and the metrics listen, and which Ingresses are ours.
+#[derive(clap::Args)]
+struct ListenFlags {
+    /// /metrics, /healthz, /readyz.
+    #[arg(long, default_value = "127.0.0.1:10254", env = "INGRESSD_METRICS_ADDR")]
+    metrics_addr: SocketAddr,
+    /// Where the proxy serves HTTP (HTTP/1.1, and HTTP/2 with prior knowledge).
+    #[arg(long, default_value = "0.0.0.0:80", env = "INGRESSD_HTTP_ADDR")]
+    http_addr: SocketAddr,
+    /// Ingress VIPs: connections to any of them on :80/:443 are steered to the proxy (sk_lookup).
+    #[arg(long, num_args = 1.., env = "INGRESSD_INGRESS_VIP", value_delimiter = ',')]
+    ingress_vip: Vec<Ipv4Addr>,
+    /// Where the proxy serves HTTPS (TLS by SNI from Ingress spec.tls Secrets).
+    #[arg(long, default_value = "0.0.0.0:443", env = "INGRESSD_HTTPS_ADDR")]
+    https_addr: SocketAddr,
+    /// Secret (namespace/name) for TLS hosts without a certificate of their own [default: a self-signed one].
+    #[arg(long, env = "INGRESSD_DEFAULT_SSL_CERTIFICATE")]
+    default_ssl_certificate: Option<String>,
+    /// The default backend on its own port (404 for everything, /healthz).
+    #[arg(
+        long,
+        default_value = "0.0.0.0:8181",
+        env = "INGRESSD_DEFAULT_BACKEND_ADDR"
+    )]
+    default_backend_addr: SocketAddr,
+    /// The IngressClass name served.
+    #[arg(long, default_value = "ebpf", env = "INGRESSD_INGRESS_CLASS")]
+    ingress_class: String,
+    /// IngressClasses whose spec.controller is this are ours.
+    #[arg(
+        long,
+        default_value = "ingress-ebpf/controller",
+        env = "INGRESSD_CONTROLLER_CLASS"
+    )]
+    controller_class: String,
+}
+
+/// The proxy's timeouts and sizes, nginx's names and defaults.
+#[derive(clap::Args)]
+struct LimitFlags {
+    /// Seconds to wait for a TCP connection to an endpoint.
+    #[arg(long, default_value_t = 5, env = "INGRESSD_UPSTREAM_CONNECT_TIMEOUT")]
+    upstream_connect_timeout: u64,
+    /// Seconds to wait for an endpoint's response headers (504 after),
+    /// and between two reads of its body (the response is cut off after),
+    /// as nginx's proxy_read_timeout.
+    #[arg(long, default_value_t = 60, env = "INGRESSD_UPSTREAM_RESPONSE_TIMEOUT")]
+    upstream_response_timeout: u64,
+    /// Seconds a client has to send a request head (408 after);
+    /// also how long a response write may wait for the client to read
+    /// (nginx's send_timeout; HTTP/1 requests without a body).
+    #[arg(long, default_value_t = 60, env = "INGRESSD_CLIENT_HEADER_TIMEOUT")]
+    client_header_timeout: u64,
+    /// Seconds an idle HTTP/1 client connection is kept between requests, then closed
+    /// (ingress-nginx's keep-alive, 75); 0 closes after each response.
+    #[arg(long, default_value_t = 75, env = "INGRESSD_KEEP_ALIVE_TIMEOUT")]
+    keep_alive_timeout: u64,
+    /// Seconds an idle connection to an endpoint is kept for reuse
+    /// (ingress-nginx's upstream-keepalive-timeout, 60).
+    #[arg(
+        long,
+        default_value_t = 60,
+        env = "INGRESSD_UPSTREAM_KEEPALIVE_TIMEOUT"
+    )]
+    upstream_keepalive_timeout: u64,
+    /// Seconds a client may pause while sending a request body (408 after).
+    #[arg(long, default_value_t = 60, env = "INGRESSD_CLIENT_BODY_TIMEOUT")]
+    client_body_timeout: u64,
+    /// Largest request head (431 above), e.g. 32k.
+    #[arg(long, default_value = "32k", value_parser = parse_size, env = "INGRESSD_MAX_HEADER_SIZE")]
+    max_header_size: u64,
+    /// Most request headers (431 above).
+    #[arg(long, default_value_t = 100, env = "INGRESSD_MAX_HEADERS")]
+    max_headers: usize,
+    /// Largest request body (413 above), e.g. 1m; 0 for no limit (ingress-nginx's proxy-body-size).
+    #[arg(long, default_value = "1m", value_parser = parse_size, env = "INGRESSD_MAX_BODY_SIZE")]
+    max_body_size: u64,
+    /// Client connections served at once per listener.
+    #[arg(long, default_value_t = 16384, env = "INGRESSD_MAX_CONNECTIONS")]
+    max_connections: usize,
+}
+
+impl LimitFlags {
+    fn limits(&self) -> Limits {
+        Limits {
+            upstream_connect_timeout: Duration::from_secs(self.upstream_connect_timeout),
+            upstream_response_timeout: Duration::from_secs(self.upstream_response_timeout),
+            client_header_timeout: Duration::from_secs(self.client_header_timeout.max(1)),
+            client_keepalive: Duration::from_secs(self.keep_alive_timeout),
+            idle_keepalive: Duration::from_secs(self.upstream_keepalive_timeout),
+            client_body_timeout: Duration::from_secs(self.client_body_timeout.max(1)),
+            max_header_bytes: self.max_header_size as usize,
+            max_headers: self.max_headers,
+            max_body_bytes: self.max_body_size,
+            max_connections: self.max_connections,
+        }
+    }
+}
+
+impl L4Flags {
+    fn timeouts(&self) -> kernel::Timeouts {
+        kernel::Timeouts {
+            tcp_syn: self.conntrack_tcp_timeout_syn,
+            tcp_established: self.conntrack_tcp_timeout_established,
+            tcp_close: self.conntrack_tcp_timeout_close,
+            udp: self.conntrack_udp_timeout,
+        }
+    }
 }
 
 /// Where the L4 data path attaches and what it serves.
@@ -512,62 +561,40 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run {
-            manifests,
-            kubeconfig,
-            watch_namespace,
-            publish_service,
-            publish_status_address,
-            update_status,
-            election_id,
-            election_namespace,
             shutdown_grace_period,
-            metrics_addr,
             no_l4,
             no_l7,
-            http_addr,
-            https_addr,
-            default_ssl_certificate,
-            ingress_vip,
-            default_backend_addr,
-            ingress_class,
-            controller_class,
-            upstream_connect_timeout,
-            upstream_response_timeout,
-            client_header_timeout,
-            keep_alive_timeout,
-            upstream_keepalive_timeout,
-            client_body_timeout,
-            max_header_size,
-            max_headers,
-            max_body_size,
-            max_connections,
             workers,
             proxy,
             l4,
+            source,
+            listen,
+            limits,
         } => {
+            let conntrack = l4.timeouts();
             let node_name = l4.node_name.unwrap_or_else(node_name_default);
             let object_key = |s: String| match s.split_once('/') {
                 Some((ns, name)) => (ns.to_string(), name.to_string()),
                 None => ("default".to_string(), s),
             };
-            let proxy_service = publish_service.clone().map(object_key);
+            let proxy_service = source.publish_service.clone().map(object_key);
             let cfg = RunConfig {
-                manifests,
+                manifests: source.manifests,
                 kube: KubeConfig {
-                    kubeconfig,
-                    namespace: watch_namespace,
+                    kubeconfig: source.kubeconfig,
+                    namespace: source.watch_namespace,
                     publish: PublishConfig {
-                        addresses: publish_status_address,
-                        service: publish_service.map(object_key),
+                        addresses: source.publish_status_address,
+                        service: source.publish_service.map(object_key),
                         node_name: node_name.clone(),
                         pod: std::env::var("POD_NAME")
                             .ok()
                             .filter(|n| !n.is_empty())
                             .map(|name| (own_namespace(), name)),
                     },
-                    update_status,
-                    election_id,
-                    lease_namespace: election_namespace.unwrap_or_else(own_namespace),
+                    update_status: source.update_status,
+                    election_id: source.election_id,
+                    lease_namespace: source.election_namespace.unwrap_or_else(own_namespace),
                     identity: identity(),
                 },
                 shutdown_grace: Duration::from_secs(shutdown_grace_period),
@@ -575,42 +602,26 @@ fn main() -> std::process::ExitCode {
                 node_ips: l4.node_ip,
                 node_name,
                 pin_path: l4.pin_path,
-                metrics_addr,
+                metrics_addr: listen.metrics_addr,
                 xdp_mode: l4.xdp_mode,
                 socket_lb: l4.socket_lb,
                 cgroup: l4.cgroup,
                 service_proxy_name: l4.service_proxy_name.filter(|n| !n.is_empty()),
                 healthz_addr: l4.healthz_addr,
-                conntrack: kernel::Timeouts {
-                    tcp_syn: l4.conntrack_tcp_timeout_syn,
-                    tcp_established: l4.conntrack_tcp_timeout_established,
-                    tcp_close: l4.conntrack_tcp_timeout_close,
-                    udp: l4.conntrack_udp_timeout,
-                },
+                conntrack,
                 no_l4,
                 no_l7,
-                http_addr,
-                https_addr,
-                default_ssl_certificate: default_ssl_certificate.map(object_key),
-                default_backend_addr,
-                ingress_vips: ingress_vip,
+                http_addr: listen.http_addr,
+                https_addr: listen.https_addr,
+                default_ssl_certificate: listen.default_ssl_certificate.map(object_key),
+                default_backend_addr: listen.default_backend_addr,
+                ingress_vips: listen.ingress_vip,
                 proxy_service,
                 class: ClassConfig {
-                    class_name: ingress_class,
-                    controller: controller_class,
+                    class_name: listen.ingress_class,
+                    controller: listen.controller_class,
                 },
-                limits: Limits {
-                    upstream_connect_timeout: Duration::from_secs(upstream_connect_timeout),
-                    upstream_response_timeout: Duration::from_secs(upstream_response_timeout),
-                    client_header_timeout: Duration::from_secs(client_header_timeout.max(1)),
-                    client_keepalive: Duration::from_secs(keep_alive_timeout),
-                    idle_keepalive: Duration::from_secs(upstream_keepalive_timeout),
-                    client_body_timeout: Duration::from_secs(client_body_timeout.max(1)),
-                    max_header_bytes: max_header_size as usize,
-                    max_headers,
-                    max_body_bytes: max_body_size,
-                    max_connections,
-                },
+                limits: limits.limits(),
                 trust: Trust {
                     use_forwarded_headers: proxy.use_forwarded_headers,
                     real_ip_from: proxy.proxy_real_ip_cidr,

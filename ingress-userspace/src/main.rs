@@ -8,7 +8,7 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use ingressd::{
-    cluster::ClassConfig,
+    cluster::{ClassConfig, ObjectKey},
     daemon::{KubeConfig, RunConfig, run},
     kernel::{self, LbMaps, XdpAttachMode},
     l4::{model::show_backend, render::render_state},
@@ -573,10 +573,7 @@ fn main() -> std::process::ExitCode {
         } => {
             let conntrack = l4.timeouts();
             let node_name = l4.node_name.unwrap_or_else(node_name_default);
-            let object_key = |s: String| match s.split_once('/') {
-                Some((ns, name)) => (ns.to_string(), name.to_string()),
-                None => ("default".to_string(), s),
-            };
+            let object_key = |s: String| ObjectKey::parse(&s);
             let proxy_service = source.publish_service.clone().map(object_key);
             let cfg = RunConfig {
                 manifests: source.manifests,
@@ -590,7 +587,7 @@ fn main() -> std::process::ExitCode {
                         pod: std::env::var("POD_NAME")
                             .ok()
                             .filter(|n| !n.is_empty())
-                            .map(|name| (own_namespace(), name)),
+                            .map(|name| ObjectKey::new(own_namespace(), name)),
                     },
                     update_status: source.update_status,
                     election_id: source.election_id,

@@ -171,7 +171,7 @@ async fn kube_source_gives_the_file_sources_desired_state_for_every_golden_case(
         }
         let kube = synced_source(&api, &dir, ClassConfig::default()).await;
         // Only the Secrets an Ingress of ours names are read, one by one.
-        let secrets: Vec<&(String, String)> = kube.snapshot().secrets.keys().collect();
+        let secrets: Vec<_> = kube.snapshot().secrets.keys().collect();
         let named = yaml.contains("secretName: shop-tls");
         assert_eq!(secrets.len(), usize::from(named), "{secrets:?}");
         for r in api.requests().iter().filter(|r| r.contains("/secrets")) {

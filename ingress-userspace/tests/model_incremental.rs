@@ -232,7 +232,7 @@ fn the_proxy_services_load_balancer_ips_are_left_to_the_proxy() {
     assert_eq!(addrs(model.state()), [nodeport, lb, external].into());
     // The proxy's own Service: its LoadBalancer IP is steered to the proxy
     // (sk_lookup); its NodePort and externalIP stay with XDP.
-    let own = ("ingress".to_string(), "edge".to_string());
+    let own = ingressd::cluster::ObjectKey::new("ingress", "edge");
     let mut model = Model::new(node.clone()).with_proxy_service(Some(own));
     model.rebuild(source.snapshot());
     assert_eq!(addrs(model.state()), [nodeport, external].into());

@@ -30,7 +30,7 @@ impl Default for ClassConfig {
 pub fn is_ours(ingress: &Ingress, snapshot: &Snapshot, class: &ClassConfig) -> bool {
     let ours = |name: &str| match snapshot
         .ingress_classes
-        .get(&(String::new(), name.to_string()))
+        .get(&super::ObjectKey::new("", name))
     {
         Some(ic) => {
             ic.spec.as_ref().and_then(|s| s.controller.as_deref())

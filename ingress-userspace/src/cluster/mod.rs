@@ -19,8 +19,41 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-/// `namespace/name` of an object; cluster-scoped objects have an empty namespace.
-pub type ObjectKey = (String, String);
+/// `namespace/name` of an object; cluster-scoped objects have an empty
+/// namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// `namespace/name`, or `name` alone (default namespace `default`),
+    /// as flags like `--publish-service` take it.
+    pub fn parse(s: &str) -> Self {
+        match s.split_once('/') {
+            Some((ns, name)) => Self::new(ns, name),
+            None => Self::new("default", s),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
 
 /// Every object the daemon cares about, as the cluster would hold them.
 /// EndpointSlices are indexed by the Service they belong to (label
@@ -40,8 +73,8 @@ pub struct Snapshot {
 /// The Service an EndpointSlice belongs to.
 fn slice_owner(ns: &str, slice: &EndpointSlice) -> Option<ObjectKey> {
     let labels = slice.metadata.labels.as_ref()?;
-    Some((
-        ns.to_string(),
+    Some(ObjectKey::new(
+        ns,
         labels.get("kubernetes.io/service-name")?.clone(),
     ))
 }
@@ -54,7 +87,7 @@ impl Snapshot {
             Object::Service(o) => drop(self.services.insert(key, *o)),
             Object::EndpointSlice(o) => {
                 self.unindex_slice(&key);
-                if let Some(owner) = slice_owner(&key.0, &o) {
+                if let Some(owner) = slice_owner(&key.namespace, &o) {
                     self.slices_by_service
                         .entry(owner)
                         .or_default()
@@ -70,7 +103,7 @@ impl Snapshot {
     }
 
     pub fn remove(&mut self, id: &Identity) {
-        let key = (id.1.clone(), id.2.clone());
+        let key = ObjectKey::new(id.1.clone(), id.2.clone());
         match id.0 {
             Kind::Service => drop(self.services.remove(&key)),
             Kind::EndpointSlice => {
@@ -88,7 +121,7 @@ impl Snapshot {
         let Some(old) = self.endpoint_slices.get(key) else {
             return;
         };
-        if let Some(owner) = slice_owner(&key.0, old)
+        if let Some(owner) = slice_owner(&key.namespace, old)
             && let Some(set) = self.slices_by_service.get_mut(&owner)
         {
             set.remove(key);
@@ -129,13 +162,13 @@ impl Snapshot {
 
     /// The Services whose L4 state depends on the object `id` as held now.
     pub fn services_touched_by(&self, id: &Identity) -> Option<ObjectKey> {
-        let key = (id.1.clone(), id.2.clone());
+        let key = ObjectKey::new(id.1.clone(), id.2.clone());
         match id.0 {
             Kind::Service => Some(key),
             Kind::EndpointSlice => self
                 .endpoint_slices
                 .get(&key)
-                .and_then(|s| slice_owner(&key.0, s)),
+                .and_then(|s| slice_owner(&key.namespace, s)),
             _ => None,
         }
     }
@@ -237,8 +270,8 @@ impl Object {
 
     /// (kind, namespace, name): what identifies the object across versions.
     pub fn identity(&self) -> Identity {
-        let (ns, name) = object_key(self.metadata(), self.namespaced());
-        (self.kind(), ns, name)
+        let key = object_key(self.metadata(), self.namespaced());
+        (self.kind(), key.namespace, key.name)
     }
 
     fn namespaced(&self) -> bool {
@@ -254,5 +287,5 @@ fn object_key(meta: &ObjectMeta, namespaced: bool) -> ObjectKey {
     } else {
         String::new()
     };
-    (ns, meta.name.clone().unwrap_or_default())
+    ObjectKey::new(ns, meta.name.clone().unwrap_or_default())
 }

@@ -163,7 +163,7 @@ fn proxy_answer(health: &ProxyHealth, path: &str) -> Response<Body> {
 /// healthy proxy, else 503, and kube-proxy's JSON either way.
 fn service_answer(health: &ProxyHealth, svc: &ServiceHealth) -> Response<Body> {
     let healthy = health.healthy();
-    let (ns, name) = (&svc.service.0, &svc.service.1);
+    let (ns, name) = (&svc.service.namespace, &svc.service.name);
     json(
         status_code(svc.local_endpoints > 0 && healthy),
         format!(
@@ -273,7 +273,7 @@ impl HealthServers {
                     if self.failed.get(&port) != Some(&e) {
                         tracing::warn!(
                             port,
-                            service = %format!("{}/{}", svc.service.0, svc.service.1),
+                            service = %format!("{}/{}", svc.service.namespace, svc.service.name),
                             error = %e,
                             "cannot serve this healthCheckNodePort; retrying at the next sync"
                         );
@@ -285,7 +285,7 @@ impl HealthServers {
             self.failed.remove(&port);
             tracing::info!(
                 port,
-                service = %format!("{}/{}", svc.service.0, svc.service.1),
+                service = %format!("{}/{}", svc.service.namespace, svc.service.name),
                 "healthCheckNodePort serving"
             );
             let current = Arc::new(ArcSwap::from_pointee(svc));

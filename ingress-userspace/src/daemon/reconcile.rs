@@ -140,7 +140,7 @@ impl Syncer {
             l4.health.set(checks);
             let this_node = snapshot
                 .nodes
-                .get(&(String::new(), l4.model.node().name.clone()));
+                .get(&ObjectKey::new("", l4.model.node().name.clone()));
             l4.health
                 .proxy()
                 .set_node_eligible(node_eligible(this_node));

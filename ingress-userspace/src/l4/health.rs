@@ -66,10 +66,10 @@ pub fn health_checks(
         };
         match out.get(&port) {
             Some(owner) => warnings.push(ModelWarning {
-                object: format!("Service {}/{}", key.0, key.1),
+                object: format!("Service {}/{}", key.namespace, key.name),
                 message: format!(
                     "field spec.healthCheckNodePort: {port} already belongs to Service {}/{}; skipped",
-                    owner.service.0, owner.service.1
+                    owner.service.namespace, owner.service.name
                 ),
             }),
             None => {
@@ -161,7 +161,7 @@ spec:
         // remote endpoints do not count, its two ports count one address once.
         assert_eq!(hc.keys().copied().collect::<Vec<_>>(), [32000]);
         assert_eq!(hc[&32000].local_endpoints, 1);
-        assert_eq!(hc[&32000].service, ("shop".into(), "web".into()));
+        assert_eq!(hc[&32000].service, ObjectKey::new("shop", "web"));
     }
 
     #[test]

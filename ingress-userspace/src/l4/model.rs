@@ -249,7 +249,14 @@ impl Model {
             let lb_to_proxy = self.proxy_service.as_ref() == Some(&key);
             let new = snapshot.services.get(&key).map(|svc| {
                 let slices = snapshot.slices_of(&key);
-                service_contribution(&key.0, &key.1, svc, &slices, &self.node, lb_to_proxy)
+                service_contribution(
+                    &key.namespace,
+                    &key.name,
+                    svc,
+                    &slices,
+                    &self.node,
+                    lb_to_proxy,
+                )
             });
             let old = self.contributions.remove(&key);
             for (f, _) in old.iter().flat_map(|c| &c.frontends) {
@@ -376,7 +383,7 @@ impl Model {
                 .unwrap_or_default();
             for loser in claimants.iter().skip(1) {
                 out.push(ModelWarning {
-                    object: format!("Service {}/{}", loser.0, loser.1),
+                    object: format!("Service {}/{}", loser.namespace, loser.name),
                     message: format!(
                         "frontend {} already belongs to {owner}; skipped",
                         show_frontend(f)

@@ -84,7 +84,7 @@ fn secret_key_pair(snapshot: &Snapshot, key: &ObjectKey) -> Result<Arc<Certified
     let secret = snapshot
         .secrets
         .get(key)
-        .ok_or_else(|| format!("Secret {}/{} not found", key.0, key.1))?;
+        .ok_or_else(|| format!("Secret {}/{} not found", key.namespace, key.name))?;
     let field = |name: &str| -> Option<Vec<u8>> {
         secret
             .data
@@ -102,10 +102,10 @@ fn secret_key_pair(snapshot: &Snapshot, key: &ObjectKey) -> Result<Arc<Certified
     let (Some(cert), Some(pkey)) = (field("tls.crt"), field("tls.key")) else {
         return Err(format!(
             "Secret {}/{} has no tls.crt and tls.key",
-            key.0, key.1
+            key.namespace, key.name
         ));
     };
-    certified_key(&cert, &pkey).map_err(|e| format!("Secret {}/{}: {e}", key.0, key.1))
+    certified_key(&cert, &pkey).map_err(|e| format!("Secret {}/{}: {e}", key.namespace, key.name))
 }
 
 impl CertStore {

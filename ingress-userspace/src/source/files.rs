@@ -571,7 +571,7 @@ mod tests {
         let second = source.load();
         assert_eq!(second.errors.len(), 1);
         let port = |n: &str| {
-            source.snapshot().services[&("default".to_string(), n.to_string())]
+            source.snapshot().services[&ObjectKey::new("default", n.to_string())]
                 .spec
                 .as_ref()
                 .unwrap()

@@ -166,7 +166,7 @@ impl KubeSource {
             source.watch::<IngressClass>(Api::all(client.clone()), None),
         ];
         if !node_name.is_empty() {
-            let only = Some((String::new(), node_name.to_string()));
+            let only = Some(ObjectKey::new("", node_name));
             tasks.push(source.watch::<Node>(Api::all(client), only));
         }
         source.tasks = tasks;
@@ -178,7 +178,7 @@ impl KubeSource {
     fn watch<K: Watched>(&mut self, api: Api<K>, only: Option<ObjectKey>) -> Task {
         let name = watch_name(K::KIND, only.as_ref());
         let config = match &only {
-            Some((_, n)) => watcher::Config::default().fields(&format!("metadata.name={n}")),
+            Some(key) => watcher::Config::default().fields(&format!("metadata.name={}", key.name)),
             None => watcher::Config::default(),
         };
         self.waiting.insert(name.clone());
@@ -248,7 +248,10 @@ impl KubeSource {
                 let held: Vec<Identity> = self
                     .identities_of(kind)
                     .into_iter()
-                    .filter(|id| only.as_ref().is_none_or(|k| (&id.1, &id.2) == (&k.0, &k.1)))
+                    .filter(|id| {
+                        only.as_ref()
+                            .is_none_or(|k| (&id.1, &id.2) == (&k.namespace, &k.name))
+                    })
                     .filter(|id| !listed.contains(id))
                     .collect();
                 for id in held {
@@ -265,7 +268,7 @@ impl KubeSource {
     fn identities_of(&self, kind: Kind) -> Vec<Identity> {
         let ids = |keys: Vec<&ObjectKey>| -> Vec<Identity> {
             keys.into_iter()
-                .map(|(ns, n)| (kind, ns.clone(), n.clone()))
+                .map(|k| (kind, k.namespace.clone(), k.name.clone()))
                 .collect()
         };
         let s = &self.snapshot;
@@ -282,7 +285,11 @@ impl KubeSource {
     fn upsert(&mut self, object: Object, loaded: &mut KubeLoaded) {
         let id = object.identity();
         // From a Secret watch stopped after it queued this: not in use.
-        if id.0 == Kind::Secret && !self.secrets.contains_key(&(id.1.clone(), id.2.clone())) {
+        if id.0 == Kind::Secret
+            && !self
+                .secrets
+                .contains_key(&ObjectKey::new(id.1.clone(), id.2.clone()))
+        {
             return;
         }
         if let Err(e) = validate(&object) {
@@ -312,14 +319,15 @@ impl KubeSource {
     /// the default certificate's.
     fn secrets_in_use(&self) -> BTreeSet<ObjectKey> {
         let mut out: BTreeSet<ObjectKey> = self.default_secret.iter().cloned().collect();
-        for ((ns, _), ing) in &self.snapshot.ingresses {
+        for (key, ing) in &self.snapshot.ingresses {
+            let ns = &key.namespace;
             if !is_ours(ing, &self.snapshot, &self.class) {
                 continue;
             }
             let tls = ing.spec.iter().flat_map(|s| s.tls.iter().flatten());
             out.extend(
                 tls.filter_map(|t| t.secret_name.clone())
-                    .map(|name| (ns.clone(), name)),
+                    .map(|name| ObjectKey::new(ns.clone(), name)),
             );
         }
         out
@@ -336,13 +344,14 @@ impl KubeSource {
         for key in unused {
             self.secrets.remove(&key);
             self.waiting.remove(&watch_name(Secret::KIND, Some(&key)));
-            self.snapshot.remove(&(Kind::Secret, key.0, key.1));
+            self.snapshot
+                .remove(&(Kind::Secret, key.namespace, key.name));
         }
         for key in wanted {
             if self.secrets.contains_key(&key) {
                 continue;
             }
-            let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.0);
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.namespace);
             let task = self.watch(api, Some(key.clone()));
             self.secrets.insert(key, task);
         }
@@ -352,8 +361,7 @@ impl KubeSource {
 /// The name a watch goes by, in logs and in `waiting`.
 fn watch_name(kind: Kind, only: Option<&ObjectKey>) -> String {
     match only {
-        Some((ns, n)) if ns.is_empty() => format!("{kind} {n}"),
-        Some((ns, n)) => format!("{kind} {ns}/{n}"),
+        Some(key) => format!("{kind} {key}"),
         None => kind.to_string(),
     }
 }

@@ -109,7 +109,7 @@ pub fn status_input(snapshot: &Snapshot, class: &ClassConfig, cfg: &PublishConfi
     };
     let own_node = snapshot
         .nodes
-        .get(&(String::new(), cfg.node_name.clone()))
+        .get(&ObjectKey::new("", cfg.node_name.clone()))
         .map(node_addresses)
         .map(entries)
         .unwrap_or_default();
@@ -173,9 +173,9 @@ async fn controller_nodes(
     pod: &ObjectKey,
     selector: &mut Option<String>,
 ) -> Result<Vec<String>, kube::Error> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.0);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
     if selector.is_none() {
-        let me = pods.get(&pod.1).await?;
+        let me = pods.get(&pod.name).await?;
         let labels: Vec<String> = me
             .metadata
             .labels
@@ -249,11 +249,11 @@ pub async fn run(
                 if !elector.still_leading() {
                     break;
                 }
-                let api: Api<Ingress> = Api::namespaced(client.clone(), &key.0);
+                let api: Api<Ingress> = Api::namespaced(client.clone(), &key.namespace);
                 let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": addrs}}});
-                let name = format!("{}/{}", key.0, key.1);
+                let name = format!("{}/{}", key.namespace, key.name);
                 match api
-                    .patch_status(&key.1, &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
                 {
                     Ok(_) => {
@@ -333,7 +333,7 @@ status: {addresses: [{type: InternalIP, address: 198.18.1.1}, {type: Hostname, a
     fn only_our_ingresses_with_another_status_are_written() {
         let s = snapshot(OBJECTS);
         let cfg = PublishConfig {
-            service: Some(("ingress-ebpf".into(), "ingressd".into())),
+            service: Some(ObjectKey::new("ingress-ebpf", "ingressd")),
             ..Default::default()
         };
         let input = status_input(&s, &ClassConfig::default(), &cfg);
@@ -341,7 +341,7 @@ status: {addresses: [{type: InternalIP, address: 198.18.1.1}, {type: Hostname, a
         assert_eq!(addrs, vec![entry("198.18.0.10")]);
         let todo = pending(&input, &addrs);
         let keys: Vec<&ObjectKey> = todo.iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, vec![&("web".to_string(), "shop".to_string())]);
+        assert_eq!(keys, vec![&ObjectKey::new("web", "shop")]);
     }
 
     #[test]

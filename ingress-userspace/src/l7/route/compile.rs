@@ -16,7 +16,7 @@ use super::{
     pattern::{Budget, Patterns, REGEX_CHARS},
 };
 use crate::{
-    cluster::{ClassConfig, PortRef, Snapshot, is_ours, usable_endpoints},
+    cluster::{ClassConfig, ObjectKey, PortRef, Snapshot, is_ours, usable_endpoints},
     l7::{path::normalize, route::normalize_host, stats::StatsHandle},
 };
 
@@ -49,7 +49,7 @@ fn resolve_backend(
     let port_label = port_ref
         .and_then(|p| p.name.clone().or(p.number.map(|n| n.to_string())))
         .unwrap_or_default();
-    let key = (ns.to_string(), svc_ref.name.clone());
+    let key = ObjectKey::new(ns, svc_ref.name.clone());
     let Some(svc) = snapshot.services.get(&key) else {
         return Err(format!("Service {ns}/{} not found", svc_ref.name));
     };
@@ -196,7 +196,7 @@ fn compile_all(
                     table
                         .tls_hosts
                         .entry(h.clone())
-                        .or_insert_with(|| (ns.clone(), secret.clone()));
+                        .or_insert_with(|| ObjectKey::new(ns.clone(), secret.clone()));
                     tls_hosts.push(h);
                 }
             }

@@ -35,7 +35,7 @@ fn host_block(out: &mut String, host: &str, table: &RouteTable, rules: &HostRule
     let tls = table
         .tls_hosts
         .get(host)
-        .map(|(ns, name)| format!("  (TLS: Secret {ns}/{name})"))
+        .map(|key| format!("  (TLS: Secret {key})"))
         .unwrap_or_default();
     let _ = writeln!(out, "HOST {host}{tls}");
     let mut exact: Vec<_> = rules.exact.iter().collect();

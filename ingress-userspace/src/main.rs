@@ -461,9 +461,10 @@ fn print_maps(pin_path: &std::path::Path, flow_limit: usize) -> anyhow::Result<(
     out.push_str(&render_state(&state));
     let flows = maps.flows(usize::MAX);
     let now = kernel::monotonic_ns();
+    let (snat_used, snat_ports) = maps.snat_ports();
     let _ = writeln!(
         out,
-        "\nFLOWS ({} of {} in the table)",
+        "\nFLOWS ({} of {} in the table; SNAT ports in use: {snat_used} of {snat_ports})",
         flows.len(),
         ingress_common::MAX_FLOWS
     );

@@ -489,3 +489,76 @@ fn should_implement_service_proxy_name_and_skip_headless_labelled_services() {
         .expect("tcp");
     assert!(plain[0].body().is_none(), "{plain:?}");
 }
+
+#[test]
+fn should_allow_pods_to_hairpin_back_to_themselves_through_services() {
+    if !need_root() {
+        return;
+    }
+    let (lab, _dir) = setup("chair", |lab| {
+        service("web", WEB, (80, 8080, "TCP"), "", &[pod(lab, "a1")])
+    });
+    // a1 through its own Service's cluster IP reaches itself.
+    let tcp = lab
+        .connect_from("a1", Mode::Tcp, addr(WEB, 80), 4)
+        .expect("tcp");
+    assert_all_from_service(&tcp, addr(WEB, 80), true);
+    assert_eq!(bodies(&tcp), BTreeSet::from(["a1".to_string()]));
+}
+
+#[test]
+fn should_preserve_source_pod_ip_for_traffic_thru_service_cluster_ip() {
+    if !need_root() {
+        return;
+    }
+    let (lab, _dir) = setup("csrc", |lab| {
+        service(
+            "web",
+            WEB,
+            (80, 8080, "TCP"),
+            "",
+            &[pod(lab, "a1"), pod(lab, "b1")],
+        )
+    });
+    // The endpoint, local or on the other node, sees the calling pod's own
+    // address: nothing is masqueraded at the socket.
+    let a2 = pod(&lab, "a2").ip;
+    let tcp = lab
+        .connect_from("a2", Mode::Whoami, addr(WEB, 80), 12)
+        .expect("tcp");
+    assert_all_from_service(&tcp, addr(WEB, 80), true);
+    let seen = bodies(&tcp);
+    assert_eq!(
+        seen,
+        BTreeSet::from([format!("a1@{a2}"), format!("b1@{a2}")]),
+        "{tcp:?}"
+    );
+}
+
+#[test]
+fn node_ports_and_external_ips_are_served_at_the_socket_for_local_callers() {
+    if !need_root() {
+        return;
+    }
+    let (lab, _dir) = setup("cnp", |lab| {
+        let ends = [pod(lab, "a1"), pod(lab, "b1")];
+        service(
+            "web",
+            WEB,
+            (80, 8080, "TCP"),
+            "  type: NodePort\n  externalIPs: [198.19.20.1]\n",
+            &ends,
+        )
+        .replacen("protocol: TCP}]", "protocol: TCP, nodePort: 30080}]", 1)
+    });
+    // A pod and the node itself, to the node's own NodePort and to an
+    // externalIP: sent to an endpoint at connect(), the peer name kept.
+    let node_port = SocketAddr::from((lab.node("node-a").ip, 30080));
+    let external = addr("198.19.20.1", 80);
+    for place in ["a2", "node-a"] {
+        for target in [node_port, external] {
+            let tcp = lab.connect_from(place, Mode::Tcp, target, 6).expect("tcp");
+            assert_all_from_service(&tcp, target, true);
+        }
+    }
+}

@@ -955,3 +955,60 @@ fn a_reset_ends_a_flow_at_once_and_a_new_connection_supersedes_a_closing_one() {
     let (_, out) = l.tc(&reply);
     assert_eq!(out, reply);
 }
+
+#[test]
+fn client_ip_affinity_times_out_on_the_packet_path() {
+    if !need_root() {
+        return;
+    }
+    let mut l = load();
+    let all: Vec<Backend> = (0..8)
+        .map(|i| backend(Ipv4Addr::new(198, 18, 1, 10 + i), 8080, false))
+        .collect();
+    let mut desired = DesiredState::default();
+    desired.rings.insert(
+        7,
+        RingSpec {
+            name: "test/web:http/TCP".into(),
+            backends: all,
+            ..Default::default()
+        },
+    );
+    desired.frontends.insert(
+        nodeport(IPPROTO_TCP),
+        ServiceEntry {
+            ring_id: 7,
+            flags: SVC_F_AFFINITY_CLIENT_IP,
+            affinity_timeout: 5,
+        },
+    );
+    l.set_state(desired);
+    let syn = |port| packet::tcp((CLIENT, port), (NODE, NODE_PORT), TCP_SYN, 1, b"");
+    let backend_of = |l: &mut Loaded, port| packet::parse(&l.xdp(&syn(port)).1).unwrap().dst;
+    let first = backend_of(&mut l, 31000);
+    // Within the timeout: the same backend, whatever the port.
+    for port in 31001..31010 {
+        assert_eq!(backend_of(&mut l, port), first);
+    }
+    // Each round, the client's entry is made 6 s old: past the timeout, so
+    // the next connection chooses anew (by its flow's hash).
+    let mut seen = std::collections::BTreeSet::from([first]);
+    let pins = l._pins.0.clone();
+    for port in 32000..32012 {
+        let data =
+            aya::maps::MapData::from_pin(pins.join(ingress_common::map_names::AFFINITY)).unwrap();
+        let mut map: aya::maps::HashMap<
+            _,
+            ingress_common::AffinityKey,
+            ingress_common::AffinityEntry,
+        > = aya::maps::Map::LruHashMap(data).try_into().unwrap();
+        let entries: Vec<_> = map.iter().filter_map(Result::ok).collect();
+        assert_eq!(entries.len(), 1, "one client, one entry");
+        for (k, mut e) in entries {
+            e.last_used_ns = e.last_used_ns.saturating_sub(6_000_000_000);
+            map.insert(k, e, 0).unwrap();
+        }
+        seen.insert(backend_of(&mut l, port));
+    }
+    assert!(seen.len() >= 3, "affinity outlived its timeout: {seen:?}");
+}

@@ -217,3 +217,57 @@ fn kube_proxy_beside_ingressd_is_reported_and_does_not_stop_it() {
     let hc = SocketAddr::from((n.ip, 32000));
     assert_eq!(get(&lab, hc, "/").map(|r| r.0), Some(200));
 }
+
+#[test]
+fn should_preserve_source_ip_with_external_traffic_policy_local() {
+    if !need_root() {
+        return;
+    }
+    let mut lab = Lab::two_nodes("srcip").expect("lab");
+    lab.start_pods().expect("pods");
+    let ip = |name: &str| lab.pods.iter().find(|p| p.name == name).expect("pod").ip;
+    let svc = |name: &str, node_port: u16, policy: &str, pod: &str, node: &str| {
+        format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: demo}}
+spec:
+  type: NodePort
+  externalTrafficPolicy: {policy}
+  ports: [{{port: 80, targetPort: 8080, nodePort: {node_port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: demo, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{port: 8080}}]
+endpoints: [{{addresses: [\"{}\"], nodeName: {node}}}]
+---
+",
+            ip(pod)
+        )
+    };
+    let text = svc("local", 30081, "Local", "a1", "node-a")
+        + &svc("cluster", 30082, "Cluster", "b1", "node-b");
+    let dir = lab.dir.join("manifests");
+    std::fs::create_dir_all(&dir).expect("dir");
+    write_manifests(&dir, &text);
+    lab.start_ingressd_with(Path::new(BIN), "node-a", &dir, &["--no-l7"])
+        .expect("ingressd");
+    let node = lab.node("node-a").ip;
+    let whoami = |port: u16| {
+        let addr = SocketAddr::from((node, port));
+        lab::in_netns(&lab.client_ns, move || {
+            lab::http_get(addr, "/whoami", Duration::from_secs(2))
+        })
+        .expect("netns")
+        .map(|b| b.trim().to_string())
+    };
+    // Local: the endpoint sees the client itself.
+    assert_eq!(
+        whoami(30081).expect("local"),
+        format!("a1 {}", lab::CLIENT_IP)
+    );
+    // Cluster, to another node's endpoint: SNATed to this node, as kube-proxy.
+    assert_eq!(whoami(30082).expect("cluster"), format!("b1 {node}"));
+}

@@ -216,6 +216,24 @@ impl LbMaps {
             .collect()
     }
 
+    /// SNAT ports held by flows to other nodes' endpoints, and the range's size.
+    pub fn snat_ports(&self) -> (usize, usize) {
+        let cfg = self.config.get(&0, 0).unwrap_or_default();
+        if cfg.snat_addr == 0 || cfg.snat_port_max < cfg.snat_port_min {
+            return (0, 0);
+        }
+        let used = self
+            .revnat
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                k.dst == cfg.snat_addr
+                    && (cfg.snat_port_min..=cfg.snat_port_max).contains(&u16::from_be(k.dport))
+            })
+            .count();
+        (used, (cfg.snat_port_max - cfg.snat_port_min) as usize + 1)
+    }
+
     /// Number of reverse-NAT entries (for metrics).
     pub fn revnat_len(&self, limit: usize) -> usize {
         self.revnat.keys().take(limit).count()

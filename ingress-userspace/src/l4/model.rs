@@ -580,6 +580,28 @@ pub fn service_contribution(
             message,
         })
     };
+    if !spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .any(|ip| ip.parse::<Ipv4Addr>().is_ok())
+        && spec.ip_families.iter().flatten().any(|f| f == "IPv6")
+        && !spec.ip_families.iter().flatten().any(|f| f == "IPv4")
+    {
+        warn(
+            &mut out,
+            "field spec.ipFamilies: IPv6 only; IPv6 is not served (IPv4 only)".into(),
+        );
+    }
+    if let Some(d) = spec.traffic_distribution.as_deref() {
+        warn(
+            &mut out,
+            format!(
+                "field spec.trafficDistribution: {d:?} is not honoured; endpoints are chosen from all zones"
+            ),
+        );
+    }
     let (ranges, range_warnings) = if ty == "LoadBalancer" {
         source_ranges(svc, spec)
     } else {

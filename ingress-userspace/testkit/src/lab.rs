@@ -142,7 +142,8 @@ pub const HTTP_PORT: u16 = 8080;
 pub const UDP_PORT: u16 = 5353;
 
 /// The pods' server: HTTP on 8080 and UDP on 5353, both answering with
-/// the pod's name. Plain Python so pods need nothing built.
+/// the pod's name (and on `/whoami`, after it, the client's address as the
+/// pod sees it). Plain Python so pods need nothing built.
 const ECHO_SERVER: &str = r#"
 import http.server, socket, sys, threading
 name = sys.argv[1]
@@ -156,7 +157,9 @@ threading.Thread(target=udp, daemon=True).start()
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
-        body = (name + "\n").encode()
+        # /whoami: the pod's name and the address the request came from.
+        who = (" " + self.client_address[0]) if self.path == "/whoami" else ""
+        body = (name + who + "\n").encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
@@ -759,17 +762,18 @@ for i in range(count):
             keep.send(b"who?")
             data, src = keep.recvfrom(2048)
             print("ok peer=%s from=%s body=%s" % (addr(keep.getpeername()), addr(src), data.decode().strip()), flush=True)
-        elif mode == "tcp":
+        elif mode in ("tcp", "whoami"):
             s = socket.create_connection((host, port), timeout=3)
             peer = addr(s.getpeername())
-            s.sendall(b"GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
+            path = b"/whoami" if mode == "whoami" else b"/"
+            s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
             data = b""
             while True:
                 chunk = s.recv(4096)
                 if not chunk:
                     break
                 data += chunk
-            body = data.split(b"\r\n\r\n", 1)[-1].decode().strip()
+            body = data.split(b"\r\n\r\n", 1)[-1].decode().strip().replace(" ", "@")
             print("ok peer=%s from=%s body=%s" % (peer, peer, body), flush=True)
         else:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -841,6 +845,8 @@ impl Attempt {
 pub enum Mode {
     /// TCP connect, getpeername, one HTTP GET.
     Tcp,
+    /// The same for `/whoami`: the answer is `pod@client-address`.
+    Whoami,
     /// UDP connect, getpeername, send, recvfrom.
     UdpConnected,
     /// UDP sendto, recvfrom.
@@ -932,6 +938,7 @@ impl Lab {
         }
         let mode = match mode {
             Mode::Tcp => "tcp",
+            Mode::Whoami => "whoami",
             Mode::UdpConnected => "udp-connected",
             Mode::Udp => "udp",
             Mode::UdpKeep => "udp-keep",

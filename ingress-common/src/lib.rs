@@ -226,6 +226,24 @@ pub struct CtEntry {
 }
 const _: () = assert!(size_of::<CtEntry>() == 32);
 
+impl CtEntry {
+    /// The key of this flow's reverse-NAT entry: the reply as it leaves the
+    /// backend, to this node's SNAT address and port for a remote backend,
+    /// to the client for a local one. `flow` is the conntrack key.
+    #[inline(always)]
+    pub fn reply_key(&self, flow: &FlowKey) -> FlowKey {
+        let snat = self.snat_addr != 0;
+        FlowKey {
+            src: self.backend.addr,
+            dst: if snat { self.snat_addr } else { flow.src },
+            sport: self.backend.port,
+            dport: if snat { self.snat_port } else { flow.sport },
+            proto: flow.proto,
+            pad: [0; 3],
+        }
+    }
+}
+
 /// `CtEntry::state`: a TCP SYN, nothing after it yet.
 pub const CT_TCP_SYN: u8 = 1;
 /// `CtEntry::state`: a TCP flow past its handshake.

@@ -278,24 +278,10 @@ fn touch_flow(ct: &mut CtEntry, tcp_flags: u8, now: u64) {
     }
 }
 
-/// The reply key of a flow's reverse-NAT entry (as `ingressd` computes it).
-#[inline(always)]
-fn reply_key(flow: &FlowKey, ct: &CtEntry) -> FlowKey {
-    let snat = ct.snat_addr != 0;
-    FlowKey {
-        src: ct.backend.addr,
-        dst: if snat { ct.snat_addr } else { flow.src },
-        sport: ct.backend.port,
-        dport: if snat { ct.snat_port } else { flow.sport },
-        proto: flow.proto,
-        pad: [0; 3],
-    }
-}
-
 /// Removes a flow and its reverse-NAT entry.
 #[inline(always)]
 fn forget_flow(flow: &FlowKey, ct: &CtEntry) {
-    let _ = REVNAT.remove(&reply_key(flow, ct));
+    let _ = REVNAT.remove(&ct.reply_key(flow));
     let _ = CONNTRACK.remove(flow);
     count(counter::CONNTRACK_RESET);
 }

@@ -81,24 +81,8 @@ fn print_maps(bin: &Path, lab: &Lab, node: &str) {
     }
 }
 
-/// A sample of a node's /metrics (0 when absent).
-fn metric(lab: &Lab, node: &str, sample: &str) -> u64 {
-    let n = lab.node(node);
-    let addr = n.metrics;
-    in_netns(&n.ns, move || {
-        lab::http_get(addr, "/metrics", Duration::from_secs(1))
-    })
-    .ok()
-    .and_then(|r| r.ok())
-    .and_then(|body| {
-        body.lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
-    })
-    .unwrap_or(0)
-}
-
 fn syncs(lab: &Lab, node: &str) -> u64 {
-    metric(lab, node, "ingressd_syncs_total ")
+    lab.metric(node, "ingressd_syncs_total ")
 }
 
 /// Ctrl-C and SIGTERM go to a thread that releases the lab and exits.
@@ -347,8 +331,7 @@ fn cluster_ip_steps(lab: &Lab, manifests: &Path) -> anyhow::Result<()> {
         "a1 leaves the Services: connections move, a resolver's socket is closed and reconnects",
     );
     let translated = |lab: &Lab| {
-        metric(
-            lab,
+        lab.metric(
             "node-a",
             "ingressd_socket_lb_total{result=\"connect_translated\"}",
         )

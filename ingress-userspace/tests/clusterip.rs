@@ -14,16 +14,6 @@ use testkit::lab::{self, Attempt, Lab, Mode, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ingressd");
 
-fn need_root() -> bool {
-    if !lab::is_root() {
-        eprintln!(
-            "SKIPPED: end-to-end tests make network namespaces, cgroups and load BPF; run as root: `sudo -E cargo xtask test`"
-        );
-        return false;
-    }
-    true
-}
-
 /// A Service with a cluster IP and one port, and its EndpointSlice
 /// listing `pods` (name, address, node) as ready.
 fn service(
@@ -69,12 +59,6 @@ endpoints:{endpoints}
     )
 }
 
-fn write_manifests(dir: &Path, text: &str) {
-    let tmp = dir.join(".services.yaml.tmp");
-    std::fs::write(&tmp, text).expect("manifests");
-    std::fs::rename(&tmp, dir.join("services.yaml")).expect("manifests");
-}
-
 /// A lab with every pod answering and `ingressd --no-l7` on node-a
 /// serving `manifests(lab)`.
 fn setup(tag: &str, manifests: impl Fn(&Lab) -> String) -> (Lab, PathBuf) {
@@ -82,7 +66,7 @@ fn setup(tag: &str, manifests: impl Fn(&Lab) -> String) -> (Lab, PathBuf) {
     lab.start_pods().expect("pods");
     let dir = lab.dir.join("manifests");
     std::fs::create_dir_all(&dir).expect("manifests dir");
-    write_manifests(&dir, &manifests(&lab));
+    lab::write_manifests(&dir, &manifests(&lab));
     lab.start_ingressd_with(Path::new(BIN), "node-a", &dir, &["--no-l7"])
         .expect("ingressd");
     (lab, dir)
@@ -122,23 +106,9 @@ fn assert_all_from_service(attempts: &[Attempt], service: SocketAddr, connected:
     }
 }
 
-/// A sample of node-a's `/metrics` (0 when absent).
-fn metric(lab: &Lab, sample: &str) -> u64 {
-    let n = lab.node("node-a");
-    let addr = n.metrics;
-    let text = lab::in_netns(&n.ns, move || {
-        lab::http_get(addr, "/metrics", Duration::from_secs(2))
-    })
-    .expect("netns")
-    .expect("/metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn clusterip_reachable_from_pods_and_host_network_processes() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let (lab, _dir) = setup("cip", |lab| {
@@ -165,13 +135,13 @@ fn clusterip_reachable_from_pods_and_host_network_processes() {
         assert_all_from_service(&udp, dns, false);
     }
     // 2 places x (20 TCP + 4 connected UDP); 8 unconnected datagrams.
-    let translated = metric(
-        &lab,
+    let translated = lab.metric(
+        "node-a",
         "ingressd_socket_lb_total{result=\"connect_translated\"}",
     );
     assert!(translated >= 48, "connects translated: {translated}");
-    let sent = metric(
-        &lab,
+    let sent = lab.metric(
+        "node-a",
         "ingressd_socket_lb_total{result=\"sendmsg_translated\"}",
     );
     assert!(sent >= 8, "datagrams translated: {sent}");
@@ -179,7 +149,7 @@ fn clusterip_reachable_from_pods_and_host_network_processes() {
 
 #[test]
 fn should_be_rejected_when_no_endpoints_exist() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let (lab, _dir) = setup("crej", |_| {
@@ -195,13 +165,13 @@ fn should_be_rejected_when_no_endpoints_exist() {
         .connect_from("node-a", Mode::Udp, addr(DNS, 53), 2)
         .expect("udp");
     assert_eq!(udp, vec![Attempt::Err("ECONNREFUSED".into()); 2]);
-    let refused = metric(&lab, "ingressd_socket_lb_total{result=\"refused\"}");
+    let refused = lab.metric("node-a", "ingressd_socket_lb_total{result=\"refused\"}");
     assert!(refused >= 4, "refusals counted: {refused}");
 }
 
 #[test]
 fn traffic_moves_when_an_endpoint_leaves_the_service() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let (lab, dir) = setup("cmove", |lab| {
@@ -213,7 +183,7 @@ fn traffic_moves_when_an_endpoint_leaves_the_service() {
             &[pod(lab, "a1"), pod(lab, "b1")],
         )
     });
-    write_manifests(
+    lab::write_manifests(
         &dir,
         &service("web", WEB, (80, 8080, "TCP"), "", &[pod(&lab, "b1")]),
     );
@@ -230,7 +200,7 @@ fn traffic_moves_when_an_endpoint_leaves_the_service() {
 
 #[test]
 fn should_have_session_affinity_work_for_service_with_type_clusterip() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let (lab, _dir) = setup("caff", |lab| {
@@ -252,7 +222,7 @@ fn should_have_session_affinity_work_for_service_with_type_clusterip() {
 
 #[test]
 fn should_have_session_affinity_timeout_work_for_service_with_type_clusterip() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let (lab, _dir) = setup("cafft", |lab| {
@@ -299,7 +269,7 @@ fn age_affinity(pins: &Path, by: Duration) -> usize {
 
 #[test]
 fn internal_traffic_policy_local_keeps_traffic_on_the_node() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let (lab, _dir) = setup("citp", |lab| {
@@ -331,7 +301,7 @@ fn internal_traffic_policy_local_keeps_traffic_on_the_node() {
 
 #[test]
 fn restarts_keep_serving_and_socket_lb_false_detaches() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let (mut lab, dir) = setup("crst", |lab| {
@@ -388,7 +358,7 @@ fn restarts_keep_serving_and_socket_lb_false_detaches() {
 
 #[test]
 fn should_be_able_to_preserve_udp_traffic_when_server_pod_cycles_for_a_clusterip_service() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let (lab, dir) = setup("cudp", |lab| {
@@ -401,13 +371,13 @@ fn should_be_able_to_preserve_udp_traffic_when_server_pod_cycles_for_a_clusterip
         .spawn_client("a2", Mode::UdpKeep, dns, 100, Duration::from_millis(40))
         .expect("client");
     let connected = wait_until(Duration::from_secs(5), || {
-        metric(
-            &lab,
+        lab.metric(
+            "node-a",
             "ingressd_socket_lb_total{result=\"connect_translated\"}",
         ) >= 1
     });
     assert!(connected, "the client never connected");
-    write_manifests(
+    lab::write_manifests(
         &dir,
         &service("dns", DNS, (53, 5353, "UDP"), "", &[pod(&lab, "b1")]),
     );
@@ -446,7 +416,7 @@ fn labelled(yaml: String, name: &str, labels: &str) -> String {
 
 #[test]
 fn should_implement_service_proxy_name_and_skip_headless_labelled_services() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let manifests = |lab: &Lab| {
@@ -492,7 +462,7 @@ fn should_implement_service_proxy_name_and_skip_headless_labelled_services() {
 
 #[test]
 fn should_allow_pods_to_hairpin_back_to_themselves_through_services() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let (lab, _dir) = setup("chair", |lab| {
@@ -508,7 +478,7 @@ fn should_allow_pods_to_hairpin_back_to_themselves_through_services() {
 
 #[test]
 fn should_preserve_source_pod_ip_for_traffic_thru_service_cluster_ip() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let (lab, _dir) = setup("csrc", |lab| {
@@ -537,7 +507,7 @@ fn should_preserve_source_pod_ip_for_traffic_thru_service_cluster_ip() {
 
 #[test]
 fn node_ports_and_external_ips_are_served_at_the_socket_for_local_callers() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let (lab, _dir) = setup("cnp", |lab| {

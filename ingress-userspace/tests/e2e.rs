@@ -19,24 +19,6 @@ use testkit::fakeapi;
 const BIN: &str = env!("CARGO_BIN_EXE_ingressd");
 const T: Duration = Duration::from_millis(1500);
 
-fn need_root() -> bool {
-    if !lab::is_root() {
-        eprintln!(
-            "SKIPPED: end-to-end tests make network namespaces and load BPF; run as root: `sudo -E cargo xtask test`"
-        );
-        return false;
-    }
-    true
-}
-
-/// Writes the manifests atomically (as kubectl-less users and ConfigMap
-/// mounts do), so ingressd never reads half a file.
-fn write_manifests(dir: &Path, text: &str) {
-    let tmp = dir.join(".services.yaml.tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join("services.yaml")).unwrap();
-}
-
 fn setup(tag: &str, endpoints: &[&str]) -> (Lab, PathBuf) {
     setup_with(tag, endpoints, &[])
 }
@@ -51,7 +33,7 @@ fn setup_with(tag: &str, endpoints: &[&str], extra: &[&str]) -> (Lab, PathBuf) {
         .iter()
         .filter(|p| endpoints.contains(&p.name.as_str()))
         .collect();
-    write_manifests(&manifests, &nodeport_manifests(&pods));
+    lab::write_manifests(&manifests, &nodeport_manifests(&pods));
     for node in ["node-a", "node-b"] {
         lab.start_ingressd_with(Path::new(BIN), node, &manifests, extra)
             .expect("ingressd");
@@ -92,7 +74,7 @@ fn set(v: &[String]) -> BTreeSet<String> {
 
 #[test]
 fn nodeport_tcp_and_udp_spread_over_pods_on_both_nodes() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     spread_over_pods_on_both_nodes(&[]);
@@ -102,7 +84,7 @@ fn nodeport_tcp_and_udp_spread_over_pods_on_both_nodes() {
 /// back or redirected arrive; the default picks generic on a veth).
 #[test]
 fn nodeport_spread_with_native_xdp() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     spread_over_pods_on_both_nodes(&["--xdp-mode", "native"]);
@@ -143,7 +125,7 @@ fn spread_over_pods_on_both_nodes(extra: &[&str]) {
 
 #[test]
 fn endpoint_removal_and_addition_apply_within_a_second() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let (lab, manifests) = setup("ep", &["a1", "b1"]);
@@ -155,7 +137,7 @@ fn endpoint_removal_and_addition_apply_within_a_second() {
             .collect()
     };
 
-    write_manifests(&manifests, &nodeport_manifests(&pods(&["a1"])));
+    lab::write_manifests(&manifests, &nodeport_manifests(&pods(&["a1"])));
     let changed = Instant::now();
     // Within one second every new connection lands on a1. (30 in a row:
     // 10 land on a1 alone by chance once in 1,024 tries while b1 is still
@@ -175,7 +157,7 @@ fn endpoint_removal_and_addition_apply_within_a_second() {
         set(&after)
     );
 
-    write_manifests(&manifests, &nodeport_manifests(&pods(&["a1", "b2"])));
+    lab::write_manifests(&manifests, &nodeport_manifests(&pods(&["a1", "b2"])));
     let added = wait_until(Duration::from_secs(1), || {
         ask_http(&lab, addr, 10).is_ok_and(|v| v.iter().any(|p| p == "b2"))
     });
@@ -184,7 +166,7 @@ fn endpoint_removal_and_addition_apply_within_a_second() {
 
 #[test]
 fn service_without_endpoints_is_refused_not_blackholed() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let (lab, _m) = setup("re", &[]);
@@ -219,7 +201,7 @@ fn service_without_endpoints_is_refused_not_blackholed() {
 
 #[test]
 fn restarting_ingressd_under_load_fails_no_request() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let (mut lab, manifests) = setup("rs", &["a1", "a2", "b1", "b2"]);
@@ -282,7 +264,7 @@ fn restarting_ingressd_under_load_fails_no_request() {
 
 #[test]
 fn udp_flow_reusing_its_port_moves_off_a_removed_endpoint() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let (lab, manifests) = setup("ud", &["a1", "a2"]);
@@ -313,7 +295,7 @@ fn udp_flow_reusing_its_port_moves_off_a_removed_endpoint() {
     }
     let keep = if first == "a1" { "a2" } else { "a1" };
     let pods: Vec<&Pod> = lab.pods.iter().filter(|p| p.name == keep).collect();
-    write_manifests(&manifests, &nodeport_manifests(&pods));
+    lab::write_manifests(&manifests, &nodeport_manifests(&pods));
     let moved = wait_until(Duration::from_secs(2), || {
         ask(&sock).as_deref() == Some(keep)
     });
@@ -329,7 +311,7 @@ fn udp_flow_reusing_its_port_moves_off_a_removed_endpoint() {
 
 #[test]
 fn ingress_vips_are_steered_to_the_proxy_by_sk_lookup() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let mut lab = Lab::two_nodes("vip").expect("lab");
@@ -340,7 +322,7 @@ fn ingress_vips_are_steered_to_the_proxy_by_sk_lookup() {
     let ingress = "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web, namespace: demo}\nspec:\n  ingressClassName: ebpf\n  rules:\n  - host: vip.test\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}\n";
     let base = nodeport_manifests(&pods) + ingress;
     let (a1_ip, a1_node) = (pods[0].ip.to_string(), pods[0].node.clone());
-    write_manifests(&manifests, &base);
+    lab::write_manifests(&manifests, &base);
     lab.route_vips_to("node-a", "198.19.0.0/24").unwrap();
     // The proxy binds only the node address; the VIP has no socket at all.
     let node = lab.node("node-a").ip.to_string();
@@ -421,7 +403,7 @@ fn ingress_vips_are_steered_to_the_proxy_by_sk_lookup() {
         ([198, 19, 0, 13], Some([198, 19, 0, 12])),
     ] {
         let text = format!("{}.{}.{}.{}", lb[0], lb[1], lb[2], lb[3]);
-        write_manifests(&manifests, &(base.clone() + &edge(&text)));
+        lab::write_manifests(&manifests, &(base.clone() + &edge(&text)));
         assert!(
             wait_until(Duration::from_secs(5), || answers(lb).is_ok()),
             "LoadBalancer IP {text} not steered: {:?}\n{}",
@@ -441,7 +423,7 @@ fn ingress_vips_are_steered_to_the_proxy_by_sk_lookup() {
 
 #[test]
 fn kube_source_objects_created_changed_and_deleted_drive_the_maps() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let mut lab = Lab::two_nodes("ku").expect("lab");
@@ -519,7 +501,7 @@ fn daemonset_capabilities() -> Vec<String> {
 
 #[test]
 fn runs_with_only_the_daemonsets_capabilities() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let caps = daemonset_capabilities();
@@ -557,7 +539,7 @@ fn runs_with_only_the_daemonsets_capabilities() {
         )
     };
     let base = nodeport_manifests(&pods) + ingress;
-    write_manifests(&manifests, &(base.clone() + &resolver("a1")));
+    lab::write_manifests(&manifests, &(base.clone() + &resolver("a1")));
     // Started twice: loading and attaching, then adopting the pinned
     // maps and swapping the programs in the pinned links.
     for round in 0..2 {
@@ -610,7 +592,7 @@ fn closes_a_resolvers_socket(lab: &Lab, manifests: &Path, moved: &str) {
             .is_some_and(|n| n >= 1)
     });
     assert!(tracked, "the resolver's socket was never tracked");
-    write_manifests(manifests, moved);
+    lab::write_manifests(manifests, moved);
     let attempts = client.finish().expect("client");
     assert_eq!(
         attempts.last().and_then(|a| a.body()),
@@ -622,21 +604,9 @@ fn closes_a_resolvers_socket(lab: &Lab, manifests: &Path, moved: &str) {
     assert!(log.contains("sockets=1"), "log:\n{log}");
 }
 
-/// A sample of a node's `/metrics` (0 when absent).
-fn metric(lab: &Lab, node: &str, sample: &str) -> u64 {
-    let n = lab.node(node);
-    let addr = n.metrics;
-    let text = in_netns(&n.ns, move || lab::http_get(addr, "/metrics", T))
-        .expect("netns")
-        .expect("/metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn spoofed_non_syn_floods_neither_create_state_nor_stop_real_clients() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     // Endpoints on node-b only: every flow through node-a would need SNAT.
@@ -697,8 +667,7 @@ fn spoofed_non_syn_floods_neither_create_state_nor_stop_real_clients() {
     .expect("raw socket");
     assert_eq!(sent, 20_000);
     let seen = wait_until(Duration::from_secs(5), || {
-        metric(
-            &lab,
+        lab.metric(
             "node-a",
             "ingressd_l4_packets_total{reason=\"pass_tcp_without_flow\"}",
         ) >= 19_000
@@ -710,8 +679,8 @@ fn spoofed_non_syn_floods_neither_create_state_nor_stop_real_clients() {
     assert_eq!(answers.len(), 30);
     // The flood took no state and no SNAT port.
     let flows = wait_until(Duration::from_secs(5), || {
-        let n = metric(&lab, "node-a", "ingressd_l4_snat_ports_in_use");
-        metric(&lab, "node-a", "ingressd_l4_conntrack_entries") <= 30 && n <= 30
+        let n = lab.metric("node-a", "ingressd_l4_snat_ports_in_use");
+        lab.metric("node-a", "ingressd_l4_conntrack_entries") <= 30 && n <= 30
     });
     assert!(flows, "the flood left state behind");
 }

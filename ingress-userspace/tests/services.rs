@@ -12,22 +12,6 @@ use testkit::lab::{self, Lab, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ingressd");
 
-fn need_root() -> bool {
-    if !lab::is_root() {
-        eprintln!(
-            "SKIPPED: end-to-end tests make network namespaces and load BPF; run as root: `sudo -E cargo xtask test`"
-        );
-        return false;
-    }
-    true
-}
-
-fn write_manifests(dir: &Path, text: &str) {
-    let tmp = dir.join(".services.yaml.tmp");
-    std::fs::write(&tmp, text).expect("manifests");
-    std::fs::rename(&tmp, dir.join("services.yaml")).expect("manifests");
-}
-
 /// A GET from the lab's client: the status, the headers (lower-case
 /// names) and the body; None when the connection is refused.
 fn get(lab: &Lab, addr: SocketAddr, path: &str) -> Option<(u16, String, String)> {
@@ -97,14 +81,14 @@ metadata: {{name: node-a}}{taint}
 
 #[test]
 fn health_check_node_port_and_proxy_health_answer_as_kube_proxy() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let mut lab = Lab::two_nodes("hc").expect("lab");
     lab.start_pods().expect("pods");
     let dir = lab.dir.join("manifests");
     std::fs::create_dir_all(&dir).expect("dir");
-    write_manifests(&dir, &manifests(&lab, true, false));
+    lab::write_manifests(&dir, &manifests(&lab, true, false));
     lab.start_ingressd_with(Path::new(BIN), "node-a", &dir, &["--no-l7"])
         .expect("ingressd");
     let node = lab.node("node-a").ip;
@@ -133,7 +117,7 @@ fn health_check_node_port_and_proxy_health_answer_as_kube_proxy() {
 
     // Its one local endpoint terminating: no longer counted, the load
     // balancer takes this node out.
-    write_manifests(&dir, &manifests(&lab, false, false));
+    lab::write_manifests(&dir, &manifests(&lab, false, false));
     let drained = wait_until(Duration::from_secs(5), || {
         get(&lab, hc, "/")
             .is_some_and(|(code, _, body)| code == 503 && body.contains("\"localEndpoints\": 0"))
@@ -142,7 +126,7 @@ fn health_check_node_port_and_proxy_health_answer_as_kube_proxy() {
 
     // The autoscaler removes the node: /healthz and the Service's check
     // fail, /livez does not (the proxy itself is fine).
-    write_manifests(&dir, &manifests(&lab, true, true));
+    lab::write_manifests(&dir, &manifests(&lab, true, true));
     let ineligible = wait_until(Duration::from_secs(5), || {
         get(&lab, healthz, "/healthz")
             .is_some_and(|(code, _, body)| code == 503 && body.contains("\"nodeEligible\": false"))
@@ -155,7 +139,7 @@ fn health_check_node_port_and_proxy_health_answer_as_kube_proxy() {
     assert!(body.contains("\"localEndpoints\": 1"), "{body}");
 
     // The Service goes: so does its port.
-    write_manifests(&dir, "");
+    lab::write_manifests(&dir, "");
     let closed = wait_until(Duration::from_secs(5), || get(&lab, hc, "/").is_none());
     assert!(closed, "healthCheckNodePort still answers");
 }
@@ -182,7 +166,7 @@ http.server.HTTPServer(("127.0.0.1", 10249), H).serve_forever()
 
 #[test]
 fn kube_proxy_beside_ingressd_is_reported_and_does_not_stop_it() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let mut lab = Lab::two_nodes("kp").expect("lab");
@@ -203,7 +187,7 @@ fn kube_proxy_beside_ingressd_is_reported_and_does_not_stop_it() {
     assert!(up, "the fake kube-proxy did not start");
     let dir = lab.dir.join("manifests");
     std::fs::create_dir_all(&dir).expect("dir");
-    write_manifests(&dir, &manifests(&lab, true, false));
+    lab::write_manifests(&dir, &manifests(&lab, true, false));
     // Ready despite 10256 being taken.
     lab.start_ingressd_with(Path::new(BIN), "node-a", &dir, &["--no-l7"])
         .expect("ingressd");
@@ -220,7 +204,7 @@ fn kube_proxy_beside_ingressd_is_reported_and_does_not_stop_it() {
 
 #[test]
 fn should_preserve_source_ip_with_external_traffic_policy_local() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     let mut lab = Lab::two_nodes("srcip").expect("lab");
@@ -251,7 +235,7 @@ endpoints: [{{addresses: [\"{}\"], nodeName: {node}}}]
         + &svc("cluster", 30082, "Cluster", "b1", "node-b");
     let dir = lab.dir.join("manifests");
     std::fs::create_dir_all(&dir).expect("dir");
-    write_manifests(&dir, &text);
+    lab::write_manifests(&dir, &text);
     lab.start_ingressd_with(Path::new(BIN), "node-a", &dir, &["--no-l7"])
         .expect("ingressd");
     let node = lab.node("node-a").ip;

@@ -18,16 +18,6 @@ use testkit::lab::{self, Lab, PodRoutes, Shape, in_netns};
 const BIN: &str = env!("CARGO_BIN_EXE_ingressd");
 const T: Duration = Duration::from_millis(1500);
 
-fn need_root() -> bool {
-    if !lab::is_root() {
-        eprintln!(
-            "SKIPPED: end-to-end tests make network namespaces and load BPF; run as root: `sudo -E cargo xtask test`"
-        );
-        return false;
-    }
-    true
-}
-
 /// NodePort `web` (30080 → 8080) with `pods` as endpoints, with or without
 /// `nodeName`, and NodePort `empty` (30081) without endpoints.
 fn manifests(lab: &Lab, pods: &[&str], node_names: bool) -> String {
@@ -96,20 +86,9 @@ fn ask(lab: &Lab, n: usize) -> Result<BTreeSet<String>, String> {
     .map_err(|e| e.to_string())?
 }
 
-fn metric(lab: &Lab, sample: &str) -> u64 {
-    let n = lab.node("node-a");
-    let addr = n.metrics;
-    let text = in_netns(&n.ns, move || lab::http_get(addr, "/metrics", T))
-        .expect("netns")
-        .expect("/metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_kind_shaped_node_forwards_and_refuses_with_the_defaults() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     // The node's uplink is a veth whose peer runs no XDP, and the endpoints
@@ -154,8 +133,8 @@ fn remote_endpoints_through(routes: PodRoutes, tag: &str) {
     let lab = start(shape, tag, &["b1", "b2"], true, &["--xdp-mode", "native"]);
     let seen = ask(&lab, 20).unwrap_or_else(|e| panic!("{e}\n{}", lab.ingressd_log("node-a")));
     assert_eq!(seen, BTreeSet::from(["b1".to_string(), "b2".to_string()]));
-    let by_stack = metric(
-        &lab,
+    let by_stack = lab.metric(
+        "node-a",
         "ingressd_l4_packets_total{reason=\"pass_forward_by_stack\"}",
     );
     assert!(by_stack >= 20, "forwarded by the stack: {by_stack}");
@@ -163,7 +142,7 @@ fn remote_endpoints_through(routes: PodRoutes, tag: &str) {
 
 #[test]
 fn remote_endpoints_behind_a_vxlan_overlay() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     remote_endpoints_through(PodRoutes::Vxlan, "vxlan");
@@ -171,7 +150,7 @@ fn remote_endpoints_behind_a_vxlan_overlay() {
 
 #[test]
 fn remote_endpoints_behind_a_linux_bridge() {
-    if !need_root() {
+    if !lab::need_root() {
         return;
     }
     remote_endpoints_through(PodRoutes::Bridge, "bridge");

@@ -79,19 +79,6 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The reply key a flow's reverse-NAT entry is stored under.
-pub fn reply_key(key: &FlowKey, e: &CtEntry) -> FlowKey {
-    let snat = e.snat_addr != 0;
-    FlowKey {
-        src: e.backend.addr,
-        dst: if snat { e.snat_addr } else { key.src },
-        sport: e.backend.port,
-        dport: if snat { e.snat_port } else { key.sport },
-        proto: key.proto,
-        pad: [0; 3],
-    }
-}
-
 /// The flow a reverse-NAT entry undoes (the client's packet as received).
 fn flow_of(reply: &FlowKey, rev: &RevNatEntry) -> FlowKey {
     FlowKey {
@@ -144,7 +131,7 @@ impl Conntrack {
                 }
             }
             let _ = self.ct.remove(key);
-            let reply = reply_key(key, e);
+            let reply = e.reply_key(key);
             if let Ok(rev) = self.revnat.get(&reply, 0)
                 && flow_of(&reply, &rev) == *key
             {

@@ -16,11 +16,7 @@ use ingress_common::{
     SourceRangeKey, counter, map_names, sock_counter,
 };
 
-use super::{
-    conntrack::{add_to_counter, reply_key},
-    pins::open_map,
-    sockdiag,
-};
+use super::{conntrack::add_to_counter, pins::open_map, sockdiag};
 use crate::l4::{
     LbMapWriter, RingMember, SourceRange,
     maglev::ring_backends,
@@ -368,7 +364,7 @@ impl LbMapWriter for LbMaps {
             .collect();
         for (key, entry) in &stale {
             ignore_missing(self.conntrack.remove(key))?;
-            ignore_missing(self.revnat.remove(&reply_key(key, entry)))?;
+            ignore_missing(self.revnat.remove(&entry.reply_key(key)))?;
         }
         if !stale.is_empty() {
             add_to_counter(

@@ -195,6 +195,26 @@ fn ip(args: &[&str]) -> anyhow::Result<String> {
     run(Command::new("ip").args(args))
 }
 
+/// True as root; otherwise says that the end-to-end test skips and how to
+/// run it.
+pub fn need_root() -> bool {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED: end-to-end tests make network namespaces and cgroups and load BPF; run as root: `sudo -E cargo xtask test`"
+        );
+        return false;
+    }
+    true
+}
+
+/// Writes `services.yaml` in `dir` atomically (as ConfigMap mounts do),
+/// so ingressd never reads half a file.
+pub fn write_manifests(dir: &Path, text: &str) {
+    let tmp = dir.join(".services.yaml.tmp");
+    std::fs::write(&tmp, text).expect("writing manifests");
+    std::fs::rename(&tmp, dir.join("services.yaml")).expect("renaming manifests");
+}
+
 /// Polls `cond` until it holds or `timeout` passes; the bound is the point.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -698,6 +718,22 @@ impl Lab {
         ])?;
         ip(&["-n", &n.ns, "route", "add", "local", prefix, "dev", "lo"])?;
         Ok(())
+    }
+
+    /// A sample of a node's `/metrics` (0 when absent or unreadable).
+    pub fn metric(&self, node: &str, sample: &str) -> u64 {
+        let n = self.node(node);
+        let addr = n.metrics;
+        in_netns(&n.ns, move || {
+            http_get(addr, "/metrics", Duration::from_secs(2))
+        })
+        .ok()
+        .and_then(Result::ok)
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+        })
+        .unwrap_or(0)
     }
 
     pub fn ingressd_log(&self, node: &str) -> String {

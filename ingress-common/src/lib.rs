@@ -362,8 +362,9 @@ pub mod counter {
     /// (a bridge, a VXLAN or IPIP tunnel, a veth without XDP on its peer):
     /// left to the stack, which forwards it.
     pub const PASS_FORWARD_BY_STACK: u32 = 24;
-    /// Flows ended by the client's RST, removed at once.
-    pub const CONNTRACK_RESET: u32 = 25;
+    /// A new flow took the reverse-NAT entry of a closed flow on the same
+    /// reply tuple.
+    pub const REVNAT_TAKEN_OVER: u32 = 25;
     /// Reverse-NAT entries of an earlier flow removed because the same
     /// client port opened a new connection elsewhere.
     pub const REVNAT_SUPERSEDED: u32 = 26;
@@ -396,7 +397,7 @@ pub mod counter {
         "conntrack_expired",
         "conntrack_forgotten",
         "pass_forward_by_stack",
-        "conntrack_reset",
+        "revnat_taken_over",
         "revnat_superseded",
     ];
 }

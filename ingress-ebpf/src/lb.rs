@@ -188,16 +188,9 @@ pub fn select_backend(flow: &FlowKey, svc: &ServiceEntry, tcp_flags: u8) -> Opti
             // SAFETY: pointer into a map value, valid for this program run;
             // other CPUs may write it too, which only races a timestamp.
             let ct = unsafe { &mut *ct };
-            touch_flow(ct, tcp_flags, now);
+            touch_flow(flow, ct, tcp_flags, now);
             count(counter::DNAT_CT_HIT);
-            let entry = *ct;
-            // A reset ends the flow at once (this packet still goes through):
-            // its tuple is free for the client's next connection, whatever
-            // that connects to.
-            if is_tcp && tcp_flags & TCP_RST != 0 {
-                forget_flow(flow, &entry);
-            }
-            return Some(Selected::Backend(entry));
+            return Some(Selected::Backend(*ct));
         }
         if is_tcp {
             return Some(Selected::NoFlow);
@@ -247,6 +240,12 @@ pub fn select_backend(flow: &FlowKey, svc: &ServiceEntry, tcp_flags: u8) -> Opti
             // SAFETY: Copy value read once.
             match unsafe { REVNAT.get(&reply) } {
                 Some(existing) if same_revnat(existing, &rev) => {}
+                // The flow it belongs to is over (closing, or gone): the
+                // tuple is the new flow's.
+                Some(existing) if !owner_alive(&reply, existing) => {
+                    let _ = REVNAT.insert(&reply, &rev, 0);
+                    count(counter::REVNAT_TAKEN_OVER);
+                }
                 Some(_) => return Some(Selected::Drop(counter::DROP_REVNAT_CONFLICT)),
                 // Fail open: without the entry the reply leaves un-NATed
                 // and the client resets it.
@@ -263,7 +262,7 @@ pub fn select_backend(flow: &FlowKey, svc: &ServiceEntry, tcp_flags: u8) -> Opti
 /// A client packet of a known flow: its state follows the TCP flags, and
 /// its clock restarts (at most once per `CT_REFRESH_NS`).
 #[inline(always)]
-fn touch_flow(ct: &mut CtEntry, tcp_flags: u8, now: u64) {
+fn touch_flow(flow: &FlowKey, ct: &mut CtEntry, tcp_flags: u8, now: u64) {
     let mut state = ct.state;
     if state != CT_UDP {
         if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
@@ -275,21 +274,59 @@ fn touch_flow(ct: &mut CtEntry, tcp_flags: u8, now: u64) {
     if state != ct.state || now.wrapping_sub(ct.last_seen_ns) >= CT_REFRESH_NS {
         ct.state = state;
         ct.last_seen_ns = now;
+        // The sweeper removes a flow's reply entry just after the flow; a
+        // packet between the two can bring the flow back without it. Once
+        // a second, the entry is put back if it is missing.
+        let _ = REVNAT.insert(&ct.reply_key(flow), &undo_for(flow), BPF_NOEXIST);
     }
 }
 
-/// Removes a flow and its reverse-NAT entry.
+/// A reply of a known flow: the flow is in use, whichever side talks (a
+/// UDP server pushing to a silent client keeps its flow).
 #[inline(always)]
-fn forget_flow(flow: &FlowKey, ct: &CtEntry) {
-    let _ = REVNAT.remove(&ct.reply_key(flow));
-    let _ = CONNTRACK.remove(flow);
-    count(counter::CONNTRACK_RESET);
+pub fn refresh_owner_v4(reply: &FlowKey, rev: &RevNatEntry) {
+    let owner = owner_of(reply, rev);
+    if let Some(ct) = CONNTRACK.get_ptr_mut(&owner) {
+        // SAFETY: pointer into a map value, valid for this program run.
+        let ct = unsafe { &mut *ct };
+        // SAFETY: plain helper call.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if now.wrapping_sub(ct.last_seen_ns) >= CT_REFRESH_NS {
+            ct.last_seen_ns = now;
+        }
+    }
+}
+
+/// The flow (the client's packet as received) a reverse-NAT entry undoes.
+#[inline(always)]
+fn owner_of(reply: &FlowKey, rev: &RevNatEntry) -> FlowKey {
+    FlowKey {
+        src: rev.dst,
+        dst: rev.src,
+        sport: rev.dport,
+        dport: rev.sport,
+        proto: reply.proto,
+        pad: [0; 3],
+    }
+}
+
+/// Whether the flow a reverse-NAT entry undoes is still open: known, and
+/// not closing (its client sent FIN or RST). A spoofed packet can close
+/// nothing else than what the client itself already did.
+#[inline(always)]
+fn owner_alive(reply: &FlowKey, rev: &RevNatEntry) -> bool {
+    // SAFETY: Copy value read once.
+    match unsafe { CONNTRACK.get(&owner_of(reply, rev)) } {
+        Some(ct) => ct.state != CT_TCP_CLOSING,
+        None => false,
+    }
 }
 
 /// A new TCP connection to something that is not a frontend: a reverse-NAT
-/// entry for its reply tuple belongs to an earlier flow of the same client
-/// port (to a frontend, now closing) and would rewrite this connection's
-/// replies. The new connection wins.
+/// entry on its reply tuple left by an earlier flow of the same client port
+/// (to a frontend) would rewrite this connection's replies. It goes when
+/// that flow is over; an open flow's entry stays (a spoofed SYN removes
+/// nothing).
 #[inline(always)]
 pub fn clear_stale_revnat_v4(flow: &FlowKey) {
     let reply = FlowKey {
@@ -300,7 +337,11 @@ pub fn clear_stale_revnat_v4(flow: &FlowKey) {
         proto: flow.proto,
         pad: [0; 3],
     };
-    if REVNAT.remove(&reply).is_ok() {
+    // SAFETY: Copy value read once.
+    let Some(existing) = (unsafe { REVNAT.get(&reply) }).copied() else {
+        return;
+    };
+    if !owner_alive(&reply, &existing) && REVNAT.remove(&reply).is_ok() {
         count(counter::REVNAT_SUPERSEDED);
     }
 }

@@ -23,8 +23,8 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
 };
 use ingress_common::{
-    FlowKey, IPPROTO_TCP, IPPROTO_UDP, SOCK_REVNAT_SLOTS, SVC_F_AFFINITY_CLIENT_IP, SockLbState,
-    SockRevNat, UdpConnected, sock_counter,
+    FlowKey, IPPROTO_TCP, IPPROTO_UDP, SOCK_REVNAT_SLOTS, SVC_F_AFFINITY_CLIENT_IP,
+    SVC_F_SOURCE_RANGES, SockLbState, SockRevNat, UdpConnected, sock_counter,
 };
 
 use crate::{
@@ -147,6 +147,11 @@ fn fail(errno: i32, counter: u32) -> i32 {
 fn translate_v4(ctx: &SockAddrContext) -> Result<(u8, u64, SockRevNat), i32> {
     let dst = destination_v4(ctx)?;
     let svc = lookup_service_v4(&dst).ok_or(SYS_PROCEED)?;
+    // A LoadBalancer IP with loadBalancerSourceRanges is left to the packet
+    // path, which checks the caller's address against them.
+    if svc.flags & SVC_F_SOURCE_RANGES != 0 {
+        return Err(SYS_PROCEED);
+    }
     let ring = RINGS.get_ptr(svc.ring_id).ok_or(SYS_PROCEED)?;
     // SAFETY: pointer into a map value that stays valid for this program run.
     let ring = unsafe { &*ring };
@@ -156,8 +161,17 @@ fn translate_v4(ctx: &SockAddrContext) -> Result<(u8, u64, SockRevNat), i32> {
             _ => fail(ECONNREFUSED, sock_counter::REFUSED),
         });
     }
-    // SAFETY: plain helper call.
-    let hash = unsafe { bpf_get_prandom_u32() };
+    // TCP: any backend, each connection anew. UDP: one per socket, so an
+    // unconnected socket's datagrams (QUIC, a resolver) stay with one
+    // backend, as kube-proxy's conntrack keeps one 5-tuple on one.
+    let hash = if dst.proto == IPPROTO_UDP {
+        // SAFETY: helper call on our own context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+        (cookie ^ (cookie >> 32) ^ svc.ring_id) as u32
+    } else {
+        // SAFETY: plain helper call.
+        unsafe { bpf_get_prandom_u32() }
+    };
     let backend = if svc.flags & SVC_F_AFFINITY_CLIENT_IP != 0 {
         // The caller is its network namespace: a pod, or the host.
         // SAFETY: helper call on our own context.

@@ -6,7 +6,7 @@ use ingress_common::{FlowKey, IPPROTO_TCP, IPPROTO_UDP, counter};
 
 use crate::{
     headers::{ETH_HLEN, ETH_P_IP, Ipv4Hdr, L4_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
-    lb::lookup_revnat_v4,
+    lb::{lookup_revnat_v4, refresh_owner_v4},
     maps::count,
 };
 
@@ -50,6 +50,7 @@ fn try_tc_revnat_egress(ctx: &TcContext) -> Result<(), i64> {
     let Some(rev) = lookup_revnat_v4(&reply) else {
         return Ok(());
     };
+    refresh_owner_v4(&reply, &rev);
     let l4_csum = L4_OFF + csum_off;
     ctx.l4_csum_replace(
         l4_csum,

@@ -17,8 +17,8 @@ use crate::{
         ETH_HLEN, ETH_P_IP, EthHdr, IP_HLEN, Ipv4Hdr, L4_OFF, TCP_ACK, TCP_SYN, TcpHdr, ptr_at,
     },
     lb::{
-        Selected, clear_stale_revnat_v4, lookup_revnat_v4, lookup_service_v4, select_backend,
-        source_allowed_v4,
+        Selected, clear_stale_revnat_v4, lookup_revnat_v4, lookup_service_v4, refresh_owner_v4,
+        select_backend, source_allowed_v4,
     },
     maps::{REDIRECT_IFS, config, count},
     refuse,
@@ -52,6 +52,7 @@ fn try_xdp_lb_ingress(ctx: &XdpContext) -> Result<u32, u32> {
     let dport = u16::from_be(pkt.flow.dport);
     if dport >= cfg.snat_port_min && dport <= cfg.snat_port_max && cfg.snat_port_min != 0 {
         if let Some(rev) = lookup_revnat_v4(&pkt.flow) {
+            refresh_owner_v4(&pkt.flow, &rev);
             rewrite_v4(ctx, &pkt.flow, &rev)?;
             count(counter::REVNAT_SNAT_REPLY);
             return Ok(forward_fib(ctx));

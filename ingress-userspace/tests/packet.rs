@@ -897,63 +897,70 @@ fn a_spoofed_flow_cannot_take_over_another_flows_replies() {
 }
 
 #[test]
-fn a_reset_ends_a_flow_at_once_and_a_new_connection_supersedes_a_closing_one() {
+fn a_closed_flows_tuple_goes_to_the_clients_next_connection_an_open_ones_does_not() {
     if !need_root() {
         return;
     }
     let mut l = load();
     let pod = Ipv4Addr::new(198, 18, 1, 2);
-    l.set_service(&[nodeport(IPPROTO_TCP)], vec![backend(pod, 8080, false)], 0);
-    // A flow the client resets: gone with its reply entry, the RST itself
-    // still delivered to the endpoint.
-    l.xdp(&packet::tcp(
-        (CLIENT, 47000),
-        (NODE, NODE_PORT),
-        TCP_SYN,
-        1,
-        b"",
-    ));
-    let (_, out) = l.xdp(&packet::tcp(
-        (CLIENT, 47000),
-        (NODE, NODE_PORT),
-        TCP_RST,
-        2,
-        b"",
-    ));
+    let vip = FrontendKey {
+        addr: u32::from(LB_IP).to_be(),
+        port: 80u16.to_be(),
+        proto: IPPROTO_TCP,
+        pad: 0,
+    };
+    l.set_service(
+        &[vip, nodeport(IPPROTO_TCP)],
+        vec![backend(pod, 8080, false)],
+        0,
+    );
+    let to_np = |port, flags| packet::tcp((CLIENT, port), (NODE, NODE_PORT), flags, 1, b"");
+    let reply = |port| packet::tcp((pod, 8080), (CLIENT, port), TCP_SYN | TCP_ACK, 9, b"");
+    let rewritten = |l: &mut Loaded, port| l.tc(&reply(port)).1 != reply(port);
+
+    // A flow the client resets is closing (its late packets still go
+    // through), and the same client port connecting to the pod itself
+    // takes the reply tuple over.
+    l.xdp(&to_np(47000, TCP_SYN));
+    let (_, out) = l.xdp(&to_np(47000, TCP_RST));
     assert_eq!(packet::parse(&out).unwrap().dst, pod);
-    assert!(l.maps.flows(usize::MAX).is_empty());
-    assert_eq!(l.counter("conntrack_reset"), 1);
-    let reply = packet::tcp((pod, 8080), (CLIENT, 47000), TCP_ACK, 9, b"");
-    let (_, out) = l.tc(&reply);
-    assert_eq!(
-        out, reply,
-        "a reset flow's replies are not rewritten any more"
+    let closing = l.maps.flows(usize::MAX);
+    assert_eq!(closing[0].entry.state, ingress_common::CT_TCP_CLOSING);
+    assert!(rewritten(&mut l, 47000));
+    let direct = packet::tcp((CLIENT, 47000), (pod, 8080), TCP_SYN, 1, b"");
+    assert_eq!(l.xdp(&direct), (XDP_PASS, direct));
+    assert_eq!(l.counter("revnat_superseded"), 1);
+    assert!(
+        !rewritten(&mut l, 47000),
+        "the new connection's replies are its own"
     );
 
-    // A flow closing with FIN keeps its entries for its close timeout...
+    // An open flow keeps its tuple: a spoofed SYN straight to the pod from
+    // the client's address and port changes nothing.
+    l.xdp(&to_np(47001, TCP_SYN));
+    l.xdp(&to_np(47001, TCP_ACK));
+    let spoof = packet::tcp((CLIENT, 47001), (pod, 8080), TCP_SYN, 1, b"");
+    assert_eq!(l.xdp(&spoof).0, XDP_PASS);
+    assert_eq!(l.counter("revnat_superseded"), 1);
+    assert!(rewritten(&mut l, 47001), "an open flow lost its replies");
+
+    // A closed flow's tuple through another frontend: taken over, not a
+    // conflict.
+    l.xdp(&packet::tcp((CLIENT, 47002), (LB_IP, 80), TCP_SYN, 1, b""));
     l.xdp(&packet::tcp(
-        (CLIENT, 47001),
-        (NODE, NODE_PORT),
-        TCP_SYN,
-        1,
-        b"",
-    ));
-    l.xdp(&packet::tcp(
-        (CLIENT, 47001),
-        (NODE, NODE_PORT),
+        (CLIENT, 47002),
+        (LB_IP, 80),
         TCP_ACK | TCP_FIN,
         2,
         b"",
     ));
-    // ...but the same client port connecting to the pod itself takes its
-    // tuple over: the pod's replies to it are not rewritten as the NodePort.
-    let direct = packet::tcp((CLIENT, 47001), (pod, 8080), TCP_SYN, 1, b"");
-    let (verdict, out) = l.xdp(&direct);
-    assert_eq!((verdict, out), (XDP_PASS, direct));
-    assert_eq!(l.counter("revnat_superseded"), 1);
-    let reply = packet::tcp((pod, 8080), (CLIENT, 47001), TCP_SYN | TCP_ACK, 9, b"");
-    let (_, out) = l.tc(&reply);
-    assert_eq!(out, reply);
+    let (verdict, _) = l.xdp(&to_np(47002, TCP_SYN));
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(l.counter("revnat_taken_over"), 1);
+    assert_eq!(l.counter("drop_revnat_conflict"), 0);
+    let (_, out) = l.tc(&reply(47002));
+    let p = packet::parse(&out).unwrap();
+    assert_eq!((p.src, p.sport), (NODE, NODE_PORT));
 }
 
 #[test]
@@ -1011,4 +1018,61 @@ fn client_ip_affinity_times_out_on_the_packet_path() {
         seen.insert(backend_of(&mut l, port));
     }
     assert!(seen.len() >= 3, "affinity outlived its timeout: {seen:?}");
+}
+
+#[test]
+fn a_flows_replies_keep_it_alive_and_bring_its_reply_entry_back() {
+    if !need_root() {
+        return;
+    }
+    let mut l = load();
+    let pod = Ipv4Addr::new(198, 18, 1, 2);
+    l.set_service(&[nodeport(IPPROTO_UDP)], vec![backend(pod, 5353, false)], 0);
+    let ask = packet::udp((CLIENT, 48000), (NODE, NODE_PORT), b"q");
+    l.xdp(&ask);
+    let pins = l._pins.0.clone();
+    let ct = |pins: &std::path::Path| {
+        let data =
+            aya::maps::MapData::from_pin(pins.join(ingress_common::map_names::CONNTRACK)).unwrap();
+        let map: aya::maps::HashMap<_, ingress_common::FlowKey, ingress_common::CtEntry> =
+            aya::maps::Map::LruHashMap(data).try_into().unwrap();
+        map
+    };
+    // Make the flow look a minute idle, then let the server answer: the
+    // reply (the client says nothing) keeps the flow.
+    let mut map = ct(&pins);
+    let (key, mut entry) = map.iter().next().unwrap().unwrap();
+    entry.last_seen_ns = entry.last_seen_ns.saturating_sub(60_000_000_000);
+    map.insert(key, entry, 0).unwrap();
+    let answer = packet::udp((pod, 5353), (CLIENT, 48000), b"a");
+    let (_, out) = l.tc(&answer);
+    assert_eq!(
+        packet::parse(&out).unwrap().src,
+        NODE,
+        "the reply is reverse-NATed"
+    );
+    let now = ingressd::kernel::monotonic_ns();
+    let fresh = ct(&pins).get(&key, 0).unwrap();
+    assert!(
+        now - fresh.last_seen_ns < 5_000_000_000,
+        "the reply did not refresh the flow"
+    );
+
+    // The flow's reply entry gone (a sweep raced a packet): the client's
+    // next packet a second later puts it back.
+    let revnat =
+        aya::maps::MapData::from_pin(pins.join(ingress_common::map_names::REVNAT)).unwrap();
+    let mut revnat: aya::maps::HashMap<_, ingress_common::FlowKey, ingress_common::RevNatEntry> =
+        aya::maps::Map::LruHashMap(revnat).try_into().unwrap();
+    let reply_key = fresh.reply_key(&key);
+    revnat.remove(&reply_key).unwrap();
+    let mut map = ct(&pins);
+    let mut e = map.get(&key, 0).unwrap();
+    e.last_seen_ns = e.last_seen_ns.saturating_sub(2_000_000_000);
+    map.insert(key, e, 0).unwrap();
+    l.xdp(&ask);
+    assert!(
+        revnat.get(&reply_key, 0).is_ok(),
+        "the reply entry was not put back"
+    );
 }

@@ -124,8 +124,8 @@ fn health_check_node_port_and_proxy_health_answer_as_kube_proxy() {
     });
     assert!(drained, "{:?}", get(&lab, hc, "/"));
 
-    // The autoscaler removes the node: /healthz and the Service's check
-    // fail, /livez does not (the proxy itself is fine).
+    // The autoscaler removes the node: /healthz fails, /livez and the
+    // Service's check (its endpoints are still here) do not.
     lab::write_manifests(&dir, &manifests(&lab, true, true));
     let ineligible = wait_until(Duration::from_secs(5), || {
         get(&lab, healthz, "/healthz")
@@ -134,8 +134,8 @@ fn health_check_node_port_and_proxy_health_answer_as_kube_proxy() {
     assert!(ineligible, "{:?}", get(&lab, healthz, "/healthz"));
     assert_eq!(get(&lab, healthz, "/livez").expect("livez").0, 200);
     let (code, _, body) = get(&lab, hc, "/").expect("healthCheckNodePort");
-    assert_eq!(code, 503, "{body}");
-    assert!(body.contains("\"serviceProxyHealthy\": false"), "{body}");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"serviceProxyHealthy\": true"), "{body}");
     assert!(body.contains("\"localEndpoints\": 1"), "{body}");
 
     // The Service goes: so does its port.

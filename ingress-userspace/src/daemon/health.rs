@@ -160,9 +160,11 @@ fn proxy_answer(health: &ProxyHealth, path: &str) -> Response<Body> {
 }
 
 /// A healthCheckNodePort's answer: 200 with ready local endpoints and a
-/// healthy proxy, else 503, and kube-proxy's JSON either way.
+/// healthy proxy, else 503, and kube-proxy's JSON either way. The proxy's
+/// health here leaves the Node's state out (kube-proxy's `IsHealthy`): a
+/// draining node's Local Services answer by their endpoints.
 fn service_answer(health: &ProxyHealth, svc: &ServiceHealth) -> Response<Body> {
-    let healthy = health.healthy();
+    let healthy = health.live();
     let (ns, name) = (&svc.service.namespace, &svc.service.name);
     json(
         status_code(svc.local_endpoints > 0 && healthy),

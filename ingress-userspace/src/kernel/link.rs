@@ -13,13 +13,16 @@ use anyhow::Context as _;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 
-/// `bpf_attr` for BPF_OBJ_GET.
+/// `bpf_attr` for BPF_OBJ_GET. Explicit padding: the kernel refuses an
+/// attribute whose bytes past its last field are not zero, and repr(C)
+/// would leave 4 of them uninitialised.
 #[repr(C)]
 struct ObjGetAttr {
     pathname: u64,
     bpf_fd: u32,
     file_flags: u32,
     path_fd: i32,
+    pad: u32,
 }
 
 /// `bpf_attr` for BPF_LINK_UPDATE.
@@ -57,6 +60,7 @@ pub fn open_pinned(pin: &Path) -> anyhow::Result<OwnedFd> {
         bpf_fd: 0,
         file_flags: 0,
         path_fd: 0,
+        pad: 0,
     };
     let fd = bpf(BPF_OBJ_GET, &mut attr).with_context(|| format!("opening {}", pin.display()))?;
     // SAFETY: the kernel returned a new descriptor that we now own.

@@ -58,6 +58,11 @@ pub mod program_names {
     pub const CGROUP_SENDMSG4: &str = "cgroup_sendmsg4";
     pub const CGROUP_RECVMSG4: &str = "cgroup_recvmsg4";
     pub const CGROUP_GETPEERNAME4: &str = "cgroup_getpeername4";
+    /// The same for IPv6 sockets calling IPv4-mapped addresses.
+    pub const CGROUP_CONNECT6: &str = "cgroup_connect6";
+    pub const CGROUP_SENDMSG6: &str = "cgroup_sendmsg6";
+    pub const CGROUP_RECVMSG6: &str = "cgroup_recvmsg6";
+    pub const CGROUP_GETPEERNAME6: &str = "cgroup_getpeername6";
     pub const CGROUP_SOCK_RELEASE: &str = "cgroup_sock_release";
 }
 

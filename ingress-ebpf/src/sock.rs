@@ -16,6 +16,7 @@
 //! local endpoint fails it with EHOSTUNREACH (kube-proxy drops that traffic;
 //! failing at once is what a dropped packet would end in, minus the wait).
 use aya_ebpf::{
+    bindings::bpf_sock_addr,
     helpers::generated::{
         bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval,
     },
@@ -40,10 +41,22 @@ const EHOSTUNREACH: i32 = 113;
 
 #[cgroup_sock_addr(connect4)]
 pub fn cgroup_connect4(ctx: SockAddrContext) -> i32 {
-    match translate_v4(&ctx) {
+    connect(&ctx, Family::V4)
+}
+
+/// IPv6 sockets connecting to IPv4-mapped addresses (`::ffff:a.b.c.d`):
+/// Java's and other dual-stack clients' way of reaching a cluster IP.
+#[cgroup_sock_addr(connect6)]
+pub fn cgroup_connect6(ctx: SockAddrContext) -> i32 {
+    connect(&ctx, Family::V6Mapped)
+}
+
+#[inline(always)]
+fn connect(ctx: &SockAddrContext, family: Family) -> i32 {
+    match translate(ctx, family) {
         Ok((proto, ring_id, rev)) => {
             if proto == IPPROTO_UDP {
-                track_udp_connected(&ctx, ring_id, &rev);
+                track_udp_connected(ctx, ring_id, &rev);
             }
             count_sock(sock_counter::CONNECT_TRANSLATED);
             SYS_PROCEED
@@ -87,7 +100,17 @@ fn track_udp_connected(ctx: &SockAddrContext, ring_id: u64, rev: &SockRevNat) {
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn cgroup_sendmsg4(ctx: SockAddrContext) -> i32 {
-    match translate_v4(&ctx) {
+    sendmsg(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn cgroup_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sendmsg(&ctx, Family::V6Mapped)
+}
+
+#[inline(always)]
+fn sendmsg(ctx: &SockAddrContext, family: Family) -> i32 {
+    match translate(ctx, family) {
         Ok(_) => {
             count_sock(sock_counter::SENDMSG_TRANSLATED);
             SYS_PROCEED
@@ -98,21 +121,66 @@ pub fn cgroup_sendmsg4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn cgroup_recvmsg4(ctx: SockAddrContext) -> i32 {
-    reverse_v4(&ctx);
+    reverse(&ctx, Family::V4);
     // recvmsg hooks must return 1.
+    SYS_PROCEED
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn cgroup_recvmsg6(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx, Family::V6Mapped);
     SYS_PROCEED
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn cgroup_getpeername4(ctx: SockAddrContext) -> i32 {
-    reverse_v4(&ctx);
+    reverse(&ctx, Family::V4);
     SYS_PROCEED
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn cgroup_getpeername6(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx, Family::V6Mapped);
+    SYS_PROCEED
+}
+
+/// How the call names its address: an IPv4 socket, or an IPv6 socket with
+/// an IPv4-mapped address (any other IPv6 address is none of ours).
+#[derive(Clone, Copy)]
+enum Family {
+    V4,
+    V6Mapped,
+}
+
+/// `::ffff:0:0/96`'s third word, in network byte order.
+const V4_MAPPED: u32 = 0x0000_ffffu32.to_be();
+
+/// The IPv4 address (network byte order) the call names, if any.
+#[inline(always)]
+fn user_addr(sa: &bpf_sock_addr, family: Family) -> Option<u32> {
+    match family {
+        Family::V4 => Some(sa.user_ip4),
+        Family::V6Mapped => {
+            // One 4-byte load per word: the verifier's allowed access size.
+            // SAFETY: reads of the context's fields.
+            let w = |i: usize| unsafe { core::ptr::read_volatile(&sa.user_ip6[i]) };
+            (w(0) == 0 && w(1) == 0 && w(2) == V4_MAPPED).then(|| w(3))
+        }
+    }
+}
+
+#[inline(always)]
+fn set_user_addr(sa: &mut bpf_sock_addr, family: Family, addr: u32) {
+    match family {
+        Family::V4 => sa.user_ip4 = addr,
+        Family::V6Mapped => sa.user_ip6[3] = addr,
+    }
 }
 
 /// The destination of the call as a flow key (only the fields the service
 /// lookup reads), or `Err(SYS_PROCEED)` when it is none of ours.
 #[inline(always)]
-fn destination_v4(ctx: &SockAddrContext) -> Result<FlowKey, i32> {
+fn destination(ctx: &SockAddrContext, family: Family) -> Result<FlowKey, i32> {
     // SAFETY: the context the kernel handed us.
     let sa = unsafe { &*ctx.sock_addr };
     let proto = match sa.protocol {
@@ -122,7 +190,7 @@ fn destination_v4(ctx: &SockAddrContext) -> Result<FlowKey, i32> {
     };
     Ok(FlowKey {
         src: 0,
-        dst: sa.user_ip4,
+        dst: user_addr(sa, family).ok_or(SYS_PROCEED)?,
         sport: 0,
         // The port sits in the low 16 bits, in network byte order.
         dport: sa.user_port as u16,
@@ -144,8 +212,8 @@ fn fail(errno: i32, counter: u32) -> i32 {
 /// socket remembers how to undo it. Gives the protocol, the ring and the
 /// translation.
 #[inline(always)]
-fn translate_v4(ctx: &SockAddrContext) -> Result<(u8, u64, SockRevNat), i32> {
-    let dst = destination_v4(ctx)?;
+fn translate(ctx: &SockAddrContext, family: Family) -> Result<(u8, u64, SockRevNat), i32> {
+    let dst = destination(ctx, family)?;
     let svc = lookup_service_v4(&dst).ok_or(SYS_PROCEED)?;
     // A LoadBalancer IP with loadBalancerSourceRanges is left to the packet
     // path, which checks the caller's address against them.
@@ -190,11 +258,11 @@ fn translate_v4(ctx: &SockAddrContext) -> Result<(u8, u64, SockRevNat), i32> {
         backend_port: backend.port,
         service_port: dst.dport,
     };
-    remember_v4(ctx, rev);
+    remember(ctx, rev);
     // SAFETY: the context the kernel handed us; these fields are writable
-    // in connect4 and sendmsg4.
+    // in connect and sendmsg hooks.
     let sa = unsafe { &mut *ctx.sock_addr };
-    sa.user_ip4 = backend.addr;
+    set_user_addr(sa, family, backend.addr);
     sa.user_port = backend.port as u32;
     Ok((dst.proto, svc.ring_id, rev))
 }
@@ -202,7 +270,7 @@ fn translate_v4(ctx: &SockAddrContext) -> Result<(u8, u64, SockRevNat), i32> {
 /// Records a translation in the socket's storage: the slot already holding
 /// that backend, else the next one round-robin.
 #[inline(always)]
-fn remember_v4(ctx: &SockAddrContext, rev: SockRevNat) {
+fn remember(ctx: &SockAddrContext, rev: SockRevNat) {
     // SAFETY: the helper checks the socket; a null result is handled.
     let state = unsafe { SOCK_REVNAT.get_or_insert_ptr_mut(ctx, None) };
     if state.is_null() {
@@ -233,7 +301,7 @@ fn remember_v4(ctx: &SockAddrContext, rev: SockRevNat) {
 
 /// Backend → frontend in the address a reply or getpeername() reports.
 #[inline(always)]
-fn reverse_v4(ctx: &SockAddrContext) {
+fn reverse(ctx: &SockAddrContext, family: Family) {
     // SAFETY: the helper checks the socket; a null result is handled.
     let state = unsafe { SOCK_REVNAT.get_ptr_mut(ctx) };
     if state.is_null() {
@@ -241,15 +309,18 @@ fn reverse_v4(ctx: &SockAddrContext) {
     }
     // SAFETY: non-null pointer into this socket's storage.
     let state: &SockLbState = unsafe { &*state };
-    // SAFETY: the context the kernel handed us; user_ip4 and user_port
-    // are readable and writable in recvmsg4 and getpeername4.
+    // SAFETY: the context the kernel handed us; the address and port are
+    // readable and writable in recvmsg and getpeername hooks.
     let sa = unsafe { &mut *ctx.sock_addr };
-    let (addr, port) = (sa.user_ip4, sa.user_port as u16);
+    let Some(addr) = user_addr(sa, family) else {
+        return;
+    };
+    let port = sa.user_port as u16;
     let mut i = 0;
     while i < SOCK_REVNAT_SLOTS {
         let e = &state.entries[i];
         if e.backend_addr == addr && e.backend_port == port && e.backend_addr != 0 {
-            sa.user_ip4 = e.service_addr;
+            set_user_addr(sa, family, e.service_addr);
             sa.user_port = e.service_port as u32;
             count_sock(sock_counter::REVERSED);
             return;

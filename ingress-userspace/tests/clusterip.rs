@@ -326,7 +326,7 @@ fn restarts_keep_serving_and_socket_lb_false_detaches() {
         .expect("restart");
     let log = lab.ingressd_log("node-a");
     assert!(
-        log.contains("replaced_in_place=5"),
+        log.contains("replaced_in_place=9"),
         "the restart did not reuse the pinned links:\n{log}"
     );
     let during = during.finish().expect("client");
@@ -531,4 +531,27 @@ fn node_ports_and_external_ips_are_served_at_the_socket_for_local_callers() {
             assert_all_from_service(&tcp, target, true);
         }
     }
+}
+
+#[test]
+fn dual_stack_sockets_reach_cluster_ips_by_their_ipv4_mapped_address() {
+    if !lab::need_root() {
+        return;
+    }
+    let (lab, _dir) = setup("cv6", |lab| {
+        let ends = [pod(lab, "a1"), pod(lab, "b1")];
+        service("web", WEB, (80, 8080, "TCP"), "", &ends)
+            + &service("dns", DNS, (53, 5353, "UDP"), "", &ends)
+    });
+    // AF_INET6 sockets to ::ffff:<cluster IP>, as Java opens them: sent to
+    // an endpoint, and the peer name and the answers' source stay the
+    // cluster IP.
+    let tcp = lab
+        .connect_from("a2", Mode::Tcp6, addr(WEB, 80), 12)
+        .expect("tcp");
+    assert_all_from_service(&tcp, addr(WEB, 80), true);
+    let udp = lab
+        .connect_from("a2", Mode::Udp6, addr(DNS, 53), 4)
+        .expect("udp");
+    assert_all_from_service(&udp, addr(DNS, 53), false);
 }

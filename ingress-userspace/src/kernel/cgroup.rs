@@ -20,11 +20,15 @@ use super::{
 };
 
 /// The programs and the hook each one is attached to (the link's pin name).
-const SOCKET_PROGRAMS: [(&str, &str); 5] = [
+const SOCKET_PROGRAMS: [(&str, &str); 9] = [
     (program_names::CGROUP_CONNECT4, "connect4"),
     (program_names::CGROUP_SENDMSG4, "sendmsg4"),
     (program_names::CGROUP_RECVMSG4, "recvmsg4"),
     (program_names::CGROUP_GETPEERNAME4, "getpeername4"),
+    (program_names::CGROUP_CONNECT6, "connect6"),
+    (program_names::CGROUP_SENDMSG6, "sendmsg6"),
+    (program_names::CGROUP_RECVMSG6, "recvmsg6"),
+    (program_names::CGROUP_GETPEERNAME6, "getpeername6"),
     (program_names::CGROUP_SOCK_RELEASE, "sock-release"),
 ];
 

@@ -781,7 +781,7 @@ mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 count = int(sys.argv[4]) if len(sys.argv) > 4 else 1
 pause = int(sys.argv[5]) / 1000.0 if len(sys.argv) > 5 else 0
 def addr(a):
-    return "%s:%d" % (a[0], a[1])
+    return "%s:%d" % (a[0].replace("::ffff:", ""), a[1])
 keep = None
 for i in range(count):
     if i and pause:
@@ -798,8 +798,14 @@ for i in range(count):
             keep.send(b"who?")
             data, src = keep.recvfrom(2048)
             print("ok peer=%s from=%s body=%s" % (addr(keep.getpeername()), addr(src), data.decode().strip()), flush=True)
-        elif mode in ("tcp", "whoami"):
-            s = socket.create_connection((host, port), timeout=3)
+        elif mode in ("tcp", "whoami", "tcp6"):
+            if mode == "tcp6":
+                # A dual-stack socket and an IPv4-mapped address, as Java's.
+                s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+                s.settimeout(3)
+                s.connect(("::ffff:" + host, port))
+            else:
+                s = socket.create_connection((host, port), timeout=3)
             peer = addr(s.getpeername())
             path = b"/whoami" if mode == "whoami" else b"/"
             s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
@@ -812,7 +818,8 @@ for i in range(count):
             body = data.split(b"\r\n\r\n", 1)[-1].decode().strip().replace(" ", "@")
             print("ok peer=%s from=%s body=%s" % (peer, peer, body), flush=True)
         else:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            v6 = mode == "udp6"
+            s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
             s.settimeout(3)
             peer = "-"
             if mode == "udp-connected":
@@ -820,7 +827,7 @@ for i in range(count):
                 peer = addr(s.getpeername())
                 s.send(b"who?")
             else:
-                s.sendto(b"who?", (host, port))
+                s.sendto(b"who?", ("::ffff:" + host if v6 else host, port))
             data, src = s.recvfrom(2048)
             print("ok peer=%s from=%s body=%s" % (peer, addr(src), data.decode().strip()), flush=True)
     except socket.timeout:
@@ -883,6 +890,10 @@ pub enum Mode {
     Tcp,
     /// The same for `/whoami`: the answer is `pod@client-address`.
     Whoami,
+    /// TCP from an IPv6 socket to the IPv4-mapped address (`::ffff:…`).
+    Tcp6,
+    /// UDP sendto/recvfrom from an IPv6 socket, IPv4-mapped.
+    Udp6,
     /// UDP connect, getpeername, send, recvfrom.
     UdpConnected,
     /// UDP sendto, recvfrom.
@@ -975,6 +986,8 @@ impl Lab {
         let mode = match mode {
             Mode::Tcp => "tcp",
             Mode::Whoami => "whoami",
+            Mode::Tcp6 => "tcp6",
+            Mode::Udp6 => "udp6",
             Mode::UdpConnected => "udp-connected",
             Mode::Udp => "udp",
             Mode::UdpKeep => "udp-keep",

@@ -26,6 +26,7 @@ pub mod map_names {
     pub const REFUSE_BUCKET: &str = "LB4_REFUSE_BUCKET";
     /// Interfaces XDP may redirect a forwarded packet to (by ifindex).
     pub const REDIRECT_IFS: &str = "LB4_REDIRECT_IFS";
+
     pub const REVNAT: &str = "LB4_REVNAT";
     pub const NODE_ADDRS: &str = "LB4_NODE_ADDRS";
     pub const CONFIG: &str = "LB4_CONFIG";
@@ -96,7 +97,8 @@ pub struct FrontendKey {
     pub port: u16,
     /// `IPPROTO_TCP` or `IPPROTO_UDP`.
     pub proto: u8,
-    pub pad: u8,
+    /// `SCOPE_*`. Was padding (always 0, `SCOPE_ALL`).
+    pub scope: u8,
 }
 const _: () = assert!(size_of::<FrontendKey>() == 8);
 
@@ -112,6 +114,19 @@ pub const SVC_F_LOCAL_ONLY: u32 = 1 << 1;
 /// (`LB4_SOURCE_RANGES`) may use this frontend (a LoadBalancer IP); others
 /// are dropped.
 pub const SVC_F_SOURCE_RANGES: u32 = 1 << 2;
+/// `ServiceEntry::flags`: a NodePort, LoadBalancer IP or externalIP (not a
+/// cluster IP). Under `externalTrafficPolicy: Local` (with
+/// `SVC_F_LOCAL_ONLY`) its ring holds this node's endpoints only; callers
+/// inside the cluster (the socket programs) then use the same frontend's
+/// `SCOPE_IN_CLUSTER` entry, whose ring holds every endpoint, as kube-proxy
+/// sends pod and node traffic to all of them.
+pub const SVC_F_EXTERNAL: u32 = 1 << 3;
+
+/// `FrontendKey::scope`: the entry every caller uses.
+pub const SCOPE_ALL: u8 = 0;
+/// `FrontendKey::scope`: the entry callers inside the cluster use instead
+/// (see `SVC_F_EXTERNAL`); the packet path never looks it up.
+pub const SCOPE_IN_CLUSTER: u8 = 1;
 
 /// What a frontend leads to.
 #[repr(C)]

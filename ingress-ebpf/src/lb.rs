@@ -4,8 +4,9 @@ use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use ingress_common::{
     AffinityEntry, AffinityKey, BACKEND_F_REMOTE, Backend, CT_REFRESH_NS, CT_TCP_CLOSING,
     CT_TCP_ESTABLISHED, CT_TCP_SYN, CT_UDP, CtEntry, FlowKey, FrontendKey, IPPROTO_TCP,
-    MAGLEV_RING_SIZE, RING_F_DROP_IF_EMPTY, RevNatEntry, Ring, SOURCE_RANGE_RING_BITS,
-    SVC_F_AFFINITY_CLIENT_IP, SVC_F_SOURCE_RANGES, ServiceEntry, SourceRangeKey, counter,
+    MAGLEV_RING_SIZE, RING_F_DROP_IF_EMPTY, RevNatEntry, Ring, SCOPE_ALL, SCOPE_IN_CLUSTER,
+    SOURCE_RANGE_RING_BITS, SVC_F_AFFINITY_CLIENT_IP, SVC_F_SOURCE_RANGES, ServiceEntry,
+    SourceRangeKey, counter,
 };
 
 use crate::headers::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -23,11 +24,23 @@ const SNAT_TRIES: u32 = 8;
 /// any of this node's addresses.
 #[inline(always)]
 pub fn lookup_service_v4(flow: &FlowKey) -> Option<ServiceEntry> {
+    lookup_scoped_v4(flow, SCOPE_ALL)
+}
+
+/// The entry callers inside the cluster use for the frontend `flow` goes
+/// to (see `SVC_F_EXTERNAL`), if it has one.
+#[inline(always)]
+pub fn lookup_in_cluster_v4(flow: &FlowKey) -> Option<ServiceEntry> {
+    lookup_scoped_v4(flow, SCOPE_IN_CLUSTER)
+}
+
+#[inline(always)]
+fn lookup_scoped_v4(flow: &FlowKey, scope: u8) -> Option<ServiceEntry> {
     let exact = FrontendKey {
         addr: flow.dst,
         port: flow.dport,
         proto: flow.proto,
-        pad: 0,
+        scope,
     };
     // SAFETY: values are Copy and read once.
     if let Some(svc) = unsafe { SERVICES.get(&exact) } {
@@ -39,7 +52,7 @@ pub fn lookup_service_v4(flow: &FlowKey) -> Option<ServiceEntry> {
         addr: 0,
         port: flow.dport,
         proto: flow.proto,
-        pad: 0,
+        scope,
     };
     // SAFETY: as above.
     unsafe { SERVICES.get(&nodeport) }.copied()

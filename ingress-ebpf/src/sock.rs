@@ -24,12 +24,15 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
 };
 use ingress_common::{
-    FlowKey, IPPROTO_TCP, IPPROTO_UDP, SOCK_REVNAT_SLOTS, SVC_F_AFFINITY_CLIENT_IP,
-    SVC_F_SOURCE_RANGES, SockLbState, SockRevNat, UdpConnected, sock_counter,
+    FlowKey, IPPROTO_TCP, IPPROTO_UDP, SOCK_REVNAT_SLOTS, SVC_F_AFFINITY_CLIENT_IP, SVC_F_EXTERNAL,
+    SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES, SockLbState, SockRevNat, UdpConnected, sock_counter,
 };
 
 use crate::{
-    lb::{Selected, affine_backend, empty_ring_verdict, lookup_service_v4, ring_slot},
+    lb::{
+        Selected, affine_backend, empty_ring_verdict, lookup_in_cluster_v4, lookup_service_v4,
+        ring_slot,
+    },
     maps::{RINGS, SOCK_REVNAT, UDP_CONNECTED, count_sock},
 };
 
@@ -220,6 +223,13 @@ fn translate(ctx: &SockAddrContext, family: Family) -> Result<(u8, u64, SockRevN
     if svc.flags & SVC_F_SOURCE_RANGES != 0 {
         return Err(SYS_PROCEED);
     }
+    // Inside the cluster, a Local external frontend serves every endpoint.
+    let svc =
+        if svc.flags & (SVC_F_EXTERNAL | SVC_F_LOCAL_ONLY) == SVC_F_EXTERNAL | SVC_F_LOCAL_ONLY {
+            lookup_in_cluster_v4(&dst).unwrap_or(svc)
+        } else {
+            svc
+        };
     let ring = RINGS.get_ptr(svc.ring_id).ok_or(SYS_PROCEED)?;
     // SAFETY: pointer into a map value that stays valid for this program run.
     let ring = unsafe { &*ring };

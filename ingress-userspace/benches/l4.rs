@@ -91,7 +91,7 @@ fn services(n: u32) -> DesiredState {
                 addr: u32::from(vip(i)).to_be(),
                 port: 80u16.to_be(),
                 proto: IPPROTO_TCP,
-                pad: 0,
+                scope: 0,
             },
             ServiceEntry {
                 ring_id: id,

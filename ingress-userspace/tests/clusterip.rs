@@ -555,3 +555,41 @@ fn dual_stack_sockets_reach_cluster_ips_by_their_ipv4_mapped_address() {
         .expect("udp");
     assert_all_from_service(&udp, addr(DNS, 53), false);
 }
+
+#[test]
+fn esipp_should_work_from_pods() {
+    if !lab::need_root() {
+        return;
+    }
+    // externalTrafficPolicy Local, the one endpoint on node-b.
+    let (lab, _dir) = setup("cesipp", |lab| {
+        service(
+            "web",
+            WEB,
+            (80, 8080, "TCP"),
+            "  type: LoadBalancer\n  externalTrafficPolicy: Local\nstatus: {loadBalancer: {ingress: [{ip: 198.19.30.1}]}}\n",
+            &[pod(lab, "b1")],
+        )
+        .replacen("protocol: TCP}]", "protocol: TCP, nodePort: 30085}]", 1)
+    });
+    // From a pod and from the node: every endpoint, as kube-proxy sends
+    // in-cluster traffic to a Local Service's external addresses.
+    let lb = addr("198.19.30.1", 80);
+    let node_port = SocketAddr::from((lab.node("node-a").ip, 30085));
+    for place in ["a2", "node-a"] {
+        for target in [lb, node_port] {
+            let tcp = lab.connect_from(place, Mode::Tcp, target, 3).expect("tcp");
+            assert_all_from_service(&tcp, target, true);
+            assert_eq!(bodies(&tcp), BTreeSet::from(["b1".to_string()]));
+        }
+    }
+    // From outside, node-a has no endpoint of its own: dropped there.
+    let outside = lab::in_netns(&lab.client_ns, move || {
+        std::net::TcpStream::connect_timeout(&node_port, Duration::from_millis(700)).map(drop)
+    })
+    .expect("netns");
+    assert!(
+        outside.is_err(),
+        "an outside client was served by another node's endpoint"
+    );
+}

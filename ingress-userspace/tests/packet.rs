@@ -98,7 +98,7 @@ fn nodeport(proto: u8) -> FrontendKey {
         addr: 0,
         port: NODE_PORT.to_be(),
         proto,
-        pad: 0,
+        scope: 0,
     }
 }
 
@@ -226,7 +226,7 @@ fn payload_packets_keep_exact_checksums() {
         addr: u32::from(LB_IP).to_be(),
         port: 80u16.to_be(),
         proto: IPPROTO_TCP,
-        pad: 0,
+        scope: 0,
     };
     l.set_service(&[vip], vec![backend(pod, 8080, false)], 0);
     for len in [0usize, 1, 2, 3, 17, 100, 1000] {
@@ -631,7 +631,7 @@ fn load_balancer_source_ranges_drop_other_sources_at_the_lb_ip_only() {
         addr: u32::from(LB_IP).to_be(),
         port: 80u16.to_be(),
         proto: IPPROTO_TCP,
-        pad: 0,
+        scope: 0,
     };
     let mut desired = DesiredState::default();
     desired.rings.insert(
@@ -869,7 +869,7 @@ fn a_spoofed_flow_cannot_take_over_another_flows_replies() {
         addr: u32::from(LB_IP).to_be(),
         port: 80u16.to_be(),
         proto: IPPROTO_TCP,
-        pad: 0,
+        scope: 0,
     };
     l.set_service(
         &[vip, nodeport(IPPROTO_TCP)],
@@ -907,7 +907,7 @@ fn a_closed_flows_tuple_goes_to_the_clients_next_connection_an_open_ones_does_no
         addr: u32::from(LB_IP).to_be(),
         port: 80u16.to_be(),
         proto: IPPROTO_TCP,
-        pad: 0,
+        scope: 0,
     };
     l.set_service(
         &[vip, nodeport(IPPROTO_TCP)],

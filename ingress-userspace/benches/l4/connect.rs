@@ -335,7 +335,7 @@ fn services(n: u32, frontend: impl Fn(u32) -> (Ipv4Addr, u16)) -> DesiredState {
                 addr: u32::from(addr).to_be(),
                 port: port.to_be(),
                 proto: IPPROTO_TCP,
-                pad: 0,
+                scope: 0,
             },
             ServiceEntry {
                 ring_id: id,

@@ -92,7 +92,7 @@ mod tests {
                     addr: 0,
                     port: (30000 + i).to_be(),
                     proto: IPPROTO_TCP,
-                    pad: 0,
+                    scope: 0,
                 },
                 ServiceEntry {
                     ring_id: id,

@@ -10,8 +10,8 @@ use std::{
 
 use ingress_common::{
     BACKEND_F_REMOTE, BACKEND_F_TERMINATING, Backend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
-    MAGLEV_RING_SIZE, RING_F_DROP_IF_EMPTY, Ring, SVC_F_AFFINITY_CLIENT_IP, SVC_F_LOCAL_ONLY,
-    SVC_F_SOURCE_RANGES, ServiceEntry,
+    MAGLEV_RING_SIZE, RING_F_DROP_IF_EMPTY, Ring, SCOPE_ALL, SCOPE_IN_CLUSTER,
+    SVC_F_AFFINITY_CLIENT_IP, SVC_F_EXTERNAL, SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES, ServiceEntry,
 };
 use k8s_openapi::api::{
     core::v1::{Service, ServiceSpec},
@@ -718,27 +718,47 @@ pub fn service_contribution(
         };
         if external {
             let ring = ring_for(external_local, &mut out);
-            let e = entry(ring, external_local);
+            let mut e = entry(ring, external_local);
+            e.flags |= SVC_F_EXTERNAL;
             if let (Some(r), Some(spec)) = (&ranges, out.rings.get_mut(&ring)) {
                 spec.source_ranges = r.clone();
             }
+            // Under a Local policy, callers inside the cluster (the socket
+            // programs) get every endpoint, as kube-proxy short-circuits pod
+            // and node traffic to the Service's cluster-wide chain.
+            let inside = external_local.then(|| {
+                let mut i = entry(ring_for(false, &mut out), false);
+                i.flags |= SVC_F_EXTERNAL;
+                i
+            });
+            let push = |out: &mut Contribution, key: FrontendKey, e: ServiceEntry| {
+                out.frontends.push((key, e));
+                if let Some(i) = inside {
+                    let key = FrontendKey {
+                        scope: SCOPE_IN_CLUSTER,
+                        ..key
+                    };
+                    out.frontends.push((key, i));
+                }
+            };
             if let Some(np) = node_port {
-                out.frontends.push((
+                push(
+                    &mut out,
                     FrontendKey {
                         addr: 0,
                         port: np.to_be(),
                         proto,
-                        pad: 0,
+                        scope: SCOPE_ALL,
                     },
                     e,
-                ));
+                );
             }
             for vip in &vips {
                 let key = FrontendKey {
                     addr: u32::from(*vip).to_be(),
                     port: service_port.to_be(),
                     proto,
-                    pad: 0,
+                    scope: 0,
                 };
                 // The ranges guard the LoadBalancer IPs only (kube-proxy's
                 // firewall chain): not externalIPs, not the NodePort.
@@ -746,7 +766,7 @@ pub fn service_contribution(
                 if ranges.is_some() && lb_ips.contains(vip) {
                     e.flags |= SVC_F_SOURCE_RANGES;
                 }
-                out.frontends.push((key, e));
+                push(&mut out, key, e);
             }
         }
         if !cluster.is_empty() {
@@ -756,7 +776,7 @@ pub fn service_contribution(
                     addr: u32::from(*ip).to_be(),
                     port: service_port.to_be(),
                     proto,
-                    pad: 0,
+                    scope: 0,
                 };
                 out.frontends.push((key, e));
             }
@@ -805,10 +825,20 @@ pub fn show_frontend(key: &FrontendKey) -> String {
         _ => "?",
     };
     let port = u16::from_be(key.port);
-    if key.addr == 0 {
-        format!("*:{port}/{proto} (NodePort)")
+    let inside = if key.scope == SCOPE_IN_CLUSTER {
+        " (in-cluster)"
     } else {
-        format!("{}:{port}/{proto}", Ipv4Addr::from(u32::from_be(key.addr)))
+        ""
+    };
+    if key.addr == 0 && inside.is_empty() {
+        format!("*:{port}/{proto} (NodePort)")
+    } else if key.addr == 0 {
+        format!("*:{port}/{proto} (NodePort, in-cluster)")
+    } else {
+        format!(
+            "{}:{port}/{proto}{inside}",
+            Ipv4Addr::from(u32::from_be(key.addr))
+        )
     }
 }
 

@@ -26,6 +26,8 @@ pub mod map_names {
     pub const REFUSE_BUCKET: &str = "LB4_REFUSE_BUCKET";
     /// Interfaces XDP may redirect a forwarded packet to (by ifindex).
     pub const REDIRECT_IFS: &str = "LB4_REDIRECT_IFS";
+    /// Which backends each ring holds (for affinity checks).
+    pub const RING_MEMBERS: &str = "LB4_RING_MEMBERS";
 
     pub const REVNAT: &str = "LB4_REVNAT";
     pub const NODE_ADDRS: &str = "LB4_NODE_ADDRS";
@@ -488,10 +490,9 @@ pub struct AffinityKey {
 }
 const _: () = assert!(size_of::<AffinityKey>() == 16);
 
-/// The backend a client keeps, and when it last opened a connection.
-/// `slot` is where the backend sat in the ring: a choice stays valid while
-/// the ring still holds that backend in that slot (Maglev moves few slots
-/// when the set changes, and every slot of a removed backend).
+/// The backend a client keeps, and when it last opened a connection; a
+/// choice stays valid while the ring still holds that backend
+/// (`LB4_RING_MEMBERS`). `slot` is where it sat when chosen (for humans).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AffinityEntry {
@@ -505,6 +506,23 @@ const _: () = assert!(size_of::<AffinityEntry>() == 24);
 
 /// Affinity entries kept (LRU: the least recently used go first).
 pub const MAX_AFFINITY: u32 = 65_536;
+
+/// A backend of a ring (`LB4_RING_MEMBERS`; the value is the backend's
+/// `BACKEND_F_*` flags): an affinity choice holds while its backend is a
+/// member, however the ring's slots moved.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RingMemberKey {
+    pub ring_id: u64,
+    /// Network byte order.
+    pub addr: u32,
+    pub port: u16,
+    pub pad: u16,
+}
+const _: () = assert!(size_of::<RingMemberKey>() == 16);
+
+/// Ring members kept, in all.
+pub const MAX_RING_MEMBERS: u32 = 262_144;
 
 /// A connected UDP socket the socket programs sent to a backend (key: its
 /// socket cookie). When that backend leaves, `ingressd` closes the socket
@@ -546,4 +564,5 @@ mod pod_impls {
     unsafe impl aya::Pod for UdpConnected {}
     unsafe impl aya::Pod for SourceRangeKey {}
     unsafe impl aya::Pod for RefuseBucket {}
+    unsafe impl aya::Pod for RingMemberKey {}
 }

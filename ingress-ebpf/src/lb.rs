@@ -4,15 +4,16 @@ use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use ingress_common::{
     AffinityEntry, AffinityKey, BACKEND_F_REMOTE, Backend, CT_REFRESH_NS, CT_TCP_CLOSING,
     CT_TCP_ESTABLISHED, CT_TCP_SYN, CT_UDP, CtEntry, FlowKey, FrontendKey, IPPROTO_TCP,
-    MAGLEV_RING_SIZE, RING_F_DROP_IF_EMPTY, RevNatEntry, Ring, SCOPE_ALL, SCOPE_IN_CLUSTER,
-    SOURCE_RANGE_RING_BITS, SVC_F_AFFINITY_CLIENT_IP, SVC_F_SOURCE_RANGES, ServiceEntry,
-    SourceRangeKey, counter,
+    MAGLEV_RING_SIZE, RING_F_DROP_IF_EMPTY, RevNatEntry, Ring, RingMemberKey, SCOPE_ALL,
+    SCOPE_IN_CLUSTER, SOURCE_RANGE_RING_BITS, SVC_F_AFFINITY_CLIENT_IP, SVC_F_SOURCE_RANGES,
+    ServiceEntry, SourceRangeKey, counter,
 };
 
 use crate::headers::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 use crate::maps::{
-    AFFINITY, CONNTRACK, NODE_ADDRS, REVNAT, RINGS, SERVICES, SOURCE_RANGES, config, count,
+    AFFINITY, CONNTRACK, NODE_ADDRS, REVNAT, RING_MEMBERS, RINGS, SERVICES, SOURCE_RANGES, config,
+    count,
 };
 
 /// BPF_NOEXIST: insert only if absent.
@@ -140,7 +141,7 @@ pub fn ring_slot(ring: &Ring, hash: u32) -> Option<(Backend, u32)> {
 
 /// `sessionAffinity: ClientIP`: the backend `client` chose from this ring
 /// before, if it did so within the Service's timeout and the ring still
-/// holds that backend in the same slot; else a new choice by `hash`,
+/// holds that backend (`LB4_RING_MEMBERS`); else a new choice by `hash`,
 /// remembered. Either way the entry's clock restarts (per connection).
 /// The flag says whether the earlier choice held.
 #[inline(always)]
@@ -161,15 +162,18 @@ pub fn affine_backend(
         // SAFETY: pointer into a map value, valid for this program run.
         let e = unsafe { &mut *e };
         if now.wrapping_sub(e.last_used_ns) < timeout_ns {
-            // SAFETY: reading a local (see ring_slot).
-            let slot = unsafe { core::ptr::read_volatile(&(e.slot as usize)) };
-            if let Some(held) = ring.slots.get(slot)
-                && held.addr == e.backend.addr
-                && held.port == e.backend.port
-            {
+            let member = RingMemberKey {
+                ring_id: svc.ring_id,
+                addr: e.backend.addr,
+                port: e.backend.port,
+                pad: 0,
+            };
+            // Still in the ring (endpoints joining move slots, not this).
+            // SAFETY: Copy value read once.
+            if let Some(flags) = unsafe { RING_MEMBERS.get(&member) } {
                 e.last_used_ns = now;
-                e.backend = *held;
-                return Some((*held, true));
+                e.backend.flags = *flags as u8;
+                return Some((e.backend, true));
             }
         }
     }

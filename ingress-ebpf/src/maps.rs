@@ -6,9 +6,9 @@ use aya_ebpf::{
 };
 use ingress_common::{
     AffinityEntry, AffinityKey, COUNTER_SLOTS, Config, CtEntry, FlowKey, FrontendKey, MAX_AFFINITY,
-    MAX_FLOWS, MAX_NODE_ADDRS, MAX_REDIRECT_IFS, MAX_RINGS, MAX_SERVICES, MAX_SOURCE_RANGES,
-    MAX_UDP_CONNECTED, RefuseBucket, RevNatEntry, Ring, ServiceEntry, ServiceName, SockLbState,
-    SourceRangeKey, UdpConnected,
+    MAX_FLOWS, MAX_NODE_ADDRS, MAX_REDIRECT_IFS, MAX_RING_MEMBERS, MAX_RINGS, MAX_SERVICES,
+    MAX_SOURCE_RANGES, MAX_UDP_CONNECTED, RefuseBucket, RevNatEntry, Ring, RingMemberKey,
+    ServiceEntry, ServiceName, SockLbState, SourceRangeKey, UdpConnected,
 };
 
 /// Rings are large (8 KiB) and most services are few: allocate on demand.
@@ -39,6 +39,11 @@ pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
 #[map(name = "LB4_COUNTERS_V2")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+
+/// Which backends each ring holds, with their flags (affinity checks).
+#[map(name = "LB4_RING_MEMBERS")]
+pub static RING_MEMBERS: HashMap<RingMemberKey, u32> =
+    HashMap::pinned(MAX_RING_MEMBERS, BPF_F_NO_PREALLOC);
 
 /// Interfaces a forwarded packet may be redirected to from XDP (ours, in a
 /// mode that can take it); any other next hop is left to the stack.

@@ -99,6 +99,12 @@ impl LbMapWriter for Replay {
         self.0.frontends.remove(key);
         Ok(())
     }
+    fn put_member(&mut self, _: ingressd::l4::RingMember, _: u8) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn delete_member(&mut self, _: ingressd::l4::RingMember) -> anyhow::Result<()> {
+        Ok(())
+    }
     fn forget_udp_flows(
         &mut self,
         _: &std::collections::BTreeSet<ingressd::l4::RingMember>,
@@ -195,6 +201,7 @@ fn incremental_model_matches_full_recomputation_through_a_sequence_of_changes() 
         assert_eq!(model.warnings(), full_warnings, "step {i}");
         // Endpoints that left a ring, and only those, are reported.
         assert_eq!(d.left, diff(&replay.0, &full).left, "step {i}");
+        assert_eq!(d.joined, diff(&replay.0, &full).joined, "step {i}");
         apply(&d, &mut replay).unwrap();
         assert_eq!(
             replay.0, full,

@@ -1076,3 +1076,36 @@ fn a_flows_replies_keep_it_alive_and_bring_its_reply_entry_back() {
         "the reply entry was not put back"
     );
 }
+
+#[test]
+fn client_ip_affinity_survives_endpoints_joining() {
+    if !need_root() {
+        return;
+    }
+    let mut l = load();
+    let pods = |n: u8| -> Vec<Backend> {
+        (0..n)
+            .map(|i| backend(Ipv4Addr::new(198, 18, 1, 10 + i), 8080, false))
+            .collect()
+    };
+    l.set_service(&[nodeport(IPPROTO_TCP)], pods(3), SVC_F_AFFINITY_CLIENT_IP);
+    let clients: Vec<Ipv4Addr> = (1..=40).map(|i| Ipv4Addr::new(198, 19, 7, i)).collect();
+    let choose = |l: &mut Loaded, c: Ipv4Addr, port: u16| {
+        let (_, out) = l.xdp(&packet::tcp((c, port), (NODE, NODE_PORT), TCP_SYN, 1, b""));
+        packet::parse(&out).unwrap().dst
+    };
+    let before: Vec<Ipv4Addr> = clients.iter().map(|c| choose(&mut l, *c, 40000)).collect();
+    // Scaled from 3 to 4 endpoints: Maglev moves about a quarter of the
+    // slots to the new one, but every client keeps its endpoint.
+    l.set_service(&[nodeport(IPPROTO_TCP)], pods(4), SVC_F_AFFINITY_CLIENT_IP);
+    let after: Vec<Ipv4Addr> = clients.iter().map(|c| choose(&mut l, *c, 40001)).collect();
+    assert_eq!(before, after);
+    // An endpoint leaving does move its clients (to the others).
+    let gone = before[0];
+    let rest: Vec<Backend> = pods(4)
+        .into_iter()
+        .filter(|b| b.addr != u32::from(gone).to_be())
+        .collect();
+    l.set_service(&[nodeport(IPPROTO_TCP)], rest, SVC_F_AFFINITY_CLIENT_IP);
+    assert_ne!(choose(&mut l, clients[0], 40002), gone);
+}

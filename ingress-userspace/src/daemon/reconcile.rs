@@ -15,7 +15,7 @@ use crate::{
     daemon::{health::HealthServers, metrics::Status},
     kernel::{self, LbMaps},
     l4::{
-        apply, diff,
+        all_members, apply, diff,
         health::{health_checks, node_eligible},
         model::{Model, load_balancer_ips},
     },
@@ -114,7 +114,11 @@ impl Syncer {
                     rings = current.rings.len(),
                     "adopted pinned maps"
                 );
-                diff(&current, l4.model.state())
+                let mut d = diff(&current, l4.model.state());
+                // Ring members are not read back: written whole once (an
+                // older version may have left none).
+                d.joined = all_members(l4.model.state());
+                d
             } else {
                 // Endpoints without nodeName are placed by the routes,
                 // which change without the cluster saying so.

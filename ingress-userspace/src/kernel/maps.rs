@@ -12,7 +12,7 @@ use aya::maps::{
 };
 use ingress_common::{
     Config, CtEntry, FlowKey, FrontendKey, IPPROTO_UDP, RING_F_DROP_IF_EMPTY, RevNatEntry, Ring,
-    SNAT_PORT_MAX, SNAT_PORT_MIN, SOURCE_RANGE_RING_BITS, ServiceEntry, ServiceName,
+    RingMemberKey, SNAT_PORT_MAX, SNAT_PORT_MIN, SOURCE_RANGE_RING_BITS, ServiceEntry, ServiceName,
     SourceRangeKey, counter, map_names, sock_counter,
 };
 
@@ -70,6 +70,7 @@ pub struct LbMaps {
     sock_counters: PerCpuArray<MapData, u64>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
     redirect_ifs: HashMap<MapData, u32, u32>,
+    members: HashMap<MapData, RingMemberKey, u32>,
     pin_path: std::path::PathBuf,
     /// Whether the missing-capability warning was given.
     warned_netns: bool,
@@ -95,6 +96,7 @@ impl LbMaps {
             sock_counters: open_map(pin_path, map_names::SOCK_COUNTERS)?.try_into()?,
             source_ranges: open_map(pin_path, map_names::SOURCE_RANGES)?.try_into()?,
             redirect_ifs: open_map(pin_path, map_names::REDIRECT_IFS)?.try_into()?,
+            members: open_map(pin_path, map_names::RING_MEMBERS)?.try_into()?,
             pin_path: pin_path.to_path_buf(),
             warned_netns: false,
         })
@@ -275,6 +277,15 @@ impl LbMaps {
     }
 }
 
+fn member_key((ring_id, addr, port): RingMember) -> RingMemberKey {
+    RingMemberKey {
+        ring_id,
+        addr,
+        port,
+        pad: 0,
+    }
+}
+
 fn range_key(ring: u64, (addr, len): SourceRange) -> Key<SourceRangeKey> {
     Key::new(
         SOURCE_RANGE_RING_BITS + u32::from(len.min(32)),
@@ -348,6 +359,16 @@ impl LbMapWriter for LbMaps {
 
     fn delete_source_range(&mut self, ring: u64, range: SourceRange) -> anyhow::Result<()> {
         ignore_missing(self.source_ranges.remove(&range_key(ring, range)))
+    }
+
+    fn put_member(&mut self, member: RingMember, flags: u8) -> anyhow::Result<()> {
+        self.members
+            .insert(member_key(member), u32::from(flags), 0)?;
+        Ok(())
+    }
+
+    fn delete_member(&mut self, member: RingMember) -> anyhow::Result<()> {
+        ignore_missing(self.members.remove(&member_key(member)))
     }
 
     fn forget_udp_flows(&mut self, left: &BTreeSet<RingMember>) -> anyhow::Result<()> {

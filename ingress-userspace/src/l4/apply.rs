@@ -16,6 +16,9 @@ pub trait LbMapWriter {
     fn put_frontend(&mut self, key: &FrontendKey, entry: &ServiceEntry) -> anyhow::Result<()>;
     fn delete_frontend(&mut self, key: &FrontendKey) -> anyhow::Result<()>;
     fn put_source_range(&mut self, ring: u64, range: SourceRange) -> anyhow::Result<()>;
+    /// Records that ring `member.0` holds endpoint `member.1:member.2`.
+    fn put_member(&mut self, member: RingMember, flags: u8) -> anyhow::Result<()>;
+    fn delete_member(&mut self, member: RingMember) -> anyhow::Result<()>;
     fn delete_source_range(&mut self, ring: u64, range: SourceRange) -> anyhow::Result<()>;
     /// Forgets the UDP flows, and closes the connected UDP sockets, that
     /// went to these endpoints through these rings.
@@ -25,6 +28,9 @@ pub trait LbMapWriter {
 /// Performs the diff in the safe order. Stops at the first failed write:
 /// the caller then re-reads the maps and diffs again.
 pub fn apply(d: &Diff, maps: &mut impl LbMapWriter) -> anyhow::Result<()> {
+    for (member, flags) in &d.joined {
+        maps.put_member(*member, *flags)?;
+    }
     for (id, spec) in &d.ring_upserts {
         maps.put_ring(*id, &spec.to_ring(), &spec.name)?;
     }
@@ -48,6 +54,11 @@ pub fn apply(d: &Diff, maps: &mut impl LbMapWriter) -> anyhow::Result<()> {
     }
     for id in &d.ring_deletes {
         maps.delete_ring(*id)?;
+    }
+    // After the rings: an affinity choice of a gone endpoint then fails
+    // both ways (not in a slot, not a member) and chooses anew.
+    for member in &d.left {
+        maps.delete_member(*member)?;
     }
     if !d.left.is_empty() {
         maps.forget_udp_flows(&d.left)?;
@@ -219,6 +230,13 @@ pub mod fake {
         }
         fn put_source_range(&mut self, _: u64, _: SourceRange) -> anyhow::Result<()> {
             self.writes += 1;
+            Ok(())
+        }
+        fn put_member(&mut self, _: RingMember, _: u8) -> anyhow::Result<()> {
+            self.writes += 1;
+            Ok(())
+        }
+        fn delete_member(&mut self, _: RingMember) -> anyhow::Result<()> {
             Ok(())
         }
         fn delete_source_range(&mut self, _: u64, _: SourceRange) -> anyhow::Result<()> {

@@ -1,5 +1,8 @@
 //! `diff` (pure): the map writes that turn one desired state into another.
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use ingress_common::{Backend, FrontendKey, ServiceEntry};
 
@@ -20,6 +23,9 @@ pub struct Diff {
     pub left: BTreeSet<RingMember>,
     /// `loadBalancerSourceRanges` added to and removed from rings.
     pub source_ranges: Vec<RangeChange>,
+    /// Endpoints that joined a ring, or whose flags changed in it, with
+    /// their flags (the ring membership affinity checks; `left` removes).
+    pub joined: BTreeMap<RingMember, u8>,
 }
 
 /// A source range: network address and prefix length.
@@ -42,6 +48,29 @@ pub fn range_change(ring: u64, old: &[SourceRange], new: &[SourceRange]) -> Opti
 
 /// An endpoint of one ring: (ring id, address, port), network order.
 pub type RingMember = (u64, u32, u16);
+
+/// The members of ring `id` in `new` but not (with the same flags) in `old`.
+pub fn joined_ring(
+    id: u64,
+    old: &[Backend],
+    new: &[Backend],
+) -> impl Iterator<Item = (RingMember, u8)> {
+    let had: BTreeSet<Backend> = old.iter().copied().collect();
+    new.iter()
+        .filter(move |b| !had.contains(b))
+        .map(move |b| ((id, b.addr, b.port), b.flags))
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
+/// Every member of every ring of `state`, with its flags.
+pub fn all_members(state: &DesiredState) -> BTreeMap<RingMember, u8> {
+    state
+        .rings
+        .iter()
+        .flat_map(|(id, r)| joined_ring(*id, &[], &r.backends))
+        .collect()
+}
 
 /// The members of ring `id` in `old` but not in `new`.
 pub fn left_ring(id: u64, old: &[Backend], new: &[Backend]) -> impl Iterator<Item = RingMember> {
@@ -68,6 +97,7 @@ impl Diff {
                 .iter()
                 .map(|c| c.add.len() + c.remove.len())
                 .sum::<usize>()
+            + self.joined.len()
     }
 }
 
@@ -96,6 +126,10 @@ pub fn diff(current: &DesiredState, desired: &DesiredState) -> Diff {
     for (id, old) in &current.rings {
         let new = desired.rings.get(id).map_or(&[][..], |r| &r.backends);
         d.left.extend(left_ring(*id, &old.backends, new));
+    }
+    for (id, new) in &desired.rings {
+        let old = current.rings.get(id).map_or(&[][..], |r| &r.backends);
+        d.joined.extend(joined_ring(*id, old, &new.backends));
     }
     let no_ranges = Vec::new();
     let ranges = |s: &DesiredState, id: &u64| -> Vec<SourceRange> {

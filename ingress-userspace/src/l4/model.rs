@@ -20,7 +20,7 @@ use k8s_openapi::api::{
 
 use crate::{
     cluster::{Endpoint, ObjectKey, PortRef, Snapshot, usable_endpoints},
-    l4::{Diff, SourceRange, left_ring, maglev::build_ring, range_change},
+    l4::{Diff, SourceRange, joined_ring, left_ring, maglev::build_ring, range_change},
 };
 
 /// What makes this node different from the others.
@@ -344,9 +344,14 @@ impl Model {
                         Some(old) if *old == spec => continue,
                         Some(old) => {
                             d.left.extend(left_ring(id, &old.backends, &spec.backends));
+                            d.joined
+                                .extend(joined_ring(id, &old.backends, &spec.backends));
                             old.source_ranges.clone()
                         }
-                        None => Vec::new(),
+                        None => {
+                            d.joined.extend(joined_ring(id, &[], &spec.backends));
+                            Vec::new()
+                        }
                     };
                     d.source_ranges
                         .extend(range_change(id, &old_ranges, &spec.source_ranges));

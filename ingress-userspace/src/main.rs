@@ -516,8 +516,18 @@ fn print_maps(pin_path: &std::path::Path, flow_limit: usize) -> anyhow::Result<(
             show_backend(&f.entry.backend)
         );
     }
+    let counters = maps.counters()?;
+    let c = |k: &str| counters.get(k).copied().unwrap_or(0);
+    let evicted = c("conntrack_created")
+        .saturating_sub(c("conntrack_expired") + c("conntrack_forgotten") + flows.len() as u64);
+    let _ = writeln!(
+        out,
+        "(pushed out of the full table so far: {evicted}; expired: {}; forgotten with their endpoint: {})",
+        c("conntrack_expired"),
+        c("conntrack_forgotten")
+    );
     out.push_str("\nCOUNTERS\n");
-    for (name, v) in maps.counters()? {
+    for (name, v) in counters.clone() {
         if v > 0 {
             let _ = writeln!(out, "{name:<28} {v}");
         }

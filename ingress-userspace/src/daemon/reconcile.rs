@@ -115,9 +115,20 @@ impl Syncer {
                     "adopted pinned maps"
                 );
                 let mut d = diff(&current, l4.model.state());
-                // Ring members are not read back: written whole once (an
-                // older version may have left none).
-                d.joined = all_members(l4.model.state());
+                // The ring members as they are, not as the rings imply: an
+                // older version wrote none, a failed write may have left some.
+                let have = l4.maps.members().context("reading the ring members")?;
+                let want = all_members(l4.model.state());
+                d.joined = want
+                    .iter()
+                    .filter(|(m, f)| have.get(m) != Some(f))
+                    .map(|(m, f)| (*m, *f))
+                    .collect();
+                d.stale_members = have
+                    .keys()
+                    .filter(|m| !want.contains_key(m))
+                    .copied()
+                    .collect();
                 d
             } else {
                 // Endpoints without nodeName are placed by the routes,

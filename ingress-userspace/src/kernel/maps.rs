@@ -214,6 +214,16 @@ impl LbMaps {
             .collect()
     }
 
+    /// The ring members the maps hold, with their flags.
+    pub fn members(&self) -> anyhow::Result<BTreeMap<RingMember, u8>> {
+        let mut out = BTreeMap::new();
+        for item in self.members.iter() {
+            let (k, flags) = item?;
+            out.insert((k.ring_id, k.addr, k.port), flags as u8);
+        }
+        Ok(out)
+    }
+
     /// SNAT ports held by flows to other nodes' endpoints, and the range's size.
     pub fn snat_ports(&self) -> (usize, usize) {
         let cfg = self.config.get(&0, 0).unwrap_or_default();

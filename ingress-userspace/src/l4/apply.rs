@@ -57,7 +57,7 @@ pub fn apply(d: &Diff, maps: &mut impl LbMapWriter) -> anyhow::Result<()> {
     }
     // After the rings: an affinity choice of a gone endpoint then fails
     // both ways (not in a slot, not a member) and chooses anew.
-    for member in &d.left {
+    for member in d.left.iter().chain(&d.stale_members) {
         maps.delete_member(*member)?;
     }
     if !d.left.is_empty() {

@@ -26,6 +26,8 @@ pub struct Diff {
     /// Endpoints that joined a ring, or whose flags changed in it, with
     /// their flags (the ring membership affinity checks; `left` removes).
     pub joined: BTreeMap<RingMember, u8>,
+    /// Ring members found in the maps that no ring holds (adoption only).
+    pub stale_members: Vec<RingMember>,
 }
 
 /// A source range: network address and prefix length.
@@ -98,6 +100,7 @@ impl Diff {
                 .map(|c| c.add.len() + c.remove.len())
                 .sum::<usize>()
             + self.joined.len()
+            + self.stale_members.len()
     }
 }
 

@@ -310,6 +310,22 @@ pub struct RevNatEntry {
 }
 const _: () = assert!(size_of::<RevNatEntry>() == 16);
 
+impl RevNatEntry {
+    /// The flow (the client's packet as received) this entry undoes, for a
+    /// reply keyed `reply`.
+    #[inline(always)]
+    pub fn flow(&self, reply: &FlowKey) -> FlowKey {
+        FlowKey {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            proto: reply.proto,
+            pad: [0; 3],
+        }
+    }
+}
+
 /// Human name of a ring (`namespace/name:port`), for `ingressd maps` only;
 /// the kernel side never reads it.
 #[repr(C)]

@@ -302,7 +302,7 @@ fn touch_flow(flow: &FlowKey, ct: &mut CtEntry, tcp_flags: u8, now: u64) {
 /// UDP server pushing to a silent client keeps its flow).
 #[inline(always)]
 pub fn refresh_owner_v4(reply: &FlowKey, rev: &RevNatEntry) {
-    let owner = owner_of(reply, rev);
+    let owner = rev.flow(reply);
     if let Some(ct) = CONNTRACK.get_ptr_mut(&owner) {
         // SAFETY: pointer into a map value, valid for this program run.
         let ct = unsafe { &mut *ct };
@@ -314,26 +314,13 @@ pub fn refresh_owner_v4(reply: &FlowKey, rev: &RevNatEntry) {
     }
 }
 
-/// The flow (the client's packet as received) a reverse-NAT entry undoes.
-#[inline(always)]
-fn owner_of(reply: &FlowKey, rev: &RevNatEntry) -> FlowKey {
-    FlowKey {
-        src: rev.dst,
-        dst: rev.src,
-        sport: rev.dport,
-        dport: rev.sport,
-        proto: reply.proto,
-        pad: [0; 3],
-    }
-}
-
 /// Whether the flow a reverse-NAT entry undoes is still open: known, and
 /// not closing (its client sent FIN or RST). A spoofed packet can close
 /// nothing else than what the client itself already did.
 #[inline(always)]
 fn owner_alive(reply: &FlowKey, rev: &RevNatEntry) -> bool {
     // SAFETY: Copy value read once.
-    match unsafe { CONNTRACK.get(&owner_of(reply, rev)) } {
+    match unsafe { CONNTRACK.get(&rev.flow(reply)) } {
         Some(ct) => ct.state != CT_TCP_CLOSING,
         None => false,
     }

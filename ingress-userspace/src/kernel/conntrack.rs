@@ -79,18 +79,6 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The flow a reverse-NAT entry undoes (the client's packet as received).
-fn flow_of(reply: &FlowKey, rev: &RevNatEntry) -> FlowKey {
-    FlowKey {
-        src: rev.dst,
-        dst: rev.src,
-        sport: rev.dport,
-        dport: rev.sport,
-        proto: reply.proto,
-        pad: [0; 3],
-    }
-}
-
 /// The conntrack and reverse-NAT tables, for sweeping.
 pub struct Conntrack {
     ct: HashMap<MapData, FlowKey, CtEntry>,
@@ -133,7 +121,7 @@ impl Conntrack {
             let _ = self.ct.remove(key);
             let reply = e.reply_key(key);
             if let Ok(rev) = self.revnat.get(&reply, 0)
-                && flow_of(&reply, &rev) == *key
+                && rev.flow(&reply) == *key
             {
                 let _ = self.revnat.remove(&reply);
             }
@@ -149,7 +137,7 @@ impl Conntrack {
             self.revnat.iter().filter_map(Result::ok).collect();
         let mut suspects = HashSet::new();
         for (reply, rev) in &entries {
-            if self.ct.get(&flow_of(reply, rev), 0).is_ok() {
+            if self.ct.get(&rev.flow(reply), 0).is_ok() {
                 out.revnat += 1;
                 let port = u16::from_be(reply.dport);
                 if cfg.snat_addr != 0

@@ -155,3 +155,79 @@ fn remote_endpoints_behind_a_linux_bridge() {
     }
     remote_endpoints_through(PodRoutes::Bridge, "bridge");
 }
+
+/// The XDP mode `ip link` shows on node-a's uplink (`xdp`: native,
+/// `xdpgeneric`), or "" when none.
+fn uplink_xdp_mode(lab: &Lab) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &lab.node("node-a").ns, "link", "show", "dev", "eth0"])
+        .output()
+        .expect("ip link");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .find(|w| w.starts_with("xdp"))
+        .and_then(|w| w.split('/').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_restart_with_another_xdp_mode_attaches_in_that_mode() {
+    if !lab::need_root() {
+        return;
+    }
+    // The peer runs XDP, so native mode works here too.
+    let shape = Shape {
+        peer_xdp: true,
+        pod_routes: PodRoutes::Direct,
+    };
+    let mut lab = start(
+        shape,
+        "xmode",
+        &["a1", "b1"],
+        true,
+        &["--xdp-mode", "generic"],
+    );
+    assert_eq!(uplink_xdp_mode(&lab), "xdpgeneric");
+    lab.stop_ingressd("node-a").expect("stop");
+    // The links stay pinned across the restart; asked for native now, the
+    // generic one must not be kept.
+    assert_eq!(uplink_xdp_mode(&lab), "xdpgeneric");
+    let dir = lab.dir.join("manifests");
+    lab.start_ingressd_with(
+        Path::new(BIN),
+        "node-a",
+        &dir,
+        &["--no-l7", "--xdp-mode", "native"],
+    )
+    .expect("ingressd");
+    assert_eq!(
+        uplink_xdp_mode(&lab),
+        "xdp",
+        "{}",
+        lab.ingressd_log("node-a")
+    );
+    assert!(
+        lab.ingressd_log("node-a").contains("in another mode"),
+        "{}",
+        lab.ingressd_log("node-a")
+    );
+    let seen = ask(&lab, 20).unwrap_or_else(|e| panic!("{e}\n{}", lab.ingressd_log("node-a")));
+    assert_eq!(seen, BTreeSet::from(["a1".to_string(), "b1".to_string()]));
+    // Asked for the mode it has, a restart swaps the program in place.
+    lab.stop_ingressd("node-a").expect("stop");
+    lab.start_ingressd_with(
+        Path::new(BIN),
+        "node-a",
+        &dir,
+        &["--no-l7", "--xdp-mode", "native"],
+    )
+    .expect("ingressd");
+    assert_eq!(uplink_xdp_mode(&lab), "xdp");
+    assert!(
+        lab.ingressd_log("node-a")
+            .contains("replaced in the pinned link"),
+        "{}",
+        lab.ingressd_log("node-a")
+    );
+}

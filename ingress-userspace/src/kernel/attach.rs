@@ -15,8 +15,9 @@ use aya::{
 use ingress_common::{map_names, program_names};
 
 use super::{
+    XdpAttached,
     cgroup::{attach_socket_lb, detach_socket_lb},
-    check_bpffs, interface_driver, links_dir, prepare_interface,
+    check_bpffs, interface_driver, interface_index, links_dir, prepare_interface, xdp_attached,
 };
 
 /// The BPF object, built by `build.rs` from `ingress-ebpf`.
@@ -146,6 +147,8 @@ fn attach_xdp(
     mode: XdpAttachMode,
 ) -> anyhow::Result<()> {
     let pin = links_dir(pin_path).join(format!("xdp-{iface}"));
+    let veth = interface_driver(iface).as_deref() == Some("veth");
+    replace_if_other_mode(&pin, iface, wanted_mode(mode, veth));
     if swap_pinned_link(&pin, iface, "XDP", |fd| {
         Ok(prog.attach_to_link(XdpLink::try_from(fd)?)?)
     }) {
@@ -159,7 +162,7 @@ fn attach_xdp(
         // when its peer runs XDP too, which is not ours to decide: generic
         // XDP sends those as ordinary packets, so they arrive whatever the
         // peer runs (Linux 6.18 veth_xdp_xmit).
-        XdpAttachMode::Auto if interface_driver(iface).as_deref() == Some("veth") => {
+        XdpAttachMode::Auto if veth => {
             tracing::info!(
                 interface = iface,
                 "a veth: generic XDP, so refusals and forwarded flows reach its peer (--xdp-mode native if the peer runs XDP)"
@@ -187,6 +190,45 @@ fn attach_xdp(
     }
     tracing::info!(interface = iface, "XDP attached");
     Ok(())
+}
+
+/// The XDP mode `--xdp-mode` asks of this interface; None: whichever
+/// works (`auto` off a veth: native, else generic).
+fn wanted_mode(mode: XdpAttachMode, veth: bool) -> Option<XdpAttached> {
+    match mode {
+        XdpAttachMode::Native => Some(XdpAttached::Driver),
+        XdpAttachMode::Generic => Some(XdpAttached::Generic),
+        XdpAttachMode::Auto if veth => Some(XdpAttached::Generic),
+        // A link an earlier run pinned in generic mode stays: it may be
+        // there because native failed, and trying again means a gap.
+        XdpAttachMode::Auto => None,
+    }
+}
+
+/// An XDP link pinned by an earlier run in another mode than the one asked
+/// for now is let go (its pin removed, so it detaches), for a new one in
+/// the right mode: the two modes cannot be on one interface together, so
+/// this costs the interface a moment without XDP, once.
+fn replace_if_other_mode(pin: &Path, iface: &str, wanted: Option<XdpAttached>) {
+    let Some(wanted) = wanted else { return };
+    if !pin.exists() {
+        return;
+    }
+    match xdp_attached(interface_index(iface)) {
+        Ok(current) if current != wanted && current != XdpAttached::None => {
+            tracing::warn!(
+                interface = iface,
+                current = ?current,
+                wanted = ?wanted,
+                "the pinned XDP link is in another mode than --xdp-mode asks: attaching anew (a moment without XDP)"
+            );
+            let _ = std::fs::remove_file(pin);
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::debug!(interface = iface, error = %format!("{e:#}"), "XDP mode unreadable; keeping the pinned link")
+        }
+    }
 }
 
 fn attach_tc(prog: &mut SchedClassifier, iface: &str, pin_path: &Path) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, bail};
 
+use super::netlink;
 use crate::l4::model::Route;
 
 /// Kernel settings the data path relies on, per interface:
@@ -118,6 +119,91 @@ pub fn interface_index(iface: &str) -> u32 {
     };
     // SAFETY: a valid C string.
     unsafe { libc::if_nametoindex(name.as_ptr()) }
+}
+
+/// How an XDP program sits on an interface (rtnetlink's
+/// `IFLA_XDP_ATTACHED`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAttached {
+    None,
+    /// In the driver (native).
+    Driver,
+    /// Generic (skb) mode.
+    Generic,
+    /// Offloaded, or several at once.
+    Other,
+}
+
+/// The XDP mode in force on the interface with this index, read from the
+/// kernel (rtnetlink), so a restart can tell whether a pinned link is in
+/// the mode it is asked for.
+pub fn xdp_attached(ifindex: u32) -> anyhow::Result<XdpAttached> {
+    const RTM_NEWLINK: u16 = 16;
+    const RTM_GETLINK: u16 = 18;
+    const IFLA_XDP: u16 = 43;
+    const IFLA_XDP_ATTACHED: u16 = 2;
+    /// `struct nlmsghdr` + `struct ifinfomsg`.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Request {
+        len: u32,
+        kind: u16,
+        flags: u16,
+        seq: u32,
+        pid: u32,
+        family: u8,
+        pad: u8,
+        link_type: u16,
+        index: i32,
+        flags_if: u32,
+        change: u32,
+    }
+    const IFINFOMSG_LEN: usize = 16;
+    let fd = netlink::socket(libc::NETLINK_ROUTE, "rtnetlink")?;
+    netlink::send(
+        &fd,
+        &Request {
+            len: std::mem::size_of::<Request>() as u32,
+            kind: RTM_GETLINK,
+            flags: netlink::NLM_F_REQUEST,
+            seq: 1,
+            pid: 0,
+            family: libc::AF_UNSPEC as u8,
+            pad: 0,
+            link_type: 0,
+            index: ifindex as i32,
+            flags_if: 0,
+            change: 0,
+        },
+    )?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = netlink::recv(&fd, &mut buf)?;
+    let (kind, msg) = netlink::messages(&buf[..n])
+        .next()
+        .context("rtnetlink gave no answer")?;
+    if kind == netlink::NLMSG_ERROR {
+        let errno = msg
+            .get(..4)
+            .map(|e| -(netlink::u32_at(e, 0) as i32))
+            .unwrap_or(0);
+        bail!(
+            "rtnetlink: interface {ifindex}: {}",
+            std::io::Error::from_raw_os_error(errno)
+        );
+    }
+    if kind != RTM_NEWLINK || msg.len() < IFINFOMSG_LEN {
+        bail!("rtnetlink: unexpected answer of type {kind}");
+    }
+    let mode = netlink::attributes(&msg[IFINFOMSG_LEN..])
+        .find(|(t, _)| *t == IFLA_XDP)
+        .and_then(|(_, xdp)| netlink::attributes(xdp).find(|(t, _)| *t == IFLA_XDP_ATTACHED))
+        .and_then(|(_, v)| v.first().copied());
+    Ok(match mode {
+        None | Some(0) => XdpAttached::None,
+        Some(1) => XdpAttached::Driver,
+        Some(2) => XdpAttached::Generic,
+        Some(_) => XdpAttached::Other,
+    })
 }
 
 /// The interfaces XDP may redirect forwarded packets to: ours, but a veth

@@ -6,6 +6,7 @@ mod conntrack;
 mod interfaces;
 mod link;
 mod maps;
+mod netlink;
 mod pins;
 mod sockdiag;
 

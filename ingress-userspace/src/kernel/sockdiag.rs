@@ -8,7 +8,7 @@
 //! Established TCP is left alone, as kube-proxy leaves it.
 use std::{
     collections::{BTreeSet, HashSet},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
@@ -16,17 +16,18 @@ use anyhow::Context as _;
 use aya::maps::{HashMap, MapData};
 use ingress_common::{UdpConnected, map_names};
 
-use super::pins::open_map;
+use super::{
+    netlink::{
+        self, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, u16_at,
+        u32_at,
+    },
+    pins::open_map,
+};
 use crate::l4::RingMember;
 
 const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const SOCK_DESTROY: u16 = 21;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 /// A connected UDP socket is in TCP_ESTABLISHED (1) for sock_diag.
 const UDP_CONNECTED_STATES: u32 = 1 << 1;
 
@@ -59,7 +60,6 @@ struct Request {
     id: SockId,
 }
 
-const NLMSG_HDRLEN: usize = 16;
 /// `struct inet_diag_msg`: family, state, timer, retrans, then the id.
 const DIAG_ID_OFFSET: usize = 4;
 const DIAG_MSG_LEN: usize = 72;
@@ -150,75 +150,10 @@ fn network_namespaces() -> Vec<PathBuf> {
     out
 }
 
-fn netlink_socket() -> anyhow::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the descriptor is owned at once.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("opening a sock_diag socket");
-    }
-    // SAFETY: a descriptor we just made.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // Bounded: a namespace whose kernel never answers cannot hold the loop.
-    let tv = libc::timeval {
-        tv_sec: 2,
-        tv_usec: 0,
-    };
-    // SAFETY: setsockopt with a valid timeval.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
-    Ok(fd)
-}
-
-fn send(fd: &OwnedFd, req: &Request) -> anyhow::Result<()> {
-    // SAFETY: `req` is a plain repr(C) value of the size given.
-    let n = unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            (req as *const Request).cast(),
-            std::mem::size_of::<Request>(),
-            0,
-        )
-    };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error()).context("sending to sock_diag");
-    }
-    Ok(())
-}
-
-fn recv(fd: &OwnedFd, buf: &mut [u8]) -> anyhow::Result<usize> {
-    // SAFETY: receiving into a buffer we own, of the length given.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error()).context("reading from sock_diag");
-    }
-    Ok(n as usize)
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_ne_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
 /// The id of each connected UDP socket of this namespace whose cookie is
 /// one of `cookies`, then each of them destroyed.
 fn destroy_in_current_netns(cookies: &HashSet<u64>) -> anyhow::Result<usize> {
-    let fd = netlink_socket()?;
+    let fd = netlink::socket(NETLINK_SOCK_DIAG, "sock_diag")?;
     let dump = Request {
         len: std::mem::size_of::<Request>() as u32,
         kind: SOCK_DIAG_BY_FAMILY,
@@ -229,26 +164,19 @@ fn destroy_in_current_netns(cookies: &HashSet<u64>) -> anyhow::Result<usize> {
         states: UDP_CONNECTED_STATES,
         ..Default::default()
     };
-    send(&fd, &dump)?;
+    netlink::send(&fd, &dump)?;
     let mut found = Vec::new();
     let mut buf = vec![0u8; 32 * 1024];
     // Bounded by the namespace's sockets: the kernel ends with DONE.
     'dump: loop {
-        let n = recv(&fd, &mut buf)?;
+        let n = netlink::recv(&fd, &mut buf)?;
         if n == 0 {
             break;
         }
-        let mut at = 0;
-        while at + NLMSG_HDRLEN <= n {
-            let len = u32_at(&buf, at) as usize;
-            let kind = u16_at(&buf, at + 4);
-            if len < NLMSG_HDRLEN || at + len > n {
-                break 'dump;
-            }
+        for (kind, m) in netlink::messages(&buf[..n]) {
             match kind {
                 NLMSG_DONE | NLMSG_ERROR => break 'dump,
-                SOCK_DIAG_BY_FAMILY if len >= NLMSG_HDRLEN + DIAG_MSG_LEN => {
-                    let m = &buf[at + NLMSG_HDRLEN..at + len];
+                SOCK_DIAG_BY_FAMILY if m.len() >= DIAG_MSG_LEN => {
                     let i = DIAG_ID_OFFSET;
                     let mut id = SockId {
                         sport: u16_at(m, i),
@@ -268,8 +196,6 @@ fn destroy_in_current_netns(cookies: &HashSet<u64>) -> anyhow::Result<usize> {
                 }
                 _ => {}
             }
-            // Messages are 4-byte aligned.
-            at += (len + 3) & !3;
         }
     }
     let mut destroyed = 0;
@@ -284,8 +210,8 @@ fn destroy_in_current_netns(cookies: &HashSet<u64>) -> anyhow::Result<usize> {
             id,
             ..Default::default()
         };
-        send(&fd, &req)?;
-        let n = recv(&fd, &mut buf)?;
+        netlink::send(&fd, &req)?;
+        let n = netlink::recv(&fd, &mut buf)?;
         // The ack: an NLMSG_ERROR whose error is 0.
         if n >= NLMSG_HDRLEN + 4
             && u16_at(&buf, 4) == NLMSG_ERROR

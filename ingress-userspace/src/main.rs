@@ -27,7 +27,7 @@ use ingressd::{
 #[derive(Parser)]
 #[command(
     name = "ingressd",
-    version,
+    version = ingressd::VERSION_LINE,
     about = "eBPF-accelerated Kubernetes service load balancer and Ingress controller for one node"
 )]
 struct Cli {

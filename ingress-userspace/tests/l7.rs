@@ -164,6 +164,21 @@ async fn default_backend_404_on_both_ports_and_503_without_endpoints() {
     let metrics = get(d.metrics, "/metrics", None).await.unwrap().1;
     assert!(metrics.contains("ingressd_http_requests_total{ingress=\"-\",service=\"default-backend\",status=\"404\",error=\"no_route\"} 1"), "{metrics}");
     assert!(metrics.contains("ingressd_http_requests_total{ingress=\"default/shop\",service=\"default/none:80\",status=\"503\",error=\"no_endpoints\"} 1"), "{metrics}");
+    // Which build answers, as ingress-nginx's nginx_ingress_controller_build_info.
+    let commit = String::from_utf8_lossy(
+        &std::process::Command::new("git")
+            .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"])
+            .output()
+            .expect("git")
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    let build_info = format!(
+        "ingressd_build_info{{version=\"{}\",commit=\"{commit}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(metrics.contains(&build_info), "{build_info}\n{metrics}");
     // The 404 body ("default backend - 404\n") is 22 bytes.
     assert!(
         metrics.contains(

@@ -10,6 +10,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod image;
 mod setup;
 
 #[derive(Parser)]
@@ -25,6 +26,19 @@ enum Cmd {
     Setup,
     /// Build `ingressd` (release) with its BPF object embedded.
     Build,
+    /// The container image as an OCI archive in target/image/ (no container engine needed).
+    Image {
+        /// Pack this binary instead of building the release one.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Write the image's file tree to this directory instead of an
+        /// archive (deploy/Dockerfile copies it into an empty image).
+        #[arg(long)]
+        rootfs: Option<PathBuf>,
+        /// The repository the image is named under.
+        #[arg(long, default_value = image::REPOSITORY)]
+        repository: String,
+    },
     /// Run every test: unit, golden, packet (BPF_PROG_TEST_RUN) and end-to-end (namespaces).
     Test {
         /// Extra arguments for `cargo test` (after `--`).
@@ -100,6 +114,11 @@ fn main() -> ExitCode {
         Cmd::Build => {
             setup::ensure().and_then(|()| cargo(&["build", "--release", "-p", "ingress-userspace"]))
         }
+        Cmd::Image {
+            binary,
+            rootfs,
+            repository,
+        } => image::run(binary, rootfs, &repository),
         Cmd::Test { args } => setup::ensure().and_then(|()| test(&args)),
         Cmd::Demo => setup::ensure().and_then(|()| demo()),
         Cmd::Bench {

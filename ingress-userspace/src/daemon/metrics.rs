@@ -75,6 +75,14 @@ fn render_metrics(status: &Status, pin_path: &std::path::Path) -> String {
         );
     };
     let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP ingressd_build_info The version and commit ingressd was built from\n\
+         # TYPE ingressd_build_info gauge\n\
+         ingressd_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+        crate::VERSION,
+        crate::COMMIT
+    );
     g(
         &mut out,
         "ingressd_ready",

@@ -47,6 +47,12 @@ pub mod map_names {
     pub const SVC_NAMES: &str = "LB4_SVC_NAMES";
     pub const INGRESS_VIPS: &str = "L7_VIPS";
     pub const PROXY_SOCKETS: &str = "L7_SOCKETS";
+    /// The proxy's listening ports → socket index.
+    pub const PROXY_PORTS: &str = "L7_PORTS";
+    /// The addresses the proxy listens on itself (0: every address).
+    pub const PROXY_ADDRS: &str = "L7_LISTEN_ADDRS";
+    /// The instance id of the `ingressd` whose sockets are in `L7_SOCKETS`.
+    pub const PROXY_OWNER: &str = "L7_OWNER";
 }
 
 /// Program names (the Rust function names in `ingress-ebpf`).
@@ -83,6 +89,8 @@ pub const MAX_INGRESS_VIPS: u32 = 1024;
 /// Indexes of the proxy's listening sockets in `L7_SOCKETS`.
 pub const PROXY_SOCKET_HTTP: u32 = 0;
 pub const PROXY_SOCKET_HTTPS: u32 = 1;
+/// Addresses in `L7_LISTEN_ADDRS`, at most.
+pub const MAX_PROXY_ADDRS: u32 = 16;
 
 /// IP protocol numbers as stored in [`FrontendKey::proto`] and [`FlowKey::proto`].
 pub const IPPROTO_TCP: u8 = 6;

@@ -26,7 +26,7 @@ spec:
   - {name: http, port: 80, targetPort: 8080, nodePort: 30090}
 "#;
 
-const STEPS: u32 = 14;
+const STEPS: u32 = 15;
 
 fn step(n: u32, text: &str) {
     println!("\n\x1b[1mStep {n}/{STEPS}  {text}\x1b[0m");
@@ -387,6 +387,12 @@ fn kind_shaped_node(bin: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(&manifests)?;
     let all: Vec<&Pod> = lab.pods.iter().collect();
     write_manifests(&manifests, &all);
+    std::fs::write(
+        manifests.join("ingress.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: www, namespace: demo}\n\
+         spec:\n  ingressClassName: ebpf\n  rules:\n  - host: www.demo\n    http:\n      paths:\n      \
+         - {path: /, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}\n",
+    )?;
     lab.start_ingressd(bin, "node-a", &manifests)?;
     let generic = lab.ingressd_log("node-a").contains("a veth: generic XDP");
     println!(
@@ -420,7 +426,113 @@ fn kind_shaped_node(bin: &Path) -> anyhow::Result<()> {
         generic && !counts.keys().any(|k| k.starts_with("FAILED")) && out.status.code() == Some(7),
         "step 14: the kind-shaped node did not serve as shown above"
     );
+    upgrade_under_traffic(bin, &mut lab, &manifests)?;
     println!("\nCleaning up the kind-shaped lab.");
+    Ok(())
+}
+
+/// Requests in a loop from the client to `addr` (with `host`) until
+/// `stop`: (answered, failed).
+fn request_loop(
+    lab: &Lab,
+    addr: SocketAddr,
+    host: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (
+    std::thread::JoinHandle<anyhow::Result<()>>,
+    std::sync::Arc<[std::sync::atomic::AtomicU32; 2]>,
+) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    };
+    let counts = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+    let ns = lab.client_ns.clone();
+    let c = counts.clone();
+    let handle = std::thread::spawn(move || {
+        in_netns(&ns, move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            for _ in 0..200_000 {
+                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                let r = lab::http_get_host(addr, host, "/", Duration::from_secs(2));
+                c[usize::from(r.is_err())].fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    });
+    (handle, counts)
+}
+
+/// A rolling upgrade of ingressd on node-a, as the DaemonSet does it
+/// (maxSurge 1): the new one starts beside the old, takes the ports over
+/// once its routes are in, the old one finishes and exits.
+fn upgrade_under_traffic(bin: &Path, lab: &mut Lab, manifests: &Path) -> anyhow::Result<()> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    step(
+        15,
+        "ingressd is upgraded on node-a under traffic: a new one beside the old takes the ports over",
+    );
+    let a = lab.node("node-a").ip;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (proxy, via_proxy) = request_loop(lab, SocketAddr::from((a, 80)), "www.demo", stop.clone());
+    let (l4, via_l4) = request_loop(lab, SocketAddr::from((a, 30080)), "x", stop.clone());
+    let done = |c: &[std::sync::atomic::AtomicU32; 2]| {
+        c[0].load(Ordering::Relaxed) + c[1].load(Ordering::Relaxed)
+    };
+    wait_until(Duration::from_secs(10), || {
+        done(&via_proxy) >= 50 && done(&via_l4) >= 50
+    });
+    lab.start_ingressd(bin, "node-a", manifests)?;
+    let switched = wait_until(Duration::from_secs(10), || {
+        lab.ingressd_log_of("node-a", 1).contains("proxy listening")
+    });
+    let stopping = Instant::now();
+    lab.stop_ingressd("node-a")?;
+    let old_left = stopping.elapsed();
+    let handed = lab
+        .ingressd_log_of("node-a", 0)
+        .contains("a new ingressd took the proxy's ports over");
+    let after = (done(&via_proxy), done(&via_l4));
+    wait_until(Duration::from_secs(10), || {
+        done(&via_proxy) >= after.0 + 50 && done(&via_l4) >= after.1 + 50
+    });
+    stop.store(true, Ordering::Relaxed);
+    proxy
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread"))??;
+    l4.join().map_err(|_| anyhow::anyhow!("client thread"))??;
+    let (p_ok, p_failed) = (
+        via_proxy[0].load(Ordering::Relaxed),
+        via_proxy[1].load(Ordering::Relaxed),
+    );
+    let (l_ok, l_failed) = (
+        via_l4[0].load(Ordering::Relaxed),
+        via_l4[1].load(Ordering::Relaxed),
+    );
+    println!(
+        "    new ingressd {}; the old one {} and left {} ms after SIGTERM",
+        if switched {
+            "took the ports over once its routes were in"
+        } else {
+            "did NOT open its ports"
+        },
+        if handed {
+            "finished its connections"
+        } else {
+            "was NOT handed over"
+        },
+        old_left.as_millis()
+    );
+    println!("    Ingress  http://{a}/ (Host: www.demo): {p_ok} answered, {p_failed} failed");
+    println!("    NodePort http://{a}:30080/:            {l_ok} answered, {l_failed} failed");
+    anyhow::ensure!(
+        switched && handed && p_failed == 0 && l_failed == 0,
+        "step 15: the upgrade dropped requests, or did not hand over"
+    );
     Ok(())
 }
 

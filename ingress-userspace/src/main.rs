@@ -27,7 +27,7 @@ use ingressd::{
 #[derive(Parser)]
 #[command(
     name = "ingressd",
-    version = ingressd::VERSION_LINE,
+    version = ingressd::daemon::VERSION_LINE,
     about = "eBPF-accelerated Kubernetes service load balancer and Ingress controller for one node"
 )]
 struct Cli {

@@ -174,3 +174,38 @@ fn overlays_render_with_kustomize_and_validate() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every workload upgrades with the new pod beside the old one (`maxSurge:
+/// 1, maxUnavailable: 0`): the hand-over of tests/upgrade.rs. A pod on the
+/// host network declares no ports: they would be host ports, which the
+/// surge pod could not share on its node, so it would never be scheduled.
+#[test]
+fn workloads_upgrade_with_a_surge_pod_and_host_network_pods_declare_no_ports() {
+    let mut checked = 0;
+    for file in manifests() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            let v: serde_json::Value = match serde::Deserialize::deserialize(doc) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            let kind = v["kind"].as_str().unwrap_or_default();
+            let rolling = match kind {
+                "DaemonSet" => &v["spec"]["updateStrategy"]["rollingUpdate"],
+                "Deployment" => &v["spec"]["strategy"]["rollingUpdate"],
+                _ => continue,
+            };
+            let name = format!("{} {kind}", file.display());
+            assert_eq!(rolling["maxSurge"], 1, "{name}");
+            assert_eq!(rolling["maxUnavailable"], 0, "{name}");
+            let pod = &v["spec"]["template"]["spec"];
+            if pod["hostNetwork"] == true {
+                for c in pod["containers"].as_array().unwrap() {
+                    assert!(c.get("ports").is_none(), "{name}: declares host ports");
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "{checked} workloads");
+}

@@ -645,3 +645,102 @@ async fn api_server_loss_is_logged_once_and_the_last_state_keeps_serving() {
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SIGTERM gives the Lease up (no holder), so the other replica takes it at
+/// its next round instead of after the lease's 15 s, and writes status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_releases_the_lease_to_the_other_replica() {
+    let (dir, api) = shop_api("kube-release").await;
+    let kubeconfig = api.kubeconfig(&dir);
+    let flags = ["--publish-status-address", "198.18.0.11"];
+    let mut one = Ingressd::start(&kubeconfig, &dir, "one", &flags);
+    one.bound().await;
+    let holder = || {
+        api.get("Lease", "default", "ingress-ebpf-leader")
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(String::from))
+    };
+    assert!(
+        common::eventually(Duration::from_secs(20), async || holder().is_some()).await,
+        "no lease taken:\n{}",
+        one.log()
+    );
+    let first = holder().unwrap_or_default();
+    let mut two = Ingressd::start(&kubeconfig, &dir, "two", &flags);
+    two.bound().await;
+    // SIGTERM the holder (both have the same flags; the log says which).
+    let (leader, other) = if one.log().contains("leader=true") {
+        (&mut one, &two)
+    } else {
+        (&mut two, &one)
+    };
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(leader.child.id() as i32, libc::SIGTERM) };
+    let exited = common::eventually(Duration::from_secs(10), async || {
+        leader.child.try_wait().ok().flatten().is_some()
+    })
+    .await;
+    assert!(exited, "{}", leader.log());
+    assert!(leader.log().contains("lease released"), "{}", leader.log());
+    let released_at = std::time::Instant::now();
+    // The other replica holds it well before 15 s would have run out.
+    let taken = common::eventually(Duration::from_secs(10), async || {
+        holder().is_some_and(|h| !h.is_empty() && h != first)
+    })
+    .await;
+    assert!(taken, "{}\n{:?}", other.log(), holder());
+    assert!(released_at.elapsed() < Duration::from_secs(10));
+    drop((one, two));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Back after an outage, the API server answers the watches' resumption
+/// with 410 Gone (their history expired meanwhile): the re-list starts at
+/// once, not after the pause the watch built up while the server was away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_a_410_is_relisted_at_once() {
+    let (dir, api, d) = serving_shop("kube-410").await;
+    api.set_down(true);
+    // Down long enough for the watches' pauses to grow past a second.
+    assert!(
+        common::eventually(Duration::from_secs(40), async || api.refused() >= 30).await,
+        "no retries:\n{}",
+        d.log()
+    );
+    api.expire_history();
+    // The Ingress moves to another host meanwhile.
+    api.apply_yaml(&ingress("during.test", "/", "a"));
+    let back = Instant::now();
+    api.set_down(false);
+    d.wait_for("during.test", "/", 200, "a /").await;
+    // The Ingress watch resumed (and got 410), then the list came at once.
+    let after: Vec<(Instant, String)> = api
+        .timed_requests()
+        .into_iter()
+        .filter(|(t, r)| *t >= back && r.starts_with("GET /apis/networking.k8s.io/v1/ingresses?"))
+        .collect();
+    let resumed = after
+        .iter()
+        .position(|(_, r)| r.contains("watch=true"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no watch resumed: {:?}",
+                api.timed_requests()
+                    .iter()
+                    .filter(|(t, _)| *t >= back)
+                    .map(|(_, r)| r)
+                    .collect::<Vec<_>>()
+            )
+        });
+    let relisted = after[resumed..]
+        .iter()
+        .find(|(_, r)| !r.contains("watch=true"))
+        .unwrap_or_else(|| panic!("no re-list after the 410: {after:?}"));
+    let gap = relisted.0 - after[resumed].0;
+    assert!(
+        gap < Duration::from_millis(400),
+        "re-listed {gap:?} after the 410:\n{}",
+        d.log()
+    );
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -80,8 +80,8 @@ fn render_metrics(status: &Status, pin_path: &std::path::Path) -> String {
         "# HELP ingressd_build_info The version and commit ingressd was built from\n\
          # TYPE ingressd_build_info gauge\n\
          ingressd_build_info{{version=\"{}\",commit=\"{}\"}} 1",
-        crate::VERSION,
-        crate::COMMIT
+        super::VERSION,
+        super::COMMIT
     );
     g(
         &mut out,

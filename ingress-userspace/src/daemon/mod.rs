@@ -3,6 +3,7 @@
 pub mod health;
 mod kube_proxy;
 pub mod metrics;
+mod ports;
 mod reconcile;
 
 use std::{
@@ -19,6 +20,7 @@ use tokio::net::TcpListener;
 use self::{
     health::{HealthServers, ProxyHealth},
     metrics::Status,
+    ports::ProxyPorts,
     reconcile::{L4, L7, Syncer, VipSteering, error_policy},
 };
 use crate::{
@@ -43,6 +45,18 @@ use crate::{
     },
     status::{self, Elector, PublishConfig},
 };
+/// The version this was built as.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit this was built from (`unknown` outside a git checkout
+/// without `INGRESSD_COMMIT`).
+pub const COMMIT: &str = env!("INGRESSD_COMMIT");
+/// `ingressd --version`'s line after the name.
+pub const VERSION_LINE: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("INGRESSD_COMMIT"),
+    ")"
+);
 
 pub struct RunConfig {
     /// Files and directories; none: the Kubernetes API.
@@ -202,6 +216,25 @@ async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
     listen::bind(addr).with_context(|| format!("binding {flag} {addr}"))
 }
 
+fn bind_only(addr: SocketAddr, flag: &str) -> anyhow::Result<tokio::net::TcpSocket> {
+    listen::bind_only(addr).with_context(|| format!("binding {flag} {addr}"))
+}
+
+/// A number no other `ingressd` on this node holds: which process's
+/// sockets the proxy's ports lead to (`kernel::take_proxy_sockets`).
+fn instance_id() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() | 1
+}
+
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     // Descriptors shared out before anything opens one: each listener gets
     // a cap of its own, so none can take the others' (see listen::fds).
@@ -231,6 +264,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         Some(start_l4(&cfg, &status, &health, fds.metrics)?)
     };
     let mut vips = None;
+    let instance = instance_id();
+    let take_over = (l4.is_some() && !cfg.no_l7).then(|| (cfg.pin_path.clone(), instance));
     let l7 = if cfg.no_l7 {
         None
     } else {
@@ -247,11 +282,16 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("making the default certificate: {e}"))?;
         let tls_config = tls::server_config(certs.clone())
             .map_err(|e| anyhow::anyhow!("TLS configuration: {e}"))?;
-        let http = bind(cfg.http_addr, "--http-addr").await?;
-        let https = bind(cfg.https_addr, "--https-addr").await?;
+        // Bound now (a taken port fails the start), opened once the first
+        // sync is in (`ProxyPorts::open`): an upgrade's new process takes
+        // no connection before it can route it.
+        let http = bind_only(cfg.http_addr, "--http-addr")?;
+        let https = bind_only(cfg.https_addr, "--https-addr")?;
         let default_backend = bind(cfg.default_backend_addr, "--default-backend-addr").await?;
+        if let Some((pin, me)) = &take_over {
+            ports::announce(pin.clone(), *me);
+        }
         if l4.is_some() {
-            kernel::set_proxy_sockets(&cfg.pin_path, &http, &https)?;
             // --ingress-vip now; the Service's LoadBalancer IPs from the
             // first sync on.
             let mut steering = VipSteering {
@@ -265,29 +305,36 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         } else if !cfg.ingress_vips.is_empty() {
             tracing::warn!("--ingress-vip needs the BPF data path: ignored with --no-l4");
         }
-        // The addresses really bound (port 0 picks one): logged for scripts.
-        let bound = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        let (http_at, https_at, default_at) =
-            (bound(&http), bound(&https), bound(&default_backend));
-        tokio::spawn(listen::serve_http(http, proxy.clone()));
-        tokio::spawn(listen::serve_https(https, proxy.clone(), tls_config));
+        let default_at = default_backend
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         tokio::spawn(listen::serve_default_backend(
             default_backend,
             fds.default_backend,
             limits.client_header_timeout,
         ));
+        // The addresses really bound (port 0 picks one): logged for scripts.
+        let bound =
+            |s: &tokio::net::TcpSocket| s.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(
-            http = %http_at,
-            https = %https_at,
+            http = %bound(&http),
+            https = %bound(&https),
             default_backend = %default_at,
-            class = %cfg.class.class_name,
-            "proxy listening"
+            "proxy ports bound; :http and :https open once the first sync is in"
         );
         Some(L7 {
-            proxy,
+            proxy: proxy.clone(),
             certs,
             fallback,
             default_secret: cfg.default_ssl_certificate.clone(),
+            ports: Some(ProxyPorts {
+                http,
+                https,
+                tls: tls_config,
+                take_over: take_over.clone(),
+                class: cfg.class.class_name.clone(),
+            }),
         })
     };
     let proxy = l7.as_ref().map(|l| l.proxy.clone());
@@ -302,7 +349,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     )
     .await?;
 
-    let (mut source, publisher) = if cfg.manifests.is_empty() {
+    let (mut source, mut publisher, status_task) = if cfg.manifests.is_empty() {
         let client = kube::client(cfg.kube.kubeconfig.as_ref()).await?;
         let source = KubeSource::start(
             client.clone(),
@@ -311,7 +358,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             cfg.class.clone(),
             cfg.default_ssl_certificate.clone(),
         );
-        let publisher = cfg.kube.update_status.then(|| {
+        let (publisher, task) = if cfg.kube.update_status {
             let (tx, rx) = tokio::sync::watch::channel(status::StatusInput::default());
             let elector = Elector::new(
                 client.clone(),
@@ -319,18 +366,21 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 &cfg.kube.election_id,
                 &cfg.kube.identity,
             );
-            tokio::spawn(status::run(
+            let task = tokio::spawn(status::run(
                 client,
                 elector,
                 cfg.kube.publish.pod.clone(),
                 rx,
             ));
-            tx
-        });
-        (Box::new(source) as Box<dyn Source>, publisher)
+            (Some(tx), Some(task))
+        } else {
+            (None, None)
+        };
+        (Box::new(source) as Box<dyn Source>, publisher, task)
     } else {
         (
             Box::new(ManifestSource::new(cfg.manifests.clone())) as Box<dyn Source>,
+            None,
             None,
         )
     };
@@ -387,18 +437,27 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         tokio::select! {
             () = source.wait() => {}
             _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv(), if draining.is_none() => match &proxy {
-                Some(p) => {
-                    let (p, grace) = (p.clone(), cfg.shutdown_grace);
-                    draining = Some(Box::pin(async move { p.shut_down(grace).await }));
+            _ = term.recv(), if draining.is_none() => {
+                // The Lease goes at once, so a successor writes status now
+                // rather than after the lease runs out.
+                publisher = None;
+                match &proxy {
+                    Some(p) => {
+                        draining = Some(Box::pin(ports::stop(p.clone(), cfg.shutdown_grace, take_over.clone())));
+                    }
+                    None => break,
                 }
-                None => break,
             },
             open = async { draining.as_mut().expect("guarded").await }, if draining.is_some() => {
                 tracing::info!(still_open = open, "proxy drained");
                 break;
             }
         }
+    }
+    if let Some(task) = status_task {
+        // Its Lease released (bounded: the API server may be away).
+        drop(publisher);
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
     tracing::info!("exiting; the L4 data path stays attached with its pinned maps");
     Ok(())

@@ -33,6 +33,8 @@ pub(super) struct L7 {
     /// Served when nothing else matches and no default Secret is usable.
     pub(super) fallback: Arc<rustls::sign::CertifiedKey>,
     pub(super) default_secret: Option<ObjectKey>,
+    /// The proxy's ports until the first sync opens them.
+    pub(super) ports: Option<super::ports::ProxyPorts>,
 }
 
 /// The L4 part: the model, the maps it keeps in step, and the health
@@ -168,7 +170,7 @@ impl Syncer {
                 .store(state.rings.len() as u64, Ordering::Relaxed);
         }
         let mut rules = 0;
-        if let Some(l7) = &self.l7 {
+        if let Some(l7) = self.l7.as_mut() {
             let (table, route_warnings) = compile_with(snapshot, &self.class, &mut self.patterns);
             rules = table.len();
             warnings.extend(route_warnings.iter().map(ToString::to_string));
@@ -178,6 +180,10 @@ impl Syncer {
                     .update(snapshot, &table, l7.default_secret.as_ref(), &l7.fallback);
             warnings.extend(cert_warnings.iter().map(ToString::to_string));
             l7.proxy.swap_routes(table);
+            // Routes in: the ports open (an upgrade's switch).
+            if let Some(ports) = l7.ports.take() {
+                ports.open(&l7.proxy)?;
+            }
         }
         if let Some(vips) = &mut self.vips {
             vips.set(vips.wanted(Some(snapshot)))?;

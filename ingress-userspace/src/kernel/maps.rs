@@ -23,19 +23,96 @@ use crate::l4::{
     model::{DesiredState, RingSpec},
 };
 
-/// Puts the proxy's listening sockets where `sk_lookup_proxy` finds them.
-pub fn set_proxy_sockets(
+/// Makes these the listening sockets `sk_lookup_proxy` hands new
+/// connections to (on their ports, on the addresses they are bound to and
+/// on the Ingress VIPs), and `instance` their owner: the switch of an
+/// upgrade, one map update (the old process's sockets get nothing new
+/// from here on).
+pub fn take_proxy_sockets(
     pin_path: &Path,
-    http: &impl std::os::fd::AsRawFd,
-    https: &impl std::os::fd::AsRawFd,
+    http: &tokio::net::TcpListener,
+    https: &tokio::net::TcpListener,
+    instance: u64,
 ) -> anyhow::Result<()> {
+    let listeners = [
+        (ingress_common::PROXY_SOCKET_HTTP, http, "HTTP"),
+        (ingress_common::PROXY_SOCKET_HTTPS, https, "HTTPS"),
+    ];
+    let mut ports: HashMap<MapData, u32, u32> =
+        open_map(pin_path, map_names::PROXY_PORTS)?.try_into()?;
+    let mut addrs: HashMap<MapData, u32, u32> =
+        open_map(pin_path, map_names::PROXY_ADDRS)?.try_into()?;
+    let mut want_ports = Vec::new();
+    let mut want_addrs = Vec::new();
+    for (index, l, what) in listeners {
+        let at = l
+            .local_addr()
+            .with_context(|| format!("the {what} socket's address"))?;
+        let ip = match at.ip() {
+            std::net::IpAddr::V4(v4) => u32::from(v4).to_be(),
+            // An IPv6 wildcard takes IPv4 too.
+            std::net::IpAddr::V6(v6) if v6.is_unspecified() => 0,
+            std::net::IpAddr::V6(_) => continue,
+        };
+        want_ports.push(u32::from(at.port()));
+        want_addrs.push(ip);
+        ports.insert(u32::from(at.port()), index, 0)?;
+        addrs.insert(ip, 1, 0)?;
+    }
     let mut map: aya::maps::SockMap<MapData> =
         open_map(pin_path, map_names::PROXY_SOCKETS)?.try_into()?;
     map.set(ingress_common::PROXY_SOCKET_HTTP, http, 0)
         .context("adding the HTTP socket")?;
     map.set(ingress_common::PROXY_SOCKET_HTTPS, https, 0)
         .context("adding the HTTPS socket")?;
+    let mut owner: Array<MapData, u64> = open_map(pin_path, map_names::PROXY_OWNER)?.try_into()?;
+    owner.set(0, instance, 0)?;
+    // Ports and addresses of an earlier run with other flags.
+    let stale: Vec<u32> = ports
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !want_ports.contains(k))
+        .collect();
+    for k in stale {
+        ignore_missing(ports.remove(&k))?;
+    }
+    let stale: Vec<u32> = addrs
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !want_addrs.contains(k))
+        .collect();
+    for k in stale {
+        ignore_missing(addrs.remove(&k))?;
+    }
     Ok(())
+}
+
+/// Who holds the proxy's ports (`L7_OWNER`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortsOwner {
+    /// The instance whose sockets take new connections (0: none yet).
+    pub owner: u64,
+    /// A starting instance that will take them, if one said so lately.
+    pub coming: Option<u64>,
+}
+
+/// A starting instance says it will take the ports over: said again every
+/// second until it does; older than 3 s it is taken for gone.
+pub fn announce_ports_successor(pin_path: &Path, instance: u64) -> anyhow::Result<()> {
+    let mut map: Array<MapData, u64> = open_map(pin_path, map_names::PROXY_OWNER)?.try_into()?;
+    map.set(1, instance, 0)?;
+    map.set(2, super::monotonic_ns(), 0)?;
+    Ok(())
+}
+
+pub fn ports_owner(pin_path: &Path) -> anyhow::Result<PortsOwner> {
+    let map: Array<MapData, u64> = open_map(pin_path, map_names::PROXY_OWNER)?.try_into()?;
+    let (owner, candidate, said) = (map.get(&0, 0)?, map.get(&1, 0)?, map.get(&2, 0)?);
+    let fresh = super::monotonic_ns().saturating_sub(said) < 3_000_000_000;
+    Ok(PortsOwner {
+        owner,
+        coming: (candidate != 0 && candidate != owner && fresh).then_some(candidate),
+    })
 }
 
 /// Makes `vips` (and only them) the steered Ingress VIPs.

@@ -22,7 +22,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, Resource,
-    runtime::{WatchStreamExt as _, watcher},
+    runtime::watcher,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc};
@@ -386,9 +386,10 @@ async fn run_watch<K: Watched>(
     notify: Arc<Notify>,
 ) {
     let kind = K::KIND;
-    let mut stream = watcher(api, config).default_backoff().boxed();
+    let mut stream = watcher(api, config).boxed();
     let mut buffer = Vec::new();
     let mut failing: Option<String> = None;
+    let mut backoff = Backoff::default();
     while let Some(item) = stream.next().await {
         let change = match item {
             Err(e) => {
@@ -397,6 +398,7 @@ async fn run_watch<K: Watched>(
                     tracing::warn!(watch = %name, error = %e, "{hint}; retrying with backoff, serving the last good state");
                     failing = Some(what);
                 }
+                tokio::time::sleep(backoff.after(&e)).await;
                 continue;
             }
             Ok(watcher::Event::Init) => {
@@ -419,6 +421,7 @@ async fn run_watch<K: Watched>(
         // Init comes before each list attempt: only what follows it shows
         // the watch working again.
         if let Some(change) = change {
+            backoff.reset();
             if failing.take().is_some() {
                 tracing::info!(watch = %name, "watch works again");
             }
@@ -427,6 +430,50 @@ async fn run_watch<K: Watched>(
             }
             notify.notify_one();
         }
+    }
+}
+
+/// The pause after a failed list or watch: doubling from 500 ms to 8 s
+/// while the API server fails, none after a 410 Gone (the server is back
+/// and says the watch is too old: the re-list starts at once, as
+/// client-go's reflector does, not after the pause built up while the
+/// server was away).
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(8);
+
+    fn after(&mut self, e: &watcher::Error) -> Duration {
+        if is_gone(e) {
+            self.reset();
+            return Duration::ZERO;
+        }
+        let now = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        now
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+/// The API server's 410 Gone: the watch's resourceVersion is too old.
+fn is_gone(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::WatchError(s) => s.code == 410,
+        watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 410,
+        _ => false,
     }
 }
 

@@ -280,7 +280,11 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(RENEW_EVERY) => {}
-            changed = input.changed() => if changed.is_err() { return },
+            // The daemon is stopping (SIGTERM): the lease goes with it.
+            changed = input.changed() => if changed.is_err() {
+                elector.release().await;
+                return;
+            },
         }
     }
 }

@@ -85,6 +85,44 @@ impl Elector {
         self.leader
     }
 
+    /// Gives the lease up if this replica holds it (on SIGTERM), as
+    /// client-go's ReleaseOnCancel: no holder and a one-second duration, so
+    /// another replica takes it at its next round instead of after the
+    /// lease's duration.
+    pub async fn release(&mut self) {
+        if !self.leader {
+            return;
+        }
+        self.leader = false;
+        let released = async {
+            let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+                return Ok(false);
+            };
+            let mut spec = lease.spec.clone().unwrap_or_default();
+            if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+                return Ok(false);
+            }
+            spec.holder_identity = None;
+            spec.lease_duration_seconds = Some(1);
+            spec.renew_time = Some(now());
+            lease.spec = Some(spec);
+            // resourceVersion kept: if someone else wrote meanwhile, theirs stands.
+            self.api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await
+                .map(|_| true)
+        };
+        match released.await {
+            Ok(true) => {
+                tracing::info!(lease = %self.name, identity = %self.identity, "lease released")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(lease = %self.name, error = %e, "releasing the lease failed; it runs out on its own")
+            }
+        }
+    }
+
     async fn try_lead(&mut self) -> Result<bool, kube::Error> {
         let led = self.try_lead_once().await?;
         if led {

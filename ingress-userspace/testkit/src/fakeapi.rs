@@ -122,6 +122,8 @@ struct State {
     watches: Vec<Watch>,
     forbidden: BTreeSet<Res>,
     requests: Vec<String>,
+    /// When each of `requests` came in.
+    request_times: Vec<std::time::Instant>,
     /// Unreachable: connections are closed as soon as they are accepted.
     down: bool,
     /// Connections closed that way.
@@ -477,13 +479,27 @@ impl FakeApi {
     pub fn requests(&self) -> Vec<String> {
         self.lock().requests.clone()
     }
+
+    /// The requests with when each came in.
+    pub fn timed_requests(&self) -> Vec<(std::time::Instant, String)> {
+        let s = self.lock();
+        s.request_times
+            .iter()
+            .copied()
+            .zip(s.requests.iter().cloned())
+            .collect()
+    }
 }
 
 async fn handle(state: &Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let uri = req.uri().clone();
     let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
-    lock().requests.push(format!("{method} {uri}"));
+    {
+        let mut s = lock();
+        s.requests.push(format!("{method} {uri}"));
+        s.request_times.push(std::time::Instant::now());
+    }
     let Some(t) = parse_target(uri.path()) else {
         return status(StatusCode::NOT_FOUND, "NotFound", "no such path");
     };

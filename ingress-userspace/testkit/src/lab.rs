@@ -644,7 +644,10 @@ impl Lab {
         args: &[std::ffi::OsString],
     ) -> anyhow::Result<()> {
         let n = self.node(node).clone();
-        let log = File::create(self.dir.join(format!("ingressd-{node}.log")))?;
+        // A second ingressd beside a running one (an upgrade) logs apart.
+        let running = self.res().daemons.iter().filter(|(d, _)| d == node).count();
+        let log_name = log_name(node, running);
+        let log = File::create(self.dir.join(&log_name))?;
         let child = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", n.ns))
             .args(&self.wrapper)
@@ -683,8 +686,7 @@ impl Lab {
         })
         .is_ok_and(|r| r.is_ok_and(|body| body.starts_with("ready")));
         if !ready {
-            let log = std::fs::read_to_string(self.dir.join(format!("ingressd-{node}.log")))
-                .unwrap_or_default();
+            let log = std::fs::read_to_string(self.dir.join(&log_name)).unwrap_or_default();
             bail!("ingressd on {node} did not become ready:\n{log}");
         }
         Ok(())
@@ -734,6 +736,12 @@ impl Lab {
                 .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
         })
         .unwrap_or(0)
+    }
+
+    /// The log of the `nth` (from 0) ingressd started on `node` while
+    /// others ran there.
+    pub fn ingressd_log_of(&self, node: &str, nth: usize) -> String {
+        std::fs::read_to_string(self.dir.join(log_name(node, nth))).unwrap_or_default()
     }
 
     pub fn ingressd_log(&self, node: &str) -> String {
@@ -1014,6 +1022,13 @@ impl Lab {
             count,
             limit: Duration::from_secs(5) + (Duration::from_secs(4) + pause) * count as u32,
         })
+    }
+}
+
+fn log_name(node: &str, nth: usize) -> String {
+    match nth {
+        0 => format!("ingressd-{node}.log"),
+        n => format!("ingressd-{node}-{n}.log"),
     }
 }
 

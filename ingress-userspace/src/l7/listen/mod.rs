@@ -26,13 +26,29 @@ const BACKLOG: u32 = 4096;
 
 /// A listening socket on `addr`, with a backlog for bursts.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    bind_only(addr)?.listen(BACKLOG)
+}
+
+/// A socket bound to `addr` that does not listen yet, so it takes no
+/// connection until [`TcpSocket::listen`]: the proxy's ports, which a new
+/// `ingressd` binds beside the one it replaces and opens only once its
+/// routes are in. `SO_REUSEPORT` lets the two hold the same address (both
+/// run as the same user); a socket of another program there still makes
+/// this fail.
+pub fn bind_only(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
     socket.bind(addr)?;
+    Ok(socket)
+}
+
+/// Starts listening on a socket from [`bind_only`].
+pub fn listen(socket: tokio::net::TcpSocket) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
@@ -97,9 +113,9 @@ where
     let slots = Arc::new(tokio::sync::Semaphore::new(
         proxy.limits().max_connections.max(1),
     ));
-    // One wait for shutdown for the whole loop: made anew per connection it
-    // would subscribe and register twice for every accept.
-    let stop = proxy.stopped();
+    // One wait for the listeners' end for the whole loop: made anew per
+    // connection it would subscribe and register twice for every accept.
+    let stop = proxy.listeners_closed();
     tokio::pin!(stop);
     loop {
         // Dropping the listener on shutdown refuses new connections; shutdown

@@ -255,9 +255,17 @@ where
                 }
                 () = &mut stop, if !stopping => {
                     stopping = true;
-                    // Idle: done. Within a head: that request is answered.
+                    // Within a head: that request is answered (and the
+                    // connection closed after it). Idle: a client in the
+                    // middle of a loop sends its next request any moment,
+                    // and closing under it would fail that request; it
+                    // gets a moment to send it, answered with
+                    // `Connection: close`, then the connection closes.
                     if buf.is_empty() {
-                        return Ended::Closed;
+                        let drain = tokio::time::Instant::now() + super::DRAIN_IDLE;
+                        if drain < deadline.deadline() {
+                            deadline.as_mut().reset(drain);
+                        }
                     }
                     continue;
                 }

@@ -4,7 +4,12 @@
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use http_body_util::BodyExt as _;
-use hyper::{body::Incoming, service::service_fn};
+use hyper::{
+    StatusCode,
+    body::Incoming,
+    header::{CONNECTION, HeaderValue},
+    service::service_fn,
+};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::{
@@ -90,7 +95,13 @@ fn refusal(e: &hyper::Error) -> Option<ProxyError> {
 /// Runs a connection to its end; asks it to finish once shutdown begins
 /// or it sat idle too long; drops it when a head or a response write ran
 /// out of time.
-async fn drive<C: Graceful>(conn: C, proxy: &Proxy, watch: &Watch, t: Timeouts) -> Served {
+async fn drive<C: Graceful>(
+    conn: C,
+    proxy: &Proxy,
+    watch: &Watch,
+    t: Timeouts,
+    drain: Duration,
+) -> Served {
     let ended = |r: Result<(), hyper::Error>| match r {
         Ok(()) => Served::Closed,
         Err(e) if is_header_timeout(&e) => Served::HeadTimeout,
@@ -99,18 +110,32 @@ async fn drive<C: Graceful>(conn: C, proxy: &Proxy, watch: &Watch, t: Timeouts) 
     tokio::pin!(conn);
     let expiry = watch.expiry(t);
     tokio::pin!(expiry);
-    let graceful = tokio::select! {
+    let stopping = tokio::select! {
         r = conn.as_mut() => return ended(r),
         () = proxy.stopped() => true,
         e = &mut expiry => match e {
-            Expired::Idle => true,
+            Expired::Idle => false,
             Expired::Head => return Served::HeadTimeout,
             Expired::Send => return Served::Failed,
         },
     };
-    if graceful {
-        conn.as_mut().graceful();
+    // Shutting down, HTTP/1: responses say `Connection: close` from now
+    // on, and a connection between requests gets `drain` to bring its
+    // next one before it is closed (see `DRAIN_IDLE`).
+    if stopping && !drain.is_zero() {
+        let pause = tokio::time::sleep(drain);
+        tokio::pin!(pause);
+        tokio::select! {
+            r = conn.as_mut() => return ended(r),
+            () = &mut pause => {}
+            e = &mut expiry => match e {
+                Expired::Idle => {}
+                Expired::Head => return Served::HeadTimeout,
+                Expired::Send => return Served::Failed,
+            },
+        }
     }
+    conn.as_mut().graceful();
     // Finishing is held to the send timeout too.
     tokio::select! {
         r = conn.as_mut() => ended(r),
@@ -128,6 +153,7 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let watch = Watch::new(proto == Proto::Http2);
+    let http1 = proto == Proto::Http1;
     let refusals = Arc::new(Refusals::default());
     let p = proxy.clone();
     let w = watch.clone();
@@ -145,7 +171,14 @@ where
                 }
                 None => p.pipeline.handle_hyper(req, conn).await.map(|b| b.boxed()),
             };
-            Ok::<_, Infallible>(resp.map(|body| request.watch(body)))
+            let mut resp = resp.map(|body| request.watch(body));
+            // Shutting down: HTTP/1 closes after this response (hyper
+            // honours the header); HTTP/2 has its GOAWAY.
+            if http1 && p.is_stopping() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(resp)
         }
     });
     let limits = proxy.pipeline.limits();
@@ -188,7 +221,7 @@ where
                 limits.max_header_bytes.max(8192),
             ));
             let served = b.serve_connection(io, svc).with_upgrades();
-            drive(served, &proxy, &watch, t).await
+            drive(served, &proxy, &watch, t, super::DRAIN_IDLE).await
         }
         Proto::Http2 => {
             let io = TokioIo::new(WatchedIo {
@@ -201,7 +234,16 @@ where
                 .keep_alive_interval(Some(limits.client_header_timeout));
             // Boxed: HTTP/2's connection state is twice HTTP/1's, and an
             // unboxed one would make every connection's task that large.
-            Box::pin(drive(b.serve_connection(io, svc), &proxy, &watch, t)).await
+            // GOAWAY at once: the client opens a new connection for what
+            // it has not sent yet, with no request lost.
+            Box::pin(drive(
+                b.serve_connection(io, svc),
+                &proxy,
+                &watch,
+                t,
+                Duration::ZERO,
+            ))
+            .await
         }
     }
 }

@@ -25,11 +25,20 @@ use super::{
     route::RouteTable,
 };
 
+/// How long an idle HTTP/1 connection is kept once shutdown begins: long
+/// enough for a client in a request loop to send its next request (which
+/// is answered with `Connection: close`), short enough not to hold the
+/// shutdown up.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
+
 /// The proxy: one pipeline, and the connections it serves.
 pub struct Proxy {
     pub pipeline: Pipeline,
-    /// Set once on SIGTERM: listeners stop, connections finish gracefully.
+    /// Set once on SIGTERM: connections finish gracefully.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Set once the listeners are to close (with `stopping`, or a moment
+    /// after it when a new `ingressd` took the sockets over).
+    closed: tokio::sync::watch::Sender<bool>,
     active_connections: AtomicI64,
 }
 
@@ -45,6 +54,7 @@ impl Proxy {
         Arc::new(Self {
             pipeline: Pipeline::new(limits, options),
             stopping: tokio::sync::watch::Sender::new(false),
+            closed: tokio::sync::watch::Sender::new(false),
             active_connections: AtomicI64::new(0),
         })
     }
@@ -63,16 +73,31 @@ impl Proxy {
     }
 
     /// Stops taking connections, asks open ones to finish (HTTP/1.1 closes
-    /// after the response in flight, HTTP/2 sends GOAWAY) and waits up to
-    /// `grace` for them; returns how many were still open.
+    /// after the response in flight, or after a moment idle; HTTP/2 sends
+    /// GOAWAY) and waits up to `grace` for them; returns how many were
+    /// still open.
     pub async fn shut_down(&self, grace: Duration) -> i64 {
-        self.stopping.send_replace(true);
+        self.begin_stopping();
+        self.closed.send_replace(true);
         let open = || self.active_connections.load(Ordering::Relaxed);
         let deadline = Instant::now() + grace;
         while open() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         open()
+    }
+
+    /// Asks open connections to finish, the listeners still accepting (a
+    /// hand-over: connections the kernel queued here before the switch
+    /// are taken and answered, with `Connection: close`).
+    pub fn begin_stopping(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once the listeners are to close.
+    pub async fn listeners_closed(&self) {
+        let mut rx = self.closed.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
     }
 
     /// Resolves once shutting down has begun.

@@ -744,3 +744,40 @@ async fn after_an_outage_a_410_is_relisted_at_once() {
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A new Ingress with `spec.tls` goes live with its Secret, not before: the
+/// sync waits (2 s at most) for the new Secret watch's first list, so HTTP
+/// does not redirect to an HTTPS that has no certificate yet. Here the
+/// Secret list is refused for a while: the Ingress is held meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_tls_ingress_waits_for_its_secret() {
+    let (dir, api, d) = serving_shop("kube-tls-hold").await;
+    api.forbid("Secret");
+    api.apply_yaml(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: tls-cert, namespace: shop}\n\
+         type: kubernetes.io/tls\nstringData: {tls.crt: x, tls.key: x}\n\
+         ---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: secure, namespace: shop}\n\
+         spec:\n  ingressClassName: ebpf\n  tls: [{hosts: [secure.test], secretName: tls-cert}]\n  rules:\n  \
+         - host: secure.test\n    http:\n      paths:\n      \
+         - {path: /, pathType: Prefix, backend: {service: {name: a, port: {number: 80}}}}\n",
+    );
+    let applied = Instant::now();
+    let http = d.http.expect("bound");
+    // While the Secret cannot be listed, the Ingress is not published.
+    let mut seen = Vec::new();
+    while applied.elapsed() < Duration::from_millis(1200) {
+        seen.push(get(http, "/", "secure.test").await.map(|r| r.0).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        seen.iter().all(|s| *s == 404),
+        "published before its Secret was listed: {seen:?}\n{}",
+        d.log()
+    );
+    // Held at most 2 s: then it goes live all the same (the HTTP → HTTPS
+    // redirect of a TLS host).
+    d.wait_for("secure.test", "/", 308, "").await;
+    assert!(applied.elapsed() < Duration::from_secs(6));
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -413,7 +413,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         // Nothing is applied before every first list is in: a half-listed
         // cluster would empty maps a restarted pod adopted. Later lists (a
         // new Secret's) hold nothing up.
-        if (source.synced() || !first) && (first || dirty) {
+        // A new Ingress's Secret still being listed holds a later sync a
+        // moment, so its routes go live with their certificate.
+        if (source.synced() || !first) && (first || dirty) && (first || !source.holds()) {
             dirty = false;
             match syncer.sync_once(source.snapshot(), std::mem::take(&mut touched), &status) {
                 Ok(()) => {

@@ -106,8 +106,8 @@ pub struct KubeSource {
     /// Told on every queued change: the sync loop waits on it.
     notify: Arc<Notify>,
     snapshot: Snapshot,
-    /// Watches whose first list has not come yet.
-    waiting: BTreeSet<String>,
+    /// Watches whose first list has not come yet, and since when.
+    waiting: BTreeMap<String, std::time::Instant>,
     tasks: Vec<Task>,
     /// One watch per Secret in use.
     secrets: BTreeMap<ObjectKey, Task>,
@@ -143,7 +143,7 @@ impl KubeSource {
             rx,
             notify: Arc::new(Notify::new()),
             snapshot: Snapshot::default(),
-            waiting: BTreeSet::new(),
+            waiting: BTreeMap::new(),
             tasks: Vec::new(),
             secrets: BTreeMap::new(),
             class,
@@ -181,7 +181,7 @@ impl KubeSource {
             Some(key) => watcher::Config::default().fields(&format!("metadata.name={}", key.name)),
             None => watcher::Config::default(),
         };
-        self.waiting.insert(name.clone());
+        self.waiting.insert(name.clone(), std::time::Instant::now());
         Task(tokio::spawn(run_watch(
             api,
             config,
@@ -195,6 +195,13 @@ impl KubeSource {
     /// Every watch has listed once: the snapshot is the cluster's.
     pub fn synced(&self) -> bool {
         self.waiting.is_empty()
+    }
+
+    /// A watch started for a new Ingress's Secret has not listed yet (for
+    /// at most `SECRET_HOLD`): a sync now would publish that Ingress's
+    /// HTTP routes and redirects while HTTPS still has no certificate.
+    pub fn holds(&self) -> bool {
+        self.waiting.values().any(|since| since.elapsed() < SECRET_HOLD)
     }
 
     /// Objects refused by validation now.
@@ -512,6 +519,10 @@ fn explain(e: &watcher::Error, kind: Kind) -> (String, String) {
     }
 }
 
+/// How long a sync waits for a new Secret watch's first list (a Secret the
+/// API refuses, say, holds the rest up no longer).
+const SECRET_HOLD: Duration = Duration::from_secs(2);
+
 /// After the first change, how long more are gathered into the same load
 /// (a burst of changes is one sync).
 const BATCH_WINDOW: Duration = Duration::from_millis(50);
@@ -536,6 +547,10 @@ impl super::Source for KubeSource {
 
     fn synced(&self) -> bool {
         KubeSource::synced(self)
+    }
+
+    fn holds(&self) -> bool {
+        KubeSource::holds(self)
     }
 
     fn wait(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {

@@ -32,6 +32,11 @@ pub trait Source: Send {
     fn synced(&self) -> bool {
         true
     }
+    /// Later syncs wait a moment: a watch just started for what a change
+    /// needs (a new Ingress's Secret) has not listed yet.
+    fn holds(&self) -> bool {
+        false
+    }
     /// Returns when something may have changed, within a second or two
     /// (the loop keeps turning: /healthz watches it).
     fn wait(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;

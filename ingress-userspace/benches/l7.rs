@@ -398,7 +398,12 @@ fn ingressd_proxy(
     let (ours, https, dflt, metrics) = (free_port(), free_port(), free_port(), free_port());
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ours));
     let child = Command::new(bin)
-        .args(["run", "--no-l4", "--manifests"])
+        .args([
+            "run",
+            "--no-l4",
+            "--allow-loopback-endpoints",
+            "--manifests",
+        ])
         .arg(dir.join("manifests"))
         .args(["--http-addr", &addr.to_string()])
         .args(["--https-addr", &format!("127.0.0.1:{https}")])

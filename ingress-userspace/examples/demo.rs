@@ -529,10 +529,17 @@ fn upgrade_under_traffic(bin: &Path, lab: &mut Lab, manifests: &Path) -> anyhow:
     );
     println!("    Ingress  http://{a}/ (Host: www.demo): {p_ok} answered, {p_failed} failed");
     println!("    NodePort http://{a}:30080/:            {l_ok} answered, {l_failed} failed");
-    anyhow::ensure!(
-        switched && handed && p_failed == 0 && l_failed == 0,
-        "step 15: the upgrade dropped requests, or did not hand over"
-    );
+    if !(switched && handed && p_failed == 0 && l_failed == 0) {
+        let tail = |log: String| {
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        };
+        anyhow::bail!(
+            "step 15: the upgrade dropped requests, or did not hand over\n--- old ---\n{}\n--- new ---\n{}",
+            tail(lab.ingressd_log_of("node-a", 0)),
+            tail(lab.ingressd_log_of("node-a", 1))
+        );
+    }
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use ingressd::{
-    cluster::{ClassConfig, ObjectKey},
+    cluster::{ClassConfig, ObjectKey, Rules},
     daemon::{KubeConfig, RunConfig, run},
     kernel::{self, LbMaps, XdpAttachMode},
     l4::{model::show_backend, render::render_state},
@@ -129,6 +129,9 @@ struct SourceFlags {
     /// Namespace of that Lease [default: $POD_NAMESPACE, else the ServiceAccount's, else default].
     #[arg(long, env = "INGRESSD_ELECTION_NAMESPACE")]
     election_namespace: Option<String>,
+    /// Accept endpoints on loopback addresses, which the API server refuses: for trying the proxy on one machine without network namespaces (manifest files, or a test API server).
+    #[arg(long, env = "INGRESSD_ALLOW_LOOPBACK_ENDPOINTS")]
+    allow_loopback_endpoints: bool,
 }
 
 /// Where the proxy and the metrics listen, and which Ingresses are ours.
@@ -588,6 +591,9 @@ fn main() -> std::process::ExitCode {
             let proxy_service = source.publish_service.clone().map(object_key);
             let cfg = RunConfig {
                 manifests: source.manifests,
+                rules: Rules {
+                    loopback_endpoints: source.allow_loopback_endpoints,
+                },
                 kube: KubeConfig {
                     kubeconfig: source.kubeconfig,
                     namespace: source.watch_namespace,

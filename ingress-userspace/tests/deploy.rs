@@ -209,3 +209,26 @@ fn workloads_upgrade_with_a_surge_pod_and_host_network_pods_declare_no_ports() {
     }
     assert!(checked >= 4, "{checked} workloads");
 }
+
+/// The ClusterRole lets ingressd write the Events it writes (create, and
+/// patch for kube-rs's series of a recurring one), and nothing more on them.
+#[test]
+fn the_cluster_role_allows_writing_events() {
+    let text = std::fs::read_to_string(deploy_dir().join("base/rbac.yaml")).unwrap();
+    let role = serde_norway::Deserializer::from_str(&text)
+        .filter_map(|doc| serde::Deserialize::deserialize(doc).ok())
+        .find(|v: &serde_json::Value| v["kind"] == "ClusterRole")
+        .expect("a ClusterRole");
+    let rules = role["rules"].as_array().expect("rules");
+    let events: Vec<&serde_json::Value> = rules
+        .iter()
+        .filter(|r| {
+            r["resources"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == "events"))
+        })
+        .collect();
+    assert_eq!(events.len(), 1, "{rules:?}");
+    assert_eq!(events[0]["apiGroups"], serde_json::json!(["events.k8s.io"]));
+    assert_eq!(events[0]["verbs"], serde_json::json!(["create", "patch"]));
+}

@@ -70,7 +70,16 @@ async fn synced_source(api: &FakeApi, dir: &Path, class: ClassConfig) -> KubeSou
     let client = kube::client(Some(&api.kubeconfig(dir)))
         .await
         .expect("client");
-    let mut source = KubeSource::start(client, None, "node-a", class, None);
+    let mut source = KubeSource::start(
+        client,
+        None,
+        "node-a",
+        class,
+        None,
+        ingressd::cluster::Rules {
+            loopback_endpoints: true,
+        },
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         source.load();
@@ -284,6 +293,8 @@ impl Ingressd {
         let child = Command::new(BIN)
             .args(["run", "--no-l4", "--kubeconfig"])
             .arg(kubeconfig)
+            // The endpoints are echo servers on 127.0.0.x (no namespaces).
+            .arg("--allow-loopback-endpoints")
             .args(["--http-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0"])
             .args(["--default-backend-addr", "127.0.0.1:0"])
             .args(["--metrics-addr", "127.0.0.1:0", "--node-name", "node-a"])
@@ -681,6 +692,13 @@ async fn sigterm_releases_the_lease_to_the_other_replica() {
     .await;
     assert!(exited, "{}", leader.log());
     assert!(leader.log().contains("lease released"), "{}", leader.log());
+    // With --publish-status-address nothing looks the controller's pods up
+    // (nor warns about RBAC on pods).
+    assert!(
+        !leader.log().contains("controller's pods"),
+        "{}",
+        leader.log()
+    );
     let released_at = std::time::Instant::now();
     // The other replica holds it well before 15 s would have run out.
     let taken = common::eventually(Duration::from_secs(10), async || {
@@ -766,7 +784,12 @@ async fn a_new_tls_ingress_waits_for_its_secret() {
     // While the Secret cannot be listed, the Ingress is not published.
     let mut seen = Vec::new();
     while applied.elapsed() < Duration::from_millis(1200) {
-        seen.push(get(http, "/", "secure.test").await.map(|r| r.0).unwrap_or(0));
+        seen.push(
+            get(http, "/", "secure.test")
+                .await
+                .map(|r| r.0)
+                .unwrap_or(0),
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
@@ -778,6 +801,71 @@ async fn a_new_tls_ingress_waits_for_its_secret() {
     // redirect of a TLS host).
     d.wait_for("secure.test", "/", 308, "").await;
     assert!(applied.elapsed() < Duration::from_secs(6));
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An Ingress with an annotation refused gets one Warning Event saying so
+/// (on the object `kubectl describe` shows), written by the elected
+/// replica, and no more while nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_annotation_is_one_event_on_its_ingress() {
+    let (dir, api) = shop_api("kube-events").await;
+    api.apply_yaml(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\n\
+         metadata: {name: odd, namespace: shop, annotations: {nginx.ingress.kubernetes.io/ssl-redirect: maybe}}\n\
+         spec:\n  ingressClassName: ebpf\n  rules:\n  - host: odd.test\n    http:\n      paths:\n      \
+         - {path: /, pathType: Prefix, backend: {service: {name: a, port: {number: 80}}}}\n",
+    );
+    let kubeconfig = api.kubeconfig(&dir);
+    let mut d = Ingressd::start(
+        &kubeconfig,
+        &dir,
+        "one",
+        &["--publish-status-address", "198.18.0.12"],
+    );
+    d.bound().await;
+    let ours = || -> Vec<serde_json::Value> {
+        api.all_of("Event")
+            .into_iter()
+            .filter(|e| e["regarding"]["name"] == "odd")
+            .collect()
+    };
+    assert!(
+        common::eventually(Duration::from_secs(20), async || !ours().is_empty()).await,
+        "no Event:\n{}",
+        d.log()
+    );
+    let e = &ours()[0];
+    assert_eq!(e["type"], "Warning", "{e}");
+    assert_eq!(e["reason"], "AnnotationRejected", "{e}");
+    let uid = api.get("Ingress", "shop", "odd").expect("odd")["metadata"]["uid"].clone();
+    assert_eq!(e["regarding"]["uid"], uid, "{e}");
+    assert_eq!(e["regarding"]["kind"], "Ingress", "{e}");
+    assert!(
+        e["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ssl-redirect"),
+        "{e}"
+    );
+    // Two more lease renewals (a round each, 5 s apart): still one Event,
+    // never patched.
+    let renewals = || {
+        api.requests()
+            .iter()
+            .filter(|r| r.starts_with("PUT") && r.contains("/leases/"))
+            .count()
+    };
+    let target = renewals() + 2;
+    assert!(common::eventually(Duration::from_secs(20), async || renewals() >= target).await);
+    assert_eq!(ours().len(), 1);
+    let writes = api
+        .requests()
+        .iter()
+        .filter(|r| r.contains("/events") && !r.starts_with("GET"))
+        .count();
+    assert_eq!(writes, 1, "{:?}", api.requests());
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }

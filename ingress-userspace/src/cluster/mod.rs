@@ -8,7 +8,7 @@ pub use class::{ClassConfig, is_ours};
 pub use endpoints::{Endpoint, PortRef, usable_endpoints};
 use std::collections::{BTreeMap, BTreeSet};
 pub(crate) use validate::field_error;
-pub use validate::{FieldError, validate};
+pub use validate::{FieldError, Rules, validate, validate_with};
 
 use k8s_openapi::{
     api::{

@@ -22,9 +22,21 @@ pub(crate) fn field_error(field: impl Into<String>, message: impl Into<String>) 
 /// Checks what the API server would have refused, so the model only sees
 /// objects that make sense.
 pub fn validate(object: &Object) -> Result<(), FieldError> {
+    validate_with(object, Rules::default())
+}
+
+/// What validation lets through beyond the API server's rules.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rules {
+    /// Endpoints on loopback addresses (`--allow-loopback-endpoints`: a
+    /// proxy tried on one machine without namespaces; no cluster has them).
+    pub loopback_endpoints: bool,
+}
+
+pub fn validate_with(object: &Object, rules: Rules) -> Result<(), FieldError> {
     match object {
         Object::Service(s) => validate_service(s),
-        Object::EndpointSlice(s) => validate_endpoint_slice(s),
+        Object::EndpointSlice(s) => validate_endpoint_slice(s, rules),
         _ => Ok(()),
     }
 }
@@ -113,7 +125,7 @@ fn validate_service(svc: &Service) -> Result<(), FieldError> {
     Ok(())
 }
 
-fn validate_endpoint_slice(slice: &EndpointSlice) -> Result<(), FieldError> {
+fn validate_endpoint_slice(slice: &EndpointSlice, rules: Rules) -> Result<(), FieldError> {
     let family = slice.address_type.as_str();
     if !matches!(family, "IPv4" | "IPv6" | "FQDN") {
         return Err(field_error(
@@ -131,17 +143,51 @@ fn validate_endpoint_slice(slice: &EndpointSlice) -> Result<(), FieldError> {
             ));
         }
     }
-    if family == "IPv4" {
-        for (i, ep) in slice.endpoints.iter().enumerate() {
-            for (j, addr) in ep.addresses.iter().enumerate() {
-                if addr.parse::<std::net::Ipv4Addr>().is_err() {
-                    return Err(field_error(
-                        format!("endpoints[{i}].addresses[{j}]"),
-                        format!("{addr:?} is not an IPv4 address"),
-                    ));
-                }
+    if family == "FQDN" {
+        return Ok(());
+    }
+    for (i, ep) in slice.endpoints.iter().enumerate() {
+        for (j, addr) in ep.addresses.iter().enumerate() {
+            let at = || format!("endpoints[{i}].addresses[{j}]");
+            let ip: std::net::IpAddr = match family {
+                "IPv4" => addr.parse::<std::net::Ipv4Addr>().map(Into::into),
+                _ => addr.parse::<std::net::Ipv6Addr>().map(Into::into),
+            }
+            .map_err(|_| field_error(at(), format!("{addr:?} is not an {family} address")))?;
+            if rules.loopback_endpoints && ip.is_loopback() {
+                continue;
+            }
+            if let Some(why) = special_endpoint_ip(ip) {
+                return Err(field_error(at(), format!("{addr}: {why}")));
             }
         }
     }
     Ok(())
+}
+
+/// What the API server refuses as an endpoint address (its
+/// `ValidateEndpointIP`), so a manifest file cannot describe an endpoint a
+/// cluster could not have.
+fn special_endpoint_ip(ip: std::net::IpAddr) -> Option<&'static str> {
+    use std::net::IpAddr;
+    if ip.is_unspecified() {
+        return Some("may not be unspecified (0.0.0.0, ::)");
+    }
+    if ip.is_loopback() {
+        return Some("may not be in the loopback range (127.0.0.0/8, ::1/128)");
+    }
+    let (link_local, link_local_multicast) = match ip {
+        IpAddr::V4(v4) => (v4.is_link_local(), v4.octets()[..3] == [224, 0, 0]),
+        IpAddr::V6(v6) => (
+            v6.segments()[0] & 0xffc0 == 0xfe80,
+            v6.segments()[0] == 0xff02,
+        ),
+    };
+    if link_local {
+        return Some("may not be in the link-local range (169.254.0.0/16, fe80::/10)");
+    }
+    if link_local_multicast {
+        return Some("may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)");
+    }
+    None
 }

@@ -24,7 +24,7 @@ use self::{
     reconcile::{L4, L7, Syncer, VipSteering, error_policy},
 };
 use crate::{
-    cluster::{ClassConfig, ObjectKey},
+    cluster::{ClassConfig, ObjectKey, Rules},
     kernel::{self, LbMaps, XdpAttachMode},
     l4::model::{Model, NodeContext, ServeConfig},
     l7::{
@@ -61,6 +61,8 @@ pub const VERSION_LINE: &str = concat!(
 pub struct RunConfig {
     /// Files and directories; none: the Kubernetes API.
     pub manifests: Vec<PathBuf>,
+    /// Validation beyond the API server's (`--allow-loopback-endpoints`).
+    pub rules: Rules,
     pub kube: KubeConfig,
     pub interfaces: Vec<String>,
     pub node_ips: Vec<Ipv4Addr>,
@@ -357,6 +359,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             &cfg.node_name,
             cfg.class.clone(),
             cfg.default_ssl_certificate.clone(),
+            cfg.rules,
         );
         let (publisher, task) = if cfg.kube.update_status {
             let (tx, rx) = tokio::sync::watch::channel(status::StatusInput::default());
@@ -366,9 +369,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 &cfg.kube.election_id,
                 &cfg.kube.identity,
             );
+            let events = status::events::Events::new(client.clone(), &cfg.kube.identity);
             let task = tokio::spawn(status::run(
                 client,
                 elector,
+                events,
                 cfg.kube.publish.pod.clone(),
                 rx,
             ));
@@ -379,7 +384,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         (Box::new(source) as Box<dyn Source>, publisher, task)
     } else {
         (
-            Box::new(ManifestSource::new(cfg.manifests.clone())) as Box<dyn Source>,
+            Box::new(ManifestSource::new(cfg.manifests.clone()).with_rules(cfg.rules))
+                as Box<dyn Source>,
             None,
             None,
         )
@@ -391,6 +397,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         class: cfg.class.clone(),
         patterns: Patterns::default(),
         warned: BTreeSet::new(),
+        route_warnings: Vec::new(),
     };
     let mut first = true;
     let mut touched = BTreeSet::new();
@@ -411,11 +418,15 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             health.queued();
         }
         // Nothing is applied before every first list is in: a half-listed
-        // cluster would empty maps a restarted pod adopted. Later lists (a
-        // new Secret's) hold nothing up.
-        // A new Ingress's Secret still being listed holds a later sync a
-        // moment, so its routes go live with their certificate.
-        if (source.synced() || !first) && (first || dirty) && (first || !source.holds()) {
+        // cluster would empty maps a restarted pod adopted. Later, a new
+        // Ingress's Secret still being listed holds a sync a moment (2 s
+        // at most), so its routes go live with their certificate.
+        let apply = if first {
+            source.synced()
+        } else {
+            dirty && !source.holds()
+        };
+        if apply {
             dirty = false;
             match syncer.sync_once(source.snapshot(), std::mem::take(&mut touched), &status) {
                 Ok(()) => {
@@ -425,7 +436,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 Err(e) => dirty = error_policy(&e, &mut syncer, &status),
             }
             if let Some(tx) = &publisher {
-                let todo = status::status_input(source.snapshot(), &cfg.class, &cfg.kube.publish);
+                let mut todo =
+                    status::status_input(source.snapshot(), &cfg.class, &cfg.kube.publish);
+                todo.causes = status::events::causes(&syncer.route_warnings, source.snapshot());
                 tx.send_if_modified(|current| {
                     let changed = *current != todo;
                     *current = todo;

@@ -21,7 +21,7 @@ use crate::{
     },
     l7::{
         Proxy,
-        route::{Patterns, compile_with},
+        route::{Patterns, RouteWarning, compile_with},
         tls::CertStore,
     },
 };
@@ -94,6 +94,8 @@ pub(super) struct Syncer {
     /// Path patterns compiled by earlier syncs (each once per change).
     pub(super) patterns: Patterns,
     pub(super) warned: BTreeSet<String>,
+    /// What the last sync found wrong with Ingresses (Events tell them).
+    pub(super) route_warnings: Vec<RouteWarning>,
 }
 
 impl Syncer {
@@ -171,14 +173,16 @@ impl Syncer {
         }
         let mut rules = 0;
         if let Some(l7) = self.l7.as_mut() {
-            let (table, route_warnings) = compile_with(snapshot, &self.class, &mut self.patterns);
+            let (table, mut route_warnings) =
+                compile_with(snapshot, &self.class, &mut self.patterns);
             rules = table.len();
-            warnings.extend(route_warnings.iter().map(ToString::to_string));
             // Certificates first: a route to a TLS host never waits for its certificate.
             let cert_warnings =
                 l7.certs
                     .update(snapshot, &table, l7.default_secret.as_ref(), &l7.fallback);
-            warnings.extend(cert_warnings.iter().map(ToString::to_string));
+            route_warnings.extend(cert_warnings);
+            warnings.extend(route_warnings.iter().map(ToString::to_string));
+            self.route_warnings = route_warnings;
             l7.proxy.swap_routes(table);
             // Routes in: the ports open (an upgrade's switch).
             if let Some(ports) = l7.ports.take() {

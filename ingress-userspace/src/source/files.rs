@@ -19,7 +19,9 @@ use k8s_openapi::api::{
 use serde::de::DeserializeSeed as _;
 
 use super::bounded;
-use crate::cluster::{FieldError, Identity, Object, ObjectKey, Snapshot, field_error, validate};
+use crate::cluster::{
+    FieldError, Identity, Object, ObjectKey, Rules, Snapshot, field_error, validate_with,
+};
 
 /// A document that could not be used, with everything needed to find it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +52,15 @@ impl fmt::Display for ManifestError {
 /// Parses every document of one file. Unknown kinds are skipped (and
 /// returned as names, for a log line); bad documents become errors.
 pub fn parse_file(file: &Path, text: &str) -> (Vec<Object>, Vec<ManifestError>, Vec<String>) {
+    parse_file_with(file, text, Rules::default())
+}
+
+/// The same, validating with `rules`.
+pub fn parse_file_with(
+    file: &Path,
+    text: &str,
+    rules: Rules,
+) -> (Vec<Object>, Vec<ManifestError>, Vec<String>) {
     let mut objects = Vec::new();
     let mut errors = Vec::new();
     let mut skipped = Vec::new();
@@ -73,7 +84,7 @@ pub fn parse_file(file: &Path, text: &str) -> (Vec<Object>, Vec<ManifestError>, 
         if value.is_null() {
             continue;
         }
-        parse_value(value, &mut objects, &mut skipped, &mut |o, f, m| {
+        parse_value(value, rules, &mut objects, &mut skipped, &mut |o, f, m| {
             errors.push(err(o, f, m))
         });
     }
@@ -84,6 +95,7 @@ type ErrorSink<'a> = dyn FnMut(Option<String>, Option<String>, String) + 'a;
 
 fn parse_value(
     value: serde_norway::Value,
+    rules: Rules,
     objects: &mut Vec<Object>,
     skipped: &mut Vec<String>,
     report: &mut ErrorSink<'_>,
@@ -115,7 +127,7 @@ fn parse_value(
         match value.get("items").and_then(|i| i.as_sequence()) {
             Some(items) => {
                 for item in items.clone() {
-                    parse_value(item, objects, skipped, report);
+                    parse_value(item, rules, objects, skipped, report);
                 }
             }
             None => report(
@@ -148,7 +160,7 @@ fn parse_value(
             return;
         }
     };
-    match object.and_then(|o| validate(&o).map(|()| o)) {
+    match object.and_then(|o| validate_with(&o, rules).map(|()| o)) {
         Ok(o) => objects.push(o),
         Err(e) => report(Some(label), Some(e.field), e.message),
     }
@@ -214,6 +226,7 @@ pub struct ManifestSource {
     files: HashMap<PathBuf, FileState>,
     /// Every file's objects together, patched file by file.
     snapshot: Snapshot,
+    rules: Rules,
 }
 
 /// Modification time and size: a file whose stamp is unchanged is not re-read.
@@ -238,11 +251,18 @@ pub struct Loaded {
 impl ManifestSource {
     pub fn new(paths: Vec<PathBuf>) -> Self {
         Self {
+            rules: Rules::default(),
             paths,
             fingerprint: Vec::new(),
             files: HashMap::new(),
             snapshot: Snapshot::default(),
         }
+    }
+
+    /// Validating with `rules` (`--allow-loopback-endpoints`).
+    pub fn with_rules(mut self, rules: Rules) -> Self {
+        self.rules = rules;
+        self
     }
 
     /// True when a file appeared, disappeared or changed since the last load.
@@ -282,7 +302,7 @@ impl ManifestSource {
                 }
             }
         }
-        for (file, state, old) in read_files(to_read) {
+        for (file, state, old) in read_files(to_read, self.rules) {
             changed.push((old, file.clone()));
             files.insert(file, state);
         }
@@ -340,6 +360,7 @@ impl ManifestSource {
 /// of a full load.
 fn read_files(
     files: Vec<(PathBuf, FileStamp, BTreeMap<Identity, Object>)>,
+    rules: Rules,
 ) -> Vec<(PathBuf, FileState, BTreeMap<Identity, Object>)> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -348,7 +369,7 @@ fn read_files(
         return files
             .into_iter()
             .map(|(f, stamp, old)| {
-                let state = read_file(&f, stamp, old.clone());
+                let state = read_file(&f, stamp, old.clone(), rules);
                 (f, state, old)
             })
             .collect();
@@ -366,7 +387,7 @@ fn read_files(
                 scope.spawn(move || {
                     part.into_iter()
                         .map(|(f, stamp, old)| {
-                            let state = read_file(&f, stamp, old.clone());
+                            let state = read_file(&f, stamp, old.clone(), rules);
                             (f, state, old)
                         })
                         .collect::<Vec<_>>()
@@ -385,7 +406,12 @@ fn read_files(
 /// 1.5 MiB; this leaves room for Lists of many).
 const MAX_FILE: u64 = 64 << 20;
 
-fn read_file(file: &Path, stamp: FileStamp, previous: BTreeMap<Identity, Object>) -> FileState {
+fn read_file(
+    file: &Path,
+    stamp: FileStamp,
+    previous: BTreeMap<Identity, Object>,
+    rules: Rules,
+) -> FileState {
     let text = match std::fs::metadata(file) {
         Ok(m) if m.len() > MAX_FILE => Err(std::io::Error::other(format!(
             "{} MiB is more than the {} MiB a manifest file may have",
@@ -413,7 +439,7 @@ fn read_file(file: &Path, stamp: FileStamp, previous: BTreeMap<Identity, Object>
             };
         }
     };
-    let (objects, errors, skipped) = parse_file(file, &text);
+    let (objects, errors, skipped) = parse_file_with(file, &text, rules);
     let mut now: BTreeMap<_, _> = objects.into_iter().map(|o| (o.identity(), o)).collect();
     // Keep the last good version of every object whose document failed now:
     // by identity where known, else all that vanished.
@@ -516,6 +542,40 @@ mod tests {
             e.to_string()
                 .contains("t.yaml: document 1 (Service shop/web): field spec.ports[0].port")
         );
+    }
+
+    #[test]
+    fn endpoint_addresses_the_api_server_refuses_are_refused() {
+        let slice = |family: &str, addr: &str| {
+            format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s}}\n\
+                 addressType: {family}\nendpoints:\n- addresses: [\"{addr}\"]\n"
+            )
+        };
+        for (family, addr, why) in [
+            ("IPv4", "127.0.0.1", "loopback"),
+            ("IPv4", "127.9.9.9", "loopback"),
+            ("IPv4", "0.0.0.0", "unspecified"),
+            ("IPv4", "169.254.1.1", "link-local range"),
+            ("IPv4", "224.0.0.5", "link-local multicast"),
+            ("IPv4", "198.18.1.300", "not an IPv4 address"),
+            ("IPv6", "::1", "loopback"),
+            ("IPv6", "fe80::1", "link-local range"),
+            ("IPv6", "198.18.1.2", "not an IPv6 address"),
+        ] {
+            let (objects, errors) = parse(&slice(family, addr));
+            assert!(objects.is_empty(), "{addr}");
+            assert_eq!(errors.len(), 1, "{addr}");
+            assert_eq!(
+                errors[0].field.as_deref(),
+                Some("endpoints[0].addresses[0]")
+            );
+            assert!(errors[0].to_string().contains(why), "{addr}: {}", errors[0]);
+        }
+        for (family, addr) in [("IPv4", "198.18.1.2"), ("IPv6", "2001:db8::2")] {
+            let (objects, errors) = parse(&slice(family, addr));
+            assert_eq!((objects.len(), errors.len()), (1, 0), "{addr}: {errors:?}");
+        }
     }
 
     #[test]

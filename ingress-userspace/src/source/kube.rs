@@ -20,14 +20,13 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
     networking::v1::{Ingress, IngressClass},
 };
-use kube::{
-    Api, Client, Resource,
-    runtime::watcher,
-};
+use kube::{Api, Client, Resource, runtime::watcher};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc};
 
-use crate::cluster::{ClassConfig, Identity, Kind, Object, ObjectKey, Snapshot, is_ours, validate};
+use crate::cluster::{
+    ClassConfig, Identity, Kind, Object, ObjectKey, Rules, Snapshot, is_ours, validate_with,
+};
 
 /// A kind we watch, and how it goes into the snapshot.
 pub trait Watched:
@@ -116,6 +115,7 @@ pub struct KubeSource {
     /// Objects refused by validation, by identity (their last good version
     /// stays in force).
     invalid: HashMap<Identity, String>,
+    rules: Rules,
 }
 
 /// What one [`KubeSource::load`] changed.
@@ -135,6 +135,7 @@ impl KubeSource {
         node_name: &str,
         class: ClassConfig,
         default_secret: Option<ObjectKey>,
+        rules: Rules,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut source = Self {
@@ -149,6 +150,7 @@ impl KubeSource {
             class,
             default_secret,
             invalid: HashMap::new(),
+            rules,
         };
         fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
         where
@@ -201,7 +203,9 @@ impl KubeSource {
     /// at most `SECRET_HOLD`): a sync now would publish that Ingress's
     /// HTTP routes and redirects while HTTPS still has no certificate.
     pub fn holds(&self) -> bool {
-        self.waiting.values().any(|since| since.elapsed() < SECRET_HOLD)
+        self.waiting
+            .values()
+            .any(|since| since.elapsed() < SECRET_HOLD)
     }
 
     /// Objects refused by validation now.
@@ -299,7 +303,7 @@ impl KubeSource {
         {
             return;
         }
-        if let Err(e) = validate(&object) {
+        if let Err(e) = validate_with(&object, self.rules) {
             let message = format!(
                 "{} {}: field {}: {}",
                 id.0,

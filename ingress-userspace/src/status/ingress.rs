@@ -87,6 +87,8 @@ pub struct StatusInput {
     pub addresses: Option<Vec<IngressLoadBalancerIngress>>,
     /// This node's address, for hostNetwork mode outside a pod.
     pub own_node: Vec<IngressLoadBalancerIngress>,
+    /// What an Event should tell about our Ingresses.
+    pub causes: Vec<super::events::Cause>,
 }
 
 pub fn status_input(snapshot: &Snapshot, class: &ClassConfig, cfg: &PublishConfig) -> StatusInput {
@@ -123,6 +125,7 @@ pub fn status_input(snapshot: &Snapshot, class: &ClassConfig, cfg: &PublishConfi
         ingresses,
         addresses,
         own_node,
+        causes: Vec::new(),
     }
 }
 
@@ -209,6 +212,7 @@ async fn controller_nodes(
 pub async fn run(
     client: Client,
     mut elector: Elector,
+    mut events: super::events::Events,
     pod: Option<ObjectKey>,
     mut input: watch::Receiver<StatusInput>,
 ) {
@@ -218,26 +222,37 @@ pub async fn run(
     let mut lookup_failing = false;
     let mut selector = None;
     loop {
-        if elector.tick().await {
+        // Nothing to write before the first sync hands its input over (and
+        // no address to look up for it).
+        let synced = *input.borrow() != StatusInput::default();
+        if elector.tick().await && synced {
             let now = input.borrow_and_update().clone();
             let addresses = match (&now.addresses, &pod) {
                 (Some(a), _) => a.clone(),
-                (None, Some(pod)) => match controller_nodes(&client, pod, &mut selector).await {
-                    Ok(found) if !found.is_empty() => {
-                        lookup_failing = false;
-                        entries(found)
-                    }
-                    Ok(_) => now.own_node.clone(),
-                    Err(e) => {
-                        if !lookup_failing {
-                            tracing::warn!(error = %e, "cannot find the nodes of the controller's pods (the ServiceAccount needs get and list on pods in its namespace); publishing this node's address");
-                            lookup_failing = true;
+                (None, Some(pod)) => {
+                    match controller_nodes(&client, pod, &mut selector).await {
+                        Ok(found) if !found.is_empty() => {
+                            lookup_failing = false;
+                            entries(found)
                         }
-                        now.own_node.clone()
+                        Ok(_) => now.own_node.clone(),
+                        Err(e) => {
+                            if !lookup_failing {
+                                let why = match &e {
+                                kube::Error::Api(s) if s.code == 403 => "the ServiceAccount needs get and list on pods in its namespace".to_string(),
+                                kube::Error::Api(s) if s.code == 404 => format!("no pod {pod} (POD_NAME and POD_NAMESPACE name this replica's pod)"),
+                                other => other.to_string(),
+                            };
+                                tracing::warn!(error = %e, "cannot find the nodes of the controller's pods: {why}; publishing this node's address");
+                                lookup_failing = true;
+                            }
+                            now.own_node.clone()
+                        }
                     }
-                },
+                }
                 (None, None) => now.own_node.clone(),
             };
+            events.publish(&now.causes).await;
             let todo = pending(&now, &addresses);
             written.retain(|k, _| todo.iter().any(|(t, _)| t == k));
             for (key, addrs) in todo {

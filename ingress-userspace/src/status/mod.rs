@@ -1,5 +1,6 @@
-//! What the daemon writes back to the cluster: Ingress status, by the one
-//! replica holding the Lease.
+//! What the daemon writes back to the cluster: Ingress status and Events,
+//! by the one replica holding the Lease.
+pub mod events;
 mod ingress;
 mod lease;
 

@@ -37,9 +37,10 @@ pub enum Res {
     Nodes,
     Leases,
     Pods,
+    Events,
 }
 
-const ALL: [Res; 8] = [
+const ALL: [Res; 9] = [
     Res::Services,
     Res::EndpointSlices,
     Res::Ingresses,
@@ -48,6 +49,7 @@ const ALL: [Res; 8] = [
     Res::Nodes,
     Res::Leases,
     Res::Pods,
+    Res::Events,
 ];
 
 impl Res {
@@ -85,6 +87,13 @@ impl Res {
                 true,
                 "Lease",
                 "coordination.k8s.io/v1",
+            ),
+            Res::Events => (
+                "/apis/events.k8s.io/v1",
+                "events",
+                true,
+                "Event",
+                "events.k8s.io/v1",
             ),
         }
     }
@@ -428,6 +437,19 @@ impl FakeApi {
             .objects
             .get(&(res, ns.to_string(), name.to_string()))
             .cloned()
+    }
+
+    /// Every object of a kind (in all namespaces).
+    pub fn all_of(&self, kind: &str) -> Vec<Value> {
+        let Some(res) = Res::of_kind(kind) else {
+            return Vec::new();
+        };
+        self.lock()
+            .objects
+            .iter()
+            .filter(|(k, _)| k.0 == res)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     /// Ends every open watch, as a restarting API server or a broken

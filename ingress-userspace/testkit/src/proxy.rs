@@ -93,6 +93,8 @@ impl Ingressd {
         let child = cmd
             .args(["run", "--no-l4", "--manifests"])
             .arg(dir.join("m"))
+            // The endpoints are echo servers on 127.0.0.x (no namespaces).
+            .arg("--allow-loopback-endpoints")
             .args(extra)
             // Port 0: ingressd picks free ports and logs them (no races with
             // other tests picking ports).

@@ -43,22 +43,57 @@ impl EndpointState {
         self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
     }
 
+    /// Records a connect's outcome; logs an ejection once when it begins
+    /// and once when the endpoint connects again (not per failure: an
+    /// endpoint that is down would otherwise log a line per request).
     fn report(&self, addr: SocketAddr, connected: bool) {
-        if connected {
-            // The common case: no write unless something was recorded.
-            if self.failures.load(Ordering::Relaxed) != 0 {
-                self.failures.store(0, Ordering::Relaxed);
-                self.ejected_until_ms.store(0, Ordering::Relaxed);
-            }
-            return;
-        }
-        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= EJECT_AFTER {
-            self.ejected_until_ms
-                .store(now_ms() + EJECT_FOR.as_millis() as u64, Ordering::Relaxed);
-            tracing::warn!(endpoint = %addr, "endpoint ejected after {n} failed connects");
+        match self.record(connected, now_ms()) {
+            Turn::Ejected(n) => tracing::warn!(
+                endpoint = %addr,
+                "endpoint ejected for {} s after {n} failed connects in a row",
+                EJECT_FOR.as_secs()
+            ),
+            Turn::Back => tracing::info!(endpoint = %addr, "ejected endpoint connects again"),
+            Turn::Same => {}
         }
     }
+
+    fn record(&self, connected: bool, now_ms: u64) -> Turn {
+        if connected {
+            // The common case: no write unless something was recorded.
+            let failures = self.failures.load(Ordering::Relaxed);
+            if failures == 0 {
+                return Turn::Same;
+            }
+            self.failures.store(0, Ordering::Relaxed);
+            self.ejected_until_ms.store(0, Ordering::Relaxed);
+            return if failures >= EJECT_AFTER {
+                Turn::Back
+            } else {
+                Turn::Same
+            };
+        }
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < EJECT_AFTER {
+            return Turn::Same;
+        }
+        let until = now_ms + EJECT_FOR.as_millis() as u64;
+        let was = self.ejected_until_ms.swap(until, Ordering::Relaxed);
+        if was > now_ms {
+            // Already ejected (tried as a last resort): extended, not news.
+            Turn::Same
+        } else {
+            Turn::Ejected(n)
+        }
+    }
+}
+
+/// What a connect's outcome changed.
+#[derive(Debug, PartialEq, Eq)]
+enum Turn {
+    Same,
+    Ejected(u32),
+    Back,
 }
 
 /// An endpoint and its state.
@@ -174,6 +209,26 @@ impl Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ejection_is_told_once_when_it_begins_and_once_when_it_ends() {
+        let s = EndpointState::default();
+        let at = 1_000;
+        let turns: Vec<Turn> = (0..20).map(|i| s.record(false, at + i)).collect();
+        assert_eq!(turns[..2], [Turn::Same, Turn::Same]);
+        assert_eq!(turns[2], Turn::Ejected(3));
+        assert!(turns[3..].iter().all(|t| *t == Turn::Same), "{turns:?}");
+        assert!(s.ejected(at + 20));
+        assert_eq!(s.record(true, at + 30), Turn::Back);
+        assert_eq!(s.record(true, at + 31), Turn::Same);
+        // Failing again after its ejection ran out: a new ejection.
+        for i in 0..2 {
+            assert_eq!(s.record(false, at + 40 + i), Turn::Same);
+        }
+        assert_eq!(s.record(false, at + 50), Turn::Ejected(3));
+        let later = at + 50 + EJECT_FOR.as_millis() as u64 + 1;
+        assert_eq!(s.record(false, later), Turn::Ejected(4));
+    }
 
     fn addrs(n: u8) -> Vec<SocketAddr> {
         (0..n)

@@ -531,7 +531,8 @@ fn upgrade_under_traffic(bin: &Path, lab: &mut Lab, manifests: &Path) -> anyhow:
     println!("    NodePort http://{a}:30080/:            {l_ok} answered, {l_failed} failed");
     if !(switched && handed && p_failed == 0 && l_failed == 0) {
         let tail = |log: String| {
-            let lines: Vec<&str> = log.lines().collect();
+            // The daemon's own lines, not the access log's.
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains(" ingressd")).collect();
             lines[lines.len().saturating_sub(15)..].join("\n")
         };
         anyhow::bail!(

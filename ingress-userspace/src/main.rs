@@ -556,7 +556,24 @@ fn print_maps(pin_path: &std::path::Path, flow_limit: usize) -> anyhow::Result<(
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// SIGTERM and SIGINT reach this process whatever mask it was started
+/// with: a parent that blocked them (a supervisor, a shell's job control, a
+/// test harness waiting for them in a thread) would otherwise leave it
+/// deaf to a graceful stop until it is killed. Before any thread exists,
+/// so every thread inherits it.
+fn unblock_stop_signals() {
+    // SAFETY: plain libc calls on a local signal set, before threads start.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    unblock_stop_signals();
     // Logs (the access log too: a line per request) are written by a thread
     // of their own, so a slow stderr never stalls the proxy; the guard
     // flushes what is left on exit.

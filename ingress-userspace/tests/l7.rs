@@ -2228,3 +2228,53 @@ async fn ingressd_routes_prints_the_table_it_serves_and_the_one_files_make() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(String::from_utf8_lossy(&offline.stdout), live);
 }
+
+/// Started with SIGTERM blocked (as a parent that waits for it in a thread
+/// leaves its children), ingressd still stops gracefully on SIGTERM.
+#[test]
+fn sigterm_stops_it_even_when_started_with_the_signal_blocked() {
+    use std::os::unix::process::CommandExt as _;
+    let dir = std::env::temp_dir().join(format!("ingressd-sigmask-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("log");
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["run", "--no-l4", "--manifests"])
+        .arg(&dir)
+        .args(["--http-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0"])
+        .args([
+            "--default-backend-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.join("err")).unwrap());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("start ingressd");
+    let err = || std::fs::read_to_string(dir.join("err")).unwrap_or_default();
+    let up = testkit::lab::wait_until(Duration::from_secs(20), || {
+        err().contains("proxy listening")
+    });
+    assert!(up, "{}", err());
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let exited = testkit::lab::wait_until(Duration::from_secs(5), || {
+        child.try_wait().ok().flatten().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    assert!(exited, "SIGTERM not taken:\n{}", err());
+    assert!(err().contains("exiting"), "{}", err());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -64,11 +64,17 @@ fn start(shape: Shape, tag: &str, pods: &[&str], node_names: bool, extra: &[&str
     let dir = lab.dir.join("manifests");
     std::fs::create_dir_all(&dir).expect("dir");
     std::fs::write(dir.join("services.yaml"), manifests(&lab, pods, node_names)).expect("write");
+    start_ingressd(&mut lab, extra);
+    lab
+}
+
+/// `ingressd --no-l7` (and `extra`) on node-a, with the lab's manifests.
+fn start_ingressd(lab: &mut Lab, extra: &[&str]) {
+    let dir = lab.dir.join("manifests");
     let mut args = vec!["--no-l7"];
     args.extend(extra);
     lab.start_ingressd_with(Path::new(BIN), "node-a", &dir, &args)
         .expect("ingressd");
-    lab
 }
 
 /// Pod names answering `n` requests to node-a's NodePort from the client.
@@ -193,14 +199,7 @@ fn a_restart_with_another_xdp_mode_attaches_in_that_mode() {
     // The links stay pinned across the restart; asked for native now, the
     // generic one must not be kept.
     assert_eq!(uplink_xdp_mode(&lab), "xdpgeneric");
-    let dir = lab.dir.join("manifests");
-    lab.start_ingressd_with(
-        Path::new(BIN),
-        "node-a",
-        &dir,
-        &["--no-l7", "--xdp-mode", "native"],
-    )
-    .expect("ingressd");
+    start_ingressd(&mut lab, &["--xdp-mode", "native"]);
     assert_eq!(
         uplink_xdp_mode(&lab),
         "xdp",
@@ -216,13 +215,7 @@ fn a_restart_with_another_xdp_mode_attaches_in_that_mode() {
     assert_eq!(seen, BTreeSet::from(["a1".to_string(), "b1".to_string()]));
     // Asked for the mode it has, a restart swaps the program in place.
     lab.stop_ingressd("node-a").expect("stop");
-    lab.start_ingressd_with(
-        Path::new(BIN),
-        "node-a",
-        &dir,
-        &["--no-l7", "--xdp-mode", "native"],
-    )
-    .expect("ingressd");
+    start_ingressd(&mut lab, &["--xdp-mode", "native"]);
     assert_eq!(uplink_xdp_mode(&lab), "xdp");
     assert!(
         lab.ingressd_log("node-a")

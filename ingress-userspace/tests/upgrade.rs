@@ -51,6 +51,36 @@ fn request() -> Request<Empty<Bytes>> {
         .expect("request")
 }
 
+/// One request's answer within `T`: its status, or hyper's error; None
+/// when it took longer.
+async fn answer(
+    sent: impl std::future::Future<Output = hyper::Result<hyper::Response<hyper::body::Incoming>>>,
+) -> Option<hyper::Result<hyper::StatusCode>> {
+    tokio::time::timeout(T, async {
+        let resp = sent.await?;
+        let status = resp.status();
+        resp.into_body().collect().await?;
+        Ok(status)
+    })
+    .await
+    .ok()
+}
+
+/// A TCP connection to `addr`; a failure is counted.
+async fn connect(
+    addr: SocketAddr,
+    what: &str,
+    tally: &Tally,
+) -> Option<TokioIo<tokio::net::TcpStream>> {
+    match tokio::net::TcpStream::connect(addr).await {
+        Ok(s) => Some(TokioIo::new(s)),
+        Err(e) => {
+            tally.record(Err(format!("{what} connect: {e}")));
+            None
+        }
+    }
+}
+
 /// HTTP/1.1 keep-alive: requests one after another on a connection, a new
 /// connection only once the server has closed the last one cleanly (after
 /// a response saying `Connection: close`). A request that fails, on a
@@ -62,14 +92,10 @@ async fn keep_alive(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>) 
             return;
         }
         if sender.as_ref().is_none_or(|s| s.is_closed()) {
-            let stream = match tokio::net::TcpStream::connect(addr).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tally.record(Err(format!("keep-alive connect: {e}")));
-                    continue;
-                }
+            let Some(io) = connect(addr, "keep-alive", &tally).await else {
+                continue;
             };
-            match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+            match hyper::client::conn::http1::handshake(io).await {
                 Ok((s, conn)) => {
                     tokio::spawn(conn);
                     sender = Some(s);
@@ -86,21 +112,12 @@ async fn keep_alive(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>) 
             sender = None;
             continue;
         }
-        let r = tokio::time::timeout(T, async {
-            let resp = s.send_request(request()).await.map_err(|e| e.to_string())?;
-            let status = resp.status();
-            resp.into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?;
-            if status != 200 {
-                return Err(format!("status {status}"));
-            }
-            Ok(())
-        })
-        .await
-        .unwrap_or_else(|_| Err("timed out".into()));
-        tally.record(r.map_err(|e| format!("keep-alive: {e}")));
+        tally.record(match answer(s.send_request(request())).await {
+            Some(Ok(status)) if status == 200 => Ok(()),
+            Some(Ok(status)) => Err(format!("keep-alive: status {status}")),
+            Some(Err(e)) => Err(format!("keep-alive: {e}")),
+            None => Err("keep-alive: timed out".to_string()),
+        });
     }
 }
 
@@ -118,16 +135,10 @@ async fn http2(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
             return;
         }
         if sender.as_ref().is_none_or(|s| s.is_closed()) {
-            let stream = match tokio::net::TcpStream::connect(addr).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tally.record(Err(format!("h2 connect: {e}")));
-                    continue;
-                }
+            let Some(io) = connect(addr, "h2", &tally).await else {
+                continue;
             };
-            match hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-            {
+            match hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await {
                 Ok((s, conn)) => {
                     tokio::spawn(conn);
                     sender = Some(s);
@@ -143,25 +154,18 @@ async fn http2(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
             sender = None;
             continue;
         }
-        let r = tokio::time::timeout(T, async {
-            let resp = s.send_request(request()).await?;
-            let status = resp.status();
-            resp.into_body().collect().await?;
-            Ok::<_, hyper::Error>(status)
-        })
-        .await;
-        match r {
-            Ok(Ok(status)) if status == 200 => {
+        match answer(s.send_request(request())).await {
+            Some(Ok(status)) if status == 200 => {
                 retrying = false;
                 tally.record(Ok::<(), String>(()));
             }
-            Ok(Ok(status)) => tally.record(Err(format!("h2: status {status}"))),
-            Ok(Err(e)) if e.is_canceled() && !retrying => {
+            Some(Ok(status)) => tally.record(Err(format!("h2: status {status}"))),
+            Some(Err(e)) if e.is_canceled() && !retrying => {
                 retrying = true;
                 sender = None;
             }
-            Ok(Err(e)) => tally.record(Err(format!("h2: {e}"))),
-            Err(_) => tally.record(Err("h2: timed out".to_string())),
+            Some(Err(e)) => tally.record(Err(format!("h2: {e}"))),
+            None => tally.record(Err("h2: timed out".to_string())),
         }
     }
 }

@@ -146,16 +146,12 @@ pub fn xdp_attached(ifindex: u32) -> anyhow::Result<XdpAttached> {
     #[repr(C)]
     #[derive(Clone, Copy)]
     struct Request {
-        len: u32,
-        kind: u16,
-        flags: u16,
-        seq: u32,
-        pid: u32,
+        head: netlink::Header,
         family: u8,
         pad: u8,
         link_type: u16,
         index: i32,
-        flags_if: u32,
+        flags: u32,
         change: u32,
     }
     const IFINFOMSG_LEN: usize = 16;
@@ -163,16 +159,12 @@ pub fn xdp_attached(ifindex: u32) -> anyhow::Result<XdpAttached> {
     netlink::send(
         &fd,
         &Request {
-            len: std::mem::size_of::<Request>() as u32,
-            kind: RTM_GETLINK,
-            flags: netlink::NLM_F_REQUEST,
-            seq: 1,
-            pid: 0,
+            head: netlink::Header::of::<Request>(RTM_GETLINK, netlink::NLM_F_REQUEST, 1),
             family: libc::AF_UNSPEC as u8,
             pad: 0,
             link_type: 0,
             index: ifindex as i32,
-            flags_if: 0,
+            flags: 0,
             change: 0,
         },
     )?;

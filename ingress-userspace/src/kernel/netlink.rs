@@ -12,6 +12,30 @@ pub const NLM_F_DUMP: u16 = 0x300;
 pub const NLMSG_ERROR: u16 = 2;
 pub const NLMSG_DONE: u16 = 3;
 
+/// `struct nlmsghdr`: the head of every request.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct Header {
+    pub len: u32,
+    pub kind: u16,
+    pub flags: u16,
+    pub seq: u32,
+    pub pid: u32,
+}
+
+impl Header {
+    /// The header of a request `T` (which starts with it) of this type.
+    pub fn of<T>(kind: u16, flags: u16, seq: u32) -> Self {
+        Self {
+            len: std::mem::size_of::<T>() as u32,
+            kind,
+            flags,
+            seq,
+            pid: 0,
+        }
+    }
+}
+
 /// A netlink socket of `protocol` whose reads give up after 2 s, so a
 /// kernel (or namespace) that never answers cannot hold a loop.
 pub fn socket(protocol: i32, what: &str) -> anyhow::Result<OwnedFd> {

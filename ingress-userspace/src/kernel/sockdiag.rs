@@ -47,11 +47,7 @@ struct SockId {
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct Request {
-    len: u32,
-    kind: u16,
-    flags: u16,
-    seq: u32,
-    pid: u32,
+    head: netlink::Header,
     family: u8,
     protocol: u8,
     ext: u8,
@@ -155,10 +151,7 @@ fn network_namespaces() -> Vec<PathBuf> {
 fn destroy_in_current_netns(cookies: &HashSet<u64>) -> anyhow::Result<usize> {
     let fd = netlink::socket(NETLINK_SOCK_DIAG, "sock_diag")?;
     let dump = Request {
-        len: std::mem::size_of::<Request>() as u32,
-        kind: SOCK_DIAG_BY_FAMILY,
-        flags: NLM_F_REQUEST | NLM_F_DUMP,
-        seq: 1,
+        head: netlink::Header::of::<Request>(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1),
         family: libc::AF_INET as u8,
         protocol: libc::IPPROTO_UDP as u8,
         states: UDP_CONNECTED_STATES,
@@ -201,10 +194,11 @@ fn destroy_in_current_netns(cookies: &HashSet<u64>) -> anyhow::Result<usize> {
     let mut destroyed = 0;
     for (seq, id) in found.into_iter().enumerate() {
         let req = Request {
-            len: std::mem::size_of::<Request>() as u32,
-            kind: SOCK_DESTROY,
-            flags: NLM_F_REQUEST | NLM_F_ACK,
-            seq: seq as u32 + 2,
+            head: netlink::Header::of::<Request>(
+                SOCK_DESTROY,
+                NLM_F_REQUEST | NLM_F_ACK,
+                seq as u32 + 2,
+            ),
             family: libc::AF_INET as u8,
             protocol: libc::IPPROTO_UDP as u8,
             id,

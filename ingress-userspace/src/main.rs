@@ -33,6 +33,21 @@ use ingressd::{
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The daemon's own log lines: text, or one JSON object a line (for log pipelines). The access log has its own --access-log-format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "INGRESSD_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 // Parsed once at start-up: the size of the largest variant does not matter.
@@ -577,19 +592,22 @@ fn main() -> std::process::ExitCode {
     // Logs (the access log too: a line per request) are written by a thread
     // of their own, so a slow stderr never stalls the proxy; the guard
     // flushes what is left on exit.
-    let (writer, _log_guard) = tracing_appender::non_blocking(std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // kube-rs logs every failed request and retry; ingressd says
-            // each problem once, with what to fix (kube_source, publish).
-            // RUST_LOG=info,kube_client=debug brings them back.
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube_runtime::watcher=off,kube_client=off".into()),
-        )
-        .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    let (writer, _log_guard) = tracing_appender::non_blocking(std::io::stderr());
+    // kube-rs logs every failed request and retry; ingressd says each
+    // problem once, with what to fix (kube_source, publish).
+    // RUST_LOG=info,kube_client=debug brings them back.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube_runtime::watcher=off,kube_client=off".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let result = match cli.command {
         Command::Run {
             shutdown_grace_period,

@@ -722,6 +722,39 @@ async fn limits_give_the_right_status() {
         .await
         .expect("connect error counter");
     assert_eq!(get(d.http, "/", Some("dead.test")).await.unwrap().0, 502);
+    // Its log line carries the request's ID (the client's X-Request-ID,
+    // kept as ingress-nginx keeps it, and passed on to the endpoint).
+    let id = "0123456789abcdef0123456789abcdef";
+    let mut raw = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut raw,
+        format!(
+            "GET / HTTP/1.1\r\nHost: dead.test\r\nX-Request-ID: {id}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut answer).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 502"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let logged = testkit::lab::wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&d.log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| {
+                l.contains("upstream request failed") && l.contains(&format!("request_id=\"{id}\""))
+            })
+    });
+    assert!(
+        logged,
+        "{}",
+        std::fs::read_to_string(&d.log).unwrap_or_default()
+    );
     // 504: the only endpoint does not take the connection within
     // --upstream-connect-timeout (1 s here), as nginx answers it.
     let started = Instant::now();
@@ -735,7 +768,8 @@ async fn limits_give_the_right_status() {
         d.metric::<u64>("ingressd_upstream_connect_errors_total")
             .await
             .expect("connect error counter"),
-        errors + 2
+        // dead.test twice, hung.test once.
+        errors + 3
     );
     // 408: a request head that never ends (slowloris).
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -2277,4 +2311,31 @@ fn sigterm_stops_it_even_when_started_with_the_signal_blocked() {
     assert!(exited, "SIGTERM not taken:\n{}", err());
     assert!(err().contains("exiting"), "{}", err());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--log-format json`: every line the daemon writes is one JSON object
+/// with its level, message and fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_writes_one_object_a_line() {
+    let (_, yaml) = backends().await;
+    let d = Ingressd::start_with(
+        BIN,
+        &yaml,
+        &["--log-format", "json", "--access-log", "false"],
+    )
+    .await;
+    let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"message\":\"proxy listening\"")),
+        "{log}"
+    );
 }

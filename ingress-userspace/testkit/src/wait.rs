@@ -8,13 +8,25 @@ use hyper::{Response, body::Incoming};
 /// An address ingressd logged as `name=ADDR` (it binds port 0 in tests and
 /// says what it got).
 pub fn logged_addr(log: &str, name: &str) -> Option<SocketAddr> {
-    log.split(&format!("{name}="))
-        .nth(1)?
-        .split_whitespace()
-        .next()?
-        .trim_matches('"')
-        .parse()
-        .ok()
+    let text = || {
+        log.split(&format!("{name}="))
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .trim_matches('"')
+            .parse()
+            .ok()
+    };
+    // `--log-format json`: "name":"addr".
+    let json = || {
+        log.split(&format!("\"{name}\":\""))
+            .nth(1)?
+            .split('"')
+            .next()?
+            .parse()
+            .ok()
+    };
+    text().or_else(json)
 }
 
 /// A response's status and whole body (lossy UTF-8).

@@ -419,12 +419,15 @@ impl Pipeline {
         // Boxed: made in place once, where inline it would be copied into
         // each of the futures awaiting it, per request.
         let sending = Instant::now();
-        let sent =
-            Box::pin(
-                self.upstreams
-                    .send(out, watch.as_deref(), &addrs, t, route.upstream.name()),
-            )
-            .await;
+        let sent = Box::pin(self.upstreams.send(
+            out,
+            watch.as_deref(),
+            &addrs,
+            t,
+            route.upstream.name(),
+            &request_id,
+        ))
+        .await;
         Forwarded::Done(sent.and_then(|(mut resp, addr)| {
             let _ = seen.set((addr, resp.status().as_u16(), sending.elapsed()));
             if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {

@@ -182,6 +182,7 @@ impl Upstreams {
         addrs: &[SocketAddr],
         t: Timeouts,
         upstream: &str,
+        request_id: &hyper::header::HeaderValue,
     ) -> Result<(Response<Body>, SocketAddr), ProxyError> {
         let mut pending = Some(out);
         let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); 2];
@@ -221,7 +222,10 @@ impl Upstreams {
                 in_flight.report(false);
                 self.connect_errors.fetch_add(1, Ordering::Relaxed);
             }
-            tracing::warn!(%upstream, endpoint = %addr, attempt, error = %failure.error, "upstream request failed");
+            // With the request's ID, as its access-log line and the
+            // endpoint's X-Request-ID say it.
+            let id = request_id.to_str().unwrap_or_default();
+            tracing::warn!(request_id = id, %upstream, endpoint = %addr, attempt, error = %failure.error, "upstream request failed");
             pending = failure.unsent;
             last = Some(failure.error);
         }

@@ -134,6 +134,9 @@ struct SourceFlags {
     /// Write status.loadBalancer of the Ingresses served (one elected replica writes).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "INGRESSD_UPDATE_STATUS")]
     update_status: bool,
+    /// The last replica to leave clears the address it wrote into Ingress status (hostNetwork mode; not with --publish-service or --publish-status-address), as ingress-nginx's flag.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "INGRESSD_UPDATE_STATUS_ON_SHUTDOWN")]
+    update_status_on_shutdown: bool,
     /// Name of the Lease that elects the replica writing Ingress status.
     #[arg(
         long,
@@ -642,6 +645,7 @@ fn main() -> std::process::ExitCode {
                             .map(|name| ObjectKey::new(own_namespace(), name)),
                     },
                     update_status: source.update_status,
+                    update_status_on_shutdown: source.update_status_on_shutdown,
                     election_id: source.election_id,
                     lease_namespace: source.election_namespace.unwrap_or_else(own_namespace),
                     identity: identity(),

@@ -563,41 +563,48 @@ async fn a_burst_of_a_thousand_changes_is_a_few_syncs() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A running, ready pod `name` (labels `app`) on `node`.
+fn pod(name: &str, app: &str, node: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {app}, pod-template-generation: \"{name}\"}}}}\n\
+         spec: {{nodeName: {node}, containers: [{{name: c, image: i}}]}}\n\
+         status: {{phase: Running, conditions: [{{type: Ready, status: \"True\"}}]}}\n"
+    )
+}
+
+/// A Node with one address of `kind`.
+fn node_object(name: &str, kind: &str, ip: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nstatus: {{addresses: [{{type: {kind}, address: {ip}}}, {{type: Hostname, address: {name}}}]}}\n"
+    )
+}
+
+/// The IPs in Ingress shop/shop's status.
+fn status_ips(api: &FakeApi) -> Vec<String> {
+    api.get("Ingress", "shop", "shop")
+        .and_then(|i| i["status"]["loadBalancer"]["ingress"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| e["ip"].as_str().map(str::to_string))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_network_status_lists_the_nodes_of_the_controllers_pods() {
     let (dir, api) = shop_api("kube-nodes").await;
     // Two controller pods on two edge nodes; a pod of something else on a third.
-    let pod = |name: &str, app: &str, node: &str| {
-        format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {app}, pod-template-generation: \"{name}\"}}}}\n\
-             spec: {{nodeName: {node}, containers: [{{name: c, image: i}}]}}\n\
-             status: {{phase: Running, conditions: [{{type: Ready, status: \"True\"}}]}}\n"
-        )
-    };
-    let node = |name: &str, kind: &str, ip: &str| {
-        format!(
-            "---\napiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nstatus: {{addresses: [{{type: {kind}, address: {ip}}}, {{type: Hostname, address: {name}}}]}}\n"
-        )
-    };
     api.apply_yaml(
         &(pod("one", "ingressd", "edge-1")
             + &pod("two", "ingressd", "edge-2")
             + &pod("web", "web", "worker-1")
             + &pod("three", "ingressd", "worker-1").replace("phase: Running", "phase: Pending")
-            + &node("edge-1", "ExternalIP", "198.18.0.21")
-            + &node("edge-2", "InternalIP", "198.18.0.22")
-            + &node("worker-1", "InternalIP", "198.18.0.23")),
+            + &node_object("edge-1", "ExternalIP", "198.18.0.21")
+            + &node_object("edge-2", "InternalIP", "198.18.0.22")
+            + &node_object("worker-1", "InternalIP", "198.18.0.23")),
     );
     let mut one = Ingressd::start(&api.kubeconfig(&dir), &dir, "one", &[]);
     one.bound().await;
-    let ips = || -> Vec<String> {
-        api.get("Ingress", "shop", "shop")
-            .and_then(|i| i["status"]["loadBalancer"]["ingress"].as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|e| e["ip"].as_str().map(str::to_string))
-            .collect()
-    };
+    let ips = || status_ips(&api);
     assert!(
         common::eventually(Duration::from_secs(30), async || !ips().is_empty()).await,
         "no status:\n{}",
@@ -867,5 +874,52 @@ async fn a_rejected_annotation_is_one_event_on_its_ingress() {
         .count();
     assert_eq!(writes, 1, "{:?}", api.requests());
     drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--update-status-on-shutdown` (default true): the leader leaving clears
+/// the address it wrote only when it is the last of the controller's pods;
+/// while another serves (a rollout's new pod), the status stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_replica_leaving_clears_the_status_it_wrote() {
+    let (dir, api) = shop_api("kube-clear").await;
+    api.apply_yaml(
+        &(pod("one", "ingressd", "edge-1")
+            + &pod("two", "ingressd", "edge-2")
+            + &node_object("edge-1", "ExternalIP", "198.18.0.31")
+            + &node_object("edge-2", "ExternalIP", "198.18.0.32")),
+    );
+    let stop = async |mut d: Ingressd| {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
+        let exited = common::eventually(Duration::from_secs(10), async || {
+            d.child.try_wait().ok().flatten().is_some()
+        })
+        .await;
+        assert!(exited, "{}", d.log());
+        d.log()
+    };
+    let mut one = Ingressd::start(&api.kubeconfig(&dir), &dir, "one", &[]);
+    one.bound().await;
+    let written = common::eventually(Duration::from_secs(30), async || {
+        status_ips(&api) == ["198.18.0.31", "198.18.0.32"]
+    })
+    .await;
+    assert!(written, "{:?}\n{}", status_ips(&api), one.log());
+    let log = stop(one).await;
+    assert!(log.contains("other replicas serve"), "{log}");
+    assert_eq!(status_ips(&api), ["198.18.0.31", "198.18.0.32"]);
+    // Pod two is gone: one, back and then leaving, is the last.
+    api.delete("Pod", "default", "two");
+    let mut one = Ingressd::start(&api.kubeconfig(&dir), &dir, "one", &[]);
+    one.bound().await;
+    let rewritten = common::eventually(Duration::from_secs(30), async || {
+        status_ips(&api) == ["198.18.0.31"]
+    })
+    .await;
+    assert!(rewritten, "{:?}\n{}", status_ips(&api), one.log());
+    let log = stop(one).await;
+    assert!(log.contains("Ingress status cleared"), "{log}");
+    assert!(status_ips(&api).is_empty(), "{:?}", status_ips(&api));
     let _ = std::fs::remove_dir_all(&dir);
 }

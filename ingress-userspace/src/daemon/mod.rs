@@ -117,6 +117,8 @@ pub struct KubeConfig {
     pub publish: PublishConfig,
     /// Write Ingress status (`--update-status`).
     pub update_status: bool,
+    /// Clear it when the last replica leaves (`--update-status-on-shutdown`).
+    pub update_status_on_shutdown: bool,
     /// The Lease (`--election-id`) and where it lives.
     pub election_id: String,
     pub lease_namespace: String,
@@ -375,6 +377,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 elector,
                 events,
                 cfg.kube.publish.pod.clone(),
+                cfg.kube.update_status_on_shutdown,
                 rx,
             ));
             (Some(tx), Some(task))

@@ -176,6 +176,28 @@ async fn controller_nodes(
     pod: &ObjectKey,
     selector: &mut Option<String>,
 ) -> Result<Vec<String>, kube::Error> {
+    let nodes: BTreeSet<String> = controller_pods(client, pod, selector)
+        .await?
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    let api: Api<Node> = Api::all(client.clone());
+    let mut out = Vec::new();
+    for name in nodes {
+        if let Some(node) = api.get_opt(&name).await? {
+            out.extend(node_addresses(&node));
+        }
+    }
+    Ok(out)
+}
+
+/// The controller's pods that serve (Running, Ready, not being deleted):
+/// those with this pod's labels, less the ones a rollout changes.
+async fn controller_pods(
+    client: &Client,
+    pod: &ObjectKey,
+    selector: &mut Option<String>,
+) -> Result<Vec<Pod>, kube::Error> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
     if selector.is_none() {
         let me = pods.get(&pod.name).await?;
@@ -191,20 +213,60 @@ async fn controller_nodes(
     }
     let labels = selector.as_deref().unwrap_or_default();
     let list = pods.list(&ListParams::default().labels(labels)).await?;
-    let nodes: BTreeSet<String> = list
+    Ok(list
         .items
-        .iter()
+        .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none() && serving(p))
-        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
-        .collect();
-    let api: Api<Node> = Api::all(client.clone());
-    let mut out = Vec::new();
-    for name in nodes {
-        if let Some(node) = api.get_opt(&name).await? {
-            out.extend(node_addresses(&node));
+        .collect())
+}
+
+/// `--update-status-on-shutdown`, as ingress-nginx: the leader leaving
+/// clears the address it wrote into our Ingresses' status, but only when
+/// it is the last of the controller's pods (a rollout's new pod, or another
+/// replica, keeps serving that address) and only in hostNetwork mode (with
+/// `--publish-service` or `--publish-status-address` the address outlives
+/// the controller).
+async fn clear_on_shutdown(
+    client: &Client,
+    last: &StatusInput,
+    pod: Option<&ObjectKey>,
+    selector: &mut Option<String>,
+) {
+    if last.addresses.is_some() {
+        return;
+    }
+    let Some(pod) = pod else {
+        // Outside a pod there is no telling whether others run.
+        return;
+    };
+    let others = match controller_pods(client, pod, selector).await {
+        Ok(pods) => pods
+            .iter()
+            .filter(|p| p.metadata.name.as_deref() != Some(pod.name.as_str()))
+            .count(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tell whether other replicas run; Ingress status left as it is");
+            return;
+        }
+    };
+    if others > 0 {
+        tracing::info!(others, "other replicas serve; Ingress status left to them");
+        return;
+    }
+    for (key, _) in &last.ingresses {
+        let api: Api<Ingress> = Api::namespaced(client.clone(), &key.namespace);
+        let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": []}}});
+        if let Err(e) = api
+            .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::warn!(ingress = %key, error = %e, "clearing Ingress status failed");
         }
     }
-    Ok(out)
+    tracing::info!(
+        ingresses = last.ingresses.len(),
+        "the last replica is leaving: Ingress status cleared (--update-status-on-shutdown)"
+    );
 }
 
 /// Runs the election and, while leading, writes the status the sync
@@ -214,6 +276,7 @@ pub async fn run(
     mut elector: Elector,
     mut events: super::events::Events,
     pod: Option<ObjectKey>,
+    update_on_shutdown: bool,
     mut input: watch::Receiver<StatusInput>,
 ) {
     // What this replica wrote and the snapshot does not show yet: not
@@ -297,6 +360,10 @@ pub async fn run(
             _ = tokio::time::sleep(RENEW_EVERY) => {}
             // The daemon is stopping (SIGTERM): the lease goes with it.
             changed = input.changed() => if changed.is_err() {
+                if update_on_shutdown && elector.still_leading() {
+                    let last = input.borrow().clone();
+                    clear_on_shutdown(&client, &last, pod.as_ref(), &mut selector).await;
+                }
                 elector.release().await;
                 return;
             },

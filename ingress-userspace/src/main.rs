@@ -102,6 +102,13 @@ enum Command {
         #[arg(long, default_value = "ingress-ebpf/controller")]
         controller_class: String,
     },
+    /// One screen of what the running ingressd is doing (from its
+    /// --metrics-addr, on this machine): synced, status writer, route rules
+    /// and what is wrong with Ingresses, the L4 tables' fill.
+    Status {
+        #[arg(long, default_value = "127.0.0.1:10254", env = "INGRESSD_METRICS_ADDR")]
+        metrics_addr: SocketAddr,
+    },
     /// Print the live services, backends and flows as a table.
     Maps {
         #[arg(long, default_value = "/sys/fs/bpf/ingressd")]
@@ -454,22 +461,111 @@ fn print_routes(
         print!("{}", render_routes(&table));
         return Ok(());
     }
+    print!("{}", ask_running(metrics_addr, "/routes")?);
+    Ok(())
+}
+
+/// GET `path` from the running ingressd's --metrics-addr: its body.
+fn ask_running(metrics_addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     use std::io::{Read as _, Write as _};
     let timeout = Duration::from_secs(5);
     let mut s = std::net::TcpStream::connect_timeout(&metrics_addr, timeout).map_err(|e| {
         anyhow::anyhow!("asking the running ingressd at {metrics_addr} (--metrics-addr): {e}")
     })?;
     s.set_read_timeout(Some(timeout))?;
-    s.write_all(b"GET /routes HTTP/1.1\r\nHost: ingressd\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: ingressd\r\nConnection: close\r\n\r\n"
+    )?;
     let mut answer = Vec::new();
-    s.read_to_end(&mut answer)?;
+    // Bounded: the answer is small, the read times out.
+    s.take(16 << 20).read_to_end(&mut answer)?;
     let answer = String::from_utf8_lossy(&answer);
     let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
     let status = head.lines().next().unwrap_or_default();
     if !status.starts_with("HTTP/1.1 200") {
-        anyhow::bail!("{metrics_addr}/routes answered {status:?}: {}", body.trim());
+        anyhow::bail!("{metrics_addr}{path} answered {status:?}: {}", body.trim());
     }
-    print!("{body}");
+    Ok(body.to_string())
+}
+
+/// `ingressd status`: one screen of what the running ingressd is doing.
+fn print_status(metrics_addr: SocketAddr) -> anyhow::Result<()> {
+    let body = ask_running(metrics_addr, "/status")?;
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| anyhow::anyhow!("{metrics_addr}/status is not JSON: {e}"))?;
+    let n = |p: &str| {
+        v.pointer(p)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
+    let text = |p: &str| {
+        v.pointer(p)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("?")
+    };
+    let yes = |p: &str| v.pointer(p).and_then(serde_json::Value::as_bool) == Some(true);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "ingressd {} (commit {}) at {metrics_addr}",
+        text("/version"),
+        text("/commit")
+    );
+    let _ = writeln!(
+        out,
+        "  synced         {}: {} syncs, {} failed, the last took {:.1} ms{}",
+        if yes("/ready") {
+            "yes"
+        } else {
+            "NO (first sync not applied)"
+        },
+        n("/syncs"),
+        n("/sync_errors"),
+        n("/last_sync_micros") as f64 / 1000.0,
+        if yes("/healthy") {
+            ""
+        } else {
+            "; the sync loop is STUCK"
+        }
+    );
+    let writer = match text("/status_writer") {
+        "leader" => "this replica holds the Lease and writes Ingress status",
+        "follower" => "another replica holds the Lease",
+        "off" => "not written by this replica (--update-status=false, or manifest files)",
+        _ => "?",
+    };
+    let _ = writeln!(out, "  status         {writer}");
+    let problems: Vec<&str> = v["problems"]
+        .as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "  routes         {} rules; {} problem{}{}",
+        n("/route_rules"),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" },
+        if n("/manifest_errors") > 0 {
+            format!(", {} manifest documents refused", n("/manifest_errors"))
+        } else {
+            String::new()
+        }
+    );
+    for p in &problems {
+        let _ = writeln!(out, "                   {p}");
+    }
+    let _ = writeln!(
+        out,
+        "  L4             {} frontends, {} rings; {} flows of {}; SNAT ports {} of {} in use",
+        n("/l4/frontends"),
+        n("/l4/rings"),
+        n("/l4/flows"),
+        ingress_common::MAX_FLOWS,
+        n("/l4/snat_in_use"),
+        n("/l4/snat_ports")
+    );
+    print!("{out}");
     Ok(())
 }
 
@@ -713,6 +809,7 @@ fn main() -> std::process::ExitCode {
             );
         }),
         Command::Maps { pin_path, flows } => print_maps(&pin_path, flows),
+        Command::Status { metrics_addr } => print_status(metrics_addr),
         Command::Routes {
             metrics_addr,
             manifests,

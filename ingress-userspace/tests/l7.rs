@@ -2339,3 +2339,44 @@ async fn log_format_json_writes_one_object_a_line() {
         "{log}"
     );
 }
+
+/// `ingressd status` shows, from the running daemon's metrics address,
+/// that it synced, its route rules and what is wrong with an Ingress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_sync_rules_and_problems() {
+    let (_, yaml) = backends().await;
+    let odd = "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\n\
+               metadata: {name: odd, annotations: {nginx.ingress.kubernetes.io/ssl-redirect: maybe}}\n\
+               spec:\n  ingressClassName: ebpf\n  rules:\n  - host: odd.test\n    http:\n      paths:\n      \
+               - {path: /, pathType: Prefix, backend: {service: {name: a, port: {number: 80}}}}\n";
+    let d = Ingressd::start(BIN, &(yaml + odd)).await;
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--metrics-addr", &d.metrics.to_string()])
+        .output()
+        .expect("ingressd status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("ingressd 0.1.0 (commit "), "{text}");
+    assert!(text.contains("synced         yes:"), "{text}");
+    assert!(text.contains("not written by this replica"), "{text}");
+    assert!(text.contains("1 problem\n"), "{text}");
+    assert!(
+        text.contains("Ingress default/odd: field metadata.annotations"),
+        "{text}"
+    );
+    // Nothing listens there: a clear error, not a hang.
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--metrics-addr", "127.0.0.1:1"])
+        .output()
+        .expect("ingressd status");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("asking the running ingressd at 127.0.0.1:1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

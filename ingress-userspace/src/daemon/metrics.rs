@@ -38,6 +38,15 @@ pub struct Status {
     pub revnat_entries: AtomicU64,
     pub snat_in_use: AtomicU64,
     pub snat_ports: AtomicU64,
+    /// Rules in the proxy's route table.
+    pub route_rules: AtomicU64,
+    /// What the last sync found wrong (an Ingress's refused path or
+    /// annotation, a missing Service or Secret, ...), a line each.
+    pub problems: std::sync::Mutex<Vec<String>>,
+    /// This replica writes Ingress status (`--update-status` with the API).
+    pub writes_status: AtomicBool,
+    /// It holds the Lease (the status writer keeps this).
+    pub leading: Arc<AtomicBool>,
 }
 
 pub fn now_ms() -> u64 {
@@ -234,6 +243,7 @@ async fn handle(
             }
             (StatusCode::OK, text)
         }
+        "/status" => (StatusCode::OK, render_status(&status)),
         "/healthz" if status.healthy() => (StatusCode::OK, "ok\n".into()),
         "/healthz" => (StatusCode::SERVICE_UNAVAILABLE, "sync loop stuck\n".into()),
         "/readyz" if status.ready.load(Ordering::Relaxed) => (StatusCode::OK, "ready\n".into()),
@@ -250,6 +260,44 @@ async fn handle(
         hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     resp
+}
+
+/// What `ingressd status` shows, as JSON.
+fn render_status(status: &Status) -> String {
+    let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let writer = if !status.writes_status.load(Ordering::Relaxed) {
+        "off"
+    } else if status.leading.load(Ordering::Relaxed) {
+        "leader"
+    } else {
+        "follower"
+    };
+    let problems = status
+        .problems
+        .lock()
+        .map(|p| p.clone())
+        .unwrap_or_default();
+    serde_json::json!({
+        "version": super::VERSION,
+        "commit": super::COMMIT,
+        "ready": status.ready.load(Ordering::Relaxed),
+        "healthy": status.healthy(),
+        "syncs": r(&status.syncs),
+        "sync_errors": r(&status.sync_errors),
+        "last_sync_micros": r(&status.last_sync_micros),
+        "manifest_errors": r(&status.manifest_errors),
+        "status_writer": writer,
+        "route_rules": r(&status.route_rules),
+        "problems": problems,
+        "l4": {
+            "frontends": r(&status.frontends),
+            "rings": r(&status.rings),
+            "flows": r(&status.flows),
+            "snat_in_use": r(&status.snat_in_use),
+            "snat_ports": r(&status.snat_ports),
+        },
+    })
+    .to_string()
 }
 
 /// Binds now (so a bad address fails at start-up) and serves in the

@@ -363,6 +363,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             cfg.default_ssl_certificate.clone(),
             cfg.rules,
         );
+        status
+            .writes_status
+            .store(cfg.kube.update_status, std::sync::atomic::Ordering::Relaxed);
         let (publisher, task) = if cfg.kube.update_status {
             let (tx, rx) = tokio::sync::watch::channel(status::StatusInput::default());
             let elector = Elector::new(
@@ -378,6 +381,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 events,
                 cfg.kube.publish.pod.clone(),
                 cfg.kube.update_status_on_shutdown,
+                status.leading.clone(),
                 rx,
             ));
             (Some(tx), Some(task))

@@ -196,6 +196,10 @@ impl Syncer {
         for w in warnings.difference(&self.warned) {
             tracing::warn!("{w}");
         }
+        if let Ok(mut p) = status.problems.lock() {
+            *p = warnings.iter().cloned().collect();
+        }
+        status.route_rules.store(rules as u64, Ordering::Relaxed);
         self.warned = warnings;
         let took = started.elapsed();
         status.syncs.fetch_add(1, Ordering::Relaxed);

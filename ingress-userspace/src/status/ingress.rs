@@ -277,6 +277,7 @@ pub async fn run(
     mut events: super::events::Events,
     pod: Option<ObjectKey>,
     update_on_shutdown: bool,
+    leading: std::sync::Arc<std::sync::atomic::AtomicBool>,
     mut input: watch::Receiver<StatusInput>,
 ) {
     // What this replica wrote and the snapshot does not show yet: not
@@ -288,7 +289,9 @@ pub async fn run(
         // Nothing to write before the first sync hands its input over (and
         // no address to look up for it).
         let synced = *input.borrow() != StatusInput::default();
-        if elector.tick().await && synced {
+        let leads = elector.tick().await;
+        leading.store(leads, std::sync::atomic::Ordering::Relaxed);
+        if leads && synced {
             let now = input.borrow_and_update().clone();
             let addresses = match (&now.addresses, &pod) {
                 (Some(a), _) => a.clone(),

@@ -101,6 +101,9 @@ enum Command {
         ingress_class: String,
         #[arg(long, default_value = "ingress-ebpf/controller")]
         controller_class: String,
+        /// With --manifests: accept endpoints on loopback addresses (as `run` does with it).
+        #[arg(long)]
+        allow_loopback_endpoints: bool,
     },
     /// One screen of what the running ingressd is doing (from its
     /// --metrics-addr, on this machine): synced, status writer, route rules
@@ -447,9 +450,10 @@ fn print_routes(
     metrics_addr: SocketAddr,
     manifests: Vec<PathBuf>,
     class: &ClassConfig,
+    rules: Rules,
 ) -> anyhow::Result<()> {
     if !manifests.is_empty() {
-        let mut source = ManifestSource::new(manifests);
+        let mut source = ManifestSource::new(manifests).with_rules(rules);
         let loaded = source.load();
         for e in &loaded.errors {
             eprintln!("{e}");
@@ -815,12 +819,16 @@ fn main() -> std::process::ExitCode {
             manifests,
             ingress_class,
             controller_class,
+            allow_loopback_endpoints,
         } => {
             let class = ClassConfig {
                 class_name: ingress_class,
                 controller: controller_class,
             };
-            print_routes(metrics_addr, manifests, &class)
+            let rules = Rules {
+                loopback_endpoints: allow_loopback_endpoints,
+            };
+            print_routes(metrics_addr, manifests, &class, rules)
         }
     };
     match result {

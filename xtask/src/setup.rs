@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: installs what building and testing need, once.
 //! Idempotent: each step checks first and prints one line either way.
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
@@ -234,21 +234,35 @@ fn install(verbose: bool) -> anyhow::Result<()> {
         step("bpffs at /sys/fs/bpf", true, "");
     }
 
-    // 4. What the lab (tests, demo) drives: ip, ethtool, nsenter, python3, curl.
-    let missing: Vec<&str> = [
+    // 4. What the lab (tests, demo) drives: ip, ethtool, nsenter, python3,
+    // curl; and what the image is made of and tried with: ldd, objcopy,
+    // unshare, chroot, the CA bundle.
+    let mut missing: Vec<&str> = [
         ("ip", "iproute2"),
         ("ethtool", "ethtool"),
         ("nsenter", "util-linux"),
+        ("unshare", "util-linux"),
         ("python3", "python3"),
         ("curl", "curl"),
+        ("ldd", "libc-bin"),
+        ("objcopy", "binutils"),
+        ("chroot", "coreutils"),
     ]
     .iter()
     .filter(|(tool, _)| !have(tool))
     .map(|(_, pkg)| *pkg)
     .collect();
+    if !Path::new("/etc/ssl/certs/ca-certificates.crt").exists() {
+        missing.push("ca-certificates");
+    }
+    missing.dedup();
     if missing.is_empty() {
         if verbose {
-            step("lab tools", true, "ip, ethtool, nsenter, python3, curl");
+            step(
+                "lab tools",
+                true,
+                "ip, ethtool, nsenter, python3, curl, ldd, objcopy, CA certificates",
+            );
         }
     } else if is_root() {
         step("lab tools", false, &missing.join(", "));

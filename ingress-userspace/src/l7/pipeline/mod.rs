@@ -457,11 +457,11 @@ impl Pipeline {
         origin: Origin,
         first: SocketAddr,
     ) -> Result<Outgoing, ProxyError> {
-        let target = rewritten(route, head.target, path)?;
         let request_id = req
             .value("x-request-id")
             .and_then(|v| HeaderValue::from_maybe_shared(v).ok())
             .unwrap_or_else(request_id);
+        let target = rewritten(route, head.target, path, &request_id)?;
         let forwarding = Forwarding::new(
             req,
             |name| req.listed(name),
@@ -519,7 +519,7 @@ impl Pipeline {
             .cloned()
             .unwrap_or_else(request_id);
         let policy = &route.policy;
-        let path_and_query = rewritten(route, head.target, path)?;
+        let path_and_query = rewritten(route, head.target, path, &request_id)?;
         let max_body = policy.max_body.unwrap_or(self.limits.max_body_bytes);
         let declared = parts
             .headers
@@ -825,6 +825,7 @@ fn rewritten<'a>(
     route: &Route,
     target: &'a PathAndQuery,
     path: &NormalPath<'_>,
+    request_id: &HeaderValue,
 ) -> Result<Cow<'a, PathAndQuery>, ProxyError> {
     let path = match rewrite_path(route, path, target.query()) {
         None => return Ok(Cow::Borrowed(target)),
@@ -834,7 +835,8 @@ fn rewritten<'a>(
     match path.parse() {
         Ok(pq) => Ok(Cow::Owned(pq)),
         Err(_) => {
-            tracing::warn!(ingress = %route.ingress, %path, "rewrite-target made an invalid path");
+            let id = request_id.to_str().unwrap_or_default();
+            tracing::warn!(request_id = id, ingress = %route.ingress, %path, "rewrite-target made an invalid path");
             Err(ProxyError::InvalidRewrite)
         }
     }

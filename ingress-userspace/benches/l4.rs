@@ -75,6 +75,16 @@ fn backend(i: u32, j: u32) -> Backend {
 }
 
 fn services(n: u32) -> DesiredState {
+    services_with(n, |i| (vip(i), 80), |i| vec![backend(i, 1), backend(i, 2)])
+}
+
+/// `n` Services `bench/svc-i`: TCP frontend `frontend(i)`, endpoints
+/// `backends(i)` (also for the connection benchmark's).
+fn services_with(
+    n: u32,
+    frontend: impl Fn(u32) -> (Ipv4Addr, u16),
+    backends: impl Fn(u32) -> Vec<Backend>,
+) -> DesiredState {
     let mut s = DesiredState::default();
     for i in 0..n {
         let id = 1 + i as u64;
@@ -82,14 +92,15 @@ fn services(n: u32) -> DesiredState {
             id,
             RingSpec {
                 name: format!("bench/svc-{i}:80/TCP"),
-                backends: vec![backend(i, 1), backend(i, 2)],
+                backends: backends(i),
                 ..Default::default()
             },
         );
+        let (addr, port) = frontend(i);
         s.frontends.insert(
             FrontendKey {
-                addr: u32::from(vip(i)).to_be(),
-                port: 80u16.to_be(),
+                addr: u32::from(addr).to_be(),
+                port: port.to_be(),
                 proto: IPPROTO_TCP,
                 scope: 0,
             },

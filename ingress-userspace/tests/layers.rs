@@ -103,6 +103,26 @@ fn layer_named(path: &str, module: &[String]) -> Option<String> {
     at.first().cloned()
 }
 
+/// The paths a source file names outside its tests: every `use` tree,
+/// flattened, and every word starting with one of `qualified`.
+fn referenced_paths(file: &Path, qualified: &[&str]) -> Vec<String> {
+    let statement = regex::Regex::new(r"(?m)^\s*(pub(\([^)]*\))?\s+)?use\s+([^;]+);")
+        .expect("use-statement pattern");
+    let text = std::fs::read_to_string(file).expect("read source");
+    // Test modules may reach anywhere.
+    let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+    let mut paths = Vec::new();
+    for c in statement.captures_iter(text) {
+        flatten(&c[3], "", &mut paths);
+    }
+    for word in text.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':')) {
+        if qualified.iter().any(|q| word.starts_with(q)) {
+            paths.push(word.to_string());
+        }
+    }
+    paths
+}
+
 #[test]
 fn l7_modules_depend_one_way() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/l7");
@@ -110,8 +130,6 @@ fn l7_modules_depend_one_way() {
     files(&root, &mut all);
     assert!(all.len() > 20, "found the l7 sources");
     let mut wrong = BTreeSet::new();
-    let statement = regex::Regex::new(r"(?m)^\s*(pub(\([^)]*\))?\s+)?use\s+([^;]+);")
-        .expect("use-statement pattern");
     for file in all {
         let rel = file.strip_prefix(&root).expect("under src/l7");
         let module = module_of(rel);
@@ -120,19 +138,7 @@ fn l7_modules_depend_one_way() {
         };
         let own_rank = ORDER.iter().position(|l| *l == own);
         assert!(own_rank.is_some(), "{own} is not in ORDER");
-        let text = std::fs::read_to_string(&file).expect("read source");
-        // Test modules may reach anywhere.
-        let text = text.split("#[cfg(test)]").next().unwrap_or_default();
-        let mut paths = Vec::new();
-        for c in statement.captures_iter(text) {
-            flatten(&c[3], "", &mut paths);
-        }
-        for word in text.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':')) {
-            if word.starts_with("super::") || word.starts_with("crate::l7::") {
-                paths.push(word.to_string());
-            }
-        }
-        for p in paths {
+        for p in referenced_paths(&file, &["super::", "crate::l7::"]) {
             let Some(named) = layer_named(&p, &module) else {
                 continue;
             };
@@ -164,8 +170,6 @@ const FOLDERS: &[&str] = &[
 #[test]
 fn crate_folders_depend_one_way() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let statement = regex::Regex::new(r"(?m)^\s*(pub(\([^)]*\))?\s+)?use\s+([^;]+);")
-        .expect("use-statement pattern");
     let mut wrong = BTreeSet::new();
     for own in FOLDERS {
         let mut all = Vec::new();
@@ -173,18 +177,7 @@ fn crate_folders_depend_one_way() {
         assert!(!all.is_empty(), "no sources in src/{own}");
         let own_rank = FOLDERS.iter().position(|f| f == own);
         for file in all {
-            let text = std::fs::read_to_string(&file).expect("read source");
-            let text = text.split("#[cfg(test)]").next().unwrap_or_default();
-            let mut paths = Vec::new();
-            for c in statement.captures_iter(text) {
-                flatten(&c[3], "", &mut paths);
-            }
-            for word in text.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':')) {
-                if word.starts_with("crate::") {
-                    paths.push(word.to_string());
-                }
-            }
-            for p in paths {
+            for p in referenced_paths(&file, &["crate::"]) {
                 // `crate::{…}` alone is a use tree's head, flattened above.
                 let Some(named) = p
                     .strip_prefix("crate::")

@@ -18,13 +18,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use ingress_common::{Backend, FrontendKey, IPPROTO_TCP, ServiceEntry};
+use ingress_common::Backend;
 use ingressd::{
     kernel::{LbMaps, XdpAttachMode, cleanup, load_and_attach},
-    l4::{
-        apply, diff,
-        model::{DesiredState, RingSpec},
-    },
+    l4::{apply, diff, model::DesiredState},
 };
 
 use super::Netns;
@@ -313,38 +310,13 @@ fn header(title: &str) {
 
 /// `n` Services, frontends `frontend(i)`, each with the pod as endpoint.
 fn services(n: u32, frontend: impl Fn(u32) -> (Ipv4Addr, u16)) -> DesiredState {
-    let mut s = DesiredState::default();
-    for i in 0..n {
-        let id = 1 + i as u64;
-        s.rings.insert(
-            id,
-            RingSpec {
-                name: format!("bench/svc-{i}:80/TCP"),
-                backends: vec![Backend {
-                    addr: u32::from(SRV).to_be(),
-                    port: SRV_PORT.to_be(),
-                    flags: 0,
-                    pad: 0,
-                }],
-                ..Default::default()
-            },
-        );
-        let (addr, port) = frontend(i);
-        s.frontends.insert(
-            FrontendKey {
-                addr: u32::from(addr).to_be(),
-                port: port.to_be(),
-                proto: IPPROTO_TCP,
-                scope: 0,
-            },
-            ServiceEntry {
-                ring_id: id,
-                flags: 0,
-                affinity_timeout: 0,
-            },
-        );
-    }
-    s
+    let pod = Backend {
+        addr: u32::from(SRV).to_be(),
+        port: SRV_PORT.to_be(),
+        flags: 0,
+        pad: 0,
+    };
+    super::services_with(n, frontend, |_| vec![pod])
 }
 
 /// kube-proxy's iptables-mode rules for `n` ClusterIP Services, as it

@@ -93,7 +93,8 @@ impl Events {
     pub async fn publish(&mut self, causes: &[Cause]) {
         let now: BTreeSet<Cause> = causes.iter().cloned().collect();
         self.published.retain(|c| now.contains(c));
-        for cause in now.difference(&self.published.clone()) {
+        let new: Vec<Cause> = now.difference(&self.published).cloned().collect();
+        for cause in &new {
             let event = Event {
                 type_: EventType::Warning,
                 reason: cause.reason.clone(),

@@ -38,6 +38,9 @@ pub mod map_names {
     pub const SOCK_COUNTERS: &str = "SOCK4_COUNTERS";
     /// Per-socket reverse translation (socket storage, freed with the socket).
     pub const SOCK_REVNAT: &str = "SOCK4_REVNAT";
+    /// TCP sockets' reverse translation by socket cookie (preallocated;
+    /// removed at `sock_release`; when full, socket storage takes over).
+    pub const TCP_REVNAT: &str = "SOCK4_TCP_REVNAT";
     /// `sessionAffinity: ClientIP` choices, by client and ring.
     pub const AFFINITY: &str = "LB4_AFFINITY";
     /// Connected UDP sockets sent to a backend, by socket cookie.
@@ -463,7 +466,10 @@ pub mod sock_counter {
     pub const REVERSED: u32 = 4;
     /// The backend came from a live `sessionAffinity: ClientIP` entry.
     pub const AFFINITY_HIT: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// A TCP translation kept in the socket's storage because
+    /// `SOCK4_TCP_REVNAT` was full (correct, only slower).
+    pub const TCP_REVNAT_FULL: u32 = 6;
+    pub const COUNT: u32 = 7;
 
     /// Metric label for each counter, by index.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -473,6 +479,7 @@ pub mod sock_counter {
         "dropped",
         "reversed",
         "affinity_hit",
+        "tcp_revnat_full",
     ];
 }
 
@@ -566,6 +573,10 @@ const _: () = assert!(size_of::<UdpConnected>() == 16);
 
 /// Connected UDP sockets tracked (LRU; released ones are removed at once).
 pub const MAX_UDP_CONNECTED: u32 = 65_536;
+
+/// Translated TCP sockets whose reverse translation sits in
+/// `SOCK4_TCP_REVNAT` at once (more go to socket storage).
+pub const MAX_TCP_REVNAT: u32 = 65_536;
 
 #[cfg(feature = "user")]
 mod pod_impls {

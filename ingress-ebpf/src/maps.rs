@@ -7,8 +7,9 @@ use aya_ebpf::{
 use ingress_common::{
     AffinityEntry, AffinityKey, COUNTER_SLOTS, Config, CtEntry, FlowKey, FrontendKey, MAX_AFFINITY,
     MAX_FLOWS, MAX_NODE_ADDRS, MAX_REDIRECT_IFS, MAX_RING_MEMBERS, MAX_RINGS, MAX_SERVICES,
-    MAX_SOURCE_RANGES, MAX_UDP_CONNECTED, RefuseBucket, RevNatEntry, Ring, RingMemberKey,
-    ServiceEntry, ServiceName, SockLbState, SourceRangeKey, UdpConnected,
+    MAX_SOURCE_RANGES, MAX_TCP_REVNAT, MAX_UDP_CONNECTED, RefuseBucket, RevNatEntry, Ring,
+    RingMemberKey, ServiceEntry, ServiceName, SockLbState, SockRevNat, SourceRangeKey,
+    UdpConnected,
 };
 
 /// Rings are large (8 KiB) and most services are few: allocate on demand.
@@ -77,6 +78,15 @@ pub static UDP_CONNECTED: LruHashMap<u64, UdpConnected> = LruHashMap::pinned(MAX
 /// `ingressd` through the loader, as BTF maps carry no pinning here.
 #[btf_map(name = "SOCK4_REVNAT")]
 pub static SOCK_REVNAT: SkStorage<SockLbState> = SkStorage::new();
+
+/// A translated TCP socket's reverse translation, by socket cookie.
+/// Preallocated, so an insert takes an element from a free list: socket
+/// storage allocates (and charges a memory cgroup) on every connect, the
+/// larger part of a translation's cost. Entries go at `sock_release`
+/// (cookies are never reused); when the table is full, socket storage
+/// takes the translation, so nothing is ever lost to a full table.
+#[map(name = "SOCK4_TCP_REVNAT")]
+pub static TCP_REVNAT: HashMap<u64, SockRevNat> = HashMap::pinned(MAX_TCP_REVNAT, 0);
 
 #[inline(always)]
 fn bump(map: &PerCpuArray<u64>, index: u32) {

@@ -5,7 +5,10 @@
 //!
 //! `cgroup_connect4` (TCP, connected UDP) and `cgroup_sendmsg4`
 //! (unconnected UDP) choose the backend from the same rings as the packet
-//! path and remember the translation in the socket's own storage;
+//! path and remember the translation: a TCP socket's in a preallocated
+//! table by socket cookie (emptied at `sock_release`), anything else's, or
+//! a TCP socket's when that table is full, in the socket's own storage
+//! (which costs an allocation per socket: most of a translation's time);
 //! `cgroup_recvmsg4` and `cgroup_getpeername4` read it back, so a reply
 //! seems to come from the Service address (resolvers compare it) and the
 //! peer name is the one the caller connected to.
@@ -33,7 +36,7 @@ use crate::{
         Selected, affine_backend, empty_ring_verdict, lookup_in_cluster_v4, lookup_service_v4,
         ring_slot,
     },
-    maps::{RINGS, SOCK_REVNAT, UDP_CONNECTED, count_sock},
+    maps::{RINGS, SOCK_REVNAT, TCP_REVNAT, UDP_CONNECTED, count_sock},
 };
 
 /// Return values of cgroup sock_addr programs.
@@ -71,15 +74,22 @@ fn connect(ctx: &SockAddrContext, family: Family) -> i32 {
 /// A socket is being released: it is no longer one to close.
 #[cgroup_sock(sock_release)]
 pub fn cgroup_sock_release(ctx: SockContext) -> i32 {
-    // Only UDP sockets are ever tracked: every other release (most of
-    // them, TCP) costs one read.
     // SAFETY: the context the kernel handed us.
-    if unsafe { (*ctx.sock).protocol } != IPPROTO_UDP as u32 {
+    let (protocol, dst_port) = unsafe { ((*ctx.sock).protocol, (*ctx.sock).dst_port) };
+    // A socket that never connected (a listener, an unconnected UDP
+    // socket) was never tracked: most releases stop at these reads.
+    if dst_port == 0 {
         return SYS_PROCEED;
     }
     // SAFETY: helper call on our own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
-    let _ = UDP_CONNECTED.remove(&cookie);
+    if protocol == IPPROTO_UDP as u32 {
+        let _ = UDP_CONNECTED.remove(&cookie);
+    } else if protocol == IPPROTO_TCP as u32 && TCP_REVNAT.get_ptr(&cookie).is_some() {
+        // Looked up first: a delete takes the bucket's lock even for a key
+        // that is not there, and most TCP sockets are none of ours.
+        let _ = TCP_REVNAT.remove(&cookie);
+    }
     SYS_PROCEED
 }
 
@@ -268,13 +278,29 @@ fn translate(ctx: &SockAddrContext, family: Family) -> Result<(u8, u64, SockRevN
         backend_port: backend.port,
         service_port: dst.dport,
     };
-    remember(ctx, rev);
+    if dst.proto == IPPROTO_TCP {
+        remember_tcp(ctx, rev);
+    } else {
+        remember(ctx, rev);
+    }
     // SAFETY: the context the kernel handed us; these fields are writable
     // in connect and sendmsg hooks.
     let sa = unsafe { &mut *ctx.sock_addr };
     set_user_addr(sa, family, backend.addr);
     sa.user_port = backend.port as u32;
     Ok((dst.proto, svc.ring_id, rev))
+}
+
+/// Records a TCP socket's one translation (TCP has one peer) in the
+/// preallocated table, or in its storage when the table is full.
+#[inline(always)]
+fn remember_tcp(ctx: &SockAddrContext, rev: SockRevNat) {
+    // SAFETY: helper call on our own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    if TCP_REVNAT.insert(&cookie, &rev, 0).is_err() {
+        count_sock(sock_counter::TCP_REVNAT_FULL);
+        remember(ctx, rev);
+    }
 }
 
 /// Records a translation in the socket's storage: the slot already holding
@@ -312,13 +338,6 @@ fn remember(ctx: &SockAddrContext, rev: SockRevNat) {
 /// Backend → frontend in the address a reply or getpeername() reports.
 #[inline(always)]
 fn reverse(ctx: &SockAddrContext, family: Family) {
-    // SAFETY: the helper checks the socket; a null result is handled.
-    let state = unsafe { SOCK_REVNAT.get_ptr_mut(ctx) };
-    if state.is_null() {
-        return;
-    }
-    // SAFETY: non-null pointer into this socket's storage.
-    let state: &SockLbState = unsafe { &*state };
     // SAFETY: the context the kernel handed us; the address and port are
     // readable and writable in recvmsg and getpeername hooks.
     let sa = unsafe { &mut *ctx.sock_addr };
@@ -326,13 +345,35 @@ fn reverse(ctx: &SockAddrContext, family: Family) {
         return;
     };
     let port = sa.user_port as u16;
+    let undo = |sa: &mut bpf_sock_addr, e: &SockRevNat| {
+        set_user_addr(sa, family, e.service_addr);
+        sa.user_port = e.service_port as u32;
+        count_sock(sock_counter::REVERSED);
+    };
+    if sa.protocol == IPPROTO_TCP as u32 {
+        // SAFETY: helper call on our own context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+        if let Some(e) = TCP_REVNAT.get_ptr(&cookie) {
+            // SAFETY: pointer into a map value, valid for this program run.
+            let e = unsafe { *e };
+            if e.backend_addr == addr && e.backend_port == port {
+                undo(sa, &e);
+                return;
+            }
+        }
+    }
+    // SAFETY: the helper checks the socket; a null result is handled.
+    let state = unsafe { SOCK_REVNAT.get_ptr_mut(ctx) };
+    if state.is_null() {
+        return;
+    }
+    // SAFETY: non-null pointer into this socket's storage.
+    let state: &SockLbState = unsafe { &*state };
     let mut i = 0;
     while i < SOCK_REVNAT_SLOTS {
         let e = &state.entries[i];
         if e.backend_addr == addr && e.backend_port == port && e.backend_addr != 0 {
-            set_user_addr(sa, family, e.service_addr);
-            sa.user_port = e.service_port as u32;
-            count_sock(sock_counter::REVERSED);
+            undo(sa, e);
             return;
         }
         i += 1;

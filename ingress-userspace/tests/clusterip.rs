@@ -267,6 +267,66 @@ fn age_affinity(pins: &Path, by: Duration) -> usize {
     entries.len()
 }
 
+/// The TCP reverse-translation table: how many entries it holds.
+fn tcp_revnat(
+    pins: &Path,
+) -> aya::maps::HashMap<aya::maps::MapData, u64, ingress_common::SockRevNat> {
+    use aya::maps::{Map, MapData};
+    let data = MapData::from_pin(pins.join(ingress_common::map_names::TCP_REVNAT))
+        .expect("tcp revnat map");
+    Map::HashMap(data).try_into().expect("tcp revnat map type")
+}
+
+#[test]
+fn tcp_translations_leave_their_table_at_close_and_a_full_table_falls_back_to_socket_storage() {
+    if !lab::need_root() {
+        return;
+    }
+    let (lab, _dir) = setup("crev", |lab| {
+        service(
+            "web",
+            WEB,
+            (80, 8080, "TCP"),
+            "",
+            &[pod(lab, "a1"), pod(lab, "b1")],
+        )
+    });
+    let web = addr(WEB, 80);
+    let pins = lab.node("node-a").pin_path.clone();
+    let tcp = lab.connect_from("a2", Mode::Tcp, web, 10).expect("tcp");
+    assert_all_from_service(&tcp, web, true);
+    // The client closed every socket: sock_release took their entries.
+    let left = || tcp_revnat(&pins).keys().count();
+    assert!(
+        wait_until(Duration::from_secs(5), || left() == 0),
+        "{} translations outlived their sockets",
+        left()
+    );
+
+    // A full table: cookies no socket will have (they count up from 1).
+    let mut table = tcp_revnat(&pins);
+    let fake = |i: u32| u64::MAX - u64::from(i);
+    for i in 0..ingress_common::MAX_TCP_REVNAT {
+        table
+            .insert(fake(i), ingress_common::SockRevNat::default(), 0)
+            .expect("filling the table");
+    }
+    let full = lab.connect_from("a2", Mode::Tcp, web, 6).expect("tcp");
+    // Socket storage took the translations: the peer is still the Service.
+    assert_all_from_service(&full, web, true);
+    let fell_back = lab.metric(
+        "node-a",
+        "ingressd_socket_lb_total{result=\"tcp_revnat_full\"}",
+    );
+    assert!(
+        fell_back >= 6,
+        "translations kept in socket storage: {fell_back}"
+    );
+    for i in 0..ingress_common::MAX_TCP_REVNAT {
+        table.remove(&fake(i)).expect("emptying the table");
+    }
+}
+
 #[test]
 fn internal_traffic_policy_local_keeps_traffic_on_the_node() {
     if !lab::need_root() {

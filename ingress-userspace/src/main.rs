@@ -45,6 +45,12 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ReportFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -111,6 +117,27 @@ enum Command {
     Status {
         #[arg(long, default_value = "127.0.0.1:10254", env = "INGRESSD_METRICS_ADDR")]
         metrics_addr: SocketAddr,
+    },
+    /// Report what Ingresses written for ingress-nginx keep and lose here:
+    /// each nginx.ingress.kubernetes.io/ annotation (and each key of the
+    /// controller ConfigMap) as honoured, honoured with a difference, not
+    /// supported, refused by design, or an invalid value. Exit code 0 when
+    /// nothing is lost, 1 when something is (or on error).
+    Migrate {
+        /// Read these files or directories instead of the cluster.
+        #[arg(long, num_args = 1.., env = "INGRESSD_MANIFESTS", value_delimiter = ',')]
+        manifests: Vec<PathBuf>,
+        /// Kubeconfig for the API server [default: in-cluster config in a pod, else $KUBECONFIG, else ~/.kube/config].
+        #[arg(long, conflicts_with = "manifests", env = "INGRESSD_KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// Ingresses of this namespace only [default: all].
+        #[arg(long, env = "INGRESSD_WATCH_NAMESPACE")]
+        watch_namespace: Option<String>,
+        /// ingress-nginx's controller ConfigMap (namespace/name, as its --configmap flag), reported key by key.
+        #[arg(long)]
+        configmap: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: ReportFormat,
     },
     /// Print the live services, backends and flows as a table.
     Maps {
@@ -813,6 +840,20 @@ fn main() -> std::process::ExitCode {
             );
         }),
         Command::Maps { pin_path, flows } => print_maps(&pin_path, flows),
+        Command::Migrate {
+            manifests,
+            kubeconfig,
+            watch_namespace,
+            configmap,
+            output,
+        } => {
+            let configmap = configmap.as_deref().map(ObjectKey::parse);
+            match print_migration(&manifests, kubeconfig, watch_namespace, configmap, output) {
+                Ok(true) => Ok(()),
+                Ok(false) => return std::process::ExitCode::FAILURE,
+                Err(e) => Err(e),
+            }
+        }
         Command::Status { metrics_addr } => print_status(metrics_addr),
         Command::Routes {
             metrics_addr,
@@ -838,4 +879,42 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `ingressd migrate`; true when nothing is lost.
+fn print_migration(
+    manifests: &[PathBuf],
+    kubeconfig: Option<PathBuf>,
+    namespace: Option<String>,
+    configmap: Option<ObjectKey>,
+    output: ReportFormat,
+) -> anyhow::Result<bool> {
+    use ingressd::migrate;
+    let loaded = if manifests.is_empty() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(migrate::load::from_cluster(
+                kubeconfig.as_ref(),
+                namespace.as_deref(),
+                configmap.as_ref(),
+            ))?
+    } else {
+        let mut l = migrate::load::from_files(manifests, configmap.as_ref())?;
+        if let Some(ns) = &namespace {
+            l.ingresses
+                .retain(|i| i.metadata.namespace.as_deref().unwrap_or("default") == ns);
+        }
+        l
+    };
+    let cm = loaded
+        .configmap
+        .as_ref()
+        .map(|(key, data)| migrate::configmap(&key.namespace, &key.name, data));
+    let report = migrate::report(&loaded.ingresses, cm);
+    match output {
+        ReportFormat::Text => print!("{}", migrate::render_text(&report)),
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(report.summary.lost == 0)
 }

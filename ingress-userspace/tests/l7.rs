@@ -1289,6 +1289,129 @@ async fn ingress_nginx_annotations_through_the_proxy() {
     assert_eq!((s, loc.as_deref()), (308, Some("https://force.test/x")));
 }
 
+/// One request with an `Origin`, over HTTP/1.1 or HTTP/2 (prior
+/// knowledge, the host in `:authority`): (status, headers, body).
+async fn with_origin(
+    addr: SocketAddr,
+    h2: bool,
+    method: &str,
+    host: &str,
+    origin: Option<&str>,
+) -> (u16, hyper::HeaderMap, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let io = TokioIo::new(stream);
+    let mut req = if h2 {
+        Request::builder().uri(format!("http://{host}/x"))
+    } else {
+        Request::builder().uri("/x").header("host", host)
+    }
+    .method(method);
+    if let Some(o) = origin {
+        req = req.header("origin", o);
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
+    let sent = async {
+        if h2 {
+            let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .expect("h2 handshake");
+            tokio::spawn(c);
+            s.send_request(req).await
+        } else {
+            let (mut s, c) = hyper::client::conn::http1::handshake(io)
+                .await
+                .expect("handshake");
+            tokio::spawn(c);
+            s.send_request(req).await
+        }
+    };
+    let resp = tokio::time::timeout(Duration::from_secs(10), sent)
+        .await
+        .expect("timeout")
+        .expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_is_answered_as_ingress_nginx_answers_it() {
+    let (_, yaml) = backends().await;
+    let yaml = yaml
+        + &annotated("any.test", &[("enable-cors", "true")], "/", "Prefix")
+        + &annotated(
+            "list.test",
+            &[
+                ("enable-cors", "true"),
+                (
+                    "cors-allow-origin",
+                    "https://app.test, https://*.shop.test:8443",
+                ),
+                ("cors-allow-credentials", "false"),
+                ("cors-allow-methods", "GET, POST"),
+                ("cors-expose-headers", "X-Total"),
+                ("cors-max-age", "600"),
+            ],
+            "/",
+            "Prefix",
+        )
+        + &annotated("plain.test", &[], "/", "Prefix");
+    let d = Ingressd::start(BIN, &yaml).await;
+    let h = d.http;
+    let get = |m: &hyper::HeaderMap, n: &str| {
+        m.get(n)
+            .map(|v| v.to_str().unwrap_or("?").to_string())
+            .unwrap_or_default()
+    };
+    for h2 in [false, true] {
+        // `*` (the default): every answer carries the headers, a preflight
+        // is answered here.
+        let (s, m, body) = with_origin(h, h2, "GET", "any.test", Some("https://x.test")).await;
+        assert!(s == 200 && body.starts_with("a path=/x "), "{s} {body}");
+        assert_eq!(get(&m, "access-control-allow-origin"), "*");
+        assert_eq!(get(&m, "access-control-allow-credentials"), "true");
+        assert_eq!(
+            get(&m, "access-control-allow-methods"),
+            "GET, PUT, POST, DELETE, PATCH, OPTIONS"
+        );
+        assert!(get(&m, "access-control-allow-headers").contains("Authorization"));
+        assert_eq!(get(&m, "access-control-max-age"), "1728000");
+        let (s, m, body) = with_origin(h, h2, "OPTIONS", "any.test", None).await;
+        assert_eq!((s, body.as_str()), (204, ""), "h2={h2}");
+        assert_eq!(get(&m, "access-control-allow-origin"), "*");
+
+        // A list: only a listed origin, echoed back; others pass untouched.
+        let (s, m, _) = with_origin(h, h2, "GET", "list.test", Some("https://app.test")).await;
+        assert_eq!(s, 200);
+        assert_eq!(get(&m, "access-control-allow-origin"), "https://app.test");
+        assert_eq!(get(&m, "access-control-allow-credentials"), "");
+        assert_eq!(get(&m, "access-control-expose-headers"), "X-Total");
+        assert_eq!(get(&m, "access-control-max-age"), "600");
+        assert_eq!(get(&m, "vary"), "Origin");
+        let origin = "https://a-1.shop.test:8443";
+        let (s, m, body) = with_origin(h, h2, "OPTIONS", "list.test", Some(origin)).await;
+        assert_eq!((s, body.as_str()), (204, ""), "h2={h2}");
+        assert_eq!(get(&m, "access-control-allow-origin"), origin);
+        assert_eq!(get(&m, "access-control-allow-methods"), "GET, POST");
+        for other in [
+            "https://evil.test",
+            "https://app.test.evil.test",
+            "http://app.test",
+        ] {
+            let (s, m, body) = with_origin(h, h2, "OPTIONS", "list.test", Some(other)).await;
+            // Not a preflight of ours: the endpoint answers it.
+            assert!(
+                s == 200 && body.starts_with("a path=/x "),
+                "{other}: {s} {body}"
+            );
+            assert_eq!(get(&m, "access-control-allow-origin"), "", "{other}");
+        }
+        let (_, m, _) = with_origin(h, h2, "GET", "plain.test", Some("https://x.test")).await;
+        assert_eq!(get(&m, "access-control-allow-origin"), "", "no CORS asked");
+    }
+}
+
 /// The request head the scripted endpoint echoed, lowercased, from the
 /// whole response a raw client read.
 fn echoed_head(response: &str) -> String {

@@ -166,6 +166,42 @@ fn parse_value(
     }
 }
 
+/// The `data` of ConfigMap `namespace/name` in a file's documents (the
+/// daemon reads no ConfigMap; `ingressd migrate` reports on ingress-nginx's).
+pub fn find_config_map(
+    text: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<BTreeMap<String, String>>, String> {
+    let budget = bounded::Budget::for_file(text.len());
+    for doc in serde_norway::Deserializer::from_str(text) {
+        let value = bounded::Bounded(&budget)
+            .deserialize(doc)
+            .map_err(|e| format!("not valid YAML: {e}"))?;
+        let is = |v: &serde_norway::Value, k: &str, want: &str| {
+            v.get(k).and_then(|x| x.as_str()) == Some(want)
+        };
+        let Some(meta) = value.get("metadata") else {
+            continue;
+        };
+        let ns = meta
+            .get("namespace")
+            .and_then(|x| x.as_str())
+            .unwrap_or("default");
+        if !(is(&value, "kind", "ConfigMap") && is(meta, "name", name) && ns == namespace) {
+            continue;
+        }
+        let cm: k8s_openapi::api::core::v1::ConfigMap = typed(value).map_err(|e| {
+            format!(
+                "ConfigMap {namespace}/{name}: field {}: {}",
+                e.field, e.message
+            )
+        })?;
+        return Ok(Some(cm.data.unwrap_or_default()));
+    }
+    Ok(None)
+}
+
 /// Deserialises into a typed object, keeping the path of a failing field.
 fn typed<T: serde::de::DeserializeOwned>(value: serde_norway::Value) -> Result<T, FieldError> {
     serde_path_to_error::deserialize(value).map_err(|e| {

@@ -38,9 +38,10 @@ pub enum Res {
     Leases,
     Pods,
     Events,
+    ConfigMaps,
 }
 
-const ALL: [Res; 9] = [
+const ALL: [Res; 10] = [
     Res::Services,
     Res::EndpointSlices,
     Res::Ingresses,
@@ -50,6 +51,7 @@ const ALL: [Res; 9] = [
     Res::Leases,
     Res::Pods,
     Res::Events,
+    Res::ConfigMaps,
 ];
 
 impl Res {
@@ -81,6 +83,7 @@ impl Res {
             Res::Secrets => ("/api/v1", "secrets", true, "Secret", "v1"),
             Res::Nodes => ("/api/v1", "nodes", false, "Node", "v1"),
             Res::Pods => ("/api/v1", "pods", true, "Pod", "v1"),
+            Res::ConfigMaps => ("/api/v1", "configmaps", true, "ConfigMap", "v1"),
             Res::Leases => (
                 "/apis/coordination.k8s.io/v1",
                 "leases",

@@ -23,6 +23,7 @@ use hyper::{
     http::uri::PathAndQuery,
 };
 
+mod cors;
 pub mod counted;
 pub mod forwarding;
 pub mod log;
@@ -117,6 +118,17 @@ struct Outgoing {
     downstream: Option<hyper::upgrade::OnUpgrade>,
     request_id: HeaderValue,
     watch: Option<Arc<BodyWatch>>,
+}
+
+/// The request's `Origin` header (read only for a route with CORS).
+fn request_origin(src: &Source<'_>) -> Option<Bytes> {
+    match src {
+        Source::Fast(req) => req.value("origin"),
+        Source::Hyper(req) => req
+            .headers()
+            .get(header::ORIGIN)
+            .map(|v| Bytes::copy_from_slice(v.as_bytes())),
+    }
 }
 
 /// How the forwarding phases ended.
@@ -323,6 +335,8 @@ impl Pipeline {
             started,
             armed: true,
         };
+        // The route's CORS answer, when the request gets one.
+        let cors_for = OnceLock::new();
         let forwarded = async {
             check(head, &self.limits)?;
             // Rules, source ranges and rewrites all decide on this form.
@@ -332,6 +346,15 @@ impl Pipeline {
                 Match::Default(None) => return Err(ProxyError::NoRoute),
             };
             let _ = unanswered.route.set(r);
+            policy::check_source(r, origin)?;
+            if let Some(c) = &r.policy.cors
+                && let Some(allow) = cors::allow_origin(c, request_origin(&src).as_deref())
+            {
+                if head.method == Method::OPTIONS {
+                    return Ok(Forwarded::Done(Ok(cors::preflight(c, allow))));
+                }
+                let _ = cors_for.set((c, allow));
+            }
             if let Some(answer) = policy::answer_here(head.target, &path, r, origin, head.host)? {
                 return Ok(Forwarded::Done(Ok(answer)));
             }
@@ -352,7 +375,7 @@ impl Pipeline {
             },
             () = gone => Err(ProxyError::ClientLeft),
         };
-        let (resp, error) = match outcome {
+        let (mut resp, error) = match outcome {
             Ok(resp) => (resp, None),
             Err(e) => {
                 if e.blame() != super::error::Blame::Client {
@@ -361,6 +384,9 @@ impl Pipeline {
                 (e.respond(), Some(e))
             }
         };
+        if let Some((c, allow)) = cors_for.into_inner() {
+            cors::decorate(c, allow, resp.headers_mut());
+        }
         unanswered.armed = false;
         let outcome = Outcome {
             route: unanswered.route.get().copied(),

@@ -15,6 +15,17 @@ use crate::l7::{
     route::{Route, normalize_host},
 };
 
+/// `allowlist-source-range`: 403 to a client outside. First of all the
+/// route's answers (a CORS preflight included).
+pub(super) fn check_source(route: &Route, origin: Origin) -> Result<(), ProxyError> {
+    let allow = &route.policy.allow;
+    // nginx's allow/deny see the client realip found, not the peer.
+    if !allow.is_empty() && !allow.iter().any(|c| c.contains(origin.client)) {
+        return Err(ProxyError::Forbidden);
+    }
+    Ok(())
+}
+
 /// The answer the route gives itself, if any. Not async, so the request's
 /// future holds the forwarding phases' directly.
 pub(super) fn answer_here(
@@ -25,10 +36,6 @@ pub(super) fn answer_here(
     host: Option<&str>,
 ) -> Result<Option<Response<Body>>, ProxyError> {
     let policy = &route.policy;
-    // nginx's allow/deny see the client realip found, not the peer.
-    if !policy.allow.is_empty() && !policy.allow.iter().any(|c| c.contains(origin.client)) {
-        return Err(ProxyError::Forbidden);
-    }
     if let Some((to, code)) = &policy.redirect {
         // The one nginx variable such redirects use.
         return Ok(Some(redirect(

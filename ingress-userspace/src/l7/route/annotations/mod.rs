@@ -11,6 +11,11 @@ use hyper::StatusCode;
 
 use super::RouteWarning;
 
+pub mod cors;
+pub mod support;
+
+pub use cors::Cors;
+
 pub const PREFIX: &str = "nginx.ingress.kubernetes.io/";
 
 /// How requests matched by an Ingress's rules are handled.
@@ -46,6 +51,8 @@ pub struct Policy {
     /// `backend-protocol` asks for what is not offered (HTTPS, GRPCS…):
     /// answered 502 rather than sent in plain text to a TLS port.
     pub unsupported_backend: Option<String>,
+    /// `enable-cors` and `cors-*`.
+    pub cors: Option<Cors>,
 }
 
 /// An address range (`10.0.0.0/8`, `2001:db8::/32`, or one address).
@@ -116,7 +123,7 @@ fn seconds(v: &str) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-fn boolean(v: &str) -> Option<bool> {
+pub(crate) fn boolean(v: &str) -> Option<bool> {
     match v.trim() {
         "true" => Some(true),
         "false" => Some(false),
@@ -244,18 +251,43 @@ pub fn policy(
                 other => {
                     warn(
                         key,
-                        format!("{other} endpoints are not supported (HTTP, GRPC, H2C); the routes answer 502"),
+                        format!(
+                            "{other} endpoints are not supported (HTTP, GRPC, H2C); the routes answer 502"
+                        ),
                     );
                     p.unsupported_backend = Some(other.to_string());
                 }
             },
-            n if n.ends_with("-snippet") || n == "configuration-snippet" => warn(
-                key,
-                "snippets are not supported, by design: no configuration is templated from user input; ignored".into(),
-            ),
-            _ => warn(key, "not supported by ingress-ebpf; ignored".into()),
+            "enable-cors" | "enable-rewrite-log" => {
+                if boolean(value).is_none() {
+                    warn(key, bad("\"true\" or \"false\""));
+                }
+            }
+            // Read whole by cors::read, below.
+            n if n.starts_with("cors-") && support::annotation(n) != support::Verdict::Unknown => {}
+            "proxy-buffering" | "proxy-request-buffering" => {
+                if !matches!(value.trim(), "on" | "off") {
+                    warn(key, bad("\"on\" or \"off\""));
+                }
+            }
+            "client-body-buffer-size" | "proxy-buffer-size" | "proxy-max-temp-file-size" => {
+                if size(value).is_none() {
+                    warn(key, bad("a size like 8k or 1m"));
+                }
+            }
+            "proxy-buffers-number" => {
+                if value.trim().parse::<u32>().is_err() {
+                    warn(key, bad("a number"));
+                }
+            }
+            _ => {
+                if let Some(w) = support::annotation_value(name, value).warning() {
+                    warn(key, w);
+                }
+            }
         }
     }
+    p.cors = cors::read(annotations, &mut warn);
     p
 }
 
@@ -282,7 +314,9 @@ mod tests {
             ("rewrite-target", "/$2"),
             ("backend-protocol", "GRPC"),
             ("configuration-snippet", "more_set_headers x: y;"),
-            ("enable-cors", "true"),
+            ("canary", "true"),
+            ("proxy-buffering", "off"),
+            ("rewrite-targett", "/"),
         ]);
         assert_eq!(p.max_body, Some(8 << 20));
         assert_eq!(p.read_timeout, Some(Duration::from_secs(120)));
@@ -293,12 +327,15 @@ mod tests {
         assert_eq!(
             fields,
             [
+                "metadata.annotations[nginx.ingress.kubernetes.io/canary]",
                 "metadata.annotations[nginx.ingress.kubernetes.io/configuration-snippet]",
-                "metadata.annotations[nginx.ingress.kubernetes.io/enable-cors]",
                 "metadata.annotations[nginx.ingress.kubernetes.io/proxy-connect-timeout]",
+                "metadata.annotations[nginx.ingress.kubernetes.io/rewrite-targett]",
             ]
         );
-        assert!(w[0].message.contains("by design"));
+        assert!(w[0].message.contains("not supported"));
+        assert!(w[1].message.contains("by design"));
+        assert!(w[3].message.contains("not an ingress-nginx annotation"));
     }
 
     #[test]

@@ -1,0 +1,428 @@
+//! What `ingressd` does with each `nginx.ingress.kubernetes.io/` annotation
+//! and each key of ingress-nginx's controller ConfigMap: the one table that
+//! `run`'s warnings and `ingressd migrate`'s report both read, so the two
+//! never disagree.
+
+/// How an ingress-nginx setting fares here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// With ingress-nginx's meaning and defaults.
+    Honoured,
+    /// Honoured, with the difference named.
+    Differs(&'static str),
+    /// Not implemented: ignored, and what it did is lost.
+    NotSupported,
+    /// Never, for the reason given.
+    Refused(&'static str),
+    /// Not one of ingress-nginx's either (a typo, another controller's):
+    /// ingress-nginx ignores it too, so nothing is lost.
+    Unknown,
+}
+
+impl Verdict {
+    /// The report's word for it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Honoured => "honoured",
+            Verdict::Differs(_) => "honoured, differs",
+            Verdict::NotSupported => "not supported",
+            Verdict::Refused(_) => "refused by design",
+            Verdict::Unknown => "unknown",
+        }
+    }
+
+    /// Whether an Ingress moved here loses what the setting did.
+    pub fn lost(self) -> bool {
+        matches!(self, Verdict::NotSupported | Verdict::Refused(_))
+    }
+
+    pub fn note(self) -> Option<&'static str> {
+        match self {
+            Verdict::Differs(n) | Verdict::Refused(n) => Some(n),
+            Verdict::Unknown => Some("not an ingress-nginx annotation; ignored there too"),
+            _ => None,
+        }
+    }
+
+    /// The line `run` logs for a setting it does not honour, if any.
+    pub fn warning(self) -> Option<String> {
+        match self {
+            Verdict::NotSupported => Some("not supported by ingress-ebpf; ignored".into()),
+            Verdict::Refused(why) => Some(format!("refused by design: {why}; ignored")),
+            Verdict::Unknown => Some("not an ingress-nginx annotation; ignored".into()),
+            _ => None,
+        }
+    }
+}
+
+const SNIPPETS: &str = "no configuration is ever templated from user input \
+     (the IngressNightmare class of bugs); say what the snippet does with an annotation or a flag";
+const STREAMING: &str = "ingressd streams bodies both ways and never spools to disk; \
+     the value is checked and has nothing to size";
+const REWRITE_LOG: &str = "no rewrite log; rewrites are visible in the access log";
+
+use Verdict::*;
+
+/// Every annotation ingress-nginx documents, by name without the prefix.
+const ANNOTATIONS: &[(&str, Verdict)] = &[
+    ("affinity", NotSupported),
+    ("affinity-canary-behavior", NotSupported),
+    ("affinity-mode", NotSupported),
+    ("allowlist-source-range", Honoured),
+    ("app-root", Honoured),
+    ("auth-always-set-cookie", NotSupported),
+    ("auth-cache-duration", NotSupported),
+    ("auth-cache-key", NotSupported),
+    ("auth-keepalive", NotSupported),
+    ("auth-keepalive-requests", NotSupported),
+    ("auth-keepalive-share-vars", NotSupported),
+    ("auth-keepalive-timeout", NotSupported),
+    ("auth-method", NotSupported),
+    ("auth-proxy-set-headers", NotSupported),
+    ("auth-realm", NotSupported),
+    ("auth-request-redirect", NotSupported),
+    ("auth-response-headers", NotSupported),
+    ("auth-secret", NotSupported),
+    ("auth-secret-type", NotSupported),
+    ("auth-signin", NotSupported),
+    ("auth-signin-redirect-param", NotSupported),
+    ("auth-tls-error-page", NotSupported),
+    ("auth-tls-match-cn", NotSupported),
+    ("auth-tls-pass-certificate-to-upstream", NotSupported),
+    ("auth-tls-secret", NotSupported),
+    ("auth-tls-verify-client", NotSupported),
+    ("auth-tls-verify-depth", NotSupported),
+    ("auth-type", NotSupported),
+    ("auth-url", NotSupported),
+    (
+        "backend-protocol",
+        Differs(
+            "HTTP, GRPC and H2C endpoints; HTTPS, GRPCS and AJP ones answer 502 (never sent plain text)",
+        ),
+    ),
+    ("canary", NotSupported),
+    ("canary-by-cookie", NotSupported),
+    ("canary-by-header", NotSupported),
+    ("canary-by-header-pattern", NotSupported),
+    ("canary-by-header-value", NotSupported),
+    ("canary-weight", NotSupported),
+    ("canary-weight-total", NotSupported),
+    ("client-body-buffer-size", Differs(STREAMING)),
+    ("connection-proxy-header", NotSupported),
+    ("cors-allow-credentials", Honoured),
+    ("cors-allow-headers", Honoured),
+    ("cors-allow-methods", Honoured),
+    (
+        "cors-allow-origin",
+        Differs(
+            "an Origin must match an entry whole (ingress-nginx's pattern is anchored only at its end)",
+        ),
+    ),
+    ("cors-expose-headers", Honoured),
+    ("cors-max-age", Honoured),
+    ("custom-headers", NotSupported),
+    ("custom-http-errors", NotSupported),
+    ("default-backend", NotSupported),
+    ("denylist-source-range", NotSupported),
+    ("enable-access-log", NotSupported),
+    ("enable-cors", Honoured),
+    ("enable-global-auth", NotSupported),
+    ("enable-influxdb", NotSupported),
+    ("enable-modsecurity", NotSupported),
+    ("enable-opentelemetry", NotSupported),
+    ("enable-opentracing", NotSupported),
+    ("enable-owasp-core-rules", NotSupported),
+    ("enable-rewrite-log", Differs(REWRITE_LOG)),
+    ("force-ssl-redirect", Honoured),
+    ("from-to-www-redirect", NotSupported),
+    ("global-rate-limit", NotSupported),
+    ("global-rate-limit-ignored-cidrs", NotSupported),
+    ("global-rate-limit-key", NotSupported),
+    ("global-rate-limit-window", NotSupported),
+    ("http2-push-preload", NotSupported),
+    ("influxdb-host", NotSupported),
+    ("influxdb-measurement", NotSupported),
+    ("influxdb-port", NotSupported),
+    ("influxdb-server-name", NotSupported),
+    ("limit-allowlist", NotSupported),
+    ("limit-burst-multiplier", NotSupported),
+    ("limit-connections", NotSupported),
+    ("limit-rate", NotSupported),
+    ("limit-rate-after", NotSupported),
+    ("limit-rpm", NotSupported),
+    ("limit-rps", NotSupported),
+    ("limit-whitelist", NotSupported),
+    ("load-balance", NotSupported),
+    ("mirror-host", NotSupported),
+    ("mirror-request-body", NotSupported),
+    ("mirror-target", NotSupported),
+    ("modsecurity-transaction-id", NotSupported),
+    ("opentelemetry-operation-name", NotSupported),
+    ("opentelemetry-trust-incoming-span", NotSupported),
+    ("opentracing-trust-incoming-span", NotSupported),
+    ("permanent-redirect", Honoured),
+    ("permanent-redirect-code", Honoured),
+    ("preserve-trailing-slash", NotSupported),
+    ("proxy-body-size", Honoured),
+    ("proxy-buffer-size", Differs(STREAMING)),
+    ("proxy-buffering", Differs(STREAMING)),
+    ("proxy-buffers-number", Differs(STREAMING)),
+    ("proxy-connect-timeout", Honoured),
+    ("proxy-cookie-domain", NotSupported),
+    ("proxy-cookie-path", NotSupported),
+    ("proxy-http-version", NotSupported),
+    ("proxy-max-temp-file-size", Differs(STREAMING)),
+    ("proxy-next-upstream", NotSupported),
+    ("proxy-next-upstream-timeout", NotSupported),
+    ("proxy-next-upstream-tries", NotSupported),
+    ("proxy-read-timeout", Honoured),
+    ("proxy-redirect-from", NotSupported),
+    ("proxy-redirect-to", NotSupported),
+    ("proxy-request-buffering", Differs(STREAMING)),
+    ("proxy-send-timeout", NotSupported),
+    ("proxy-ssl-ciphers", NotSupported),
+    ("proxy-ssl-name", NotSupported),
+    ("proxy-ssl-protocols", NotSupported),
+    ("proxy-ssl-secret", NotSupported),
+    ("proxy-ssl-server-name", NotSupported),
+    ("proxy-ssl-verify", NotSupported),
+    ("proxy-ssl-verify-depth", NotSupported),
+    ("rewrite-target", Honoured),
+    ("satisfy", NotSupported),
+    ("server-alias", NotSupported),
+    ("service-upstream", NotSupported),
+    ("session-cookie-change-on-failure", NotSupported),
+    ("session-cookie-conditional-samesite-none", NotSupported),
+    ("session-cookie-domain", NotSupported),
+    ("session-cookie-expires", NotSupported),
+    ("session-cookie-max-age", NotSupported),
+    ("session-cookie-name", NotSupported),
+    ("session-cookie-path", NotSupported),
+    ("session-cookie-samesite", NotSupported),
+    ("session-cookie-secure", NotSupported),
+    ("ssl-ciphers", NotSupported),
+    ("ssl-passthrough", NotSupported),
+    ("ssl-prefer-server-ciphers", NotSupported),
+    ("ssl-redirect", Honoured),
+    ("temporal-redirect", Honoured),
+    ("temporal-redirect-code", NotSupported),
+    ("upstream-hash-by", NotSupported),
+    ("upstream-hash-by-subset", NotSupported),
+    ("upstream-hash-by-subset-size", NotSupported),
+    ("upstream-vhost", Honoured),
+    ("use-regex", Honoured),
+    (
+        "whitelist-source-range",
+        Differs(
+            "the old name of allowlist-source-range; ignored when both are set, as in ingress-nginx",
+        ),
+    ),
+    ("x-forwarded-prefix", NotSupported),
+];
+
+/// The verdict on annotation `name` (without the prefix).
+pub fn annotation(name: &str) -> Verdict {
+    if name.ends_with("-snippet") {
+        return Refused(SNIPPETS);
+    }
+    find(ANNOTATIONS, name)
+}
+
+/// Switches ingress-nginx leaves off unless asked: set to "false" (or
+/// "off"), they ask for nothing, so nothing is lost.
+const OFF_BY_DEFAULT: &[&str] = &[
+    "allow-snippet-annotations",
+    "auth-tls-pass-certificate-to-upstream",
+    "canary",
+    "enable-brotli",
+    "enable-global-auth",
+    "enable-influxdb",
+    "enable-modsecurity",
+    "enable-opentelemetry",
+    "enable-opentracing",
+    "enable-owasp-core-rules",
+    "from-to-www-redirect",
+    "http2-push-preload",
+    "preserve-trailing-slash",
+    "proxy-ssl-verify",
+    "service-upstream",
+    "session-cookie-change-on-failure",
+    "session-cookie-conditional-samesite-none",
+    "session-cookie-secure",
+    "ssl-passthrough",
+    "upstream-hash-by-subset",
+    "use-gzip",
+    "use-proxy-protocol",
+];
+
+/// A setting's verdict given its value: a switch that stays off asks for
+/// nothing ingressd lacks.
+fn with_value(v: Verdict, name: &str, value: &str) -> Verdict {
+    let off = matches!(value.trim(), "false" | "off");
+    if off && v.lost() && OFF_BY_DEFAULT.contains(&name) {
+        return Differs("off, as ingress-nginx leaves it by default: nothing is lost");
+    }
+    v
+}
+
+/// The verdict on annotation `name` (without the prefix) set to `value`.
+pub fn annotation_value(name: &str, value: &str) -> Verdict {
+    with_value(annotation(name), name, value)
+}
+
+fn find(table: &[(&str, Verdict)], name: &str) -> Verdict {
+    table
+        .binary_search_by(|(n, _)| (*n).cmp(name))
+        .map_or(Unknown, |i| table[i].1)
+}
+
+/// Keys of ingress-nginx's controller ConfigMap people set most, and what
+/// takes their place here (a flag of `ingressd run`, read once at start).
+const CONFIGMAP: &[(&str, Verdict)] = &[
+    ("allow-snippet-annotations", Refused(SNIPPETS)),
+    (
+        "annotations-risk-level",
+        Differs("no annotation can template configuration, so there is no risk level to set"),
+    ),
+    (
+        "client-body-timeout",
+        Differs("set as the flag --client-body-timeout"),
+    ),
+    (
+        "client-header-timeout",
+        Differs("set as the flag --client-header-timeout"),
+    ),
+    (
+        "compute-full-forwarded-for",
+        Differs("set as the flag --compute-full-forwarded-for"),
+    ),
+    ("custom-http-errors", NotSupported),
+    ("enable-brotli", NotSupported),
+    ("enable-opentelemetry", NotSupported),
+    (
+        "enable-real-ip",
+        Differs("set as the flags --use-forwarded-headers and --proxy-real-ip-cidr"),
+    ),
+    ("forwarded-for-header", NotSupported),
+    ("global-auth-url", NotSupported),
+    ("hsts", NotSupported),
+    ("hsts-include-subdomains", NotSupported),
+    ("hsts-max-age", NotSupported),
+    ("http-snippet", Refused(SNIPPETS)),
+    (
+        "keep-alive",
+        Differs("set as the flag --keep-alive-timeout"),
+    ),
+    ("keep-alive-requests", NotSupported),
+    (
+        "large-client-header-buffers",
+        Differs("set as the flag --max-header-size"),
+    ),
+    ("limit-req-status-code", NotSupported),
+    ("load-balance", NotSupported),
+    ("location-snippet", Refused(SNIPPETS)),
+    (
+        "log-format-escape-json",
+        Differs("set as the flag --access-log-format json"),
+    ),
+    (
+        "log-format-upstream",
+        Differs("a fixed format, nginx's upstreaminfo fields (--access-log-format text|json)"),
+    ),
+    ("main-snippet", Refused(SNIPPETS)),
+    (
+        "proxy-body-size",
+        Differs("set as the flag --max-body-size (the annotation of the same name per Ingress)"),
+    ),
+    ("proxy-buffer-size", Differs(STREAMING)),
+    ("proxy-buffering", Differs(STREAMING)),
+    (
+        "proxy-connect-timeout",
+        Differs("set as the flag --upstream-connect-timeout (the annotation per Ingress)"),
+    ),
+    (
+        "proxy-read-timeout",
+        Differs("set as the flag --upstream-response-timeout (the annotation per Ingress)"),
+    ),
+    (
+        "proxy-real-ip-cidr",
+        Differs("set as the flag --proxy-real-ip-cidr"),
+    ),
+    ("proxy-send-timeout", NotSupported),
+    ("server-snippet", Refused(SNIPPETS)),
+    (
+        "server-tokens",
+        Differs("no Server header naming a version is ever sent"),
+    ),
+    ("ssl-ciphers", NotSupported),
+    (
+        "ssl-protocols",
+        Differs("TLS 1.2 and 1.3 (rustls); older protocols are never offered"),
+    ),
+    ("ssl-redirect", NotSupported),
+    ("upstream-keepalive-connections", NotSupported),
+    (
+        "upstream-keepalive-timeout",
+        Differs("set as the flag --upstream-keepalive-timeout"),
+    ),
+    (
+        "use-forwarded-headers",
+        Differs("set as the flag --use-forwarded-headers"),
+    ),
+    ("use-gzip", NotSupported),
+    (
+        "use-http2",
+        Differs("HTTP/2 is always offered over TLS (ALPN)"),
+    ),
+    ("use-proxy-protocol", NotSupported),
+    ("worker-processes", Differs("set as the flag --workers")),
+    (
+        "worker-shutdown-timeout",
+        Differs("set as the flag --shutdown-grace-period"),
+    ),
+];
+
+/// The verdict on controller ConfigMap key `key` set to `value`: one not
+/// listed is one nothing here replaces.
+pub fn configmap_key(key: &str, value: &str) -> Verdict {
+    let v = if key.ends_with("-snippet") {
+        Refused(SNIPPETS)
+    } else {
+        match find(CONFIGMAP, key) {
+            Unknown => NotSupported,
+            v => v,
+        }
+    };
+    with_value(v, key, value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_are_sorted_so_lookups_find_every_entry() {
+        for table in [ANNOTATIONS, CONFIGMAP] {
+            assert!(table.windows(2).all(|w| w[0].0 < w[1].0), "not sorted");
+            for (name, v) in table {
+                assert_eq!(find(table, name), *v, "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn snippets_are_refused_and_unknown_names_lose_nothing() {
+        assert!(annotation("configuration-snippet").lost());
+        assert!(matches!(annotation("stream-snippet"), Refused(_)));
+        assert_eq!(annotation("rewrite-target"), Honoured);
+        assert_eq!(annotation("rewrite-targett"), Unknown);
+        assert!(!annotation("rewrite-targett").lost());
+        assert!(annotation("canary").lost());
+        assert!(!annotation("proxy-buffering").lost());
+        assert!(configmap_key("some-future-key", "1").lost());
+        assert!(!configmap_key("allow-snippet-annotations", "false").lost());
+        assert!(configmap_key("allow-snippet-annotations", "true").lost());
+        assert!(!annotation_value("canary", "false").lost());
+        assert!(annotation_value("canary", "true").lost());
+    }
+}

@@ -1242,6 +1242,42 @@ async fn ingress_nginx_annotations_through_the_proxy() {
                 &[("force-ssl-redirect", "true")],
                 "/",
                 "Prefix",
+            )
+            + &annotated(
+                "denied.test",
+                &[
+                    ("denylist-source-range", "10.0.0.0/8, 127.0.0.0/8"),
+                    ("allowlist-source-range", "0.0.0.0/0"),
+                ],
+                "/",
+                "Prefix",
+            )
+            + &annotated(
+                "undenied.test",
+                &[("denylist-source-range", "10.0.0.0/8")],
+                "/",
+                "Prefix",
+            )
+            + &annotated(
+                "temp.test",
+                &[
+                    ("temporal-redirect", "https://elsewhere.test/"),
+                    ("temporal-redirect-code", "307"),
+                ],
+                "/",
+                "Prefix",
+            )
+            + &annotated(
+                "prefix.test",
+                &[("x-forwarded-prefix", "/shop")],
+                "/",
+                "Prefix",
+            )
+            + &annotated(
+                "quiet.test",
+                &[("enable-access-log", "false")],
+                "/",
+                "Prefix",
             );
     let d = Ingressd::start(BIN, &yaml).await;
     let h = d.http;
@@ -1287,6 +1323,34 @@ async fn ingress_nginx_annotations_through_the_proxy() {
 
     let (s, loc, _) = send(h, "GET", "/x", "force.test", vec![]).await;
     assert_eq!((s, loc.as_deref()), (308, Some("https://force.test/x")));
+
+    // A deny line wins over an allow line that takes everyone.
+    assert_eq!(send(h, "GET", "/", "denied.test", vec![]).await.0, 403);
+    assert_eq!(send(h, "GET", "/", "undenied.test", vec![]).await.0, 200);
+
+    let (s, loc, _) = send(h, "GET", "/", "temp.test", vec![]).await;
+    assert_eq!((s, loc.as_deref()), (307, Some("https://elsewhere.test/")));
+
+    // Set for this Ingress only; a client's own goes nowhere.
+    let (_, _, body) = send(h, "GET", "/", "prefix.test", vec![]).await;
+    assert!(body.contains("xfprefix=/shop "), "{body}");
+    let (_, _, body) = send(h, "GET", "/", "allow.test", vec![]).await;
+    assert!(body.contains("xfprefix=- "), "{body}");
+
+    // Counted, not logged: the next request's line comes, this one's never.
+    assert_eq!(
+        send(h, "GET", "/unlogged", "quiet.test", vec![]).await.0,
+        200
+    );
+    assert_eq!(send(h, "GET", "/logged", "allow.test", vec![]).await.0, 200);
+    let log = || std::fs::read_to_string(&d.log).unwrap_or_default();
+    assert!(
+        common::eventually(Duration::from_secs(5), async || log()
+            .contains("GET /logged "))
+        .await,
+        "the access log never came"
+    );
+    assert!(!log().contains("/unlogged"), "{}", log());
 }
 
 /// One request with an `Origin`, over HTTP/1.1 or HTTP/2 (prior

@@ -60,7 +60,7 @@ pub async fn echo(name: &'static str, addr: SocketAddr) -> SocketAddr {
                             .to_string()
                     };
                     let body = format!(
-                        "{name} path={} host={} xff={} xfh={} xfproto={} xrealip={} rid={} cookie={} xoff={} xfport={} proxy={} under={} via={} version={:?}\n",
+                        "{name} path={} host={} xff={} xfh={} xfproto={} xrealip={} rid={} cookie={} xoff={} xfport={} xfprefix={} proxy={} under={} via={} version={:?}\n",
                         req.uri().path(),
                         req.uri()
                             .authority()
@@ -79,6 +79,7 @@ pub async fn echo(name: &'static str, addr: SocketAddr) -> SocketAddr {
                             .join("|"),
                         h("x-original-forwarded-for"),
                         h("x-forwarded-port"),
+                        h("x-forwarded-prefix"),
                         h("proxy"),
                         // Header names with an underscore, as they arrived.
                         {

@@ -12,13 +12,17 @@ use hyper::{
 };
 
 use super::trust::Origin;
-use crate::l7::http1::{head::RequestHead, tokens::is_hop_by_hop_text};
+use crate::l7::{
+    http1::{head::RequestHead, tokens::is_hop_by_hop_text},
+    route::annotations::Policy,
+};
 
 pub(in crate::l7) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_ORIGINAL_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-original-forwarded-for");
 
@@ -101,6 +105,8 @@ pub(in crate::l7) struct Forwarding<'a> {
     host: Option<&'a str>,
     /// `upstream-vhost`.
     vhost: Option<&'a str>,
+    /// `x-forwarded-prefix`.
+    prefix: Option<&'a str>,
     request_id: &'a HeaderValue,
 }
 
@@ -128,7 +134,7 @@ impl<'a> Forwarding<'a> {
         origin: Origin,
         full_xff: bool,
         host: Option<&'a str>,
-        vhost: Option<&'a str>,
+        policy: &'a Policy,
         request_id: &'a HeaderValue,
     ) -> Self {
         let end_to_end = |name: &HeaderName| !listed(name.as_str().as_bytes());
@@ -144,7 +150,8 @@ impl<'a> Forwarding<'a> {
             their_host: theirs(&X_FORWARDED_HOST),
             their_port: theirs(&X_FORWARDED_PORT),
             host,
-            vhost,
+            vhost: policy.upstream_vhost.as_deref(),
+            prefix: policy.forwarded_prefix.as_deref(),
             request_id,
         }
     }
@@ -172,6 +179,7 @@ impl<'a> Forwarding<'a> {
             || is(&header::VIA)
             || is(&X_FORWARDED_HOST)
             || (self.upstream_host().is_some() && is(&header::HOST))
+            || (self.prefix.is_some() && is(&X_FORWARDED_PREFIX))
     }
 
     /// Each header the proxy sets, with its value.
@@ -209,6 +217,9 @@ impl<'a> Forwarding<'a> {
         let scheme: &[u8] = if self.origin.tls { b"https" } else { b"http" };
         set(&X_FORWARDED_PROTO, self.their_proto.unwrap_or(scheme));
         set(&X_REQUEST_ID, self.request_id.as_bytes());
+        if let Some(p) = self.prefix {
+            set(&X_FORWARDED_PREFIX, p.as_bytes());
+        }
         match self.prior_via {
             Some(prev) => set(&header::VIA, &[prev, b", 1.1 ingressd"].concat()),
             None => set(&header::VIA, b"1.1 ingressd"),
@@ -217,7 +228,7 @@ impl<'a> Forwarding<'a> {
 
     /// The same, as header values.
     pub(in crate::l7) fn owned(&self) -> Vec<(HeaderName, HeaderValue)> {
-        let mut out = Vec::with_capacity(8);
+        let mut out = Vec::with_capacity(9);
         self.each(|name, value| {
             if let Ok(v) = HeaderValue::from_bytes(value) {
                 out.push((name.clone(), v));

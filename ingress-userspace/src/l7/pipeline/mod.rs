@@ -494,7 +494,7 @@ impl Pipeline {
             origin,
             self.trust.compute_full_forwarded_for,
             head.host,
-            route.policy.upstream_vhost.as_deref(),
+            &route.policy,
             &request_id,
         );
         let upstream = upstream_head(
@@ -566,7 +566,7 @@ impl Pipeline {
             origin,
             self.trust.compute_full_forwarded_for,
             head.host,
-            policy.upstream_vhost.as_deref(),
+            policy,
             &request_id,
         );
         // The common request (no body, no upgrade, HTTP/1.1 to the
@@ -684,7 +684,11 @@ impl Pipeline {
             o.error.map_or(0, ProxyError::code),
             started.elapsed(),
         );
-        let record = head.logged.as_ref().map(|l| {
+        let logged = head
+            .logged
+            .as_ref()
+            .filter(|_| !o.route.is_some_and(|r| r.policy.no_access_log));
+        let record = logged.map(|l| {
             let (ingress, service) = match o.route {
                 Some(r) => (r.ingress.clone(), r.service.clone()),
                 None => (Arc::from(DEFAULT_LABEL.0), Arc::from(DEFAULT_LABEL.1)),

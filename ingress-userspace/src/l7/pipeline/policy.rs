@@ -15,12 +15,15 @@ use crate::l7::{
     route::{Route, normalize_host},
 };
 
-/// `allowlist-source-range`: 403 to a client outside. First of all the
+/// `denylist-source-range` and `allowlist-source-range`: 403 to a client
+/// inside the one or outside the other. First of all the
 /// route's answers (a CORS preflight included).
 pub(super) fn check_source(route: &Route, origin: Origin) -> Result<(), ProxyError> {
-    let allow = &route.policy.allow;
+    let (allow, deny) = (&route.policy.allow, &route.policy.deny);
     // nginx's allow/deny see the client realip found, not the peer.
-    if !allow.is_empty() && !allow.iter().any(|c| c.contains(origin.client)) {
+    if deny.iter().any(|c| c.contains(origin.client))
+        || (!allow.is_empty() && !allow.iter().any(|c| c.contains(origin.client)))
+    {
         return Err(ProxyError::Forbidden);
     }
     Ok(())

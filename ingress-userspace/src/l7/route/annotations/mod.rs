@@ -53,6 +53,14 @@ pub struct Policy {
     pub unsupported_backend: Option<String>,
     /// `enable-cors` and `cors-*`.
     pub cors: Option<Cors>,
+    /// `denylist-source-range`: clients inside get 403 (checked before
+    /// the allowlist, as nginx's `deny` lines come first).
+    pub deny: Vec<Cidr>,
+    /// `x-forwarded-prefix`: sent to the endpoints as X-Forwarded-Prefix.
+    pub forwarded_prefix: Option<String>,
+    /// `enable-access-log: "false"`: this Ingress's requests are counted
+    /// but not logged.
+    pub no_access_log: bool,
 }
 
 /// An address range (`10.0.0.0/8`, `2001:db8::/32`, or one address).
@@ -131,6 +139,31 @@ pub(crate) fn boolean(v: &str) -> Option<bool> {
     }
 }
 
+/// Matches no client: what a malformed source range list becomes.
+const NOBODY: Cidr = Cidr {
+    addr: IpAddr::V4(std::net::Ipv4Addr::BROADCAST),
+    prefix: 32,
+};
+
+/// A comma-separated list of CIDRs (at least one), or `None`.
+fn ranges(value: &str) -> Option<Vec<Cidr>> {
+    let ranges: Option<Vec<Cidr>> = value
+        .split(',')
+        .filter(|r| !r.trim().is_empty())
+        .map(Cidr::parse)
+        .collect();
+    ranges.filter(|r| !r.is_empty())
+}
+
+/// A redirect status nginx's annotations accept (300 to 308).
+fn redirect_status(value: &str) -> Option<StatusCode> {
+    let c = value.trim().parse::<u16>().ok()?;
+    (300..=308)
+        .contains(&c)
+        .then(|| StatusCode::from_u16(c).ok())
+        .flatten()
+}
+
 /// Reads an Ingress's annotations (pure). `id` is `namespace/name`.
 pub fn policy(
     id: &str,
@@ -149,6 +182,7 @@ pub fn policy(
         });
     };
     let mut redirect_code = StatusCode::MOVED_PERMANENTLY;
+    let mut temporal_code = StatusCode::FOUND;
     // allowlist-source-range wins over its old name, as in ingress-nginx.
     let allow_key = if annotations.contains_key(&format!("{PREFIX}allowlist-source-range")) {
         "allowlist-source-range"
@@ -187,36 +221,52 @@ pub fn policy(
                 None => warn(key, bad("\"true\" or \"false\"")),
             },
             "allowlist-source-range" | "whitelist-source-range" if name != allow_key => {}
-            "allowlist-source-range" | "whitelist-source-range" => {
-                let ranges: Vec<Option<Cidr>> = value
-                    .split(',')
-                    .filter(|r| !r.trim().is_empty())
-                    .map(Cidr::parse)
-                    .collect();
-                if ranges.iter().all(Option::is_some) && !ranges.is_empty() {
-                    p.allow.extend(ranges.into_iter().flatten());
-                } else {
+            "allowlist-source-range" | "whitelist-source-range" => match ranges(value) {
+                Some(r) => p.allow.extend(r),
+                None => {
                     // Failing open would let everyone in: deny instead.
                     warn(
                         key,
                         format!("{value:?} is not a list of CIDRs; every client is refused (403)"),
                     );
-                    p.allow = vec![Cidr {
-                        addr: IpAddr::from([255, 255, 255, 255]),
-                        prefix: 32,
-                    }];
+                    p.allow = vec![NOBODY];
                 }
-            }
+            },
+            "denylist-source-range" => match ranges(value) {
+                Some(r) => p.deny.extend(r),
+                None => {
+                    // Failing open would let the denied in: refuse all.
+                    warn(
+                        key,
+                        format!("{value:?} is not a list of CIDRs; every client is refused (403)"),
+                    );
+                    p.allow = vec![NOBODY];
+                }
+            },
+            "x-forwarded-prefix" => match hyper::header::HeaderValue::from_str(value) {
+                Ok(_) if !value.is_empty() => p.forwarded_prefix = Some(value.clone()),
+                _ => warn(key, bad("a header value")),
+            },
+            "enable-access-log" => match boolean(value) {
+                Some(b) => p.no_access_log = !b,
+                None => warn(key, bad("\"true\" or \"false\"")),
+            },
+            "temporal-redirect-code" => match redirect_status(value) {
+                Some(code) => {
+                    temporal_code = code;
+                    if let Some((_, c)) = &mut p.redirect
+                        && annotations.contains_key(&format!("{PREFIX}temporal-redirect"))
+                    {
+                        *c = code;
+                    }
+                }
+                None => warn(key, bad("a status code from 300 to 308 (302 is used)")),
+            },
             "permanent-redirect" | "temporal-redirect" if !location_ok(value) => {
                 warn(key, bad("a URL"))
             }
             "permanent-redirect" => p.redirect = Some((value.clone(), redirect_code)),
-            "permanent-redirect-code" => match value.trim().parse::<u16>().ok().and_then(|c| {
-                (300..=308)
-                    .contains(&c)
-                    .then(|| StatusCode::from_u16(c).ok())
-                    .flatten()
-            }) {
+            "permanent-redirect-code" => match redirect_status(value) {
                 Some(code) => {
                     redirect_code = code;
                     if let Some((_, c)) = &mut p.redirect {
@@ -225,7 +275,9 @@ pub fn policy(
                 }
                 None => warn(key, bad("a status code from 300 to 308 (301 is used)")),
             },
-            "temporal-redirect" => p.redirect = Some((value.clone(), StatusCode::FOUND)),
+            // temporal-redirect wins when both are set, as in ingress-nginx
+            // (read after permanent-redirect: the keys come in name order).
+            "temporal-redirect" => p.redirect = Some((value.clone(), temporal_code)),
             "app-root" => {
                 if value.starts_with('/') {
                     p.app_root = Some(value.clone());
@@ -367,6 +419,35 @@ mod tests {
                 .iter()
                 .any(|c| c.contains("11.0.0.1".parse().unwrap()))
         );
+    }
+
+    #[test]
+    fn temporal_redirects_take_their_code_and_win_over_permanent_ones() {
+        let (p, w) = read(&[
+            ("temporal-redirect", "https://t.example/"),
+            ("temporal-redirect-code", "307"),
+        ]);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(
+            p.redirect,
+            Some(("https://t.example/".into(), StatusCode::TEMPORARY_REDIRECT))
+        );
+        let (p, _) = read(&[
+            ("temporal-redirect", "https://t.example/"),
+            ("permanent-redirect", "https://p.example/"),
+            ("permanent-redirect-code", "308"),
+            ("temporal-redirect-code", "303"),
+        ]);
+        assert_eq!(
+            p.redirect,
+            Some(("https://t.example/".into(), StatusCode::SEE_OTHER))
+        );
+        let (_, w) = read(&[("temporal-redirect-code", "200")]);
+        assert_eq!(w.len(), 1);
+        // A malformed deny list refuses everyone rather than no one.
+        let (p, w) = read(&[("denylist-source-range", "10.0.0.0/8, nope")]);
+        assert_eq!(w.len(), 1);
+        assert!(p.deny.is_empty() && p.allow == [NOBODY]);
     }
 
     #[test]

@@ -123,8 +123,8 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
     ("custom-headers", NotSupported),
     ("custom-http-errors", NotSupported),
     ("default-backend", NotSupported),
-    ("denylist-source-range", NotSupported),
-    ("enable-access-log", NotSupported),
+    ("denylist-source-range", Honoured),
+    ("enable-access-log", Honoured),
     ("enable-cors", Honoured),
     ("enable-global-auth", NotSupported),
     ("enable-influxdb", NotSupported),
@@ -205,7 +205,7 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
     ("ssl-prefer-server-ciphers", NotSupported),
     ("ssl-redirect", Honoured),
     ("temporal-redirect", Honoured),
-    ("temporal-redirect-code", NotSupported),
+    ("temporal-redirect-code", Honoured),
     ("upstream-hash-by", NotSupported),
     ("upstream-hash-by-subset", NotSupported),
     ("upstream-hash-by-subset-size", NotSupported),
@@ -217,7 +217,7 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
             "the old name of allowlist-source-range; ignored when both are set, as in ingress-nginx",
         ),
     ),
-    ("x-forwarded-prefix", NotSupported),
+    ("x-forwarded-prefix", Honoured),
 ];
 
 /// The verdict on annotation `name` (without the prefix).

@@ -124,15 +124,8 @@ enum Command {
     /// supported, refused by design, or an invalid value. Exit code 0 when
     /// nothing is lost, 1 when something is (or on error).
     Migrate {
-        /// Read these files or directories instead of the cluster.
-        #[arg(long, num_args = 1.., env = "INGRESSD_MANIFESTS", value_delimiter = ',')]
-        manifests: Vec<PathBuf>,
-        /// Kubeconfig for the API server [default: in-cluster config in a pod, else $KUBECONFIG, else ~/.kube/config].
-        #[arg(long, conflicts_with = "manifests", env = "INGRESSD_KUBECONFIG")]
-        kubeconfig: Option<PathBuf>,
-        /// Ingresses of this namespace only [default: all].
-        #[arg(long, env = "INGRESSD_WATCH_NAMESPACE")]
-        watch_namespace: Option<String>,
+        #[command(flatten)]
+        objects: ObjectSource,
         /// ingress-nginx's controller ConfigMap (namespace/name, as its --configmap flag), reported key by key.
         #[arg(long)]
         configmap: Option<String>,
@@ -149,19 +142,27 @@ enum Command {
     },
 }
 
-/// Where the cluster comes from, and what is written back to it.
+/// Where the objects come from: files, or the API server (`run` and
+/// `migrate` alike).
 #[derive(clap::Args)]
-struct SourceFlags {
-    /// YAML/JSON files or directories (multi-document), watched for
-    /// changes, instead of the Kubernetes API.
+struct ObjectSource {
+    /// YAML/JSON files or directories (multi-document) instead of the
+    /// Kubernetes API (`run` watches them for changes).
     #[arg(long, num_args = 1.., env = "INGRESSD_MANIFESTS", value_delimiter = ',')]
     manifests: Vec<PathBuf>,
     /// Kubeconfig for the API server [default: in-cluster config in a pod, else $KUBECONFIG, else ~/.kube/config].
     #[arg(long, conflicts_with = "manifests", env = "INGRESSD_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
-    /// Watch Services, EndpointSlices and Ingresses of this namespace only [default: all].
+    /// Read Services, EndpointSlices and Ingresses of this namespace only [default: all].
     #[arg(long, env = "INGRESSD_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+}
+
+/// Where the cluster comes from, and what is written back to it.
+#[derive(clap::Args)]
+struct SourceFlags {
+    #[command(flatten)]
+    objects: ObjectSource,
     /// The controller's own Service (namespace/name): its LoadBalancer address goes into Ingress status, and its LoadBalancer IPs are Ingress VIPs (as --ingress-vip).
     #[arg(long, env = "INGRESSD_PUBLISH_SERVICE")]
     publish_service: Option<String>,
@@ -755,13 +756,13 @@ fn main() -> std::process::ExitCode {
             let object_key = |s: String| ObjectKey::parse(&s);
             let proxy_service = source.publish_service.clone().map(object_key);
             let cfg = RunConfig {
-                manifests: source.manifests,
+                manifests: source.objects.manifests,
                 rules: Rules {
                     loopback_endpoints: source.allow_loopback_endpoints,
                 },
                 kube: KubeConfig {
-                    kubeconfig: source.kubeconfig,
-                    namespace: source.watch_namespace,
+                    kubeconfig: source.objects.kubeconfig,
+                    namespace: source.objects.watch_namespace,
                     publish: PublishConfig {
                         addresses: source.publish_status_address,
                         service: source.publish_service.map(object_key),
@@ -841,14 +842,12 @@ fn main() -> std::process::ExitCode {
         }),
         Command::Maps { pin_path, flows } => print_maps(&pin_path, flows),
         Command::Migrate {
-            manifests,
-            kubeconfig,
-            watch_namespace,
+            objects,
             configmap,
             output,
         } => {
             let configmap = configmap.as_deref().map(ObjectKey::parse);
-            match print_migration(&manifests, kubeconfig, watch_namespace, configmap, output) {
+            match print_migration(objects, configmap, output) {
                 Ok(true) => Ok(()),
                 Ok(false) => return std::process::ExitCode::FAILURE,
                 Err(e) => Err(e),
@@ -883,13 +882,16 @@ fn main() -> std::process::ExitCode {
 
 /// `ingressd migrate`; true when nothing is lost.
 fn print_migration(
-    manifests: &[PathBuf],
-    kubeconfig: Option<PathBuf>,
-    namespace: Option<String>,
+    objects: ObjectSource,
     configmap: Option<ObjectKey>,
     output: ReportFormat,
 ) -> anyhow::Result<bool> {
     use ingressd::migrate;
+    let ObjectSource {
+        manifests,
+        kubeconfig,
+        watch_namespace: namespace,
+    } = objects;
     let loaded = if manifests.is_empty() {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -900,7 +902,7 @@ fn print_migration(
                 configmap.as_ref(),
             ))?
     } else {
-        let mut l = migrate::load::from_files(manifests, configmap.as_ref())?;
+        let mut l = migrate::load::from_files(&manifests, configmap.as_ref())?;
         if let Some(ns) = &namespace {
             l.ingresses
                 .retain(|i| i.metadata.namespace.as_deref().unwrap_or("default") == ns);

@@ -5,7 +5,10 @@
 //! golden tests compare it: precedence is tested in the form it is read.
 use std::fmt::Write as _;
 
-use super::{HostRules, Route, RouteTable, Upstream, annotations::Policy};
+use super::{
+    HostRules, Route, RouteTable, Upstream,
+    annotations::{Policy, cors::Origins},
+};
 
 pub fn render_routes(table: &RouteTable) -> String {
     let mut out = String::new();
@@ -123,6 +126,27 @@ fn policy_notes(p: &Policy) -> Vec<String> {
     }
     if let Some(b) = &p.unsupported_backend {
         notes.push(format!("backend-protocol={b} (answered 502)"));
+    }
+    if !p.deny.is_empty() {
+        let ranges: Vec<String> = p.deny.iter().map(ToString::to_string).collect();
+        notes.push(format!("denylist-source-range={}", ranges.join(",")));
+    }
+    if let Some(c) = &p.cors {
+        let origins = match &c.origins {
+            Origins::Any => "*".to_string(),
+            Origins::List(l) => l
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        notes.push(format!("cors={origins}"));
+    }
+    if let Some(v) = &p.forwarded_prefix {
+        notes.push(format!("x-forwarded-prefix={v}"));
+    }
+    if p.no_access_log {
+        notes.push("enable-access-log=false".into());
     }
     notes
 }

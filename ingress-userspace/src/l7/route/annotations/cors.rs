@@ -45,6 +45,15 @@ pub struct OriginPattern {
     tail: Option<String>,
 }
 
+impl std::fmt::Display for OriginPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.tail {
+            Some(tail) => write!(f, "{}*{tail}", self.head),
+            None => f.write_str(&self.head),
+        }
+    }
+}
+
 impl OriginPattern {
     fn parse(s: &str) -> Option<Self> {
         let s = s.trim().to_ascii_lowercase();

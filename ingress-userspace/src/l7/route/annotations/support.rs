@@ -20,17 +20,6 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// The report's word for it.
-    pub fn label(self) -> &'static str {
-        match self {
-            Verdict::Honoured => "honoured",
-            Verdict::Differs(_) => "honoured, differs",
-            Verdict::NotSupported => "not supported",
-            Verdict::Refused(_) => "refused by design",
-            Verdict::Unknown => "unknown",
-        }
-    }
-
     /// Whether an Ingress moved here loses what the setting did.
     pub fn lost(self) -> bool {
         matches!(self, Verdict::NotSupported | Verdict::Refused(_))

@@ -1362,6 +1362,19 @@ async fn with_origin(
     host: &str,
     origin: Option<&str>,
 ) -> (u16, hyper::HeaderMap, String) {
+    let headers: Vec<(&str, &str)> = origin.map(|o| ("origin", o)).into_iter().collect();
+    request_with(addr, h2, method, host, &headers).await
+}
+
+/// `method /x` to `host` over HTTP/1.1 (the fast path takes a GET) or
+/// HTTP/2 (hyper's server), with these header lines.
+async fn request_with(
+    addr: SocketAddr,
+    h2: bool,
+    method: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> (u16, hyper::HeaderMap, String) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let io = TokioIo::new(stream);
     let mut req = if h2 {
@@ -1370,8 +1383,8 @@ async fn with_origin(
         Request::builder().uri("/x").header("host", host)
     }
     .method(method);
-    if let Some(o) = origin {
-        req = req.header("origin", o);
+    for (n, v) in headers {
+        req = req.header(*n, *v);
     }
     let req = req.body(Full::new(Bytes::new())).unwrap();
     let sent = async {
@@ -1474,6 +1487,115 @@ async fn cors_is_answered_as_ingress_nginx_answers_it() {
         let (_, m, _) = with_origin(h, h2, "GET", "plain.test", Some("https://x.test")).await;
         assert_eq!(get(&m, "access-control-allow-origin"), "", "no CORS asked");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_takes_requests_by_header_then_cookie_then_weight() {
+    let (port, yaml) = backends().await;
+    echo("c", SocketAddr::from(([127, 0, 0, 12], port))).await;
+    let lo = |i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i));
+    let canary = |name: &str, host: &str, svc: &str, notes: &[(&str, &str)]| {
+        let notes: String = notes
+            .iter()
+            .map(|(k, v)| format!("    nginx.ingress.kubernetes.io/{k}: \"{v}\"\n"))
+            .collect();
+        format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  annotations:\n    nginx.ingress.kubernetes.io/canary: \"true\"\n{notes}\
+             spec:\n  ingressClassName: ebpf\n  rules:\n  - host: {host}\n    http:\n      paths:\n\
+             \x20     - {{path: /, pathType: Prefix, backend: {{service: {{name: {svc}, port: {{number: 80}}}}}}}}\n"
+        )
+    };
+    let yaml = yaml
+        + &service("c", port, &[lo(12)])
+        // The main Ingress's annotations apply to the canary's requests;
+        // the canary's own (x-forwarded-prefix /canary) do not.
+        + &annotated("split.test", &[("x-forwarded-prefix", "/main")], "/", "Prefix")
+        + &canary(
+            "split-canary",
+            "split.test",
+            "c",
+            &[
+                ("canary-by-header", "X-Canary"),
+                ("canary-by-cookie", "beta"),
+                ("canary-weight", "20"),
+                ("x-forwarded-prefix", "/canary"),
+            ],
+        )
+        + &annotated("region.test", &[], "/", "Prefix")
+        + &canary(
+            "region-canary",
+            "region.test",
+            "c",
+            &[("canary-by-header", "X-Region"), ("canary-by-header-pattern", "^eu-")],
+        )
+        // A canary without endpoints takes nothing, whatever its weight.
+        + &annotated("empty.test", &[], "/", "Prefix")
+        + &canary("empty-canary", "empty.test", "none", &[("canary-weight", "100")])
+        // Nothing to be the canary of: ignored, and said so.
+        + &canary("orphan-canary", "orphan.test", "c", &[("canary-weight", "100")]);
+    let d = Ingressd::start(BIN, &yaml).await;
+    let served_by = |body: &str| body.split(' ').next().unwrap_or("").to_string();
+    for h2 in [false, true] {
+        let ask = async |host: &str, headers: &[(&str, &str)]| {
+            let (s, _, body) = request_with(d.http, h2, "GET", host, headers).await;
+            assert_eq!(s, 200, "h2={h2} {host} {headers:?}: {body}");
+            body
+        };
+        for (headers, want) in [
+            (&[("x-canary", "always")][..], "c"),
+            (&[("x-canary", "always"), ("cookie", "beta=never")][..], "c"),
+            (&[("x-canary", "never"), ("cookie", "beta=always")][..], "a"),
+            (
+                &[("x-canary", "perhaps"), ("cookie", "x=1; beta=always")][..],
+                "c",
+            ),
+            (&[("cookie", "beta=never")][..], "a"),
+        ] {
+            for _ in 0..10 {
+                let body = ask("split.test", headers).await;
+                assert_eq!(served_by(&body), want, "h2={h2} {headers:?}: {body}");
+                assert!(body.contains(" xfprefix=/main "), "{body}");
+            }
+        }
+        // The weight: 20 of 100 of the requests nothing else decides.
+        let mut to_canary = 0;
+        for _ in 0..400 {
+            if served_by(&ask("split.test", &[]).await) == "c" {
+                to_canary += 1;
+            }
+        }
+        assert!(
+            (40..=120).contains(&to_canary),
+            "h2={h2}: {to_canary} of 400 at weight 20"
+        );
+        for (value, want) in [("eu-west-1", "c"), ("us-east-1", "a"), ("always", "a")] {
+            let body = ask("region.test", &[("x-region", value)]).await;
+            assert_eq!(served_by(&body), want, "h2={h2} x-region {value}: {body}");
+        }
+        for _ in 0..20 {
+            assert_eq!(served_by(&ask("empty.test", &[]).await), "a", "h2={h2}");
+        }
+        let (s, _, _) = request_with(d.http, h2, "GET", "orphan.test", &[]).await;
+        assert_eq!(s, 404, "h2={h2}: a canary alone routes nothing");
+    }
+    // Counted under the main Ingress with the canary's service, and
+    // logged with it as the alternative upstream.
+    let (_, metrics) = get(d.metrics, "/metrics", None).await.unwrap();
+    assert!(
+        metrics.contains("ingressd_http_requests_total{ingress=\"default/split-test\",service=\"default/c:80\",status=\"200\"}"),
+        "{metrics}"
+    );
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(log.contains("[default-a-80] [default-c-80]"), "{log}");
+    assert!(
+        log.contains("Ingress default/orphan-canary")
+            && log.contains("nothing to be the canary of"),
+        "{log}"
+    );
+    assert!(
+        log.contains("x-forwarded-prefix ignored on a canary Ingress"),
+        "{log}"
+    );
 }
 
 /// The request head the scripted endpoint echoed, lowercased, from the

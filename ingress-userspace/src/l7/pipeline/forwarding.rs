@@ -55,9 +55,9 @@ impl Fields for HeaderMap {
     }
 }
 
-/// 128 random-looking bits as 32 hex digits: splitmix64 over a per-thread
-/// state seeded once from the kernel, so no system call per request.
-pub(in crate::l7) fn request_id() -> HeaderValue {
+/// 64 random-looking bits: splitmix64 over a per-thread state seeded once
+/// from the kernel, so no system call per request.
+pub(in crate::l7) fn random_u64() -> u64 {
     thread_local! {
         static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
             let mut seed = [0u8; 8];
@@ -70,15 +70,18 @@ pub(in crate::l7) fn request_id() -> HeaderValue {
             }
         });
     }
-    let next = || {
-        STATE.with(|s| {
-            let mut z = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-            s.set(z);
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        })
-    };
+    STATE.with(|s| {
+        let mut z = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        s.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
+}
+
+/// 128 random-looking bits as 32 hex digits.
+pub(in crate::l7) fn request_id() -> HeaderValue {
+    let next = random_u64;
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 32];
     let bits = (u128::from(next()) << 64) | u128::from(next());

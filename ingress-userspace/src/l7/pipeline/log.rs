@@ -59,6 +59,9 @@ pub struct Record {
     /// `namespace/name` of the Ingress, and the upstream (`ns/svc:port`).
     pub ingress: Arc<str>,
     pub service: Arc<str>,
+    /// The canary's upstream when the canary served (`service` is then
+    /// the main route's), as `$proxy_alternative_upstream_name`.
+    pub alternative: Option<Arc<str>>,
     /// The endpoint, its status and how long its head took.
     pub upstream: Option<(SocketAddr, u16, Duration)>,
     pub request_id: Option<HeaderValue>,
@@ -402,7 +405,11 @@ fn line(out: &mut Vec<u8>, r: &Record, format: Format, clock: &mut TimeText) {
             secs(out, r.took);
             out.extend_from_slice(b" [");
             upstream_name(out, &r.service);
-            out.extend_from_slice(b"] [] ");
+            out.extend_from_slice(b"] [");
+            if let Some(alt) = &r.alternative {
+                upstream_name(out, alt);
+            }
+            out.extend_from_slice(b"] ");
             match r.upstream {
                 Some((addr, status, took)) => {
                     socket(out, addr);
@@ -447,6 +454,10 @@ fn line(out: &mut Vec<u8>, r: &Record, format: Format, clock: &mut TimeText) {
             secs(out, r.took);
             out.extend_from_slice(b",\"proxy_upstream_name\":\"");
             upstream_name(out, &r.service);
+            out.extend_from_slice(b"\",\"proxy_alternative_upstream_name\":\"");
+            if let Some(alt) = &r.alternative {
+                upstream_name(out, alt);
+            }
             match r.upstream {
                 Some((addr, status, took)) => {
                     let _ = write!(out, "\",\"upstream_addr\":\"{addr}\",\"upstream_status\":\"{status}\",\"upstream_response_time\":\"");
@@ -484,6 +495,7 @@ mod tests {
             request_length: 78,
             ingress: Arc::from("shop/web"),
             service: Arc::from("shop/b:http"),
+            alternative: None,
             upstream: Some((
                 "198.18.1.3:8080".parse().unwrap(),
                 200,
@@ -516,6 +528,25 @@ mod tests {
         assert_eq!(v["http_user_agent"], "curl/8 \"x\"\n");
         assert_eq!(v["time"], "2025-12-02T13:04:05+00:00");
         assert_eq!(v["upstream_addr"], "198.18.1.3:8080");
+        assert_eq!(v["proxy_alternative_upstream_name"], "");
+    }
+
+    #[test]
+    fn a_canary_shows_as_the_alternative_upstream() {
+        let mut r = record();
+        r.alternative = Some(Arc::from("shop/b-canary:http"));
+        let mut out = Vec::new();
+        line(&mut out, &r, Format::Text, &mut TimeText::default());
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(" [shop-b-http] [shop-b-canary-http] "),
+            "{text}"
+        );
+        let mut out = Vec::new();
+        line(&mut out, &r, Format::Json, &mut TimeText::default());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["proxy_upstream_name"], "shop-b-http");
+        assert_eq!(v["proxy_alternative_upstream_name"], "shop-b-canary-http");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use hyper::{
     http::uri::PathAndQuery,
 };
 
+mod canary;
 mod cors;
 pub mod counted;
 pub mod forwarding;
@@ -201,13 +202,24 @@ impl Pipeline {
     /// Publishes a new table; requests in flight finish on the old one.
     pub fn swap_routes(&self, table: RouteTable) {
         let mut table = table;
-        let mut routes: Vec<&mut Route> = table.routes_mut().collect();
-        let mut labels: Vec<Labels> = routes.iter().map(|r| label(r)).collect();
+        let mut slots: Vec<&mut StatsHandle> = Vec::new();
+        let mut labels: Vec<Labels> = Vec::new();
+        for r in table.routes_mut() {
+            labels.push(label(r));
+            if let Some(c) = &r.canary {
+                labels.push(label(&c.route));
+            }
+            let Route { stats, canary, .. } = r;
+            slots.push(stats);
+            if let Some(c) = canary {
+                slots.push(&mut c.route.stats);
+            }
+        }
         // The built-in default backend's counters live on too.
         labels.push(default_label());
         let handles = self.registry.publish(&labels);
-        for (route, stats) in routes.iter_mut().zip(handles) {
-            route.stats = StatsHandle(Some(stats));
+        for (slot, stats) in slots.into_iter().zip(handles) {
+            *slot = StatsHandle(Some(stats));
         }
         let live: HashSet<SocketAddr> = table.endpoints().collect();
         self.routes.store(Arc::new(table));
@@ -344,6 +356,16 @@ impl Pipeline {
             let r = match table.lookup(head.host, &path) {
                 Match::Route(r) | Match::Default(Some(r)) => r,
                 Match::Default(None) => return Err(ProxyError::NoRoute),
+            };
+            // A canary's route has the main route's policy: choosing
+            // first changes nothing but the backend and the labels.
+            let r = if r.canary.is_none() {
+                r
+            } else {
+                match &src {
+                    Source::Fast(req) => canary::choose(r, *req),
+                    Source::Hyper(req) => canary::choose(r, req.headers()),
+                }
             };
             let _ = unanswered.route.set(r);
             policy::check_source(r, origin)?;
@@ -689,9 +711,12 @@ impl Pipeline {
             .as_ref()
             .filter(|_| !o.route.is_some_and(|r| r.policy.no_access_log));
         let record = logged.map(|l| {
-            let (ingress, service) = match o.route {
-                Some(r) => (r.ingress.clone(), r.service.clone()),
-                None => (Arc::from(DEFAULT_LABEL.0), Arc::from(DEFAULT_LABEL.1)),
+            let (ingress, service, alternative) = match o.route {
+                Some(r) => match &r.canary_of {
+                    Some(main) => (r.ingress.clone(), main.clone(), Some(r.service.clone())),
+                    None => (r.ingress.clone(), r.service.clone(), None),
+                },
+                None => (Arc::from(DEFAULT_LABEL.0), Arc::from(DEFAULT_LABEL.1), None),
             };
             log::Record {
                 time: std::time::SystemTime::now(),
@@ -705,6 +730,7 @@ impl Pipeline {
                 request_length: l.length,
                 ingress,
                 service,
+                alternative,
                 upstream: o.upstream,
                 request_id: o.request_id.cloned(),
                 error: o.error.map(ProxyError::label),
@@ -735,6 +761,7 @@ impl Pipeline {
             request_length: 0,
             ingress: Arc::from(DEFAULT_LABEL.0),
             service: Arc::from(DEFAULT_LABEL.1),
+            alternative: None,
             upstream: None,
             request_id: None,
             error: Some(error.label()),

@@ -7,11 +7,14 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressSpec};
 
 use super::{
-    HostRules, PathKind, Route, RouteTable, RouteWarning, Upstream,
-    annotations::{self, Policy},
+    Canary, HostRules, PathKind, Route, RouteTable, RouteWarning, Upstream,
+    annotations::{
+        self, Policy,
+        canary::{Expect, HeaderRule},
+    },
     path_elements,
     pattern::{Budget, Patterns, REGEX_CHARS},
 };
@@ -145,40 +148,48 @@ fn compile_all(
         .collect();
     ingresses.sort_by_key(|i| creation_order(i));
 
-    // host key ("" = any host; "*.x" = wildcard) → (kind, path) → route.
-    type Paths = BTreeMap<(PathKind, String), Route>;
     let mut hosts: BTreeMap<String, Paths> = BTreeMap::new();
     let mut owners: HashMap<(String, PathKind, String), String> = HashMap::new();
     let mut table = RouteTable::default();
-    let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
+    let mut upstreams = Upstreams::default();
 
     // Annotations first: as in ingress-nginx, `use-regex` (or
     // `rewrite-target`) on any Ingress makes every Prefix and
     // ImplementationSpecific path of its hosts a regular expression.
+    // A canary's own annotations other than its canary rules do nothing
+    // (its requests get the main Ingress's), so they make no regex host.
     let policies: Vec<Arc<Policy>> = ingresses
         .iter()
         .map(|ing| {
-            let ns = ing.metadata.namespace.as_deref().unwrap_or("default");
-            let id = format!("{ns}/{}", ing.metadata.name.as_deref().unwrap_or_default());
             let annotations = ing.metadata.annotations.clone().unwrap_or_default();
-            Arc::new(annotations::policy(&id, &annotations, &mut warnings))
+            Arc::new(annotations::policy(
+                &ingress_id(ing),
+                &annotations,
+                &mut warnings,
+            ))
         })
         .collect();
     let regex_hosts: HashSet<String> = ingresses
         .iter()
         .zip(&policies)
-        .filter(|(_, p)| p.use_regex)
+        .filter(|(_, p)| p.use_regex && p.canary.is_none())
         .flat_map(|(ing, _)| ing.spec.iter().flat_map(|s| s.rules.iter().flatten()))
         .map(|r| r.host.as_deref().unwrap_or("").trim().to_ascii_lowercase())
         .collect();
 
+    // Canaries attach to the routes the main Ingresses made: last.
+    let mut canaries = Vec::new();
     for (ing, policy) in ingresses.into_iter().zip(policies) {
+        if policy.canary.is_some() {
+            canaries.push((ing, policy));
+            continue;
+        }
         let ns = ing
             .metadata
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into());
-        let id = format!("{ns}/{}", ing.metadata.name.clone().unwrap_or_default());
+        let id = ingress_id(ing);
         let Some(spec) = &ing.spec else { continue };
         let mut budget = Budget::default();
         let mut tls_hosts = Vec::new();
@@ -201,39 +212,12 @@ fn compile_all(
                 }
             }
         }
-        let mut upstream_for =
-            |backend: &IngressBackend, field: String, warnings: &mut Vec<RouteWarning>| {
-                let name = backend_name(&ns, backend);
-                let up = resolve_backend(&ns, backend, snapshot).unwrap_or_else(|reason| {
-                    warnings.push(RouteWarning {
-                        ingress: id.clone(),
-                        field,
-                        message: reason.clone(),
-                    });
-                    Upstream::Unavailable {
-                        name: name.clone(),
-                        reason,
-                    }
-                });
-                // One shared upstream per backend, so balancing state is shared too.
-                upstreams
-                    .entry(name)
-                    .or_insert_with(|| Arc::new(up))
-                    .clone()
-            };
         if let Some(db) = &spec.default_backend {
-            let up = upstream_for(db, "spec.defaultBackend".into(), &mut warnings);
+            let up = upstreams.get(&ns, &id, db, "spec.defaultBackend", snapshot, &mut warnings);
             match &table.default_backend {
                 None => {
-                    table.default_backend = Some(Route {
-                        service: Arc::from(up.name()),
-                        upstream: up,
-                        ingress: Arc::from(id.as_str()),
-                        ssl_redirect: policy.force_ssl_redirect,
-                        policy: policy.clone(),
-                        rewrite: None,
-                        stats: StatsHandle::default(),
-                    })
+                    table.default_backend =
+                        Some(route(up, &id, policy.force_ssl_redirect, &policy, None))
                 }
                 Some(r) => warnings.push(RouteWarning {
                     ingress: id.clone(),
@@ -245,140 +229,68 @@ fn compile_all(
                 }),
             }
         }
-        for (ri, rule) in spec.rules.iter().flatten().enumerate() {
-            let host = match rule.host.as_deref().map(str::trim) {
-                None | Some("") => String::new(),
-                Some(h) => {
-                    let h = h.to_ascii_lowercase();
-                    let valid = match h.strip_prefix("*.") {
-                        Some(rest) => !rest.is_empty() && !rest.contains('*'),
-                        None => !h.contains('*') && !h.contains(':') && !h.contains('/'),
-                    };
-                    if !valid {
-                        warnings.push(RouteWarning {
-                            ingress: id.clone(),
-                            field: format!("spec.rules[{ri}].host"),
-                            message: format!("{h:?} is not a host name or a `*.` wildcard"),
-                        });
-                        continue;
-                    }
-                    h
+        for rp in rule_paths(&id, spec, &regex_hosts, &mut warnings) {
+            let ssl_redirect = policy.force_ssl_redirect
+                || (policy.ssl_redirect && !rp.host.is_empty() && tls_hosts.contains(&rp.host));
+            let pattern = match rp.kind {
+                PathKind::Regex => Some(patterns.get(&rp.path, &mut budget)),
+                _ if policy.rewrite_target.is_some() => {
+                    Some(patterns.literal(&rp.path, &mut budget))
+                }
+                _ => None,
+            };
+            let pattern = match pattern.transpose() {
+                Ok(p) => p,
+                Err(e) => {
+                    warnings.push(RouteWarning {
+                        ingress: id.clone(),
+                        field: format!("{}.path", rp.field),
+                        message: format!("{:?} {e}; ignored", rp.path),
+                    });
+                    continue;
                 }
             };
-            let regex_host = regex_hosts.contains(&host);
-            let ssl_redirect = policy.force_ssl_redirect
-                || (policy.ssl_redirect && !host.is_empty() && tls_hosts.contains(&host));
-            for (pi, p) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
-                let field = format!("spec.rules[{ri}].http.paths[{pi}]");
-                let kind = match p.path_type.as_str() {
-                    "Exact" => PathKind::Exact,
-                    "Prefix" | "ImplementationSpecific" if regex_host => PathKind::Regex,
-                    "Prefix" | "ImplementationSpecific" => PathKind::Prefix,
-                    other => {
-                        warnings.push(RouteWarning {
-                            ingress: id.clone(),
-                            field: format!("{field}.pathType"),
-                            message: format!("unsupported value {other:?} (Exact, Prefix or ImplementationSpecific)"),
-                        });
-                        continue;
-                    }
-                };
-                let path = p.path.clone().unwrap_or_else(|| "/".into());
-                // Braces are regex quantifiers; nothing is templated here.
-                let forbidden: &[char] = if kind == PathKind::Regex {
-                    &[';', ' ']
-                } else {
-                    &['{', '}', ';', ' ']
-                };
-                if !path.starts_with('/') || path.contains(forbidden) {
-                    warnings.push(RouteWarning {
-                        ingress: id.clone(),
-                        field: format!("{field}.path"),
-                        message: format!(
-                            "{path:?} must be an absolute path without spaces, braces or semicolons"
-                        ),
-                    });
-                    continue;
-                }
-                if kind != PathKind::Regex && path.contains(REGEX_CHARS) {
-                    warnings.push(RouteWarning {
-                        ingress: id.clone(),
-                        field: format!("{field}.path"),
-                        message: format!(
-                            "{path:?} looks like a regular expression, but no Ingress for this host sets nginx.ingress.kubernetes.io/use-regex: \"true\"; matched literally"
-                        ),
-                    });
-                }
-                // Requests are matched in normal form: so are the rules.
-                let path = if kind == PathKind::Regex {
-                    path
-                } else {
-                    match normalize(&path) {
-                        Ok(normal) => normal.as_str().to_string(),
-                        Err(e) => {
-                            warnings.push(RouteWarning {
-                                ingress: id.clone(),
-                                field: format!("{field}.path"),
-                                message: format!("{path:?} has {e}; ignored"),
-                            });
-                            continue;
-                        }
-                    }
-                };
-                let pattern = match kind {
-                    PathKind::Regex => Some(patterns.get(&path, &mut budget)),
-                    _ if policy.rewrite_target.is_some() => {
-                        Some(patterns.literal(&path, &mut budget))
-                    }
-                    _ => None,
-                };
-                let pattern = match pattern.transpose() {
-                    Ok(p) => p,
-                    Err(e) => {
-                        warnings.push(RouteWarning {
-                            ingress: id.clone(),
-                            field: format!("{field}.path"),
-                            message: format!("{path:?} {e}; ignored"),
-                        });
-                        continue;
-                    }
-                };
-                let upstream = upstream_for(&p.backend, format!("{field}.backend"), &mut warnings);
-                // Prefix "/foo/" is Prefix "/foo" (the same path elements):
-                // one route, and a conflict between two Ingresses.
-                let path = if kind == PathKind::Prefix && path.len() > 1 {
-                    let trimmed = path.trim_end_matches('/');
-                    if trimmed.is_empty() { "/" } else { trimmed }.to_string()
-                } else {
-                    path
-                };
-                let key = (host.clone(), kind, path.clone());
-                if let Some(owner) = owners.get(&key) {
-                    warnings.push(RouteWarning {
-                        ingress: id.clone(),
-                        field: format!("{field}.path"),
-                        message: format!(
-                            "host {:?} path {path:?} ({kind:?}) already routed by older Ingress {owner}; ignored",
-                            if host.is_empty() { "*" } else { &host }
-                        ),
-                    });
-                    continue;
-                }
-                owners.insert(key, id.clone());
-                hosts.entry(host.clone()).or_default().insert(
-                    (kind, path),
-                    Route {
-                        service: Arc::from(upstream.name()),
-                        upstream,
-                        ingress: Arc::from(id.as_str()),
-                        ssl_redirect,
-                        policy: policy.clone(),
-                        rewrite: pattern,
-                        stats: StatsHandle::default(),
-                    },
-                );
+            let upstream = upstreams.get(
+                &ns,
+                &id,
+                rp.backend,
+                &format!("{}.backend", rp.field),
+                snapshot,
+                &mut warnings,
+            );
+            let key = (rp.host.clone(), rp.kind, rp.key.clone());
+            if let Some(owner) = owners.get(&key) {
+                warnings.push(RouteWarning {
+                    ingress: id.clone(),
+                    field: format!("{}.path", rp.field),
+                    message: format!(
+                        "host {:?} path {:?} ({:?}) already routed by older Ingress {owner}; ignored",
+                        if rp.host.is_empty() { "*" } else { &rp.host },
+                        rp.key,
+                        rp.kind
+                    ),
+                });
+                continue;
             }
+            owners.insert(key, id.clone());
+            hosts.entry(rp.host).or_default().insert(
+                (rp.kind, rp.key),
+                route(upstream, &id, ssl_redirect, &policy, pattern),
+            );
         }
+    }
+    for (ing, policy) in canaries {
+        attach_canaries(
+            ing,
+            &policy,
+            &regex_hosts,
+            &mut hosts,
+            &mut table,
+            &mut upstreams,
+            patterns,
+            snapshot,
+            &mut warnings,
+        );
     }
     for (host, paths) in hosts {
         let mut rules = HostRules::default();
@@ -406,4 +318,343 @@ fn compile_all(
         }
     }
     (table, warnings)
+}
+
+/// host key ("" = any host; "*.x" = wildcard) → (kind, path) → route.
+type Paths = BTreeMap<(PathKind, String), Route>;
+
+fn ingress_id(ing: &Ingress) -> String {
+    let ns = ing.metadata.namespace.as_deref().unwrap_or("default");
+    format!("{ns}/{}", ing.metadata.name.as_deref().unwrap_or_default())
+}
+
+fn route(
+    upstream: Arc<Upstream>,
+    id: &str,
+    ssl_redirect: bool,
+    policy: &Arc<Policy>,
+    rewrite: Option<super::PathRegex>,
+) -> Route {
+    Route {
+        service: Arc::from(upstream.name()),
+        upstream,
+        ingress: Arc::from(id),
+        ssl_redirect,
+        policy: policy.clone(),
+        rewrite,
+        stats: StatsHandle::default(),
+        canary: None,
+        canary_of: None,
+    }
+}
+
+/// Backends resolved once per table: one shared upstream per backend, so
+/// balancing state is shared too.
+#[derive(Default)]
+struct Upstreams(HashMap<String, Arc<Upstream>>);
+
+impl Upstreams {
+    fn get(
+        &mut self,
+        ns: &str,
+        id: &str,
+        backend: &IngressBackend,
+        field: &str,
+        snapshot: &Snapshot,
+        warnings: &mut Vec<RouteWarning>,
+    ) -> Arc<Upstream> {
+        let name = backend_name(ns, backend);
+        let up = resolve_backend(ns, backend, snapshot).unwrap_or_else(|reason| {
+            warnings.push(RouteWarning {
+                ingress: id.to_string(),
+                field: field.to_string(),
+                message: reason.clone(),
+            });
+            Upstream::Unavailable {
+                name: name.clone(),
+                reason,
+            }
+        });
+        self.0.entry(name).or_insert_with(|| Arc::new(up)).clone()
+    }
+}
+
+/// One path of an Ingress's rules, checked, in the form it is routed by.
+struct RulePath<'i> {
+    /// "" for any host, `*.x` for a wildcard, else a lower-case name.
+    host: String,
+    kind: PathKind,
+    /// In normal form (patterns as written).
+    path: String,
+    /// The key of its route: `path`, without a Prefix's trailing slash
+    /// ("/foo/" is "/foo": the same path elements).
+    key: String,
+    backend: &'i IngressBackend,
+    /// `spec.rules[i].http.paths[j]`.
+    field: String,
+}
+
+/// The usable paths of an Ingress's rules; the others reported.
+fn rule_paths<'i>(
+    id: &str,
+    spec: &'i IngressSpec,
+    regex_hosts: &HashSet<String>,
+    warnings: &mut Vec<RouteWarning>,
+) -> Vec<RulePath<'i>> {
+    let mut out = Vec::new();
+    let mut warn = |field: String, message: String| {
+        warnings.push(RouteWarning {
+            ingress: id.to_string(),
+            field,
+            message,
+        })
+    };
+    for (ri, rule) in spec.rules.iter().flatten().enumerate() {
+        let host = match rule.host.as_deref().map(str::trim) {
+            None | Some("") => String::new(),
+            Some(h) => {
+                let h = h.to_ascii_lowercase();
+                let valid = match h.strip_prefix("*.") {
+                    Some(rest) => !rest.is_empty() && !rest.contains('*'),
+                    None => !h.contains('*') && !h.contains(':') && !h.contains('/'),
+                };
+                if !valid {
+                    warn(
+                        format!("spec.rules[{ri}].host"),
+                        format!("{h:?} is not a host name or a `*.` wildcard"),
+                    );
+                    continue;
+                }
+                h
+            }
+        };
+        let regex_host = regex_hosts.contains(&host);
+        for (pi, p) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
+            let field = format!("spec.rules[{ri}].http.paths[{pi}]");
+            let kind = match p.path_type.as_str() {
+                "Exact" => PathKind::Exact,
+                "Prefix" | "ImplementationSpecific" if regex_host => PathKind::Regex,
+                "Prefix" | "ImplementationSpecific" => PathKind::Prefix,
+                other => {
+                    warn(
+                        format!("{field}.pathType"),
+                        format!(
+                            "unsupported value {other:?} (Exact, Prefix or ImplementationSpecific)"
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let path = p.path.clone().unwrap_or_else(|| "/".into());
+            // Braces are regex quantifiers; nothing is templated here.
+            let forbidden: &[char] = if kind == PathKind::Regex {
+                &[';', ' ']
+            } else {
+                &['{', '}', ';', ' ']
+            };
+            if !path.starts_with('/') || path.contains(forbidden) {
+                warn(
+                    format!("{field}.path"),
+                    format!(
+                        "{path:?} must be an absolute path without spaces, braces or semicolons"
+                    ),
+                );
+                continue;
+            }
+            if kind != PathKind::Regex && path.contains(REGEX_CHARS) {
+                warn(
+                    format!("{field}.path"),
+                    format!(
+                        "{path:?} looks like a regular expression, but no Ingress for this host sets nginx.ingress.kubernetes.io/use-regex: \"true\"; matched literally"
+                    ),
+                );
+            }
+            // Requests are matched in normal form: so are the rules.
+            let path = if kind == PathKind::Regex {
+                path
+            } else {
+                match normalize(&path) {
+                    Ok(normal) => normal.as_str().to_string(),
+                    Err(e) => {
+                        warn(
+                            format!("{field}.path"),
+                            format!("{path:?} has {e}; ignored"),
+                        );
+                        continue;
+                    }
+                }
+            };
+            let key = if kind == PathKind::Prefix && path.len() > 1 {
+                let trimmed = path.trim_end_matches('/');
+                if trimmed.is_empty() { "/" } else { trimmed }.to_string()
+            } else {
+                path.clone()
+            };
+            out.push(RulePath {
+                host: host.clone(),
+                kind,
+                path,
+                key,
+                backend: &p.backend,
+                field,
+            });
+        }
+    }
+    out
+}
+
+/// A canary Ingress's paths, each made the canary of the main route with
+/// the same host, path and type (as ingress-nginx merges an alternative
+/// backend into the location it matches). Its default backend becomes
+/// the default backend's canary.
+#[allow(clippy::too_many_arguments)]
+fn attach_canaries(
+    ing: &Ingress,
+    policy: &Policy,
+    regex_hosts: &HashSet<String>,
+    hosts: &mut BTreeMap<String, Paths>,
+    table: &mut RouteTable,
+    upstreams: &mut Upstreams,
+    patterns: &mut Patterns,
+    snapshot: &Snapshot,
+    warnings: &mut Vec<RouteWarning>,
+) {
+    let Some(rule) = &policy.canary else { return };
+    let Some(spec) = &ing.spec else { return };
+    let id = ingress_id(ing);
+    let ns = ing.metadata.namespace.as_deref().unwrap_or("default");
+    let warn = |warnings: &mut Vec<RouteWarning>, field: String, message: String| {
+        warnings.push(RouteWarning {
+            ingress: id.clone(),
+            field,
+            message,
+        })
+    };
+    // What the canary's own annotations would have done is the main
+    // Ingress's to say: name what is ignored, once.
+    let own: Vec<&str> = ing
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter_map(|(k, _)| k.strip_prefix(annotations::PREFIX))
+        .filter(|n| *n != "canary" && !n.starts_with("canary-"))
+        .filter(|n| annotations::support::annotation(n) != annotations::support::Verdict::Unknown)
+        .collect();
+    if !own.is_empty() {
+        warn(
+            warnings,
+            "metadata.annotations".into(),
+            format!(
+                "{} ignored on a canary Ingress: its requests get the main Ingress's annotations, as in ingress-nginx",
+                own.join(", ")
+            ),
+        );
+    }
+    if spec.tls.as_ref().is_some_and(|t| !t.is_empty()) {
+        warn(
+            warnings,
+            "spec.tls".into(),
+            "ignored on a canary Ingress: the main Ingress's TLS applies".into(),
+        );
+    }
+    let pattern = match &rule.header {
+        Some(HeaderRule {
+            expect: Expect::Pattern(p),
+            ..
+        }) => match patterns.header(p, &mut Budget::default()) {
+            Ok(re) => Some(re),
+            Err(e) => {
+                warn(
+                    warnings,
+                    format!(
+                        "metadata.annotations[{}canary-by-header-pattern]",
+                        annotations::PREFIX
+                    ),
+                    format!("{p:?} {e}; the Ingress is not used as a canary"),
+                );
+                return;
+            }
+        },
+        _ => None,
+    };
+    let mut attach = |main: &mut Route,
+                      backend: &IngressBackend,
+                      field: &str,
+                      where_: &str,
+                      warnings: &mut Vec<RouteWarning>| {
+        let up = upstreams.get(
+            ns,
+            &id,
+            backend,
+            &format!("{field}.backend"),
+            snapshot,
+            warnings,
+        );
+        if up.name() == main.upstream.name() {
+            warn(
+                warnings,
+                format!("{field}.backend"),
+                format!(
+                    "{where_}: {} is the main Ingress's backend too; not a canary",
+                    up.name()
+                ),
+            );
+            return;
+        }
+        if let Some(c) = &main.canary {
+            warn(
+                warnings,
+                field.to_string(),
+                format!(
+                    "{where_} already has a canary (Ingress {}, older); one canary per host and path",
+                    c.ingress
+                ),
+            );
+            return;
+        }
+        let mut route = main.clone();
+        route.canary_of = Some(main.service.clone());
+        route.service = Arc::from(up.name());
+        route.upstream = up;
+        main.canary = Some(Box::new(Canary {
+            route,
+            ingress: Arc::from(id.as_str()),
+            rule: rule.clone(),
+            pattern: pattern.clone(),
+        }));
+    };
+    if let Some(db) = &spec.default_backend {
+        match &mut table.default_backend {
+            Some(main) => attach(
+                main,
+                db,
+                "spec.defaultBackend",
+                "the default backend",
+                warnings,
+            ),
+            None => warn(
+                warnings,
+                "spec.defaultBackend".into(),
+                "no main Ingress sets a default backend to be the canary of; ignored".into(),
+            ),
+        }
+    }
+    for rp in rule_paths(&id, spec, regex_hosts, warnings) {
+        let shown = if rp.host.is_empty() { "*" } else { &rp.host };
+        let where_ = format!("host {shown:?} path {:?} ({:?})", rp.key, rp.kind);
+        match hosts
+            .get_mut(&rp.host)
+            .and_then(|paths| paths.get_mut(&(rp.kind, rp.key.clone())))
+        {
+            Some(main) => attach(main, rp.backend, &rp.field, &where_, warnings),
+            None => warn(
+                warnings,
+                format!("{}.path", rp.field),
+                format!(
+                    "{where_}: no main Ingress routes it, so there is nothing to be the canary of; ignored"
+                ),
+            ),
+        }
+    }
 }

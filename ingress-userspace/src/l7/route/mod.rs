@@ -14,7 +14,7 @@ use std::{
     sync::Arc,
 };
 
-use self::annotations::Policy;
+use self::annotations::{CanaryRule, Policy};
 use crate::{
     cluster::ObjectKey,
     l7::{
@@ -68,6 +68,11 @@ impl Upstream {
 /// A matched route: the upstream and the Ingress it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
+    /// Another backend that takes some of this route's requests.
+    pub canary: Option<Box<Canary>>,
+    /// On a canary's route: the service of the route it is the canary of
+    /// (ingress-nginx's `$proxy_upstream_name` when the canary serves).
+    pub canary_of: Option<Arc<str>>,
     pub upstream: Arc<Upstream>,
     /// `namespace/name` of the Ingress (shared: it labels every request).
     pub ingress: Arc<str>,
@@ -84,6 +89,32 @@ pub struct Route {
     pub rewrite: Option<PathRegex>,
     /// Where its requests are counted (set when the table is published).
     pub stats: StatsHandle,
+}
+
+/// The canary of a route: a `canary: "true"` Ingress with the same host,
+/// path and path type. The requests it takes (`pipeline::canary`) go to
+/// its route: the main route's policy and rewrite, the canary's backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Canary {
+    pub route: Route,
+    /// `namespace/name` of the canary Ingress.
+    pub ingress: Arc<str>,
+    pub rule: CanaryRule,
+    /// `canary-by-header-pattern`, compiled.
+    pub pattern: Option<PathRegex>,
+}
+
+impl Canary {
+    /// Whether it can take requests: a canary without ready endpoints
+    /// takes none (ingress-nginx drops the balancer of a backend without
+    /// endpoints, and the main backend serves).
+    pub fn serving(&self) -> bool {
+        match &*self.route.upstream {
+            Upstream::Endpoints { addrs, .. } => !addrs.is_empty(),
+            Upstream::External { .. } => true,
+            Upstream::Unavailable { .. } => false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -246,13 +277,15 @@ impl RouteTable {
                     .chain(h.regexes.iter().map(|(_, _, r)| r))
             })
             .chain(self.default_backend.iter())
+            .flat_map(|r| std::iter::once(r).chain(r.canary.as_ref().map(|c| &c.route)))
             .flat_map(|r| match &*r.upstream {
                 Upstream::Endpoints { addrs, .. } => addrs.clone(),
                 _ => Vec::new(),
             })
     }
 
-    /// Every route, to hand each its stats before the table is published.
+    /// Every route (their canaries hang off them), to hand each its stats
+    /// before the table is published.
     pub fn routes_mut(&mut self) -> impl Iterator<Item = &mut Route> + '_ {
         let hosts = self
             .exact_hosts

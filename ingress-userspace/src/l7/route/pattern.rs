@@ -1,7 +1,9 @@
 //! Path patterns (`use-regex`, `rewrite-target`) as nginx's `location ~*`
 //! runs them: case-insensitive, anchored at the start, byte by byte with
 //! ASCII classes (PCRE's defaults: `\w` is `[A-Za-z0-9_]`, not the
-//! Unicode class a hundred times its size).
+//! Unicode class a hundred times its size). Header patterns
+//! (`canary-by-header-pattern`) as `ngx.re.match` runs them: the same
+//! classes, case-sensitive, matching anywhere in the value.
 //!
 //! Any Ingress author writes these, so they are bounded: each pattern to
 //! `MAX_PATTERN_BYTES` compiled, each Ingress to `MAX_INGRESS_BYTES` for
@@ -74,17 +76,29 @@ impl<'p> Groups<'p> {
     }
 }
 
+/// What a pattern is matched against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Flavour {
+    /// A request path: `(?i)^pattern`.
+    Path,
+    /// A header value: `pattern` anywhere, case-sensitive.
+    Header,
+}
+
 impl PathRegex {
-    /// `(?i)^pattern`, within the size bound.
-    fn compile(pattern: &str) -> Result<Self, String> {
+    /// The pattern in its flavour, within the size bound.
+    fn compile(pattern: &str, flavour: Flavour) -> Result<Self, String> {
         if pattern.len() > MAX_SOURCE {
             return Err(format!("is longer than {MAX_SOURCE} characters"));
         }
-        let source = format!("^(?:{pattern})");
+        let source = match flavour {
+            Flavour::Path => format!("^(?:{pattern})"),
+            Flavour::Header => format!("(?:{pattern})"),
+        };
         let re = meta::Builder::new()
             .syntax(
                 syntax::Config::new()
-                    .case_insensitive(true)
+                    .case_insensitive(flavour == Flavour::Path)
                     .unicode(false)
                     .utf8(false),
             )
@@ -102,7 +116,20 @@ impl PathRegex {
                     "compiles to more than {} KiB (the bound for one pattern)",
                     MAX_PATTERN_BYTES / 1024
                 ),
-                None => format!("is not a regular expression: {e}"),
+                // The parser's own words ("unclosed group"), without
+                // the pattern it drew its caret under.
+                None => {
+                    let why = e
+                        .syntax_error()
+                        .map(ToString::to_string)
+                        .and_then(|t| {
+                            t.lines()
+                                .find_map(|l| l.strip_prefix("error: "))
+                                .map(str::to_string)
+                        })
+                        .unwrap_or_else(|| e.to_string());
+                    format!("is not a regular expression: {why}")
+                }
             })?;
         Ok(Self {
             re: Arc::new(re),
@@ -117,6 +144,11 @@ impl PathRegex {
 
     pub fn is_match(&self, path: &str) -> bool {
         self.re.is_match(path.as_bytes())
+    }
+
+    /// For a header pattern: whether it matches somewhere in `value`.
+    pub fn is_match_bytes(&self, value: &[u8]) -> bool {
+        self.re.is_match(value)
     }
 
     pub fn captures<'p>(&self, path: &'p str) -> Option<Groups<'p>> {
@@ -137,9 +169,9 @@ impl PathRegex {
 /// Every pattern compiled so far, with its refusal if it had one.
 #[derive(Default)]
 pub struct Patterns {
-    compiled: HashMap<String, Result<PathRegex, String>>,
+    compiled: HashMap<(Flavour, String), Result<PathRegex, String>>,
     /// The patterns asked for since the last `keep_used`.
-    used: HashSet<String>,
+    used: HashSet<(Flavour, String)>,
 }
 
 /// What the patterns of one Ingress have cost so far.
@@ -147,13 +179,28 @@ pub struct Patterns {
 pub struct Budget(usize);
 
 impl Patterns {
-    /// The compiled `pattern`, charged to `budget`; why not, else.
+    /// The compiled path `pattern`, charged to `budget`; why not, else.
     pub fn get(&mut self, pattern: &str, budget: &mut Budget) -> Result<PathRegex, String> {
-        self.used.insert(pattern.to_string());
+        self.compiled_as(Flavour::Path, pattern, budget)
+    }
+
+    /// The compiled header `pattern`, charged to `budget`; why not, else.
+    pub fn header(&mut self, pattern: &str, budget: &mut Budget) -> Result<PathRegex, String> {
+        self.compiled_as(Flavour::Header, pattern, budget)
+    }
+
+    fn compiled_as(
+        &mut self,
+        flavour: Flavour,
+        pattern: &str,
+        budget: &mut Budget,
+    ) -> Result<PathRegex, String> {
+        let key = (flavour, pattern.to_string());
+        self.used.insert(key.clone());
         let compiled = self
             .compiled
-            .entry(pattern.to_string())
-            .or_insert_with(|| PathRegex::compile(pattern))
+            .entry(key)
+            .or_insert_with(|| PathRegex::compile(pattern, flavour))
             .clone()?;
         let cost = compiled.cost();
         if budget.0 + cost > MAX_INGRESS_BYTES {
@@ -211,6 +258,19 @@ mod tests {
         // A whole alternation is anchored, not its first branch.
         let alt = compiled("/a|/b").unwrap();
         assert!(alt.is_match("/b") && !alt.is_match("/x/b"));
+    }
+
+    #[test]
+    fn header_patterns_match_anywhere_and_mind_case() {
+        let mut patterns = Patterns::default();
+        let re = patterns
+            .header("beta|canary", &mut Budget::default())
+            .unwrap();
+        assert!(re.is_match_bytes(b"user-beta-7") && !re.is_match_bytes(b"BETA"));
+        // The same source as a path is another pattern, cached apart.
+        let path = patterns.get("beta|canary", &mut Budget::default()).unwrap();
+        assert!(path.is_match("BETA/x") && !path.is_match("x/beta"));
+        assert_eq!(patterns.len(), 2);
     }
 
     #[test]

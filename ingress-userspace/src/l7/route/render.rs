@@ -28,6 +28,7 @@ pub fn render_routes(table: &RouteTable) -> String {
     match &table.default_backend {
         Some(r) => {
             let _ = writeln!(out, "DEFAULT BACKEND\n  {}", target(r));
+            canary_line(&mut out, r, "    ");
         }
         None => out.push_str("DEFAULT BACKEND\n  built-in 404\n"),
     }
@@ -56,11 +57,39 @@ fn host_block(out: &mut String, host: &str, table: &RouteTable, rules: &HostRule
 
 fn line(out: &mut String, kind: &str, path: &str, route: &Route) {
     let _ = writeln!(out, "  {kind:<6} {path:<24} {}", target(route));
+    canary_line(out, route, "    ");
+}
+
+/// A route's canary, under it: what it takes, where it sends.
+fn canary_line(out: &mut String, route: &Route, indent: &str) {
+    if let Some(c) = &route.canary {
+        let _ = writeln!(
+            out,
+            "{indent}canary ({}) {}  ingress {}",
+            c.rule,
+            upstream(&c.route),
+            c.ingress
+        );
+    }
 }
 
 /// Where a route sends, who made it, and what its annotations change.
 fn target(route: &Route) -> String {
-    let upstream = match &*route.upstream {
+    let upstream = upstream(route);
+    let mut notes = policy_notes(&route.policy);
+    if route.ssl_redirect {
+        notes.insert(0, "ssl-redirect".into());
+    }
+    let notes = if notes.is_empty() {
+        String::new()
+    } else {
+        format!(" {{{}}}", notes.join(", "))
+    };
+    format!("{upstream}  ingress {}{notes}", route.ingress)
+}
+
+fn upstream(route: &Route) -> String {
+    match &*route.upstream {
         Upstream::Endpoints {
             name,
             addrs,
@@ -80,17 +109,7 @@ fn target(route: &Route) -> String {
         }
         Upstream::External { name, host, port } => format!("→ {name} ExternalName {host}:{port}"),
         Upstream::Unavailable { name, reason } => format!("→ {name} unavailable: {reason}"),
-    };
-    let mut notes = policy_notes(&route.policy);
-    if route.ssl_redirect {
-        notes.insert(0, "ssl-redirect".into());
     }
-    let notes = if notes.is_empty() {
-        String::new()
-    } else {
-        format!(" {{{}}}", notes.join(", "))
-    };
-    format!("{upstream}  ingress {}{notes}", route.ingress)
 }
 
 /// The annotations in force, as `name=value` (defaults left out).

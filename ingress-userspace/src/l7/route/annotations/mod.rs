@@ -11,9 +11,11 @@ use hyper::StatusCode;
 
 use super::RouteWarning;
 
+pub mod canary;
 pub mod cors;
 pub mod support;
 
+pub use canary::CanaryRule;
 pub use cors::Cors;
 
 pub const PREFIX: &str = "nginx.ingress.kubernetes.io/";
@@ -61,6 +63,9 @@ pub struct Policy {
     /// `enable-access-log: "false"`: this Ingress's requests are counted
     /// but not logged.
     pub no_access_log: bool,
+    /// `canary: "true"` and the `canary-*` rules: this Ingress's paths
+    /// are the canaries of the main Ingress's same paths.
+    pub canary: Option<CanaryRule>,
 }
 
 /// An address range (`10.0.0.0/8`, `2001:db8::/32`, or one address).
@@ -315,6 +320,8 @@ pub fn policy(
                     warn(key, bad("\"true\" or \"false\""));
                 }
             }
+            // Read whole by canary::read, below.
+            n if n == "canary" || n.starts_with("canary-") => {}
             // Read whole by cors::read, below.
             n if n.starts_with("cors-") && support::annotation(n) != support::Verdict::Unknown => {}
             "proxy-buffering" | "proxy-request-buffering" => {
@@ -340,6 +347,7 @@ pub fn policy(
         }
     }
     p.cors = cors::read(annotations, &mut warn);
+    p.canary = canary::read(annotations, &mut warn);
     p
 }
 
@@ -366,7 +374,7 @@ mod tests {
             ("rewrite-target", "/$2"),
             ("backend-protocol", "GRPC"),
             ("configuration-snippet", "more_set_headers x: y;"),
-            ("canary", "true"),
+            ("ssl-passthrough", "true"),
             ("proxy-buffering", "off"),
             ("rewrite-targett", "/"),
         ]);
@@ -379,15 +387,15 @@ mod tests {
         assert_eq!(
             fields,
             [
-                "metadata.annotations[nginx.ingress.kubernetes.io/canary]",
                 "metadata.annotations[nginx.ingress.kubernetes.io/configuration-snippet]",
                 "metadata.annotations[nginx.ingress.kubernetes.io/proxy-connect-timeout]",
                 "metadata.annotations[nginx.ingress.kubernetes.io/rewrite-targett]",
+                "metadata.annotations[nginx.ingress.kubernetes.io/ssl-passthrough]",
             ]
         );
-        assert!(w[0].message.contains("not supported"));
-        assert!(w[1].message.contains("by design"));
-        assert!(w[3].message.contains("not an ingress-nginx annotation"));
+        assert!(w[0].message.contains("by design"));
+        assert!(w[2].message.contains("not an ingress-nginx annotation"));
+        assert!(w[3].message.contains("not supported"));
     }
 
     #[test]

@@ -89,13 +89,23 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
             "HTTP, GRPC and H2C endpoints; HTTPS, GRPCS and AJP ones answer 502 (never sent plain text)",
         ),
     ),
-    ("canary", NotSupported),
-    ("canary-by-cookie", NotSupported),
-    ("canary-by-header", NotSupported),
-    ("canary-by-header-pattern", NotSupported),
-    ("canary-by-header-value", NotSupported),
-    ("canary-weight", NotSupported),
-    ("canary-weight-total", NotSupported),
+    (
+        "canary",
+        Differs(
+            "the canary's own other annotations are ignored (the main Ingress's apply), as in ingress-nginx; its traffic split is per host and path, where ingress-nginx's also reaches other routes to the same Service",
+        ),
+    ),
+    ("canary-by-cookie", Honoured),
+    ("canary-by-header", Honoured),
+    (
+        "canary-by-header-pattern",
+        Differs(
+            "a regular expression in Rust's regex syntax (no look-around or backreferences), bounded in compiled size",
+        ),
+    ),
+    ("canary-by-header-value", Honoured),
+    ("canary-weight", Honoured),
+    ("canary-weight-total", Honoured),
     ("client-body-buffer-size", Differs(STREAMING)),
     ("connection-proxy-header", NotSupported),
     ("cors-allow-credentials", Honoured),
@@ -222,7 +232,6 @@ pub fn annotation(name: &str) -> Verdict {
 const OFF_BY_DEFAULT: &[&str] = &[
     "allow-snippet-annotations",
     "auth-tls-pass-certificate-to-upstream",
-    "canary",
     "enable-brotli",
     "enable-global-auth",
     "enable-influxdb",
@@ -406,12 +415,13 @@ mod tests {
         assert_eq!(annotation("rewrite-target"), Honoured);
         assert_eq!(annotation("rewrite-targett"), Unknown);
         assert!(!annotation("rewrite-targett").lost());
-        assert!(annotation("canary").lost());
+        assert!(annotation("ssl-passthrough").lost());
+        assert!(!annotation("canary").lost());
         assert!(!annotation("proxy-buffering").lost());
         assert!(configmap_key("some-future-key", "1").lost());
         assert!(!configmap_key("allow-snippet-annotations", "false").lost());
         assert!(configmap_key("allow-snippet-annotations", "true").lost());
-        assert!(!annotation_value("canary", "false").lost());
-        assert!(annotation_value("canary", "true").lost());
+        assert!(!annotation_value("ssl-passthrough", "false").lost());
+        assert!(annotation_value("ssl-passthrough", "true").lost());
     }
 }

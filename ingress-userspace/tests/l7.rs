@@ -1598,6 +1598,96 @@ async fn canary_takes_requests_by_header_then_cookie_then_weight() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_affinity_keeps_a_client_on_its_endpoint() {
+    let (port, yaml) = backends().await;
+    echo("c", SocketAddr::from(([127, 0, 0, 12], port))).await;
+    let lo = |i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i));
+    // Service b has two endpoints (b1, b2).
+    let to_b = |host: &str, notes: &[(&str, &str)]| {
+        annotated(host, notes, "/", "Prefix").replace("name: a, port", "name: b, port")
+    };
+    let yaml = yaml
+        + &service("c", port, &[lo(12)])
+        + &to_b(
+            "sticky.test",
+            &[
+                ("affinity", "cookie"),
+                ("session-cookie-name", "route"),
+                ("session-cookie-max-age", "60"),
+                ("session-cookie-samesite", "Lax"),
+            ],
+        )
+        + &to_b(
+            "persist.test",
+            &[("affinity", "cookie"), ("affinity-mode", "persistent")],
+        )
+        + "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: persist-canary\n  annotations:\n\
+           \x20   nginx.ingress.kubernetes.io/canary: \"true\"\n    nginx.ingress.kubernetes.io/canary-weight: \"50\"\n\
+           spec:\n  ingressClassName: ebpf\n  rules:\n  - host: persist.test\n    http:\n      paths:\n\
+           \x20     - {path: /, pathType: Prefix, backend: {service: {name: c, port: {number: 80}}}}\n";
+    let d = Ingressd::start(BIN, &yaml).await;
+    let served_by = |body: &str| body.split(' ').next().unwrap_or("").to_string();
+    for h2 in [false, true] {
+        for (host, name) in [("sticky.test", "route"), ("persist.test", "INGRESSCOOKIE")] {
+            let mut seen = std::collections::BTreeSet::new();
+            for session in 0..40 {
+                // A new session: the cookie is set with its attributes.
+                let (s, m, body) = request_with(d.http, h2, "GET", host, &[]).await;
+                assert_eq!(s, 200, "{body}");
+                let set = m
+                    .get("set-cookie")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_else(|| panic!("h2={h2} {host}: no Set-Cookie: {m:?}"))
+                    .to_string();
+                assert!(set.starts_with(&format!("{name}=")), "{set}");
+                assert!(
+                    set.contains("; Path=/") && set.contains("; HttpOnly"),
+                    "{set}"
+                );
+                if host == "sticky.test" {
+                    assert!(
+                        set.contains("; Max-Age=60") && set.ends_with("; SameSite=Lax"),
+                        "{set}"
+                    );
+                }
+                let first = served_by(&body);
+                seen.insert(first.clone());
+                // The cookie brings it back to the same endpoint (and the
+                // same side of a canary), and is not set again.
+                let cookie = set.split(';').next().unwrap().to_string();
+                for _ in 0..8 {
+                    let (s, m, body) =
+                        request_with(d.http, h2, "GET", host, &[("cookie", &cookie)]).await;
+                    assert_eq!(s, 200);
+                    assert_eq!(served_by(&body), first, "h2={h2} {host} session {session}");
+                    assert!(m.get("set-cookie").is_none(), "set again: {m:?}");
+                }
+            }
+            let want: &[&str] = if host == "persist.test" {
+                &["b1", "b2", "c"]
+            } else {
+                &["b1", "b2"]
+            };
+            assert_eq!(
+                seen.iter().map(String::as_str).collect::<Vec<_>>(),
+                want,
+                "h2={h2} {host}: sessions spread"
+            );
+        }
+    }
+    // A cookie naming no endpoint starts a new session.
+    let (_, m, _) = request_with(
+        d.http,
+        false,
+        "GET",
+        "persist.test",
+        &[("cookie", "INGRESSCOOKIE=0|0")],
+    )
+    .await;
+    assert!(m.get("set-cookie").is_some(), "{m:?}");
+}
+
 /// The request head the scripted endpoint echoed, lowercased, from the
 /// whole response a raw client read.
 fn echoed_head(response: &str) -> String {

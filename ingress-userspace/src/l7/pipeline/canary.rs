@@ -4,19 +4,42 @@
 //! cookie (`always`/`never`), then `canary-weight` out of the total. A
 //! value that decides nothing falls through to the next rule; a canary
 //! without ready endpoints takes nothing.
-use super::forwarding::{Fields, joined, random_u64};
-use crate::l7::route::{Canary, Route, annotations::canary::Expect};
+use super::forwarding::{Fields, cookie, joined, random_u64};
+use crate::l7::{
+    route::{Canary, Route, annotations::canary::Expect},
+    upstream::sticky,
+};
 
 /// The route that serves a request: the matched one, or its canary's.
 pub(super) fn choose<'r>(route: &'r Route, fields: &impl Fields) -> &'r Route {
-    match &route.canary {
-        Some(c)
-            if c.serving()
-                && takes(c, fields, |total| (random_u64() % u64::from(total)) as u32) =>
-        {
-            &c.route
-        }
-        _ => route,
+    let Some(c) = &route.canary else {
+        return route;
+    };
+    if !c.serving() {
+        return route;
+    }
+    if let Some(kept) = affinitized(route, c, fields) {
+        return kept;
+    }
+    if takes(c, fields, |total| (random_u64() % u64::from(total)) as u32) {
+        &c.route
+    } else {
+        route
+    }
+}
+
+/// A session cookie set by the main backend or the canary's keeps the
+/// request there, before any canary rule (`affinity-canary-behavior:
+/// sticky`, the default; `legacy` lets the rules decide).
+fn affinitized<'r>(main: &'r Route, c: &'r Canary, fields: &impl Fields) -> Option<&'r Route> {
+    let a = main.policy.affinity.as_ref().filter(|a| !a.canary_legacy)?;
+    let backend = sticky::parts(cookie(fields, &a.name)?).1?;
+    if backend == sticky::backend_key(&main.service).as_bytes() {
+        Some(main)
+    } else if backend == sticky::backend_key(&c.route.service).as_bytes() {
+        Some(&c.route)
+    } else {
+        None
     }
 }
 
@@ -45,26 +68,6 @@ fn takes(c: &Canary, fields: &impl Fields, roll: impl FnOnce(u32) -> u32) -> boo
         }
     }
     c.rule.weight > 0 && roll(c.rule.total) < c.rule.weight
-}
-
-/// The value of cookie `name` (case-insensitive, as nginx's `$cookie_`),
-/// from every Cookie line (HTTP/2 sends one per cookie).
-fn cookie<'f>(fields: &'f impl Fields, name: &str) -> Option<&'f [u8]> {
-    let mut found = None;
-    fields.each(|n, v| {
-        if found.is_some() || !n.eq_ignore_ascii_case(b"cookie") {
-            return;
-        }
-        found = v.split(|&b| b == b';').find_map(|pair| {
-            let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|&b| b == b'=')?;
-            pair[..eq]
-                .trim_ascii()
-                .eq_ignore_ascii_case(name.as_bytes())
-                .then(|| pair[eq + 1..].trim_ascii())
-        });
-    });
-    found
 }
 
 #[cfg(test)]
@@ -109,6 +112,7 @@ mod tests {
             service: Arc::from(up.name()),
             upstream: up,
             ingress: Arc::from("ns/main"),
+            location: Arc::from("/"),
             ssl_redirect: false,
             policy: Arc::default(),
             rewrite: None,

@@ -113,6 +113,26 @@ pub(in crate::l7) struct Forwarding<'a> {
     request_id: &'a HeaderValue,
 }
 
+/// The value of cookie `name` (case-insensitive, as nginx's `$cookie_`),
+/// from every Cookie line (HTTP/2 sends one per cookie).
+pub(in crate::l7) fn cookie<'f>(fields: &'f impl Fields, name: &str) -> Option<&'f [u8]> {
+    let mut found = None;
+    fields.each(|n, v| {
+        if found.is_some() || !n.eq_ignore_ascii_case(b"cookie") {
+            return;
+        }
+        found = v.split(|&b| b == b';').find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            pair[..eq]
+                .trim_ascii()
+                .eq_ignore_ascii_case(name.as_bytes())
+                .then(|| pair[eq + 1..].trim_ascii())
+        });
+    });
+    found
+}
+
 /// Every line of a header, joined by ", " as nginx's `$http_` variables
 /// join them; `None` when there is none.
 pub(in crate::l7) fn joined<'a>(fields: &'a impl Fields, name: &str) -> Option<Cow<'a, [u8]>> {

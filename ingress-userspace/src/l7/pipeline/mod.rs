@@ -54,6 +54,7 @@ use super::{
     upstream::{
         Outbound, Timeouts, Upstreams,
         body::{BodyWatch, ClientBody, ReqBody, drain},
+        sticky::{self, Sticky},
     },
 };
 
@@ -439,6 +440,17 @@ impl Pipeline {
             Err(e) => return Forwarded::Done(Err(e)),
         };
         let h2 = speaks_h2_upstream(route);
+        // The session's endpoint, read before the request moves on.
+        let session = route.policy.affinity.as_ref().map(|a| {
+            let cookie = match &src {
+                Source::Fast(req) => forwarding::cookie(*req, &a.name),
+                Source::Hyper(req) => forwarding::cookie(req.headers(), &a.name),
+            };
+            (
+                a,
+                Sticky::new(a, &route.service, cookie, &addrs, forwarding::random_u64),
+            )
+        });
         let prepared = match src {
             Source::Fast(_) if h2 => return Forwarded::HandBack,
             Source::Fast(req) => self.prepare_fast(req, head, path, route, origin, addrs[0]),
@@ -471,6 +483,7 @@ impl Pipeline {
             out,
             watch.as_deref(),
             &addrs,
+            session.as_ref().and_then(|(_, s)| s.prefer()),
             t,
             route.upstream.name(),
             &request_id,
@@ -478,6 +491,18 @@ impl Pipeline {
         .await;
         Forwarded::Done(sent.and_then(|(mut resp, addr)| {
             let _ = seen.set((addr, resp.status().as_u16(), sending.elapsed()));
+            if let Some((a, s)) = &session
+                && let Some(value) = s.value_after(addr, &addrs, forwarding::random_u64)
+                && let Some(c) = sticky::set_cookie(
+                    a,
+                    &value,
+                    &route.location,
+                    origin.https,
+                    std::time::SystemTime::now(),
+                )
+            {
+                resp.headers_mut().append(header::SET_COOKIE, c);
+            }
             if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
                 let Some(down) = downstream.take() else {
                     // Only a request that asked may be switched.

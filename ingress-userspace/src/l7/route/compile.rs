@@ -216,8 +216,14 @@ fn compile_all(
             let up = upstreams.get(&ns, &id, db, "spec.defaultBackend", snapshot, &mut warnings);
             match &table.default_backend {
                 None => {
-                    table.default_backend =
-                        Some(route(up, &id, policy.force_ssl_redirect, &policy, None))
+                    table.default_backend = Some(route(
+                        up,
+                        &id,
+                        policy.force_ssl_redirect,
+                        &policy,
+                        None,
+                        "/",
+                    ))
                 }
                 Some(r) => warnings.push(RouteWarning {
                     ingress: id.clone(),
@@ -273,10 +279,16 @@ fn compile_all(
                 continue;
             }
             owners.insert(key, id.clone());
-            hosts.entry(rp.host).or_default().insert(
-                (rp.kind, rp.key),
-                route(upstream, &id, ssl_redirect, &policy, pattern),
-            );
+            let location = if rp.kind == PathKind::Regex {
+                "/"
+            } else {
+                &rp.key
+            };
+            let route = route(upstream, &id, ssl_redirect, &policy, pattern, location);
+            hosts
+                .entry(rp.host)
+                .or_default()
+                .insert((rp.kind, rp.key), route);
         }
     }
     for (ing, policy) in canaries {
@@ -334,8 +346,10 @@ fn route(
     ssl_redirect: bool,
     policy: &Arc<Policy>,
     rewrite: Option<super::PathRegex>,
+    location: &str,
 ) -> Route {
     Route {
+        location: Arc::from(location),
         service: Arc::from(upstream.name()),
         upstream,
         ingress: Arc::from(id),

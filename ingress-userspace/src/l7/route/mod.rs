@@ -84,6 +84,10 @@ pub struct Route {
     pub ssl_redirect: bool,
     /// The Ingress's annotations, read (shared by its routes).
     pub policy: Arc<Policy>,
+    /// The rule's path (Prefix without its trailing slash; `/` for a
+    /// pattern and the default backend): ingress-nginx's `$location_path`,
+    /// the affinity cookie's default Path.
+    pub location: Arc<str>,
     /// With `rewrite-target`: the path's pattern, whose captures the
     /// target refers to.
     pub rewrite: Option<PathRegex>,

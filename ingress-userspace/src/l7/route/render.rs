@@ -167,5 +167,8 @@ fn policy_notes(p: &Policy) -> Vec<String> {
     if p.no_access_log {
         notes.push("enable-access-log=false".into());
     }
+    if let Some(a) = &p.affinity {
+        notes.push(format!("affinity={a}"));
+    }
     notes
 }

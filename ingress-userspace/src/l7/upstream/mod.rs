@@ -23,6 +23,7 @@ pub(super) mod fast;
 mod hyper_client;
 mod idle;
 pub mod pick;
+pub mod sticky;
 
 use body::{BodyWatch, ReadTimeout, ReqBody};
 pub(in crate::l7) use hyper_client::MAX_HEAD_BYTES;
@@ -174,12 +175,15 @@ impl Upstreams {
     /// proxy_next_upstream does for errors before sending. The response
     /// timeout counts from the end of the request body (`watch`), so a slow
     /// upload is the client's time (408), not the endpoint's; a connect has
-    /// its own timeout, which it does not eat into.
+    /// its own timeout, which it does not eat into. `prefer` (a session's
+    /// endpoint, one of `addrs`) is tried first, whatever its state.
+    #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
         out: Outbound,
         watch: Option<&BodyWatch>,
         addrs: &[SocketAddr],
+        prefer: Option<SocketAddr>,
         t: Timeouts,
         upstream: &str,
         request_id: &hyper::header::HeaderValue,
@@ -189,7 +193,11 @@ impl Upstreams {
         let mut last = None;
         for attempt in 0..tried.len() {
             let Some(out) = pending.take() else { break };
-            let Some((addr, in_flight)) = self.picker.pick(addrs, &tried[..attempt]) else {
+            let chosen = match prefer {
+                Some(p) if attempt == 0 && addrs.contains(&p) => Some((p, self.picker.hold(p))),
+                _ => self.picker.pick(addrs, &tried[..attempt]),
+            };
+            let Some((addr, in_flight)) = chosen else {
                 break;
             };
             tried[attempt] = addr;

@@ -194,6 +194,14 @@ impl Balancer {
         Some((addr, InFlight(st, addr)))
     }
 
+    /// `addr`, which the request chose itself (its session's endpoint),
+    /// counted in flight as a pick is.
+    pub fn hold(&self, addr: SocketAddr) -> InFlight {
+        let st = self.state(addr);
+        st.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(st, addr)
+    }
+
     /// Records the outcome of a connection attempt.
     pub fn report(&self, addr: SocketAddr, connected: bool) {
         self.state(addr).report(addr, connected);

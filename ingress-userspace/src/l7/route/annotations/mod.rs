@@ -11,10 +11,12 @@ use hyper::StatusCode;
 
 use super::RouteWarning;
 
+pub mod affinity;
 pub mod canary;
 pub mod cors;
 pub mod support;
 
+pub use affinity::Affinity;
 pub use canary::CanaryRule;
 pub use cors::Cors;
 
@@ -66,6 +68,8 @@ pub struct Policy {
     /// `canary: "true"` and the `canary-*` rules: this Ingress's paths
     /// are the canaries of the main Ingress's same paths.
     pub canary: Option<CanaryRule>,
+    /// `affinity: cookie` and the `session-cookie-*` settings.
+    pub affinity: Option<Affinity>,
 }
 
 /// An address range (`10.0.0.0/8`, `2001:db8::/32`, or one address).
@@ -320,6 +324,8 @@ pub fn policy(
                     warn(key, bad("\"true\" or \"false\""));
                 }
             }
+            // Read whole by affinity::read, below.
+            n if n.starts_with("affinity") || n.starts_with("session-cookie-") => {}
             // Read whole by canary::read, below.
             n if n == "canary" || n.starts_with("canary-") => {}
             // Read whole by cors::read, below.
@@ -348,6 +354,7 @@ pub fn policy(
     }
     p.cors = cors::read(annotations, &mut warn);
     p.canary = canary::read(annotations, &mut warn);
+    p.affinity = affinity::read(annotations, &mut warn);
     p
 }
 

@@ -54,9 +54,14 @@ use Verdict::*;
 
 /// Every annotation ingress-nginx documents, by name without the prefix.
 const ANNOTATIONS: &[(&str, Verdict)] = &[
-    ("affinity", NotSupported),
-    ("affinity-canary-behavior", NotSupported),
-    ("affinity-mode", NotSupported),
+    (
+        "affinity",
+        Differs(
+            "the cookie's key is hashed over the endpoints by rendezvous hashing, so sessions set by ingress-nginx move once",
+        ),
+    ),
+    ("affinity-canary-behavior", Honoured),
+    ("affinity-mode", Honoured),
     ("allowlist-source-range", Honoured),
     ("app-root", Honoured),
     ("auth-always-set-cookie", NotSupported),
@@ -190,15 +195,26 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
     ("satisfy", NotSupported),
     ("server-alias", NotSupported),
     ("service-upstream", NotSupported),
-    ("session-cookie-change-on-failure", NotSupported),
-    ("session-cookie-conditional-samesite-none", NotSupported),
-    ("session-cookie-domain", NotSupported),
-    ("session-cookie-expires", NotSupported),
-    ("session-cookie-max-age", NotSupported),
-    ("session-cookie-name", NotSupported),
-    ("session-cookie-path", NotSupported),
-    ("session-cookie-samesite", NotSupported),
-    ("session-cookie-secure", NotSupported),
+    (
+        "session-cookie-change-on-failure",
+        Differs(
+            "without it, a request whose endpoint fails to connect is still tried on another (the cookie stays), where ingress-nginx answers 502",
+        ),
+    ),
+    (
+        "session-cookie-conditional-samesite-none",
+        Differs("SameSite=None is sent to every browser (the exception was for browsers of 2019)"),
+    ),
+    ("session-cookie-domain", Honoured),
+    ("session-cookie-expires", Honoured),
+    ("session-cookie-max-age", Honoured),
+    ("session-cookie-name", Honoured),
+    (
+        "session-cookie-path",
+        Differs("default: the rule's path, and / for a regular-expression path"),
+    ),
+    ("session-cookie-samesite", Honoured),
+    ("session-cookie-secure", Honoured),
     ("ssl-ciphers", NotSupported),
     ("ssl-passthrough", NotSupported),
     ("ssl-prefer-server-ciphers", NotSupported),
@@ -244,9 +260,6 @@ const OFF_BY_DEFAULT: &[&str] = &[
     "preserve-trailing-slash",
     "proxy-ssl-verify",
     "service-upstream",
-    "session-cookie-change-on-failure",
-    "session-cookie-conditional-samesite-none",
-    "session-cookie-secure",
     "ssl-passthrough",
     "upstream-hash-by-subset",
     "use-gzip",

@@ -68,9 +68,17 @@ pub fn backend_key(service: &str) -> String {
 }
 
 /// A persistent session's key for an endpoint of `service`.
-fn endpoint_key(service: &str, a: SocketAddr) -> String {
+fn endpoint_key(service: &str, a: SocketAddr) -> u64 {
     let (bytes, n) = addr_bytes(a);
-    hex(fnv(&[service.as_bytes(), &bytes[..n]]))
+    fnv(&[service.as_bytes(), &bytes[..n]])
+}
+
+/// A key as `hex` wrote it.
+fn unhex(k: &[u8]) -> Option<u64> {
+    if k.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(k).ok()?, 16).ok()
 }
 
 /// The endpoint a balanced key lands on: the one scoring highest.
@@ -130,11 +138,11 @@ impl<'a> Sticky<'a> {
                 }
             }
             Mode::Persistent => {
-                let prefer = key.and_then(|k| {
+                let prefer = key.and_then(unhex).and_then(|k| {
                     addrs
                         .iter()
                         .copied()
-                        .find(|a| endpoint_key(service, *a).as_bytes() == k)
+                        .find(|a| endpoint_key(service, *a) == k)
                 });
                 Sticky {
                     affinity,
@@ -166,7 +174,7 @@ impl<'a> Sticky<'a> {
             return None;
         }
         let key = match self.affinity.mode {
-            Mode::Persistent => endpoint_key(self.service, served),
+            Mode::Persistent => hex(endpoint_key(self.service, served)),
             Mode::Balanced => {
                 let own = self.key.clone().unwrap_or_default();
                 if self.prefer == Some(served) {

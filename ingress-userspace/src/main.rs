@@ -7,6 +7,7 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
+use hyper::StatusCode;
 use ingressd::{
     cluster::{ClassConfig, ObjectKey, Rules},
     daemon::{KubeConfig, RunConfig, run},
@@ -270,6 +271,22 @@ struct LimitFlags {
     /// Client connections served at once per listener.
     #[arg(long, default_value_t = 16384, env = "INGRESSD_MAX_CONNECTIONS")]
     max_connections: usize,
+    /// Status for a request over an Ingress's limit-rps or limit-rpm (ingress-nginx's
+    /// limit-req-status-code).
+    #[arg(long, default_value_t = 503, value_parser = parse_error_status, env = "INGRESSD_LIMIT_REQ_STATUS_CODE")]
+    limit_req_status_code: u16,
+    /// Status for a request over an Ingress's limit-connections (ingress-nginx's
+    /// limit-conn-status-code).
+    #[arg(long, default_value_t = 503, value_parser = parse_error_status, env = "INGRESSD_LIMIT_CONN_STATUS_CODE")]
+    limit_conn_status_code: u16,
+}
+
+/// An error status, 400 to 599, as nginx's limit_req_status takes.
+fn parse_error_status(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(n) if (400..=599).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a status code from 400 to 599")),
+    }
 }
 
 impl LimitFlags {
@@ -285,6 +302,10 @@ impl LimitFlags {
             max_headers: self.max_headers,
             max_body_bytes: self.max_body_size,
             max_connections: self.max_connections,
+            limit_req_status: StatusCode::from_u16(self.limit_req_status_code)
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            limit_conn_status: StatusCode::from_u16(self.limit_conn_status_code)
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
         }
     }
 }

@@ -1688,6 +1688,64 @@ async fn session_affinity_keeps_a_client_on_its_endpoint() {
     assert!(m.get("set-cookie").is_some(), "{m:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_and_connection_limits_per_client_as_ingress_nginx() {
+    let (_, yaml) = backends().await;
+    let yaml = yaml
+        + &annotated("rps.test", &[("limit-rps", "1")], "/", "Prefix")
+        + &annotated("rps2.test", &[("limit-rps", "1")], "/", "Prefix")
+        + &annotated(
+            "exempt.test",
+            &[("limit-rps", "1"), ("limit-allowlist", "127.0.0.0/8")],
+            "/",
+            "Prefix",
+        )
+        + &annotated("conn.test", &[("limit-connections", "1")], "/", "Prefix");
+    let d = Ingressd::start_with(BIN, &yaml, &["--limit-req-status-code", "429"]).await;
+    for h2 in [false, true] {
+        // Burst 5 (1 × the default multiplier 5) and the first: 6 at once,
+        // then 429 (the flag; 503 by default). A second passes each second.
+        // (Each protocol has an Ingress of its own: its own bucket.)
+        let host = if h2 { "rps2.test" } else { "rps.test" };
+        let mut statuses = Vec::new();
+        for _ in 0..10 {
+            statuses.push(request_with(d.http, h2, "GET", host, &[]).await.0);
+        }
+        let ok = statuses.iter().filter(|s| **s == 200).count();
+        assert!((6..=7).contains(&ok), "h2={h2}: {statuses:?}");
+        assert_eq!(statuses.last(), Some(&429), "h2={h2}: {statuses:?}");
+        // The allowlist is never limited.
+        for _ in 0..20 {
+            assert_eq!(
+                request_with(d.http, h2, "GET", "exempt.test", &[]).await.0,
+                200
+            );
+        }
+    }
+    // One request in flight per client: a second one at the same time is
+    // refused with 503 (the default of --limit-conn-status-code); once
+    // the first is answered, the next passes.
+    let slow = tokio::spawn(send(d.http, "GET", "/slow?conn", "conn.test", vec![]));
+    let arrived = common::eventually(Duration::from_secs(5), async || {
+        SLOW_ARRIVED.lock().unwrap().iter().any(|q| q == "conn")
+    })
+    .await;
+    assert!(arrived, "the slow request never reached the endpoint");
+    let (s, _, body) = request_with(d.http, false, "GET", "conn.test", &[]).await;
+    assert_eq!((s, body.as_str()), (503, "too many requests\n"));
+    assert_eq!(slow.await.unwrap().0, 200);
+    assert_eq!(
+        request_with(d.http, false, "GET", "conn.test", &[]).await.0,
+        200
+    );
+    let (_, metrics) = get(d.metrics, "/metrics", None).await.unwrap();
+    assert!(
+        metrics.contains("service=\"default/a:80\",status=\"429\",error=\"rate_limited\"}")
+            && metrics.contains("status=\"503\",error=\"connection_limited\"} 1"),
+        "{metrics}"
+    );
+}
+
 /// The request head the scripted endpoint echoed, lowercased, from the
 /// whole response a raw client read.
 fn echoed_head(response: &str) -> String {

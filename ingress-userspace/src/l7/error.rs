@@ -37,6 +37,11 @@ pub enum ProxyError {
     NoRoute,
     /// Outside the Ingress's allowed source ranges.
     Forbidden,
+    /// Over the Ingress's `limit-rps` or `limit-rpm` (with the status
+    /// `--limit-req-status-code` gives).
+    RateLimited(StatusCode),
+    /// Over the Ingress's `limit-connections` (`--limit-conn-status-code`).
+    ConnectionLimited(StatusCode),
     /// The backend has no ready (or serving) endpoint.
     NoEndpoints,
     /// `backend-protocol` asks for what is not offered.
@@ -83,6 +88,7 @@ impl ProxyError {
             NotImplemented => StatusCode::NOT_IMPLEMENTED,
             NoRoute => StatusCode::NOT_FOUND,
             Forbidden => StatusCode::FORBIDDEN,
+            RateLimited(s) | ConnectionLimited(s) => *s,
             NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
             UnsupportedBackend | InvalidRewrite | NameNotResolved | ConnectFailed(_)
             | UpstreamProtocol(_) | UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
@@ -106,7 +112,9 @@ impl ProxyError {
         match self {
             BadHead(_) | BadPath(_) | HeadTimeout | HeadTooLarge | TargetTooLong
             | MethodNotAllowed | NotImplemented | NoRoute | Forbidden | BodyTooLarge
-            | ClientBodyTimeout | BadBody | ClientLeft => Blame::Client,
+            | ClientBodyTimeout | BadBody | ClientLeft | RateLimited(_) | ConnectionLimited(_) => {
+                Blame::Client
+            }
             NoEndpoints | UnsupportedBackend | InvalidRewrite => Blame::Config,
             NameNotResolved | ConnectFailed(_) | ConnectTimedOut | UpstreamTimeout
             | UpstreamProtocol(_) | UpstreamFailed(_) => Blame::Upstream,
@@ -139,11 +147,13 @@ impl ProxyError {
             ClientBodyTimeout => "body_timeout",
             BadBody => "bad_body",
             ClientLeft => "client_left",
+            RateLimited(_) => "rate_limited",
+            ConnectionLimited(_) => "connection_limited",
         }
     }
 
     /// Every label, in a fixed order (the metric's slots).
-    pub const LABELS: [&'static str; 22] = [
+    pub const LABELS: [&'static str; 24] = [
         "bad_head",
         "bad_path",
         "head_timeout",
@@ -166,6 +176,8 @@ impl ProxyError {
         "body_timeout",
         "bad_body",
         "client_left",
+        "rate_limited",
+        "connection_limited",
     ];
 
     /// 1 + the label's index in `LABELS` (0 is "no error").
@@ -201,6 +213,7 @@ impl ProxyError {
             ClientBodyTimeout => "request body timed out\n",
             BadBody => "bad request body\n",
             ClientLeft => "",
+            RateLimited(_) | ConnectionLimited(_) => "too many requests\n",
         };
         text(self.status(), body)
     }
@@ -231,7 +244,7 @@ mod tests {
             assert!(seen.insert(l), "{l} twice");
         }
         assert_eq!(
-            ProxyError::ClientLeft.code() as usize,
+            ProxyError::ConnectionLimited(StatusCode::TOO_MANY_REQUESTS).code() as usize,
             ProxyError::LABELS.len()
         );
         assert_eq!(ProxyError::BadBody.status(), StatusCode::BAD_REQUEST);

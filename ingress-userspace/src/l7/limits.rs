@@ -1,6 +1,8 @@
 //! Timeouts and limits of the proxy (flags of `ingressd run`).
 use std::time::Duration;
 
+use hyper::StatusCode;
+
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub upstream_connect_timeout: Duration,
@@ -25,6 +27,10 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// Client connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// For a request over `limit-rps`/`limit-rpm` (nginx's limit_req_status).
+    pub limit_req_status: StatusCode,
+    /// For a request over `limit-connections` (nginx's limit_conn_status).
+    pub limit_conn_status: StatusCode,
 }
 
 impl Default for Limits {
@@ -42,6 +48,8 @@ impl Default for Limits {
             max_headers: 100,
             max_body_bytes: 1024 * 1024,
             max_connections: 16_384,
+            limit_req_status: StatusCode::SERVICE_UNAVAILABLE,
+            limit_conn_status: StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

@@ -145,6 +145,8 @@ pub struct Pending {
     stats: Arc<LabelStats>,
     record: Option<Box<Record>>,
     log: Arc<AccessLog>,
+    /// A `limit-connections` slot, freed with the response.
+    slot: Option<super::throttle::Slot>,
 }
 
 impl Pending {
@@ -157,7 +159,14 @@ impl Pending {
             stats,
             record: record.map(Box::new),
             log,
+            slot: None,
         }
+    }
+
+    /// Keeps the request's `limit-connections` slot until the response
+    /// has gone out.
+    pub(in crate::l7) fn hold(&mut self, slot: Option<super::throttle::Slot>) {
+        self.slot = slot;
     }
 
     /// Body bytes sent to the client.

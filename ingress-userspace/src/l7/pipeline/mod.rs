@@ -6,7 +6,7 @@
 //! drops a connection.
 use std::{
     borrow::Cow,
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fmt::Write as _,
     net::SocketAddr,
     sync::{Arc, OnceLock},
@@ -30,6 +30,7 @@ pub mod forwarding;
 pub mod log;
 mod policy;
 pub mod request;
+pub mod throttle;
 pub mod trust;
 mod upgrade;
 
@@ -144,6 +145,10 @@ pub struct Pipeline {
     upstreams: Upstreams,
     limits: Limits,
     registry: Registry,
+    /// The limiters of Ingresses with `limit-*` annotations: kept by
+    /// `limiters` across swaps, read by Ingress from `limited`.
+    limiters: throttle::Limiters,
+    limited: ArcSwap<HashMap<Arc<str>, Arc<throttle::Limiter>>>,
     /// Where requests answered by the built-in default backend are counted.
     default_stats: Arc<LabelStats>,
     /// `--http1-fast-path`: the fast client takes requests without a body.
@@ -180,6 +185,8 @@ impl Pipeline {
             upstreams: Upstreams::new(limits.idle_keepalive),
             limits,
             registry,
+            limiters: throttle::Limiters::default(),
+            limited: ArcSwap::from_pointee(HashMap::new()),
             default_stats,
             fast_path: options.fast_path,
             trust: options.trust,
@@ -222,6 +229,16 @@ impl Pipeline {
         for (slot, stats) in slots.into_iter().zip(handles) {
             *slot = StatsHandle(Some(stats));
         }
+        let mut limited = HashMap::new();
+        for r in table.routes_mut() {
+            if let Some(rate) = &r.policy.rate {
+                limited
+                    .entry(r.ingress.clone())
+                    .or_insert_with(|| self.limiters.get(&r.ingress, rate));
+            }
+        }
+        self.limiters.retain(&limited.keys().cloned().collect());
+        self.limited.store(Arc::new(limited));
         let live: HashSet<SocketAddr> = table.endpoints().collect();
         self.routes.store(Arc::new(table));
         self.upstreams.retain(&live);
@@ -350,6 +367,8 @@ impl Pipeline {
         };
         // The route's CORS answer, when the request gets one.
         let cors_for = OnceLock::new();
+        // Its limit-connections slot, held until the response has gone.
+        let slot = OnceLock::new();
         let forwarded = async {
             check(head, &self.limits)?;
             // Rules, source ranges and rewrites all decide on this form.
@@ -380,6 +399,9 @@ impl Pipeline {
             }
             if let Some(answer) = policy::answer_here(head.target, &path, r, origin, head.host)? {
                 return Ok(Forwarded::Done(Ok(answer)));
+            }
+            if r.policy.rate.is_some() {
+                let _ = slot.set(self.throttle(r, origin)?);
             }
             Ok(self
                 .forward(head, &path, src, r, origin, &unanswered.upstream)
@@ -418,11 +440,30 @@ impl Pipeline {
             request_id: resp.headers().get(X_REQUEST_ID),
             upstream: unanswered.upstream.get().copied(),
         };
-        let pending = self.account(&outcome, started, head, origin);
+        let mut pending = self.account(&outcome, started, head, origin);
+        pending.hold(slot.into_inner().flatten());
         if matches!(error, Some(ProxyError::ClientLeft)) {
             return Handled::ClientLeft;
         }
         Handled::Answer(resp, pending)
+    }
+
+    /// The Ingress's `limit-*` annotations for this client: a slot to hold
+    /// while the request is in flight, or the refusal.
+    fn throttle(&self, r: &Route, origin: Origin) -> Result<Option<throttle::Slot>, ProxyError> {
+        // Published with the table, but a table stored without
+        // swap_routes (tests) has none: not limited.
+        let Some(limiter) = self.limited.load().get(&r.ingress).cloned() else {
+            return Ok(None);
+        };
+        limiter
+            .admit(origin.client)
+            .map_err(|refused| match refused {
+                throttle::Refused::Rate => ProxyError::RateLimited(self.limits.limit_req_status),
+                throttle::Refused::Connections => {
+                    ProxyError::ConnectionLimited(self.limits.limit_conn_status)
+                }
+            })
     }
 
     /// Endpoint, rewrite and headers, send, and the answer's own headers.

@@ -170,5 +170,8 @@ fn policy_notes(p: &Policy) -> Vec<String> {
     if let Some(a) = &p.affinity {
         notes.push(format!("affinity={a}"));
     }
+    if let Some(r) = &p.rate {
+        notes.push(format!("limits={r}"));
+    }
     notes
 }

@@ -14,6 +14,7 @@ use super::RouteWarning;
 pub mod affinity;
 pub mod canary;
 pub mod cors;
+pub mod rate;
 pub mod support;
 
 pub use affinity::Affinity;
@@ -70,6 +71,8 @@ pub struct Policy {
     pub canary: Option<CanaryRule>,
     /// `affinity: cookie` and the `session-cookie-*` settings.
     pub affinity: Option<Affinity>,
+    /// `limit-rps`, `limit-rpm`, `limit-connections` and their settings.
+    pub rate: Option<rate::RateLimits>,
 }
 
 /// An address range (`10.0.0.0/8`, `2001:db8::/32`, or one address).
@@ -324,6 +327,13 @@ pub fn policy(
                     warn(key, bad("\"true\" or \"false\""));
                 }
             }
+            // Read whole by rate::read, below.
+            "limit-rps"
+            | "limit-rpm"
+            | "limit-burst-multiplier"
+            | "limit-connections"
+            | "limit-allowlist"
+            | "limit-whitelist" => {}
             // Read whole by affinity::read, below.
             n if n.starts_with("affinity") || n.starts_with("session-cookie-") => {}
             // Read whole by canary::read, below.
@@ -355,6 +365,7 @@ pub fn policy(
     p.cors = cors::read(annotations, &mut warn);
     p.canary = canary::read(annotations, &mut warn);
     p.affinity = affinity::read(annotations, &mut warn);
+    p.rate = rate::read(annotations, &mut warn);
     p
 }
 

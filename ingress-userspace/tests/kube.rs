@@ -129,7 +129,12 @@ endpoints: [{addresses: [198.18.5.1]}, {addresses: [198.18.5.2], conditions: {re
 ---
 apiVersion: networking.k8s.io/v1
 kind: Ingress
-metadata: {name: shop, namespace: shop}
+metadata:
+  name: shop
+  namespace: shop
+  annotations:
+    nginx.ingress.kubernetes.io/backend-protocol: HTTPS
+    nginx.ingress.kubernetes.io/proxy-ssl-secret: shop/upstream-ca
 spec:
   ingressClassName: ebpf
   tls: [{hosts: [shop.test], secretName: shop-tls}]
@@ -149,6 +154,11 @@ kind: Secret
 metadata: {name: shop-tls, namespace: shop}
 type: kubernetes.io/tls
 stringData: {tls.crt: "not checked here", tls.key: "not checked here"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: upstream-ca, namespace: shop}
+stringData: {ca.crt: "not checked here"}
 ---
 apiVersion: v1
 kind: Secret
@@ -179,10 +189,12 @@ async fn kube_source_gives_the_file_sources_desired_state_for_every_golden_case(
             api.apply(o);
         }
         let kube = synced_source(&api, &dir, ClassConfig::default()).await;
-        // Only the Secrets an Ingress of ours names are read, one by one.
+        // Only the Secrets an Ingress of ours names (its TLS, its
+        // proxy-ssl-secret) are read, one by one.
         let secrets: Vec<_> = kube.snapshot().secrets.keys().collect();
-        let named = yaml.contains("secretName: shop-tls");
-        assert_eq!(secrets.len(), usize::from(named), "{secrets:?}");
+        let named = usize::from(yaml.contains("secretName: shop-tls"))
+            + usize::from(yaml.contains("proxy-ssl-secret: shop/upstream-ca"));
+        assert_eq!(secrets.len(), named, "{secrets:?}");
         for r in api.requests().iter().filter(|r| r.contains("/secrets")) {
             assert!(r.contains("fieldSelector=metadata.name"), "{r}");
         }

@@ -1746,6 +1746,194 @@ async fn rate_and_connection_limits_per_client_as_ingress_nginx() {
     );
 }
 
+/// An HTTPS endpoint (HTTP/1.1 and HTTP/2 by ALPN) with a certificate for
+/// `name` signed by `ca`, answering what it saw of the TLS connection:
+/// `tls sni=… alpn=… client-cert=yes|no version=…`. Client certificates
+/// signed by `ca` are taken, not required.
+async fn https_endpoint(
+    ip: Ipv4Addr,
+    name: &str,
+    ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+) -> SocketAddr {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .signed_by(&key, ca)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(clients)
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A handshake the client gives up on is no test failure.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let (_, conn) = tls.get_ref();
+                let seen = format!(
+                    "sni={} alpn={} client-cert={}",
+                    conn.server_name().unwrap_or("-"),
+                    conn.alpn_protocol()
+                        .map_or("-".into(), |p| String::from_utf8_lossy(p).into_owned()),
+                    if conn.peer_certificates().is_some() {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                );
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let body = format!(
+                        "tls {seen} version={:?} path={}\n",
+                        req.version(),
+                        req.uri().path()
+                    );
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_and_grpcs_endpoints_with_ingress_nginx_proxy_ssl_settings() {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "upstream CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let ep = https_endpoint(Ipv4Addr::new(127, 0, 0, 13), "secure-up.default.svc", &ca).await;
+    // The client certificate ingressd shows the endpoint.
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let mut client_params = rcgen::CertificateParams::new(vec!["ingressd".to_string()]).unwrap();
+    client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client = client_params.signed_by(&client_key, &ca).unwrap();
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    let secret = format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: up-ca}}\nstringData:\n  ca.crt: |\n{}  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(&ca.pem()),
+        indent(&client.pem()),
+        indent(&client_key.serialize_pem())
+    );
+    let to_secure = |host: &str, notes: &[(&str, &str)]| {
+        annotated(host, notes, "/", "Prefix").replace("name: a, port", "name: secure-up, port")
+    };
+    let yaml = service("secure-up", ep.port(), &[ep.ip()])
+        + &secret
+        + "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: ebpf}\nspec: {controller: ingress-ebpf/controller}\n"
+        // nginx's defaults: not verified, no SNI.
+        + &to_secure("plain.test", &[("backend-protocol", "HTTPS")])
+        + &to_secure(
+            "verified.test",
+            &[
+                ("backend-protocol", "HTTPS"),
+                ("proxy-ssl-verify", "on"),
+                ("proxy-ssl-secret", "default/up-ca"),
+                ("proxy-ssl-server-name", "on"),
+            ],
+        )
+        + &to_secure(
+            "grpcs.test",
+            &[
+                ("backend-protocol", "GRPCS"),
+                ("proxy-ssl-verify", "on"),
+                ("proxy-ssl-secret", "default/up-ca"),
+            ],
+        )
+        // The certificate is not for this name: refused, 502.
+        + &to_secure(
+            "wrong-name.test",
+            &[
+                ("backend-protocol", "HTTPS"),
+                ("proxy-ssl-verify", "on"),
+                ("proxy-ssl-secret", "default/up-ca"),
+                ("proxy-ssl-name", "other.example"),
+            ],
+        )
+        // Another namespace's Secret is refused, not read.
+        + &to_secure(
+            "foreign.test",
+            &[("backend-protocol", "HTTPS"), ("proxy-ssl-secret", "other/up-ca")],
+        )
+        + &to_secure(
+            "no-ca.test",
+            &[
+                ("backend-protocol", "HTTPS"),
+                ("proxy-ssl-verify", "on"),
+                ("proxy-ssl-secret", "default/missing"),
+            ],
+        );
+    let d = Ingressd::start(BIN, &yaml).await;
+    for h2 in [false, true] {
+        let ask = async |host: &str| {
+            let (s, _, body) = request_with(d.http, h2, "GET", host, &[]).await;
+            (s, body)
+        };
+        let (s, body) = ask("plain.test").await;
+        assert_eq!(s, 200, "h2={h2}: {body}");
+        assert!(
+            body.starts_with("tls sni=- alpn=http/1.1 client-cert=no version=HTTP/1.1 path=/x"),
+            "h2={h2}: {body}"
+        );
+        let (s, body) = ask("verified.test").await;
+        assert_eq!(s, 200, "h2={h2}: {body}");
+        assert!(
+            body.starts_with("tls sni=secure-up.default.svc alpn=http/1.1 client-cert=yes"),
+            "h2={h2}: {body}"
+        );
+        let (s, body) = ask("grpcs.test").await;
+        assert_eq!(s, 200, "h2={h2}: {body}");
+        assert!(
+            body.starts_with("tls sni=- alpn=h2 client-cert=yes version=HTTP/2.0"),
+            "h2={h2}: {body}"
+        );
+        assert_eq!(ask("wrong-name.test").await.0, 502, "h2={h2}");
+        assert_eq!(ask("no-ca.test").await.0, 502, "h2={h2}");
+        assert_eq!(ask("foreign.test").await.0, 502, "h2={h2}");
+    }
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(
+        log.contains("TLS to default/secure-up: proxy-ssl-secret default/missing not found")
+            && log
+                .contains("proxy-ssl-secret other/up-ca is not in the Ingress's namespace default"),
+        "{log}"
+    );
+}
+
 /// The request head the scripted endpoint echoed, lowercased, from the
 /// whole response a raw client read.
 fn echoed_head(response: &str) -> String {

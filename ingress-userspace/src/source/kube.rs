@@ -326,8 +326,8 @@ impl KubeSource {
         self.snapshot.remove_touching(id, &mut loaded.touched);
     }
 
-    /// The Secrets in use: `spec.tls[].secretName` of our Ingresses, and
-    /// the default certificate's.
+    /// The Secrets in use: `spec.tls[].secretName` and `proxy-ssl-secret`
+    /// of our Ingresses, and the default certificate's.
     fn secrets_in_use(&self) -> BTreeSet<ObjectKey> {
         let mut out: BTreeSet<ObjectKey> = self.default_secret.iter().cloned().collect();
         for (key, ing) in &self.snapshot.ingresses {
@@ -339,6 +339,16 @@ impl KubeSource {
             out.extend(
                 tls.filter_map(|t| t.secret_name.clone())
                     .map(|name| ObjectKey::new(ns.clone(), name)),
+            );
+            // TLS to the endpoints: `proxy-ssl-secret: namespace/name`, of
+            // the Ingress's own namespace (others are refused unread).
+            let annotations = ing.metadata.annotations.iter().flatten();
+            out.extend(
+                annotations
+                    .filter(|(k, _)| k.as_str() == PROXY_SSL_SECRET)
+                    .filter_map(|(_, v)| v.trim().split_once('/'))
+                    .filter(|(sns, name)| sns == ns && !name.is_empty())
+                    .map(|(_, name)| ObjectKey::new(ns.clone(), name.to_string())),
             );
         }
         out
@@ -522,6 +532,8 @@ fn explain(e: &watcher::Error, kind: Kind) -> (String, String) {
         None => ("transport".into(), "cannot reach the API server".into()),
     }
 }
+
+const PROXY_SSL_SECRET: &str = "nginx.ingress.kubernetes.io/proxy-ssl-secret";
 
 /// How long a sync waits for a new Secret watch's first list (a Secret the
 /// API refuses, say, holds the rest up no longer).

@@ -107,6 +107,7 @@ mod tests {
             app_protocol: None,
         });
         let route = Route {
+            backend_tls: None,
             canary: None,
             canary_of: Some(Arc::from("ns/main:80")),
             service: Arc::from(up.name()),

@@ -240,8 +240,17 @@ impl Pipeline {
         self.limiters.retain(&limited.keys().cloned().collect());
         self.limited.store(Arc::new(limited));
         let live: HashSet<SocketAddr> = table.endpoints().collect();
+        let mut tls_live = HashSet::new();
+        for r in table.routes_mut() {
+            let canary = r.canary.as_ref().map(|c| &c.route);
+            for r in std::iter::once(&*r).chain(canary) {
+                if let Some(Ok(t)) = &r.backend_tls {
+                    tls_live.insert(t.id);
+                }
+            }
+        }
         self.routes.store(Arc::new(table));
-        self.upstreams.retain(&live);
+        self.upstreams.retain(&live, &tls_live);
     }
 
     /// A request the fast server read. `gone` resolves if the client
@@ -493,7 +502,8 @@ impl Pipeline {
             )
         });
         let prepared = match src {
-            Source::Fast(_) if h2 => return Forwarded::HandBack,
+            // The fast client speaks plain HTTP/1.1 only.
+            Source::Fast(_) if h2 || route.backend_tls.is_some() => return Forwarded::HandBack,
             Source::Fast(req) => self.prepare_fast(req, head, path, route, origin, addrs[0]),
             Source::Hyper(req) => self.prepare_hyper(req, head, path, route, origin, addrs[0], h2),
         };
@@ -660,7 +670,8 @@ impl Pipeline {
         // The common request (no body, no upgrade, HTTP/1.1 to the
         // endpoint) is written out here and answered in this task; the
         // others need hyper's client to stream both ways.
-        if self.fast_path && !h2 && bodiless && downstream.is_none() {
+        if self.fast_path && !h2 && bodiless && downstream.is_none() && route.backend_tls.is_none()
+        {
             let upstream = upstream_head(
                 &parts.method,
                 path_and_query.as_str(),
@@ -721,7 +732,12 @@ impl Pipeline {
                 .clone()
                 .or_else(|| head.host.and_then(normalize_host))
                 .unwrap_or_else(|| first.to_string());
-            if let Ok(u) = format!("http://{authority}{path_and_query}").parse() {
+            let scheme = if route.backend_tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            if let Ok(u) = format!("{scheme}://{authority}{path_and_query}").parse() {
                 *out.uri_mut() = u;
             }
             *out.version_mut() = Version::HTTP_2;
@@ -742,6 +758,7 @@ impl Pipeline {
             out: Outbound::Hyper {
                 req: Box::new(out),
                 h2,
+                tls: route.backend_tls.clone().and_then(Result::ok),
             },
             downstream,
             request_id,

@@ -50,6 +50,10 @@ pub(super) fn answer_here(
         tracing::debug!(%protocol, "backend-protocol not supported");
         return Err(ProxyError::UnsupportedBackend);
     }
+    if let Some(Err(why)) = &route.backend_tls {
+        tracing::debug!(%why, "no TLS to the endpoints");
+        return Err(ProxyError::UnsupportedBackend);
+    }
     if route.ssl_redirect && !origin.https {
         return Ok(Some(redirect_to_https(target.as_str(), host)));
     }

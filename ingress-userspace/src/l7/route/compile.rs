@@ -15,6 +15,7 @@ use super::{
         self, Policy,
         canary::{Expect, HeaderRule},
     },
+    backend_tls::{self, BackendTls},
     path_elements,
     pattern::{Budget, Patterns, REGEX_CHARS},
 };
@@ -216,14 +217,9 @@ fn compile_all(
             let up = upstreams.get(&ns, &id, db, "spec.defaultBackend", snapshot, &mut warnings);
             match &table.default_backend {
                 None => {
-                    table.default_backend = Some(route(
-                        up,
-                        &id,
-                        policy.force_ssl_redirect,
-                        &policy,
-                        None,
-                        "/",
-                    ))
+                    let mut r = route(up, &id, policy.force_ssl_redirect, &policy, None, "/");
+                    r.backend_tls = upstreams.tls(&policy, &ns, &id, db, snapshot, &mut warnings);
+                    table.default_backend = Some(r);
                 }
                 Some(r) => warnings.push(RouteWarning {
                     ingress: id.clone(),
@@ -284,7 +280,9 @@ fn compile_all(
             } else {
                 &rp.key
             };
-            let route = route(upstream, &id, ssl_redirect, &policy, pattern, location);
+            let mut route = route(upstream, &id, ssl_redirect, &policy, pattern, location);
+            route.backend_tls =
+                upstreams.tls(&policy, &ns, &id, rp.backend, snapshot, &mut warnings);
             hosts
                 .entry(rp.host)
                 .or_default()
@@ -349,6 +347,7 @@ fn route(
     location: &str,
 ) -> Route {
     Route {
+        backend_tls: None,
         location: Arc::from(location),
         service: Arc::from(upstream.name()),
         upstream,
@@ -363,11 +362,58 @@ fn route(
 }
 
 /// Backends resolved once per table: one shared upstream per backend, so
-/// balancing state is shared too.
+/// balancing state is shared too; their TLS settings likewise.
 #[derive(Default)]
-struct Upstreams(HashMap<String, Arc<Upstream>>);
+struct Upstreams(
+    HashMap<String, Arc<Upstream>>,
+    HashMap<(String, String), TlsState>,
+);
+
+type TlsState = Option<Result<Arc<BackendTls>, Arc<str>>>;
 
 impl Upstreams {
+    /// TLS to `backend`'s endpoints when the Ingress asks for it (made
+    /// once per Ingress and backend; a failure reported once).
+    fn tls(
+        &mut self,
+        policy: &Policy,
+        ns: &str,
+        id: &str,
+        backend: &IngressBackend,
+        snapshot: &Snapshot,
+        warnings: &mut Vec<RouteWarning>,
+    ) -> TlsState {
+        let t = policy.backend_tls.as_ref()?;
+        let svc = backend.service.as_ref().map_or("", |s| s.name.as_str());
+        // The Ingress's own namespace only (ingress-nginx's
+        // allow-cross-namespace-resources: false): no Ingress author
+        // borrows another namespace's client key.
+        let owner = id.split('/').next().unwrap_or(ns);
+        let foreign = t.secret.as_ref().filter(|(sns, _)| sns != owner);
+        self.1
+            .entry((id.to_string(), svc.to_string()))
+            .or_insert_with(|| {
+                let built = match foreign {
+                    Some((sns, name)) => Err(format!(
+                        "proxy-ssl-secret {sns}/{name} is not in the Ingress's namespace {owner}"
+                    )),
+                    None => backend_tls::build(t, &format!("{svc}.{ns}.svc"), policy.h2, snapshot),
+                };
+                Some(built.map(Arc::new).map_err(|e| {
+                    warnings.push(RouteWarning {
+                        ingress: id.to_string(),
+                        field: format!(
+                            "metadata.annotations[{}backend-protocol]",
+                            annotations::PREFIX
+                        ),
+                        message: format!("TLS to {ns}/{svc}: {e}; its routes answer 502"),
+                    });
+                    Arc::from(e)
+                }))
+            })
+            .clone()
+    }
+
     fn get(
         &mut self,
         ns: &str,
@@ -631,6 +677,9 @@ fn attach_canaries(
         route.canary_of = Some(main.service.clone());
         route.service = Arc::from(up.name());
         route.upstream = up;
+        // The main Ingress's TLS settings, for the canary's Service.
+        route.backend_tls =
+            upstreams.tls(&main.policy, ns, &main.ingress, backend, snapshot, warnings);
         main.canary = Some(Box::new(Canary {
             route,
             ingress: Arc::from(id.as_str()),

@@ -24,6 +24,7 @@ use crate::{
 };
 
 pub mod annotations;
+pub mod backend_tls;
 mod compile;
 pub mod pattern;
 mod render;
@@ -88,6 +89,9 @@ pub struct Route {
     /// pattern and the default backend): ingress-nginx's `$location_path`,
     /// the affinity cookie's default Path.
     pub location: Arc<str>,
+    /// TLS to the endpoints (`backend-protocol: HTTPS|GRPCS`), or why it
+    /// cannot be had (then the route answers 502).
+    pub backend_tls: Option<Result<Arc<backend_tls::BackendTls>, Arc<str>>>,
     /// With `rewrite-target`: the path's pattern, whose captures the
     /// target refers to.
     pub rewrite: Option<PathRegex>,

@@ -140,8 +140,25 @@ fn policy_notes(p: &Policy) -> Vec<String> {
     if let Some(t) = &p.rewrite_target {
         notes.push(format!("rewrite-target={t}"));
     }
-    if p.h2 {
-        notes.push("backend-protocol=h2c".into());
+    match &p.backend_tls {
+        Some(t) => {
+            let mut tls = vec![if p.h2 { "GRPCS" } else { "HTTPS" }.to_string()];
+            if t.verify {
+                tls.push("verified".into());
+            }
+            if let Some((ns, name)) = &t.secret {
+                tls.push(format!("secret {ns}/{name}"));
+            }
+            if let Some(n) = &t.name {
+                tls.push(format!("name {n}"));
+            }
+            if t.server_name {
+                tls.push("sni".into());
+            }
+            notes.push(format!("backend-protocol={}", tls.join(" ")));
+        }
+        None if p.h2 => notes.push("backend-protocol=h2c".into()),
+        None => {}
     }
     if let Some(b) = &p.unsupported_backend {
         notes.push(format!("backend-protocol={b} (answered 502)"));

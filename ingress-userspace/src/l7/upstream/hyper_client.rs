@@ -16,6 +16,7 @@ use super::{
 use crate::l7::{
     body::Body,
     error::{BoxError, ProxyError},
+    route::backend_tls::BackendTls,
 };
 
 type H1Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
@@ -50,6 +51,33 @@ fn classify(e: hyper::Error) -> ProxyError {
 /// new one.
 pub(in crate::l7) struct H1Pool {
     pub(in crate::l7) idle: Arc<IdleConns<H1Sender>>,
+    /// TLS to the endpoints (`backend-protocol: HTTPS`).
+    tls: Option<Arc<BackendTls>>,
+}
+
+/// A TCP connection to an endpoint, with TLS over it when asked (within
+/// the connect timeout, handshake included: the request has not left).
+async fn connect_io(
+    addr: SocketAddr,
+    tls: Option<&BackendTls>,
+    t: Timeouts,
+) -> Result<Io, ProxyError> {
+    let stream = connect_endpoint(addr, t.connect).await?;
+    let Some(tls) = tls else {
+        return Ok(Io::Plain(TokioIo::new(stream)));
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    match tokio::time::timeout(t.connect, connector.connect(tls.name.clone(), stream)).await {
+        Ok(Ok(s)) => Ok(Io::Tls(TokioIo::new(Box::new(s)))),
+        Ok(Err(e)) => Err(ProxyError::ConnectFailed(Box::new(e))),
+        Err(_) => Err(ProxyError::ConnectTimedOut),
+    }
+}
+
+/// An endpoint connection, plain or TLS.
+enum Io {
+    Plain(TokioIo<tokio::net::TcpStream>),
+    Tls(TokioIo<Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>),
 }
 
 impl Reusable for H1Sender {
@@ -59,19 +87,32 @@ impl Reusable for H1Sender {
 }
 
 impl H1Pool {
-    pub(in crate::l7) fn new(idle_timeout: std::time::Duration) -> Self {
+    pub(in crate::l7) fn new(
+        idle_timeout: std::time::Duration,
+        tls: Option<Arc<BackendTls>>,
+    ) -> Self {
         Self {
             idle: IdleConns::new(idle_timeout),
+            tls,
         }
     }
 
-    async fn connect(addr: SocketAddr, t: Timeouts) -> Result<H1Sender, ProxyError> {
-        let stream = connect_endpoint(addr, t.connect).await?;
+    async fn connect(&self, addr: SocketAddr, t: Timeouts) -> Result<H1Sender, ProxyError> {
+        match connect_io(addr, self.tls.as_deref(), t).await? {
+            Io::Plain(io) => Self::handshake(io).await,
+            Io::Tls(io) => Self::handshake(io).await,
+        }
+    }
+
+    async fn handshake<I>(io: I) -> Result<H1Sender, ProxyError>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             // A response head past this is refused (502), as the fast
             // client and nginx refuse one.
             .max_buf_size(MAX_HEAD_BYTES)
-            .handshake(TokioIo::new(stream))
+            .handshake(io)
             .await
             .map_err(|e| ProxyError::ConnectFailed(Box::new(e)))?;
         tokio::spawn(async move {
@@ -120,7 +161,7 @@ impl Client for H1Pool {
                 },
             }
         }
-        let mut sender = match Self::connect(addr, t).await {
+        let mut sender = match self.connect(addr, t).await {
             Ok(s) => s,
             Err(error) => return Err(Failure::unsent(error, req)),
         };
@@ -176,6 +217,32 @@ impl Drop for Returning {
 #[derive(Default)]
 pub(in crate::l7) struct H2Pool {
     conns: std::sync::Mutex<HashMap<SocketAddr, H2Sender>>,
+    /// TLS to the endpoints (`backend-protocol: GRPCS`).
+    tls: Option<Arc<BackendTls>>,
+}
+
+impl H2Pool {
+    pub(in crate::l7) fn with_tls(tls: Arc<BackendTls>) -> Self {
+        Self {
+            conns: Default::default(),
+            tls: Some(tls),
+        }
+    }
+
+    async fn handshake<I>(io: I) -> Result<H2Sender, ProxyError>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| ProxyError::ConnectFailed(Box::new(e)))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
 }
 
 impl H2Pool {
@@ -193,15 +260,10 @@ impl H2Pool {
         }
         // Connected without the lock held: one slow endpoint must not hold
         // up requests to the others.
-        let stream = connect_endpoint(addr, t.connect).await?;
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(hyper_util::rt::TokioTimer::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ProxyError::ConnectFailed(Box::new(e)))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let sender = match connect_io(addr, self.tls.as_deref(), t).await? {
+            Io::Plain(io) => Self::handshake(io).await?,
+            Io::Tls(io) => Self::handshake(io).await?,
+        };
         let mut conns = conns();
         // Another request may have connected meanwhile: one connection
         // per endpoint is kept (ours closes as its sender is dropped).

@@ -5,8 +5,12 @@
 //! one place a client is chosen; every failure comes back as a
 //! `ProxyError`.
 use std::{
+    collections::HashMap,
     net::SocketAddr,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -16,6 +20,7 @@ use super::{
     body::Body,
     error::ProxyError,
     http1::{head::RequestHead, tokens::strip_hop_by_hop},
+    route::backend_tls::BackendTls,
 };
 
 pub mod body;
@@ -41,10 +46,11 @@ pub struct Timeouts {
 pub enum Outbound {
     /// The fast client: the head, ready to write (no body, HTTP/1.1).
     Fast(RequestHead),
-    /// hyper's client: a body, an upgrade, or HTTP/2 (`h2`).
+    /// hyper's client: a body, an upgrade, HTTP/2 (`h2`) or TLS.
     Hyper {
         req: Box<Request<ReqBody>>,
         h2: bool,
+        tls: Option<Arc<BackendTls>>,
     },
 }
 
@@ -91,6 +97,12 @@ pub trait Client {
     ) -> impl std::future::Future<Output = Result<Response<Body>, Failure<Self::Request>>> + Send;
 }
 
+/// hyper's clients over TLS with one set of settings.
+struct TlsPools {
+    h1: hyper_client::H1Pool,
+    h2: hyper_client::H2Pool,
+}
+
 /// A TCP connection to an endpoint, within `timeout`.
 async fn connect_endpoint(
     addr: SocketAddr,
@@ -111,6 +123,9 @@ pub struct Upstreams {
     fast: fast::FastPool,
     h1: hyper_client::H1Pool,
     h2: hyper_client::H2Pool,
+    /// TLS connections, by the settings they were made with.
+    tls: Mutex<HashMap<u64, Arc<TlsPools>>>,
+    idle_keepalive: Duration,
     pub picker: pick::Balancer,
     connect_errors: AtomicU64,
 }
@@ -119,18 +134,43 @@ impl Upstreams {
     pub fn new(idle_keepalive: Duration) -> Self {
         Self {
             fast: fast::FastPool::new(idle_keepalive),
-            h1: hyper_client::H1Pool::new(idle_keepalive),
+            h1: hyper_client::H1Pool::new(idle_keepalive, None),
             h2: hyper_client::H2Pool::default(),
+            tls: Mutex::default(),
+            idle_keepalive,
             picker: pick::Balancer::default(),
             connect_errors: AtomicU64::new(0),
         }
     }
 
-    /// Forgets what is known of endpoints no route has any more.
-    pub fn retain(&self, live: &std::collections::HashSet<SocketAddr>) {
+    /// Forgets what is known of endpoints no route has any more, and the
+    /// TLS connections of settings no route has (`tls_live`).
+    pub fn retain(
+        &self,
+        live: &std::collections::HashSet<SocketAddr>,
+        tls_live: &std::collections::HashSet<u64>,
+    ) {
         self.picker.retain(live);
         self.h1.idle.retain(live);
         self.fast.idle.retain(live);
+        let mut tls = self.tls.lock().unwrap_or_else(|e| e.into_inner());
+        tls.retain(|id, _| tls_live.contains(id));
+        for pools in tls.values() {
+            pools.h1.idle.retain(live);
+        }
+    }
+
+    /// The connections made with these TLS settings.
+    fn tls_pools(&self, tls: &Arc<BackendTls>) -> Arc<TlsPools> {
+        let mut map = self.tls.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(tls.id)
+            .or_insert_with(|| {
+                Arc::new(TlsPools {
+                    h1: hyper_client::H1Pool::new(self.idle_keepalive, Some(tls.clone())),
+                    h2: hyper_client::H2Pool::with_tls(tls.clone()),
+                })
+            })
+            .clone()
     }
 
     pub fn connect_errors(&self) -> u64 {
@@ -152,16 +192,22 @@ impl Upstreams {
                 .send(addr, head, t)
                 .await
                 .map_err(|f| f.map(Outbound::Fast)),
-            Outbound::Hyper { req, h2 } => {
+            Outbound::Hyper { req, h2, tls } => {
+                let pools = tls.as_ref().map(|t| self.tls_pools(t));
+                let (h1_pool, h2_pool) = match &pools {
+                    Some(p) => (&p.h1, &p.h2),
+                    None => (&self.h1, &self.h2),
+                };
                 let sent = if h2 {
-                    Box::pin(self.h2.send(addr, *req, t)).await
+                    Box::pin(h2_pool.send(addr, *req, t)).await
                 } else {
-                    Box::pin(self.h1.send(addr, *req, t)).await
+                    Box::pin(h1_pool.send(addr, *req, t)).await
                 };
                 let resp = sent.map_err(|f| {
                     f.map(|req| Outbound::Hyper {
                         req: Box::new(req),
                         h2,
+                        tls,
                     })
                 })?;
                 settled(resp, t.read).map_err(Failure::sent)

@@ -12,6 +12,7 @@ use hyper::StatusCode;
 use super::RouteWarning;
 
 pub mod affinity;
+pub mod backend_tls;
 pub mod canary;
 pub mod cors;
 pub mod rate;
@@ -53,9 +54,11 @@ pub struct Policy {
     pub use_regex: bool,
     /// `backend-protocol: GRPC` (or `H2C`): HTTP/2 to the endpoints.
     pub h2: bool,
-    /// `backend-protocol` asks for what is not offered (HTTPS, GRPCS…):
-    /// answered 502 rather than sent in plain text to a TLS port.
+    /// `backend-protocol` asks for what is not offered (FCGI, AJP):
+    /// answered 502 rather than sent as HTTP.
     pub unsupported_backend: Option<String>,
+    /// `backend-protocol: HTTPS|GRPCS` with the `proxy-ssl-*` settings.
+    pub backend_tls: Option<backend_tls::TlsToBackend>,
     /// `enable-cors` and `cors-*`.
     pub cors: Option<Cors>,
     /// `denylist-source-range`: clients inside get 403 (checked before
@@ -312,11 +315,16 @@ pub fn policy(
             "backend-protocol" => match value.trim().to_ascii_uppercase().as_str() {
                 "HTTP" | "AUTO_HTTP" => {}
                 "GRPC" | "H2C" => p.h2 = true,
+                "HTTPS" => p.backend_tls = Some(backend_tls::read(annotations, &mut warn)),
+                "GRPCS" => {
+                    p.h2 = true;
+                    p.backend_tls = Some(backend_tls::read(annotations, &mut warn));
+                }
                 other => {
                     warn(
                         key,
                         format!(
-                            "{other} endpoints are not supported (HTTP, GRPC, H2C); the routes answer 502"
+                            "{other} endpoints are not supported (HTTP, HTTPS, GRPC, GRPCS, H2C); the routes answer 502"
                         ),
                     );
                     p.unsupported_backend = Some(other.to_string());
@@ -327,6 +335,10 @@ pub fn policy(
                     warn(key, bad("\"true\" or \"false\""));
                 }
             }
+            // Read with backend-protocol (backend_tls::read).
+            n if n.starts_with("proxy-ssl-")
+                && n != "proxy-ssl-ciphers"
+                && n != "proxy-ssl-protocols" => {}
             // Read whole by rate::read, below.
             "limit-rps"
             | "limit-rpm"

@@ -91,7 +91,7 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
     (
         "backend-protocol",
         Differs(
-            "HTTP, GRPC and H2C endpoints; HTTPS, GRPCS and AJP ones answer 502 (never sent plain text)",
+            "HTTP, HTTPS, GRPC, GRPCS and H2C endpoints; FCGI and AJP ones answer 502 (never sent as HTTP)",
         ),
     ),
     (
@@ -188,12 +188,20 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
     ("proxy-request-buffering", Differs(STREAMING)),
     ("proxy-send-timeout", NotSupported),
     ("proxy-ssl-ciphers", NotSupported),
-    ("proxy-ssl-name", NotSupported),
+    (
+        "proxy-ssl-name",
+        Differs(
+            "default: the Service's DNS name (svc.namespace.svc), where nginx's is the upstream block's",
+        ),
+    ),
     ("proxy-ssl-protocols", NotSupported),
-    ("proxy-ssl-secret", NotSupported),
-    ("proxy-ssl-server-name", NotSupported),
-    ("proxy-ssl-verify", NotSupported),
-    ("proxy-ssl-verify-depth", NotSupported),
+    ("proxy-ssl-secret", Honoured),
+    ("proxy-ssl-server-name", Honoured),
+    ("proxy-ssl-verify", Honoured),
+    (
+        "proxy-ssl-verify-depth",
+        Differs("checked; the chain is verified whole to the Secret's CA, whatever its length"),
+    ),
     ("rewrite-target", Honoured),
     ("satisfy", NotSupported),
     ("server-alias", NotSupported),
@@ -261,7 +269,6 @@ const OFF_BY_DEFAULT: &[&str] = &[
     "from-to-www-redirect",
     "http2-push-preload",
     "preserve-trailing-slash",
-    "proxy-ssl-verify",
     "service-upstream",
     "ssl-passthrough",
     "upstream-hash-by-subset",

@@ -1934,6 +1934,184 @@ async fn https_and_grpcs_endpoints_with_ingress_nginx_proxy_ssl_settings() {
     );
 }
 
+/// A server on `ip` answering with `answer(request head)`, the heads it
+/// saw kept in `seen` as "METHOD target header=value…" lines.
+async fn scripted_http(
+    ip: Ipv4Addr,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+    answer: fn(&Request<Incoming>) -> Response<Full<Bytes>>,
+) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let mut line = format!("{} {}", req.method(), req.uri());
+                        for (n, v) in req.headers() {
+                            line.push_str(&format!(" {n}={}", v.to_str().unwrap_or("?")));
+                        }
+                        let resp = answer(&req);
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes().len());
+                        line.push_str(&format!(" body={}", body.unwrap_or(0)));
+                        seen.lock().unwrap().push(line);
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_auth_asks_before_each_request_as_auth_request_does() {
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let auth = scripted_http(Ipv4Addr::new(127, 0, 0, 14), asked.clone(), |req| {
+        let token = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let mut r = Response::new(Full::new(Bytes::from_static(b"auth body")));
+        match token {
+            Some("Bearer good") => {
+                r.headers_mut()
+                    .insert("x-auth-request-user", "alice".parse().unwrap());
+            }
+            Some("Bearer forbidden") => *r.status_mut() = hyper::StatusCode::FORBIDDEN,
+            Some("Bearer broken") => *r.status_mut() = hyper::StatusCode::BAD_GATEWAY,
+            _ => {
+                *r.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+                r.headers_mut()
+                    .insert("www-authenticate", "Bearer realm=\"test\"".parse().unwrap());
+            }
+        }
+        r
+    })
+    .await;
+    let served = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let app = scripted_http(Ipv4Addr::new(127, 0, 0, 14), served.clone(), |_| {
+        Response::new(Full::new(Bytes::from_static(b"app\n")))
+    })
+    .await;
+    let closed = free_port(Ipv4Addr::new(127, 0, 0, 14));
+    let to_app = |host: &str, notes: &[(&str, &str)]| {
+        annotated(host, notes, "/", "Prefix").replace("name: a, port", "name: app, port")
+    };
+    let url = format!("http://{auth}/check?uri=$escaped_request_uri");
+    let yaml = service("app", app.port(), &[app.ip()])
+        + "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: ebpf}\nspec: {controller: ingress-ebpf/controller}\n"
+        + &to_app(
+            "auth.test",
+            &[
+                ("auth-url", &url),
+                ("auth-response-headers", "X-Auth-Request-User"),
+            ],
+        )
+        + &to_app(
+            "signin.test",
+            &[
+                ("auth-url", &url),
+                ("auth-signin", "https://login.test/start"),
+            ],
+        )
+        + &to_app(
+            "down.test",
+            &[("auth-url", &format!("http://127.0.0.14:{closed}/check"))],
+        )
+        + &to_app("bad.test", &[("auth-url", "http://$request_body/")]);
+    let d = Ingressd::start(BIN, &yaml).await;
+    for h2 in [false, true] {
+        let ask = async |host: &str, headers: &[(&str, &str)]| {
+            let (s, m, body) = request_with(d.http, h2, "GET", host, headers).await;
+            (s, m, body)
+        };
+        // No token: the auth service's 401, with its challenge.
+        let (s, m, _) = ask("auth.test", &[]).await;
+        assert_eq!(s, 401, "h2={h2}");
+        assert_eq!(m.get("www-authenticate").unwrap(), "Bearer realm=\"test\"");
+        // A good one: through, with the user the auth service named in
+        // place of the one the client claimed.
+        served.lock().unwrap().clear();
+        let (s, _, body) = ask(
+            "auth.test",
+            &[
+                ("authorization", "Bearer good"),
+                ("x-auth-request-user", "mallory"),
+            ],
+        )
+        .await;
+        assert_eq!((s, body.as_str()), (200, "app\n"), "h2={h2}");
+        let line = served.lock().unwrap().pop().unwrap();
+        assert!(line.contains(" x-auth-request-user=alice "), "{line}");
+        assert!(!line.contains("mallory"), "{line}");
+        // What the auth service was asked: GET, the original request's
+        // headers and nginx's X-Original-*, no body.
+        let line = asked.lock().unwrap().last().unwrap().clone();
+        assert!(line.starts_with("GET /check?uri=%2Fx "), "{line}");
+        for want in [
+            " authorization=Bearer good ",
+            " x-original-uri=/x ",
+            " x-original-method=GET ",
+            " x-original-url=http://auth.test/x ",
+            " x-auth-request-redirect=/x ",
+            " x-sent-from=nginx-ingress-controller ",
+            " body=0",
+        ] {
+            assert!(line.contains(want), "{want} not in {line}");
+        }
+        assert_eq!(
+            ask("auth.test", &[("authorization", "Bearer forbidden")])
+                .await
+                .0,
+            403
+        );
+        // Another answer, or no auth service at all: 500, never through.
+        assert_eq!(
+            ask("auth.test", &[("authorization", "Bearer broken")])
+                .await
+                .0,
+            500
+        );
+        assert_eq!(
+            ask("down.test", &[("authorization", "Bearer good")])
+                .await
+                .0,
+            500
+        );
+        assert_eq!(
+            ask("bad.test", &[("authorization", "Bearer good")]).await.0,
+            500
+        );
+        // With auth-signin a 401 is a redirect carrying where to come back.
+        let (s, m, _) = ask("signin.test", &[]).await;
+        assert_eq!(s, 302, "h2={h2}");
+        assert_eq!(
+            m.get("location").unwrap(),
+            "https://login.test/start?rd=http%3A%2F%2Fsignin.test%2Fx"
+        );
+    }
+    // Without a token a POST is refused before its body goes anywhere.
+    let before = served.lock().unwrap().len();
+    let (s, _, _) = send(d.http, "POST", "/x", "auth.test", b"12345".to_vec()).await;
+    assert_eq!(s, 401);
+    assert_eq!(served.lock().unwrap().len(), before);
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(
+        log.contains("$request_body is not a variable ingressd fills in"),
+        "{log}"
+    );
+}
+
 /// The request head the scripted endpoint echoed, lowercased, from the
 /// whole response a raw client read.
 fn echoed_head(response: &str) -> String {

@@ -19,13 +19,14 @@ use http_body_util::BodyExt as _;
 use hyper::{
     Method, Request, Response, Uri, Version,
     body::Incoming,
-    header::{self, HeaderValue},
+    header::{self, HeaderName, HeaderValue},
     http::uri::PathAndQuery,
 };
 
 mod canary;
 mod cors;
 pub mod counted;
+mod ext_auth;
 pub mod forwarding;
 pub mod log;
 mod policy;
@@ -397,6 +398,11 @@ impl Pipeline {
                 }
             };
             let _ = unanswered.route.set(r);
+            // What only hyper's client does goes to hyper's server now,
+            // before anything is counted or asked (it runs this again).
+            if matches!(src, Source::Fast(_)) && needs_hyper(r) {
+                return Ok(Forwarded::HandBack);
+            }
             policy::check_source(r, origin)?;
             if let Some(c) = &r.policy.cors
                 && let Some(allow) = cors::allow_origin(c, request_origin(&src).as_deref())
@@ -412,8 +418,38 @@ impl Pipeline {
             if r.policy.rate.is_some() {
                 let _ = slot.set(self.throttle(r, origin)?);
             }
+            let mut from_auth = Vec::new();
+            if let Some(auth) = &r.policy.ext_auth {
+                let asked = ext_auth::Asked {
+                    method: head.method,
+                    target: head.target.as_str(),
+                    host: head.host,
+                    origin,
+                };
+                let t = self.timeouts(r);
+                let decision = match &src {
+                    Source::Fast(req) => {
+                        ext_auth::check(auth, asked, *req, t.connect, t.read).await
+                    }
+                    Source::Hyper(req) => {
+                        ext_auth::check(auth, asked, req.headers(), t.connect, t.read).await
+                    }
+                };
+                match decision {
+                    ext_auth::Decision::Allow(headers) => from_auth = headers,
+                    ext_auth::Decision::Answer(resp) => return Ok(Forwarded::Done(Ok(resp))),
+                }
+            }
             Ok(self
-                .forward(head, &path, src, r, origin, &unanswered.upstream)
+                .forward(
+                    head,
+                    &path,
+                    src,
+                    r,
+                    origin,
+                    &unanswered.upstream,
+                    &from_auth,
+                )
                 .await)
         };
         let outcome = tokio::select! {
@@ -457,6 +493,20 @@ impl Pipeline {
         Handled::Answer(resp, pending)
     }
 
+    /// The route's endpoint timeouts (its annotations, else the flags).
+    fn timeouts(&self, route: &Route) -> Timeouts {
+        Timeouts {
+            connect: route
+                .policy
+                .connect_timeout
+                .unwrap_or(self.limits.upstream_connect_timeout),
+            read: route
+                .policy
+                .read_timeout
+                .unwrap_or(self.limits.upstream_response_timeout),
+        }
+    }
+
     /// The Ingress's `limit-*` annotations for this client: a slot to hold
     /// while the request is in flight, or the refusal.
     fn throttle(&self, r: &Route, origin: Origin) -> Result<Option<throttle::Slot>, ProxyError> {
@@ -476,6 +526,7 @@ impl Pipeline {
     }
 
     /// Endpoint, rewrite and headers, send, and the answer's own headers.
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         head: &Head<'_>,
@@ -484,6 +535,7 @@ impl Pipeline {
         route: &Route,
         origin: Origin,
         seen: &OnceLock<UpstreamSeen>,
+        from_auth: &[(HeaderName, Option<HeaderValue>)],
     ) -> Forwarded {
         let addrs = match endpoints(route).await {
             Ok(addrs) => addrs,
@@ -505,22 +557,15 @@ impl Pipeline {
             // The fast client speaks plain HTTP/1.1 only.
             Source::Fast(_) if h2 || route.backend_tls.is_some() => return Forwarded::HandBack,
             Source::Fast(req) => self.prepare_fast(req, head, path, route, origin, addrs[0]),
-            Source::Hyper(req) => self.prepare_hyper(req, head, path, route, origin, addrs[0], h2),
+            Source::Hyper(req) => {
+                self.prepare_hyper(req, head, path, route, origin, addrs[0], h2, from_auth)
+            }
         };
         let outgoing = match prepared {
             Ok(o) => o,
             Err(e) => return Forwarded::Done(Err(e)),
         };
-        let t = Timeouts {
-            connect: route
-                .policy
-                .connect_timeout
-                .unwrap_or(self.limits.upstream_connect_timeout),
-            read: route
-                .policy
-                .read_timeout
-                .unwrap_or(self.limits.upstream_response_timeout),
-        };
+        let t = self.timeouts(route);
         let Outgoing {
             out,
             mut downstream,
@@ -624,6 +669,7 @@ impl Pipeline {
         origin: Origin,
         first: SocketAddr,
         h2: bool,
+        from_auth: &[(HeaderName, Option<HeaderValue>)],
     ) -> Result<Outgoing, ProxyError> {
         // What Connection names, read once: hop-by-hop headers, and
         // whether an upgrade (WebSocket and others) is asked for. Both
@@ -670,7 +716,12 @@ impl Pipeline {
         // The common request (no body, no upgrade, HTTP/1.1 to the
         // endpoint) is written out here and answered in this task; the
         // others need hyper's client to stream both ways.
-        if self.fast_path && !h2 && bodiless && downstream.is_none() && route.backend_tls.is_none()
+        if self.fast_path
+            && !h2
+            && bodiless
+            && downstream.is_none()
+            && route.backend_tls.is_none()
+            && from_auth.is_empty()
         {
             let upstream = upstream_head(
                 &parts.method,
@@ -696,6 +747,14 @@ impl Pipeline {
         strip_listed_and_hop_by_hop(&mut parts.headers, &listed);
         for (name, value) in values {
             parts.headers.insert(name, value);
+        }
+        // As nginx's proxy_set_header from auth_request_set: the auth
+        // answer's value, or none at all, never the client's.
+        for (name, value) in from_auth {
+            parts.headers.remove(name);
+            if let Some(v) = value {
+                parts.headers.insert(name.clone(), v.clone());
+            }
         }
         if te_trailers {
             parts
@@ -983,6 +1042,13 @@ fn rewritten<'a>(
 }
 
 /// Whether the route's requests go to its endpoints in HTTP/2.
+/// A route whose requests only hyper's client can send (HTTP/2 or TLS to
+/// the endpoints), or that needs the request's headers after the fast
+/// path would have written them (external auth).
+fn needs_hyper(route: &Route) -> bool {
+    speaks_h2_upstream(route) || route.backend_tls.is_some() || route.policy.ext_auth.is_some()
+}
+
 fn speaks_h2_upstream(route: &Route) -> bool {
     route.policy.h2
         || matches!(&*route.upstream, Upstream::Endpoints { app_protocol: Some(p), .. } if speaks_h2(p))

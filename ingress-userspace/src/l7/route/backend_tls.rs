@@ -94,6 +94,25 @@ impl ServerCertVerifier for Unverified {
     }
 }
 
+/// TLS as nginx's `proxy_pass https://` has it by default (no verification)
+/// but with SNI: for `auth-url`, often a public host behind SNI routing.
+pub fn unverified() -> Arc<rustls::ClientConfig> {
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap_or_else(|_| unreachable!("ring offers the default versions"))
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(config)
+        })
+        .clone()
+}
+
 /// The client configuration for `t`, for a Service whose DNS name is
 /// `service_dns` (the default name); `h2` offers ALPN h2 (GRPCS), else
 /// http/1.1. An error names what is wrong (the routes then answer 502).

@@ -190,5 +190,12 @@ fn policy_notes(p: &Policy) -> Vec<String> {
     if let Some(r) = &p.rate {
         notes.push(format!("limits={r}"));
     }
+    if let Some(a) = &p.ext_auth {
+        notes.push(if a.is_broken() {
+            "auth-url=(refused: answers 500)".to_string()
+        } else {
+            format!("auth-url={}", a.url)
+        });
+    }
     notes
 }

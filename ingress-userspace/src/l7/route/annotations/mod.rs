@@ -15,6 +15,7 @@ pub mod affinity;
 pub mod backend_tls;
 pub mod canary;
 pub mod cors;
+pub mod ext_auth;
 pub mod rate;
 pub mod support;
 
@@ -76,6 +77,8 @@ pub struct Policy {
     pub affinity: Option<Affinity>,
     /// `limit-rps`, `limit-rpm`, `limit-connections` and their settings.
     pub rate: Option<rate::RateLimits>,
+    /// `auth-url` and its settings.
+    pub ext_auth: Option<ext_auth::ExternalAuth>,
 }
 
 /// An address range (`10.0.0.0/8`, `2001:db8::/32`, or one address).
@@ -339,6 +342,13 @@ pub fn policy(
             n if n.starts_with("proxy-ssl-")
                 && n != "proxy-ssl-ciphers"
                 && n != "proxy-ssl-protocols" => {}
+            // Read whole by ext_auth::read, below.
+            "auth-url"
+            | "auth-method"
+            | "auth-signin"
+            | "auth-signin-redirect-param"
+            | "auth-response-headers"
+            | "auth-request-redirect" => {}
             // Read whole by rate::read, below.
             "limit-rps"
             | "limit-rpm"
@@ -378,6 +388,7 @@ pub fn policy(
     p.canary = canary::read(annotations, &mut warn);
     p.affinity = affinity::read(annotations, &mut warn);
     p.rate = rate::read(annotations, &mut warn);
+    p.ext_auth = ext_auth::read(annotations, &mut warn);
     p
 }
 

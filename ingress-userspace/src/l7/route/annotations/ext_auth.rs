@@ -1,0 +1,332 @@
+//! External authentication (`auth-url` and its settings), read as
+//! ingress-nginx reads them. The URLs may name a few of nginx's variables
+//! (`$host`, `$escaped_request_uri`… as oauth2-proxy's guides write
+//! them): they are parsed here into typed parts, never handed to a
+//! configuration template, and any other `$name` refuses the annotation.
+use std::collections::BTreeMap;
+
+use hyper::{Method, header::HeaderName};
+
+use super::PREFIX;
+
+/// An nginx variable an auth URL may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Var {
+    /// `$host`, `$http_host`, `$best_http_host`: the request's host.
+    Host,
+    /// `$scheme`, `$pass_access_scheme`: http or https.
+    Scheme,
+    /// `$request_uri`: path and query as the client sent them.
+    RequestUri,
+    /// `$escaped_request_uri`: the same, percent-encoded for a query.
+    EscapedRequestUri,
+    /// `$remote_addr`: the client's address.
+    RemoteAddr,
+}
+
+/// A URL with variables, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template(pub Vec<Part>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Part {
+    Text(String),
+    Var(Var),
+}
+
+impl Template {
+    fn parse(s: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = s;
+        while let Some(i) = rest.find('$') {
+            if i > 0 {
+                parts.push(Part::Text(rest[..i].to_string()));
+            }
+            let after = &rest[i + 1..];
+            let (name, tail) = match after.strip_prefix('{') {
+                Some(braced) => {
+                    let end = braced.find('}').ok_or("an unclosed ${")?;
+                    (&braced[..end], &braced[end + 1..])
+                }
+                None => {
+                    let end = after
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(after.len());
+                    (&after[..end], &after[end..])
+                }
+            };
+            let var = match name {
+                "host" | "http_host" | "best_http_host" => Var::Host,
+                "scheme" | "pass_access_scheme" => Var::Scheme,
+                "request_uri" => Var::RequestUri,
+                "escaped_request_uri" => Var::EscapedRequestUri,
+                "remote_addr" => Var::RemoteAddr,
+                other => {
+                    return Err(format!(
+                        "${other} is not a variable ingressd fills in ($host, $scheme, $request_uri, $escaped_request_uri, $remote_addr)"
+                    ));
+                }
+            };
+            parts.push(Part::Var(var));
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_string()));
+        }
+        // Whatever the variables become, the text must not end the value
+        // or start another header.
+        if s.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err("has spaces or control characters".into());
+        }
+        Ok(Template(parts))
+    }
+
+    /// The text with each variable's value from `value`.
+    pub fn render(&self, value: impl Fn(Var) -> String) -> String {
+        let mut out = String::new();
+        for p in &self.0 {
+            match p {
+                Part::Text(t) => out.push_str(t),
+                Part::Var(v) => out.push_str(&value(*v)),
+            }
+        }
+        out
+    }
+
+    fn scheme_ok(&self) -> bool {
+        matches!(self.0.first(), Some(Part::Text(t)) if t.starts_with("http://") || t.starts_with("https://"))
+    }
+}
+
+impl std::fmt::Display for Template {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for p in &self.0 {
+            match p {
+                Part::Text(t) => f.write_str(t)?,
+                Part::Var(v) => f.write_str(match v {
+                    Var::Host => "$host",
+                    Var::Scheme => "$scheme",
+                    Var::RequestUri => "$request_uri",
+                    Var::EscapedRequestUri => "$escaped_request_uri",
+                    Var::RemoteAddr => "$remote_addr",
+                })?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An Ingress's external authentication.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExternalAuth {
+    /// `auth-url`: asked before each request (http or https).
+    pub url: Template,
+    /// `auth-method` (default GET, as nginx's subrequests).
+    pub method: Method,
+    /// `auth-signin`: where a 401 is redirected, with the original URL as
+    /// the `auth-signin-redirect-param` (default `rd`) query parameter.
+    pub signin: Option<Template>,
+    pub signin_param: String,
+    /// `auth-response-headers`: copied from the auth answer into the
+    /// request to the endpoints.
+    pub response_headers: Vec<HeaderName>,
+    /// `auth-request-redirect`: sent as X-Auth-Request-Redirect (default
+    /// the request's URI).
+    pub request_redirect: Option<String>,
+}
+
+/// The external authentication an Ingress asks for, if any.
+pub fn read(
+    annotations: &BTreeMap<String, String>,
+    warn: &mut dyn FnMut(&str, String),
+) -> Option<ExternalAuth> {
+    let key = |name: &str| format!("{PREFIX}{name}");
+    let get = |name: &str| annotations.get(&key(name)).map(|v| v.trim());
+    let raw = get("auth-url")?;
+    let url = match Template::parse(raw) {
+        Ok(t) if t.scheme_ok() => t,
+        Ok(_) => {
+            // Failing open would serve what the Ingress means to protect:
+            // refuse every request instead (see `Policy::auth_broken`).
+            warn(
+                &key("auth-url"),
+                format!(
+                    "{raw:?} is not an http:// or https:// URL; every request is refused (500)"
+                ),
+            );
+            return Some(broken());
+        }
+        Err(e) => {
+            warn(
+                &key("auth-url"),
+                format!("{raw:?} {e}; every request is refused (500)"),
+            );
+            return Some(broken());
+        }
+    };
+    let method = match get("auth-method") {
+        None => Method::GET,
+        Some(m) => match m.parse::<Method>() {
+            Ok(m) if m.as_str().bytes().all(|b| b.is_ascii_uppercase()) => m,
+            _ => {
+                warn(
+                    &key("auth-method"),
+                    format!("{m:?} is not an HTTP method; GET is used"),
+                );
+                Method::GET
+            }
+        },
+    };
+    let signin = get("auth-signin").and_then(|v| match Template::parse(v) {
+        Ok(t)
+            if t.scheme_ok()
+                || matches!(t.0.first(), Some(Part::Text(s)) if s.starts_with('/')) =>
+        {
+            Some(t)
+        }
+        Ok(_) => {
+            warn(
+                &key("auth-signin"),
+                format!("{v:?} is not a URL; a 401 is answered as it is"),
+            );
+            None
+        }
+        Err(e) => {
+            warn(
+                &key("auth-signin"),
+                format!("{v:?} {e}; a 401 is answered as it is"),
+            );
+            None
+        }
+    });
+    let signin_param = match get("auth-signin-redirect-param") {
+        Some(p)
+            if !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) =>
+        {
+            p.to_string()
+        }
+        Some(p) => {
+            warn(
+                &key("auth-signin-redirect-param"),
+                format!("{p:?} is not a parameter name; rd is used"),
+            );
+            "rd".into()
+        }
+        None => "rd".into(),
+    };
+    let mut response_headers = Vec::new();
+    if let Some(list) = get("auth-response-headers") {
+        for h in list.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => response_headers.push(n),
+                Err(_) => warn(
+                    &key("auth-response-headers"),
+                    format!("{h:?} is not a header name; not copied"),
+                ),
+            }
+        }
+    }
+    let request_redirect = get("auth-request-redirect").and_then(|v| {
+        if hyper::header::HeaderValue::from_str(v).is_ok() {
+            Some(v.to_string())
+        } else {
+            warn(
+                &key("auth-request-redirect"),
+                format!("{v:?} is not a header value; the request's URI is sent"),
+            );
+            None
+        }
+    });
+    Some(ExternalAuth {
+        url,
+        method,
+        signin,
+        signin_param,
+        response_headers,
+        request_redirect,
+    })
+}
+
+/// An external authentication that cannot be asked: refuses everything.
+fn broken() -> ExternalAuth {
+    ExternalAuth {
+        url: Template(Vec::new()),
+        method: Method::GET,
+        signin: None,
+        signin_param: "rd".into(),
+        response_headers: Vec::new(),
+        request_redirect: None,
+    }
+}
+
+impl ExternalAuth {
+    /// Whether the URL was refused (every request then answers 500).
+    pub fn is_broken(&self) -> bool {
+        self.url.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(pairs: &[(&str, &str)]) -> (Option<ExternalAuth>, Vec<String>) {
+        let a = pairs
+            .iter()
+            .map(|(k, v)| (format!("{PREFIX}{k}"), v.to_string()))
+            .collect();
+        let mut w = Vec::new();
+        let got = read(&a, &mut |k: &str, m: String| w.push(format!("{k}: {m}")));
+        (got, w)
+    }
+
+    #[test]
+    fn oauth2_proxy_settings_as_its_guide_writes_them() {
+        let (a, w) = read_all(&[
+            ("auth-url", "https://$host/oauth2/auth"),
+            (
+                "auth-signin",
+                "https://$host/oauth2/start?rd=$escaped_request_uri",
+            ),
+            (
+                "auth-response-headers",
+                "X-Auth-Request-User, X-Auth-Request-Email",
+            ),
+        ]);
+        assert!(w.is_empty(), "{w:?}");
+        let a = a.unwrap();
+        assert_eq!(a.method, Method::GET);
+        let vars = |v: Var| match v {
+            Var::Host => "shop.test".to_string(),
+            Var::EscapedRequestUri => "%2Fcart%3Fx%3D1".to_string(),
+            _ => "?".to_string(),
+        };
+        assert_eq!(a.url.render(vars), "https://shop.test/oauth2/auth");
+        assert_eq!(
+            a.signin.unwrap().render(vars),
+            "https://shop.test/oauth2/start?rd=%2Fcart%3Fx%3D1"
+        );
+        assert_eq!(a.response_headers.len(), 2);
+        assert_eq!(a.url.to_string(), "https://$host/oauth2/auth");
+    }
+
+    #[test]
+    fn a_bad_url_refuses_every_request_rather_than_none() {
+        for bad in ["ftp://auth", "http://a/$request_body", "http://a b/"] {
+            let (a, w) = read_all(&[("auth-url", bad)]);
+            assert!(a.unwrap().is_broken(), "{bad}");
+            assert_eq!(w.len(), 1, "{bad}: {w:?}");
+        }
+        let (a, w) = read_all(&[
+            ("auth-url", "http://auth.svc/check"),
+            ("auth-method", "get it"),
+            ("auth-signin", "$host/x"),
+        ]);
+        let a = a.unwrap();
+        assert!(!a.is_broken() && a.signin.is_none() && a.method == Method::GET);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(read_all(&[]).0.is_none());
+    }
+}

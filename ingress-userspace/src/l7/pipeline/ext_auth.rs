@@ -59,7 +59,16 @@ fn escaped(s: &str) -> String {
 
 fn variable(asked: &Asked<'_>, v: Var) -> String {
     match v {
-        Var::Host => asked.host.and_then(normalize_host).unwrap_or_default(),
+        // A host name or nothing: a Host with other characters must not
+        // reshape the URL it is put in (the check then fails: 500).
+        Var::Host => asked
+            .host
+            .and_then(normalize_host)
+            .filter(|h| {
+                h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            })
+            .unwrap_or_default(),
         Var::Scheme => scheme(asked).into(),
         Var::RequestUri => asked.target.to_string(),
         Var::EscapedRequestUri => escaped(asked.target),

@@ -162,10 +162,11 @@ fn cpu_time(pid: u32) -> Duration {
 /// the load costs little next to what it measures: with a client library
 /// the load itself is what runs out of CPU first on a new connection per
 /// request, and every target looks alike.
-async fn load(addr: SocketAddr, host: &'static str, path: &'static str, keepalive: bool) -> Run {
+async fn load(addr: SocketAddr, request: Vec<u8>) -> Run {
     let started = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let request = Arc::new(request(host, path, keepalive));
+    let keepalive = !request.windows(17).any(|w| w == b"Connection: close");
+    let request = Arc::new(request);
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
         let next = next.clone();
@@ -231,14 +232,20 @@ async fn load(addr: SocketAddr, host: &'static str, path: &'static str, keepaliv
     }
 }
 
-fn request(host: &str, path: &str, keepalive: bool) -> Vec<u8> {
+/// `GET path` to `host`, with `extra` header lines (each ending in CRLF).
+fn request(host: &str, path: &str, keepalive: bool, extra: &str) -> Vec<u8> {
     let close = if keepalive {
         ""
     } else {
         "Connection: close\r\n"
     };
-    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{close}\r\n").into_bytes()
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}{close}\r\n").into_bytes()
 }
+
+/// What a returning browser sends to the features round's host: its
+/// session cookie and its Origin.
+const FEATURES_HEADERS: &str =
+    "Cookie: INGRESSCOOKIE=0123456789abcdef\r\nOrigin: https://app.test\r\n";
 
 /// One request and its response: Ok(whether the connection may be reused)
 /// for a 200 whose whole body (by Content-Length, which the upstream and
@@ -300,6 +307,57 @@ spec:
       paths:
       - {path: /, pathType: Prefix, backend: {service: {name: up, port: {number: 80}}}}
       - {path: /cart, pathType: Prefix, backend: {service: {name: up, port: {number: 80}}}}
+"#;
+
+/// The features round's host for ingressd: the same canary, affinity and
+/// CORS as the nginx server block, by annotations.
+const FEATURES: &str = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: up-canary}
+spec:
+  ports: [{port: 80, targetPort: {up_port}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: up-canary-1, labels: {kubernetes.io/service-name: up-canary}}
+addressType: IPv4
+ports: [{port: {up_port}}]
+endpoints: [{addresses: ["127.0.0.1"]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: features
+  annotations:
+    nginx.ingress.kubernetes.io/affinity: cookie
+    nginx.ingress.kubernetes.io/enable-cors: "true"
+    nginx.ingress.kubernetes.io/cors-allow-origin: https://app.test
+spec:
+  ingressClassName: ebpf
+  rules:
+  - host: features.test
+    http:
+      paths:
+      - {path: /cart, pathType: Prefix, backend: {service: {name: up, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: features-canary
+  annotations:
+    nginx.ingress.kubernetes.io/canary: "true"
+    nginx.ingress.kubernetes.io/canary-by-header: X-Canary
+    nginx.ingress.kubernetes.io/canary-by-cookie: beta
+    nginx.ingress.kubernetes.io/canary-weight: "20"
+spec:
+  ingressClassName: ebpf
+  rules:
+  - host: features.test
+    http:
+      paths:
+      - {path: /cart, pathType: Prefix, backend: {service: {name: up-canary, port: {number: 80}}}}
 "#;
 
 fn ten_thousand_rules() -> Snapshot {
@@ -373,6 +431,34 @@ fn nginx_proxy(
             "server {{ listen 127.0.0.1:{port}; server_name h{i}.test; {locations} }}\n"
         ));
     }
+    // The features round's host, configured by hand as ingress-nginx's
+    // annotations would have it: a canary taking X-Canary always/never,
+    // then the beta cookie, then 20 %; the session cookie hashed over the
+    // endpoints (nginx has no sticky cookie of its own: the hash is what
+    // keeps a session on one endpoint); CORS headers for a listed Origin.
+    servers.push_str(&format!(
+        "map $http_x_canary $by_header {{ always canary_up; never main_up; default $by_cookie; }}\n\
+         map $cookie_beta $by_cookie {{ always canary_up; never main_up; default $by_weight; }}\n\
+         split_clients \"$request_id\" $by_weight {{ 20% canary_up; * main_up; }}\n\
+         map $http_origin $cors_origin {{ https://app.test $http_origin; default \"\"; }}\n\
+         upstream main_up {{ hash $cookie_INGRESSCOOKIE consistent; server 127.0.0.1:{up_port}; keepalive 320; }}\n\
+         upstream canary_up {{ hash $cookie_INGRESSCOOKIE consistent; server 127.0.0.1:{up_port}; keepalive 320; }}\n\
+         server {{ listen 127.0.0.1:{port}; server_name features.test; keepalive_requests 100000;\n\
+         proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host;\n\
+         proxy_set_header X-Request-ID $request_id; proxy_set_header X-Forwarded-For $remote_addr;\n\
+         proxy_set_header X-Real-IP $remote_addr; proxy_set_header X-Forwarded-Host $host;\n\
+         proxy_set_header X-Forwarded-Port $server_port; proxy_set_header X-Forwarded-Proto $scheme;\n\
+         proxy_set_header Via \"1.1 nginx\";\n\
+         location /cart {{\n\
+         if ($request_method = OPTIONS) {{ return 204; }}\n\
+         add_header Access-Control-Allow-Origin $cors_origin always;\n\
+         add_header Access-Control-Allow-Credentials true always;\n\
+         add_header Access-Control-Allow-Methods \"GET, PUT, POST, DELETE, PATCH, OPTIONS\" always;\n\
+         add_header Access-Control-Allow-Headers \"DNT,X-CustomHeader,Keep-Alive,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,Content-Type,Authorization\" always;\n\
+         add_header Access-Control-Max-Age 1728000 always;\n\
+         add_header Vary Origin always;\n\
+         proxy_pass http://$by_header; }} }}\n"
+    ));
     let access = match log {
         Some(path) => format!(
             "{UPSTREAMINFO}\naccess_log {} upstreaminfo buffer=64k;",
@@ -466,6 +552,7 @@ fn main() -> anyhow::Result<()> {
                 .replace("shop.test", &format!("h{i}.test")),
         );
     }
+    manifests.push_str(&FEATURES.replace("{up_port}", &up_port.to_string()));
     std::fs::write(dir.join("manifests/all.yaml"), manifests)?;
 
     // Each proxy with its access log off and on (to a file, in
@@ -565,7 +652,8 @@ fn main() -> anyhow::Result<()> {
         for _ in 0..ROUNDS {
             for (i, t) in targets.iter().enumerate() {
                 let before = t.pid.map(cpu_time);
-                let run = rt.block_on(load(t.addr, "shop.test", "/cart", keepalive));
+                let req = request("shop.test", "/cart", keepalive, "");
+                let run = rt.block_on(load(t.addr, req));
                 if let (Some(pid), Some(before)) = (t.pid, before) {
                     cpu[i].0 += cpu_time(pid).saturating_sub(before);
                     cpu[i].1 += run.done;
@@ -609,6 +697,65 @@ fn main() -> anyhow::Result<()> {
     println!(
         "(ratios are against the nginx with the same logging: rps above 1, p99 and CPU below 1 mean ingressd does better; CPU is the proxy's user+system time over all its rounds, its log thread included)"
     );
+
+    // The same with the annotations ingress-nginx users turn on: a canary
+    // (header, cookie, 20 %), cookie affinity and CORS, on features.test,
+    // requests carrying a session cookie and an Origin.
+    println!(
+        "\nfeatures on (canary by header/cookie/20 %, cookie affinity, CORS), keep-alive, GET /cart on features.test with a session cookie and an Origin, median of {ROUNDS}"
+    );
+    let proxies: Vec<usize> = (0..targets.len())
+        .filter(|i| targets[*i].pid.is_some())
+        .collect();
+    let mut rounds: Vec<Vec<Run>> = proxies.iter().map(|_| Vec::new()).collect();
+    let mut cpu = vec![(Duration::ZERO, 0usize); proxies.len()];
+    for _ in 0..ROUNDS {
+        for (k, &i) in proxies.iter().enumerate() {
+            let t = &targets[i];
+            let before = t.pid.map(cpu_time);
+            let req = request("features.test", "/cart", true, FEATURES_HEADERS);
+            let run = rt.block_on(load(t.addr, req));
+            if let (Some(pid), Some(before)) = (t.pid, before) {
+                cpu[k].0 += cpu_time(pid).saturating_sub(before);
+                cpu[k].1 += run.done;
+            }
+            rounds[k].push(run);
+        }
+    }
+    let runs: Vec<Run> = rounds.into_iter().map(median).collect();
+    let per_request: Vec<Option<f64>> = cpu
+        .iter()
+        .map(|(t, n)| (*n > 0).then(|| t.as_secs_f64() * 1e6 / *n as f64))
+        .collect();
+    for (k, &i) in proxies.iter().enumerate() {
+        let t = &targets[i];
+        let r = &runs[k];
+        let us = per_request[k].map_or("-".to_string(), |us| format!("{us:.1}"));
+        let versus = t.versus.and_then(|n| proxies.iter().position(|&p| p == n));
+        let (rps_x, p99_x, cpu_x) = match versus {
+            Some(n) => (
+                format!("{:.2}x", r.rps / runs[n].rps),
+                format!("{:.2}x", ms(r.p99) / ms(runs[n].p99)),
+                match (per_request[k], per_request[n]) {
+                    (Some(a), Some(b)) => format!("{:.2}x", a / b),
+                    _ => "-".into(),
+                },
+            ),
+            None => ("".into(), "".into(), "".into()),
+        };
+        println!(
+            "{:<58} {:>9.0} {:>8.2} {:>8.2} {:>6}  {:>8} {:>8}  {:>10} {:>9}",
+            format!("{}, features", t.name),
+            r.rps,
+            ms(r.p50),
+            ms(r.p99),
+            r.errors,
+            rps_x,
+            p99_x,
+            us,
+            cpu_x
+        );
+    }
     for t in &targets {
         if let Some(pid) = t.pid {
             println!(
@@ -644,9 +791,13 @@ fn main() -> anyhow::Result<()> {
 async fn load_one(addr: SocketAddr) -> anyhow::Result<()> {
     let mut stream = TcpStream::connect(addr).await?;
     let mut buf = Vec::new();
-    exchange(&mut stream, &request("shop.test", "/cart", false), &mut buf)
-        .await
-        .map_err(|()| anyhow::anyhow!("no 200 for /cart: {}", String::from_utf8_lossy(&buf)))?;
+    exchange(
+        &mut stream,
+        &request("shop.test", "/cart", false, ""),
+        &mut buf,
+    )
+    .await
+    .map_err(|()| anyhow::anyhow!("no 200 for /cart: {}", String::from_utf8_lossy(&buf)))?;
     Ok(())
 }
 

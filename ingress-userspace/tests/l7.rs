@@ -1746,6 +1746,36 @@ async fn rate_and_connection_limits_per_client_as_ingress_nginx() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_hash_by_keeps_a_key_on_one_endpoint() {
+    let (_, yaml) = backends().await;
+    let yaml = yaml
+        + &annotated(
+            "hash.test",
+            &[("upstream-hash-by", "$http_x_user")],
+            "/",
+            "Prefix",
+        )
+        .replace("name: a, port", "name: b, port");
+    let d = Ingressd::start(BIN, &yaml).await;
+    let mut used = std::collections::BTreeSet::new();
+    for h2 in [false, true] {
+        for user in 0..16 {
+            let u = format!("user-{user}");
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..5 {
+                let (s, _, body) =
+                    request_with(d.http, h2, "GET", "hash.test", &[("x-user", &u)]).await;
+                assert_eq!(s, 200);
+                seen.insert(body.split(' ').next().unwrap_or("").to_string());
+            }
+            assert_eq!(seen.len(), 1, "h2={h2} {u}: {seen:?}");
+            used.extend(seen);
+        }
+    }
+    assert_eq!(used.into_iter().collect::<Vec<_>>(), ["b1", "b2"]);
+}
+
 /// An HTTPS endpoint (HTTP/1.1 and HTTP/2 by ALPN) with a certificate for
 /// `name` signed by `ca`, answering what it saw of the TLS connection:
 /// `tls sni=… alpn=… client-cert=yes|no version=…`. Client certificates

@@ -28,6 +28,7 @@ mod cors;
 pub mod counted;
 mod ext_auth;
 pub mod forwarding;
+mod hash_by;
 pub mod log;
 mod policy;
 pub mod request;
@@ -553,6 +554,24 @@ impl Pipeline {
                 Sticky::new(a, &route.service, cookie, &addrs, forwarding::random_u64),
             )
         });
+        // Else upstream-hash-by's endpoint (a session's wins, as in
+        // ingress-nginx, where affinity replaces the balancer).
+        let hashed = match (&session, &route.policy.hash_by) {
+            (None, Some(k)) => {
+                let req = hash_by::Request {
+                    target: head.target.as_str(),
+                    path: path.as_str(),
+                    host: head.host,
+                    client: origin.client,
+                };
+                let key = match &src {
+                    Source::Fast(r) => hash_by::key(k, &req, *r),
+                    Source::Hyper(r) => hash_by::key(k, &req, r.headers()),
+                };
+                hash_by::endpoint(&key, &addrs)
+            }
+            _ => None,
+        };
         let prepared = match src {
             // The fast client speaks plain HTTP/1.1 only.
             Source::Fast(_) if h2 || route.backend_tls.is_some() => return Forwarded::HandBack,
@@ -579,7 +598,7 @@ impl Pipeline {
             out,
             watch.as_deref(),
             &addrs,
-            session.as_ref().and_then(|(_, s)| s.prefer()),
+            session.as_ref().and_then(|(_, s)| s.prefer()).or(hashed),
             t,
             route.upstream.name(),
             &request_id,

@@ -81,8 +81,8 @@ fn unhex(k: &[u8]) -> Option<u64> {
     u64::from_str_radix(std::str::from_utf8(k).ok()?, 16).ok()
 }
 
-/// The endpoint a balanced key lands on: the one scoring highest.
-fn rendezvous(key: &[u8], addrs: &[SocketAddr]) -> Option<SocketAddr> {
+/// The endpoint a key lands on: the one scoring highest.
+pub(in crate::l7) fn rendezvous(key: &[u8], addrs: &[SocketAddr]) -> Option<SocketAddr> {
     addrs.iter().copied().max_by_key(|a| {
         let (bytes, n) = addr_bytes(*a);
         (mix(fnv(&[key, &bytes[..n]])), *a)

@@ -16,6 +16,7 @@ pub mod backend_tls;
 pub mod canary;
 pub mod cors;
 pub mod ext_auth;
+pub mod hash_by;
 pub mod rate;
 pub mod support;
 
@@ -79,6 +80,8 @@ pub struct Policy {
     pub rate: Option<rate::RateLimits>,
     /// `auth-url` and its settings.
     pub ext_auth: Option<ext_auth::ExternalAuth>,
+    /// `upstream-hash-by`: the endpoint by a hash of this key.
+    pub hash_by: Option<hash_by::HashKey>,
 }
 
 /// An address range (`10.0.0.0/8`, `2001:db8::/32`, or one address).
@@ -342,6 +345,8 @@ pub fn policy(
             n if n.starts_with("proxy-ssl-")
                 && n != "proxy-ssl-ciphers"
                 && n != "proxy-ssl-protocols" => {}
+            // Read by hash_by::read, below.
+            "upstream-hash-by" => {}
             // Read whole by ext_auth::read, below.
             "auth-url"
             | "auth-method"
@@ -389,6 +394,7 @@ pub fn policy(
     p.affinity = affinity::read(annotations, &mut warn);
     p.rate = rate::read(annotations, &mut warn);
     p.ext_auth = ext_auth::read(annotations, &mut warn);
+    p.hash_by = hash_by::read(annotations, &mut warn);
     p
 }
 

@@ -237,7 +237,12 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
     ("ssl-redirect", Honoured),
     ("temporal-redirect", Honoured),
     ("temporal-redirect-code", Honoured),
-    ("upstream-hash-by", NotSupported),
+    (
+        "upstream-hash-by",
+        Differs(
+            "rendezvous hashing, not ingress-nginx's ring: keys land on other endpoints than there, as stably (only an endpoint's own keys move when it leaves); $request_uri, $uri, $remote_addr, $host, $http_NAME, $cookie_NAME and $arg_NAME",
+        ),
+    ),
     ("upstream-hash-by-subset", NotSupported),
     ("upstream-hash-by-subset-size", NotSupported),
     ("upstream-vhost", Honoured),

@@ -1747,6 +1747,56 @@ async fn rate_and_connection_limits_per_client_as_ingress_nginx() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_aliases_and_www_redirects_as_ingress_nginx_adds_them() {
+    let (_, yaml) = backends().await;
+    let yaml =
+        yaml + &annotated(
+            "alias.test",
+            &[("server-alias", "alias2.test, *.alias3.test, shop.test")],
+            "/",
+            "Prefix",
+        ) + &annotated(
+            "www.home.test",
+            &[("from-to-www-redirect", "true")],
+            "/",
+            "Prefix",
+        ) + &annotated(
+            "bare.test",
+            &[("from-to-www-redirect", "true")],
+            "/",
+            "Prefix",
+        );
+    let d = Ingressd::start(BIN, &yaml).await;
+    for h2 in [false, true] {
+        for host in ["alias.test", "alias2.test", "x.alias3.test"] {
+            let (s, _, body) = request_with(d.http, h2, "GET", host, &[]).await;
+            assert!(
+                s == 200 && body.starts_with("a path=/x "),
+                "h2={h2} {host}: {s} {body}"
+            );
+        }
+        // shop.test has rules of its own: the alias leaves it to them.
+        let (s, _, body) = request_with(d.http, h2, "GET", "shop.test", &[]).await;
+        assert!(s == 200 && body.starts_with("a path=/x "), "{body}");
+        let (_, _, body) = send(d.http, "GET", "/cart", "shop.test", vec![]).await;
+        assert!(body.starts_with("b"), "{body}");
+        for (from, to) in [
+            ("home.test", "www.home.test"),
+            ("www.bare.test", "bare.test"),
+        ] {
+            let (s, m, _) = request_with(d.http, h2, "GET", from, &[]).await;
+            assert_eq!(s, 308, "h2={h2} {from}");
+            assert_eq!(m.get("location").unwrap(), &format!("http://{to}/x"));
+        }
+    }
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(
+        log.contains("\"shop.test\" has rules of its own; left to them"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_hash_by_keeps_a_key_on_one_endpoint() {
     let (_, yaml) = backends().await;
     let yaml = yaml

@@ -40,10 +40,12 @@ pub(super) fn answer_here(
 ) -> Result<Option<Response<Body>>, ProxyError> {
     let policy = &route.policy;
     if let Some((to, code)) = &policy.redirect {
-        // The one nginx variable such redirects use.
+        // The nginx variables such redirects use.
+        let scheme = if origin.https { "https" } else { "http" };
         return Ok(Some(redirect(
             *code,
-            &to.replace("$request_uri", target.as_str()),
+            &to.replace("$request_uri", target.as_str())
+                .replace("$scheme", scheme),
         )));
     }
     if let Some(protocol) = &policy.unsupported_backend {

@@ -180,6 +180,8 @@ fn compile_all(
 
     // Canaries attach to the routes the main Ingresses made: last.
     let mut canaries = Vec::new();
+    // Ingresses that name other names for their hosts, with those hosts.
+    let mut other_names: Vec<(String, Vec<String>, Arc<Policy>)> = Vec::new();
     for (ing, policy) in ingresses.into_iter().zip(policies) {
         if policy.canary.is_some() {
             canaries.push((ing, policy));
@@ -230,6 +232,16 @@ fn compile_all(
                     ),
                 }),
             }
+        }
+        if !policy.aliases.is_empty() || policy.www_redirect {
+            let named: Vec<String> = spec
+                .rules
+                .iter()
+                .flatten()
+                .filter_map(|r| r.host.as_deref().and_then(normalize_host))
+                .filter(|h| !h.starts_with("*."))
+                .collect();
+            other_names.push((id.clone(), named, policy.clone()));
         }
         for rp in rule_paths(&id, spec, &regex_hosts, &mut warnings) {
             let ssl_redirect = policy.force_ssl_redirect
@@ -302,6 +314,7 @@ fn compile_all(
             &mut warnings,
         );
     }
+    other_hosts(&other_names, &mut hosts, &mut table, &mut warnings);
     for (host, paths) in hosts {
         let mut rules = HostRules::default();
         for ((kind, path), route) in paths {
@@ -328,6 +341,88 @@ fn compile_all(
         }
     }
     (table, warnings)
+}
+
+/// `server-alias` and `from-to-www-redirect`: names no rule has, added
+/// as ingress-nginx adds them to a host's server block. An alias serves
+/// its host's paths (with its certificate); the www (or non-www) name
+/// redirects there with 308. A name some rule has is left to it.
+fn other_hosts(
+    ingresses: &[(String, Vec<String>, Arc<Policy>)],
+    hosts: &mut BTreeMap<String, Paths>,
+    table: &mut RouteTable,
+    warnings: &mut Vec<RouteWarning>,
+) {
+    let ruled: HashSet<String> = hosts.keys().cloned().collect();
+    for (id, named, policy) in ingresses {
+        let Some(first) = named.first() else {
+            continue;
+        };
+        // A name with rules of its own is theirs (reported); one another
+        // Ingress already took as an alias or a redirect stays its.
+        let ruled_elsewhere = |name: &str, what: &str, warnings: &mut Vec<RouteWarning>| {
+            let ruled = ruled.contains(name);
+            if ruled {
+                warnings.push(RouteWarning {
+                    ingress: id.clone(),
+                    field: format!("metadata.annotations[{}{what}]", annotations::PREFIX),
+                    message: format!("{name:?} has rules of its own; left to them"),
+                });
+            }
+            ruled
+        };
+        for alias in &policy.aliases {
+            if ruled_elsewhere(alias, "server-alias", warnings) || hosts.contains_key(alias) {
+                continue;
+            }
+            let Some(paths) = hosts.get(first).cloned() else {
+                continue;
+            };
+            hosts.insert(alias.clone(), paths);
+            if let Some(secret) = table.tls_hosts.get(first).cloned() {
+                table.tls_hosts.entry(alias.clone()).or_insert(secret);
+            }
+        }
+        if !policy.www_redirect {
+            continue;
+        }
+        for host in named {
+            let other = match host.strip_prefix("www.") {
+                Some(bare) => bare.to_string(),
+                None => format!("www.{host}"),
+            };
+            // The other name having rules is the usual case (both
+            // routed): nothing to say.
+            if ruled.contains(&other) || hosts.contains_key(&other) {
+                continue;
+            }
+            let Some(any) = hosts.get(host).and_then(|p| p.values().next()).cloned() else {
+                continue;
+            };
+            let redirect = Policy {
+                redirect: Some((
+                    format!("$scheme://{host}$request_uri"),
+                    hyper::StatusCode::PERMANENT_REDIRECT,
+                )),
+                ..Policy::default()
+            };
+            let r = route(
+                any.upstream.clone(),
+                id,
+                false,
+                &Arc::new(redirect),
+                None,
+                "/",
+            );
+            hosts
+                .entry(other.clone())
+                .or_default()
+                .insert((PathKind::Prefix, "/".into()), r);
+            if let Some(secret) = table.tls_hosts.get(host).cloned() {
+                table.tls_hosts.entry(other).or_insert(secret);
+            }
+        }
+    }
 }
 
 /// host key ("" = any host; "*.x" = wildcard) → (kind, path) → route.

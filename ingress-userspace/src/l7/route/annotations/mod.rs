@@ -82,6 +82,11 @@ pub struct Policy {
     pub ext_auth: Option<ext_auth::ExternalAuth>,
     /// `upstream-hash-by`: the endpoint by a hash of this key.
     pub hash_by: Option<hash_by::HashKey>,
+    /// `server-alias`: more names for the Ingress's hosts.
+    pub aliases: Vec<String>,
+    /// `from-to-www-redirect`: `www.` + host (or host without `www.`)
+    /// redirects to the host.
+    pub www_redirect: bool,
 }
 
 /// An address range (`10.0.0.0/8`, `2001:db8::/32`, or one address).
@@ -267,6 +272,24 @@ pub fn policy(
             "x-forwarded-prefix" => match hyper::header::HeaderValue::from_str(value) {
                 Ok(_) if !value.is_empty() => p.forwarded_prefix = Some(value.clone()),
                 _ => warn(key, bad("a header value")),
+            },
+            "server-alias" => {
+                for a in value.split(',').map(|a| a.trim().to_ascii_lowercase()) {
+                    let name = a.strip_prefix("*.").unwrap_or(&a);
+                    let ok = !name.is_empty()
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+                    if ok {
+                        p.aliases.push(a);
+                    } else if !a.is_empty() {
+                        warn(key, format!("{a:?} is not a host name; not an alias"));
+                    }
+                }
+            }
+            "from-to-www-redirect" => match boolean(value) {
+                Some(b) => p.www_redirect = b,
+                None => warn(key, bad("\"true\" or \"false\"")),
             },
             "enable-access-log" => match boolean(value) {
                 Some(b) => p.no_access_log = !b,

@@ -1797,6 +1797,34 @@ async fn server_aliases_and_www_redirects_as_ingress_nginx_adds_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_upstream_sends_to_the_cluster_ip() {
+    let (port, yaml) = backends().await;
+    // The Service's cluster IP answers as "vip", its endpoint as "a".
+    echo("vip", SocketAddr::from(([127, 0, 0, 15], port))).await;
+    let vip = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: vip}}\nspec:\n  clusterIP: 127.0.0.15\n  ports: [{{port: {port}, targetPort: {port}}}]\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: vip-1, labels: {{kubernetes.io/service-name: vip}}}}\n\
+         addressType: IPv4\nports: [{{port: {port}}}]\nendpoints: [{{addresses: [\"127.0.0.2\"]}}]\n"
+    );
+    let to_vip = |host: &str, notes: &[(&str, &str)]| {
+        annotated(host, notes, "/", "Prefix").replace(
+            "name: a, port: {number: 80}",
+            &format!("name: vip, port: {{number: {port}}}"),
+        )
+    };
+    let yaml = yaml
+        + &vip
+        + &to_vip("endpoints.test", &[])
+        + &to_vip("cluster-ip.test", &[("service-upstream", "true")]);
+    let d = Ingressd::start(BIN, &yaml).await;
+    for (host, want) in [("endpoints.test", "a"), ("cluster-ip.test", "vip")] {
+        let (s, _, body) = request_with(d.http, false, "GET", host, &[]).await;
+        assert_eq!(s, 200, "{host}: {body}");
+        assert_eq!(body.split(' ').next(), Some(want), "{host}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_hash_by_keeps_a_key_on_one_endpoint() {
     let (_, yaml) = backends().await;
     let yaml = yaml

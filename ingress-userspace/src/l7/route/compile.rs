@@ -44,6 +44,7 @@ fn resolve_backend(
     ns: &str,
     backend: &IngressBackend,
     snapshot: &Snapshot,
+    service_upstream: bool,
 ) -> Result<Upstream, String> {
     let Some(svc_ref) = &backend.service else {
         return Err("only Service backends are supported (resource backends are not)".into());
@@ -86,6 +87,26 @@ fn resolve_backend(
         name: port.name.as_deref().unwrap_or(""),
         protocol: "TCP",
     };
+    if service_upstream {
+        // nginx's service-upstream: the Service's own address, one
+        // endpoint that kube-proxy (or ingressd's socket LB) balances.
+        let ip = spec
+            .cluster_ip
+            .as_deref()
+            .filter(|ip| *ip != "None")
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+        return match ip {
+            Some(ip) => Ok(Upstream::Endpoints {
+                name,
+                addrs: vec![SocketAddr::new(ip, port.port as u16)],
+                app_protocol: port.app_protocol.clone(),
+            }),
+            None => Err(format!(
+                "service-upstream: Service {ns}/{} has no cluster IP (headless)",
+                svc_ref.name
+            )),
+        };
+    }
     let slices = snapshot.slices_of(&key);
     let mut addrs: Vec<SocketAddr> = usable_endpoints(&slices, port_ref, |_| true)
         .into_iter()
@@ -216,7 +237,15 @@ fn compile_all(
             }
         }
         if let Some(db) = &spec.default_backend {
-            let up = upstreams.get(&ns, &id, db, "spec.defaultBackend", snapshot, &mut warnings);
+            let up = upstreams.get(
+                &ns,
+                &id,
+                db,
+                "spec.defaultBackend",
+                snapshot,
+                &mut warnings,
+                policy.service_upstream,
+            );
             match &table.default_backend {
                 None => {
                     let mut r = route(up, &id, policy.force_ssl_redirect, &policy, None, "/");
@@ -271,6 +300,7 @@ fn compile_all(
                 &format!("{}.backend", rp.field),
                 snapshot,
                 &mut warnings,
+                policy.service_upstream,
             );
             let key = (rp.host.clone(), rp.kind, rp.key.clone());
             if let Some(owner) = owners.get(&key) {
@@ -509,6 +539,7 @@ impl Upstreams {
             .clone()
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn get(
         &mut self,
         ns: &str,
@@ -517,20 +548,28 @@ impl Upstreams {
         field: &str,
         snapshot: &Snapshot,
         warnings: &mut Vec<RouteWarning>,
+        service_upstream: bool,
     ) -> Arc<Upstream> {
         let name = backend_name(ns, backend);
-        let up = resolve_backend(ns, backend, snapshot).unwrap_or_else(|reason| {
-            warnings.push(RouteWarning {
-                ingress: id.to_string(),
-                field: field.to_string(),
-                message: reason.clone(),
+        let up =
+            resolve_backend(ns, backend, snapshot, service_upstream).unwrap_or_else(|reason| {
+                warnings.push(RouteWarning {
+                    ingress: id.to_string(),
+                    field: field.to_string(),
+                    message: reason.clone(),
+                });
+                Upstream::Unavailable {
+                    name: name.clone(),
+                    reason,
+                }
             });
-            Upstream::Unavailable {
-                name: name.clone(),
-                reason,
-            }
-        });
-        self.0.entry(name).or_insert_with(|| Arc::new(up)).clone()
+        // Shared by backend and by how it is reached.
+        let key = if service_upstream {
+            format!("{name} (service-upstream)")
+        } else {
+            name
+        };
+        self.0.entry(key).or_insert_with(|| Arc::new(up)).clone()
     }
 }
 
@@ -738,6 +777,7 @@ fn attach_canaries(
                       field: &str,
                       where_: &str,
                       warnings: &mut Vec<RouteWarning>| {
+        // The canary's own service-upstream: its backend is its own.
         let up = upstreams.get(
             ns,
             &id,
@@ -745,6 +785,7 @@ fn attach_canaries(
             &format!("{field}.backend"),
             snapshot,
             warnings,
+            policy.service_upstream,
         );
         if up.name() == main.upstream.name() {
             warn(

@@ -187,6 +187,9 @@ fn policy_notes(p: &Policy) -> Vec<String> {
     if let Some(a) = &p.affinity {
         notes.push(format!("affinity={a}"));
     }
+    if p.service_upstream {
+        notes.push("service-upstream".into());
+    }
     if let Some(k) = &p.hash_by {
         notes.push(format!("upstream-hash-by={}", k.source));
     }

@@ -87,6 +87,8 @@ pub struct Policy {
     /// `from-to-www-redirect`: `www.` + host (or host without `www.`)
     /// redirects to the host.
     pub www_redirect: bool,
+    /// `service-upstream`: to the Service's cluster IP, not its endpoints.
+    pub service_upstream: bool,
 }
 
 /// An address range (`10.0.0.0/8`, `2001:db8::/32`, or one address).
@@ -287,6 +289,10 @@ pub fn policy(
                     }
                 }
             }
+            "service-upstream" => match boolean(value) {
+                Some(b) => p.service_upstream = b,
+                None => warn(key, bad("\"true\" or \"false\"")),
+            },
             "from-to-www-redirect" => match boolean(value) {
                 Some(b) => p.www_redirect = b,
                 None => warn(key, bad("\"true\" or \"false\"")),

@@ -210,7 +210,7 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
     ("rewrite-target", Honoured),
     ("satisfy", NotSupported),
     ("server-alias", Honoured),
-    ("service-upstream", NotSupported),
+    ("service-upstream", Honoured),
     (
         "session-cookie-change-on-failure",
         Differs(
@@ -278,7 +278,6 @@ const OFF_BY_DEFAULT: &[&str] = &[
     "enable-owasp-core-rules",
     "http2-push-preload",
     "preserve-trailing-slash",
-    "service-upstream",
     "ssl-passthrough",
     "upstream-hash-by-subset",
     "use-gzip",

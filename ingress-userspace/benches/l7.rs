@@ -667,30 +667,12 @@ fn main() -> anyhow::Result<()> {
             .collect();
         let runs: Vec<Run> = rounds.into_iter().map(median).collect();
         for (i, t) in targets.iter().enumerate() {
-            let r = &runs[i];
-            let us = per_request[i].map_or("-".to_string(), |us| format!("{us:.1}"));
-            let (rps_x, p99_x, cpu_x) = match t.versus {
-                Some(n) => (
-                    format!("{:.2}x", r.rps / runs[n].rps),
-                    format!("{:.2}x", ms(r.p99) / ms(runs[n].p99)),
-                    match (per_request[i], per_request[n]) {
-                        (Some(a), Some(b)) => format!("{:.2}x", a / b),
-                        _ => "-".into(),
-                    },
-                ),
-                None => ("".into(), "".into(), "".into()),
-            };
-            println!(
-                "{:<58} {:>9.0} {:>8.2} {:>8.2} {:>6}  {:>8} {:>8}  {:>10} {:>9}",
-                format!("{}, {mode}", t.name),
-                r.rps,
-                ms(r.p50),
-                ms(r.p99),
-                r.errors,
-                rps_x,
-                p99_x,
-                us,
-                cpu_x
+            let base = t.versus.map(|n| (&runs[n], per_request[n]));
+            row(
+                &format!("{}, {mode}", t.name),
+                &runs[i],
+                per_request[i],
+                base,
             );
         }
     }
@@ -729,31 +711,13 @@ fn main() -> anyhow::Result<()> {
         .collect();
     for (k, &i) in proxies.iter().enumerate() {
         let t = &targets[i];
-        let r = &runs[k];
-        let us = per_request[k].map_or("-".to_string(), |us| format!("{us:.1}"));
         let versus = t.versus.and_then(|n| proxies.iter().position(|&p| p == n));
-        let (rps_x, p99_x, cpu_x) = match versus {
-            Some(n) => (
-                format!("{:.2}x", r.rps / runs[n].rps),
-                format!("{:.2}x", ms(r.p99) / ms(runs[n].p99)),
-                match (per_request[k], per_request[n]) {
-                    (Some(a), Some(b)) => format!("{:.2}x", a / b),
-                    _ => "-".into(),
-                },
-            ),
-            None => ("".into(), "".into(), "".into()),
-        };
-        println!(
-            "{:<58} {:>9.0} {:>8.2} {:>8.2} {:>6}  {:>8} {:>8}  {:>10} {:>9}",
-            format!("{}, features", t.name),
-            r.rps,
-            ms(r.p50),
-            ms(r.p99),
-            r.errors,
-            rps_x,
-            p99_x,
-            us,
-            cpu_x
+        let base = versus.map(|n| (&runs[n], per_request[n]));
+        row(
+            &format!("{}, features", t.name),
+            &runs[k],
+            per_request[k],
+            base,
         );
     }
     for t in &targets {
@@ -786,6 +750,35 @@ fn main() -> anyhow::Result<()> {
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// One line of results: a run, its CPU time per request, and its ratios
+/// to `base` (the nginx it is compared with), if any.
+fn row(label: &str, r: &Run, us: Option<f64>, base: Option<(&Run, Option<f64>)>) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (rps_x, p99_x, cpu_x) = match base {
+        Some((b, b_us)) => (
+            format!("{:.2}x", r.rps / b.rps),
+            format!("{:.2}x", ms(r.p99) / ms(b.p99)),
+            match (us, b_us) {
+                (Some(a), Some(b)) => format!("{:.2}x", a / b),
+                _ => "-".into(),
+            },
+        ),
+        None => ("".into(), "".into(), "".into()),
+    };
+    println!(
+        "{:<58} {:>9.0} {:>8.2} {:>8.2} {:>6}  {:>8} {:>8}  {:>10} {:>9}",
+        label,
+        r.rps,
+        ms(r.p50),
+        ms(r.p99),
+        r.errors,
+        rps_x,
+        p99_x,
+        us.map_or("-".to_string(), |us| format!("{us:.1}")),
+        cpu_x
+    );
 }
 
 async fn load_one(addr: SocketAddr) -> anyhow::Result<()> {

@@ -180,13 +180,7 @@ mod tests {
     use super::*;
 
     fn read_all(pairs: &[(&str, &str)]) -> (Option<Affinity>, Vec<String>) {
-        let a = pairs
-            .iter()
-            .map(|(k, v)| (format!("{PREFIX}{k}"), v.to_string()))
-            .collect();
-        let mut w = Vec::new();
-        let got = read(&a, &mut |k: &str, m: String| w.push(format!("{k}: {m}")));
-        (got, w)
+        super::super::read_with(pairs, read)
     }
 
     #[test]

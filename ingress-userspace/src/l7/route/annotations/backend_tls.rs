@@ -102,15 +102,7 @@ mod tests {
 
     #[test]
     fn nginx_defaults_and_each_setting() {
-        let read_all = |pairs: &[(&str, &str)]| {
-            let a = pairs
-                .iter()
-                .map(|(k, v)| (format!("{PREFIX}{k}"), v.to_string()))
-                .collect();
-            let mut w = Vec::new();
-            let t = read(&a, &mut |k: &str, m: String| w.push(format!("{k}: {m}")));
-            (t, w)
-        };
+        let read_all = |pairs: &[(&str, &str)]| super::super::read_with(pairs, read);
         let (t, w) = read_all(&[]);
         assert_eq!(t, TlsToBackend::default());
         assert!(w.is_empty());

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use hyper::{Method, header::HeaderName};
 
-use super::PREFIX;
+use super::{PREFIX, Token, tokens};
 
 /// An nginx variable an auth URL may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,41 +37,20 @@ pub enum Part {
 impl Template {
     fn parse(s: &str) -> Result<Self, String> {
         let mut parts = Vec::new();
-        let mut rest = s;
-        while let Some(i) = rest.find('$') {
-            if i > 0 {
-                parts.push(Part::Text(rest[..i].to_string()));
-            }
-            let after = &rest[i + 1..];
-            let (name, tail) = match after.strip_prefix('{') {
-                Some(braced) => {
-                    let end = braced.find('}').ok_or("an unclosed ${")?;
-                    (&braced[..end], &braced[end + 1..])
-                }
-                None => {
-                    let end = after
-                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                        .unwrap_or(after.len());
-                    (&after[..end], &after[end..])
-                }
-            };
-            let var = match name {
-                "host" | "http_host" | "best_http_host" => Var::Host,
-                "scheme" | "pass_access_scheme" => Var::Scheme,
-                "request_uri" => Var::RequestUri,
-                "escaped_request_uri" => Var::EscapedRequestUri,
-                "remote_addr" => Var::RemoteAddr,
-                other => {
+        for t in tokens(s)? {
+            parts.push(match t {
+                Token::Text(t) => Part::Text(t.to_string()),
+                Token::Var("host" | "http_host" | "best_http_host") => Part::Var(Var::Host),
+                Token::Var("scheme" | "pass_access_scheme") => Part::Var(Var::Scheme),
+                Token::Var("request_uri") => Part::Var(Var::RequestUri),
+                Token::Var("escaped_request_uri") => Part::Var(Var::EscapedRequestUri),
+                Token::Var("remote_addr") => Part::Var(Var::RemoteAddr),
+                Token::Var(other) => {
                     return Err(format!(
                         "${other} is not a variable ingressd fills in ($host, $scheme, $request_uri, $escaped_request_uri, $remote_addr)"
                     ));
                 }
-            };
-            parts.push(Part::Var(var));
-            rest = tail;
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_string()));
+            });
         }
         // Whatever the variables become, the text must not end the value
         // or start another header.
@@ -273,13 +252,7 @@ mod tests {
     use super::*;
 
     fn read_all(pairs: &[(&str, &str)]) -> (Option<ExternalAuth>, Vec<String>) {
-        let a = pairs
-            .iter()
-            .map(|(k, v)| (format!("{PREFIX}{k}"), v.to_string()))
-            .collect();
-        let mut w = Vec::new();
-        let got = read(&a, &mut |k: &str, m: String| w.push(format!("{k}: {m}")));
-        (got, w)
+        super::super::read_with(pairs, read)
     }
 
     #[test]

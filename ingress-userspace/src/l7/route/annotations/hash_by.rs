@@ -4,7 +4,7 @@
 //! parts; a variable not listed refuses the annotation.
 use std::collections::BTreeMap;
 
-use super::PREFIX;
+use super::{PREFIX, Token, tokens};
 
 /// One part of the key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,45 +35,26 @@ pub struct HashKey {
 
 fn parse(s: &str) -> Result<HashKey, String> {
     let mut parts = Vec::new();
-    let mut rest = s;
-    while let Some(i) = rest.find('$') {
-        if i > 0 {
-            parts.push(KeyPart::Text(rest[..i].to_string()));
-        }
-        let after = &rest[i + 1..];
-        let (name, tail) = match after.strip_prefix('{') {
-            Some(b) => {
-                let end = b.find('}').ok_or("has an unclosed ${")?;
-                (&b[..end], &b[end + 1..])
-            }
-            None => {
-                let end = after
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(after.len());
-                (&after[..end], &after[end..])
-            }
-        };
-        let part = match name {
-            "request_uri" => KeyPart::RequestUri,
-            "uri" => KeyPart::Uri,
-            "remote_addr" | "binary_remote_addr" => KeyPart::RemoteAddr,
-            "host" => KeyPart::Host,
-            n if n.len() > 5 && n.starts_with("http_") => {
+    for t in tokens(s)? {
+        parts.push(match t {
+            Token::Text(t) => KeyPart::Text(t.to_string()),
+            Token::Var("request_uri") => KeyPart::RequestUri,
+            Token::Var("uri") => KeyPart::Uri,
+            Token::Var("remote_addr" | "binary_remote_addr") => KeyPart::RemoteAddr,
+            Token::Var("host") => KeyPart::Host,
+            Token::Var(n) if n.len() > 5 && n.starts_with("http_") => {
                 KeyPart::Header(n[5..].replace('_', "-").to_ascii_lowercase())
             }
-            n if n.len() > 7 && n.starts_with("cookie_") => KeyPart::Cookie(n[7..].to_string()),
-            n if n.len() > 4 && n.starts_with("arg_") => KeyPart::Arg(n[4..].to_string()),
-            other => {
+            Token::Var(n) if n.len() > 7 && n.starts_with("cookie_") => {
+                KeyPart::Cookie(n[7..].to_string())
+            }
+            Token::Var(n) if n.len() > 4 && n.starts_with("arg_") => KeyPart::Arg(n[4..].to_string()),
+            Token::Var(other) => {
                 return Err(format!(
                     "uses ${other}, not a variable ingressd hashes by ($request_uri, $uri, $remote_addr, $host, $http_NAME, $cookie_NAME, $arg_NAME)"
                 ));
             }
-        };
-        parts.push(part);
-        rest = tail;
-    }
-    if !rest.is_empty() {
-        parts.push(KeyPart::Text(rest.to_string()));
+        });
     }
     if parts.is_empty() {
         return Err("is empty".into());

@@ -192,6 +192,59 @@ fn redirect_status(value: &str) -> Option<StatusCode> {
         .flatten()
 }
 
+/// A value's text and `$variables` in order (`$name` or `${name}`), for
+/// the annotations that may name nginx variables: each reader says which
+/// names it fills in, so nothing unknown is ever passed on.
+pub(crate) enum Token<'a> {
+    Text(&'a str),
+    Var(&'a str),
+}
+
+pub(crate) fn tokens(s: &str) -> Result<Vec<Token<'_>>, String> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        if i > 0 {
+            out.push(Token::Text(&rest[..i]));
+        }
+        let after = &rest[i + 1..];
+        let (name, tail) = match after.strip_prefix('{') {
+            Some(braced) => {
+                let end = braced.find('}').ok_or("has an unclosed ${")?;
+                (&braced[..end], &braced[end + 1..])
+            }
+            None => {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                (&after[..end], &after[end..])
+            }
+        };
+        out.push(Token::Var(name));
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        out.push(Token::Text(rest));
+    }
+    Ok(out)
+}
+
+/// For the readers' tests: `read` over these annotations (prefix added),
+/// with the warnings it gave as "key: message".
+#[cfg(test)]
+pub(crate) fn read_with<T>(
+    pairs: &[(&str, &str)],
+    read: impl FnOnce(&BTreeMap<String, String>, &mut dyn FnMut(&str, String)) -> T,
+) -> (T, Vec<String>) {
+    let a = pairs
+        .iter()
+        .map(|(k, v)| (format!("{PREFIX}{k}"), v.to_string()))
+        .collect();
+    let mut w = Vec::new();
+    let got = read(&a, &mut |k: &str, m: String| w.push(format!("{k}: {m}")));
+    (got, w)
+}
+
 /// Reads an Ingress's annotations (pure). `id` is `namespace/name`.
 pub fn policy(
     id: &str,

@@ -289,3 +289,20 @@ fn object_key(meta: &ObjectMeta, namespaced: bool) -> ObjectKey {
     };
     ObjectKey::new(ns, meta.name.clone().unwrap_or_default())
 }
+
+/// A key of a Secret: `data`, or `stringData` as written in hand-made
+/// manifests.
+pub fn secret_data(secret: &k8s_openapi::api::core::v1::Secret, name: &str) -> Option<Vec<u8>> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(name))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(name))
+                .map(|s| s.as_bytes().to_vec())
+        })
+}

@@ -13,7 +13,7 @@ use rustls::{
 };
 
 use super::route::{RouteTable, RouteWarning};
-use crate::cluster::{ObjectKey, Snapshot};
+use crate::cluster::{ObjectKey, Snapshot, secret_data};
 
 #[derive(Default)]
 struct Certs {
@@ -78,33 +78,13 @@ pub fn self_signed() -> Result<Arc<CertifiedKey>, String> {
     )
 }
 
-/// A key of a Secret: `data`, or `stringData` as written in hand-made
-/// manifests.
-pub(crate) fn secret_field(
-    secret: &k8s_openapi::api::core::v1::Secret,
-    name: &str,
-) -> Option<Vec<u8>> {
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(name))
-        .map(|b| b.0.clone())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(name))
-                .map(|s| s.as_bytes().to_vec())
-        })
-}
-
 /// `tls.crt` and `tls.key` of a Secret.
 fn secret_key_pair(snapshot: &Snapshot, key: &ObjectKey) -> Result<Arc<CertifiedKey>, String> {
     let secret = snapshot
         .secrets
         .get(key)
         .ok_or_else(|| format!("Secret {}/{} not found", key.namespace, key.name))?;
-    let field = |name: &str| secret_field(secret, name);
+    let field = |name: &str| secret_data(secret, name);
     let (Some(cert), Some(pkey)) = (field("tls.crt"), field("tls.key")) else {
         return Err(format!(
             "Secret {}/{} has no tls.crt and tls.key",

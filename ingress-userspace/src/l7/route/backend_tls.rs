@@ -15,10 +15,7 @@ use rustls::{
 };
 
 use super::annotations::backend_tls::TlsToBackend;
-use crate::{
-    cluster::{ObjectKey, Snapshot},
-    l7::tls::{certified_key, secret_field},
-};
+use crate::cluster::{ObjectKey, Snapshot, secret_data};
 
 /// How a route's endpoints are spoken to over TLS.
 pub struct BackendTls {
@@ -132,7 +129,7 @@ pub fn build(
                 .ok_or_else(|| format!("proxy-ssl-secret {ns}/{name} not found"))?,
         ),
     };
-    let field = |name: &str| secret.and_then(|s| secret_field(s, name));
+    let field = |name: &str| secret.and_then(|s| secret_data(s, name));
     let ca = field("ca.crt");
     let (cert, key) = (field("tls.crt"), field("tls.key"));
     let name_text = t.name.clone().unwrap_or_else(|| service_dns.to_string());
@@ -170,10 +167,14 @@ pub fn build(
     };
     let mut config = match (&cert, &key) {
         (Some(cert), Some(key)) => {
-            // Checked as a server certificate is, for a clear message.
-            let pair = certified_key(cert, key)?;
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("tls.crt: {e}"))?;
+            if chain.is_empty() {
+                return Err("tls.crt: no certificate in it".into());
+            }
             builder
-                .with_client_auth_cert(pair.cert.clone(), key_der(key)?)
+                .with_client_auth_cert(chain, key_der(key)?)
                 .map_err(|e| format!("tls.crt/tls.key: {e}"))?
         }
         _ => builder.with_no_client_auth(),

@@ -342,11 +342,11 @@ impl KubeSource {
             );
             // TLS to the endpoints: `proxy-ssl-secret: namespace/name`, of
             // the Ingress's own namespace (others are refused unread).
-            let annotations = ing.metadata.annotations.iter().flatten();
+            let proxy_ssl = ing.metadata.annotations.as_ref();
             out.extend(
-                annotations
-                    .filter(|(k, _)| k.as_str() == PROXY_SSL_SECRET)
-                    .filter_map(|(_, v)| v.trim().split_once('/'))
+                proxy_ssl
+                    .and_then(|a| a.get(PROXY_SSL_SECRET))
+                    .and_then(|v| v.trim().split_once('/'))
                     .filter(|(sns, name)| sns == ns && !name.is_empty())
                     .map(|(_, name)| ObjectKey::new(ns.clone(), name.to_string())),
             );

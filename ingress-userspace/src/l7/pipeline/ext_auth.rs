@@ -6,15 +6,13 @@
 //! `auth-signin`), a 403 is answered 403, and anything else, an
 //! unreachable service included, 500. One connection per check, closed
 //! after it, as nginx's without `auth-keepalive`.
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty};
 use hyper::{
     Request, Response, StatusCode, Uri,
     header::{self, HeaderName, HeaderValue},
 };
-use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 
 use super::{forwarding::Fields, trust::Origin};
 use crate::l7::{
@@ -22,9 +20,10 @@ use crate::l7::{
     http1::tokens::is_hop_by_hop,
     route::{
         annotations::ext_auth::{ExternalAuth, Var},
-        backend_tls::unverified,
+        backend_tls::{BackendTls, unverified},
         normalize_host,
     },
+    upstream::{Timeouts, body::ReqBody, connect_h1},
 };
 
 /// What the auth service said.
@@ -80,35 +79,42 @@ fn scheme(asked: &Asked<'_>) -> &'static str {
     if asked.origin.https { "https" } else { "http" }
 }
 
-/// Asks the auth service about a request with these header fields.
+fn original_url(asked: &Asked<'_>) -> String {
+    format!(
+        "{}://{}{}",
+        scheme(asked),
+        asked.host.unwrap_or_default(),
+        asked.target
+    )
+}
+
+fn unavailable() -> Decision {
+    Decision::Answer(text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "auth not available\n",
+    ))
+}
+
+/// Asks the auth service about a request with these header fields,
+/// within the route's connect and read timeouts.
 pub(super) async fn check(
     auth: &ExternalAuth,
     asked: Asked<'_>,
     fields: &impl Fields,
-    connect_timeout: Duration,
-    read_timeout: Duration,
+    t: Timeouts,
 ) -> Decision {
     if auth.is_broken() {
-        return Decision::Answer(text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "auth not available\n",
-        ));
+        return unavailable();
     }
     let url = auth.url.render(|v| variable(&asked, v));
-    let status_and_headers = tokio::time::timeout(
-        connect_timeout + read_timeout,
-        ask(auth, &url, &asked, fields, connect_timeout),
-    )
-    .await
-    .unwrap_or_else(|_| Err("timed out".into()));
-    let (status, headers) = match status_and_headers {
+    let answer = tokio::time::timeout(t.connect + t.read, ask(auth, &url, &asked, fields, t))
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()));
+    let (status, headers) = match answer {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(%url, error = %e, "auth request failed");
-            return Decision::Answer(text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "auth not available\n",
-            ));
+            return unavailable();
         }
     };
     match status {
@@ -121,14 +127,12 @@ pub(super) async fn check(
         StatusCode::UNAUTHORIZED => {
             if let Some(signin) = &auth.signin {
                 let mut to = signin.render(|v| variable(&asked, v));
-                let original = format!(
-                    "{}://{}{}",
-                    scheme(&asked),
-                    asked.host.unwrap_or_default(),
-                    asked.target
-                );
                 to.push(if to.contains('?') { '&' } else { '?' });
-                to.push_str(&format!("{}={}", auth.signin_param, escaped(&original)));
+                to.push_str(&format!(
+                    "{}={}",
+                    auth.signin_param,
+                    escaped(&original_url(&asked))
+                ));
                 if let Ok(loc) = HeaderValue::from_str(&to) {
                     let mut r = text(StatusCode::FOUND, "");
                     r.headers_mut().insert(header::LOCATION, loc);
@@ -144,10 +148,7 @@ pub(super) async fn check(
         StatusCode::FORBIDDEN => Decision::Answer(text(StatusCode::FORBIDDEN, "forbidden\n")),
         other => {
             tracing::warn!(%url, status = other.as_u16(), "auth request answered neither 2xx, 401 nor 403");
-            Decision::Answer(text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "auth not available\n",
-            ))
+            unavailable()
         }
     }
 }
@@ -158,7 +159,7 @@ async fn ask(
     url: &str,
     asked: &Asked<'_>,
     fields: &impl Fields,
-    connect_timeout: Duration,
+    t: Timeouts,
 ) -> Result<(StatusCode, hyper::HeaderMap), String> {
     let uri: Uri = url.parse().map_err(|e| format!("{url:?}: {e}"))?;
     let https = uri.scheme_str() == Some("https");
@@ -170,20 +171,13 @@ async fn ask(
     let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
     let addr: SocketAddr = match host.parse::<std::net::IpAddr>() {
         Ok(ip) => SocketAddr::new(ip, port),
-        Err(_) => tokio::time::timeout(connect_timeout, tokio::net::lookup_host((host, port)))
+        Err(_) => tokio::time::timeout(t.connect, tokio::net::lookup_host((host, port)))
             .await
             .map_err(|_| "name lookup timed out".to_string())?
             .map_err(|e| format!("{host}: {e}"))?
             .next()
             .ok_or_else(|| format!("{host}: no address"))?,
     };
-    let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    let mut req = Request::builder()
-        .method(auth.method.clone())
-        .uri(uri.path_and_query().map_or("/", |p| p.as_str()));
     // The client's headers, without its body's or the connection's.
     let mut headers = hyper::HeaderMap::new();
     fields.each(|n, v| {
@@ -201,89 +195,49 @@ async fn ask(
             headers.append(name, v);
         }
     });
-    let set = |h: &mut hyper::HeaderMap, n: &'static str, v: String| {
+    let mut set = |n: &'static str, v: String| {
         if let Ok(v) = HeaderValue::from_str(&v) {
-            h.insert(HeaderName::from_static(n), v);
+            headers.insert(HeaderName::from_static(n), v);
         }
     };
-    let original_url = format!(
-        "{}://{}{}",
-        scheme(asked),
-        asked.host.unwrap_or_default(),
-        asked.target
-    );
-    set(&mut headers, "x-original-uri", asked.target.to_string());
-    set(&mut headers, "x-scheme", scheme(asked).to_string());
-    set(&mut headers, "x-original-url", original_url);
-    set(&mut headers, "x-original-method", asked.method.to_string());
+    set("x-original-uri", asked.target.to_string());
+    set("x-scheme", scheme(asked).to_string());
+    set("x-original-url", original_url(asked));
+    set("x-original-method", asked.method.to_string());
+    set("x-sent-from", "nginx-ingress-controller".into());
+    set("x-real-ip", asked.origin.client.to_string());
+    set("x-forwarded-for", asked.origin.client.to_string());
     set(
-        &mut headers,
-        "x-sent-from",
-        "nginx-ingress-controller".into(),
-    );
-    set(&mut headers, "x-real-ip", asked.origin.client.to_string());
-    set(
-        &mut headers,
-        "x-forwarded-for",
-        asked.origin.client.to_string(),
-    );
-    set(
-        &mut headers,
         "x-auth-request-redirect",
         auth.request_redirect
             .clone()
             .unwrap_or_else(|| asked.target.to_string()),
     );
-    set(&mut headers, "host", authority.as_str().to_string());
+    set("host", authority.as_str().to_string());
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    if let Some(h) = req.headers_mut() {
-        *h = headers;
-    }
-    let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
-    let resp = if https {
-        let name = rustls::pki_types::ServerName::try_from(host.to_string())
-            .map_err(|e| format!("{host}: {e}"))?;
-        let connector = tokio_rustls::TlsConnector::from(unverified());
-        let s = tokio::time::timeout(connect_timeout, connector.connect(name, stream))
-            .await
-            .map_err(|_| "TLS handshake timed out".to_string())?
-            .map_err(|e| format!("TLS: {e}"))?;
-        exchange(TokioIo::new(s), req).await?
+    let mut req = Request::builder()
+        .method(auth.method.clone())
+        .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .body(ReqBody::default())
+        .map_err(|e| e.to_string())?;
+    *req.headers_mut() = headers;
+    // An https URL: not verified, as nginx's proxy_pass, but with SNI.
+    let tls = if https {
+        let name = ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))?;
+        Some(BackendTls {
+            id: 0,
+            config: unverified(),
+            name,
+        })
     } else {
-        exchange(TokioIo::new(stream), req).await?
+        None
     };
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    // The body is not used; read a little of it so the server is not cut
-    // off mid-write, never more.
-    let _ = tokio::time::timeout(Duration::from_millis(100), async {
-        let mut body = resp.into_body();
-        let mut n = 0usize;
-        while let Some(Ok(f)) = body.frame().await {
-            n += f.data_ref().map_or(0, Bytes::len);
-            if n > 64 * 1024 {
-                break;
-            }
-        }
-    })
-    .await;
-    Ok((status, headers))
-}
-
-async fn exchange<I>(
-    io: I,
-    req: Request<Empty<Bytes>>,
-) -> Result<Response<hyper::body::Incoming>, String>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+    let mut sender = connect_h1(addr, tls.as_ref(), t)
         .await
         .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    sender.send_request(req).await.map_err(|e| e.to_string())
+    // The body is not read: the connection closes with the answer.
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    Ok((resp.status(), resp.headers().clone()))
 }
 
 #[cfg(test)]

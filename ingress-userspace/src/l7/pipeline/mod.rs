@@ -125,14 +125,28 @@ struct Outgoing {
     watch: Option<Arc<BodyWatch>>,
 }
 
-/// The request's `Origin` header (read only for a route with CORS).
-fn request_origin(src: &Source<'_>) -> Option<Bytes> {
-    match src {
-        Source::Fast(req) => req.value("origin"),
-        Source::Hyper(req) => req
-            .headers()
-            .get(header::ORIGIN)
-            .map(|v| Bytes::copy_from_slice(v.as_bytes())),
+/// The request's header fields, whichever server read it: what the
+/// per-request readers (canary, cookies, auth, hash keys) take.
+impl Fields for Source<'_> {
+    fn each<'s>(&'s self, f: impl FnMut(&'s [u8], &'s [u8])) {
+        match self {
+            Source::Fast(req) => req.each(f),
+            Source::Hyper(req) => req.headers().each(f),
+        }
+    }
+
+    fn first(&self, name: &str) -> Option<&[u8]> {
+        match self {
+            Source::Fast(req) => req.first(name),
+            Source::Hyper(req) => req.headers().first(name),
+        }
+    }
+
+    fn count(&self) -> usize {
+        match self {
+            Source::Fast(req) => req.count(),
+            Source::Hyper(req) => req.headers().count(),
+        }
     }
 }
 
@@ -231,26 +245,23 @@ impl Pipeline {
         for (slot, stats) in slots.into_iter().zip(handles) {
             *slot = StatsHandle(Some(stats));
         }
+        // What outlives the table, kept for the routes that still use it:
+        // limiters, endpoints' state, TLS connections.
         let mut limited = HashMap::new();
-        for r in table.routes_mut() {
+        let mut tls_live = HashSet::new();
+        for r in table.routes() {
             if let Some(rate) = &r.policy.rate {
                 limited
                     .entry(r.ingress.clone())
                     .or_insert_with(|| self.limiters.get(&r.ingress, rate));
             }
+            if let Some(Ok(t)) = &r.backend_tls {
+                tls_live.insert(t.id);
+            }
         }
         self.limiters.retain(&limited.keys().cloned().collect());
         self.limited.store(Arc::new(limited));
         let live: HashSet<SocketAddr> = table.endpoints().collect();
-        let mut tls_live = HashSet::new();
-        for r in table.routes_mut() {
-            let canary = r.canary.as_ref().map(|c| &c.route);
-            for r in std::iter::once(&*r).chain(canary) {
-                if let Some(Ok(t)) = &r.backend_tls {
-                    tls_live.insert(t.id);
-                }
-            }
-        }
         self.routes.store(Arc::new(table));
         self.upstreams.retain(&live, &tls_live);
     }
@@ -351,19 +362,14 @@ impl Pipeline {
         let started = Instant::now();
         // Held to the end: the chosen route is borrowed from it.
         let table = self.routes.load_full();
-        let origin = match &src {
-            _ if !self.trust.use_forwarded_headers => self.trust.origin(conn, None, None),
-            Source::Fast(req) => self.trust.origin(
+        let origin = if self.trust.use_forwarded_headers {
+            self.trust.origin(
                 conn,
-                joined(*req, "x-forwarded-for").as_deref(),
-                req.first("x-forwarded-proto"),
-            ),
-            Source::Hyper(req) => {
-                let h = req.headers();
-                let xff = joined(h, "x-forwarded-for");
-                self.trust
-                    .origin(conn, xff.as_deref(), h.first("x-forwarded-proto"))
-            }
+                joined(&src, "x-forwarded-for").as_deref(),
+                src.first("x-forwarded-proto"),
+            )
+        } else {
+            self.trust.origin(conn, None, None)
         };
         // Dropped before the answer (hyper's server drops a request whose
         // client left), it is still counted and logged: 499.
@@ -390,14 +396,7 @@ impl Pipeline {
             };
             // A canary's route has the main route's policy: choosing
             // first changes nothing but the backend and the labels.
-            let r = if r.canary.is_none() {
-                r
-            } else {
-                match &src {
-                    Source::Fast(req) => canary::choose(r, *req),
-                    Source::Hyper(req) => canary::choose(r, req.headers()),
-                }
-            };
+            let r = canary::choose(r, &src);
             let _ = unanswered.route.set(r);
             // What only hyper's client does goes to hyper's server now,
             // before anything is counted or asked (it runs this again).
@@ -406,7 +405,7 @@ impl Pipeline {
             }
             policy::check_source(r, origin)?;
             if let Some(c) = &r.policy.cors
-                && let Some(allow) = cors::allow_origin(c, request_origin(&src).as_deref())
+                && let Some(allow) = cors::allow_origin(c, src.first("origin"))
             {
                 if head.method == Method::OPTIONS {
                     return Ok(Forwarded::Done(Ok(cors::preflight(c, allow))));
@@ -428,15 +427,7 @@ impl Pipeline {
                     origin,
                 };
                 let t = self.timeouts(r);
-                let decision = match &src {
-                    Source::Fast(req) => {
-                        ext_auth::check(auth, asked, *req, t.connect, t.read).await
-                    }
-                    Source::Hyper(req) => {
-                        ext_auth::check(auth, asked, req.headers(), t.connect, t.read).await
-                    }
-                };
-                match decision {
+                match ext_auth::check(auth, asked, &src, t).await {
                     ext_auth::Decision::Allow(headers) => from_auth = headers,
                     ext_auth::Decision::Answer(resp) => return Ok(Forwarded::Done(Ok(resp))),
                 }
@@ -545,10 +536,7 @@ impl Pipeline {
         let h2 = speaks_h2_upstream(route);
         // The session's endpoint, read before the request moves on.
         let session = route.policy.affinity.as_ref().map(|a| {
-            let cookie = match &src {
-                Source::Fast(req) => forwarding::cookie(*req, &a.name),
-                Source::Hyper(req) => forwarding::cookie(req.headers(), &a.name),
-            };
+            let cookie = forwarding::cookie(&src, &a.name);
             (
                 a,
                 Sticky::new(a, &route.service, cookie, &addrs, forwarding::random_u64),
@@ -564,17 +552,14 @@ impl Pipeline {
                     host: head.host,
                     client: origin.client,
                 };
-                let key = match &src {
-                    Source::Fast(r) => hash_by::key(k, &req, *r),
-                    Source::Hyper(r) => hash_by::key(k, &req, r.headers()),
-                };
-                hash_by::endpoint(&key, &addrs)
+                hash_by::endpoint(&hash_by::key(k, &req, &src), &addrs)
             }
             _ => None,
         };
         let prepared = match src {
-            // The fast client speaks plain HTTP/1.1 only.
-            Source::Fast(_) if h2 || route.backend_tls.is_some() => return Forwarded::HandBack,
+            // run() hands these back before anything is counted; kept
+            // here too, as the fast client speaks plain HTTP/1.1 only.
+            Source::Fast(_) if needs_hyper(route) => return Forwarded::HandBack,
             Source::Fast(req) => self.prepare_fast(req, head, path, route, origin, addrs[0]),
             Source::Hyper(req) => {
                 self.prepare_hyper(req, head, path, route, origin, addrs[0], h2, from_auth)
@@ -1060,7 +1045,6 @@ fn rewritten<'a>(
     }
 }
 
-/// Whether the route's requests go to its endpoints in HTTP/2.
 /// A route whose requests only hyper's client can send (HTTP/2 or TLS to
 /// the endpoints), or that needs the request's headers after the fast
 /// path would have written them (external auth).
@@ -1068,6 +1052,7 @@ fn needs_hyper(route: &Route) -> bool {
     speaks_h2_upstream(route) || route.backend_tls.is_some() || route.policy.ext_auth.is_some()
 }
 
+/// Whether the route's requests go to its endpoints in HTTP/2.
 fn speaks_h2_upstream(route: &Route) -> bool {
     route.policy.h2
         || matches!(&*route.upstream, Upstream::Endpoints { app_protocol: Some(p), .. } if speaks_h2(p))

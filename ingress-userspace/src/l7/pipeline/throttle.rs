@@ -155,10 +155,6 @@ impl Limiter {
         }
     }
 
-    pub fn config(&self) -> &RateLimits {
-        &self.config
-    }
-
     /// Lets a request from `ip` through, or says which limit refused it.
     /// The slot, if any, is to be held until the response is sent.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Option<Slot>, Refused> {

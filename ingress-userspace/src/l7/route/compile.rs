@@ -173,7 +173,7 @@ fn compile_all(
     let mut hosts: BTreeMap<String, Paths> = BTreeMap::new();
     let mut owners: HashMap<(String, PathKind, String), String> = HashMap::new();
     let mut table = RouteTable::default();
-    let mut upstreams = Upstreams::default();
+    let mut upstreams = Upstreams::new(snapshot);
 
     // Annotations first: as in ingress-nginx, `use-regex` (or
     // `rewrite-target`) on any Ingress makes every Prefix and
@@ -242,14 +242,13 @@ fn compile_all(
                 &id,
                 db,
                 "spec.defaultBackend",
-                snapshot,
                 &mut warnings,
                 policy.service_upstream,
             );
             match &table.default_backend {
                 None => {
                     let mut r = route(up, &id, policy.force_ssl_redirect, &policy, None, "/");
-                    r.backend_tls = upstreams.tls(&policy, &ns, &id, db, snapshot, &mut warnings);
+                    r.backend_tls = upstreams.tls(&policy, &ns, &id, db, &mut warnings);
                     table.default_backend = Some(r);
                 }
                 Some(r) => warnings.push(RouteWarning {
@@ -298,7 +297,6 @@ fn compile_all(
                 &id,
                 rp.backend,
                 &format!("{}.backend", rp.field),
-                snapshot,
                 &mut warnings,
                 policy.service_upstream,
             );
@@ -323,8 +321,7 @@ fn compile_all(
                 &rp.key
             };
             let mut route = route(upstream, &id, ssl_redirect, &policy, pattern, location);
-            route.backend_tls =
-                upstreams.tls(&policy, &ns, &id, rp.backend, snapshot, &mut warnings);
+            route.backend_tls = upstreams.tls(&policy, &ns, &id, rp.backend, &mut warnings);
             hosts
                 .entry(rp.host)
                 .or_default()
@@ -340,7 +337,6 @@ fn compile_all(
             &mut table,
             &mut upstreams,
             patterns,
-            snapshot,
             &mut warnings,
         );
     }
@@ -488,15 +484,24 @@ fn route(
 
 /// Backends resolved once per table: one shared upstream per backend, so
 /// balancing state is shared too; their TLS settings likewise.
-#[derive(Default)]
-struct Upstreams(
-    HashMap<String, Arc<Upstream>>,
-    HashMap<(String, String), TlsState>,
-);
+struct Upstreams<'s> {
+    snapshot: &'s Snapshot,
+    resolved: HashMap<String, Arc<Upstream>>,
+    /// By Ingress, namespace and Service.
+    tls: HashMap<(String, String, String), TlsState>,
+}
 
 type TlsState = Option<Result<Arc<BackendTls>, Arc<str>>>;
 
-impl Upstreams {
+impl<'s> Upstreams<'s> {
+    fn new(snapshot: &'s Snapshot) -> Self {
+        Self {
+            snapshot,
+            resolved: HashMap::new(),
+            tls: HashMap::new(),
+        }
+    }
+
     /// TLS to `backend`'s endpoints when the Ingress asks for it (made
     /// once per Ingress and backend; a failure reported once).
     fn tls(
@@ -505,7 +510,6 @@ impl Upstreams {
         ns: &str,
         id: &str,
         backend: &IngressBackend,
-        snapshot: &Snapshot,
         warnings: &mut Vec<RouteWarning>,
     ) -> TlsState {
         let t = policy.backend_tls.as_ref()?;
@@ -515,8 +519,9 @@ impl Upstreams {
         // borrows another namespace's client key.
         let owner = id.split('/').next().unwrap_or(ns);
         let foreign = t.secret.as_ref().filter(|(sns, _)| sns != owner);
-        self.1
-            .entry((id.to_string(), svc.to_string()))
+        let snapshot = self.snapshot;
+        self.tls
+            .entry((id.to_string(), ns.to_string(), svc.to_string()))
             .or_insert_with(|| {
                 let built = match foreign {
                     Some((sns, name)) => Err(format!(
@@ -539,20 +544,18 @@ impl Upstreams {
             .clone()
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn get(
         &mut self,
         ns: &str,
         id: &str,
         backend: &IngressBackend,
         field: &str,
-        snapshot: &Snapshot,
         warnings: &mut Vec<RouteWarning>,
         service_upstream: bool,
     ) -> Arc<Upstream> {
         let name = backend_name(ns, backend);
-        let up =
-            resolve_backend(ns, backend, snapshot, service_upstream).unwrap_or_else(|reason| {
+        let up = resolve_backend(ns, backend, self.snapshot, service_upstream).unwrap_or_else(
+            |reason| {
                 warnings.push(RouteWarning {
                     ingress: id.to_string(),
                     field: field.to_string(),
@@ -562,14 +565,18 @@ impl Upstreams {
                     name: name.clone(),
                     reason,
                 }
-            });
+            },
+        );
         // Shared by backend and by how it is reached.
         let key = if service_upstream {
             format!("{name} (service-upstream)")
         } else {
             name
         };
-        self.0.entry(key).or_insert_with(|| Arc::new(up)).clone()
+        self.resolved
+            .entry(key)
+            .or_insert_with(|| Arc::new(up))
+            .clone()
     }
 }
 
@@ -708,9 +715,8 @@ fn attach_canaries(
     regex_hosts: &HashSet<String>,
     hosts: &mut BTreeMap<String, Paths>,
     table: &mut RouteTable,
-    upstreams: &mut Upstreams,
+    upstreams: &mut Upstreams<'_>,
     patterns: &mut Patterns,
-    snapshot: &Snapshot,
     warnings: &mut Vec<RouteWarning>,
 ) {
     let Some(rule) = &policy.canary else { return };
@@ -783,7 +789,6 @@ fn attach_canaries(
             &id,
             backend,
             &format!("{field}.backend"),
-            snapshot,
             warnings,
             policy.service_upstream,
         );
@@ -814,8 +819,7 @@ fn attach_canaries(
         route.service = Arc::from(up.name());
         route.upstream = up;
         // The main Ingress's TLS settings, for the canary's Service.
-        route.backend_tls =
-            upstreams.tls(&main.policy, ns, &main.ingress, backend, snapshot, warnings);
+        route.backend_tls = upstreams.tls(&main.policy, ns, &main.ingress, backend, warnings);
         main.canary = Some(Box::new(Canary {
             route,
             ingress: Arc::from(id.as_str()),

@@ -270,8 +270,8 @@ impl RouteTable {
         self.wildcard_hosts.get(suffix)
     }
 
-    /// Every endpoint some route can send to.
-    pub fn endpoints(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+    /// Every route, its canary's included.
+    pub fn routes(&self) -> impl Iterator<Item = &Route> + '_ {
         let hosts = self
             .exact_hosts
             .values()
@@ -286,10 +286,14 @@ impl RouteTable {
             })
             .chain(self.default_backend.iter())
             .flat_map(|r| std::iter::once(r).chain(r.canary.as_ref().map(|c| &c.route)))
-            .flat_map(|r| match &*r.upstream {
-                Upstream::Endpoints { addrs, .. } => addrs.clone(),
-                _ => Vec::new(),
-            })
+    }
+
+    /// Every endpoint some route can send to.
+    pub fn endpoints(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.routes().flat_map(|r| match &*r.upstream {
+            Upstream::Endpoints { addrs, .. } => addrs.clone(),
+            _ => Vec::new(),
+        })
     }
 
     /// Every route (their canaries hang off them), to hand each its stats

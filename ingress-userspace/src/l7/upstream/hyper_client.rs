@@ -74,6 +74,36 @@ async fn connect_io(
     }
 }
 
+/// A new HTTP/1.1 connection to `addr` (TLS over it when asked), not
+/// pooled: the pool's, and external auth's one exchange per check.
+pub(in crate::l7) async fn connect_h1(
+    addr: SocketAddr,
+    tls: Option<&BackendTls>,
+    t: Timeouts,
+) -> Result<H1Sender, ProxyError> {
+    match connect_io(addr, tls, t).await? {
+        Io::Plain(io) => handshake_h1(io).await,
+        Io::Tls(io) => handshake_h1(io).await,
+    }
+}
+
+async fn handshake_h1<I>(io: I) -> Result<H1Sender, ProxyError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        // A response head past this is refused (502), as the fast client
+        // and nginx refuse one.
+        .max_buf_size(MAX_HEAD_BYTES)
+        .handshake(io)
+        .await
+        .map_err(|e| ProxyError::ConnectFailed(Box::new(e)))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}
+
 /// An endpoint connection, plain or TLS.
 enum Io {
     Plain(TokioIo<tokio::net::TcpStream>),
@@ -98,27 +128,7 @@ impl H1Pool {
     }
 
     async fn connect(&self, addr: SocketAddr, t: Timeouts) -> Result<H1Sender, ProxyError> {
-        match connect_io(addr, self.tls.as_deref(), t).await? {
-            Io::Plain(io) => Self::handshake(io).await,
-            Io::Tls(io) => Self::handshake(io).await,
-        }
-    }
-
-    async fn handshake<I>(io: I) -> Result<H1Sender, ProxyError>
-    where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    {
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            // A response head past this is refused (502), as the fast
-            // client and nginx refuse one.
-            .max_buf_size(MAX_HEAD_BYTES)
-            .handshake(io)
-            .await
-            .map_err(|e| ProxyError::ConnectFailed(Box::new(e)))?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        Ok(sender)
+        connect_h1(addr, self.tls.as_deref(), t).await
     }
 
     /// The response, with its connection going back to the pool when the

@@ -31,7 +31,7 @@ pub mod pick;
 pub mod sticky;
 
 use body::{BodyWatch, ReadTimeout, ReqBody};
-pub(in crate::l7) use hyper_client::MAX_HEAD_BYTES;
+pub(in crate::l7) use hyper_client::{MAX_HEAD_BYTES, connect_h1};
 
 /// How long to wait for an endpoint.
 #[derive(Clone, Copy, Debug)]

@@ -135,6 +135,8 @@ metadata:
   annotations:
     nginx.ingress.kubernetes.io/backend-protocol: HTTPS
     nginx.ingress.kubernetes.io/proxy-ssl-secret: shop/upstream-ca
+    nginx.ingress.kubernetes.io/auth-type: basic
+    nginx.ingress.kubernetes.io/auth-secret: staff
 spec:
   ingressClassName: ebpf
   tls: [{hosts: [shop.test], secretName: shop-tls}]
@@ -159,6 +161,11 @@ apiVersion: v1
 kind: Secret
 metadata: {name: upstream-ca, namespace: shop}
 stringData: {ca.crt: "not checked here"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: staff, namespace: shop}
+stringData: {auth: "alice:{PLAIN}pw"}
 ---
 apiVersion: v1
 kind: Secret
@@ -190,10 +197,11 @@ async fn kube_source_gives_the_file_sources_desired_state_for_every_golden_case(
         }
         let kube = synced_source(&api, &dir, ClassConfig::default()).await;
         // Only the Secrets an Ingress of ours names (its TLS, its
-        // proxy-ssl-secret) are read, one by one.
+        // proxy-ssl-secret, its auth-secret) are read, one by one.
         let secrets: Vec<_> = kube.snapshot().secrets.keys().collect();
         let named = usize::from(yaml.contains("secretName: shop-tls"))
-            + usize::from(yaml.contains("proxy-ssl-secret: shop/upstream-ca"));
+            + usize::from(yaml.contains("proxy-ssl-secret: shop/upstream-ca"))
+            + usize::from(yaml.contains("auth-secret: staff"));
         assert_eq!(secrets.len(), named, "{secrets:?}");
         for r in api.requests().iter().filter(|r| r.contains("/secrets")) {
             assert!(r.contains("fieldSelector=metadata.name"), "{r}");

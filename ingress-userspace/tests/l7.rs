@@ -2220,6 +2220,222 @@ async fn external_auth_asks_before_each_request_as_auth_request_does() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_and_digest_auth_from_a_secret_as_ingress_nginx() {
+    use base64::Engine as _;
+    use md5::{Digest as _, Md5};
+    let served = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let app = scripted_http(Ipv4Addr::new(127, 0, 0, 15), served.clone(), |_| {
+        Response::new(Full::new(Bytes::from_static(b"app\n")))
+    })
+    .await;
+    let to_app = |host: &str, notes: &[(&str, &str)]| {
+        annotated(host, notes, "/", "Prefix").replace("name: a, port", "name: app, port")
+    };
+    // Written by openssl passwd -apr1 / -6 and sha1 | base64, as users
+    // make them; erin's is htdigest's md5("erin:Staff only:erin-pw").
+    let htpasswd = "# staff\n\
+        alice:$apr1$Xy12ab34$AtH7TmRfGH4.W/tDnHFB70\n\
+        bob:$6$tEsTsAlT$POQ9BFX4n.ZNzsBtnZJkNR2ZecB0vOEkSzWeBGPDc6QPLNl9co6qtxo8kXcfliHmE76pQAb3YjXym.qLrsmmB0\n\
+        mallory:$y$j9T$notsupported$abc\n";
+    let secret = |name: &str, data: &[(&str, &str)]| {
+        let data: String = data
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "  {k}: |\n{}",
+                    v.lines().map(|l| format!("    {l}\n")).collect::<String>()
+                )
+            })
+            .collect();
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\nstringData:\n{data}"
+        )
+    };
+    let staff = [
+        ("auth-type", "basic"),
+        ("auth-secret", "staff"),
+        ("auth-realm", "Staff only"),
+    ];
+    let yaml = service("app", app.port(), &[app.ip()])
+        + "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: ebpf}\nspec: {controller: ingress-ebpf/controller}\n"
+        + &secret("staff", &[("auth", htpasswd)])
+        + &secret(
+            "staff-map",
+            &[("carol", "{SHA}hsAaMBat8aKiQgxhKhAqvbXOPbw=")],
+        )
+        + &secret(
+            "staff-digest",
+            &[("auth", "erin:Staff only:646dc8498ebfcce824d756b52b9945c2")],
+        )
+        + &to_app("basic.test", &staff)
+        + &to_app(
+            "map.test",
+            &[
+                ("auth-type", "basic"),
+                ("auth-secret", "staff-map"),
+                ("auth-secret-type", "auth-map"),
+            ],
+        )
+        + &to_app(
+            "digest.test",
+            &[
+                ("auth-type", "digest"),
+                ("auth-secret", "staff-digest"),
+                ("auth-realm", "Staff only"),
+            ],
+        )
+        + &to_app(
+            "missing.test",
+            &[("auth-type", "basic"), ("auth-secret", "nobody")],
+        )
+        + &to_app(
+            "typo.test",
+            &[("auth-type", "basci"), ("auth-secret", "staff")],
+        );
+    let d = Ingressd::start(BIN, &yaml).await;
+    let basic = |user: &str, password: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        )
+    };
+    let md5 = |s: &str| -> String {
+        Md5::digest(s.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    for h2 in [false, true] {
+        let ask = async |host: &str, headers: &[(&str, &str)]| {
+            request_with(d.http, h2, "GET", host, headers).await
+        };
+        served.lock().unwrap().clear();
+        // No credentials, wrong ones, an unknown user, a user whose hash
+        // cannot be checked: 401 with the realm, and nothing goes on.
+        let (s, m, _) = ask("basic.test", &[]).await;
+        assert_eq!(s, 401, "h2={h2}");
+        assert_eq!(
+            m.get("www-authenticate").unwrap(),
+            "Basic realm=\"Staff only\""
+        );
+        for (user, password) in [
+            ("alice", "wrong"),
+            ("zed", "x"),
+            ("mallory", "x"),
+            ("bob", ""),
+        ] {
+            let auth = basic(user, password);
+            let (s, _, _) = ask("basic.test", &[("authorization", &auth)]).await;
+            assert_eq!(s, 401, "{user}:{password} h2={h2}");
+        }
+        assert!(served.lock().unwrap().is_empty());
+        // apr1 and SHA-512-crypt (the slow kind, twice: checked, then
+        // remembered), the Authorization header sent on as nginx does.
+        for (user, password) in [
+            ("alice", "dave-pw"),
+            ("bob", "b0b-secret"),
+            ("bob", "b0b-secret"),
+        ] {
+            let auth = basic(user, password);
+            let (s, _, body) = ask("basic.test", &[("authorization", &auth)]).await;
+            assert_eq!((s, body.as_str()), (200, "app\n"), "{user} h2={h2}");
+            let line = served.lock().unwrap().pop().unwrap();
+            assert!(line.contains(&format!(" authorization={auth} ")), "{line}");
+        }
+        // auth-map: a key per user.
+        let carol = basic("carol", "carol-pw");
+        assert_eq!(ask("map.test", &[("authorization", &carol)]).await.0, 200);
+        assert_eq!(ask("basic.test", &[("authorization", &carol)]).await.0, 401);
+        // A Secret that is missing, an auth-type misspelt: denied (503),
+        // never open.
+        let alice = basic("alice", "dave-pw");
+        for host in ["missing.test", "typo.test"] {
+            assert_eq!(
+                ask(host, &[("authorization", &alice)]).await.0,
+                503,
+                "{host}"
+            );
+        }
+        // Digest: the challenge's nonce, signed over method and URI.
+        let (s, m, _) = ask("digest.test", &[]).await;
+        assert_eq!(s, 401, "h2={h2}");
+        let challenge = m
+            .get("www-authenticate")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            challenge.starts_with("Digest ") && challenge.contains("realm=\"Staff only\""),
+            "{challenge}"
+        );
+        let nonce = challenge
+            .split("nonce=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let answer = |nc: &str, password: &str| {
+            let ha1 = md5(&format!("erin:Staff only:{password}"));
+            let response = md5(&format!("{ha1}:{nonce}:{nc}:c0ffee:auth:{}", md5("GET:/x")));
+            format!(
+                "Digest username=\"erin\", realm=\"Staff only\", nonce=\"{nonce}\", uri=\"/x\", qop=auth, nc={nc}, cnonce=\"c0ffee\", response=\"{response}\""
+            )
+        };
+        let (s, _, body) = ask(
+            "digest.test",
+            &[("authorization", &answer("00000001", "erin-pw"))],
+        )
+        .await;
+        assert_eq!((s, body.as_str()), (200, "app\n"), "h2={h2}");
+        // The same count again is a replay; a new one is not.
+        assert_eq!(
+            ask(
+                "digest.test",
+                &[("authorization", &answer("00000001", "erin-pw"))]
+            )
+            .await
+            .0,
+            401
+        );
+        assert_eq!(
+            ask(
+                "digest.test",
+                &[("authorization", &answer("00000002", "erin-pw"))]
+            )
+            .await
+            .0,
+            200
+        );
+        assert_eq!(
+            ask(
+                "digest.test",
+                &[("authorization", &answer("00000003", "wrong"))]
+            )
+            .await
+            .0,
+            401
+        );
+        // Signed with a nonce ingressd did not give.
+        let forged =
+            answer("00000004", "erin-pw").replace(nonce, "1.0.00000000000000000000000000000000");
+        assert_eq!(
+            ask("digest.test", &[("authorization", &forged)]).await.0,
+            401
+        );
+    }
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    for want in [
+        "auth-secret default/nobody not found; the Ingress's paths answer 503",
+        "\"basci\" is not basic or digest",
+        "user \"mallory\": yescrypt",
+    ] {
+        assert!(log.contains(want), "{want} not in {log}");
+    }
+}
+
 /// The request head the scripted endpoint echoed, lowercased, from the
 /// whole response a raw client read.
 fn echoed_head(response: &str) -> String {

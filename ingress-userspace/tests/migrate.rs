@@ -48,7 +48,7 @@ fn the_report_on_real_looking_ingresses_matches_the_expected_one() {
         std::fs::read_to_string(&expected).unwrap(),
         "stderr: {err}"
     );
-    // Basic auth, a snippet and a bad value are lost.
+    // A mirror, a snippet and a bad value are lost.
     assert_eq!(code, 1, "{err}");
 
     // One namespace, nothing lost there: exit code 0.
@@ -109,7 +109,7 @@ async fn the_cluster_gives_the_same_report_as_its_files() {
     let (f, c) = (parse(&files.1), parse(&cluster.1));
     assert_eq!(f, c, "the cluster's report differs from its files'");
     assert_eq!(c["summary"]["ingresses"], 4);
-    assert_eq!(c["summary"]["lost"], 7);
+    assert_eq!(c["summary"]["lost"], 5);
     let admin = &c["ingresses"][0];
     assert_eq!(admin["name"], "admin");
     let snippet = admin["annotations"]

@@ -44,6 +44,9 @@ pub enum ProxyError {
     ConnectionLimited(StatusCode),
     /// The backend has no ready (or serving) endpoint.
     NoEndpoints,
+    /// The Ingress's `auth-type` cannot be checked (a bad setting, a
+    /// missing Secret): denied, as ingress-nginx's denied locations.
+    AuthDenied,
     /// `backend-protocol` asks for what is not offered.
     UnsupportedBackend,
     /// `rewrite-target` made something that is not a path.
@@ -89,7 +92,7 @@ impl ProxyError {
             NoRoute => StatusCode::NOT_FOUND,
             Forbidden => StatusCode::FORBIDDEN,
             RateLimited(s) | ConnectionLimited(s) => *s,
-            NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
+            NoEndpoints | AuthDenied => StatusCode::SERVICE_UNAVAILABLE,
             UnsupportedBackend | InvalidRewrite | NameNotResolved | ConnectFailed(_)
             | UpstreamProtocol(_) | UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             ConnectTimedOut | UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -115,7 +118,7 @@ impl ProxyError {
             | ClientBodyTimeout | BadBody | ClientLeft | RateLimited(_) | ConnectionLimited(_) => {
                 Blame::Client
             }
-            NoEndpoints | UnsupportedBackend | InvalidRewrite => Blame::Config,
+            NoEndpoints | UnsupportedBackend | InvalidRewrite | AuthDenied => Blame::Config,
             NameNotResolved | ConnectFailed(_) | ConnectTimedOut | UpstreamTimeout
             | UpstreamProtocol(_) | UpstreamFailed(_) => Blame::Upstream,
         }
@@ -149,11 +152,12 @@ impl ProxyError {
             ClientLeft => "client_left",
             RateLimited(_) => "rate_limited",
             ConnectionLimited(_) => "connection_limited",
+            AuthDenied => "auth_denied",
         }
     }
 
     /// Every label, in a fixed order (the metric's slots).
-    pub const LABELS: [&'static str; 24] = [
+    pub const LABELS: [&'static str; 25] = [
         "bad_head",
         "bad_path",
         "head_timeout",
@@ -178,6 +182,7 @@ impl ProxyError {
         "client_left",
         "rate_limited",
         "connection_limited",
+        "auth_denied",
     ];
 
     /// 1 + the label's index in `LABELS` (0 is "no error").
@@ -202,6 +207,7 @@ impl ProxyError {
             NoRoute => "default backend - 404\n",
             Forbidden => "forbidden\n",
             NoEndpoints => "no endpoints available\n",
+            AuthDenied => "service unavailable\n",
             UnsupportedBackend => "backend protocol not supported\n",
             InvalidRewrite => "rewrite-target made an invalid path\n",
             NameNotResolved => "upstream name does not resolve\n",
@@ -244,7 +250,7 @@ mod tests {
             assert!(seen.insert(l), "{l} twice");
         }
         assert_eq!(
-            ProxyError::ConnectionLimited(StatusCode::TOO_MANY_REQUESTS).code() as usize,
+            ProxyError::AuthDenied.code() as usize,
             ProxyError::LABELS.len()
         );
         assert_eq!(ProxyError::BadBody.status(), StatusCode::BAD_REQUEST);

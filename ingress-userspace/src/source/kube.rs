@@ -326,8 +326,8 @@ impl KubeSource {
         self.snapshot.remove_touching(id, &mut loaded.touched);
     }
 
-    /// The Secrets in use: `spec.tls[].secretName` and `proxy-ssl-secret`
-    /// of our Ingresses, and the default certificate's.
+    /// The Secrets in use: `spec.tls[].secretName`, `proxy-ssl-secret` and
+    /// `auth-secret` of our Ingresses, and the default certificate's.
     fn secrets_in_use(&self) -> BTreeSet<ObjectKey> {
         let mut out: BTreeSet<ObjectKey> = self.default_secret.iter().cloned().collect();
         for (key, ing) in &self.snapshot.ingresses {
@@ -340,13 +340,18 @@ impl KubeSource {
                 tls.filter_map(|t| t.secret_name.clone())
                     .map(|name| ObjectKey::new(ns.clone(), name)),
             );
-            // TLS to the endpoints: `proxy-ssl-secret: namespace/name`, of
-            // the Ingress's own namespace (others are refused unread).
-            let proxy_ssl = ing.metadata.annotations.as_ref();
+            // TLS to the endpoints: `proxy-ssl-secret: namespace/name`;
+            // the users of `auth-type`: `auth-secret: [namespace/]name`.
+            // Of the Ingress's own namespace only (others are refused
+            // unread).
+            let annotations = ing.metadata.annotations.as_ref();
+            let named = |key: &str| annotations.and_then(|a| a.get(key)).map(|v| v.trim());
+            let proxy_ssl = named(PROXY_SSL_SECRET).and_then(|v| v.split_once('/'));
+            let auth = named(AUTH_SECRET).map(|v| v.split_once('/').unwrap_or((ns, v)));
             out.extend(
-                proxy_ssl
-                    .and_then(|a| a.get(PROXY_SSL_SECRET))
-                    .and_then(|v| v.trim().split_once('/'))
+                [proxy_ssl, auth]
+                    .into_iter()
+                    .flatten()
                     .filter(|(sns, name)| sns == ns && !name.is_empty())
                     .map(|(_, name)| ObjectKey::new(ns.clone(), name.to_string())),
             );
@@ -534,6 +539,7 @@ fn explain(e: &watcher::Error, kind: Kind) -> (String, String) {
 }
 
 const PROXY_SSL_SECRET: &str = "nginx.ingress.kubernetes.io/proxy-ssl-secret";
+const AUTH_SECRET: &str = "nginx.ingress.kubernetes.io/auth-secret";
 
 /// How long a sync waits for a new Secret watch's first list (a Secret the
 /// API refuses, say, holds the rest up no longer).

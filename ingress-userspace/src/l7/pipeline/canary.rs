@@ -108,6 +108,7 @@ mod tests {
         });
         let route = Route {
             backend_tls: None,
+            users: None,
             canary: None,
             canary_of: Some(Arc::from("ns/main:80")),
             service: Arc::from(up.name()),

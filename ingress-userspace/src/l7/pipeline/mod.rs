@@ -35,6 +35,7 @@ pub mod request;
 pub mod throttle;
 pub mod trust;
 mod upgrade;
+mod user_auth;
 
 use self::{
     counted::Counted,
@@ -171,6 +172,8 @@ pub struct Pipeline {
     fast_path: bool,
     trust: Trust,
     log: Arc<AccessLog>,
+    /// What `auth-type` checks share: remembered passwords, digest counts.
+    user_checks: user_auth::Checks,
 }
 
 /// How the proxy is set up beyond its limits.
@@ -207,6 +210,7 @@ impl Pipeline {
             fast_path: options.fast_path,
             trust: options.trust,
             log: options.access_log,
+            user_checks: user_auth::Checks::default(),
         }
     }
 
@@ -417,6 +421,21 @@ impl Pipeline {
             }
             if r.policy.rate.is_some() {
                 let _ = slot.set(self.throttle(r, origin)?);
+            }
+            match &r.users {
+                None => {}
+                Some(Err(_)) => return Err(ProxyError::AuthDenied),
+                Some(Ok(users)) => {
+                    let asked = user_auth::Asked {
+                        method: head.method,
+                        target: head.target.as_str(),
+                    };
+                    if let Some(answer) =
+                        user_auth::check(users, asked, &src, &self.user_checks).await
+                    {
+                        return Ok(Forwarded::Done(Ok(answer)));
+                    }
+                }
             }
             let mut from_auth = Vec::new();
             if let Some(auth) = &r.policy.ext_auth {

@@ -18,6 +18,7 @@ use super::{
     backend_tls::{self, BackendTls},
     path_elements,
     pattern::{Budget, Patterns, REGEX_CHARS},
+    users::{self, Users},
 };
 use crate::{
     cluster::{ClassConfig, ObjectKey, PortRef, Snapshot, is_ours, usable_endpoints},
@@ -215,6 +216,7 @@ fn compile_all(
             .unwrap_or_else(|| "default".into());
         let id = ingress_id(ing);
         let Some(spec) = &ing.spec else { continue };
+        let users = users_of(&policy, &ns, &id, snapshot, &mut warnings);
         let mut budget = Budget::default();
         let mut tls_hosts = Vec::new();
         for (i, tls) in spec.tls.iter().flatten().enumerate() {
@@ -249,6 +251,7 @@ fn compile_all(
                 None => {
                     let mut r = route(up, &id, policy.force_ssl_redirect, &policy, None, "/");
                     r.backend_tls = upstreams.tls(&policy, &ns, &id, db, &mut warnings);
+                    r.users = users.clone();
                     table.default_backend = Some(r);
                 }
                 Some(r) => warnings.push(RouteWarning {
@@ -322,6 +325,7 @@ fn compile_all(
             };
             let mut route = route(upstream, &id, ssl_redirect, &policy, pattern, location);
             route.backend_tls = upstreams.tls(&policy, &ns, &id, rp.backend, &mut warnings);
+            route.users = users.clone();
             hosts
                 .entry(rp.host)
                 .or_default()
@@ -469,6 +473,7 @@ fn route(
 ) -> Route {
     Route {
         backend_tls: None,
+        users: None,
         location: Arc::from(location),
         service: Arc::from(upstream.name()),
         upstream,
@@ -480,6 +485,35 @@ fn route(
         canary: None,
         canary_of: None,
     }
+}
+
+/// The users of an Ingress's `auth-type`, or why its paths answer 503
+/// (each reason reported).
+fn users_of(
+    policy: &Policy,
+    ns: &str,
+    id: &str,
+    snapshot: &Snapshot,
+    warnings: &mut Vec<RouteWarning>,
+) -> Option<Result<Arc<Users>, Arc<str>>> {
+    let field = format!("metadata.annotations[{}auth-secret]", annotations::PREFIX);
+    let mut warn = |message: String| {
+        warnings.push(RouteWarning {
+            ingress: id.to_string(),
+            field: field.clone(),
+            message,
+        })
+    };
+    Some(match policy.user_auth.as_ref()? {
+        // Reported when the annotations were read.
+        Err(e) => Err(Arc::from(e.as_str())),
+        Ok(auth) => users::build(auth, ns, snapshot, &mut warn)
+            .map(Arc::new)
+            .map_err(|e| {
+                warn(format!("{e}; the Ingress's paths answer 503"));
+                Arc::from(e)
+            }),
+    })
 }
 
 /// Backends resolved once per table: one shared upstream per backend, so

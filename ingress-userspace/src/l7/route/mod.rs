@@ -26,9 +26,11 @@ use crate::{
 pub mod annotations;
 pub mod backend_tls;
 mod compile;
+pub mod htpasswd;
 pub mod pattern;
 mod render;
 mod rewrite;
+pub mod users;
 
 pub use compile::{compile, compile_with};
 pub use pattern::{PathRegex, Patterns};
@@ -92,6 +94,9 @@ pub struct Route {
     /// TLS to the endpoints (`backend-protocol: HTTPS|GRPCS`), or why it
     /// cannot be had (then the route answers 502).
     pub backend_tls: Option<Result<Arc<backend_tls::BackendTls>, Arc<str>>>,
+    /// `auth-type`: the users let in, or why none can be (then the route
+    /// answers 503).
+    pub users: Option<Result<Arc<users::Users>, Arc<str>>>,
     /// With `rewrite-target`: the path's pattern, whose captures the
     /// target refers to.
     pub rewrite: Option<PathRegex>,

@@ -19,6 +19,7 @@ pub mod ext_auth;
 pub mod hash_by;
 pub mod rate;
 pub mod support;
+pub mod user_auth;
 
 pub use affinity::Affinity;
 pub use canary::CanaryRule;
@@ -80,6 +81,9 @@ pub struct Policy {
     pub rate: Option<rate::RateLimits>,
     /// `auth-url` and its settings.
     pub ext_auth: Option<ext_auth::ExternalAuth>,
+    /// `auth-type` with `auth-secret`: users and passwords, or why the
+    /// paths are denied (503).
+    pub user_auth: Option<Result<user_auth::UserAuth, String>>,
     /// `upstream-hash-by`: the endpoint by a hash of this key.
     pub hash_by: Option<hash_by::HashKey>,
     /// `server-alias`: more names for the Ingress's hosts.
@@ -436,6 +440,8 @@ pub fn policy(
             | "auth-signin-redirect-param"
             | "auth-response-headers"
             | "auth-request-redirect" => {}
+            // Read whole by user_auth::read, below.
+            "auth-type" | "auth-secret" | "auth-secret-type" | "auth-realm" => {}
             // Read whole by rate::read, below.
             "limit-rps"
             | "limit-rpm"
@@ -476,6 +482,7 @@ pub fn policy(
     p.affinity = affinity::read(annotations, &mut warn);
     p.rate = rate::read(annotations, &mut warn);
     p.ext_auth = ext_auth::read(annotations, &mut warn);
+    p.user_auth = user_auth::read(annotations, &mut warn);
     p.hash_by = hash_by::read(annotations, &mut warn);
     p
 }

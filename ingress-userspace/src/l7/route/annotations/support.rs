@@ -73,11 +73,11 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
     ("auth-keepalive-timeout", NotSupported),
     ("auth-method", Honoured),
     ("auth-proxy-set-headers", NotSupported),
-    ("auth-realm", NotSupported),
+    ("auth-realm", Honoured),
     ("auth-request-redirect", Honoured),
     ("auth-response-headers", Honoured),
-    ("auth-secret", NotSupported),
-    ("auth-secret-type", NotSupported),
+    ("auth-secret", Honoured),
+    ("auth-secret-type", Honoured),
     ("auth-signin", Honoured),
     ("auth-signin-redirect-param", Honoured),
     ("auth-tls-error-page", NotSupported),
@@ -86,7 +86,12 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
     ("auth-tls-secret", NotSupported),
     ("auth-tls-verify-client", NotSupported),
     ("auth-tls-verify-depth", NotSupported),
-    ("auth-type", NotSupported),
+    (
+        "auth-type",
+        Differs(
+            "basic takes $apr1$, $1$, $5$, $6$, bcrypt, {SHA}, {SSHA} and {PLAIN} hashes, not DES or yescrypt, and refuses bcrypt cost over 12 and SHA-crypt rounds over 500,000; digest nonces last 60 s",
+        ),
+    ),
     (
         "auth-url",
         Differs(

@@ -209,6 +209,9 @@ struct ListenFlags {
     /// Secret (namespace/name) for TLS hosts without a certificate of their own [default: a self-signed one].
     #[arg(long, env = "INGRESSD_DEFAULT_SSL_CERTIFICATE")]
     default_ssl_certificate: Option<String>,
+    /// Service (namespace/name) that answers what no rule routes, on its first port [default: the built-in 404].
+    #[arg(long, env = "INGRESSD_DEFAULT_BACKEND_SERVICE")]
+    default_backend_service: Option<String>,
     /// The default backend on its own port (404 for everything, /healthz).
     #[arg(
         long,
@@ -822,6 +825,7 @@ fn main() -> std::process::ExitCode {
                 class: ClassConfig {
                     class_name: listen.ingress_class,
                     controller: listen.controller_class,
+                    default_backend: listen.default_backend_service.map(object_key),
                 },
                 limits: limits.limits(),
                 trust: Trust {
@@ -885,6 +889,7 @@ fn main() -> std::process::ExitCode {
             let class = ClassConfig {
                 class_name: ingress_class,
                 controller: controller_class,
+                default_backend: None,
             };
             let rules = Rules {
                 loopback_endpoints: allow_loopback_endpoints,

@@ -2436,6 +2436,61 @@ async fn basic_and_digest_auth_from_a_secret_as_ingress_nginx() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_backends_of_the_annotation_and_the_flag() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let spare = scripted_http(Ipv4Addr::new(127, 0, 0, 16), seen.clone(), |_| {
+        Response::new(Full::new(Bytes::from_static(b"spare\n")))
+    })
+    .await;
+    let fallback = scripted_http(Ipv4Addr::new(127, 0, 0, 16), seen.clone(), |_| {
+        Response::new(Full::new(Bytes::from_static(b"fallback\n")))
+    })
+    .await;
+    let to_app = |host: &str, notes: &[(&str, &str)]| {
+        annotated(host, notes, "/", "Prefix").replace("name: a, port", "name: app, port")
+    };
+    // app has no endpoints; spare and fallback serve on their first port.
+    let yaml = service("app", 9, &[])
+        + &service("spare", spare.port(), &[spare.ip()])
+        + &service("fallback", fallback.port(), &[fallback.ip()])
+        + "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: ebpf}\nspec: {controller: ingress-ebpf/controller}\n"
+        + &to_app("empty.test", &[("default-backend", "spare")])
+        + &to_app("plain.test", &[])
+        + &to_app("bad.test", &[("default-backend", "Not_A_Name")]);
+    let d = Ingressd::start_with(
+        BIN,
+        &yaml,
+        &["--default-backend-service", "default/fallback"],
+    )
+    .await;
+    for h2 in [false, true] {
+        let ask = async |host: &str| {
+            let (s, _, body) = request_with(d.http, h2, "GET", host, &[]).await;
+            (s, body)
+        };
+        // No endpoints: the Ingress's default-backend serves, else 503.
+        assert_eq!(ask("empty.test").await, (200, "spare\n".into()), "h2={h2}");
+        assert_eq!(ask("plain.test").await.0, 503, "h2={h2}");
+        assert_eq!(ask("bad.test").await.0, 503, "h2={h2}");
+        // No rule: the flag's Service, not the built-in 404.
+        assert_eq!(
+            ask("nowhere.test").await,
+            (200, "fallback\n".into()),
+            "h2={h2}"
+        );
+    }
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(
+        log.contains("default-backend") && log.contains("Not_A_Name"),
+        "{log}"
+    );
+    // Without the flag, the built-in 404.
+    let plain = Ingressd::start(BIN, &yaml).await;
+    let (s, _, body) = request_with(plain.http, false, "GET", "nowhere.test", &[]).await;
+    assert_eq!((s, body.as_str()), (404, "default backend - 404\n"));
+}
+
 /// The request head the scripted endpoint echoed, lowercased, from the
 /// whole response a raw client read.
 fn echoed_head(response: &str) -> String {

@@ -1,5 +1,5 @@
-//! Which Ingresses are ours: the IngressClass rule, shared by the route
-//! table, the kube source and the status writer.
+//! Which Ingresses are ours (the IngressClass rule) and what answers the
+//! rest, shared by the route table, the kube source and the status writer.
 use k8s_openapi::api::networking::v1::Ingress;
 
 use super::Snapshot;
@@ -11,6 +11,9 @@ pub struct ClassConfig {
     pub class_name: String,
     /// The `spec.controller` of IngressClasses that are ours.
     pub controller: String,
+    /// `--default-backend-service`: the Service that answers requests no
+    /// rule routes (else the built-in 404).
+    pub default_backend: Option<super::ObjectKey>,
 }
 
 impl Default for ClassConfig {
@@ -18,6 +21,7 @@ impl Default for ClassConfig {
         Self {
             class_name: "ebpf".into(),
             controller: "ingress-ebpf/controller".into(),
+            default_backend: None,
         }
     }
 }

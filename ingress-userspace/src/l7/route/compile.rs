@@ -7,7 +7,9 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressSpec};
+use k8s_openapi::api::networking::v1::{
+    Ingress, IngressBackend, IngressServiceBackend, IngressSpec, ServiceBackendPort,
+};
 
 use super::{
     Canary, HostRules, PathKind, Route, RouteTable, RouteWarning, Upstream,
@@ -247,6 +249,7 @@ fn compile_all(
                 &mut warnings,
                 policy.service_upstream,
             );
+            let up = upstreams.fallback(up, &policy, &ns, &id, &mut warnings);
             match &table.default_backend {
                 None => {
                     let mut r = route(up, &id, policy.force_ssl_redirect, &policy, None, "/");
@@ -303,6 +306,7 @@ fn compile_all(
                 &mut warnings,
                 policy.service_upstream,
             );
+            let upstream = upstreams.fallback(upstream, &policy, &ns, &id, &mut warnings);
             let key = (rp.host.clone(), rp.kind, rp.key.clone());
             if let Some(owner) = owners.get(&key) {
                 warnings.push(RouteWarning {
@@ -331,6 +335,11 @@ fn compile_all(
                 .or_default()
                 .insert((rp.kind, rp.key), route);
         }
+    }
+    if table.default_backend.is_none()
+        && let Some(key) = &class.default_backend
+    {
+        table.default_backend = Some(flag_default_backend(key, &mut upstreams, &mut warnings));
     }
     for (ing, policy) in canaries {
         attach_canaries(
@@ -487,6 +496,41 @@ fn route(
     }
 }
 
+/// The route of `--default-backend-service`: the Service's first port,
+/// labelled as ingress-nginx labels it.
+fn flag_default_backend(
+    key: &ObjectKey,
+    upstreams: &mut Upstreams<'_>,
+    warnings: &mut Vec<RouteWarning>,
+) -> Route {
+    let first = upstreams
+        .snapshot
+        .services
+        .get(key)
+        .and_then(|s| s.spec.as_ref()?.ports.as_ref()?.first().map(|p| p.port));
+    let backend = IngressBackend {
+        service: Some(IngressServiceBackend {
+            name: key.name.clone(),
+            port: Some(ServiceBackendPort {
+                number: Some(first.unwrap_or(80)),
+                name: None,
+            }),
+        }),
+        resource: None,
+    };
+    let up = upstreams.get(
+        &key.namespace,
+        "--default-backend-service",
+        &backend,
+        "--default-backend-service",
+        warnings,
+        false,
+    );
+    let mut r = route(up, "-", false, &Arc::default(), None, "/");
+    r.service = Arc::from("upstream-default-backend");
+    r
+}
+
 /// The users of an Ingress's `auth-type`, or why its paths answer 503
 /// (each reason reported).
 fn users_of(
@@ -533,6 +577,68 @@ impl<'s> Upstreams<'s> {
             snapshot,
             resolved: HashMap::new(),
             tls: HashMap::new(),
+        }
+    }
+
+    /// `up`, or when it has no endpoints and the Ingress names a
+    /// `default-backend`, that Service's endpoints under `up`'s name (as
+    /// ingress-nginx fills an empty upstream with them).
+    fn fallback(
+        &mut self,
+        up: Arc<Upstream>,
+        policy: &Policy,
+        ns: &str,
+        id: &str,
+        warnings: &mut Vec<RouteWarning>,
+    ) -> Arc<Upstream> {
+        let Some(name) = &policy.default_backend else {
+            return up;
+        };
+        let empty = match &*up {
+            Upstream::Endpoints { addrs, .. } => addrs.is_empty(),
+            Upstream::Unavailable { .. } => true,
+            Upstream::External { .. } => false,
+        };
+        if !empty {
+            return up;
+        }
+        let first = self
+            .snapshot
+            .services
+            .get(&ObjectKey::new(ns, name.clone()))
+            .and_then(|s| s.spec.as_ref()?.ports.as_ref()?.first().map(|p| p.port));
+        let backend = IngressBackend {
+            service: Some(IngressServiceBackend {
+                name: name.clone(),
+                port: Some(ServiceBackendPort {
+                    number: Some(first.unwrap_or(80)),
+                    name: None,
+                }),
+            }),
+            resource: None,
+        };
+        let field = format!(
+            "metadata.annotations[{}default-backend]",
+            annotations::PREFIX
+        );
+        let spare = self.get(ns, id, &backend, &field, warnings, false);
+        match &*spare {
+            Upstream::Endpoints {
+                addrs,
+                app_protocol,
+                ..
+            } if !addrs.is_empty() => self
+                .resolved
+                .entry(format!("{} (default-backend {})", up.name(), spare.name()))
+                .or_insert_with(|| {
+                    Arc::new(Upstream::Endpoints {
+                        name: up.name().to_string(),
+                        addrs: addrs.clone(),
+                        app_protocol: app_protocol.clone(),
+                    })
+                })
+                .clone(),
+            _ => up,
         }
     }
 

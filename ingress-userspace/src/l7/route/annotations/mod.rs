@@ -93,6 +93,9 @@ pub struct Policy {
     pub www_redirect: bool,
     /// `service-upstream`: to the Service's cluster IP, not its endpoints.
     pub service_upstream: bool,
+    /// `default-backend`: a Service of the Ingress's namespace that serves
+    /// when a backend has no endpoints (on its first port).
+    pub default_backend: Option<String>,
 }
 
 /// An address range (`10.0.0.0/8`, `2001:db8::/32`, or one address).
@@ -328,6 +331,19 @@ pub fn policy(
                     p.allow = vec![NOBODY];
                 }
             },
+            "default-backend" => {
+                let name = value.trim();
+                let ok = !name.is_empty()
+                    && name.len() <= 63
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                if ok {
+                    p.default_backend = Some(name.to_string());
+                } else {
+                    warn(key, bad("a Service name of the Ingress's namespace"));
+                }
+            }
             "x-forwarded-prefix" => match hyper::header::HeaderValue::from_str(value) {
                 Ok(_) if !value.is_empty() => p.forwarded_prefix = Some(value.clone()),
                 _ => warn(key, bad("a header value")),

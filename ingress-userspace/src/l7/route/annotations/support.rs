@@ -136,7 +136,12 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
     ("cors-max-age", Honoured),
     ("custom-headers", NotSupported),
     ("custom-http-errors", NotSupported),
-    ("default-backend", NotSupported),
+    (
+        "default-backend",
+        Differs(
+            "serves when a backend has no endpoints; custom-http-errors does not send to it yet",
+        ),
+    ),
     ("denylist-source-range", Honoured),
     ("enable-access-log", Honoured),
     ("enable-cors", Honoured),

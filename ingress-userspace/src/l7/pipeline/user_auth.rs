@@ -34,6 +34,7 @@ use crate::l7::{
     body::{Body, text},
     route::{
         annotations::user_auth::Scheme,
+        htpasswd::same,
         users::{Credential, Users},
     },
 };
@@ -381,10 +382,6 @@ fn md5_hex(parts: &[&[u8]]) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -496,19 +496,15 @@ fn route(
     }
 }
 
-/// The route of `--default-backend-service`: the Service's first port,
-/// labelled as ingress-nginx labels it.
-fn flag_default_backend(
-    key: &ObjectKey,
-    upstreams: &mut Upstreams<'_>,
-    warnings: &mut Vec<RouteWarning>,
-) -> Route {
-    let first = upstreams
-        .snapshot
+/// A backend of a Service's first port (80 when it has none or is not
+/// found: resolving it then reports why), as ingress-nginx takes default
+/// backends.
+fn first_port(key: &ObjectKey, snapshot: &Snapshot) -> IngressBackend {
+    let first = snapshot
         .services
         .get(key)
         .and_then(|s| s.spec.as_ref()?.ports.as_ref()?.first().map(|p| p.port));
-    let backend = IngressBackend {
+    IngressBackend {
         service: Some(IngressServiceBackend {
             name: key.name.clone(),
             port: Some(ServiceBackendPort {
@@ -517,7 +513,17 @@ fn flag_default_backend(
             }),
         }),
         resource: None,
-    };
+    }
+}
+
+/// The route of `--default-backend-service`: the Service's first port,
+/// labelled as ingress-nginx labels it.
+fn flag_default_backend(
+    key: &ObjectKey,
+    upstreams: &mut Upstreams<'_>,
+    warnings: &mut Vec<RouteWarning>,
+) -> Route {
+    let backend = first_port(key, upstreams.snapshot);
     let up = upstreams.get(
         &key.namespace,
         "--default-backend-service",
@@ -602,21 +608,7 @@ impl<'s> Upstreams<'s> {
         if !empty {
             return up;
         }
-        let first = self
-            .snapshot
-            .services
-            .get(&ObjectKey::new(ns, name.clone()))
-            .and_then(|s| s.spec.as_ref()?.ports.as_ref()?.first().map(|p| p.port));
-        let backend = IngressBackend {
-            service: Some(IngressServiceBackend {
-                name: name.clone(),
-                port: Some(ServiceBackendPort {
-                    number: Some(first.unwrap_or(80)),
-                    name: None,
-                }),
-            }),
-            resource: None,
-        };
+        let backend = first_port(&ObjectKey::new(ns, name.clone()), self.snapshot);
         let field = format!(
             "metadata.annotations[{}default-backend]",
             annotations::PREFIX

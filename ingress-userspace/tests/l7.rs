@@ -2491,6 +2491,133 @@ async fn default_backends_of_the_annotation_and_the_flag() {
     assert_eq!((s, body.as_str()), (404, "default backend - 404\n"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_http_errors_are_answered_by_the_default_backend() {
+    // The endpoint answers the status the client asks for.
+    let served = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let app = scripted_http(Ipv4Addr::new(127, 0, 0, 17), served.clone(), |req| {
+        let want = req
+            .headers()
+            .get("x-want")
+            .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
+            .unwrap_or(200);
+        let mut r = Response::new(Full::new(Bytes::from_static(b"app's own\n")));
+        *r.status_mut() = hyper::StatusCode::from_u16(want).unwrap();
+        r
+    })
+    .await;
+    // An error-page server as ingress-nginx's: the status of X-Code, a page
+    // naming what it was told.
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let page = |req: &Request<Incoming>| {
+        let h = |n: &str| {
+            req.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string()
+        };
+        let code = h("x-code").parse::<u16>().unwrap_or(500);
+        let text = format!(
+            "page {code} for {} {}/{} {}:{} {}\n",
+            h("x-original-uri"),
+            h("x-namespace"),
+            h("x-ingress-name"),
+            h("x-service-name"),
+            h("x-service-port"),
+            h("x-format"),
+        );
+        let mut r = Response::new(Full::new(Bytes::from(text)));
+        *r.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
+        r
+    };
+    let errors = scripted_http(Ipv4Addr::new(127, 0, 0, 17), asked.clone(), page).await;
+    let global = scripted_http(Ipv4Addr::new(127, 0, 0, 17), asked.clone(), |_| {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"global page\n")));
+        *r.status_mut() = hyper::StatusCode::IM_A_TEAPOT;
+        r
+    })
+    .await;
+    let to_app = |host: &str, notes: &[(&str, &str)]| {
+        annotated(host, notes, "/", "Prefix").replace("name: a, port", "name: app, port")
+    };
+    let yaml = service("app", app.port(), &[app.ip()])
+        + &service("errors", errors.port(), &[errors.ip()])
+        + &service("global", global.port(), &[global.ip()])
+        + "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: ebpf}\nspec: {controller: ingress-ebpf/controller}\n"
+        + &to_app(
+            "pages.test",
+            &[
+                ("custom-http-errors", "404, 503"),
+                ("default-backend", "errors"),
+            ],
+        )
+        + &to_app("global.test", &[("custom-http-errors", "404")])
+        + &to_app("bad.test", &[("custom-http-errors", "404,abc")]);
+    let d =
+        Ingressd::start_with(BIN, &yaml, &["--default-backend-service", "default/global"]).await;
+    for h2 in [false, true] {
+        let ask = async |host: &str, want: &str| {
+            let headers = [("x-want", want), ("accept", "application/json")];
+            let (s, _, body) = request_with(d.http, h2, "GET", host, &headers).await;
+            (s, body)
+        };
+        // Listed: the default backend's page, with its status, told what
+        // ingress-nginx tells it.
+        assert_eq!(
+            ask("pages.test", "404").await,
+            (
+                404,
+                "page 404 for /x default/pages-test app:80 application/json\n".into()
+            ),
+            "h2={h2}"
+        );
+        assert_eq!(ask("pages.test", "503").await.0, 503);
+        assert!(ask("pages.test", "503").await.1.starts_with("page 503"));
+        // Not listed, or fine: the endpoint's own answer.
+        assert_eq!(ask("pages.test", "500").await, (500, "app's own\n".into()));
+        assert_eq!(ask("pages.test", "200").await, (200, "app's own\n".into()));
+        // Without default-backend: --default-backend-service's Service.
+        assert_eq!(
+            ask("global.test", "404").await,
+            (418, "global page\n".into())
+        );
+        // A bad list replaces nothing.
+        assert_eq!(ask("bad.test", "404").await, (404, "app's own\n".into()));
+    }
+    // The client's POST went to the endpoint with its body; the default
+    // backend was asked with a GET without it.
+    let stream = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method("POST")
+        .uri("/x")
+        .header("host", "pages.test")
+        .header("x-want", "404")
+        .body(Full::new(Bytes::from_static(b"12345")))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let sent = served.lock().unwrap().pop().unwrap();
+    assert!(
+        sent.starts_with("POST /x ") && sent.ends_with(" body=5"),
+        "{sent}"
+    );
+    let line = asked.lock().unwrap().pop().unwrap();
+    assert!(
+        line.starts_with("GET /x ") && line.ends_with(" body=0"),
+        "{line}"
+    );
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(
+        log.contains("a list of status codes from 400 to 599"),
+        "{log}"
+    );
+}
+
 /// The request head the scripted endpoint echoed, lowercased, from the
 /// whole response a raw client read.
 fn echoed_head(response: &str) -> String {

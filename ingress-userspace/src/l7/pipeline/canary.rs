@@ -109,6 +109,7 @@ mod tests {
         let route = Route {
             backend_tls: None,
             users: None,
+            error_backend: None,
             canary: None,
             canary_of: Some(Arc::from("ns/main:80")),
             service: Arc::from(up.name()),

@@ -26,6 +26,7 @@ use hyper::{
 mod canary;
 mod cors;
 pub mod counted;
+mod error_pages;
 mod ext_auth;
 pub mod forwarding;
 mod hash_by;
@@ -451,7 +452,12 @@ impl Pipeline {
                     ext_auth::Decision::Answer(resp) => return Ok(Forwarded::Done(Ok(resp))),
                 }
             }
-            Ok(self
+            // custom-http-errors: what the default backend is told.
+            let accept = r.error_backend.as_ref().and_then(|_| {
+                src.first("accept")
+                    .and_then(|a| HeaderValue::from_bytes(a).ok())
+            });
+            let forwarded = self
                 .forward(
                     head,
                     &path,
@@ -461,7 +467,24 @@ impl Pipeline {
                     &unanswered.upstream,
                     &from_auth,
                 )
-                .await)
+                .await;
+            Ok(match forwarded {
+                Forwarded::Done(Ok(resp)) => match error_pages::backend_for(r, resp.status()) {
+                    None => Forwarded::Done(Ok(resp)),
+                    Some(backend) => {
+                        let failed = error_pages::Failed {
+                            method: head.method,
+                            target: head.target.as_str(),
+                            host: head.host,
+                            accept,
+                            client: origin.client,
+                        };
+                        let t = self.timeouts(r);
+                        Forwarded::Done(Ok(error_pages::replace(backend, r, failed, resp, t).await))
+                    }
+                },
+                other => other,
+            })
         };
         let outcome = tokio::select! {
             biased;
@@ -1068,7 +1091,10 @@ fn rewritten<'a>(
 /// the endpoints), or that needs the request's headers after the fast
 /// path would have written them (external auth).
 fn needs_hyper(route: &Route) -> bool {
-    speaks_h2_upstream(route) || route.backend_tls.is_some() || route.policy.ext_auth.is_some()
+    speaks_h2_upstream(route)
+        || route.backend_tls.is_some()
+        || route.policy.ext_auth.is_some()
+        || route.error_backend.is_some()
 }
 
 /// Whether the route's requests go to its endpoints in HTTP/2.

@@ -219,6 +219,7 @@ fn compile_all(
         let id = ingress_id(ing);
         let Some(spec) = &ing.spec else { continue };
         let users = users_of(&policy, &ns, &id, snapshot, &mut warnings);
+        let error_backend = upstreams.error_backend(&policy, &ns, &id, class, &mut warnings);
         let mut budget = Budget::default();
         let mut tls_hosts = Vec::new();
         for (i, tls) in spec.tls.iter().flatten().enumerate() {
@@ -255,6 +256,7 @@ fn compile_all(
                     let mut r = route(up, &id, policy.force_ssl_redirect, &policy, None, "/");
                     r.backend_tls = upstreams.tls(&policy, &ns, &id, db, &mut warnings);
                     r.users = users.clone();
+                    r.error_backend = error_backend.clone();
                     table.default_backend = Some(r);
                 }
                 Some(r) => warnings.push(RouteWarning {
@@ -330,6 +332,7 @@ fn compile_all(
             let mut route = route(upstream, &id, ssl_redirect, &policy, pattern, location);
             route.backend_tls = upstreams.tls(&policy, &ns, &id, rp.backend, &mut warnings);
             route.users = users.clone();
+            route.error_backend = error_backend.clone();
             hosts
                 .entry(rp.host)
                 .or_default()
@@ -483,6 +486,7 @@ fn route(
     Route {
         backend_tls: None,
         users: None,
+        error_backend: None,
         location: Arc::from(location),
         service: Arc::from(upstream.name()),
         upstream,
@@ -632,6 +636,39 @@ impl<'s> Upstreams<'s> {
                 .clone(),
             _ => up,
         }
+    }
+
+    /// Who answers an Ingress's `custom-http-errors`: its
+    /// `default-backend`, else `--default-backend-service`'s Service.
+    fn error_backend(
+        &mut self,
+        policy: &Policy,
+        ns: &str,
+        id: &str,
+        class: &ClassConfig,
+        warnings: &mut Vec<RouteWarning>,
+    ) -> Option<Arc<Upstream>> {
+        if policy.custom_errors.is_empty() {
+            return None;
+        }
+        let field = format!(
+            "metadata.annotations[{}custom-http-errors]",
+            annotations::PREFIX
+        );
+        let key = match (&policy.default_backend, &class.default_backend) {
+            (Some(name), _) => ObjectKey::new(ns, name.clone()),
+            (None, Some(key)) => key.clone(),
+            (None, None) => {
+                warnings.push(RouteWarning {
+                    ingress: id.to_string(),
+                    field,
+                    message: "no default-backend and no --default-backend-service to answer these codes; the endpoints' answers are sent".into(),
+                });
+                return None;
+            }
+        };
+        let backend = first_port(&key, self.snapshot);
+        Some(self.get(&key.namespace, id, &backend, &field, warnings, false))
     }
 
     /// TLS to `backend`'s endpoints when the Ingress asks for it (made

@@ -97,6 +97,10 @@ pub struct Route {
     /// `auth-type`: the users let in, or why none can be (then the route
     /// answers 503).
     pub users: Option<Result<Arc<users::Users>, Arc<str>>>,
+    /// `custom-http-errors`: who answers in place of the endpoints when
+    /// they answer one of those codes (`default-backend`, or
+    /// `--default-backend-service`).
+    pub error_backend: Option<Arc<Upstream>>,
     /// With `rewrite-target`: the path's pattern, whose captures the
     /// target refers to.
     pub rewrite: Option<PathRegex>,

@@ -96,6 +96,9 @@ pub struct Policy {
     /// `default-backend`: a Service of the Ingress's namespace that serves
     /// when a backend has no endpoints (on its first port).
     pub default_backend: Option<String>,
+    /// `custom-http-errors`: the endpoints' answers of these codes are
+    /// replaced by the default backend's.
+    pub custom_errors: Vec<u16>,
 }
 
 /// An address range (`10.0.0.0/8`, `2001:db8::/32`, or one address).
@@ -331,6 +334,21 @@ pub fn policy(
                     p.allow = vec![NOBODY];
                 }
             },
+            "custom-http-errors" => {
+                let codes: Option<Vec<u16>> = value
+                    .split(',')
+                    .map(|c| {
+                        c.trim()
+                            .parse::<u16>()
+                            .ok()
+                            .filter(|c| (400..=599).contains(c))
+                    })
+                    .collect();
+                match codes {
+                    Some(codes) => p.custom_errors = codes,
+                    None => warn(key, bad("a list of status codes from 400 to 599")),
+                }
+            }
             "default-backend" => {
                 let name = value.trim();
                 let ok = !name.is_empty()

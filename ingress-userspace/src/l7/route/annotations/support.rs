@@ -135,13 +135,13 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
     ("cors-expose-headers", Honoured),
     ("cors-max-age", Honoured),
     ("custom-headers", NotSupported),
-    ("custom-http-errors", NotSupported),
     (
-        "default-backend",
+        "custom-http-errors",
         Differs(
-            "serves when a backend has no endpoints; custom-http-errors does not send to it yet",
+            "answers of the endpoints only (ingressd's own 502/503/504 are not replaced); without default-backend or --default-backend-service the endpoints' answers pass",
         ),
     ),
+    ("default-backend", Honoured),
     ("denylist-source-range", Honoured),
     ("enable-access-log", Honoured),
     ("enable-cors", Honoured),

@@ -2050,6 +2050,15 @@ async fn scripted_http(
     answer: fn(&Request<Incoming>) -> Response<Full<Bytes>>,
 ) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    scripted_on(listener, seen, answer)
+}
+
+/// `scripted_http` on a listener of the caller's.
+fn scripted_on(
+    listener: tokio::net::TcpListener,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+    answer: fn(&Request<Incoming>) -> Response<Full<Bytes>>,
+) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -2616,6 +2625,142 @@ async fn custom_http_errors_are_answered_by_the_default_backend() {
         log.contains("a list of status codes from 400 to 599"),
         "{log}"
     );
+}
+
+/// Listeners on one port of several loopback addresses (a Service's
+/// endpoints share their target port), the port found by trying.
+async fn same_port(ips: &[Ipv4Addr]) -> Vec<tokio::net::TcpListener> {
+    for _ in 0..20 {
+        let first = tokio::net::TcpListener::bind((ips[0], 0)).await.unwrap();
+        let port = first.local_addr().unwrap().port();
+        let mut all = vec![first];
+        for ip in &ips[1..] {
+            match tokio::net::TcpListener::bind((*ip, port)).await {
+                Ok(l) => all.push(l),
+                Err(_) => break,
+            }
+        }
+        if all.len() == ips.len() {
+            return all;
+        }
+    }
+    panic!("no port free on all of {ips:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_next_upstream_sends_to_the_next_endpoint_as_nginx() {
+    let ips = [18, 19, 20, 21].map(|d| Ipv4Addr::new(127, 0, 0, d));
+    let mut listeners = same_port(&ips).await.into_iter();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let good = scripted_on(listeners.next().unwrap(), seen.clone(), |_| {
+        Response::new(Full::new(Bytes::from_static(b"good\n")))
+    });
+    let failing = Arc::new(std::sync::Mutex::new(Vec::new()));
+    scripted_on(listeners.next().unwrap(), failing.clone(), |_| {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"bad\n")));
+        *r.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+        r
+    });
+    // Takes the request, then hangs up without an answer.
+    let reset = listeners.next().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = reset.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt as _;
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+            });
+        }
+    });
+    // Takes the request and never answers.
+    let silent = listeners.next().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((tcp, _)) = silent.accept().await else {
+                continue;
+            };
+            held.push(tcp);
+        }
+    });
+    let ip = |i: usize| IpAddr::V4(ips[i]);
+    let port = good.port();
+    let to = |host: &str, svc: &str, notes: &[(&str, &str)]| {
+        annotated(host, notes, "/", "Prefix")
+            .replace("name: a, port", &format!("name: {svc}, port"))
+    };
+    let yaml = service("mixed", port, &[ip(0), ip(1)])
+        + &service("flaky", port, &[ip(0), ip(2)])
+        + &service("slow", port, &[ip(0), ip(3)])
+        + "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: ebpf}\nspec: {controller: ingress-ebpf/controller}\n"
+        + &to(
+            "status.test",
+            "mixed",
+            &[("proxy-next-upstream", "error timeout http_502")],
+        )
+        + &to("plain.test", "mixed", &[])
+        + &to("reset.test", "flaky", &[])
+        + &to("off.test", "flaky", &[("proxy-next-upstream", "off")])
+        + &to("once.test", "flaky", &[("proxy-next-upstream-tries", "1")])
+        + &to(
+            "post.test",
+            "flaky",
+            &[("proxy-next-upstream", "error non_idempotent")],
+        )
+        + &to("slow.test", "slow", &[("proxy-read-timeout", "1")]);
+    let d = Ingressd::start(BIN, &yaml).await;
+    // 40 requests each: half or so meet the failing endpoint first (its
+    // pick is random), so a case that does not go on shows in them.
+    let statuses = async |host: &str, method: &str, h2: bool| {
+        let mut out = Vec::new();
+        for _ in 0..40 {
+            out.push(request_with(d.http, h2, method, host, &[]).await.0);
+        }
+        out
+    };
+    for h2 in [false, true] {
+        let all_good = |v: &[u16]| v.iter().all(|s| *s == 200);
+        let some_failed = |v: &[u16]| v.contains(&502);
+        // http_502 listed: every request ends at the good endpoint.
+        failing.lock().unwrap().clear();
+        let v = statuses("status.test", "GET", h2).await;
+        assert!(all_good(&v), "h2={h2} {v:?}");
+        assert!(
+            !failing.lock().unwrap().is_empty(),
+            "the failing endpoint was never tried"
+        );
+        // The default (error timeout): a 502 answered is the answer.
+        assert!(
+            some_failed(&statuses("plain.test", "GET", h2).await),
+            "h2={h2}"
+        );
+        // A hang-up after the request left: a GET goes on by default; not
+        // with off or one try, nor a POST without non_idempotent.
+        let v = statuses("reset.test", "GET", h2).await;
+        assert!(all_good(&v), "h2={h2} {v:?}");
+        assert!(
+            some_failed(&statuses("off.test", "GET", h2).await),
+            "h2={h2}"
+        );
+        assert!(
+            some_failed(&statuses("once.test", "GET", h2).await),
+            "h2={h2}"
+        );
+        assert!(
+            some_failed(&statuses("reset.test", "POST", h2).await),
+            "h2={h2}"
+        );
+        let v = statuses("post.test", "POST", h2).await;
+        assert!(all_good(&v), "h2={h2} {v:?}");
+    }
+    // No answer within the read timeout: timeout is in the default list.
+    for _ in 0..4 {
+        let (s, _, body) = request_with(d.http, false, "GET", "slow.test", &[]).await;
+        assert_eq!((s, body.as_str()), (200, "good\n"));
+    }
 }
 
 /// The request head the scripted endpoint echoed, lowercased, from the

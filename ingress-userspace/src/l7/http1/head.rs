@@ -168,6 +168,7 @@ pub fn refusal(status: StatusCode) -> Vec<u8> {
 
 /// A request head as it goes on the wire, and what the client needs to
 /// know about it.
+#[derive(Clone)]
 pub struct RequestHead {
     pub(crate) bytes: Vec<u8>,
     pub(crate) is_head: bool,

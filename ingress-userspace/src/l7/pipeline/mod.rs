@@ -627,6 +627,7 @@ impl Pipeline {
             &addrs,
             session.as_ref().and_then(|(_, s)| s.prefer()).or(hashed),
             t,
+            &route.policy.next_upstream,
             route.upstream.name(),
             &request_id,
         ))

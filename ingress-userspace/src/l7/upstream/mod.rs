@@ -1,5 +1,5 @@
-//! Upstream: which endpoint (`pick`), one more endpoint when a request
-//! never left (retry), and the clients that carry a request there: the
+//! Upstream: which endpoint (`pick`), the next endpoint when one fails
+//! (`proxy-next-upstream`), and the clients that carry a request there: the
 //! fast HTTP/1 client (`fast`) for requests without a body, hyper's
 //! (`hyper_client`) for bodies, upgrades and HTTP/2 endpoints. `send_once` is the
 //! one place a client is chosen; every failure comes back as a
@@ -11,7 +11,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use hyper::{Request, Response, StatusCode};
@@ -20,7 +20,10 @@ use super::{
     body::Body,
     error::ProxyError,
     http1::{head::RequestHead, tokens::strip_hop_by_hop},
-    route::backend_tls::BackendTls,
+    route::{
+        annotations::next_upstream::{MAX_TRIES, NextUpstream},
+        backend_tls::BackendTls,
+    },
 };
 
 pub mod body;
@@ -59,6 +62,39 @@ pub enum Outbound {
 pub struct Failure<R> {
     pub error: ProxyError,
     pub unsent: Option<R>,
+}
+
+impl Outbound {
+    /// The same request again, for another endpoint after this one took
+    /// it: only without a body (one that went out is not kept) and
+    /// without an upgrade, and only if it may be repeated.
+    fn replica(&self, non_idempotent: bool) -> Option<Outbound> {
+        match self {
+            Outbound::Fast(head) => {
+                (head.may_repeat || non_idempotent).then(|| Outbound::Fast(head.clone()))
+            }
+            Outbound::Hyper { req, h2, tls } => {
+                use hyper::body::Body as _;
+                let repeatable = req.method().is_idempotent() || non_idempotent;
+                if !repeatable
+                    || !req.body().is_end_stream()
+                    || req.headers().contains_key(hyper::header::UPGRADE)
+                {
+                    return None;
+                }
+                let mut again = Request::new(ReqBody::default());
+                *again.method_mut() = req.method().clone();
+                *again.uri_mut() = req.uri().clone();
+                *again.version_mut() = req.version();
+                *again.headers_mut() = req.headers().clone();
+                Some(Outbound::Hyper {
+                    req: Box::new(again),
+                    h2: *h2,
+                    tls: tls.clone(),
+                })
+            }
+        }
+    }
 }
 
 impl<R> Failure<R> {
@@ -215,14 +251,17 @@ impl Upstreams {
         }
     }
 
-    /// Sends to one of `addrs`. A request goes to a second endpoint only if
-    /// it never left (the connect failed, or a pooled connection closed
-    /// before taking it): then even a body is still whole, as nginx's
-    /// proxy_next_upstream does for errors before sending. The response
-    /// timeout counts from the end of the request body (`watch`), so a slow
-    /// upload is the client's time (408), not the endpoint's; a connect has
-    /// its own timeout, which it does not eat into. `prefer` (a session's
-    /// endpoint, one of `addrs`) is tried first, whatever its state.
+    /// Sends to one of `addrs`, and to the next one (a different endpoint
+    /// each time, `next.tries` in all) when the failure is one `next`
+    /// lists, as nginx's `proxy_next_upstream`. A request that never left
+    /// (the connect failed, or a pooled connection closed before taking
+    /// it) goes again whole, its body included; one that left goes again
+    /// only if it has no body and may be repeated (idempotent, or
+    /// `non_idempotent`). The response timeout counts from the end of the
+    /// request body (`watch`), so a slow upload is the client's time (408),
+    /// not the endpoint's; a connect has its own timeout, which it does
+    /// not eat into. `prefer` (a session's endpoint, one of `addrs`) is
+    /// tried first, whatever its state.
     #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
@@ -231,13 +270,19 @@ impl Upstreams {
         addrs: &[SocketAddr],
         prefer: Option<SocketAddr>,
         t: Timeouts,
+        next: &NextUpstream,
         upstream: &str,
         request_id: &hyper::header::HeaderValue,
     ) -> Result<(Response<Body>, SocketAddr), ProxyError> {
+        let started = Instant::now();
+        let tries = (next.tries.clamp(1, MAX_TRIES)) as usize;
+        let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_TRIES as usize];
         let mut pending = Some(out);
-        let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); 2];
         let mut last = None;
-        for attempt in 0..tried.len() {
+        for attempt in 0..tries {
+            if attempt > 0 && next.within.is_some_and(|w| started.elapsed() >= w) {
+                break;
+            }
             let Some(out) = pending.take() else { break };
             let chosen = match prefer {
                 Some(p) if attempt == 0 && addrs.contains(&p) => Some((p, self.picker.hold(p))),
@@ -247,6 +292,14 @@ impl Upstreams {
                 break;
             };
             tried[attempt] = addr;
+            let untried = addrs.iter().any(|a| !tried[..=attempt].contains(a));
+            // What goes to the next endpoint if this one fails after the
+            // request left.
+            let spare = if attempt + 1 < tries && untried {
+                out.replica(next.non_idempotent)
+            } else {
+                None
+            };
             let response_deadline = async {
                 if let Some(w) = watch {
                     w.done.notified().await;
@@ -255,12 +308,24 @@ impl Upstreams {
             };
             let outcome = tokio::select! {
                 r = self.send_once(addr, out, t) => r,
-                () = response_deadline => return Err(ProxyError::UpstreamTimeout),
+                () = response_deadline => Err(Failure::sent(ProxyError::UpstreamTimeout)),
             };
+            // With the request's ID, as its access-log line and the
+            // endpoint's X-Request-ID say it.
+            let id = request_id.to_str().unwrap_or_default();
             let failure = match outcome {
                 Ok(resp) => {
                     in_flight.report(true);
-                    return Ok((resp, addr));
+                    let status = resp.status().as_u16();
+                    match spare {
+                        Some(spare) if next.after_status(status) => {
+                            tracing::warn!(request_id = id, %upstream, endpoint = %addr, attempt, status, "upstream answered a proxy-next-upstream status; next endpoint");
+                            pending = Some(spare);
+                            last = Some(Ok((resp, addr)));
+                            continue;
+                        }
+                        _ => return Ok((resp, addr)),
+                    }
                 }
                 Err(f) => f,
             };
@@ -276,14 +341,21 @@ impl Upstreams {
                 in_flight.report(false);
                 self.connect_errors.fetch_add(1, Ordering::Relaxed);
             }
-            // With the request's ID, as its access-log line and the
-            // endpoint's X-Request-ID say it.
-            let id = request_id.to_str().unwrap_or_default();
             tracing::warn!(request_id = id, %upstream, endpoint = %addr, attempt, error = %failure.error, "upstream request failed");
-            pending = failure.unsent;
-            last = Some(failure.error);
+            let listed = match failure.error {
+                ProxyError::ConnectFailed(_) | ProxyError::UpstreamFailed(_) => next.error,
+                ProxyError::ConnectTimedOut | ProxyError::UpstreamTimeout => next.timeout,
+                ProxyError::UpstreamProtocol(_) => next.invalid_header,
+                _ => false,
+            };
+            pending = if listed {
+                failure.unsent.or(spare)
+            } else {
+                None
+            };
+            last = Some(Err(failure.error));
         }
-        Err(last.unwrap_or(ProxyError::NoEndpoints))
+        last.unwrap_or(Err(ProxyError::NoEndpoints))
     }
 }
 

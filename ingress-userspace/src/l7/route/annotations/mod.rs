@@ -17,6 +17,7 @@ pub mod canary;
 pub mod cors;
 pub mod ext_auth;
 pub mod hash_by;
+pub mod next_upstream;
 pub mod rate;
 pub mod support;
 pub mod user_auth;
@@ -99,6 +100,8 @@ pub struct Policy {
     /// `custom-http-errors`: the endpoints' answers of these codes are
     /// replaced by the default backend's.
     pub custom_errors: Vec<u16>,
+    /// `proxy-next-upstream` and its tries and timeout.
+    pub next_upstream: next_upstream::NextUpstream,
 }
 
 /// An address range (`10.0.0.0/8`, `2001:db8::/32`, or one address).
@@ -465,6 +468,9 @@ pub fn policy(
             n if n.starts_with("proxy-ssl-")
                 && n != "proxy-ssl-ciphers"
                 && n != "proxy-ssl-protocols" => {}
+            // Read whole by next_upstream::read, below.
+            "proxy-next-upstream" | "proxy-next-upstream-tries" | "proxy-next-upstream-timeout" => {
+            }
             // Read by hash_by::read, below.
             "upstream-hash-by" => {}
             // Read whole by ext_auth::read, below.
@@ -518,6 +524,7 @@ pub fn policy(
     p.ext_auth = ext_auth::read(annotations, &mut warn);
     p.user_auth = user_auth::read(annotations, &mut warn);
     p.hash_by = hash_by::read(annotations, &mut warn);
+    p.next_upstream = next_upstream::read(annotations, &mut warn);
     p
 }
 

@@ -194,9 +194,17 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
     ("proxy-cookie-path", NotSupported),
     ("proxy-http-version", NotSupported),
     ("proxy-max-temp-file-size", Differs(STREAMING)),
-    ("proxy-next-upstream", NotSupported),
-    ("proxy-next-upstream-timeout", NotSupported),
-    ("proxy-next-upstream-tries", NotSupported),
+    (
+        "proxy-next-upstream",
+        Differs(
+            "a request whose body has gone out is not sent again (bodies are streamed, not buffered)",
+        ),
+    ),
+    ("proxy-next-upstream-timeout", Honoured),
+    (
+        "proxy-next-upstream-tries",
+        Differs("at most 16 tries (0 means 16)"),
+    ),
     ("proxy-read-timeout", Honoured),
     ("proxy-redirect-from", NotSupported),
     ("proxy-redirect-to", NotSupported),

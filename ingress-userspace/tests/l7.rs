@@ -2763,6 +2763,70 @@ async fn proxy_next_upstream_sends_to_the_next_endpoint_as_nginx() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_cache_remembers_auth_answers_by_key() {
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let auth = scripted_http(Ipv4Addr::new(127, 0, 0, 22), asked.clone(), |req| {
+        let good = req
+            .headers()
+            .get("authorization")
+            .is_some_and(|v| v.as_bytes().starts_with(b"Bearer good"));
+        let mut r = Response::new(Full::new(Bytes::new()));
+        if !good {
+            *r.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+        }
+        r
+    })
+    .await;
+    let served = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let app = scripted_http(Ipv4Addr::new(127, 0, 0, 22), served, |_| {
+        Response::new(Full::new(Bytes::from_static(b"app\n")))
+    })
+    .await;
+    let to_app = |host: &str, notes: &[(&str, &str)]| {
+        annotated(host, notes, "/", "Prefix").replace("name: a, port", "name: app, port")
+    };
+    let url = format!("http://{auth}/check");
+    let yaml = service("app", app.port(), &[app.ip()])
+        + "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: ebpf}\nspec: {controller: ingress-ebpf/controller}\n"
+        + &to_app(
+            "cached.test",
+            &[
+                ("auth-url", &url),
+                ("auth-cache-key", "$http_authorization"),
+                ("auth-cache-duration", "200 1m"),
+            ],
+        )
+        + &to_app("uncached.test", &[("auth-url", &url)]);
+    let d = Ingressd::start(BIN, &yaml).await;
+    let count = || asked.lock().unwrap().len();
+    for (h2, token) in [(false, "Bearer good-1"), (true, "Bearer good-2")] {
+        let ask = async |host: &str, token: &str| {
+            request_with(d.http, h2, "GET", host, &[("authorization", token)])
+                .await
+                .0
+        };
+        // A 200 is remembered for its key: asked once for three requests.
+        let before = count();
+        for _ in 0..3 {
+            assert_eq!(ask("cached.test", token).await, 200, "h2={h2}");
+        }
+        assert_eq!(count() - before, 1, "h2={h2}");
+        // Another key is asked; a 401 is not among the codes kept.
+        let before = count();
+        for _ in 0..2 {
+            assert_eq!(ask("cached.test", "Bearer bad").await, 401);
+        }
+        assert_eq!(count() - before, 2);
+        // Without auth-cache-key every request is asked.
+        let before = count();
+        for _ in 0..3 {
+            assert_eq!(ask("uncached.test", token).await, 200);
+        }
+        assert_eq!(count() - before, 3);
+    }
+}
+
 /// The request head the scripted endpoint echoed, lowercased, from the
 /// whole response a raw client read.
 fn echoed_head(response: &str) -> String {

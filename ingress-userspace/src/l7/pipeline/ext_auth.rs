@@ -6,7 +6,12 @@
 //! `auth-signin`), a 403 is answered 403, and anything else, an
 //! unreachable service included, 500. One connection per check, closed
 //! after it, as nginx's without `auth-keepalive`.
-use std::net::SocketAddr;
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use hyper::{
     Request, Response, StatusCode, Uri,
@@ -14,7 +19,7 @@ use hyper::{
 };
 use rustls::pki_types::ServerName;
 
-use super::{forwarding::Fields, trust::Origin};
+use super::{forwarding::Fields, hash_by, trust::Origin};
 use crate::l7::{
     body::{Body, text},
     http1::tokens::is_hop_by_hop,
@@ -39,6 +44,8 @@ pub(super) enum Decision {
 pub(super) struct Asked<'a> {
     pub method: &'a hyper::Method,
     pub target: &'a str,
+    /// The path in normal form (`$uri` of a cache key).
+    pub path: &'a str,
     pub host: Option<&'a str>,
     pub origin: Origin,
 }
@@ -95,26 +102,83 @@ fn unavailable() -> Decision {
     ))
 }
 
+/// Auth answers remembered for `auth-cache-key`: by URL and key, at most
+/// `REMEMBERED` (then the expired ones go, or all).
+#[derive(Default)]
+pub(super) struct Cache {
+    answers: Mutex<HashMap<Vec<u8>, (Instant, StatusCode, hyper::HeaderMap)>>,
+}
+
+const REMEMBERED: usize = 16_384;
+
+impl Cache {
+    fn get(&self, key: &[u8]) -> Option<(StatusCode, hyper::HeaderMap)> {
+        let answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
+        let (until, status, headers) = answers.get(key)?;
+        (Instant::now() < *until).then(|| (*status, headers.clone()))
+    }
+
+    fn put(&self, key: Vec<u8>, ttl: Duration, status: StatusCode, headers: &hyper::HeaderMap) {
+        let now = Instant::now();
+        let mut answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
+        if answers.len() >= REMEMBERED {
+            answers.retain(|_, (until, _, _)| now < *until);
+            if answers.len() >= REMEMBERED {
+                answers.clear();
+            }
+        }
+        answers.insert(key, (now + ttl, status, headers.clone()));
+    }
+}
+
 /// Asks the auth service about a request with these header fields,
-/// within the route's connect and read timeouts.
+/// within the route's connect and read timeouts (or takes the answer
+/// `cache` remembers for it).
 pub(super) async fn check(
     auth: &ExternalAuth,
     asked: Asked<'_>,
     fields: &impl Fields,
     t: Timeouts,
+    cache: &Cache,
 ) -> Decision {
     if auth.is_broken() {
         return unavailable();
     }
     let url = auth.url.render(|v| variable(&asked, v));
-    let answer = tokio::time::timeout(t.connect + t.read, ask(auth, &url, &asked, fields, t))
-        .await
-        .unwrap_or_else(|_| Err("timed out".into()));
-    let (status, headers) = match answer {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(%url, error = %e, "auth request failed");
-            return unavailable();
+    let key = auth.cache.as_ref().map(|c| {
+        let req = hash_by::Request {
+            target: asked.target,
+            path: asked.path,
+            host: asked.host,
+            client: asked.origin.client,
+        };
+        let mut k = url.as_bytes().to_vec();
+        k.push(0);
+        k.extend(hash_by::key(&c.key, &req, fields));
+        (c, k)
+    });
+    let remembered = key.as_ref().and_then(|(_, k)| cache.get(k));
+    let (status, headers) = match remembered {
+        Some(answer) => answer,
+        None => {
+            let answer =
+                tokio::time::timeout(t.connect + t.read, ask(auth, &url, &asked, fields, t))
+                    .await
+                    .unwrap_or_else(|_| Err("timed out".into()));
+            match answer {
+                Ok((status, headers)) => {
+                    if let Some((c, k)) = key
+                        && c.codes.contains(&status.as_u16())
+                    {
+                        cache.put(k, c.ttl, status, &headers);
+                    }
+                    (status, headers)
+                }
+                Err(e) => {
+                    tracing::warn!(%url, error = %e, "auth request failed");
+                    return unavailable();
+                }
+            }
         }
     };
     match status {

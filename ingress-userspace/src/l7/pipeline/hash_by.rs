@@ -28,6 +28,14 @@ pub(super) fn key(k: &HashKey, req: &Request<'_>, fields: &impl Fields) -> Vec<u
             KeyPart::Uri => out.extend_from_slice(req.path.as_bytes()),
             KeyPart::RemoteAddr => out.extend_from_slice(req.client.to_string().as_bytes()),
             KeyPart::Host => out.extend_from_slice(req.host.unwrap_or_default().as_bytes()),
+            KeyPart::RemoteUser => {
+                if let Some((user, _)) = fields
+                    .first("authorization")
+                    .and_then(super::user_auth::basic)
+                {
+                    out.extend_from_slice(user.as_bytes());
+                }
+            }
             KeyPart::Header(name) => {
                 if let Some(v) = joined(fields, name) {
                     out.extend_from_slice(&v);
@@ -96,6 +104,19 @@ mod tests {
                 "/a?b=1"
             ),
             b"ann|9|1|/a"
+        );
+        // "Aladdin:open sesame": the user of Basic credentials, or nothing.
+        assert_eq!(
+            key_of(
+                "$remote_user:$host",
+                &[("authorization", "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==")],
+                "/"
+            ),
+            b"Aladdin:shop.test"
+        );
+        assert_eq!(
+            key_of("$remote_user.", &[("authorization", "Bearer x")], "/"),
+            b"."
         );
         // The same key, the same endpoint; keys spread.
         let addrs: Vec<SocketAddr> = (1..=4)

@@ -175,6 +175,8 @@ pub struct Pipeline {
     log: Arc<AccessLog>,
     /// What `auth-type` checks share: remembered passwords, digest counts.
     user_checks: user_auth::Checks,
+    /// `auth-cache-key`'s remembered auth answers.
+    auth_cache: ext_auth::Cache,
 }
 
 /// How the proxy is set up beyond its limits.
@@ -212,6 +214,7 @@ impl Pipeline {
             trust: options.trust,
             log: options.access_log,
             user_checks: user_auth::Checks::default(),
+            auth_cache: ext_auth::Cache::default(),
         }
     }
 
@@ -443,11 +446,12 @@ impl Pipeline {
                 let asked = ext_auth::Asked {
                     method: head.method,
                     target: head.target.as_str(),
+                    path: path.as_str(),
                     host: head.host,
                     origin,
                 };
                 let t = self.timeouts(r);
-                match ext_auth::check(auth, asked, &src, t).await {
+                match ext_auth::check(auth, asked, &src, t, &self.auth_cache).await {
                     ext_auth::Decision::Allow(headers) => from_auth = headers,
                     ext_auth::Decision::Answer(resp) => return Ok(Forwarded::Done(Ok(resp))),
                 }

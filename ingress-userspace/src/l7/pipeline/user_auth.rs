@@ -118,7 +118,7 @@ pub(super) async fn check(
 }
 
 /// `Basic base64(user:password)`, decoded.
-fn basic(value: &[u8]) -> Option<(String, Vec<u8>)> {
+pub(super) fn basic(value: &[u8]) -> Option<(String, Vec<u8>)> {
     let (scheme, rest) = split_scheme(value)?;
     if !scheme.eq_ignore_ascii_case(b"basic") {
         return None;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use hyper::{Method, header::HeaderName};
 
-use super::{PREFIX, Token, tokens};
+use super::{PREFIX, Token, hash_by, tokens};
 
 /// An nginx variable an auth URL may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +112,55 @@ pub struct ExternalAuth {
     /// `auth-request-redirect`: sent as X-Auth-Request-Redirect (default
     /// the request's URI).
     pub request_redirect: Option<String>,
+    /// `auth-cache-key` with `auth-cache-duration`: answers remembered.
+    pub cache: Option<AuthCache>,
+}
+
+/// Which auth answers are remembered, by what, for how long.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthCache {
+    /// `auth-cache-key`, parsed as `upstream-hash-by`'s key.
+    pub key: hash_by::HashKey,
+    /// `auth-cache-duration`'s codes (default 200 202 401).
+    pub codes: Vec<u16>,
+    /// And its time (default 5m).
+    pub ttl: std::time::Duration,
+}
+
+/// nginx's time (`30s`, `5m`, `1h`, `1d`, or seconds).
+fn nginx_time(t: &str) -> Option<std::time::Duration> {
+    let (n, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = n.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (secs > 0).then(|| std::time::Duration::from_secs(secs))
+}
+
+/// `auth-cache-duration`: `[code ...] time`.
+fn cache_duration(v: &str) -> Option<(Vec<u16>, std::time::Duration)> {
+    let mut words: Vec<&str> = v.split_whitespace().collect();
+    let ttl = nginx_time(words.pop()?)?;
+    let codes: Option<Vec<u16>> = words
+        .iter()
+        .map(|c| c.parse::<u16>().ok().filter(|c| (200..=599).contains(c)))
+        .collect();
+    let codes = codes?;
+    Some((
+        if codes.is_empty() {
+            vec![200, 202, 401]
+        } else {
+            codes
+        },
+        ttl,
+    ))
 }
 
 /// The external authentication an Ingress asks for, if any.
@@ -218,6 +267,33 @@ pub fn read(
             None
         }
     });
+    let cache = get("auth-cache-key").and_then(|k| {
+        let parsed = match hash_by::parse(k) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                warn(
+                    &key("auth-cache-key"),
+                    format!("{k:?} {e}; answers are not remembered"),
+                );
+                return None;
+            }
+        };
+        let (codes, ttl) = match get("auth-cache-duration") {
+            None => (vec![200, 202, 401], std::time::Duration::from_secs(300)),
+            Some(d) => cache_duration(d).or_else(|| {
+                warn(
+                    &key("auth-cache-duration"),
+                    format!("{d:?} is not codes and a time like \"200 202 401 5m\"; answers are not remembered"),
+                );
+                None
+            })?,
+        };
+        Some(AuthCache {
+            key: parsed,
+            codes,
+            ttl,
+        })
+    });
     Some(ExternalAuth {
         url,
         method,
@@ -225,6 +301,7 @@ pub fn read(
         signin_param,
         response_headers,
         request_redirect,
+        cache,
     })
 }
 
@@ -237,6 +314,7 @@ fn broken() -> ExternalAuth {
         signin_param: "rd".into(),
         response_headers: Vec::new(),
         request_redirect: None,
+        cache: None,
     }
 }
 
@@ -253,6 +331,38 @@ mod tests {
 
     fn read_all(pairs: &[(&str, &str)]) -> (Option<ExternalAuth>, Vec<String>) {
         super::super::read_with(pairs, read)
+    }
+
+    #[test]
+    fn auth_cache_as_ingress_nginx_writes_it() {
+        let (a, w) = read_all(&[
+            ("auth-url", "http://auth.test/"),
+            ("auth-cache-key", "$remote_user$http_authorization"),
+        ]);
+        assert!(w.is_empty(), "{w:?}");
+        let c = a.unwrap().cache.unwrap();
+        assert_eq!(c.codes, [200, 202, 401]);
+        assert_eq!(c.ttl, std::time::Duration::from_secs(300));
+        let (a, w) = read_all(&[
+            ("auth-url", "http://auth.test/"),
+            ("auth-cache-key", "$http_authorization"),
+            ("auth-cache-duration", "200 30s"),
+        ]);
+        assert!(w.is_empty(), "{w:?}");
+        let c = a.unwrap().cache.unwrap();
+        assert_eq!(
+            (c.codes, c.ttl),
+            (vec![200], std::time::Duration::from_secs(30))
+        );
+        for d in ["5x", "abc 5m", ""] {
+            let (a, w) = read_all(&[
+                ("auth-url", "http://auth.test/"),
+                ("auth-cache-key", "$http_authorization"),
+                ("auth-cache-duration", d),
+            ]);
+            assert!(a.unwrap().cache.is_none(), "{d:?}");
+            assert_eq!(w.len(), 1, "{d:?}");
+        }
     }
 
     #[test]

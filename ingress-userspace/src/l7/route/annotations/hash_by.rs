@@ -16,6 +16,8 @@ pub enum KeyPart {
     Uri,
     /// `$remote_addr` (and `$binary_remote_addr`): the client.
     RemoteAddr,
+    /// `$remote_user`: the user of a Basic Authorization header.
+    RemoteUser,
     /// `$host`.
     Host,
     /// `$http_NAME`: a request header (`_` for `-`).
@@ -33,7 +35,8 @@ pub struct HashKey {
     pub source: String,
 }
 
-fn parse(s: &str) -> Result<HashKey, String> {
+/// A key as `upstream-hash-by` and `auth-cache-key` write it.
+pub fn parse(s: &str) -> Result<HashKey, String> {
     let mut parts = Vec::new();
     for t in tokens(s)? {
         parts.push(match t {
@@ -42,6 +45,7 @@ fn parse(s: &str) -> Result<HashKey, String> {
             Token::Var("uri") => KeyPart::Uri,
             Token::Var("remote_addr" | "binary_remote_addr") => KeyPart::RemoteAddr,
             Token::Var("host") => KeyPart::Host,
+            Token::Var("remote_user") => KeyPart::RemoteUser,
             Token::Var(n) if n.len() > 5 && n.starts_with("http_") => {
                 KeyPart::Header(n[5..].replace('_', "-").to_ascii_lowercase())
             }
@@ -51,7 +55,7 @@ fn parse(s: &str) -> Result<HashKey, String> {
             Token::Var(n) if n.len() > 4 && n.starts_with("arg_") => KeyPart::Arg(n[4..].to_string()),
             Token::Var(other) => {
                 return Err(format!(
-                    "uses ${other}, not a variable ingressd hashes by ($request_uri, $uri, $remote_addr, $host, $http_NAME, $cookie_NAME, $arg_NAME)"
+                    "uses ${other}, not a variable ingressd hashes by ($request_uri, $uri, $remote_addr, $remote_user, $host, $http_NAME, $cookie_NAME, $arg_NAME)"
                 ));
             }
         });

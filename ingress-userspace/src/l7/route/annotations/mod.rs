@@ -479,7 +479,9 @@ pub fn policy(
             | "auth-signin"
             | "auth-signin-redirect-param"
             | "auth-response-headers"
-            | "auth-request-redirect" => {}
+            | "auth-request-redirect"
+            | "auth-cache-key"
+            | "auth-cache-duration" => {}
             // Read whole by user_auth::read, below.
             "auth-type" | "auth-secret" | "auth-secret-type" | "auth-realm" => {}
             // Read whole by rate::read, below.

@@ -65,8 +65,13 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
     ("allowlist-source-range", Honoured),
     ("app-root", Honoured),
     ("auth-always-set-cookie", NotSupported),
-    ("auth-cache-duration", NotSupported),
-    ("auth-cache-key", NotSupported),
+    ("auth-cache-duration", Honoured),
+    (
+        "auth-cache-key",
+        Differs(
+            "the variables of upstream-hash-by ($http_NAME, $cookie_NAME, $remote_user…); answers are kept in memory, at most 16,384",
+        ),
+    ),
     ("auth-keepalive", NotSupported),
     ("auth-keepalive-requests", NotSupported),
     ("auth-keepalive-share-vars", NotSupported),

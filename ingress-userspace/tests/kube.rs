@@ -137,6 +137,7 @@ metadata:
     nginx.ingress.kubernetes.io/proxy-ssl-secret: shop/upstream-ca
     nginx.ingress.kubernetes.io/auth-type: basic
     nginx.ingress.kubernetes.io/auth-secret: staff
+    nginx.ingress.kubernetes.io/auth-tls-secret: shop/client-ca
 spec:
   ingressClassName: ebpf
   tls: [{hosts: [shop.test], secretName: shop-tls}]
@@ -169,6 +170,11 @@ stringData: {auth: "alice:{PLAIN}pw"}
 ---
 apiVersion: v1
 kind: Secret
+metadata: {name: client-ca, namespace: shop}
+stringData: {ca.crt: "not checked here"}
+---
+apiVersion: v1
+kind: Secret
 metadata: {name: unrelated, namespace: shop}
 stringData: {password: "never read"}
 "#;
@@ -197,11 +203,13 @@ async fn kube_source_gives_the_file_sources_desired_state_for_every_golden_case(
         }
         let kube = synced_source(&api, &dir, ClassConfig::default()).await;
         // Only the Secrets an Ingress of ours names (its TLS, its
-        // proxy-ssl-secret, its auth-secret) are read, one by one.
+        // proxy-ssl-secret, its auth-secret and auth-tls-secret) are read,
+        // one by one.
         let secrets: Vec<_> = kube.snapshot().secrets.keys().collect();
         let named = usize::from(yaml.contains("secretName: shop-tls"))
             + usize::from(yaml.contains("proxy-ssl-secret: shop/upstream-ca"))
-            + usize::from(yaml.contains("auth-secret: staff"));
+            + usize::from(yaml.contains("auth-secret: staff"))
+            + usize::from(yaml.contains("auth-tls-secret: shop/client-ca"));
         assert_eq!(secrets.len(), named, "{secrets:?}");
         for r in api.requests().iter().filter(|r| r.contains("/secrets")) {
             assert!(r.contains("fieldSelector=metadata.name"), "{r}");

@@ -2827,6 +2827,197 @@ async fn auth_cache_remembers_auth_answers_by_key() {
     }
 }
 
+/// A GET of `/x` for `host` over TLS (SNI `host`), with `client` as the
+/// client certificate if given: the status, the Location, the body.
+async fn mtls_get(
+    addr: SocketAddr,
+    host: &str,
+    client: Option<(&rcgen::Certificate, &rcgen::KeyPair)>,
+    h2: bool,
+) -> (u16, Option<String>, String) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let recorder = Arc::new(Recorder(std::sync::Mutex::new(None), provider.clone()));
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(recorder);
+    let mut cfg = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    let io = TokioIo::new(tls);
+    let resp = if h2 {
+        let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(c);
+        let req = Request::builder()
+            .uri(format!("https://{host}/x"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        s.send_request(req).await.unwrap()
+    } else {
+        let (mut s, c) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(c);
+        let req = Request::builder()
+            .uri("/x")
+            .header("host", host)
+            .header("ssl-client-verify", "SUCCESS")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        s.send_request(req).await.unwrap()
+    };
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        location,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_as_ingress_nginx_auth_tls() {
+    let ca = |name: &str| {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        rcgen::CertifiedIssuer::self_signed(p, rcgen::KeyPair::generate().unwrap()).unwrap()
+    };
+    let (ours, theirs) = (ca("our CA"), ca("their CA"));
+    let client = |cn: &str, issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Shop");
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        (p.signed_by(&key, issuer).unwrap(), key)
+    };
+    let (alice, alice_key) = client("alice", &ours);
+    let (bob, bob_key) = client("bob", &ours);
+    let (mallory, mallory_key) = client("alice", &theirs);
+    let served = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let app = scripted_http(Ipv4Addr::new(127, 0, 0, 23), served.clone(), |_| {
+        Response::new(Full::new(Bytes::from_static(b"app\n")))
+    })
+    .await;
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    let secret = format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: client-ca}}\nstringData:\n  ca.crt: |\n{}",
+        indent(&ours.pem())
+    );
+    let to_app = |host: &str, notes: &[(&str, &str)]| {
+        annotated(host, notes, "/", "Prefix").replace("name: a, port", "name: app, port")
+    };
+    let yaml = service("app", app.port(), &[app.ip()])
+        + &secret
+        + "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: ebpf}\nspec: {controller: ingress-ebpf/controller}\n"
+        + &to_app(
+            "mtls.test",
+            &[
+                ("auth-tls-secret", "default/client-ca"),
+                ("auth-tls-pass-certificate-to-upstream", "true"),
+            ],
+        )
+        + &to_app(
+            "optional.test",
+            &[
+                ("auth-tls-secret", "default/client-ca"),
+                ("auth-tls-verify-client", "optional"),
+            ],
+        )
+        + &to_app(
+            "cn.test",
+            &[
+                ("auth-tls-secret", "default/client-ca"),
+                ("auth-tls-match-cn", "CN=alice"),
+                ("auth-tls-error-page", "https://help.test/certs"),
+            ],
+        )
+        + &to_app("missing.test", &[("auth-tls-secret", "default/nothing")])
+        + &to_app("open.test", &[]);
+    let d = Ingressd::start(BIN, &yaml).await;
+    for h2 in [false, true] {
+        let get = async |host: &str, who: Option<(&rcgen::Certificate, &rcgen::KeyPair)>| {
+            mtls_get(d.https, host, who, h2).await
+        };
+        let alice_id = Some((&alice, &alice_key));
+        // Required: none, or one of another CA, is a 400.
+        assert_eq!(get("mtls.test", None).await.0, 400, "h2={h2}");
+        assert_eq!(
+            get("mtls.test", Some((&mallory, &mallory_key))).await.0,
+            400
+        );
+        served.lock().unwrap().clear();
+        let (s, _, body) = get("mtls.test", alice_id).await;
+        assert_eq!((s, body.as_str()), (200, "app\n"), "h2={h2}");
+        // The endpoint is told, whatever the client claimed itself.
+        let line = served.lock().unwrap().pop().unwrap();
+        for want in [
+            " ssl-client-verify=SUCCESS ",
+            " ssl-client-subject-dn=CN=alice,O=Shop ",
+            " ssl-client-issuer-dn=CN=our CA ",
+            " ssl-client-cert=-----BEGIN%20CERTIFICATE-----%0AMII",
+        ] {
+            assert!(line.contains(want), "{want} not in {line}");
+        }
+        // Optional: none goes on (NONE); a bad one does not.
+        served.lock().unwrap().clear();
+        assert_eq!(get("optional.test", None).await.0, 200, "h2={h2}");
+        let line = served.lock().unwrap().pop().unwrap();
+        assert!(line.contains(" ssl-client-verify=NONE "), "{line}");
+        assert!(!line.contains("ssl-client-cert"), "{line}");
+        assert_eq!(
+            get("optional.test", Some((&mallory, &mallory_key))).await.0,
+            400
+        );
+        // match-cn: bob is of the CA but not let in; the error page is
+        // where a refused certificate is sent.
+        assert_eq!(get("cn.test", alice_id).await.0, 200);
+        assert_eq!(get("cn.test", Some((&bob, &bob_key))).await.0, 403);
+        let (s, location, _) = get("cn.test", None).await;
+        assert_eq!(
+            (s, location.as_deref()),
+            (302, Some("https://help.test/certs"))
+        );
+        // A CA that cannot be read denies; other hosts are not asked.
+        assert_eq!(get("missing.test", alice_id).await.0, 503);
+        assert_eq!(get("open.test", None).await.0, 200);
+    }
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(
+        log.contains("auth-tls-secret default/nothing not found"),
+        "{log}"
+    );
+}
+
 /// The request head the scripted endpoint echoed, lowercased, from the
 /// whole response a raw client read.
 fn echoed_head(response: &str) -> String {

@@ -33,7 +33,7 @@ const HANDOVER_WAIT: Duration = Duration::from_secs(10);
 pub(super) struct ProxyPorts {
     pub(super) http: TcpSocket,
     pub(super) https: TcpSocket,
-    pub(super) tls: Arc<rustls::ServerConfig>,
+    pub(super) tls: Arc<crate::l7::tls::ServerConfigs>,
     /// With the BPF data path: the pin path, and this process's id in
     /// `L7_OWNER`.
     pub(super) take_over: Option<(PathBuf, u64)>,

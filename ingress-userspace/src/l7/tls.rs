@@ -3,12 +3,21 @@
 //! else a default certificate (`--default-ssl-certificate`, or one made up
 //! at start-up, self-signed, as ingress-nginx does). The certificate table is
 //! swapped whole on every change, like the route table.
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use arc_swap::ArcSwap;
 use rustls::{
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-    server::{ClientHello, ResolvesServerCert},
+    DigitallySignedStruct, DistinguishedName, SignatureScheme,
+    client::danger::HandshakeSignatureValid,
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject},
+    server::{
+        ClientHello, ResolvesServerCert,
+        danger::{ClientCertVerified, ClientCertVerifier},
+    },
     sign::CertifiedKey,
 };
 
@@ -27,6 +36,8 @@ struct Certs {
 #[derive(Default)]
 pub struct CertStore {
     certs: ArcSwap<Certs>,
+    /// Hosts whose clients are asked for a certificate (`auth-tls-*`).
+    client_cert_hosts: ArcSwap<BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -141,19 +152,148 @@ impl CertStore {
             None => fallback.clone(),
         });
         self.certs.store(Arc::new(certs));
+        self.client_cert_hosts
+            .store(Arc::new(table.client_cert_hosts.clone()));
         warnings
+    }
+
+    /// Whether a handshake for `sni` asks the client for a certificate.
+    pub fn wants_client_cert(&self, sni: Option<&str>) -> bool {
+        let Some(sni) = sni else { return false };
+        let sni = sni.to_ascii_lowercase();
+        let hosts = self.client_cert_hosts.load();
+        hosts.contains(&sni)
+            || sni.split_once('.').is_some_and(|(label, suffix)| {
+                !label.is_empty() && hosts.contains(&format!("*.{suffix}"))
+            })
     }
 }
 
-/// The server configuration: SNI through `store`, ALPN h2 and HTTP/1.1.
-pub fn server_config(store: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, String> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_no_client_auth()
-    .with_cert_resolver(store);
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+/// The server configurations, chosen per handshake by its SNI: one that
+/// asks for a client certificate, for the hosts that want one, and one
+/// that does not, for the rest (a browser asked for a certificate by every
+/// site would prompt its user).
+pub struct ServerConfigs {
+    plain: Arc<rustls::ServerConfig>,
+    asking: Arc<rustls::ServerConfig>,
+    store: Arc<CertStore>,
+}
+
+impl ServerConfigs {
+    pub fn for_sni(&self, sni: Option<&str>) -> Arc<rustls::ServerConfig> {
+        if self.store.wants_client_cert(sni) {
+            self.asking.clone()
+        } else {
+            self.plain.clone()
+        }
+    }
+}
+
+/// The server configurations: SNI through `store`, ALPN h2 and HTTP/1.1.
+pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfigs>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = || {
+        rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())
+    };
+    let mut plain = builder()?
+        .with_no_client_auth()
+        .with_cert_resolver(store.clone());
+    let mut asking = builder()?
+        .with_client_cert_verifier(Arc::new(AskAny(provider.clone())))
+        .with_cert_resolver(store.clone());
+    for cfg in [&mut plain, &mut asking] {
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    }
+    Ok(Arc::new(ServerConfigs {
+        plain: Arc::new(plain),
+        asking: Arc::new(asking),
+        store,
+    }))
+}
+
+/// Asks for a client certificate without requiring one, and takes any
+/// chain whose key the client proves it holds: which CA it must lead to
+/// is the route's to say, per request (`route::client_certs`).
+#[derive(Debug)]
+struct AskAny(Arc<CryptoProvider>);
+
+impl ClientCertVerifier for AskAny {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_hosts_with_auth_tls_ask_for_a_certificate() {
+        let store = CertStore::default();
+        store.client_cert_hosts.store(Arc::new(
+            ["mtls.test".to_string(), "*.corp.test".to_string()].into(),
+        ));
+        for (sni, asks) in [
+            (Some("mtls.test"), true),
+            (Some("MTLS.test"), true),
+            (Some("a.corp.test"), true),
+            (Some("corp.test"), false),
+            (Some("a.b.corp.test"), false),
+            (Some("open.test"), false),
+            (None, false),
+        ] {
+            assert_eq!(store.wants_client_cert(sni), asks, "{sni:?}");
+        }
+    }
 }

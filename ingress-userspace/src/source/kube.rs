@@ -326,8 +326,9 @@ impl KubeSource {
         self.snapshot.remove_touching(id, &mut loaded.touched);
     }
 
-    /// The Secrets in use: `spec.tls[].secretName`, `proxy-ssl-secret` and
-    /// `auth-secret` of our Ingresses, and the default certificate's.
+    /// The Secrets in use: `spec.tls[].secretName`, `proxy-ssl-secret`,
+    /// `auth-secret` and `auth-tls-secret` of our Ingresses, and the
+    /// default certificate's.
     fn secrets_in_use(&self) -> BTreeSet<ObjectKey> {
         let mut out: BTreeSet<ObjectKey> = self.default_secret.iter().cloned().collect();
         for (key, ing) in &self.snapshot.ingresses {
@@ -341,15 +342,17 @@ impl KubeSource {
                     .map(|name| ObjectKey::new(ns.clone(), name)),
             );
             // TLS to the endpoints: `proxy-ssl-secret: namespace/name`;
-            // the users of `auth-type`: `auth-secret: [namespace/]name`.
+            // the users of `auth-type`: `auth-secret: [namespace/]name`;
+            // the CA of client certificates: `auth-tls-secret`.
             // Of the Ingress's own namespace only (others are refused
             // unread).
             let annotations = ing.metadata.annotations.as_ref();
             let named = |key: &str| annotations.and_then(|a| a.get(key)).map(|v| v.trim());
             let proxy_ssl = named(PROXY_SSL_SECRET).and_then(|v| v.split_once('/'));
             let auth = named(AUTH_SECRET).map(|v| v.split_once('/').unwrap_or((ns, v)));
+            let auth_tls = named(AUTH_TLS_SECRET).map(|v| v.split_once('/').unwrap_or((ns, v)));
             out.extend(
-                [proxy_ssl, auth]
+                [proxy_ssl, auth, auth_tls]
                     .into_iter()
                     .flatten()
                     .filter(|(sns, name)| sns == ns && !name.is_empty())
@@ -540,6 +543,7 @@ fn explain(e: &watcher::Error, kind: Kind) -> (String, String) {
 
 const PROXY_SSL_SECRET: &str = "nginx.ingress.kubernetes.io/proxy-ssl-secret";
 const AUTH_SECRET: &str = "nginx.ingress.kubernetes.io/auth-secret";
+const AUTH_TLS_SECRET: &str = "nginx.ingress.kubernetes.io/auth-tls-secret";
 
 /// How long a sync waits for a new Secret watch's first list (a Secret the
 /// API refuses, say, holds the rest up no longer).

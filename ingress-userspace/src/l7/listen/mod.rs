@@ -17,6 +17,7 @@ use super::{
     body::text,
     pipeline::Conn,
     server::{self, Proxy},
+    tls::ServerConfigs,
 };
 
 /// Connections the kernel keeps waiting for accept while a listener is at
@@ -152,17 +153,20 @@ pub async fn serve_http(listener: TcpListener, proxy: Arc<Proxy>) {
 }
 
 /// Serves HTTPS on `listener`: TLS handshake (bounded in time), then HTTP.
-pub async fn serve_https(
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    config: Arc<rustls::ServerConfig>,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+pub async fn serve_https(listener: TcpListener, proxy: Arc<Proxy>, configs: Arc<ServerConfigs>) {
     accept_loop(listener, proxy, move |stream, conn, proxy| {
-        let acceptor = acceptor.clone();
+        let configs = configs.clone();
         async move {
             let conn = Conn { tls: true, ..conn };
-            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+            // The configuration is chosen by the hello's SNI: some hosts
+            // ask for a client certificate.
+            let handshake = async {
+                let acceptor = rustls::server::Acceptor::default();
+                let start = tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await?;
+                let config = configs.for_sni(start.client_hello().server_name());
+                start.into_stream(config).await
+            };
+            match tokio::time::timeout(Duration::from_secs(10), handshake).await {
                 Ok(Ok(tls)) => server::serve_tls(tls, conn, proxy).await,
                 Ok(Err(e)) => {
                     tracing::debug!(client = %conn.peer, error = %e, "TLS handshake failed")

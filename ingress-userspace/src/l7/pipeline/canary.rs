@@ -110,6 +110,7 @@ mod tests {
             backend_tls: None,
             users: None,
             error_backend: None,
+            client_auth: None,
             canary: None,
             canary_of: Some(Arc::from("ns/main:80")),
             service: Arc::from(up.name()),

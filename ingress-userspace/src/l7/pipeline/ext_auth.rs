@@ -19,7 +19,11 @@ use hyper::{
 };
 use rustls::pki_types::ServerName;
 
-use super::{forwarding::Fields, hash_by, trust::Origin};
+use super::{
+    forwarding::{Fields, percent_encoded},
+    hash_by,
+    trust::Origin,
+};
 use crate::l7::{
     body::{Body, text},
     http1::tokens::is_hop_by_hop,
@@ -50,19 +54,6 @@ pub(super) struct Asked<'a> {
     pub origin: Origin,
 }
 
-/// `$escaped_request_uri`: everything but unreserved characters encoded.
-fn escaped(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 fn variable(asked: &Asked<'_>, v: Var) -> String {
     match v {
         // A host name or nothing: a Host with other characters must not
@@ -77,7 +68,7 @@ fn variable(asked: &Asked<'_>, v: Var) -> String {
             .unwrap_or_default(),
         Var::Scheme => scheme(asked).into(),
         Var::RequestUri => asked.target.to_string(),
-        Var::EscapedRequestUri => escaped(asked.target),
+        Var::EscapedRequestUri => percent_encoded(asked.target),
         Var::RemoteAddr => asked.origin.client.to_string(),
     }
 }
@@ -195,7 +186,7 @@ pub(super) async fn check(
                 to.push_str(&format!(
                     "{}={}",
                     auth.signin_param,
-                    escaped(&original_url(&asked))
+                    percent_encoded(&original_url(&asked))
                 ));
                 if let Ok(loc) = HeaderValue::from_str(&to) {
                     let mut r = text(StatusCode::FOUND, "");
@@ -310,6 +301,9 @@ mod tests {
 
     #[test]
     fn escaped_request_uri_as_nginx() {
-        assert_eq!(escaped("/cart?x=1&y=a b"), "%2Fcart%3Fx%3D1%26y%3Da%20b");
+        assert_eq!(
+            percent_encoded("/cart?x=1&y=a b"),
+            "%2Fcart%3Fx%3D1%26y%3Da%20b"
+        );
     }
 }

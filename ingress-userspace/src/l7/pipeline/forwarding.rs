@@ -57,6 +57,20 @@ impl Fields for HeaderMap {
 
 /// 64 random-looking bits: splitmix64 over a per-thread state seeded once
 /// from the kernel, so no system call per request.
+/// Everything but RFC 3986's unreserved characters percent-encoded (nginx's
+/// `$escaped_request_uri`, `$ssl_client_escaped_cert`).
+pub(super) fn percent_encoded(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 pub(in crate::l7) fn random_u64() -> u64 {
     thread_local! {
         static STATE: std::cell::Cell<u64> = std::cell::Cell::new({

@@ -24,6 +24,7 @@ use hyper::{
 };
 
 mod canary;
+mod client_certs;
 mod cors;
 pub mod counted;
 mod error_pages;
@@ -38,6 +39,7 @@ pub mod trust;
 mod upgrade;
 mod user_auth;
 
+pub use self::client_certs::PeerCerts;
 use self::{
     counted::Counted,
     forwarding::{
@@ -116,6 +118,16 @@ enum Source<'a> {
     /// Read by the fast server: a head, no body, no upgrade.
     Fast(&'a ClientHead),
     Hyper(Request<Incoming>),
+}
+
+impl Source<'_> {
+    /// The certificates the client gave in its TLS handshake.
+    fn peer_certs(&self) -> Option<&PeerCerts> {
+        match self {
+            Source::Fast(_) => None,
+            Source::Hyper(req) => req.extensions().get::<PeerCerts>(),
+        }
+    }
 }
 
 /// The request as it goes out, with what is needed to see its answer back.
@@ -411,6 +423,17 @@ impl Pipeline {
             if matches!(src, Source::Fast(_)) && needs_hyper(r) {
                 return Ok(Forwarded::HandBack);
             }
+            // The client's certificate first, as nginx checks it when the
+            // request starts.
+            let mut from_auth = Vec::new();
+            match &r.client_auth {
+                None => {}
+                Some(Err(_)) => return Err(ProxyError::AuthDenied),
+                Some(Ok(auth)) => match client_certs::check(auth, src.peer_certs()) {
+                    client_certs::Checked::Through(headers) => from_auth = headers,
+                    client_certs::Checked::Answer(resp) => return Ok(Forwarded::Done(Ok(resp))),
+                },
+            }
             policy::check_source(r, origin)?;
             if let Some(c) = &r.policy.cors
                 && let Some(allow) = cors::allow_origin(c, src.first("origin"))
@@ -441,7 +464,6 @@ impl Pipeline {
                     }
                 }
             }
-            let mut from_auth = Vec::new();
             if let Some(auth) = &r.policy.ext_auth {
                 let asked = ext_auth::Asked {
                     method: head.method,
@@ -452,7 +474,7 @@ impl Pipeline {
                 };
                 let t = self.timeouts(r);
                 match ext_auth::check(auth, asked, &src, t, &self.auth_cache).await {
-                    ext_auth::Decision::Allow(headers) => from_auth = headers,
+                    ext_auth::Decision::Allow(headers) => from_auth.extend(headers),
                     ext_auth::Decision::Answer(resp) => return Ok(Forwarded::Done(Ok(resp))),
                 }
             }
@@ -1100,6 +1122,7 @@ fn needs_hyper(route: &Route) -> bool {
         || route.backend_tls.is_some()
         || route.policy.ext_auth.is_some()
         || route.error_backend.is_some()
+        || route.client_auth.is_some()
 }
 
 /// Whether the route's requests go to its endpoints in HTTP/2.

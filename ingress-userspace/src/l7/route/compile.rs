@@ -16,8 +16,10 @@ use super::{
     annotations::{
         self, Policy,
         canary::{Expect, HeaderRule},
+        client_certs::Verify,
     },
     backend_tls::{self, BackendTls},
+    client_certs::{self, ClientAuth},
     path_elements,
     pattern::{Budget, Patterns, REGEX_CHARS},
     users::{self, Users},
@@ -221,6 +223,23 @@ fn compile_all(
         let users = users_of(&policy, &ns, &id, snapshot, &mut warnings);
         let error_backend = upstreams.error_backend(&policy, &ns, &id, class, &mut warnings);
         let mut budget = Budget::default();
+        let client_auth = client_auth_of(
+            &policy,
+            &ns,
+            &id,
+            snapshot,
+            patterns,
+            &mut budget,
+            &mut warnings,
+        );
+        if matches!(&policy.client_certs, Some(Ok(c)) if c.verify != Verify::Off) {
+            table.client_cert_hosts.extend(
+                spec.rules
+                    .iter()
+                    .flatten()
+                    .filter_map(|r| r.host.as_deref().and_then(normalize_host)),
+            );
+        }
         let mut tls_hosts = Vec::new();
         for (i, tls) in spec.tls.iter().flatten().enumerate() {
             let Some(secret) = tls.secret_name.clone() else {
@@ -257,6 +276,7 @@ fn compile_all(
                     r.backend_tls = upstreams.tls(&policy, &ns, &id, db, &mut warnings);
                     r.users = users.clone();
                     r.error_backend = error_backend.clone();
+                    r.client_auth = client_auth.clone();
                     table.default_backend = Some(r);
                 }
                 Some(r) => warnings.push(RouteWarning {
@@ -333,6 +353,7 @@ fn compile_all(
             route.backend_tls = upstreams.tls(&policy, &ns, &id, rp.backend, &mut warnings);
             route.users = users.clone();
             route.error_backend = error_backend.clone();
+            route.client_auth = client_auth.clone();
             hosts
                 .entry(rp.host)
                 .or_default()
@@ -424,6 +445,9 @@ fn other_hosts(
             if let Some(secret) = table.tls_hosts.get(first).cloned() {
                 table.tls_hosts.entry(alias.clone()).or_insert(secret);
             }
+            if table.client_cert_hosts.contains(first) {
+                table.client_cert_hosts.insert(alias.clone());
+            }
         }
         if !policy.www_redirect {
             continue;
@@ -487,6 +511,7 @@ fn route(
         backend_tls: None,
         users: None,
         error_backend: None,
+        client_auth: None,
         location: Arc::from(location),
         service: Arc::from(upstream.name()),
         upstream,
@@ -539,6 +564,37 @@ fn flag_default_backend(
     let mut r = route(up, "-", false, &Arc::default(), None, "/");
     r.service = Arc::from("upstream-default-backend");
     r
+}
+
+/// The client-certificate check of an Ingress's `auth-tls-*`, or why its
+/// paths answer 503 (each reason reported).
+fn client_auth_of(
+    policy: &Policy,
+    ns: &str,
+    id: &str,
+    snapshot: &Snapshot,
+    patterns: &mut Patterns,
+    budget: &mut Budget,
+    warnings: &mut Vec<RouteWarning>,
+) -> Option<Result<Arc<ClientAuth>, Arc<str>>> {
+    Some(match policy.client_certs.as_ref()? {
+        // Reported when the annotations were read.
+        Err(e) => Err(Arc::from(e.as_str())),
+        Ok(c) if c.verify == Verify::Off => return None,
+        Ok(c) => client_certs::build(c, ns, snapshot, patterns, budget)
+            .map(Arc::new)
+            .map_err(|e| {
+                warnings.push(RouteWarning {
+                    ingress: id.to_string(),
+                    field: format!(
+                        "metadata.annotations[{}auth-tls-secret]",
+                        annotations::PREFIX
+                    ),
+                    message: format!("{e}; the Ingress's paths answer 503"),
+                });
+                Arc::from(e)
+            }),
+    })
 }
 
 /// The users of an Ingress's `auth-type`, or why its paths answer 503

@@ -25,6 +25,7 @@ use crate::{
 
 pub mod annotations;
 pub mod backend_tls;
+pub mod client_certs;
 mod compile;
 pub mod htpasswd;
 pub mod pattern;
@@ -101,6 +102,9 @@ pub struct Route {
     /// they answer one of those codes (`default-backend`, or
     /// `--default-backend-service`).
     pub error_backend: Option<Arc<Upstream>>,
+    /// `auth-tls-*`: the client-certificate check, or why none can be
+    /// made (then the route answers 503).
+    pub client_auth: Option<Result<Arc<client_certs::ClientAuth>, Arc<str>>>,
     /// With `rewrite-target`: the path's pattern, whose captures the
     /// target refers to.
     pub rewrite: Option<PathRegex>,
@@ -213,6 +217,8 @@ pub struct RouteTable {
     default_backend: Option<Route>,
     /// Hosts named in `spec.tls`, with the Secret (`namespace/name`).
     pub tls_hosts: BTreeMap<String, ObjectKey>,
+    /// Hosts whose handshake asks for a client certificate (`auth-tls-*`).
+    pub client_cert_hosts: std::collections::BTreeSet<String>,
     rules: usize,
 }
 

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::l7::{
     error::{BoxError, ProxyError},
-    pipeline::Conn,
+    pipeline::{Conn, PeerCerts},
 };
 
 /// The header count hyper's HTTP/1 parser allows when not told otherwise.
@@ -148,7 +148,13 @@ async fn drive<C: Graceful>(
 
 /// One client connection, plain or TLS, in the HTTP it speaks, until the
 /// client goes away.
-pub(super) async fn serve_conn<I>(io: I, proxy: Arc<Proxy>, conn: Conn, proto: Proto) -> Served
+pub(super) async fn serve_conn<I>(
+    io: I,
+    proxy: Arc<Proxy>,
+    conn: Conn,
+    proto: Proto,
+    peer: Option<PeerCerts>,
+) -> Served
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -160,6 +166,7 @@ where
     let refused = refusals.clone();
     let svc = service_fn(move |req| {
         let p = p.clone();
+        let peer = peer.clone();
         let (request, seq) = w.begin();
         // The stand-in for a head the guard refused: its refusal answers.
         let refusal = refused.take(seq);
@@ -169,7 +176,13 @@ where
                     p.pipeline.refused(&e, conn);
                     e.respond()
                 }
-                None => p.pipeline.handle_hyper(req, conn).await.map(|b| b.boxed()),
+                None => {
+                    let mut req = req;
+                    if let Some(certs) = &peer {
+                        req.extensions_mut().insert(certs.clone());
+                    }
+                    p.pipeline.handle_hyper(req, conn).await.map(|b| b.boxed())
+                }
             };
             let mut resp = resp.map(|body| request.watch(body));
             // Shutting down: HTTP/1 closes after this response (hyper

@@ -21,7 +21,7 @@ use self::hyper_server::{Proto, Served, serve_conn};
 use super::{
     error::ProxyError,
     limits::Limits,
-    pipeline::{Conn, Options, Pipeline},
+    pipeline::{Conn, Options, PeerCerts, Pipeline},
     route::RouteTable,
 };
 
@@ -173,7 +173,7 @@ pub async fn serve_plain(stream: tokio::net::TcpStream, conn: Conn, proxy: Arc<P
         _ => head.freeze(),
     };
     let (io, late) = KeepWriter::new(stream);
-    let served = serve_conn(Prefixed { head, io }, proxy.clone(), conn, proto);
+    let served = serve_conn(Prefixed { head, io }, proxy.clone(), conn, proto, None);
     let served = Box::pin(served).await;
     counted(&served, &proxy, conn);
     let Some(mut w) = late.take() else { return };
@@ -201,9 +201,15 @@ pub async fn serve_tls(
 ) {
     let _open = proxy.opened();
     let mut tls = tls;
+    // What the client's certificate says is the route's to judge.
+    let peer = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| PeerCerts(c.iter().map(|c| c.clone().into_owned()).collect()));
     // Boxed, as for plain connections.
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        let served = serve_conn(tls, proxy.clone(), conn, Proto::Http2);
+        let served = serve_conn(tls, proxy.clone(), conn, Proto::Http2, peer);
         counted(&Box::pin(served).await, &proxy, conn);
         return;
     }
@@ -212,7 +218,7 @@ pub async fn serve_tls(
             head: Bytes::new(),
             io: tls,
         };
-        let served = Box::pin(serve_conn(io, proxy.clone(), conn, Proto::Http1)).await;
+        let served = Box::pin(serve_conn(io, proxy.clone(), conn, Proto::Http1, peer)).await;
         counted(&served, &proxy, conn);
         return;
     }
@@ -222,7 +228,7 @@ pub async fn serve_tls(
     match Box::pin(served).await {
         fast::Ended::HandOver(head) => {
             let io = Prefixed { head, io: tls };
-            let served = serve_conn(io, proxy.clone(), conn, Proto::Http1);
+            let served = serve_conn(io, proxy.clone(), conn, Proto::Http1, peer);
             counted(&Box::pin(served).await, &proxy, conn);
         }
         // close_notify first: a body that ends with the connection must be

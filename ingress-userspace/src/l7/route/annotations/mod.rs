@@ -14,6 +14,7 @@ use super::RouteWarning;
 pub mod affinity;
 pub mod backend_tls;
 pub mod canary;
+pub mod client_certs;
 pub mod cors;
 pub mod ext_auth;
 pub mod hash_by;
@@ -102,6 +103,9 @@ pub struct Policy {
     pub custom_errors: Vec<u16>,
     /// `proxy-next-upstream` and its tries and timeout.
     pub next_upstream: next_upstream::NextUpstream,
+    /// `auth-tls-secret` and the `auth-tls-*` settings, or why the paths
+    /// are denied (503).
+    pub client_certs: Option<Result<client_certs::ClientCerts, String>>,
 }
 
 /// An address range (`10.0.0.0/8`, `2001:db8::/32`, or one address).
@@ -482,6 +486,8 @@ pub fn policy(
             | "auth-request-redirect"
             | "auth-cache-key"
             | "auth-cache-duration" => {}
+            // Read whole by client_certs::read, below.
+            n if n.starts_with("auth-tls-") => {}
             // Read whole by user_auth::read, below.
             "auth-type" | "auth-secret" | "auth-secret-type" | "auth-realm" => {}
             // Read whole by rate::read, below.
@@ -525,6 +531,8 @@ pub fn policy(
     p.rate = rate::read(annotations, &mut warn);
     p.ext_auth = ext_auth::read(annotations, &mut warn);
     p.user_auth = user_auth::read(annotations, &mut warn);
+    let owner = id.split('/').next().unwrap_or_default();
+    p.client_certs = client_certs::read(annotations, owner, &mut warn);
     p.hash_by = hash_by::read(annotations, &mut warn);
     p.next_upstream = next_upstream::read(annotations, &mut warn);
     p

@@ -85,12 +85,20 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
     ("auth-secret-type", Honoured),
     ("auth-signin", Honoured),
     ("auth-signin-redirect-param", Honoured),
-    ("auth-tls-error-page", NotSupported),
-    ("auth-tls-match-cn", NotSupported),
-    ("auth-tls-pass-certificate-to-upstream", NotSupported),
-    ("auth-tls-secret", NotSupported),
-    ("auth-tls-verify-client", NotSupported),
-    ("auth-tls-verify-depth", NotSupported),
+    ("auth-tls-error-page", Honoured),
+    ("auth-tls-match-cn", Honoured),
+    ("auth-tls-pass-certificate-to-upstream", Honoured),
+    (
+        "auth-tls-secret",
+        Differs(
+            "checked per path of the Ingress (ingress-nginx checks the whole host); the handshake asks every client of the host for a certificate",
+        ),
+    ),
+    ("auth-tls-verify-client", Honoured),
+    (
+        "auth-tls-verify-depth",
+        Differs("counts the certificates the client sends above its own"),
+    ),
     (
         "auth-type",
         Differs(

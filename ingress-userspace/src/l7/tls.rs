@@ -12,7 +12,6 @@ use arc_swap::ArcSwap;
 use rustls::{
     DigitallySignedStruct, DistinguishedName, SignatureScheme,
     client::danger::HandshakeSignatureValid,
-    crypto::CryptoProvider,
     pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject},
     server::{
         ClientHello, ResolvesServerCert,
@@ -21,7 +20,7 @@ use rustls::{
     sign::CertifiedKey,
 };
 
-use super::route::{RouteTable, RouteWarning};
+use super::route::{RouteTable, RouteWarning, backend_tls::KeyProof};
 use crate::cluster::{ObjectKey, Snapshot, secret_data};
 
 #[derive(Default)]
@@ -201,7 +200,7 @@ pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfigs>, String
         .with_no_client_auth()
         .with_cert_resolver(store.clone());
     let mut asking = builder()?
-        .with_client_cert_verifier(Arc::new(AskAny(provider.clone())))
+        .with_client_cert_verifier(Arc::new(AskAny(KeyProof(provider.clone()))))
         .with_cert_resolver(store.clone());
     for cfg in [&mut plain, &mut asking] {
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -217,7 +216,7 @@ pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfigs>, String
 /// chain whose key the client proves it holds: which CA it must lead to
 /// is the route's to say, per request (`route::client_certs`).
 #[derive(Debug)]
-struct AskAny(Arc<CryptoProvider>);
+struct AskAny(KeyProof);
 
 impl ClientCertVerifier for AskAny {
     fn offer_client_auth(&self) -> bool {
@@ -247,12 +246,7 @@ impl ClientCertVerifier for AskAny {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -261,16 +255,11 @@ impl ClientCertVerifier for AskAny {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.0.schemes()
     }
 }
 

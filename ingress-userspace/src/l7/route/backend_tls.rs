@@ -40,11 +40,44 @@ impl std::fmt::Debug for BackendTls {
     }
 }
 
+/// The handshake signatures of `provider`: what a verifier that takes any
+/// chain still checks, so the peer proves it holds the key its
+/// certificate names (the client side's `Unverified`, the server side's
+/// `tls::AskAny`).
+#[derive(Debug)]
+pub(in crate::l7) struct KeyProof(pub Arc<CryptoProvider>);
+
+impl KeyProof {
+    pub fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    pub fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    pub fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// nginx's `proxy_ssl_verify off`: any certificate, the handshake's own
 /// signatures still checked (the session is still encrypted to whoever
 /// holds the key the certificate names).
 #[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
+struct Unverified(KeyProof);
 
 impl ServerCertVerifier for Unverified {
     fn verify_server_cert(
@@ -64,12 +97,7 @@ impl ServerCertVerifier for Unverified {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -78,16 +106,11 @@ impl ServerCertVerifier for Unverified {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.0.schemes()
     }
 }
 
@@ -102,7 +125,7 @@ pub fn unverified() -> Arc<rustls::ClientConfig> {
                 .with_safe_default_protocol_versions()
                 .unwrap_or_else(|_| unreachable!("ring offers the default versions"))
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+                .with_custom_certificate_verifier(Arc::new(Unverified(KeyProof(provider))))
                 .with_no_client_auth();
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
             Arc::new(config)
@@ -163,7 +186,7 @@ pub fn build(
     } else {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+            .with_custom_certificate_verifier(Arc::new(Unverified(KeyProof(provider))))
     };
     let mut config = match (&cert, &key) {
         (Some(cert), Some(key)) => {

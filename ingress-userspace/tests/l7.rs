@@ -3018,6 +3018,71 @@ async fn client_certificates_as_ingress_nginx_auth_tls() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_balance_ewma_sends_to_the_faster_endpoint() {
+    let ips = [24, 25].map(|d| Ipv4Addr::new(127, 0, 0, d));
+    let mut listeners = same_port(&ips).await.into_iter();
+    let fast = listeners.next().unwrap();
+    let port = fast.local_addr().unwrap().port();
+    let served = Arc::new(std::sync::Mutex::new(Vec::new()));
+    scripted_on(fast, served.clone(), |_| {
+        Response::new(Full::new(Bytes::from_static(b"fast\n")))
+    });
+    // Answers after 50 ms.
+    let slow = listeners.next().unwrap();
+    let slow_hits = Arc::new(AtomicUsize::new(0));
+    let hits = slow_hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = slow.accept().await else {
+                continue;
+            };
+            let hits = hits.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: Request<Incoming>| {
+                    let hits = hits.clone();
+                    async move {
+                        hits.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"slow\n"))))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    let to = |host: &str, notes: &[(&str, &str)]| {
+        annotated(host, notes, "/", "Prefix").replace("name: a, port", "name: pair, port")
+    };
+    let yaml = service("pair", port, &[IpAddr::V4(ips[0]), IpAddr::V4(ips[1])])
+        + "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: ebpf}\nspec: {controller: ingress-ebpf/controller}\n"
+        + &to("ewma.test", &[("load-balance", "ewma")])
+        + &to("plain.test", &[("load-balance", "round_robin")]);
+    let d = Ingressd::start(BIN, &yaml).await;
+    let run = async |host: &str| {
+        slow_hits.store(0, Ordering::Relaxed);
+        for _ in 0..30 {
+            let (s, _, _) = request_with(d.http, false, "GET", host, &[]).await;
+            assert_eq!(s, 200);
+        }
+        slow_hits.load(Ordering::Relaxed)
+    };
+    // One at a time, both endpoints idle: by in-flight requests the pick
+    // is a coin toss; by response time the slow one is tried once or so.
+    let by_time = run("ewma.test").await;
+    assert!(
+        by_time <= 3,
+        "ewma sent {by_time} of 30 to the slow endpoint"
+    );
+    let by_load = run("plain.test").await;
+    assert!(
+        by_load > 3,
+        "round_robin sent {by_load} of 30 to the slow endpoint"
+    );
+}
+
 /// The request head the scripted endpoint echoed, lowercased, from the
 /// whole response a raw client read.
 fn echoed_head(response: &str) -> String {

@@ -654,6 +654,7 @@ impl Pipeline {
             session.as_ref().and_then(|(_, s)| s.prefer()).or(hashed),
             t,
             &route.policy.next_upstream,
+            route.policy.ewma,
             route.upstream.name(),
             &request_id,
         ))

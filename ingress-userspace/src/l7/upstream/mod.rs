@@ -271,6 +271,7 @@ impl Upstreams {
         prefer: Option<SocketAddr>,
         t: Timeouts,
         next: &NextUpstream,
+        ewma: bool,
         upstream: &str,
         request_id: &hyper::header::HeaderValue,
     ) -> Result<(Response<Body>, SocketAddr), ProxyError> {
@@ -286,7 +287,7 @@ impl Upstreams {
             let Some(out) = pending.take() else { break };
             let chosen = match prefer {
                 Some(p) if attempt == 0 && addrs.contains(&p) => Some((p, self.picker.hold(p))),
-                _ => self.picker.pick(addrs, &tried[..attempt]),
+                _ => self.picker.pick(addrs, &tried[..attempt], ewma),
             };
             let Some((addr, in_flight)) = chosen else {
                 break;
@@ -306,6 +307,8 @@ impl Upstreams {
                 }
                 tokio::time::sleep(t.connect + t.read).await;
             };
+            // Timed only for `ewma` (a clock read per request otherwise).
+            let sending = ewma.then(Instant::now);
             let outcome = tokio::select! {
                 r = self.send_once(addr, out, t) => r,
                 () = response_deadline => Err(Failure::sent(ProxyError::UpstreamTimeout)),
@@ -316,6 +319,9 @@ impl Upstreams {
             let failure = match outcome {
                 Ok(resp) => {
                     in_flight.report(true);
+                    if let Some(sent) = sending {
+                        in_flight.took(sent.elapsed());
+                    }
                     let status = resp.status().as_u16();
                     match spare {
                         Some(spare) if next.after_status(status) => {

@@ -1,4 +1,6 @@
-//! Endpoint choice: power of two choices on in-flight requests, with
+//! Endpoint choice: power of two choices on in-flight requests (or, for
+//! `load-balance: ewma`, on a decaying average of response time times the
+//! requests in flight, as ingress-nginx's and Finagle's peak EWMA), with
 //! endpoints that keep failing to connect ejected for a while.
 //!
 //! State is per endpoint address and outlives route-table swaps, so a
@@ -17,6 +19,9 @@ use std::{
 const EJECT_AFTER: u32 = 3;
 /// How long an ejected endpoint is skipped.
 const EJECT_FOR: Duration = Duration::from_secs(10);
+/// How fast the response-time average forgets (ingress-nginx's ewma
+/// decay time).
+const DECAY_MS: f64 = 10_000.0;
 
 /// Per endpoint; read lock-free on every request.
 #[derive(Default)]
@@ -26,6 +31,10 @@ struct EndpointState {
     failures: AtomicU32,
     /// Ejected until this many ms after `epoch()`; 0: not ejected.
     ejected_until_ms: AtomicU64,
+    /// The response-time average in ms (an f64's bits), and when it was
+    /// last fed (ms after `epoch()`; 0: never).
+    ewma_ms: AtomicU64,
+    ewma_at_ms: AtomicU64,
 }
 
 /// The zero of `ejected_until_ms`.
@@ -39,6 +48,28 @@ fn now_ms() -> u64 {
 }
 
 impl EndpointState {
+    /// Feeds the average a response time: the older the last sample, the
+    /// less it still counts. Racing writers may lose a sample; the
+    /// average stays an average.
+    fn sample(&self, rtt_ms: f64, now_ms: u64) {
+        let at = self.ewma_at_ms.swap(now_ms, Ordering::Relaxed);
+        let old = f64::from_bits(self.ewma_ms.load(Ordering::Relaxed));
+        let new = if at == 0 {
+            rtt_ms
+        } else {
+            let w = (-(now_ms.saturating_sub(at) as f64) / DECAY_MS).exp();
+            old * w + rtt_ms * (1.0 - w)
+        };
+        self.ewma_ms.store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    /// What sending one more request here is expected to cost: an
+    /// endpoint never timed costs nothing, so it is tried.
+    fn cost(&self) -> f64 {
+        let avg = f64::from_bits(self.ewma_ms.load(Ordering::Relaxed));
+        avg * (self.in_flight.load(Ordering::Relaxed) + 1) as f64
+    }
+
     fn ejected(&self, now_ms: u64) -> bool {
         self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
     }
@@ -113,6 +144,11 @@ impl InFlight {
     pub fn report(&self, connected: bool) {
         self.0.report(self.1, connected);
     }
+
+    /// Records how long its response head took (for `ewma`).
+    pub fn took(&self, rtt: Duration) {
+        self.0.sample(rtt.as_secs_f64() * 1000.0, now_ms());
+    }
 }
 
 impl Drop for InFlight {
@@ -139,14 +175,15 @@ impl Balancer {
     }
 
     /// Picks one of `addrs` (not in `avoid`): of two random usable ones,
-    /// the one with fewer requests in flight. Ejected endpoints are used
-    /// only when nothing else is left. The usual case looks at two
-    /// endpoints, whatever their number; only when both are unusable does
-    /// it scan them all.
+    /// the one with fewer requests in flight (`ewma`: the lower cost).
+    /// Ejected endpoints are used only when nothing else is left. The
+    /// usual case looks at two endpoints, whatever their number; only
+    /// when both are unusable does it scan them all.
     pub fn pick(
         &self,
         addrs: &[SocketAddr],
         avoid: &[SocketAddr],
+        ewma: bool,
     ) -> Option<(SocketAddr, InFlight)> {
         let now = now_ms();
         let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
@@ -166,8 +203,13 @@ impl Balancer {
                 let (a, b) = ((addrs[i], state(addrs[i])), (addrs[j], state(addrs[j])));
                 match (usable(&a.0, &a.1), usable(&b.0, &b.1)) {
                     (true, true) => {
-                        let load = |s: &EndpointState| s.in_flight.load(Ordering::Relaxed);
-                        if load(&b.1) < load(&a.1) { b } else { a }
+                        let less = if ewma {
+                            b.1.cost() < a.1.cost()
+                        } else {
+                            let load = |s: &EndpointState| s.in_flight.load(Ordering::Relaxed);
+                            load(&b.1) < load(&a.1)
+                        };
+                        if less { b } else { a }
                     }
                     (true, false) => a,
                     (false, true) => b,
@@ -261,9 +303,32 @@ mod tests {
                 )
             })
             .collect();
-        let picks: Vec<SocketAddr> = (0..100).map(|_| b.pick(&all, &[]).unwrap().0).collect();
+        let picks: Vec<SocketAddr> = (0..100)
+            .map(|_| b.pick(&all, &[], false).unwrap().0)
+            .collect();
         assert!(picks.iter().all(|p| *p == all[1]));
         drop(held);
+    }
+
+    #[test]
+    fn ewma_prefers_the_faster_endpoint_until_it_is_busy() {
+        let b = Balancer::default();
+        let all = addrs(2);
+        // Never timed: tried first.
+        b.state(all[1]).sample(1.0, 1);
+        assert!((0..50).all(|_| b.pick(&all, &[], true).unwrap().0 == all[0]));
+        b.state(all[0]).sample(100.0, 1);
+        assert!((0..50).all(|_| b.pick(&all, &[], true).unwrap().0 == all[1]));
+        // 1 ms × 150 requests in flight costs more than 100 ms × 1.
+        let held: Vec<_> = (0..149).map(|_| b.hold(all[1])).collect();
+        assert!((0..50).all(|_| b.pick(&all, &[], true).unwrap().0 == all[0]));
+        drop(held);
+        // Older samples count less: ten seconds on, a fast answer from
+        // the slow endpoint brings it most of the way down.
+        let slow = b.state(all[0]);
+        slow.sample(1.0, 1 + 10 * DECAY_MS as u64);
+        let avg = f64::from_bits(slow.ewma_ms.load(Ordering::Relaxed));
+        assert!(avg < 2.0, "{avg}");
     }
 
     #[test]
@@ -272,7 +337,9 @@ mod tests {
         let all = addrs(4);
         let mut counts = HashMap::new();
         for _ in 0..4000 {
-            *counts.entry(b.pick(&all, &[]).unwrap().0).or_insert(0) += 1;
+            *counts
+                .entry(b.pick(&all, &[], false).unwrap().0)
+                .or_insert(0) += 1;
         }
         assert_eq!(counts.len(), 4);
         assert!(counts.values().all(|c| *c > 600), "{counts:?}");
@@ -285,14 +352,14 @@ mod tests {
         for _ in 0..EJECT_AFTER {
             b.report(all[0], false);
         }
-        assert!((0..50).all(|_| b.pick(&all, &[]).unwrap().0 == all[1]));
+        assert!((0..50).all(|_| b.pick(&all, &[], false).unwrap().0 == all[1]));
         assert_eq!(
-            b.pick(&all, &[all[1]]).unwrap().0,
+            b.pick(&all, &[all[1]], false).unwrap().0,
             all[0],
             "ejected is still better than nothing"
         );
-        assert!(b.pick(&all, &all).is_none());
+        assert!(b.pick(&all, &all, false).is_none());
         b.report(all[0], true);
-        assert!((0..200).any(|_| b.pick(&all, &[]).unwrap().0 == all[0]));
+        assert!((0..200).any(|_| b.pick(&all, &[], false).unwrap().0 == all[0]));
     }
 }

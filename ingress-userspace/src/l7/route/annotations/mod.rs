@@ -106,6 +106,8 @@ pub struct Policy {
     /// `auth-tls-secret` and the `auth-tls-*` settings, or why the paths
     /// are denied (503).
     pub client_certs: Option<Result<client_certs::ClientCerts, String>>,
+    /// `load-balance: ewma`: endpoints by response time and load.
+    pub ewma: bool,
 }
 
 /// An address range (`10.0.0.0/8`, `2001:db8::/32`, or one address).
@@ -340,6 +342,11 @@ pub fn policy(
                     );
                     p.allow = vec![NOBODY];
                 }
+            },
+            "load-balance" => match value.trim() {
+                "ewma" => p.ewma = true,
+                "round_robin" => {}
+                _ => warn(key, bad("round_robin or ewma")),
             },
             "custom-http-errors" => {
                 let codes: Option<Vec<u16>> = value

@@ -187,7 +187,12 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
         "limit-whitelist",
         Differs("the old name of limit-allowlist; ignored when both are set, as in ingress-nginx"),
     ),
-    ("load-balance", NotSupported),
+    (
+        "load-balance",
+        Differs(
+            "ewma as ingress-nginx's (power of two choices on response time × requests in flight); round_robin is power of two choices on requests in flight",
+        ),
+    ),
     ("mirror-host", NotSupported),
     ("mirror-request-body", NotSupported),
     ("mirror-target", NotSupported),

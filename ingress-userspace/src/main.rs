@@ -242,6 +242,10 @@ struct LimitFlags {
     /// as nginx's proxy_read_timeout.
     #[arg(long, default_value_t = 60, env = "INGRESSD_UPSTREAM_RESPONSE_TIMEOUT")]
     upstream_response_timeout: u64,
+    /// Seconds an endpoint may take none of a request body the client is
+    /// sending (504 after), as nginx's proxy_send_timeout.
+    #[arg(long, default_value_t = 60, env = "INGRESSD_UPSTREAM_SEND_TIMEOUT")]
+    upstream_send_timeout: u64,
     /// Seconds a client has to send a request head (408 after);
     /// also how long a response write may wait for the client to read
     /// (nginx's send_timeout; HTTP/1 requests without a body).
@@ -297,6 +301,7 @@ impl LimitFlags {
         Limits {
             upstream_connect_timeout: Duration::from_secs(self.upstream_connect_timeout),
             upstream_response_timeout: Duration::from_secs(self.upstream_response_timeout),
+            upstream_send_timeout: Duration::from_secs(self.upstream_send_timeout.max(1)),
             client_header_timeout: Duration::from_secs(self.client_header_timeout.max(1)),
             client_keepalive: Duration::from_secs(self.keep_alive_timeout),
             idle_keepalive: Duration::from_secs(self.upstream_keepalive_timeout),

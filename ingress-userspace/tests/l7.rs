@@ -3083,6 +3083,63 @@ async fn load_balance_ewma_sends_to_the_faster_endpoint() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_stops_taking_a_body_times_out_as_proxy_send_timeout() {
+    // Takes connections and never reads from them.
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 26), 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            held.push(tcp);
+        }
+    });
+    let to = |host: &str, notes: &[(&str, &str)]| {
+        annotated(host, notes, "/", "Prefix").replace("name: a, port", "name: deaf, port")
+    };
+    let yaml = service("deaf", addr.port(), &[addr.ip()])
+        + "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: ebpf}\nspec: {controller: ingress-ebpf/controller}\n"
+        + &to(
+            "deaf.test",
+            &[
+                ("proxy-send-timeout", "1"),
+                ("proxy-body-size", "0"),
+                ("proxy-next-upstream", "off"),
+            ],
+        );
+    let d = Ingressd::start(BIN, &yaml).await;
+    // More than the sockets' buffers hold, so the endpoint's not reading
+    // stops the upload.
+    let body = Bytes::from(vec![b'x'; 64 << 20]);
+    let stream = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method("POST")
+        .uri("/upload")
+        .header("host", "deaf.test")
+        .body(Full::new(body))
+        .unwrap();
+    let started = Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
+        .await
+        .expect("an answer, not a hang")
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// The request head the scripted endpoint echoed, lowercased, from the
 /// whole response a raw client read.
 fn echoed_head(response: &str) -> String {

@@ -8,6 +8,9 @@ pub struct Limits {
     pub upstream_connect_timeout: Duration,
     /// From request sent to response headers received.
     pub upstream_response_timeout: Duration,
+    /// How long an endpoint may take none of a request body the client
+    /// is sending (nginx's proxy_send_timeout).
+    pub upstream_send_timeout: Duration,
     /// Idle upstream connections are closed after this.
     pub idle_keepalive: Duration,
     /// A client must send a whole request head within this (408 after it);
@@ -40,6 +43,7 @@ impl Default for Limits {
         Self {
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_response_timeout: Duration::from_secs(60),
+            upstream_send_timeout: Duration::from_secs(60),
             idle_keepalive: Duration::from_secs(60),
             client_header_timeout: Duration::from_secs(60),
             client_keepalive: Duration::from_secs(75),

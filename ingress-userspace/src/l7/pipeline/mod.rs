@@ -564,6 +564,10 @@ impl Pipeline {
                 .policy
                 .read_timeout
                 .unwrap_or(self.limits.upstream_response_timeout),
+            send: route
+                .policy
+                .send_timeout
+                .unwrap_or(self.limits.upstream_send_timeout),
         }
     }
 

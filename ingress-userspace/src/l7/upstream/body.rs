@@ -6,7 +6,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -28,12 +28,28 @@ const TRIP_BAD: u8 = 3;
 const TRIP_LEFT: u8 = 4;
 
 /// What the proxy learns from a request body on its way upstream.
-#[derive(Default)]
 pub struct BodyWatch {
     /// Why the body was cut off (`TRIP_*`).
     tripped: AtomicU8,
     /// Told once the whole body has been read (starts the response timeout).
     pub done: tokio::sync::Notify,
+    /// When the endpoint last took a piece (ms after `born`; 0: none yet).
+    took_ms: AtomicU64,
+    /// The body's reader waits on the client, not on the endpoint.
+    on_client: AtomicBool,
+    born: tokio::time::Instant,
+}
+
+impl Default for BodyWatch {
+    fn default() -> Self {
+        Self {
+            tripped: AtomicU8::new(TRIP_NONE),
+            done: tokio::sync::Notify::new(),
+            took_ms: AtomicU64::new(0),
+            on_client: AtomicBool::new(false),
+            born: tokio::time::Instant::now(),
+        }
+    }
 }
 
 impl BodyWatch {
@@ -47,6 +63,46 @@ impl BodyWatch {
             TRIP_LEFT => Some(ProxyError::ClientLeft),
             _ => None,
         }
+    }
+
+    /// Waits until the whole body has been read: false if the endpoint
+    /// took none of it for `limit` meanwhile, while the client had more
+    /// to give (`connect` more before its first piece: connecting comes
+    /// first).
+    pub async fn sent(&self, limit: Duration, connect: Duration) -> bool {
+        loop {
+            let stalled = self.stalled(limit, connect);
+            if stalled.is_zero() {
+                return false;
+            }
+            tokio::select! {
+                () = self.done.notified() => return true,
+                () = tokio::time::sleep(stalled) => {}
+            }
+        }
+    }
+
+    /// How long until the endpoint has stalled the body for `limit`
+    /// (zero: it has; a full `limit` while the client is the one waited on).
+    fn stalled(&self, limit: Duration, connect: Duration) -> Duration {
+        if self.on_client.load(Ordering::Relaxed) {
+            return limit;
+        }
+        let now = self.born.elapsed();
+        let took = self.took_ms.load(Ordering::Relaxed);
+        let (since, allowed) = if took == 0 {
+            (Duration::ZERO, limit + connect)
+        } else {
+            (Duration::from_millis(took), limit)
+        };
+        (since + allowed).saturating_sub(now)
+    }
+
+    /// A piece went to the endpoint's connection.
+    fn took(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.took_ms.store(ms.max(1), Ordering::Relaxed);
+        self.on_client.store(false, Ordering::Relaxed);
     }
 
     fn trip(&self, why: u8) {
@@ -105,6 +161,7 @@ impl hyper::body::Body for ClientBody {
                     return Poll::Ready(Some(Err("request body too large".into())));
                 }
                 self.left -= n;
+                self.watch.took();
                 let next = tokio::time::Instant::now() + self.timeout;
                 self.deadline.as_mut().reset(next);
                 if self
@@ -134,6 +191,7 @@ impl hyper::body::Body for ClientBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
+                self.watch.on_client.store(true, Ordering::Relaxed);
                 if self.deadline.as_mut().poll(cx).is_ready() {
                     self.watch.trip(TRIP_TIMEOUT);
                     self.inner = None;

@@ -656,6 +656,7 @@ mod tests {
             let timeouts = Timeouts {
                 connect: Duration::from_secs(5),
                 read: Duration::from_secs(5),
+                send: Duration::from_secs(5),
             };
             let result = pool.send(addr, head, timeouts).await;
             match result {
@@ -690,6 +691,7 @@ mod tests {
         let timeouts = Timeouts {
             connect: Duration::from_secs(5),
             read: Duration::from_millis(300),
+            send: Duration::from_secs(5),
         };
         let resp = match pool.send(addr, head, timeouts).await {
             Ok(resp) => resp,

@@ -43,6 +43,8 @@ pub struct Timeouts {
     /// For the response head once the request is sent, and between two
     /// reads of the body.
     pub read: Duration,
+    /// For the endpoint to take more of a request body the client sends.
+    pub send: Duration,
 }
 
 /// A request on its way to an endpoint, by the client that carries it.
@@ -302,8 +304,12 @@ impl Upstreams {
                 None
             };
             let response_deadline = async {
-                if let Some(w) = watch {
-                    w.done.notified().await;
+                // An endpoint that stops taking the body times out as one
+                // that does not answer (nginx's proxy_send_timeout).
+                if let Some(w) = watch
+                    && !w.sent(t.send, t.connect).await
+                {
+                    return;
                 }
                 tokio::time::sleep(t.connect + t.read).await;
             };

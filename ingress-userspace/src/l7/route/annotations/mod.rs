@@ -38,6 +38,9 @@ pub struct Policy {
     pub connect_timeout: Option<Duration>,
     /// `proxy-read-timeout`: waiting for the endpoint's response.
     pub read_timeout: Option<Duration>,
+    /// `proxy-send-timeout`: waiting for the endpoint to take more of a
+    /// request body.
+    pub send_timeout: Option<Duration>,
     /// `force-ssl-redirect`: to HTTPS even for hosts without `spec.tls`.
     pub force_ssl_redirect: bool,
     /// `ssl-redirect` (default true).
@@ -306,6 +309,10 @@ pub fn policy(
             },
             "proxy-read-timeout" => match seconds(value) {
                 Some(d) => p.read_timeout = Some(d),
+                None => warn(key, bad("a number of seconds")),
+            },
+            "proxy-send-timeout" => match seconds(value) {
+                Some(d) => p.send_timeout = Some(d),
                 None => warn(key, bad("a number of seconds")),
             },
             "ssl-redirect" => match boolean(value) {

@@ -227,7 +227,7 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
     ("proxy-redirect-from", NotSupported),
     ("proxy-redirect-to", NotSupported),
     ("proxy-request-buffering", Differs(STREAMING)),
-    ("proxy-send-timeout", NotSupported),
+    ("proxy-send-timeout", Honoured),
     ("proxy-ssl-ciphers", NotSupported),
     (
         "proxy-ssl-name",
@@ -420,7 +420,10 @@ const CONFIGMAP: &[(&str, Verdict)] = &[
         "proxy-real-ip-cidr",
         Differs("set as the flag --proxy-real-ip-cidr"),
     ),
-    ("proxy-send-timeout", NotSupported),
+    (
+        "proxy-send-timeout",
+        Differs("set as the flag --upstream-send-timeout (the annotation per Ingress)"),
+    ),
     ("server-snippet", Refused(SNIPPETS)),
     (
         "server-tokens",

@@ -53,6 +53,9 @@ pub struct Record {
     pub target: Option<PathAndQuery>,
     pub version: Version,
     pub status: u16,
+    /// The request's Authorization header: `$remote_user` is its Basic
+    /// user (decoded here, on the log's thread).
+    pub authorization: Option<Bytes>,
     pub referer: Option<Bytes>,
     pub user_agent: Option<Bytes>,
     pub request_length: u64,
@@ -381,13 +384,27 @@ fn secs(out: &mut Vec<u8>, d: Duration) {
     ]);
 }
 
+/// nginx's `$remote_user`: the user of Basic credentials, whatever the
+/// route's authentication.
+fn remote_user(r: &Record) -> Option<String> {
+    r.authorization
+        .as_deref()
+        .and_then(super::user_auth::basic)
+        .map(|(user, _)| user)
+}
+
 fn line(out: &mut Vec<u8>, r: &Record, format: Format, clock: &mut TimeText) {
     let (local, iso) = clock.at(r.time);
     let id = r.request_id.as_ref().map(HeaderValue::as_bytes);
     match format {
         Format::Text => {
             ip(out, r.client);
-            out.extend_from_slice(b" - - [");
+            out.extend_from_slice(b" - ");
+            match remote_user(r) {
+                Some(user) if !user.is_empty() => escaped(out, user.as_bytes()),
+                _ => out.push(b'-'),
+            }
+            out.extend_from_slice(b" [");
             out.extend_from_slice(local.as_bytes());
             out.extend_from_slice(b"] \"");
             match (&r.method, &r.target) {
@@ -438,9 +455,11 @@ fn line(out: &mut Vec<u8>, r: &Record, format: Format, clock: &mut TimeText) {
         Format::Json => {
             let _ = write!(
                 out,
-                "{{\"time\":\"{iso}\",\"remote_addr\":\"{}\",\"request\":\"",
+                "{{\"time\":\"{iso}\",\"remote_addr\":\"{}\",\"remote_user\":\"",
                 r.client
             );
+            json_escaped(out, remote_user(r).unwrap_or_default().as_bytes());
+            out.extend_from_slice(b"\",\"request\":\"");
             if let (Some(m), Some(t)) = (&r.method, &r.target) {
                 json_escaped(out, m.as_str().as_bytes());
                 out.push(b' ');
@@ -499,6 +518,7 @@ mod tests {
             target: Some(PathAndQuery::from_static("/cart?x=1")),
             version: Version::HTTP_11,
             status: 200,
+            authorization: None,
             referer: None,
             user_agent: Some(Bytes::from_static(b"curl/8 \"x\"\n")),
             request_length: 78,
@@ -526,6 +546,28 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "198.18.0.9 - - [02/Dec/2025:13:04:05 +0000] \"GET /cart?x=1 HTTP/1.1\" 200 12 \"-\" \"curl/8 \\x22x\\x22\\x0A\" 78 0.003 [shop-b-http] [] 198.18.1.3:8080 12 0.002 200 abc123\n"
         );
+    }
+
+    #[test]
+    fn remote_user_is_the_basic_user() {
+        let mut r = record();
+        // "Aladdin:open sesame"
+        r.authorization = Some(Bytes::from_static(b"Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="));
+        let mut out = Vec::new();
+        line(&mut out, &r, Format::Text, &mut TimeText::default());
+        assert!(
+            out.starts_with(b"198.18.0.9 - Aladdin ["),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        let mut out = Vec::new();
+        line(&mut out, &r, Format::Json, &mut TimeText::default());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["remote_user"], "Aladdin");
+        r.authorization = Some(Bytes::from_static(b"Bearer abc"));
+        let mut out = Vec::new();
+        line(&mut out, &r, Format::Text, &mut TimeText::default());
+        assert!(out.starts_with(b"198.18.0.9 - - ["));
     }
 
     #[test]

@@ -103,6 +103,8 @@ struct Head<'a> {
 /// The request's fields only the access log needs.
 struct Logged {
     version: Version,
+    /// Its Authorization header (`$remote_user`, read by the log thread).
+    authorization: Option<Bytes>,
     referer: Option<Bytes>,
     user_agent: Option<Bytes>,
     length: u64,
@@ -306,6 +308,7 @@ impl Pipeline {
                 } else {
                     Version::HTTP_11
                 },
+                authorization: req.value("authorization"),
                 referer: req.value("referer"),
                 user_agent: req.value("user-agent"),
                 length: req.len() as u64,
@@ -351,6 +354,7 @@ impl Pipeline {
                     .unwrap_or(0);
                 Logged {
                     version: req.version(),
+                    authorization: value(header::AUTHORIZATION),
                     referer: value(header::REFERER),
                     user_agent: value(header::USER_AGENT),
                     length: (req.method().as_str().len() + target.as_str().len() + 12 + fields)
@@ -945,6 +949,7 @@ impl Pipeline {
                 target: Some(head.target.clone()),
                 version: l.version,
                 status: o.status.as_u16(),
+                authorization: l.authorization.clone(),
                 referer: l.referer.clone(),
                 user_agent: l.user_agent.clone(),
                 request_length: l.length,
@@ -976,6 +981,7 @@ impl Pipeline {
             target: None,
             version: Version::HTTP_11,
             status: status.as_u16(),
+            authorization: None,
             referer: None,
             user_agent: None,
             request_length: 0,

@@ -19,7 +19,10 @@ use ingressd::{
             log::{Destination, Format},
             trust::Trust,
         },
-        route::{annotations::Cidr, compile, render_routes},
+        route::{
+            annotations::{self, Cidr, PREFIX},
+            compile, render_routes,
+        },
     },
     source::files::ManifestSource,
     status::PublishConfig,
@@ -411,6 +414,56 @@ struct ProxyFlags {
         env = "INGRESSD_ACCESS_LOG_FORMAT"
     )]
     access_log_format: Format,
+    /// Every Ingress's load-balance unless it sets its own: round_robin or ewma (ingress-nginx's
+    /// ConfigMap key of that name).
+    #[arg(long, value_parser = annotation_value("load-balance"), env = "INGRESSD_LOAD_BALANCE")]
+    load_balance: Option<String>,
+    /// Every Ingress's proxy-next-upstream unless it sets its own [default: error timeout].
+    #[arg(long, value_parser = annotation_value("proxy-next-upstream"), env = "INGRESSD_PROXY_NEXT_UPSTREAM")]
+    proxy_next_upstream: Option<String>,
+    /// Every Ingress's proxy-next-upstream-tries unless it sets its own [default: 3].
+    #[arg(long, value_parser = annotation_value("proxy-next-upstream-tries"), env = "INGRESSD_PROXY_NEXT_UPSTREAM_TRIES")]
+    proxy_next_upstream_tries: Option<String>,
+    /// Every Ingress's proxy-next-upstream-timeout unless it sets its own [default: 0, none].
+    #[arg(long, value_parser = annotation_value("proxy-next-upstream-timeout"), env = "INGRESSD_PROXY_NEXT_UPSTREAM_TIMEOUT")]
+    proxy_next_upstream_timeout: Option<String>,
+    /// Every Ingress's custom-http-errors unless it sets its own (codes answered by the default
+    /// backend: --default-backend-service or the Ingress's default-backend).
+    #[arg(long, value_parser = annotation_value("custom-http-errors"), env = "INGRESSD_CUSTOM_HTTP_ERRORS")]
+    custom_http_errors: Option<String>,
+}
+
+impl ProxyFlags {
+    /// The annotation values these flags set for every Ingress.
+    fn annotation_defaults(&self) -> std::collections::BTreeMap<String, String> {
+        [
+            ("load-balance", &self.load_balance),
+            ("proxy-next-upstream", &self.proxy_next_upstream),
+            ("proxy-next-upstream-tries", &self.proxy_next_upstream_tries),
+            (
+                "proxy-next-upstream-timeout",
+                &self.proxy_next_upstream_timeout,
+            ),
+            ("custom-http-errors", &self.custom_http_errors),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((format!("{PREFIX}{k}"), v.clone()?)))
+        .collect()
+    }
+}
+
+/// A flag whose value is read as the annotation `name` reads it: refused
+/// at start where the annotation would be reported.
+fn annotation_value(name: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone {
+    move |v: &str| {
+        let mut warnings = Vec::new();
+        let annotations = [(format!("{PREFIX}{name}"), v.to_string())].into();
+        annotations::policy("(flag)", &annotations, &mut warnings);
+        match warnings.first() {
+            None => Ok(v.to_string()),
+            Some(w) => Err(w.message.clone()),
+        }
+    }
 }
 
 fn parse_destination(s: &str) -> Result<Destination, String> {
@@ -831,6 +884,7 @@ fn main() -> std::process::ExitCode {
                     class_name: listen.ingress_class,
                     controller: listen.controller_class,
                     default_backend: listen.default_backend_service.map(object_key),
+                    annotation_defaults: proxy.annotation_defaults(),
                 },
                 limits: limits.limits(),
                 trust: Trust {
@@ -895,6 +949,7 @@ fn main() -> std::process::ExitCode {
                 class_name: ingress_class,
                 controller: controller_class,
                 default_backend: None,
+                annotation_defaults: Default::default(),
             };
             let rules = Rules {
                 loopback_endpoints: allow_loopback_endpoints,

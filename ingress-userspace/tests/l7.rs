@@ -2547,9 +2547,19 @@ async fn custom_http_errors_are_answered_by_the_default_backend() {
             ],
         )
         + &to_app("global.test", &[("custom-http-errors", "404")])
-        + &to_app("bad.test", &[("custom-http-errors", "404,abc")]);
-    let d =
-        Ingressd::start_with(BIN, &yaml, &["--default-backend-service", "default/global"]).await;
+        + &to_app("bad.test", &[("custom-http-errors", "404,abc")])
+        + &to_app("flagged.test", &[]);
+    let d = Ingressd::start_with(
+        BIN,
+        &yaml,
+        &[
+            "--default-backend-service",
+            "default/global",
+            "--custom-http-errors",
+            "404,410",
+        ],
+    )
+    .await;
     for h2 in [false, true] {
         let ask = async |host: &str, want: &str| {
             let headers = [("x-want", want), ("accept", "application/json")];
@@ -2578,6 +2588,13 @@ async fn custom_http_errors_are_answered_by_the_default_backend() {
         );
         // A bad list replaces nothing.
         assert_eq!(ask("bad.test", "404").await, (404, "app's own\n".into()));
+        // Without the annotation: --custom-http-errors (ingress-nginx's
+        // ConfigMap key); with it, the Ingress's own list wins.
+        assert_eq!(
+            ask("flagged.test", "410").await,
+            (418, "global page\n".into())
+        );
+        assert_eq!(ask("global.test", "410").await, (410, "app's own\n".into()));
     }
     // The client's POST went to the endpoint with its body; the default
     // backend was asked with a GET without it.
@@ -2609,6 +2626,17 @@ async fn custom_http_errors_are_answered_by_the_default_backend() {
     assert!(
         log.contains("a list of status codes from 400 to 599"),
         "{log}"
+    );
+    // A flag's bad value stops the start, naming the flag.
+    let out = std::process::Command::new(BIN)
+        .args(["run", "--no-l4", "--custom-http-errors", "404,abc"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--custom-http-errors") && err.contains("400 to 599"),
+        "{err}"
     );
 }
 

@@ -14,6 +14,10 @@ pub struct ClassConfig {
     /// `--default-backend-service`: the Service that answers requests no
     /// rule routes (else the built-in 404).
     pub default_backend: Option<super::ObjectKey>,
+    /// Annotation values every Ingress has unless it sets its own (the
+    /// flags that stand for ingress-nginx's ConfigMap keys of the same
+    /// names: `--load-balance`, `--proxy-next-upstream`…), checked at start.
+    pub annotation_defaults: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ClassConfig {
@@ -22,6 +26,7 @@ impl Default for ClassConfig {
             class_name: "ebpf".into(),
             controller: "ingress-ebpf/controller".into(),
             default_backend: None,
+            annotation_defaults: Default::default(),
         }
     }
 }

@@ -188,7 +188,8 @@ fn compile_all(
     let policies: Vec<Arc<Policy>> = ingresses
         .iter()
         .map(|ing| {
-            let annotations = ing.metadata.annotations.clone().unwrap_or_default();
+            let mut annotations = class.annotation_defaults.clone();
+            annotations.extend(ing.metadata.annotations.clone().unwrap_or_default());
             Arc::new(annotations::policy(
                 &ingress_id(ing),
                 &annotations,

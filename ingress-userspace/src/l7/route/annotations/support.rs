@@ -361,7 +361,10 @@ const CONFIGMAP: &[(&str, Verdict)] = &[
         "compute-full-forwarded-for",
         Differs("set as the flag --compute-full-forwarded-for"),
     ),
-    ("custom-http-errors", NotSupported),
+    (
+        "custom-http-errors",
+        Differs("set as the flag --custom-http-errors (the annotation per Ingress)"),
+    ),
     ("enable-brotli", NotSupported),
     ("enable-opentelemetry", NotSupported),
     (
@@ -391,7 +394,10 @@ const CONFIGMAP: &[(&str, Verdict)] = &[
         "limit-req-status-code",
         Differs("set as the flag --limit-req-status-code"),
     ),
-    ("load-balance", NotSupported),
+    (
+        "load-balance",
+        Differs("set as the flag --load-balance (the annotation per Ingress)"),
+    ),
     ("location-snippet", Refused(SNIPPETS)),
     (
         "log-format-escape-json",
@@ -411,6 +417,18 @@ const CONFIGMAP: &[(&str, Verdict)] = &[
     (
         "proxy-connect-timeout",
         Differs("set as the flag --upstream-connect-timeout (the annotation per Ingress)"),
+    ),
+    (
+        "proxy-next-upstream",
+        Differs("set as the flag --proxy-next-upstream (the annotation per Ingress)"),
+    ),
+    (
+        "proxy-next-upstream-timeout",
+        Differs("set as the flag --proxy-next-upstream-timeout (the annotation per Ingress)"),
+    ),
+    (
+        "proxy-next-upstream-tries",
+        Differs("set as the flag --proxy-next-upstream-tries (the annotation per Ingress)"),
     ),
     (
         "proxy-read-timeout",

@@ -7,7 +7,7 @@
 //! status included, is the client's. One connection per answer, closed
 //! after it. When the default backend cannot be asked, the endpoint's own
 //! answer goes out: an error page is not worth a second failure.
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use http_body_util::BodyExt as _;
 use hyper::{
@@ -18,13 +18,8 @@ use hyper::{
 use super::forwarding::random_u64;
 use crate::l7::{
     body::Body,
-    http1::tokens::is_hop_by_hop,
     route::{Route, Upstream},
-    upstream::{
-        Timeouts,
-        body::{ReadTimeout, ReqBody},
-        connect_h1,
-    },
+    upstream::{Timeouts, body::ReqBody, connect_h1, settled},
 };
 
 /// The request whose answer is replaced.
@@ -72,20 +67,11 @@ async fn ask(
     original: &Response<Body>,
     t: Timeouts,
 ) -> Result<Response<Body>, String> {
-    let addr: SocketAddr = match backend {
-        Upstream::Endpoints { addrs, .. } if !addrs.is_empty() => {
-            addrs[(random_u64() % addrs.len() as u64) as usize]
-        }
-        Upstream::External { host, port, .. } => {
-            tokio::time::timeout(t.connect, tokio::net::lookup_host((host.as_str(), *port)))
-                .await
-                .map_err(|_| "name lookup timed out".to_string())?
-                .map_err(|e| format!("{host}: {e}"))?
-                .next()
-                .ok_or_else(|| format!("{host}: no address"))?
-        }
-        _ => return Err("it has no endpoints".into()),
-    };
+    let addrs = tokio::time::timeout(t.connect, super::endpoints(backend))
+        .await
+        .map_err(|_| "name lookup timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let addr = addrs[(random_u64() % addrs.len() as u64) as usize];
     let (namespace, ingress) = route
         .ingress
         .split_once('/')
@@ -133,19 +119,13 @@ async fn ask(
         .await
         .map_err(|_| "no answer within the read timeout".to_string())?
         .map_err(|e| e.to_string())?;
+    // Framing checked, hop-by-hop headers gone, the read timeout held, as
+    // any endpoint's answer.
+    let resp =
+        settled(resp.map(|b| b.map_err(Into::into).boxed()), t.read).map_err(|e| e.to_string())?;
     let (mut parts, body) = resp.into_parts();
-    let hop: Vec<HeaderName> = parts
-        .headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n))
-        .cloned()
-        .collect();
-    for n in hop {
-        parts.headers.remove(n);
-    }
     if let Some(id) = original.headers().get(super::X_REQUEST_ID) {
         parts.headers.insert(super::X_REQUEST_ID, id.clone());
     }
-    let body = ReadTimeout::wrap(body.map_err(Into::into).boxed(), t.read);
     Ok(Response::from_parts(parts, body))
 }

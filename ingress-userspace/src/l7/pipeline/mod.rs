@@ -605,7 +605,7 @@ impl Pipeline {
         seen: &OnceLock<UpstreamSeen>,
         from_auth: &[(HeaderName, Option<HeaderValue>)],
     ) -> Forwarded {
-        let addrs = match endpoints(route).await {
+        let addrs = match endpoints(&route.upstream).await {
             Ok(addrs) => addrs,
             Err(e) => return Forwarded::Done(Err(e)),
         };
@@ -1084,9 +1084,9 @@ fn label(route: &Route) -> Labels {
     (route.ingress.clone(), route.service.clone())
 }
 
-/// The addresses a route's requests go to (ExternalName resolved now).
-async fn endpoints(route: &Route) -> Result<Cow<'_, [SocketAddr]>, ProxyError> {
-    let addrs: Cow<'_, [SocketAddr]> = match &*route.upstream {
+/// The addresses an upstream's requests go to (ExternalName resolved now).
+async fn endpoints(upstream: &Upstream) -> Result<Cow<'_, [SocketAddr]>, ProxyError> {
+    let addrs: Cow<'_, [SocketAddr]> = match upstream {
         Upstream::Endpoints { addrs, .. } => Cow::Borrowed(addrs),
         Upstream::External { host, port, .. } => {
             match tokio::net::lookup_host((host.as_str(), *port)).await {

@@ -38,14 +38,6 @@ impl Users {
     pub fn get(&self, user: &str) -> Option<&Credential> {
         self.users.get(user)
     }
-
-    pub fn len(&self) -> usize {
-        self.users.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
-    }
 }
 
 /// Reads the users of `auth` for an Ingress of namespace `owner`. A line
@@ -200,7 +192,7 @@ mod tests {
             bad.push(m)
         })
         .unwrap();
-        assert_eq!(users.len(), 2);
+        assert_eq!(users.users.len(), 2);
         let Some(Credential::Password(foo)) = users.get("foo") else {
             panic!("foo: {users:?}")
         };
@@ -222,7 +214,7 @@ mod tests {
             panic!("{m}")
         })
         .unwrap();
-        assert_eq!(users.len(), 2);
+        assert_eq!(users.users.len(), 2);
         let s = snapshot(&[(
             "auth",
             "foo:shop:0123456789abcdef0123456789abcdef\nbar:other:0123456789abcdef0123456789abcdef\n",

@@ -377,7 +377,10 @@ impl Upstreams {
 /// endpoint connection's own headers, and with the read timeout held
 /// between two reads of the body. A 101 is left whole: its connection is
 /// taken over.
-pub(super) fn settled(resp: Response<Body>, read: Duration) -> Result<Response<Body>, ProxyError> {
+pub(in crate::l7) fn settled(
+    resp: Response<Body>,
+    read: Duration,
+) -> Result<Response<Body>, ProxyError> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         return Ok(resp);
     }

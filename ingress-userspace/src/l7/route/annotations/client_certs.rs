@@ -4,7 +4,7 @@
 //! Ingress's paths (503) rather than letting anyone in.
 use std::collections::BTreeMap;
 
-use super::{PREFIX, boolean};
+use super::{PREFIX, boolean, object_name};
 
 /// `auth-tls-verify-client`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -51,13 +51,7 @@ pub fn read(
     let named = get("auth-tls-secret")?;
     // ingress-nginx takes namespace/name; a bare name is the Ingress's own.
     let (namespace, secret) = named.split_once('/').unwrap_or((owner, named));
-    let object = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 253
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
-    };
-    if !object(namespace) || !object(secret) {
+    if !object_name(namespace) || !object_name(secret) {
         let why = format!("{named:?} is not namespace/name");
         warn(
             &key("auth-tls-secret"),

@@ -181,6 +181,14 @@ fn seconds(v: &str) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// A name of the form Kubernetes gives Secrets (a DNS subdomain).
+fn object_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+}
+
 pub(crate) fn boolean(v: &str) -> Option<bool> {
     match v.trim() {
         "true" => Some(true),

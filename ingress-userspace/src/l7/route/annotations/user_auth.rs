@@ -4,7 +4,7 @@
 //! check: a typo must not open what the Ingress means to protect.
 use std::collections::BTreeMap;
 
-use super::PREFIX;
+use super::{PREFIX, object_name};
 
 /// Which challenge the client gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -28,14 +28,6 @@ pub struct UserAuth {
     pub map: bool,
     /// `auth-realm` (default empty, as ingress-nginx's).
     pub realm: String,
-}
-
-/// The Secret name form Kubernetes accepts (a DNS subdomain).
-fn object_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
 }
 
 /// The user authentication an Ingress asks for: `None` without

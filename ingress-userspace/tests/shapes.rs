@@ -211,6 +211,14 @@ fn a_restart_with_another_xdp_mode_attaches_in_that_mode() {
         "{}",
         lab.ingressd_log("node-a")
     );
+    // Detached before the new attach, not whenever the kernel frees the
+    // unpinned link (then the attach can meet EEXIST).
+    assert!(
+        !lab.ingressd_log("node-a")
+            .contains("detaching the old XDP link"),
+        "{}",
+        lab.ingressd_log("node-a")
+    );
     let seen = ask(&lab, 20).unwrap_or_else(|e| panic!("{e}\n{}", lab.ingressd_log("node-a")));
     assert_eq!(seen, BTreeSet::from(["a1".to_string(), "b1".to_string()]));
     // Asked for the mode it has, a restart swaps the program in place.

@@ -206,7 +206,7 @@ fn wanted_mode(mode: XdpAttachMode, veth: bool) -> Option<XdpAttached> {
 }
 
 /// An XDP link pinned by an earlier run in another mode than the one asked
-/// for now is let go (its pin removed, so it detaches), for a new one in
+/// for now is detached and its pin removed, for a new one in
 /// the right mode: the two modes cannot be on one interface together, so
 /// this costs the interface a moment without XDP, once.
 fn replace_if_other_mode(pin: &Path, iface: &str, wanted: Option<XdpAttached>) {
@@ -222,6 +222,9 @@ fn replace_if_other_mode(pin: &Path, iface: &str, wanted: Option<XdpAttached>) {
                 wanted = ?wanted,
                 "the pinned XDP link is in another mode than --xdp-mode asks: attaching anew (a moment without XDP)"
             );
+            if let Err(e) = super::link::detach_pinned(pin) {
+                tracing::warn!(interface = iface, error = %format!("{e:#}"), "detaching the old XDP link");
+            }
             let _ = std::fs::remove_file(pin);
         }
         Ok(_) => {}

@@ -229,6 +229,9 @@ fn remove_socket_links(pin_path: &Path, remove: impl Fn(&str) -> bool) -> anyhow
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with(PIN_PREFIX) && remove(&name) {
+            if let Err(e) = super::link::detach_pinned(&entry.path()) {
+                tracing::debug!(error = %format!("{e:#}"), "detaching before unpinning");
+            }
             std::fs::remove_file(entry.path())
                 .with_context(|| format!("removing {}", entry.path().display()))?;
             n += 1;

@@ -1,6 +1,6 @@
-//! The two link operations aya 0.14 does not offer for cgroup links:
-//! opening a pinned link as a plain descriptor, and putting a new program
-//! into it (`BPF_LINK_UPDATE`: one atomic swap, no call goes unserved).
+//! The link operations aya 0.14 does not offer: opening a pinned link as a
+//! plain descriptor, putting a new program into it (`BPF_LINK_UPDATE`: one
+//! atomic swap, no call goes unserved), and detaching it now.
 use std::{
     ffi::CString,
     os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
@@ -12,6 +12,7 @@ use anyhow::Context as _;
 /// `enum bpf_cmd` values (include/uapi/linux/bpf.h).
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// `bpf_attr` for BPF_OBJ_GET. Explicit padding: the kernel refuses an
 /// attribute whose bytes past its last field are not zero, and repr(C)
@@ -32,6 +33,12 @@ struct LinkUpdateAttr {
     new_prog_fd: u32,
     flags: u32,
     old_prog_fd: u32,
+}
+
+/// `bpf_attr` for BPF_LINK_DETACH.
+#[repr(C)]
+struct LinkDetachAttr {
+    link_fd: u32,
 }
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
@@ -76,4 +83,17 @@ pub fn update_link(link: impl AsFd, prog: impl AsFd) -> std::io::Result<()> {
         old_prog_fd: 0,
     };
     bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}
+
+/// Detaches the link pinned at `pin` from its hook before this returns.
+/// Removing the pin alone is not enough: the kernel frees an unpinned link
+/// from a work queue, so its hook can still be taken for a moment (an XDP
+/// attach right after then fails with EEXIST).
+pub fn detach_pinned(pin: &Path) -> anyhow::Result<()> {
+    let link = open_pinned(pin)?;
+    let mut attr = LinkDetachAttr {
+        link_fd: link.as_raw_fd() as u32,
+    };
+    bpf(BPF_LINK_DETACH, &mut attr).with_context(|| format!("detaching {}", pin.display()))?;
+    Ok(())
 }

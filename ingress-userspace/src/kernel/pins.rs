@@ -38,7 +38,7 @@ pub(super) fn links_dir(pin_path: &Path) -> PathBuf {
     pin_path.join("links")
 }
 
-/// Detaches (by unpinning the links) and removes every pin under `pin_path`.
+/// Detaches the links and removes every pin under `pin_path`.
 pub fn cleanup(pin_path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     if !pin_path.exists() {
@@ -49,6 +49,10 @@ pub fn cleanup(pin_path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     if links.exists() {
         for entry in std::fs::read_dir(&links)? {
             let p = entry?.path();
+            // Now, not when the kernel's work queue frees the unpinned link.
+            if let Err(e) = super::link::detach_pinned(&p) {
+                tracing::debug!(error = %format!("{e:#}"), "detaching before unpinning");
+            }
             std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
             removed.push(p);
         }

@@ -114,6 +114,9 @@ enum Command {
         /// With --manifests: accept endpoints on loopback addresses (as `run` does with it).
         #[arg(long)]
         allow_loopback_endpoints: bool,
+        /// With --manifests: honour ssl-passthrough (as `run` does with it).
+        #[arg(long)]
+        enable_ssl_passthrough: bool,
     },
     /// One screen of what the running ingressd is doing (from its
     /// --metrics-addr, on this machine): synced, status writer, route rules
@@ -232,6 +235,10 @@ struct ListenFlags {
         env = "INGRESSD_CONTROLLER_CLASS"
     )]
     controller_class: String,
+    /// Honour the ssl-passthrough annotation: TLS for those hosts is spliced by SNI to their
+    /// endpoints, unterminated (off by default, as in ingress-nginx).
+    #[arg(long, env = "INGRESSD_ENABLE_SSL_PASSTHROUGH")]
+    enable_ssl_passthrough: bool,
 }
 
 /// The proxy's timeouts and sizes, nginx's names and defaults.
@@ -885,6 +892,7 @@ fn main() -> std::process::ExitCode {
                     controller: listen.controller_class,
                     default_backend: listen.default_backend_service.map(object_key),
                     annotation_defaults: proxy.annotation_defaults(),
+                    ssl_passthrough: listen.enable_ssl_passthrough,
                 },
                 limits: limits.limits(),
                 trust: Trust {
@@ -944,12 +952,14 @@ fn main() -> std::process::ExitCode {
             ingress_class,
             controller_class,
             allow_loopback_endpoints,
+            enable_ssl_passthrough,
         } => {
             let class = ClassConfig {
                 class_name: ingress_class,
                 controller: controller_class,
                 default_backend: None,
                 annotation_defaults: Default::default(),
+                ssl_passthrough: enable_ssl_passthrough,
             };
             let rules = Rules {
                 loopback_endpoints: allow_loopback_endpoints,

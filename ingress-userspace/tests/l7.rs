@@ -1855,7 +1855,7 @@ async fn upstream_hash_by_keeps_a_key_on_one_endpoint() {
 }
 
 /// An HTTPS endpoint (HTTP/1.1 and HTTP/2 by ALPN) with a certificate for
-/// `name` signed by `ca`, answering what it saw of the TLS connection:
+/// `name` (names, comma-separated) signed by `ca`, answering what it saw of the TLS connection:
 /// `tls sni=… alpn=… client-cert=yes|no version=…`. Client certificates
 /// signed by `ca` are taken, not required.
 async fn https_endpoint(
@@ -1864,7 +1864,8 @@ async fn https_endpoint(
     ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
 ) -> SocketAddr {
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+    let names: Vec<String> = name.split(',').map(str::to_string).collect();
+    let cert = rcgen::CertificateParams::new(names)
         .unwrap()
         .signed_by(&key, ca)
         .unwrap();
@@ -4242,5 +4243,153 @@ async fn status_shows_sync_rules_and_problems() {
         String::from_utf8_lossy(&out.stderr).contains("asking the running ingressd at 127.0.0.1:1"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A TLS client verifying against `ca` that sends its ClientHello in two
+/// writes (as a large hello crosses two TCP segments), then GETs `/x`
+/// over HTTP/1.1: the response, or the handshake's error.
+fn split_hello_get(
+    addr: SocketAddr,
+    sni: &str,
+    ca: rustls::pki_types::CertificateDer<'static>,
+) -> Result<String, String> {
+    use std::io::{Read as _, Write as _};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).map_err(|e| e.to_string())?;
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name =
+        rustls::pki_types::ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(|e| e.to_string())?;
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).map_err(|e| e.to_string())?;
+    let mut tcp = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (first, rest) = hello.split_at(hello.len() / 3);
+    tcp.write_all(first).map_err(|e| e.to_string())?;
+    tcp.flush().map_err(|e| e.to_string())?;
+    tcp.write_all(rest).map_err(|e| e.to_string())?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(
+        format!("GET /x HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    match tls.read_to_end(&mut out) {
+        Ok(_) => {}
+        // The endpoint may close without close_notify.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssl_passthrough_splices_tls_to_the_endpoints_by_sni() {
+    let (_, backends_yaml) = backends().await;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "passthrough CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let ip = Ipv4Addr::new(127, 0, 0, 31);
+    let ep = https_endpoint(ip, "pass.test,*.wild.test", &ca).await;
+    let to_tls_ep = |host: &str, notes: &[(&str, &str)], path: &str| {
+        annotated(host, notes, path, "Prefix").replace("name: a, port", "name: tls-ep, port")
+    };
+    let pass = [("ssl-passthrough", "true")];
+    let yaml = backends_yaml
+        + &service("tls-ep", ep.port(), &[ep.ip()])
+        + &to_tls_ep("pass.test", &pass, "/")
+        + &to_tls_ep("*.wild.test", &pass, "/")
+            .replace("host: *.wild.test", "host: \"*.wild.test\"")
+            .replace("name: *-wild-test", "name: wild-test")
+        // Passed through only at "/", as ingress-nginx: this one is not.
+        + &to_tls_ep("api-only.test", &pass, "/api")
+        + &annotated("term.test", &[], "/", "Prefix");
+    let d = Ingressd::start_with(BIN, &yaml, &["--enable-ssl-passthrough"]).await;
+    let ca_der = ca.der().clone();
+
+    // The endpoint's own certificate, checked against its CA, and its own
+    // HTTP/1.1 server answering: nothing was terminated in between.
+    let https = d.https;
+    for sni in ["pass.test", "x.wild.test"] {
+        let ca = ca_der.clone();
+        let sni_owned = sni.to_string();
+        let answer = tokio::task::spawn_blocking(move || split_hello_get(https, &sni_owned, ca))
+            .await
+            .unwrap();
+        let answer = answer.unwrap_or_else(|e| {
+            panic!(
+                "{sni}: {e}\n{}",
+                std::fs::read_to_string(&d.log).unwrap_or_default()
+            )
+        });
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.contains(&format!("tls sni={sni} alpn=-")),
+            "{sni}: {answer}"
+        );
+    }
+    // ALPN is the endpoint's to agree: h2 end to end.
+    let (_, alpn, _) = tls_connect(d.https, "pass.test", &[b"h2", b"http/1.1"]).await;
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+
+    // Other hosts are terminated here as before (ingressd's certificate,
+    // which the endpoint's CA does not sign), and routed.
+    for sni in ["term.test", "api-only.test", "wild.test"] {
+        let ca = ca_der.clone();
+        let sni_owned = sni.to_string();
+        let refused = tokio::task::spawn_blocking(move || split_hello_get(https, &sni_owned, ca))
+            .await
+            .unwrap();
+        assert!(refused.is_err(), "{sni}: {refused:?}");
+    }
+    let (_, _, tls) = tls_connect(d.https, "term.test", &[b"http/1.1"]).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(
+            Request::get("/x")
+                .header("host", "term.test")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+    assert!(
+        log.contains("host \\\"api-only.test\\\" has no path \\\"/\\\"")
+            || log.contains("host \"api-only.test\" has no path \"/\""),
+        "{log}"
+    );
+
+    // Without --enable-ssl-passthrough the annotation is reported, and the
+    // host's TLS is terminated here.
+    let d = Ingressd::start(BIN, &yaml).await;
+    let https = d.https;
+    let ca = ca_der.clone();
+    let refused = tokio::task::spawn_blocking(move || split_hello_get(https, "pass.test", ca))
+        .await
+        .unwrap();
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(
+        std::fs::read_to_string(&d.log)
+            .unwrap_or_default()
+            .contains("needs --enable-ssl-passthrough"),
+        "{}",
+        std::fs::read_to_string(&d.log).unwrap_or_default()
     );
 }

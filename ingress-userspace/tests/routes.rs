@@ -716,3 +716,72 @@ fn golden_route_tables() {
         got
     });
 }
+
+/// An Ingress with the ssl-passthrough annotation, one rule.
+fn passthrough(name: &str, created: &str, host: &str, path: &str, svc: &str) -> String {
+    ingress(name, created, Some(host), &[("Prefix", path, svc)]).replace(
+        &format!("name: {name}, creationTimestamp"),
+        &format!(
+            "name: {name}, annotations: {{nginx.ingress.kubernetes.io/ssl-passthrough: \"true\"}}, creationTimestamp"
+        ),
+    )
+}
+
+#[test]
+fn ssl_passthrough_hosts_by_sni_only_with_the_flag() {
+    let yaml = services()
+        + &passthrough("old", "2024-01-01T00:00:00Z", "pass.test", "/", "a")
+        + &passthrough("new", "2024-02-01T00:00:00Z", "pass.test", "/", "b")
+        + &passthrough("wild", "2024-01-01T00:00:00Z", "*.wild.test", "/", "c")
+        + &passthrough("sub", "2024-01-01T00:00:00Z", "sub.test", "/sub", "d");
+    let snap = snapshot(&yaml);
+    let on = ClassConfig {
+        ssl_passthrough: true,
+        ..ClassConfig::default()
+    };
+    let (t, warnings) = compile(&snap, &on);
+    let to = |sni: &str| {
+        t.passthrough(Some(sni))
+            .map(|p| p.upstream.name().to_string())
+    };
+    // The older Ingress keeps a host; names match case-insensitively.
+    assert_eq!(to("pass.test").as_deref(), Some("default/a:80"));
+    assert_eq!(to("PASS.Test.").as_deref(), Some("default/a:80"));
+    // A wildcard takes exactly one label.
+    assert_eq!(to("x.wild.test").as_deref(), Some("default/c:80"));
+    assert_eq!(to("y.x.wild.test"), None);
+    assert_eq!(to("wild.test"), None);
+    // Only a "/" path is passed through.
+    assert_eq!(to("sub.test"), None);
+    assert!(t.passthrough(None).is_none());
+    let said: Vec<String> = warnings
+        .iter()
+        .map(|w| format!("{} {}: {}", w.ingress, w.field, w.message))
+        .collect();
+    assert!(
+        said.iter().any(|w| w.starts_with("default/new ")
+            && w.contains("already passed through by older Ingress default/old")),
+        "{said:#?}"
+    );
+    assert!(
+        said.iter()
+            .any(|w| w.starts_with("default/sub ") && w.contains("no path \"/\"")),
+        "{said:#?}"
+    );
+    // HTTP routing of those hosts is as without the annotation.
+    assert!(matches!(
+        t.lookup_raw(Some("pass.test"), "/x").unwrap(),
+        Match::Route(_)
+    ));
+
+    // Off by default, as in ingress-nginx: reported, nothing passed.
+    let (t, warnings) = compile(&snap, &ClassConfig::default());
+    assert!(t.passthrough(Some("pass.test")).is_none());
+    assert!(!t.has_passthrough());
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.message.contains("needs --enable-ssl-passthrough")),
+        "{warnings:?}"
+    );
+}

@@ -18,6 +18,9 @@ pub struct ClassConfig {
     /// flags that stand for ingress-nginx's ConfigMap keys of the same
     /// names: `--load-balance`, `--proxy-next-upstream`…), checked at start.
     pub annotation_defaults: std::collections::BTreeMap<String, String>,
+    /// `--enable-ssl-passthrough`: the `ssl-passthrough` annotation is
+    /// honoured (off by default, as in ingress-nginx).
+    pub ssl_passthrough: bool,
 }
 
 impl Default for ClassConfig {
@@ -27,6 +30,7 @@ impl Default for ClassConfig {
             controller: "ingress-ebpf/controller".into(),
             default_backend: None,
             annotation_defaults: Default::default(),
+            ssl_passthrough: false,
         }
     }
 }

@@ -265,7 +265,7 @@ mod tests {
                     &[
                         ("nginx.ingress.kubernetes.io/rewrite-target", "/$2"),
                         ("nginx.ingress.kubernetes.io/proxy-buffering", "off"),
-                        ("nginx.ingress.kubernetes.io/ssl-passthrough", "true"),
+                        ("nginx.ingress.kubernetes.io/mirror-target", "http://m"),
                         (
                             "nginx.ingress.kubernetes.io/server-snippet",
                             "location /x {}",
@@ -290,12 +290,12 @@ mod tests {
         assert_eq!(
             got,
             [
+                ("mirror-target", "not-supported", true),
                 ("proxy-buffering", "differs", false),
                 ("proxy-read-timeout", "invalid", true),
                 ("rewrite-target", "honoured", false),
                 ("rewrite-targett", "unknown", false),
                 ("server-snippet", "refused", true),
-                ("ssl-passthrough", "not-supported", true),
             ]
         );
         assert_eq!(r.summary.lost, 3);

@@ -8,11 +8,13 @@ use hyper::{Request, StatusCode, body::Incoming};
 use tokio::net::TcpListener;
 
 mod fds;
+mod passthrough;
 mod side;
 
 pub use fds::FdPlan;
 pub use side::{serve_side, serve_side_shared};
 
+use self::passthrough::Hello;
 use super::{
     body::text,
     pipeline::Conn,
@@ -159,15 +161,34 @@ pub async fn serve_https(listener: TcpListener, proxy: Arc<Proxy>, configs: Arc<
         async move {
             let conn = Conn { tls: true, ..conn };
             // The configuration is chosen by the hello's SNI: some hosts
-            // ask for a client certificate.
+            // ask for a client certificate, some are passed through.
             let handshake = async {
-                let acceptor = rustls::server::Acceptor::default();
-                let start = tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await?;
+                let routes = proxy.routes();
+                let start = if routes.has_passthrough() {
+                    match passthrough::read_hello(stream, &routes).await? {
+                        Hello::Terminate(start) => *start,
+                        pass @ Hello::Pass { .. } => return Ok(Err(pass)),
+                    }
+                } else {
+                    let acceptor = rustls::server::Acceptor::default();
+                    tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await?
+                };
                 let config = configs.for_sni(start.client_hello().server_name());
-                start.into_stream(config).await
+                start.into_stream(config).await.map(Ok)
             };
             match tokio::time::timeout(Duration::from_secs(10), handshake).await {
-                Ok(Ok(tls)) => server::serve_tls(tls, conn, proxy).await,
+                Ok(Ok(Ok(tls))) => server::serve_tls(tls, conn, proxy).await,
+                Ok(Ok(Err(Hello::Pass {
+                    stream,
+                    read,
+                    host,
+                    upstream,
+                }))) => {
+                    let _open = proxy.opened();
+                    let timeout = proxy.limits().upstream_connect_timeout;
+                    passthrough::pass(stream, read, &host, &upstream, timeout, conn.peer).await
+                }
+                Ok(Ok(Err(Hello::Terminate(_)))) => {}
                 Ok(Err(e)) => {
                     tracing::debug!(client = %conn.peer, error = %e, "TLS handshake failed")
                 }

@@ -300,7 +300,20 @@ fn compile_all(
                 .collect();
             other_names.push((id.clone(), named, policy.clone()));
         }
-        for rp in rule_paths(&id, spec, &regex_hosts, &mut warnings) {
+        let paths = rule_paths(&id, spec, &regex_hosts, &mut warnings);
+        if policy.ssl_passthrough {
+            passthrough_hosts(
+                &paths,
+                &ns,
+                &id,
+                class.ssl_passthrough,
+                &policy,
+                &mut upstreams,
+                &mut table,
+                &mut warnings,
+            );
+        }
+        for rp in paths {
             let ssl_redirect = policy.force_ssl_redirect
                 || (policy.ssl_redirect && !rp.host.is_empty() && tls_hosts.contains(&rp.host));
             let pattern = match rp.kind {
@@ -405,6 +418,89 @@ fn compile_all(
         }
     }
     (table, warnings)
+}
+
+/// `ssl-passthrough`: each host of the Ingress's rules sends its TLS
+/// connections, unterminated, to the backend of its `/` path (ingress-nginx
+/// passes a host through only there); the oldest Ingress keeps a host.
+#[allow(clippy::too_many_arguments)]
+fn passthrough_hosts(
+    paths: &[RulePath<'_>],
+    ns: &str,
+    id: &str,
+    enabled: bool,
+    policy: &Policy,
+    upstreams: &mut Upstreams<'_>,
+    table: &mut RouteTable,
+    warnings: &mut Vec<RouteWarning>,
+) {
+    let field = format!(
+        "metadata.annotations[{}ssl-passthrough]",
+        annotations::PREFIX
+    );
+    let warn = |warnings: &mut Vec<RouteWarning>, field: String, message: String| {
+        warnings.push(RouteWarning {
+            ingress: id.to_string(),
+            field,
+            message,
+        })
+    };
+    if !enabled {
+        warn(
+            warnings,
+            field,
+            "needs --enable-ssl-passthrough (as in ingress-nginx); TLS for its hosts is terminated here".into(),
+        );
+        return;
+    }
+    let mut seen = HashSet::new();
+    for host in paths.iter().map(|rp| rp.host.as_str()) {
+        if !seen.insert(host) {
+            continue;
+        }
+        if host.is_empty() {
+            warn(
+                warnings,
+                field.clone(),
+                "a rule without a host cannot be passed through (the handshake's SNI names the host); its TLS is terminated here".into(),
+            );
+            continue;
+        }
+        let Some(root) = paths.iter().find(|rp| rp.host == host && rp.key == "/") else {
+            warn(
+                warnings,
+                field.clone(),
+                format!("host {host:?} has no path \"/\" to pass its TLS to; terminated here"),
+            );
+            continue;
+        };
+        if let Some(owner) = table.passthrough.get(host) {
+            warn(
+                warnings,
+                format!("{}.backend", root.field),
+                format!(
+                    "host {host:?} is already passed through by older Ingress {}; ignored",
+                    owner.ingress
+                ),
+            );
+            continue;
+        }
+        let upstream = upstreams.get(
+            ns,
+            id,
+            root.backend,
+            &format!("{}.backend", root.field),
+            warnings,
+            policy.service_upstream,
+        );
+        table.passthrough.insert(
+            host.to_string(),
+            super::Passthrough {
+                ingress: Arc::from(id),
+                upstream,
+            },
+        );
+    }
 }
 
 /// `server-alias` and `from-to-www-redirect`: names no rule has, added

@@ -219,7 +219,17 @@ pub struct RouteTable {
     pub tls_hosts: BTreeMap<String, ObjectKey>,
     /// Hosts whose handshake asks for a client certificate (`auth-tls-*`).
     pub client_cert_hosts: std::collections::BTreeSet<String>,
+    /// `ssl-passthrough` hosts (names and `*.` wildcards).
+    passthrough: HashMap<String, Passthrough>,
     rules: usize,
+}
+
+/// Where an `ssl-passthrough` host's TLS connections go, unterminated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Passthrough {
+    /// `namespace/name` of the Ingress.
+    pub ingress: Arc<str>,
+    pub upstream: Arc<Upstream>,
 }
 
 /// `normalize_host` without allocating when the Host is already plain
@@ -271,6 +281,29 @@ impl RouteTable {
     /// `lookup` for a path as it came (normalised here).
     pub fn lookup_raw(&self, host: Option<&str>, path: &str) -> Result<Match<'_>, PathError> {
         Ok(self.lookup(host, &normalize(path)?))
+    }
+
+    /// Where a TLS connection with this SNI is passed, unterminated: an
+    /// `ssl-passthrough` host's, exact names before `*.` ones.
+    pub fn passthrough(&self, sni: Option<&str>) -> Option<&Passthrough> {
+        if self.passthrough.is_empty() {
+            return None;
+        }
+        let host = host_key(sni?)?;
+        if let Some(p) = self.passthrough.get(host.as_ref()) {
+            return Some(p);
+        }
+        let (label, suffix) = host.split_once('.')?;
+        if label.is_empty() {
+            return None;
+        }
+        self.passthrough.get(&format!("*.{suffix}"))
+    }
+
+    /// Whether any host is passed through (then the HTTPS listener reads
+    /// each handshake's SNI before it decides).
+    pub fn has_passthrough(&self) -> bool {
+        !self.passthrough.is_empty()
     }
 
     fn rules_for_host(&self, host: &str) -> Option<&HostRules> {

@@ -1,8 +1,9 @@
 //! The route table as text, in the order requests are matched: hosts
 //! (exact, then `*.` wildcards, then rules for any host), each host's
 //! paths (Exact, then Prefix longest first, then patterns longest first),
-//! then the default backend. `ingressd routes` prints it, and the route
-//! golden tests compare it: precedence is tested in the form it is read.
+//! then `ssl-passthrough` hosts, then the default backend. `ingressd
+//! routes` prints it, and the route golden tests compare it: precedence is
+//! tested in the form it is read.
 use std::fmt::Write as _;
 
 use super::{
@@ -24,6 +25,16 @@ pub fn render_routes(table: &RouteTable) -> String {
     }
     if let Some(rules) = &table.any_host {
         host_block(&mut out, "*", table, rules);
+    }
+    let mut passed: Vec<_> = table.passthrough.iter().collect();
+    passed.sort_by(|a, b| a.0.cmp(b.0));
+    for (host, p) in passed {
+        let _ = writeln!(
+            out,
+            "PASSTHROUGH {host}\n  TLS {}  ingress {}",
+            upstream_of(&p.upstream),
+            p.ingress
+        );
     }
     match &table.default_backend {
         Some(r) => {
@@ -89,7 +100,11 @@ fn target(route: &Route) -> String {
 }
 
 fn upstream(route: &Route) -> String {
-    match &*route.upstream {
+    upstream_of(&route.upstream)
+}
+
+fn upstream_of(upstream: &Upstream) -> String {
+    match upstream {
         Upstream::Endpoints {
             name,
             addrs,

@@ -111,7 +111,7 @@ impl Proxy {
     }
 
     /// Counts a client connection as open until the guard is dropped.
-    fn opened(&self) -> OpenConn<'_> {
+    pub(in crate::l7) fn opened(&self) -> OpenConn<'_> {
         self.active_connections.fetch_add(1, Ordering::Relaxed);
         OpenConn(&self.active_connections)
     }
@@ -131,7 +131,7 @@ impl Proxy {
 }
 
 /// An open client connection, as counted in the metrics.
-struct OpenConn<'a>(&'a AtomicI64);
+pub(in crate::l7) struct OpenConn<'a>(&'a AtomicI64);
 
 impl Drop for OpenConn<'_> {
     fn drop(&mut self) {

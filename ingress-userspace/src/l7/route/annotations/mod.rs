@@ -98,6 +98,10 @@ pub struct Policy {
     pub www_redirect: bool,
     /// `service-upstream`: to the Service's cluster IP, not its endpoints.
     pub service_upstream: bool,
+    /// `ssl-passthrough` (with `--enable-ssl-passthrough`): TLS for the
+    /// Ingress's hosts is spliced to the endpoints of its `/` path,
+    /// unterminated.
+    pub ssl_passthrough: bool,
     /// `default-backend`: a Service of the Ingress's namespace that serves
     /// when a backend has no endpoints (on its first port).
     pub default_backend: Option<String>,
@@ -413,6 +417,10 @@ pub fn policy(
                 Some(b) => p.service_upstream = b,
                 None => warn(key, bad("\"true\" or \"false\"")),
             },
+            "ssl-passthrough" => match boolean(value) {
+                Some(b) => p.ssl_passthrough = b,
+                None => warn(key, bad("\"true\" or \"false\"")),
+            },
             "from-to-www-redirect" => match boolean(value) {
                 Some(b) => p.www_redirect = b,
                 None => warn(key, bad("\"true\" or \"false\"")),
@@ -583,7 +591,7 @@ mod tests {
             ("rewrite-target", "/$2"),
             ("backend-protocol", "GRPC"),
             ("configuration-snippet", "more_set_headers x: y;"),
-            ("ssl-passthrough", "true"),
+            ("ssl-passthrough", "yes"),
             ("proxy-buffering", "off"),
             ("rewrite-targett", "/"),
         ]);
@@ -604,7 +612,11 @@ mod tests {
         );
         assert!(w[0].message.contains("by design"));
         assert!(w[2].message.contains("not an ingress-nginx annotation"));
-        assert!(w[3].message.contains("not supported"));
+        assert!(
+            w[3].message.contains("\"true\" or \"false\""),
+            "{}",
+            w[3].message
+        );
     }
 
     #[test]

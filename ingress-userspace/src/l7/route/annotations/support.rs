@@ -268,7 +268,12 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
     ("session-cookie-samesite", Honoured),
     ("session-cookie-secure", Honoured),
     ("ssl-ciphers", NotSupported),
-    ("ssl-passthrough", NotSupported),
+    (
+        "ssl-passthrough",
+        Differs(
+            "only with --enable-ssl-passthrough, as in ingress-nginx: TLS for the Ingress's hosts (`*.` ones too) is spliced by SNI to the endpoints of its \"/\" path, not its Service's cluster IP, and closed after an hour with nothing sent",
+        ),
+    ),
     ("ssl-prefer-server-ciphers", NotSupported),
     ("ssl-redirect", Honoured),
     ("temporal-redirect", Honoured),
@@ -510,13 +515,13 @@ mod tests {
         assert_eq!(annotation("rewrite-target"), Honoured);
         assert_eq!(annotation("rewrite-targett"), Unknown);
         assert!(!annotation("rewrite-targett").lost());
-        assert!(annotation("ssl-passthrough").lost());
+        assert!(annotation("mirror-target").lost());
         assert!(!annotation("canary").lost());
         assert!(!annotation("proxy-buffering").lost());
         assert!(configmap_key("some-future-key", "1").lost());
         assert!(!configmap_key("allow-snippet-annotations", "false").lost());
         assert!(configmap_key("allow-snippet-annotations", "true").lost());
-        assert!(!annotation_value("ssl-passthrough", "false").lost());
-        assert!(annotation_value("ssl-passthrough", "true").lost());
+        assert!(!annotation_value("enable-modsecurity", "false").lost());
+        assert!(annotation_value("enable-modsecurity", "true").lost());
     }
 }

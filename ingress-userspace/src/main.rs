@@ -117,6 +117,9 @@ enum Command {
         /// With --manifests: honour ssl-passthrough (as `run` does with it).
         #[arg(long)]
         enable_ssl_passthrough: bool,
+        /// With --manifests: as `run`'s.
+        #[arg(long, value_delimiter = ',', value_parser = header_name)]
+        global_allowed_response_headers: Vec<String>,
     },
     /// One screen of what the running ingressd is doing (from its
     /// --metrics-addr, on this machine): synced, status writer, route rules
@@ -438,6 +441,25 @@ struct ProxyFlags {
     /// backend: --default-backend-service or the Ingress's default-backend).
     #[arg(long, value_parser = annotation_value("custom-http-errors"), env = "INGRESSD_CUSTOM_HTTP_ERRORS")]
     custom_http_errors: Option<String>,
+    /// Response header names the custom-headers annotation may set (ingress-nginx's ConfigMap
+    /// key of that name) [default: none, so custom-headers answers 503, as there].
+    #[arg(long, value_delimiter = ',', value_parser = header_name, env = "INGRESSD_GLOBAL_ALLOWED_RESPONSE_HEADERS")]
+    global_allowed_response_headers: Vec<String>,
+}
+
+/// A header name for --global-allowed-response-headers, lower-cased.
+fn header_name(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "{s:?} is not a header name (letters, digits, - and _)"
+        ))
+    }
 }
 
 impl ProxyFlags {
@@ -893,6 +915,7 @@ fn main() -> std::process::ExitCode {
                     default_backend: listen.default_backend_service.map(object_key),
                     annotation_defaults: proxy.annotation_defaults(),
                     ssl_passthrough: listen.enable_ssl_passthrough,
+                    allowed_response_headers: proxy.global_allowed_response_headers.clone(),
                 },
                 limits: limits.limits(),
                 trust: Trust {
@@ -953,6 +976,7 @@ fn main() -> std::process::ExitCode {
             controller_class,
             allow_loopback_endpoints,
             enable_ssl_passthrough,
+            global_allowed_response_headers,
         } => {
             let class = ClassConfig {
                 class_name: ingress_class,
@@ -960,6 +984,7 @@ fn main() -> std::process::ExitCode {
                 default_backend: None,
                 annotation_defaults: Default::default(),
                 ssl_passthrough: enable_ssl_passthrough,
+                allowed_response_headers: global_allowed_response_headers,
             };
             let rules = Rules {
                 loopback_endpoints: allow_loopback_endpoints,

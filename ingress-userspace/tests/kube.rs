@@ -54,6 +54,7 @@ fn api_objects(yaml: &str) -> Vec<serde_json::Value> {
                     serde_json::to_value(o),
                 ),
                 Object::Secret(o) => ("Secret", "v1", serde_json::to_value(o)),
+                Object::ConfigMap(o) => ("ConfigMap", "v1", serde_json::to_value(o)),
                 Object::Node(o) => ("Node", "v1", serde_json::to_value(o)),
             };
             let v = v.as_mut().map(std::mem::take).expect("serializes");
@@ -138,6 +139,7 @@ metadata:
     nginx.ingress.kubernetes.io/auth-type: basic
     nginx.ingress.kubernetes.io/auth-secret: staff
     nginx.ingress.kubernetes.io/auth-tls-secret: shop/client-ca
+    nginx.ingress.kubernetes.io/custom-headers: headers
 spec:
   ingressClassName: ebpf
   tls: [{hosts: [shop.test], secretName: shop-tls}]
@@ -177,6 +179,16 @@ apiVersion: v1
 kind: Secret
 metadata: {name: unrelated, namespace: shop}
 stringData: {password: "never read"}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: headers, namespace: shop}
+data: {X-Frame-Options: DENY}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: unrelated, namespace: shop}
+data: {settings: "never read"}
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,9 +223,17 @@ async fn kube_source_gives_the_file_sources_desired_state_for_every_golden_case(
             + usize::from(yaml.contains("auth-secret: staff"))
             + usize::from(yaml.contains("auth-tls-secret: shop/client-ca"));
         assert_eq!(secrets.len(), named, "{secrets:?}");
-        for r in api.requests().iter().filter(|r| r.contains("/secrets")) {
+        for r in api
+            .requests()
+            .iter()
+            .filter(|r| r.contains("/secrets") || r.contains("/configmaps"))
+        {
             assert!(r.contains("fieldSelector=metadata.name"), "{r}");
         }
+        // ConfigMaps likewise: those of custom-headers.
+        let maps: Vec<_> = kube.snapshot().config_maps.keys().collect();
+        let named = usize::from(yaml.contains("custom-headers: headers"));
+        assert_eq!(maps.len(), named, "{maps:?}");
         assert_eq!(
             rendered(kube.snapshot()),
             rendered(files.snapshot()),

@@ -4393,3 +4393,101 @@ async fn ssl_passthrough_splices_tls_to_the_endpoints_by_sni() {
         std::fs::read_to_string(&d.log).unwrap_or_default()
     );
 }
+
+fn config_map(name: &str, data: &[(&str, &str)]) -> String {
+    let data: String = data
+        .iter()
+        .map(|(k, v)| format!("  {k}: '{v}'\n"))
+        .collect();
+    format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata:\n{data}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_headers_from_a_config_map_as_ingress_nginx_sets_them() {
+    let (_, backends_yaml) = backends().await;
+    let ingresses = annotated("hdrs.test", &[("custom-headers", "hdrs")], "/", "Prefix")
+        + &annotated(
+            "ns.test",
+            &[("custom-headers", "default/hdrs")],
+            "/",
+            "Prefix",
+        )
+        + &annotated(
+            "not-allowed.test",
+            &[("custom-headers", "wide")],
+            "/",
+            "Prefix",
+        )
+        + &annotated(
+            "missing.test",
+            &[("custom-headers", "nowhere")],
+            "/",
+            "Prefix",
+        )
+        + &annotated(
+            "foreign.test",
+            &[("custom-headers", "other/hdrs")],
+            "/",
+            "Prefix",
+        )
+        + &annotated("plain.test", &[], "/", "Prefix");
+    let maps = |frame: &str| {
+        config_map(
+            "hdrs",
+            &[
+                ("X-Frame-Options", frame),
+                ("X-Robots-Tag", "noindex, nofollow"),
+            ],
+        ) + &config_map(
+            "wide",
+            &[("X-Frame-Options", "DENY"), ("X-Powered-By", "me")],
+        )
+    };
+    let yaml = backends_yaml.clone() + &ingresses + &maps("DENY");
+    let d = Ingressd::start_with(
+        BIN,
+        &yaml,
+        &[
+            "--global-allowed-response-headers",
+            "X-Frame-Options,x-robots-tag",
+        ],
+    )
+    .await;
+    for h2 in [false, true] {
+        for host in ["hdrs.test", "ns.test"] {
+            let (s, h, body) = request_with(d.http, h2, "GET", host, &[]).await;
+            assert_eq!(s, 200, "{host} h2={h2}: {body}");
+            assert_eq!(h["x-frame-options"], "DENY", "{host} h2={h2}");
+            assert_eq!(h["x-robots-tag"], "noindex, nofollow", "{host} h2={h2}");
+        }
+        let (s, h, _) = request_with(d.http, h2, "GET", "plain.test", &[]).await;
+        assert_eq!(s, 200);
+        assert!(h.get("x-frame-options").is_none());
+        // A header not allowed, a missing ConfigMap, another namespace's:
+        // the paths are denied, as ingress-nginx's.
+        for host in ["not-allowed.test", "missing.test", "foreign.test"] {
+            let (s, h, _) = request_with(d.http, h2, "GET", host, &[]).await;
+            assert_eq!(s, 503, "{host} h2={h2}");
+            assert!(h.get("x-frame-options").is_none(), "{host}");
+        }
+    }
+    let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+    for said in [
+        "header X-Powered-By is not in --global-allowed-response-headers",
+        "ConfigMap default/nowhere not found",
+        "ConfigMap other/hdrs is not in the Ingress's namespace default",
+    ] {
+        assert!(log.contains(said), "{said}\n{log}");
+    }
+    // A changed ConfigMap is in force at the next sync: no reload, no
+    // restart.
+    d.update(&(backends_yaml.clone() + &ingresses + &maps("SAMEORIGIN")))
+        .await;
+    let (_, h, _) = request_with(d.http, false, "GET", "hdrs.test", &[]).await;
+    assert_eq!(h["x-frame-options"], "SAMEORIGIN");
+
+    // Without --global-allowed-response-headers nothing may be set.
+    let d = Ingressd::start(BIN, &yaml).await;
+    let (s, _, _) = request_with(d.http, false, "GET", "hdrs.test", &[]).await;
+    assert_eq!(s, 503);
+}

@@ -21,6 +21,9 @@ pub struct ClassConfig {
     /// `--enable-ssl-passthrough`: the `ssl-passthrough` annotation is
     /// honoured (off by default, as in ingress-nginx).
     pub ssl_passthrough: bool,
+    /// `--global-allowed-response-headers`: the names `custom-headers`
+    /// may set (none by default, as in ingress-nginx).
+    pub allowed_response_headers: Vec<String>,
 }
 
 impl Default for ClassConfig {
@@ -31,6 +34,7 @@ impl Default for ClassConfig {
             default_backend: None,
             annotation_defaults: Default::default(),
             ssl_passthrough: false,
+            allowed_response_headers: Vec::new(),
         }
     }
 }

@@ -12,7 +12,7 @@ pub use validate::{FieldError, Rules, validate, validate_with};
 
 use k8s_openapi::{
     api::{
-        core::v1::{Node, Secret, Service},
+        core::v1::{ConfigMap, Node, Secret, Service},
         discovery::v1::EndpointSlice,
         networking::v1::{Ingress, IngressClass},
     },
@@ -67,6 +67,8 @@ pub struct Snapshot {
     pub ingresses: BTreeMap<ObjectKey, Ingress>,
     pub ingress_classes: BTreeMap<ObjectKey, IngressClass>,
     pub secrets: BTreeMap<ObjectKey, Secret>,
+    /// Only those an Ingress names (`custom-headers`).
+    pub config_maps: BTreeMap<ObjectKey, ConfigMap>,
     pub nodes: BTreeMap<ObjectKey, Node>,
 }
 
@@ -98,6 +100,7 @@ impl Snapshot {
             Object::Ingress(o) => drop(self.ingresses.insert(key, *o)),
             Object::IngressClass(o) => drop(self.ingress_classes.insert(key, *o)),
             Object::Secret(o) => drop(self.secrets.insert(key, *o)),
+            Object::ConfigMap(o) => drop(self.config_maps.insert(key, *o)),
             Object::Node(o) => drop(self.nodes.insert(key, *o)),
         }
     }
@@ -113,6 +116,7 @@ impl Snapshot {
             Kind::Ingress => drop(self.ingresses.remove(&key)),
             Kind::IngressClass => drop(self.ingress_classes.remove(&key)),
             Kind::Secret => drop(self.secrets.remove(&key)),
+            Kind::ConfigMap => drop(self.config_maps.remove(&key)),
             Kind::Node => drop(self.nodes.remove(&key)),
         }
     }
@@ -185,16 +189,18 @@ pub enum Kind {
     Ingress,
     IngressClass,
     Secret,
+    ConfigMap,
     Node,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Ingress,
         Kind::IngressClass,
         Kind::Secret,
+        Kind::ConfigMap,
         Kind::Node,
     ];
 
@@ -206,6 +212,7 @@ impl Kind {
             Kind::Ingress => "Ingress",
             Kind::IngressClass => "IngressClass",
             Kind::Secret => "Secret",
+            Kind::ConfigMap => "ConfigMap",
             Kind::Node => "Node",
         }
     }
@@ -218,6 +225,7 @@ impl Kind {
             Kind::Ingress => "ingresses.networking.k8s.io",
             Kind::IngressClass => "ingressclasses.networking.k8s.io",
             Kind::Secret => "secrets",
+            Kind::ConfigMap => "configmaps",
             Kind::Node => "nodes",
         }
     }
@@ -242,6 +250,7 @@ pub enum Object {
     Ingress(Box<Ingress>),
     IngressClass(Box<IngressClass>),
     Secret(Box<Secret>),
+    ConfigMap(Box<ConfigMap>),
     Node(Box<Node>),
 }
 
@@ -253,6 +262,7 @@ impl Object {
             Object::Ingress(_) => Kind::Ingress,
             Object::IngressClass(_) => Kind::IngressClass,
             Object::Secret(_) => Kind::Secret,
+            Object::ConfigMap(_) => Kind::ConfigMap,
             Object::Node(_) => Kind::Node,
         }
     }
@@ -264,6 +274,7 @@ impl Object {
             Object::Ingress(o) => &o.metadata,
             Object::IngressClass(o) => &o.metadata,
             Object::Secret(o) => &o.metadata,
+            Object::ConfigMap(o) => &o.metadata,
             Object::Node(o) => &o.metadata,
         }
     }

@@ -47,6 +47,9 @@ pub enum ProxyError {
     /// The Ingress's `auth-type` cannot be checked (a bad setting, a
     /// missing Secret): denied, as ingress-nginx's denied locations.
     AuthDenied,
+    /// Another setting of the Ingress cannot be used (`custom-headers`):
+    /// its paths are denied, as ingress-nginx's denied locations.
+    LocationDenied,
     /// `backend-protocol` asks for what is not offered.
     UnsupportedBackend,
     /// `rewrite-target` made something that is not a path.
@@ -92,7 +95,7 @@ impl ProxyError {
             NoRoute => StatusCode::NOT_FOUND,
             Forbidden => StatusCode::FORBIDDEN,
             RateLimited(s) | ConnectionLimited(s) => *s,
-            NoEndpoints | AuthDenied => StatusCode::SERVICE_UNAVAILABLE,
+            NoEndpoints | AuthDenied | LocationDenied => StatusCode::SERVICE_UNAVAILABLE,
             UnsupportedBackend | InvalidRewrite | NameNotResolved | ConnectFailed(_)
             | UpstreamProtocol(_) | UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             ConnectTimedOut | UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -118,7 +121,9 @@ impl ProxyError {
             | ClientBodyTimeout | BadBody | ClientLeft | RateLimited(_) | ConnectionLimited(_) => {
                 Blame::Client
             }
-            NoEndpoints | UnsupportedBackend | InvalidRewrite | AuthDenied => Blame::Config,
+            NoEndpoints | UnsupportedBackend | InvalidRewrite | AuthDenied | LocationDenied => {
+                Blame::Config
+            }
             NameNotResolved | ConnectFailed(_) | ConnectTimedOut | UpstreamTimeout
             | UpstreamProtocol(_) | UpstreamFailed(_) => Blame::Upstream,
         }
@@ -153,11 +158,12 @@ impl ProxyError {
             RateLimited(_) => "rate_limited",
             ConnectionLimited(_) => "connection_limited",
             AuthDenied => "auth_denied",
+            LocationDenied => "location_denied",
         }
     }
 
     /// Every label, in a fixed order (the metric's slots).
-    pub const LABELS: [&'static str; 25] = [
+    pub const LABELS: [&'static str; 26] = [
         "bad_head",
         "bad_path",
         "head_timeout",
@@ -183,6 +189,7 @@ impl ProxyError {
         "rate_limited",
         "connection_limited",
         "auth_denied",
+        "location_denied",
     ];
 
     /// 1 + the label's index in `LABELS` (0 is "no error").
@@ -207,7 +214,7 @@ impl ProxyError {
             NoRoute => "default backend - 404\n",
             Forbidden => "forbidden\n",
             NoEndpoints => "no endpoints available\n",
-            AuthDenied => "service unavailable\n",
+            AuthDenied | LocationDenied => "service unavailable\n",
             UnsupportedBackend => "backend protocol not supported\n",
             InvalidRewrite => "rewrite-target made an invalid path\n",
             NameNotResolved => "upstream name does not resolve\n",
@@ -250,7 +257,7 @@ mod tests {
             assert!(seen.insert(l), "{l} twice");
         }
         assert_eq!(
-            ProxyError::AuthDenied.code() as usize,
+            ProxyError::LocationDenied.code() as usize,
             ProxyError::LABELS.len()
         );
         assert_eq!(ProxyError::BadBody.status(), StatusCode::BAD_REQUEST);

@@ -12,7 +12,7 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::{Node, Secret, Service},
+    core::v1::{ConfigMap, Node, Secret, Service},
     discovery::v1::EndpointSlice,
     networking::v1::{Ingress, IngressClass},
 };
@@ -154,6 +154,7 @@ fn parse_value(
             typed(value).map(|s: IngressClass| Object::IngressClass(Box::new(s)))
         }
         ("v1", "Secret") => typed(value).map(|s: Secret| Object::Secret(Box::new(s))),
+        ("v1", "ConfigMap") => typed(value).map(|c: ConfigMap| Object::ConfigMap(Box::new(c))),
         ("v1", "Node") => typed(value).map(|s: Node| Object::Node(Box::new(s))),
         _ => {
             skipped.push(format!("{api_version} {label}"));
@@ -166,8 +167,8 @@ fn parse_value(
     }
 }
 
-/// The `data` of ConfigMap `namespace/name` in a file's documents (the
-/// daemon reads no ConfigMap; `ingressd migrate` reports on ingress-nginx's).
+/// The `data` of ConfigMap `namespace/name` in a file's documents
+/// (`ingressd migrate` reports on ingress-nginx's).
 pub fn find_config_map(
     text: &str,
     namespace: &str,

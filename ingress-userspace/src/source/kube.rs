@@ -4,8 +4,8 @@
 //!
 //! Watch tasks only forward what they see over a channel; the sync loop
 //! owns the snapshot and applies everything queued at once, so a burst of
-//! changes is one sync. Secrets are watched one by one, only those named in
-//! the `spec.tls` of an Ingress of ours (and `--default-ssl-certificate`).
+//! changes is one sync. Secrets and ConfigMaps are watched one by one, only
+//! those an Ingress of ours names (and `--default-ssl-certificate`).
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt::Debug,
@@ -16,7 +16,7 @@ use std::{
 
 use futures_util::StreamExt as _;
 use k8s_openapi::api::{
-    core::v1::{Node, Secret, Service},
+    core::v1::{ConfigMap, Node, Secret, Service},
     discovery::v1::EndpointSlice,
     networking::v1::{Ingress, IngressClass},
 };
@@ -51,7 +51,15 @@ macro_rules! watched {
         }
     )*};
 }
-watched!(Service, EndpointSlice, Ingress, IngressClass, Secret, Node);
+watched!(
+    Service,
+    EndpointSlice,
+    Ingress,
+    IngressClass,
+    Secret,
+    ConfigMap,
+    Node
+);
 
 /// What a watch task saw.
 enum Change {
@@ -108,8 +116,8 @@ pub struct KubeSource {
     /// Watches whose first list has not come yet, and since when.
     waiting: BTreeMap<String, std::time::Instant>,
     tasks: Vec<Task>,
-    /// One watch per Secret in use.
-    secrets: BTreeMap<ObjectKey, Task>,
+    /// One watch per Secret and ConfigMap in use.
+    named: BTreeMap<(Kind, ObjectKey), Task>,
     class: ClassConfig,
     default_secret: Option<ObjectKey>,
     /// Objects refused by validation, by identity (their last good version
@@ -146,7 +154,7 @@ impl KubeSource {
             snapshot: Snapshot::default(),
             waiting: BTreeMap::new(),
             tasks: Vec::new(),
-            secrets: BTreeMap::new(),
+            named: BTreeMap::new(),
             class,
             default_secret,
             invalid: HashMap::new(),
@@ -229,8 +237,8 @@ impl KubeSource {
         &self.snapshot
     }
 
-    /// Applies everything queued; then starts and stops Secret watches to
-    /// match the Secrets in use.
+    /// Applies everything queued; then starts and stops the watches by
+    /// name to match the Secrets and ConfigMaps in use.
     pub fn load(&mut self) -> KubeLoaded {
         let mut loaded = KubeLoaded {
             touched: BTreeSet::new(),
@@ -239,7 +247,7 @@ impl KubeSource {
         while let Ok(change) = self.rx.try_recv() {
             self.apply(change, &mut loaded);
         }
-        self.refresh_secret_watches();
+        self.refresh_named_watches();
         loaded
     }
 
@@ -289,17 +297,18 @@ impl KubeSource {
             Kind::Ingress => ids(s.ingresses.keys().collect()),
             Kind::IngressClass => ids(s.ingress_classes.keys().collect()),
             Kind::Secret => ids(s.secrets.keys().collect()),
+            Kind::ConfigMap => ids(s.config_maps.keys().collect()),
             Kind::Node => ids(s.nodes.keys().collect()),
         }
     }
 
     fn upsert(&mut self, object: Object, loaded: &mut KubeLoaded) {
         let id = object.identity();
-        // From a Secret watch stopped after it queued this: not in use.
-        if id.0 == Kind::Secret
+        // From a watch by name stopped after it queued this: not in use.
+        if matches!(id.0, Kind::Secret | Kind::ConfigMap)
             && !self
-                .secrets
-                .contains_key(&ObjectKey::new(id.1.clone(), id.2.clone()))
+                .named
+                .contains_key(&(id.0, ObjectKey::new(id.1.clone(), id.2.clone())))
         {
             return;
         }
@@ -326,11 +335,15 @@ impl KubeSource {
         self.snapshot.remove_touching(id, &mut loaded.touched);
     }
 
-    /// The Secrets in use: `spec.tls[].secretName`, `proxy-ssl-secret`,
-    /// `auth-secret` and `auth-tls-secret` of our Ingresses, and the
-    /// default certificate's.
-    fn secrets_in_use(&self) -> BTreeSet<ObjectKey> {
-        let mut out: BTreeSet<ObjectKey> = self.default_secret.iter().cloned().collect();
+    /// The Secrets and ConfigMaps in use: `spec.tls[].secretName`,
+    /// `proxy-ssl-secret`, `auth-secret`, `auth-tls-secret` and
+    /// `custom-headers` of our Ingresses, and the default certificate's.
+    fn named_in_use(&self) -> BTreeSet<(Kind, ObjectKey)> {
+        let mut out: BTreeSet<(Kind, ObjectKey)> = self
+            .default_secret
+            .iter()
+            .map(|k| (Kind::Secret, k.clone()))
+            .collect();
         for (key, ing) in &self.snapshot.ingresses {
             let ns = &key.namespace;
             if !is_ours(ing, &self.snapshot, &self.class) {
@@ -339,7 +352,7 @@ impl KubeSource {
             let tls = ing.spec.iter().flat_map(|s| s.tls.iter().flatten());
             out.extend(
                 tls.filter_map(|t| t.secret_name.clone())
-                    .map(|name| ObjectKey::new(ns.clone(), name)),
+                    .map(|name| (Kind::Secret, ObjectKey::new(ns.clone(), name))),
             );
             // TLS to the endpoints: `proxy-ssl-secret: namespace/name`;
             // the users of `auth-type`: `auth-secret: [namespace/]name`;
@@ -351,38 +364,48 @@ impl KubeSource {
             let proxy_ssl = named(PROXY_SSL_SECRET).and_then(|v| v.split_once('/'));
             let auth = named(AUTH_SECRET).map(|v| v.split_once('/').unwrap_or((ns, v)));
             let auth_tls = named(AUTH_TLS_SECRET).map(|v| v.split_once('/').unwrap_or((ns, v)));
+            let headers = named(CUSTOM_HEADERS).map(|v| v.split_once('/').unwrap_or((ns, v)));
+            let secrets = [proxy_ssl, auth, auth_tls].map(|s| (Kind::Secret, s));
             out.extend(
-                [proxy_ssl, auth, auth_tls]
+                secrets
                     .into_iter()
-                    .flatten()
-                    .filter(|(sns, name)| sns == ns && !name.is_empty())
-                    .map(|(_, name)| ObjectKey::new(ns.clone(), name.to_string())),
+                    .chain([(Kind::ConfigMap, headers)])
+                    .filter_map(|(kind, named)| Some((kind, named?)))
+                    .filter(|(_, (nns, name))| nns == ns && !name.is_empty())
+                    .map(|(kind, (_, name))| (kind, ObjectKey::new(ns.clone(), name.to_string()))),
             );
         }
         out
     }
 
-    fn refresh_secret_watches(&mut self) {
-        let wanted = self.secrets_in_use();
-        let unused: Vec<ObjectKey> = self
-            .secrets
+    fn refresh_named_watches(&mut self) {
+        let wanted = self.named_in_use();
+        let unused: Vec<(Kind, ObjectKey)> = self
+            .named
             .keys()
             .filter(|k| !wanted.contains(*k))
             .cloned()
             .collect();
-        for key in unused {
-            self.secrets.remove(&key);
-            self.waiting.remove(&watch_name(Secret::KIND, Some(&key)));
-            self.snapshot
-                .remove(&(Kind::Secret, key.namespace, key.name));
+        for (kind, key) in unused {
+            self.named.remove(&(kind, key.clone()));
+            self.waiting.remove(&watch_name(kind, Some(&key)));
+            self.snapshot.remove(&(kind, key.namespace, key.name));
         }
-        for key in wanted {
-            if self.secrets.contains_key(&key) {
+        for (kind, key) in wanted {
+            if self.named.contains_key(&(kind, key.clone())) {
                 continue;
             }
-            let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.namespace);
-            let task = self.watch(api, Some(key.clone()));
-            self.secrets.insert(key, task);
+            let task = match kind {
+                Kind::ConfigMap => {
+                    let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &key.namespace);
+                    self.watch(api, Some(key.clone()))
+                }
+                _ => {
+                    let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.namespace);
+                    self.watch(api, Some(key.clone()))
+                }
+            };
+            self.named.insert((kind, key), task);
         }
     }
 }
@@ -544,6 +567,7 @@ fn explain(e: &watcher::Error, kind: Kind) -> (String, String) {
 const PROXY_SSL_SECRET: &str = "nginx.ingress.kubernetes.io/proxy-ssl-secret";
 const AUTH_SECRET: &str = "nginx.ingress.kubernetes.io/auth-secret";
 const AUTH_TLS_SECRET: &str = "nginx.ingress.kubernetes.io/auth-tls-secret";
+const CUSTOM_HEADERS: &str = "nginx.ingress.kubernetes.io/custom-headers";
 
 /// How long a sync waits for a new Secret watch's first list (a Secret the
 /// API refuses, say, holds the rest up no longer).

@@ -427,6 +427,9 @@ impl Pipeline {
             if matches!(src, Source::Fast(_)) && needs_hyper(r) {
                 return Ok(Forwarded::HandBack);
             }
+            if let Some(Err(_)) = &r.response_headers {
+                return Err(ProxyError::LocationDenied);
+            }
             // The client's certificate first, as nginx checks it when the
             // request starts.
             let mut from_auth = Vec::new();
@@ -540,6 +543,10 @@ impl Pipeline {
         };
         if let Some((c, allow)) = cors_for.into_inner() {
             cors::decorate(c, allow, resp.headers_mut());
+        }
+        // custom-headers: on every answer of the route, as more_set_headers.
+        if let Some(Some(Ok(h))) = unanswered.route.get().map(|r| &r.response_headers) {
+            h.apply(resp.headers_mut());
         }
         unanswered.armed = false;
         let outcome = Outcome {

@@ -20,6 +20,7 @@ use super::{
     },
     backend_tls::{self, BackendTls},
     client_certs::{self, ClientAuth},
+    headers::ResponseHeaders,
     path_elements,
     pattern::{Budget, Patterns, REGEX_CHARS},
     users::{self, Users},
@@ -222,6 +223,8 @@ fn compile_all(
         let id = ingress_id(ing);
         let Some(spec) = &ing.spec else { continue };
         let users = users_of(&policy, &ns, &id, snapshot, &mut warnings);
+        let response_headers =
+            response_headers_of(&policy, &ns, &id, snapshot, class, &mut warnings);
         let error_backend = upstreams.error_backend(&policy, &ns, &id, class, &mut warnings);
         let mut budget = Budget::default();
         let client_auth = client_auth_of(
@@ -276,6 +279,7 @@ fn compile_all(
                     let mut r = route(up, &id, policy.force_ssl_redirect, &policy, None, "/");
                     r.backend_tls = upstreams.tls(&policy, &ns, &id, db, &mut warnings);
                     r.users = users.clone();
+                    r.response_headers = response_headers.clone();
                     r.error_backend = error_backend.clone();
                     r.client_auth = client_auth.clone();
                     table.default_backend = Some(r);
@@ -366,6 +370,7 @@ fn compile_all(
             let mut route = route(upstream, &id, ssl_redirect, &policy, pattern, location);
             route.backend_tls = upstreams.tls(&policy, &ns, &id, rp.backend, &mut warnings);
             route.users = users.clone();
+            route.response_headers = response_headers.clone();
             route.error_backend = error_backend.clone();
             route.client_auth = client_auth.clone();
             hosts
@@ -607,6 +612,7 @@ fn route(
     Route {
         backend_tls: None,
         users: None,
+        response_headers: None,
         error_backend: None,
         client_auth: None,
         location: Arc::from(location),
@@ -721,6 +727,33 @@ fn users_of(
                 Arc::from(e)
             }),
     })
+}
+
+/// `custom-headers`: the ConfigMap's headers, or why the paths answer 503.
+fn response_headers_of(
+    policy: &Policy,
+    ns: &str,
+    id: &str,
+    snapshot: &Snapshot,
+    class: &ClassConfig,
+    warnings: &mut Vec<RouteWarning>,
+) -> Option<Result<Arc<ResponseHeaders>, Arc<str>>> {
+    let named = policy.custom_headers.as_deref()?;
+    Some(
+        ResponseHeaders::build(named, ns, snapshot, &class.allowed_response_headers)
+            .map(Arc::new)
+            .map_err(|e| {
+                warnings.push(RouteWarning {
+                    ingress: id.to_string(),
+                    field: format!(
+                        "metadata.annotations[{}custom-headers]",
+                        annotations::PREFIX
+                    ),
+                    message: format!("{e}; the Ingress's paths answer 503"),
+                });
+                Arc::from(e)
+            }),
+    )
 }
 
 /// Backends resolved once per table: one shared upstream per backend, so

@@ -27,6 +27,7 @@ pub mod annotations;
 pub mod backend_tls;
 pub mod client_certs;
 mod compile;
+pub mod headers;
 pub mod htpasswd;
 pub mod pattern;
 mod render;
@@ -105,6 +106,9 @@ pub struct Route {
     /// `auth-tls-*`: the client-certificate check, or why none can be
     /// made (then the route answers 503).
     pub client_auth: Option<Result<Arc<client_certs::ClientAuth>, Arc<str>>>,
+    /// `custom-headers`: set on every response, or why they cannot be
+    /// (then the route answers 503).
+    pub response_headers: Option<Result<Arc<headers::ResponseHeaders>, Arc<str>>>,
     /// With `rewrite-target`: the path's pattern, whose captures the
     /// target refers to.
     pub rewrite: Option<PathRegex>,

@@ -102,6 +102,9 @@ pub struct Policy {
     /// Ingress's hosts is spliced to the endpoints of its `/` path,
     /// unterminated.
     pub ssl_passthrough: bool,
+    /// `custom-headers`: the ConfigMap (`[namespace/]name`) of response
+    /// headers.
+    pub custom_headers: Option<String>,
     /// `default-backend`: a Service of the Ingress's namespace that serves
     /// when a backend has no endpoints (on its first port).
     pub default_backend: Option<String>,
@@ -417,6 +420,25 @@ pub fn policy(
                 Some(b) => p.service_upstream = b,
                 None => warn(key, bad("\"true\" or \"false\"")),
             },
+            "custom-headers" => {
+                let v = value.trim();
+                let name_ok = |n: &str| {
+                    !n.is_empty()
+                        && n.len() <= 253
+                        && n.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                        })
+                };
+                let ok = match v.split_once('/') {
+                    Some((ns, name)) => name_ok(ns) && name_ok(name),
+                    None => name_ok(v),
+                };
+                if ok {
+                    p.custom_headers = Some(v.to_string());
+                } else {
+                    warn(key, bad("a ConfigMap name (or namespace/name)"));
+                }
+            }
             "ssl-passthrough" => match boolean(value) {
                 Some(b) => p.ssl_passthrough = b,
                 None => warn(key, bad("\"true\" or \"false\"")),

@@ -147,7 +147,12 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
     ),
     ("cors-expose-headers", Honoured),
     ("cors-max-age", Honoured),
-    ("custom-headers", NotSupported),
+    (
+        "custom-headers",
+        Differs(
+            "the names in --global-allowed-response-headers are matched without regard to case; at most 64 headers, 16 KiB",
+        ),
+    ),
     (
         "custom-http-errors",
         Differs(
@@ -377,6 +382,10 @@ const CONFIGMAP: &[(&str, Verdict)] = &[
         Differs("set as the flags --use-forwarded-headers and --proxy-real-ip-cidr"),
     ),
     ("forwarded-for-header", NotSupported),
+    (
+        "global-allowed-response-headers",
+        Differs("set as the flag --global-allowed-response-headers"),
+    ),
     ("global-auth-url", NotSupported),
     ("hsts", NotSupported),
     ("hsts-include-subdomains", NotSupported),

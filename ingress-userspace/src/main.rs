@@ -445,6 +445,18 @@ struct ProxyFlags {
     /// key of that name) [default: none, so custom-headers answers 503, as there].
     #[arg(long, value_delimiter = ',', value_parser = header_name, env = "INGRESSD_GLOBAL_ALLOWED_RESPONSE_HEADERS")]
     global_allowed_response_headers: Vec<String>,
+    /// Strict-Transport-Security on every answer over TLS, as ingress-nginx's hsts (on by default).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "INGRESSD_HSTS")]
+    hsts: bool,
+    /// Its max-age, in seconds.
+    #[arg(long, default_value_t = 31_536_000, env = "INGRESSD_HSTS_MAX_AGE")]
+    hsts_max_age: u64,
+    /// Its includeSubDomains.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "INGRESSD_HSTS_INCLUDE_SUBDOMAINS")]
+    hsts_include_subdomains: bool,
+    /// Its preload.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, env = "INGRESSD_HSTS_PRELOAD")]
+    hsts_preload: bool,
 }
 
 /// A header name for --global-allowed-response-headers, lower-cased.
@@ -463,6 +475,20 @@ fn header_name(s: &str) -> Result<String, String> {
 }
 
 impl ProxyFlags {
+    /// The Strict-Transport-Security value, as ingress-nginx writes it.
+    fn hsts(&self) -> Option<String> {
+        self.hsts.then(|| {
+            let mut v = format!("max-age={}", self.hsts_max_age);
+            if self.hsts_include_subdomains {
+                v.push_str("; includeSubDomains");
+            }
+            if self.hsts_preload {
+                v.push_str("; preload");
+            }
+            v
+        })
+    }
+
     /// The annotation values these flags set for every Ingress.
     fn annotation_defaults(&self) -> std::collections::BTreeMap<String, String> {
         [
@@ -866,6 +892,7 @@ fn main() -> std::process::ExitCode {
             let node_name = l4.node_name.unwrap_or_else(node_name_default);
             let object_key = |s: String| ObjectKey::parse(&s);
             let proxy_service = source.publish_service.clone().map(object_key);
+            let hsts = proxy.hsts();
             let cfg = RunConfig {
                 manifests: source.objects.manifests,
                 rules: Rules {
@@ -924,6 +951,7 @@ fn main() -> std::process::ExitCode {
                     compute_full_forwarded_for: proxy.compute_full_forwarded_for,
                 },
                 fast_path: proxy.http1_fast_path,
+                hsts,
                 access_log: proxy.access_log,
                 access_log_format: proxy.access_log_format,
             };

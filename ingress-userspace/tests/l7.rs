@@ -4491,3 +4491,58 @@ async fn custom_headers_from_a_config_map_as_ingress_nginx_sets_them() {
     let (s, _, _) = request_with(d.http, false, "GET", "hdrs.test", &[]).await;
     assert_eq!(s, 503);
 }
+
+/// The Strict-Transport-Security header of a GET / over TLS to `sni`.
+async fn hsts_over_tls(d: &Ingressd, sni: &str) -> Option<String> {
+    let (_, _, tls) = tls_connect(d.https, sni, &[b"http/1.1"]).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(
+            Request::get("/")
+                .header("host", sni)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    resp.headers()
+        .get("strict-transport-security")
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsts_on_every_answer_over_tls_as_ingress_nginx() {
+    let (_, yaml) = backends().await;
+    let cert = rcgen::generate_simple_self_signed(vec!["secure.test".to_string()]).unwrap();
+    let yaml = yaml + &tls_manifests(&cert.cert.pem(), &cert.signing_key.serialize_pem());
+    // ingress-nginx's defaults: on, a year, includeSubDomains.
+    let d = Ingressd::start(BIN, &yaml).await;
+    let want = Some("max-age=31536000; includeSubDomains".to_string());
+    assert_eq!(hsts_over_tls(&d, "secure.test").await, want);
+    // Its 404s too, and hosts served with the default certificate.
+    assert_eq!(hsts_over_tls(&d, "nothing.test").await, want);
+    // Never over plain HTTP.
+    let (_, h, _) = request_with(d.http, false, "GET", "relaxed.test", &[]).await;
+    assert!(h.get("strict-transport-security").is_none());
+
+    let d = Ingressd::start_with(
+        BIN,
+        &yaml,
+        &[
+            "--hsts-max-age",
+            "600",
+            "--hsts-include-subdomains=false",
+            "--hsts-preload=true",
+        ],
+    )
+    .await;
+    assert_eq!(
+        hsts_over_tls(&d, "secure.test").await.as_deref(),
+        Some("max-age=600; preload")
+    );
+    let d = Ingressd::start_with(BIN, &yaml, &["--hsts=false"]).await;
+    assert_eq!(hsts_over_tls(&d, "secure.test").await, None);
+}

@@ -96,6 +96,9 @@ pub struct RunConfig {
     pub trust: Trust,
     /// `--http1-fast-path`.
     pub fast_path: bool,
+    /// `--hsts` and its settings: the Strict-Transport-Security value
+    /// (None: not sent).
+    pub hsts: Option<String>,
     /// `--access-log` and `--access-log-format`.
     pub access_log: Destination,
     pub access_log_format: Format,
@@ -275,9 +278,16 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     } else {
         let access_log = AccessLog::open(&cfg.access_log, cfg.access_log_format)
             .with_context(|| format!("opening --access-log {:?}", cfg.access_log))?;
+        let hsts = cfg
+            .hsts
+            .as_deref()
+            .map(hyper::header::HeaderValue::from_str)
+            .transpose()
+            .context("--hsts-max-age")?;
         let options = Options {
             fast_path: cfg.fast_path,
             trust: cfg.trust.clone(),
+            hsts,
             access_log,
         };
         let proxy = Proxy::with_options(limits.clone(), options);

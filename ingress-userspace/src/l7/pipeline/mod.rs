@@ -186,6 +186,8 @@ pub struct Pipeline {
     /// `--http1-fast-path`: the fast client takes requests without a body.
     fast_path: bool,
     trust: Trust,
+    /// `--hsts`: Strict-Transport-Security on every answer over TLS.
+    hsts: Option<HeaderValue>,
     log: Arc<AccessLog>,
     /// What `auth-type` checks share: remembered passwords, digest counts.
     user_checks: user_auth::Checks,
@@ -199,6 +201,8 @@ pub struct Options {
     /// `--http1-fast-path`.
     pub fast_path: bool,
     pub trust: Trust,
+    /// `--hsts` and its settings: the Strict-Transport-Security value.
+    pub hsts: Option<HeaderValue>,
     pub access_log: Arc<AccessLog>,
 }
 
@@ -207,6 +211,7 @@ impl Default for Options {
         Self {
             fast_path: true,
             trust: Trust::default(),
+            hsts: None,
             access_log: AccessLog::off(),
         }
     }
@@ -226,6 +231,7 @@ impl Pipeline {
             default_stats,
             fast_path: options.fast_path,
             trust: options.trust,
+            hsts: options.hsts,
             log: options.access_log,
             user_checks: user_auth::Checks::default(),
             auth_cache: ext_auth::Cache::default(),
@@ -547,6 +553,13 @@ impl Pipeline {
         // custom-headers: on every answer of the route, as more_set_headers.
         if let Some(Some(Ok(h))) = unanswered.route.get().map(|r| &r.response_headers) {
             h.apply(resp.headers_mut());
+        }
+        // As ingress-nginx's header filter: every answer over TLS.
+        if conn.tls
+            && let Some(v) = &self.hsts
+        {
+            resp.headers_mut()
+                .insert(hyper::header::STRICT_TRANSPORT_SECURITY, v.clone());
         }
         unanswered.armed = false;
         let outcome = Outcome {

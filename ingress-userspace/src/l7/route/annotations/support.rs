@@ -387,9 +387,13 @@ const CONFIGMAP: &[(&str, Verdict)] = &[
         Differs("set as the flag --global-allowed-response-headers"),
     ),
     ("global-auth-url", NotSupported),
-    ("hsts", NotSupported),
-    ("hsts-include-subdomains", NotSupported),
-    ("hsts-max-age", NotSupported),
+    ("hsts", Differs("set as the flag --hsts (on by default, as there)")),
+    (
+        "hsts-include-subdomains",
+        Differs("set as the flag --hsts-include-subdomains"),
+    ),
+    ("hsts-max-age", Differs("set as the flag --hsts-max-age")),
+    ("hsts-preload", Differs("set as the flag --hsts-preload")),
     ("http-snippet", Refused(SNIPPETS)),
     (
         "keep-alive",

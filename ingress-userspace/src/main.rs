@@ -445,6 +445,13 @@ struct ProxyFlags {
     /// key of that name) [default: none, so custom-headers answers 503, as there].
     #[arg(long, value_delimiter = ',', value_parser = header_name, env = "INGRESSD_GLOBAL_ALLOWED_RESPONSE_HEADERS")]
     global_allowed_response_headers: Vec<String>,
+    /// ConfigMap (namespace/name) of headers set on every answer, as ingress-nginx's add-headers.
+    #[arg(long, env = "INGRESSD_ADD_HEADERS")]
+    add_headers: Option<String>,
+    /// ConfigMap (namespace/name) of headers set on every request to the endpoints, as
+    /// ingress-nginx's proxy-set-headers (values as written: nginx variables are not expanded).
+    #[arg(long, env = "INGRESSD_PROXY_SET_HEADERS")]
+    proxy_set_headers: Option<String>,
     /// Strict-Transport-Security on every answer over TLS, as ingress-nginx's hsts (on by default).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "INGRESSD_HSTS")]
     hsts: bool,
@@ -893,6 +900,8 @@ fn main() -> std::process::ExitCode {
             let object_key = |s: String| ObjectKey::parse(&s);
             let proxy_service = source.publish_service.clone().map(object_key);
             let hsts = proxy.hsts();
+            let add_headers = proxy.add_headers.clone().map(object_key);
+            let proxy_set_headers = proxy.proxy_set_headers.clone().map(object_key);
             let cfg = RunConfig {
                 manifests: source.objects.manifests,
                 rules: Rules {
@@ -943,6 +952,8 @@ fn main() -> std::process::ExitCode {
                     annotation_defaults: proxy.annotation_defaults(),
                     ssl_passthrough: listen.enable_ssl_passthrough,
                     allowed_response_headers: proxy.global_allowed_response_headers.clone(),
+                    add_headers,
+                    proxy_set_headers,
                 },
                 limits: limits.limits(),
                 trust: Trust {
@@ -1013,6 +1024,8 @@ fn main() -> std::process::ExitCode {
                 annotation_defaults: Default::default(),
                 ssl_passthrough: enable_ssl_passthrough,
                 allowed_response_headers: global_allowed_response_headers,
+                add_headers: None,
+                proxy_set_headers: None,
             };
             let rules = Rules {
                 loopback_endpoints: allow_loopback_endpoints,

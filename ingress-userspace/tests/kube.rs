@@ -971,3 +971,30 @@ async fn the_last_replica_leaving_clears_the_status_it_wrote() {
     assert!(status_ips(&api).is_empty(), "{:?}", status_ips(&api));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// --add-headers and --proxy-set-headers name ConfigMaps outside any
+/// Ingress: those are watched (by name) too, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_flags_config_maps_are_watched_by_name() {
+    let dir = temp_dir("kube-header-flags");
+    let api = FakeApi::start().await;
+    for o in api_objects(INGRESS_CASE) {
+        api.apply(o);
+    }
+    let class = ClassConfig {
+        add_headers: Some(ingressd::cluster::ObjectKey::new("shop", "unrelated")),
+        proxy_set_headers: Some(ingressd::cluster::ObjectKey::new("shop", "missing")),
+        ..ClassConfig::default()
+    };
+    let kube = synced_source(&api, &dir, class).await;
+    let maps: Vec<String> = kube
+        .snapshot()
+        .config_maps
+        .keys()
+        .map(|k| k.to_string())
+        .collect();
+    assert_eq!(maps, ["shop/headers", "shop/unrelated"]);
+    for r in api.requests().iter().filter(|r| r.contains("/configmaps")) {
+        assert!(r.contains("fieldSelector=metadata.name"), "{r}");
+    }
+}

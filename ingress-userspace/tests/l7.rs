@@ -4546,3 +4546,86 @@ async fn hsts_on_every_answer_over_tls_as_ingress_nginx() {
     let d = Ingressd::start_with(BIN, &yaml, &["--hsts=false"]).await;
     assert_eq!(hsts_over_tls(&d, "secure.test").await, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_headers_and_proxy_set_headers_from_config_maps_as_ingress_nginx() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ep = scripted_http(Ipv4Addr::new(127, 0, 0, 32), seen.clone(), |_| {
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+        resp.headers_mut()
+            .insert("x-frame-options", "SAMEORIGIN".parse().unwrap());
+        resp
+    })
+    .await;
+    let maps = |team: &str| {
+        config_map(
+            "resp",
+            &[
+                ("X-Frame-Options", "DENY"),
+                ("X-Content-Type-Options", "nosniff"),
+                ("X-Var", "$host"),
+            ],
+        ) + &config_map(
+            "req",
+            &[
+                ("X-Team", team),
+                ("X-Forwarded-For", "6.6.6.6"),
+                ("X-Var", "$remote_addr"),
+            ],
+        )
+    };
+    let ingresses = service("sc", ep.port(), &[ep.ip()])
+        + &annotated("hdrs.test", &[], "/", "Prefix").replace("name: a, port", "name: sc, port");
+    let d = Ingressd::start_with(
+        BIN,
+        &(ingresses.clone() + &maps("shop")),
+        &[
+            "--add-headers",
+            "default/resp",
+            "--proxy-set-headers",
+            "default/req",
+        ],
+    )
+    .await;
+    for h2 in [false, true] {
+        for method in ["GET", "POST"] {
+            seen.lock().unwrap().clear();
+            let (s, h, _) =
+                request_with(d.http, h2, method, "hdrs.test", &[("x-team", "client")]).await;
+            assert_eq!(s, 200, "{method} h2={h2}");
+            // The endpoint's own X-Frame-Options is replaced.
+            assert_eq!(h["x-frame-options"], "DENY", "{method} h2={h2}");
+            assert_eq!(h.get_all("x-frame-options").iter().count(), 1);
+            assert_eq!(h["x-content-type-options"], "nosniff");
+            assert!(h.get("x-var").is_none());
+            let line = seen.lock().unwrap().concat();
+            assert!(line.contains(" x-team=shop "), "{method} h2={h2}: {line}");
+            assert!(!line.contains("x-team=client"), "{line}");
+            assert!(
+                !line.contains("6.6.6.6") && !line.contains("x-var"),
+                "{line}"
+            );
+        }
+    }
+    // ingressd's own answers get them too.
+    let (s, h, _) = request_with(d.http, false, "GET", "nothing.test", &[]).await;
+    assert_eq!(s, 404);
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+    for said in [
+        "--add-headers default/resp: header \\\"X-Var\\\" left out: nginx variables",
+        "--proxy-set-headers default/req: header \\\"X-Forwarded-For\\\" left out: set by ingressd itself",
+    ] {
+        assert!(
+            log.contains(said) || log.contains(&said.replace("\\\"", "\"")),
+            "{said}\n{log}"
+        );
+    }
+    // A changed ConfigMap is in force at the next sync.
+    d.update(&(ingresses + &maps("payments"))).await;
+    seen.lock().unwrap().clear();
+    let (s, _, _) = request_with(d.http, false, "GET", "hdrs.test", &[]).await;
+    assert_eq!(s, 200);
+    let line = seen.lock().unwrap().concat();
+    assert!(line.contains(" x-team=payments "), "{line}");
+}

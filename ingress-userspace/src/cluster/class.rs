@@ -24,6 +24,11 @@ pub struct ClassConfig {
     /// `--global-allowed-response-headers`: the names `custom-headers`
     /// may set (none by default, as in ingress-nginx).
     pub allowed_response_headers: Vec<String>,
+    /// `--add-headers`: a ConfigMap of headers for every answer.
+    pub add_headers: Option<super::ObjectKey>,
+    /// `--proxy-set-headers`: a ConfigMap of headers for every request to
+    /// the endpoints.
+    pub proxy_set_headers: Option<super::ObjectKey>,
 }
 
 impl Default for ClassConfig {
@@ -35,6 +40,8 @@ impl Default for ClassConfig {
             annotation_defaults: Default::default(),
             ssl_passthrough: false,
             allowed_response_headers: Vec::new(),
+            add_headers: None,
+            proxy_set_headers: None,
         }
     }
 }

@@ -337,12 +337,19 @@ impl KubeSource {
 
     /// The Secrets and ConfigMaps in use: `spec.tls[].secretName`,
     /// `proxy-ssl-secret`, `auth-secret`, `auth-tls-secret` and
-    /// `custom-headers` of our Ingresses, and the default certificate's.
+    /// `custom-headers` of our Ingresses, the default certificate's, and
+    /// `--add-headers` and `--proxy-set-headers`' ConfigMaps.
     fn named_in_use(&self) -> BTreeSet<(Kind, ObjectKey)> {
         let mut out: BTreeSet<(Kind, ObjectKey)> = self
             .default_secret
             .iter()
             .map(|k| (Kind::Secret, k.clone()))
+            .chain(
+                [&self.class.add_headers, &self.class.proxy_set_headers]
+                    .into_iter()
+                    .flatten()
+                    .map(|k| (Kind::ConfigMap, k.clone())),
+            )
             .collect();
         for (key, ing) in &self.snapshot.ingresses {
             let ns = &key.namespace;

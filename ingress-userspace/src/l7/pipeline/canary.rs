@@ -109,6 +109,7 @@ mod tests {
         let route = Route {
             backend_tls: None,
             users: None,
+            proxy_headers: None,
             response_headers: None,
             error_backend: None,
             client_auth: None,

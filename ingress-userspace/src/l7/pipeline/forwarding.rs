@@ -14,7 +14,7 @@ use hyper::{
 use super::trust::Origin;
 use crate::l7::{
     http1::{head::RequestHead, tokens::is_hop_by_hop_text},
-    route::annotations::Policy,
+    route::Route,
 };
 
 pub(in crate::l7) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -125,6 +125,8 @@ pub(in crate::l7) struct Forwarding<'a> {
     /// `x-forwarded-prefix`.
     prefix: Option<&'a str>,
     request_id: &'a HeaderValue,
+    /// `--proxy-set-headers` (never one of the above).
+    extra: &'a [(HeaderName, HeaderValue)],
 }
 
 /// The value of cookie `name` (case-insensitive, as nginx's `$cookie_`),
@@ -171,9 +173,10 @@ impl<'a> Forwarding<'a> {
         origin: Origin,
         full_xff: bool,
         host: Option<&'a str>,
-        policy: &'a Policy,
+        route: &'a Route,
         request_id: &'a HeaderValue,
     ) -> Self {
+        let policy = &route.policy;
         let end_to_end = |name: &HeaderName| !listed(name.as_str().as_bytes());
         let prior = |name: &HeaderName| fields.first(name.as_str()).filter(|_| end_to_end(name));
         let theirs = |name: &HeaderName| prior(name).filter(|v| origin.trusted && !v.is_empty());
@@ -190,6 +193,7 @@ impl<'a> Forwarding<'a> {
             vhost: policy.upstream_vhost.as_deref(),
             prefix: policy.forwarded_prefix.as_deref(),
             request_id,
+            extra: route.proxy_headers.as_deref().map_or(&[], |h| h.pairs()),
         }
     }
 
@@ -217,6 +221,7 @@ impl<'a> Forwarding<'a> {
             || is(&X_FORWARDED_HOST)
             || (self.upstream_host().is_some() && is(&header::HOST))
             || (self.prefix.is_some() && is(&X_FORWARDED_PREFIX))
+            || self.extra.iter().any(|(n, _)| is(n))
     }
 
     /// Each header the proxy sets, with its value.
@@ -261,11 +266,14 @@ impl<'a> Forwarding<'a> {
             Some(prev) => set(&header::VIA, &[prev, b", 1.1 ingressd"].concat()),
             None => set(&header::VIA, b"1.1 ingressd"),
         }
+        for (name, value) in self.extra {
+            set(name, value.as_bytes());
+        }
     }
 
     /// The same, as header values.
     pub(in crate::l7) fn owned(&self) -> Vec<(HeaderName, HeaderValue)> {
-        let mut out = Vec::with_capacity(9);
+        let mut out = Vec::with_capacity(9 + self.extra.len());
         self.each(|name, value| {
             if let Ok(v) = HeaderValue::from_bytes(value) {
                 out.push((name.clone(), v));

@@ -550,6 +550,10 @@ impl Pipeline {
         if let Some((c, allow)) = cors_for.into_inner() {
             cors::decorate(c, allow, resp.headers_mut());
         }
+        // --add-headers on every answer; an Ingress's custom-headers win.
+        if let Some(h) = &table.add_headers {
+            h.apply(resp.headers_mut());
+        }
         // custom-headers: on every answer of the route, as more_set_headers.
         if let Some(Some(Ok(h))) = unanswered.route.get().map(|r| &r.response_headers) {
             h.apply(resp.headers_mut());
@@ -739,7 +743,7 @@ impl Pipeline {
             origin,
             self.trust.compute_full_forwarded_for,
             head.host,
-            &route.policy,
+            route,
             &request_id,
         );
         let upstream = upstream_head(
@@ -812,7 +816,7 @@ impl Pipeline {
             origin,
             self.trust.compute_full_forwarded_for,
             head.host,
-            policy,
+            route,
             &request_id,
         );
         // The common request (no body, no upgrade, HTTP/1.1 to the

@@ -422,6 +422,8 @@ fn compile_all(
             table.exact_hosts.insert(host, rules);
         }
     }
+    // Once every route is in place: they all get the request headers.
+    global_headers(snapshot, class, &mut table, &mut warnings);
     (table, warnings)
 }
 
@@ -612,6 +614,7 @@ fn route(
     Route {
         backend_tls: None,
         users: None,
+        proxy_headers: None,
         response_headers: None,
         error_backend: None,
         client_auth: None,
@@ -727,6 +730,60 @@ fn users_of(
                 Arc::from(e)
             }),
     })
+}
+
+/// What ingressd sets on requests to endpoints itself (the forwarding
+/// headers) and what frames a message: `--proxy-set-headers` leaves them.
+const SET_BY_INGRESSD: &[&str] = &[
+    "host",
+    "x-forwarded-for",
+    "x-original-forwarded-for",
+    "x-real-ip",
+    "x-forwarded-port",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-prefix",
+    "x-request-id",
+    "via",
+    "connection",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "content-length",
+];
+
+/// `--add-headers` and `--proxy-set-headers`: their ConfigMaps' headers,
+/// on the table (answers) and on every route (requests).
+fn global_headers(
+    snapshot: &Snapshot,
+    class: &ClassConfig,
+    table: &mut RouteTable,
+    warnings: &mut Vec<RouteWarning>,
+) {
+    let mut said: Vec<(&str, String)> = Vec::new();
+    if let Some(key) = &class.add_headers {
+        let flag = "--add-headers";
+        let h = ResponseHeaders::global(key, flag, snapshot, &[], &mut |m| said.push((flag, m)));
+        table.add_headers = (!h.is_empty()).then(|| Arc::new(h));
+    }
+    if let Some(key) = &class.proxy_set_headers {
+        let flag = "--proxy-set-headers";
+        let h = ResponseHeaders::global(key, flag, snapshot, SET_BY_INGRESSD, &mut |m| {
+            said.push((flag, m))
+        });
+        if !h.is_empty() {
+            let h = Arc::new(h);
+            table.each_route_mut(|r| r.proxy_headers = Some(h.clone()));
+        }
+    }
+    warnings.extend(said.into_iter().map(|(flag, message)| RouteWarning {
+        ingress: flag.to_string(),
+        field: flag.to_string(),
+        message,
+    }));
 }
 
 /// `custom-headers`: the ConfigMap's headers, or why the paths answer 503.

@@ -1,8 +1,13 @@
-//! `custom-headers`: response headers from a ConfigMap of the Ingress's
-//! namespace, each name allowed by `--global-allowed-response-headers`, as
-//! ingress-nginx sets them (`more_set_headers`: on every response of the
-//! Ingress's paths, replacing the endpoint's of the same name). A
-//! ConfigMap that cannot be used denies the paths (503), as there.
+//! Headers from ConfigMaps, as ingress-nginx sets them:
+//!
+//! - `custom-headers`: response headers from a ConfigMap of the Ingress's
+//!   namespace, each name allowed by `--global-allowed-response-headers`
+//!   (`more_set_headers`: on every response of the Ingress's paths,
+//!   replacing the endpoint's of the same name). A ConfigMap that cannot
+//!   be used denies the paths (503), as there.
+//! - `--add-headers` and `--proxy-set-headers` (its ConfigMap keys): every
+//!   response's headers, and every request's to the endpoints; a header
+//!   that cannot be used is reported and left out.
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::cluster::{ObjectKey, Snapshot};
@@ -51,35 +56,94 @@ impl ResponseHeaders {
         }
         let mut out = Vec::with_capacity(data.len());
         for (header, value) in &data {
-            let name_ok = !header.is_empty()
-                && header
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !name_ok {
-                return Err(format!("ConfigMap {key}: {header:?} is not a header name"));
-            }
-            // ingress-nginx's value pattern is printable ASCII, space
-            // included, and nothing else.
-            let value_ok = !value.is_empty() && value.bytes().all(|b| (0x20..=0x7e).contains(&b));
-            if !value_ok {
-                return Err(format!(
-                    "ConfigMap {key}: the value of {header} is empty or not printable ASCII"
-                ));
-            }
+            let pair = Self::checked(header, value).map_err(|e| format!("ConfigMap {key}: {e}"))?;
             if !allowed.iter().any(|a| a.eq_ignore_ascii_case(header)) {
                 return Err(format!(
                     "ConfigMap {key}: header {header} is not in --global-allowed-response-headers"
                 ));
             }
-            let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(header.as_bytes()),
-                HeaderValue::from_str(value),
-            ) else {
-                return Err(format!("ConfigMap {key}: {header} is not a header"));
-            };
-            out.push((n, v));
+            out.push(pair);
         }
         Ok(Self(out))
+    }
+
+    /// `--add-headers` or `--proxy-set-headers`' ConfigMap `key` (`flag`
+    /// names it in reports): each usable header; the others reported.
+    /// Headers ingressd sets itself on requests (`reserved`) are left to it.
+    pub fn global(
+        key: &ObjectKey,
+        flag: &str,
+        snapshot: &Snapshot,
+        reserved: &[&str],
+        warn: &mut dyn FnMut(String),
+    ) -> Self {
+        let Some(cm) = snapshot.config_maps.get(key) else {
+            warn(format!("ConfigMap {key} not found; no headers set"));
+            return Self(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (header, value) in cm.data.iter().flatten() {
+            let refused =
+                if out.len() == MAX_HEADERS || bytes + header.len() + value.len() > MAX_BYTES {
+                    Some(format!(
+                        "more than {MAX_HEADERS} headers or {MAX_BYTES} bytes"
+                    ))
+                } else if reserved.iter().any(|r| r.eq_ignore_ascii_case(header)) {
+                    Some("set by ingressd itself".to_string())
+                } else if value.contains('$') {
+                    // nginx would expand a variable there; sent as written it
+                    // would be wrong.
+                    Some("nginx variables ($name) are not expanded here".to_string())
+                } else {
+                    None
+                };
+            if let Some(why) = refused {
+                warn(format!("{flag} {key}: header {header:?} left out: {why}"));
+                continue;
+            }
+            match Self::checked(header, value) {
+                Ok(pair) => {
+                    bytes += header.len() + value.len();
+                    out.push(pair);
+                }
+                Err(why) => warn(format!("{flag} {key}: header {header:?} left out: {why}")),
+            }
+        }
+        Self(out)
+    }
+
+    /// A header as ingress-nginx takes it: a name of letters, digits, `-`
+    /// and `_`, a value of printable ASCII.
+    fn checked(header: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
+        let name_ok = !header.is_empty()
+            && header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err(format!("{header:?} is not a header name"));
+        }
+        let value_ok = !value.is_empty() && value.bytes().all(|b| (0x20..=0x7e).contains(&b));
+        if !value_ok {
+            return Err(format!(
+                "the value of {header} is empty or not printable ASCII"
+            ));
+        }
+        match (
+            HeaderName::from_bytes(header.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(n), Ok(v)) => Ok((n, v)),
+            _ => Err(format!("{header} is not a header")),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn pairs(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.0
     }
 
     /// Sets each header on a response, replacing what it had of that name.

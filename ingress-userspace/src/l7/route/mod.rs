@@ -106,6 +106,8 @@ pub struct Route {
     /// `auth-tls-*`: the client-certificate check, or why none can be
     /// made (then the route answers 503).
     pub client_auth: Option<Result<Arc<client_certs::ClientAuth>, Arc<str>>>,
+    /// `--proxy-set-headers`: set on every request to the endpoints.
+    pub proxy_headers: Option<Arc<headers::ResponseHeaders>>,
     /// `custom-headers`: set on every response, or why they cannot be
     /// (then the route answers 503).
     pub response_headers: Option<Result<Arc<headers::ResponseHeaders>, Arc<str>>>,
@@ -225,6 +227,8 @@ pub struct RouteTable {
     pub client_cert_hosts: std::collections::BTreeSet<String>,
     /// `ssl-passthrough` hosts (names and `*.` wildcards).
     passthrough: HashMap<String, Passthrough>,
+    /// `--add-headers`: set on every answer.
+    pub add_headers: Option<Arc<headers::ResponseHeaders>>,
     rules: usize,
 }
 
@@ -308,6 +312,28 @@ impl RouteTable {
     /// each handshake's SNI before it decides).
     pub fn has_passthrough(&self) -> bool {
         !self.passthrough.is_empty()
+    }
+
+    /// Every route of the table, canaries' included.
+    pub(super) fn each_route_mut(&mut self, mut f: impl FnMut(&mut Route)) {
+        let hosts = self
+            .exact_hosts
+            .values_mut()
+            .chain(self.wildcard_hosts.values_mut())
+            .chain(self.any_host.as_mut());
+        let mut routes: Vec<&mut Route> = Vec::new();
+        for rules in hosts {
+            routes.extend(rules.exact.values_mut());
+            routes.extend(rules.prefixes.iter_mut().map(|(_, r)| r));
+            routes.extend(rules.regexes.iter_mut().map(|(_, _, r)| r));
+        }
+        routes.extend(self.default_backend.as_mut());
+        for r in routes {
+            if let Some(c) = r.canary.as_mut() {
+                f(&mut c.route);
+            }
+            f(r);
+        }
     }
 
     fn rules_for_host(&self, host: &str) -> Option<&HostRules> {

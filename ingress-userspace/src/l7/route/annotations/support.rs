@@ -354,6 +354,12 @@ fn find(table: &[(&str, Verdict)], name: &str) -> Verdict {
 /// Keys of ingress-nginx's controller ConfigMap people set most, and what
 /// takes their place here (a flag of `ingressd run`, read once at start).
 const CONFIGMAP: &[(&str, Verdict)] = &[
+    (
+        "add-headers",
+        Differs(
+            "set as the flag --add-headers (the same ConfigMap); a value with nginx variables is left out and reported",
+        ),
+    ),
     ("allow-snippet-annotations", Refused(SNIPPETS)),
     (
         "annotations-risk-level",
@@ -387,7 +393,10 @@ const CONFIGMAP: &[(&str, Verdict)] = &[
         Differs("set as the flag --global-allowed-response-headers"),
     ),
     ("global-auth-url", NotSupported),
-    ("hsts", Differs("set as the flag --hsts (on by default, as there)")),
+    (
+        "hsts",
+        Differs("set as the flag --hsts (on by default, as there)"),
+    ),
     (
         "hsts-include-subdomains",
         Differs("set as the flag --hsts-include-subdomains"),
@@ -459,6 +468,12 @@ const CONFIGMAP: &[(&str, Verdict)] = &[
     (
         "proxy-send-timeout",
         Differs("set as the flag --upstream-send-timeout (the annotation per Ingress)"),
+    ),
+    (
+        "proxy-set-headers",
+        Differs(
+            "set as the flag --proxy-set-headers (the same ConfigMap); a value with nginx variables, or a header ingressd sets itself (X-Forwarded-*, Host…), is left out and reported",
+        ),
     ),
     ("server-snippet", Refused(SNIPPETS)),
     (

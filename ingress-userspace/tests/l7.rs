@@ -4629,3 +4629,115 @@ async fn add_headers_and_proxy_set_headers_from_config_maps_as_ingress_nginx() {
     let line = seen.lock().unwrap().concat();
     assert!(line.contains(" x-team=payments "), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_http_version_and_connection_proxy_header_as_ingress_nginx() {
+    let ip = |i| Ipv4Addr::new(127, 0, 0, i);
+    let (close_ep, close_conns) = scripted_endpoint(ip(33)).await;
+    let (keep_ep, keep_conns) = scripted_endpoint(ip(34)).await;
+    let (old_ep, old_conns) = scripted_endpoint(ip(35)).await;
+    let to = |svc: &str, host: &str, notes: &[(&str, &str)]| {
+        annotated(host, notes, "/", "Prefix")
+            .replace("name: a, port", &format!("name: {svc}, port"))
+    };
+    let yaml = service("close-ep", close_ep.port(), &[close_ep.ip()])
+        + &service("keep-ep", keep_ep.port(), &[keep_ep.ip()])
+        + &service("old-ep", old_ep.port(), &[old_ep.ip()])
+        + &to(
+            "close-ep",
+            "close.test",
+            &[("connection-proxy-header", "close")],
+        )
+        + &to(
+            "keep-ep",
+            "keep.test",
+            &[("connection-proxy-header", "keep-alive")],
+        )
+        + &to("old-ep", "old.test", &[("proxy-http-version", "1.0")])
+        + &to(
+            "old-ep",
+            "bad.test",
+            &[
+                ("proxy-http-version", "2"),
+                ("connection-proxy-header", "upgrade"),
+            ],
+        );
+    let d = Ingressd::start(BIN, &yaml).await;
+    // One client connection for all three requests: what differs is on
+    // the endpoint's side.
+    let ask = async |host: &str, n: usize| {
+        let mut heads = Vec::new();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(
+            tokio::net::TcpStream::connect(d.http).await.unwrap(),
+        ))
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        for _ in 0..n {
+            let resp = sender
+                .send_request(
+                    Request::get("/x")
+                        .header("host", host)
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{host}");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            heads.push(String::from_utf8_lossy(&body).to_ascii_lowercase());
+        }
+        heads
+    };
+    // close: sent, and every request on a connection of its own.
+    let heads = ask("close.test", 3).await;
+    assert!(
+        heads
+            .iter()
+            .all(|h| h.contains("\r\nconnection: close\r\n")),
+        "{heads:?}"
+    );
+    assert_eq!(close_conns.load(Ordering::SeqCst), 3);
+    // keep-alive: sent, and one connection kept for all.
+    let heads = ask("keep.test", 3).await;
+    assert!(
+        heads
+            .iter()
+            .all(|h| h.contains("\r\nconnection: keep-alive\r\n")),
+        "{heads:?}"
+    );
+    assert_eq!(keep_conns.load(Ordering::SeqCst), 1);
+    // HTTP/1.0 to the endpoint.
+    let heads = ask("old.test", 2).await;
+    assert!(
+        heads.iter().all(|h| h.starts_with("get /x http/1.0\r\n")),
+        "{heads:?}"
+    );
+    assert_eq!(old_conns.load(Ordering::SeqCst), 2);
+    // A body with a length goes; a chunked one cannot (411).
+    let raw = |body: &str, framing: &str| {
+        format!(
+            "POST /x HTTP/1.1\r\nHost: old.test\r\n{framing}\r\nConnection: close\r\n\r\n{body}"
+        )
+    };
+    let answer = exchange_raw(d.http, raw("hello", "Content-Length: 5").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("post /x http/1.0\r\n"),
+        "{answer}"
+    );
+    let answer = exchange_raw(
+        d.http,
+        raw("5\r\nhello\r\n0\r\n\r\n", "Transfer-Encoding: chunked").as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 411"), "{answer}");
+    // Bad values are reported, and the request goes as by default.
+    let heads = ask("bad.test", 1).await;
+    assert!(heads[0].starts_with("get /x http/1.1\r\n"), "{heads:?}");
+    let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+    assert!(
+        log.contains("proxy-http-version") && log.contains("connection-proxy-header"),
+        "{log}"
+    );
+}

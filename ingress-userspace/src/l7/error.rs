@@ -68,6 +68,9 @@ pub enum ProxyError {
     UpstreamFailed(BoxError),
     /// A request body over the limit.
     BodyTooLarge,
+    /// A body without a length for an endpoint spoken to in HTTP/1.0
+    /// (`proxy-http-version: "1.0"`), which cannot take it chunked.
+    LengthRequired,
     /// The client stopped sending its body for the body timeout.
     ClientBodyTimeout,
     /// A request body that is not framed as its head said (a bad chunk).
@@ -100,6 +103,7 @@ impl ProxyError {
             | UpstreamProtocol(_) | UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             ConnectTimedOut | UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            LengthRequired => StatusCode::LENGTH_REQUIRED,
             ClientLeft => CLIENT_LEFT,
         }
     }
@@ -118,9 +122,8 @@ impl ProxyError {
         match self {
             BadHead(_) | BadPath(_) | HeadTimeout | HeadTooLarge | TargetTooLong
             | MethodNotAllowed | NotImplemented | NoRoute | Forbidden | BodyTooLarge
-            | ClientBodyTimeout | BadBody | ClientLeft | RateLimited(_) | ConnectionLimited(_) => {
-                Blame::Client
-            }
+            | LengthRequired | ClientBodyTimeout | BadBody | ClientLeft | RateLimited(_)
+            | ConnectionLimited(_) => Blame::Client,
             NoEndpoints | UnsupportedBackend | InvalidRewrite | AuthDenied | LocationDenied => {
                 Blame::Config
             }
@@ -152,6 +155,7 @@ impl ProxyError {
             UpstreamProtocol(_) => "upstream_protocol",
             UpstreamFailed(_) => "upstream_failed",
             BodyTooLarge => "body_too_large",
+            LengthRequired => "length_required",
             ClientBodyTimeout => "body_timeout",
             BadBody => "bad_body",
             ClientLeft => "client_left",
@@ -163,7 +167,7 @@ impl ProxyError {
     }
 
     /// Every label, in a fixed order (the metric's slots).
-    pub const LABELS: [&'static str; 26] = [
+    pub const LABELS: [&'static str; 27] = [
         "bad_head",
         "bad_path",
         "head_timeout",
@@ -190,6 +194,7 @@ impl ProxyError {
         "connection_limited",
         "auth_denied",
         "location_denied",
+        "length_required",
     ];
 
     /// 1 + the label's index in `LABELS` (0 is "no error").
@@ -223,6 +228,7 @@ impl ProxyError {
             UpstreamTimeout => "upstream timed out\n",
             UpstreamProtocol(_) | UpstreamFailed(_) => "upstream connection failed\n",
             BodyTooLarge => "request body too large\n",
+            LengthRequired => "length required\n",
             ClientBodyTimeout => "request body timed out\n",
             BadBody => "bad request body\n",
             ClientLeft => "",
@@ -257,7 +263,7 @@ mod tests {
             assert!(seen.insert(l), "{l} twice");
         }
         assert_eq!(
-            ProxyError::LocationDenied.code() as usize,
+            ProxyError::LengthRequired.code() as usize,
             ProxyError::LABELS.len()
         );
         assert_eq!(ProxyError::BadBody.status(), StatusCode::BAD_REQUEST);

@@ -56,7 +56,10 @@ use super::{
     http1::tokens::{connection_listed, named, strip_listed_and_hop_by_hop, wants_trailers},
     limits::Limits,
     path::{NormalPath, PathError, normalize},
-    route::{Match, RewriteEscapes, Route, RouteTable, Upstream, normalize_host, rewrite_path},
+    route::{
+        Match, RewriteEscapes, Route, RouteTable, Upstream, annotations::ConnectionHeader,
+        normalize_host, rewrite_path,
+    },
     stats::{LabelStats, Labels, Registry, StatsHandle},
     upstream::{
         Outbound, Timeouts, Upstreams,
@@ -810,6 +813,12 @@ impl Pipeline {
         }
         // From the body itself, as hyper framed it.
         let bodiless = hyper::body::Body::is_end_stream(&body);
+        // HTTP/1.0 has no chunks: a body of unknown length cannot go
+        // (nginx buffers it; a streaming proxy asks for its length).
+        if policy.http10 && !h2 && !bodiless && declared.is_none() {
+            tokio::spawn(drain(body));
+            return Err(ProxyError::LengthRequired);
+        }
         let forwarding = Forwarding::new(
             &parts.headers,
             named(&listed),
@@ -828,6 +837,8 @@ impl Pipeline {
             && downstream.is_none()
             && route.backend_tls.is_none()
             && from_auth.is_empty()
+            && !policy.http10
+            && policy.connection_header.is_none()
         {
             let upstream = upstream_head(
                 &parts.method,
@@ -875,6 +886,21 @@ impl Pipeline {
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol.clone());
+        } else if let Some(c) = policy
+            .connection_header
+            .or(policy.http10.then_some(ConnectionHeader::Close))
+        {
+            // connection-proxy-header; "close" also keeps the connection
+            // out of the pool (hyper's client closes it after the answer).
+            // HTTP/1.0 closes unless told (nginx sends it without keep-alive;
+            // hyper's client would ask for keep-alive).
+            let v = match c {
+                ConnectionHeader::Close => "close",
+                ConnectionHeader::KeepAlive => "keep-alive",
+            };
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static(v));
         }
         // Streamed bodies without a length are cut off at the limit; every
         // body must keep arriving (slow senders get a 408).
@@ -912,7 +938,11 @@ impl Pipeline {
             // header carrying the client's host; an HTTP/1.0 client may have
             // sent none: the endpoint's address then (HTTP/1.1 needs one).
             *out.uri_mut() = Uri::from(path_and_query.into_owned());
-            *out.version_mut() = Version::HTTP_11;
+            *out.version_mut() = if policy.http10 {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            };
             if !out.headers().contains_key(header::HOST)
                 && let Ok(h) = HeaderValue::from_str(&first.to_string())
             {
@@ -1158,6 +1188,8 @@ fn needs_hyper(route: &Route) -> bool {
         || route.policy.ext_auth.is_some()
         || route.error_backend.is_some()
         || route.client_auth.is_some()
+        || route.policy.http10
+        || route.policy.connection_header.is_some()
 }
 
 /// Whether the route's requests go to its endpoints in HTTP/2.

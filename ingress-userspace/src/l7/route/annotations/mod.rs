@@ -29,6 +29,13 @@ pub use cors::Cors;
 
 pub const PREFIX: &str = "nginx.ingress.kubernetes.io/";
 
+/// `connection-proxy-header`'s values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionHeader {
+    Close,
+    KeepAlive,
+}
+
 /// How requests matched by an Ingress's rules are handled.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
@@ -105,6 +112,11 @@ pub struct Policy {
     /// `custom-headers`: the ConfigMap (`[namespace/]name`) of response
     /// headers.
     pub custom_headers: Option<String>,
+    /// `proxy-http-version: "1.0"`: HTTP/1.0 to the endpoints.
+    pub http10: bool,
+    /// `connection-proxy-header`: the Connection header sent to the
+    /// endpoints (`close` or `keep-alive`).
+    pub connection_header: Option<ConnectionHeader>,
     /// `default-backend`: a Service of the Ingress's namespace that serves
     /// when a backend has no endpoints (on its first port).
     pub default_backend: Option<String>,
@@ -325,6 +337,16 @@ pub fn policy(
             "proxy-read-timeout" => match seconds(value) {
                 Some(d) => p.read_timeout = Some(d),
                 None => warn(key, bad("a number of seconds")),
+            },
+            "proxy-http-version" => match value.trim() {
+                "1.0" => p.http10 = true,
+                "1.1" => p.http10 = false,
+                _ => warn(key, bad("\"1.0\" or \"1.1\"")),
+            },
+            "connection-proxy-header" => match value.trim() {
+                "close" => p.connection_header = Some(ConnectionHeader::Close),
+                "keep-alive" => p.connection_header = Some(ConnectionHeader::KeepAlive),
+                _ => warn(key, bad("\"close\" or \"keep-alive\"")),
             },
             "proxy-send-timeout" => match seconds(value) {
                 Some(d) => p.send_timeout = Some(d),

@@ -135,7 +135,12 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
     ("canary-weight", Honoured),
     ("canary-weight-total", Honoured),
     ("client-body-buffer-size", Differs(STREAMING)),
-    ("connection-proxy-header", NotSupported),
+    (
+        "connection-proxy-header",
+        Differs(
+            "an upgrade (WebSocket) still sends Connection: upgrade, where nginx's sends the value",
+        ),
+    ),
     ("cors-allow-credentials", Honoured),
     ("cors-allow-headers", Honoured),
     ("cors-allow-methods", Honoured),
@@ -215,7 +220,12 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
     ("proxy-connect-timeout", Honoured),
     ("proxy-cookie-domain", NotSupported),
     ("proxy-cookie-path", NotSupported),
-    ("proxy-http-version", NotSupported),
+    (
+        "proxy-http-version",
+        Differs(
+            "with \"1.0\", a request body of unknown length (chunked) is answered 411, where nginx buffers it first",
+        ),
+    ),
     ("proxy-max-temp-file-size", Differs(STREAMING)),
     (
         "proxy-next-upstream",

@@ -32,6 +32,7 @@ use ingressd::{
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_ingressd");
+const GATEWAY_V1: &str = "gateway.networking.k8s.io/v1";
 
 /// The objects of a YAML text that the file source accepts, as the API
 /// server would store them (JSON).
@@ -55,6 +56,14 @@ fn api_objects(yaml: &str) -> Vec<serde_json::Value> {
                 ),
                 Object::Secret(o) => ("Secret", "v1", serde_json::to_value(o)),
                 Object::ConfigMap(o) => ("ConfigMap", "v1", serde_json::to_value(o)),
+                Object::GatewayClass(o) => ("GatewayClass", GATEWAY_V1, serde_json::to_value(o)),
+                Object::Gateway(o) => ("Gateway", GATEWAY_V1, serde_json::to_value(o)),
+                Object::HTTPRoute(o) => ("HTTPRoute", GATEWAY_V1, serde_json::to_value(o)),
+                Object::ReferenceGrant(o) => (
+                    "ReferenceGrant",
+                    "gateway.networking.k8s.io/v1beta1",
+                    serde_json::to_value(o),
+                ),
                 Object::Node(o) => ("Node", "v1", serde_json::to_value(o)),
             };
             let v = v.as_mut().map(std::mem::take).expect("serializes");

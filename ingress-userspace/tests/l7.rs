@@ -4674,7 +4674,10 @@ async fn proxy_http_version_and_connection_proxy_header_as_ingress_nginx() {
         .unwrap();
         tokio::spawn(conn);
         for _ in 0..n {
-            sender.ready().await.expect("the client connection stays open");
+            sender
+                .ready()
+                .await
+                .expect("the client connection stays open");
             let resp = sender
                 .send_request(
                     Request::get("/x")

@@ -2,6 +2,7 @@
 //! [`Snapshot`], their keys, and what makes an object valid.
 mod class;
 mod endpoints;
+pub mod gateway;
 mod validate;
 
 pub use class::{ClassConfig, is_ours};
@@ -69,6 +70,10 @@ pub struct Snapshot {
     pub secrets: BTreeMap<ObjectKey, Secret>,
     /// Only those an Ingress names (`custom-headers`).
     pub config_maps: BTreeMap<ObjectKey, ConfigMap>,
+    pub gateway_classes: BTreeMap<ObjectKey, gateway::GatewayClass>,
+    pub gateways: BTreeMap<ObjectKey, gateway::Gateway>,
+    pub http_routes: BTreeMap<ObjectKey, gateway::HTTPRoute>,
+    pub reference_grants: BTreeMap<ObjectKey, gateway::ReferenceGrant>,
     pub nodes: BTreeMap<ObjectKey, Node>,
 }
 
@@ -101,6 +106,10 @@ impl Snapshot {
             Object::IngressClass(o) => drop(self.ingress_classes.insert(key, *o)),
             Object::Secret(o) => drop(self.secrets.insert(key, *o)),
             Object::ConfigMap(o) => drop(self.config_maps.insert(key, *o)),
+            Object::GatewayClass(o) => drop(self.gateway_classes.insert(key, *o)),
+            Object::Gateway(o) => drop(self.gateways.insert(key, *o)),
+            Object::HTTPRoute(o) => drop(self.http_routes.insert(key, *o)),
+            Object::ReferenceGrant(o) => drop(self.reference_grants.insert(key, *o)),
             Object::Node(o) => drop(self.nodes.insert(key, *o)),
         }
     }
@@ -117,6 +126,10 @@ impl Snapshot {
             Kind::IngressClass => drop(self.ingress_classes.remove(&key)),
             Kind::Secret => drop(self.secrets.remove(&key)),
             Kind::ConfigMap => drop(self.config_maps.remove(&key)),
+            Kind::GatewayClass => drop(self.gateway_classes.remove(&key)),
+            Kind::Gateway => drop(self.gateways.remove(&key)),
+            Kind::HTTPRoute => drop(self.http_routes.remove(&key)),
+            Kind::ReferenceGrant => drop(self.reference_grants.remove(&key)),
             Kind::Node => drop(self.nodes.remove(&key)),
         }
     }
@@ -191,10 +204,14 @@ pub enum Kind {
     Secret,
     ConfigMap,
     Node,
+    GatewayClass,
+    Gateway,
+    HTTPRoute,
+    ReferenceGrant,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Ingress,
@@ -202,6 +219,10 @@ impl Kind {
         Kind::Secret,
         Kind::ConfigMap,
         Kind::Node,
+        Kind::GatewayClass,
+        Kind::Gateway,
+        Kind::HTTPRoute,
+        Kind::ReferenceGrant,
     ];
 
     /// The kind's name, as manifests and the API spell it.
@@ -213,6 +234,10 @@ impl Kind {
             Kind::IngressClass => "IngressClass",
             Kind::Secret => "Secret",
             Kind::ConfigMap => "ConfigMap",
+            Kind::GatewayClass => "GatewayClass",
+            Kind::Gateway => "Gateway",
+            Kind::HTTPRoute => "HTTPRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
             Kind::Node => "Node",
         }
     }
@@ -226,13 +251,17 @@ impl Kind {
             Kind::IngressClass => "ingressclasses.networking.k8s.io",
             Kind::Secret => "secrets",
             Kind::ConfigMap => "configmaps",
+            Kind::GatewayClass => "gatewayclasses.gateway.networking.k8s.io",
+            Kind::Gateway => "gateways.gateway.networking.k8s.io",
+            Kind::HTTPRoute => "httproutes.gateway.networking.k8s.io",
+            Kind::ReferenceGrant => "referencegrants.gateway.networking.k8s.io",
             Kind::Node => "nodes",
         }
     }
 
     /// Cluster-scoped kinds have an empty namespace in their keys.
     pub const fn namespaced(self) -> bool {
-        !matches!(self, Kind::IngressClass | Kind::Node)
+        !matches!(self, Kind::IngressClass | Kind::Node | Kind::GatewayClass)
     }
 }
 
@@ -251,6 +280,10 @@ pub enum Object {
     IngressClass(Box<IngressClass>),
     Secret(Box<Secret>),
     ConfigMap(Box<ConfigMap>),
+    GatewayClass(Box<gateway::GatewayClass>),
+    Gateway(Box<gateway::Gateway>),
+    HTTPRoute(Box<gateway::HTTPRoute>),
+    ReferenceGrant(Box<gateway::ReferenceGrant>),
     Node(Box<Node>),
 }
 
@@ -263,6 +296,10 @@ impl Object {
             Object::IngressClass(_) => Kind::IngressClass,
             Object::Secret(_) => Kind::Secret,
             Object::ConfigMap(_) => Kind::ConfigMap,
+            Object::GatewayClass(_) => Kind::GatewayClass,
+            Object::Gateway(_) => Kind::Gateway,
+            Object::HTTPRoute(_) => Kind::HTTPRoute,
+            Object::ReferenceGrant(_) => Kind::ReferenceGrant,
             Object::Node(_) => Kind::Node,
         }
     }
@@ -275,6 +312,10 @@ impl Object {
             Object::IngressClass(o) => &o.metadata,
             Object::Secret(o) => &o.metadata,
             Object::ConfigMap(o) => &o.metadata,
+            Object::GatewayClass(o) => &o.metadata,
+            Object::Gateway(o) => &o.metadata,
+            Object::HTTPRoute(o) => &o.metadata,
+            Object::ReferenceGrant(o) => &o.metadata,
             Object::Node(o) => &o.metadata,
         }
     }

@@ -20,7 +20,7 @@ use serde::de::DeserializeSeed as _;
 
 use super::bounded;
 use crate::cluster::{
-    FieldError, Identity, Object, ObjectKey, Rules, Snapshot, field_error, validate_with,
+    FieldError, Identity, Object, ObjectKey, Rules, Snapshot, field_error, gateway, validate_with,
 };
 
 /// A document that could not be used, with everything needed to find it.
@@ -156,6 +156,19 @@ fn parse_value(
         ("v1", "Secret") => typed(value).map(|s: Secret| Object::Secret(Box::new(s))),
         ("v1", "ConfigMap") => typed(value).map(|c: ConfigMap| Object::ConfigMap(Box::new(c))),
         ("v1", "Node") => typed(value).map(|s: Node| Object::Node(Box::new(s))),
+        // v1beta1 as well: the same schema, and manifests written before v1.
+        (GATEWAY_V1 | GATEWAY_V1BETA1, "GatewayClass") => {
+            typed(value).map(|g: gateway::GatewayClass| Object::GatewayClass(Box::new(g)))
+        }
+        (GATEWAY_V1 | GATEWAY_V1BETA1, "Gateway") => {
+            typed(value).map(|g: gateway::Gateway| Object::Gateway(Box::new(g)))
+        }
+        (GATEWAY_V1 | GATEWAY_V1BETA1, "HTTPRoute") => {
+            typed(value).map(|r: gateway::HTTPRoute| Object::HTTPRoute(Box::new(r)))
+        }
+        (GATEWAY_V1 | GATEWAY_V1BETA1, "ReferenceGrant") => {
+            typed(value).map(|r: gateway::ReferenceGrant| Object::ReferenceGrant(Box::new(r)))
+        }
         _ => {
             skipped.push(format!("{api_version} {label}"));
             return;
@@ -166,6 +179,9 @@ fn parse_value(
         Err(e) => report(Some(label), Some(e.field), e.message),
     }
 }
+
+const GATEWAY_V1: &str = "gateway.networking.k8s.io/v1";
+const GATEWAY_V1BETA1: &str = "gateway.networking.k8s.io/v1beta1";
 
 /// The `data` of ConfigMap `namespace/name` in a file's documents
 /// (`ingressd migrate` reports on ingress-nginx's).
@@ -625,6 +641,46 @@ mod tests {
         assert_eq!(
             errors[0].field.as_deref(),
             Some("endpoints[0].conditions.ready"),
+            "{:?}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn gateway_api_objects_are_read_v1_and_v1beta1() {
+        let (objects, errors) = parse(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: ebpf}\n\
+             spec: {controllerName: ingress-ebpf/gateway-controller}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1beta1\nkind: Gateway\nmetadata: {name: web, namespace: infra}\n\
+             spec: {gatewayClassName: ebpf, listeners: [{name: http, protocol: HTTP, port: 80}]}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\n\
+             spec: {parentRefs: [{name: web, namespace: infra}], rules: [{backendRefs: [{name: a, port: 80}]}]}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: g, namespace: infra}\n\
+             spec: {from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: default}], to: [{group: '', kind: Service}]}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: bad}\n\
+             spec: {rules: [{backendRefs: [{name: a, port: eighty}]}]}\n",
+        );
+        let ids: Vec<String> = objects
+            .iter()
+            .map(|o| {
+                let (kind, ns, name) = o.identity();
+                format!("{kind} {ns}/{name}")
+            })
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "GatewayClass /ebpf",
+                "Gateway infra/web",
+                "HTTPRoute default/r",
+                "ReferenceGrant infra/g"
+            ]
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].object.as_deref(), Some("HTTPRoute bad"));
+        assert_eq!(
+            errors[0].field.as_deref(),
+            Some("spec.rules[0].backendRefs[0].port"),
             "{:?}",
             errors[0]
         );

@@ -298,6 +298,10 @@ impl KubeSource {
             Kind::IngressClass => ids(s.ingress_classes.keys().collect()),
             Kind::Secret => ids(s.secrets.keys().collect()),
             Kind::ConfigMap => ids(s.config_maps.keys().collect()),
+            Kind::GatewayClass => ids(s.gateway_classes.keys().collect()),
+            Kind::Gateway => ids(s.gateways.keys().collect()),
+            Kind::HTTPRoute => ids(s.http_routes.keys().collect()),
+            Kind::ReferenceGrant => ids(s.reference_grants.keys().collect()),
             Kind::Node => ids(s.nodes.keys().collect()),
         }
     }

@@ -27,6 +27,7 @@ pub mod annotations;
 pub mod backend_tls;
 pub mod client_certs;
 mod compile;
+pub mod gateway;
 pub mod headers;
 pub mod htpasswd;
 pub mod pattern;

@@ -1,0 +1,271 @@
+//! Gateway API attachment as the conformance tests exercise it: listeners
+//! with each kind of problem, routes accepted or not for each reason the
+//! spec names. Pure: manifests in, conditions out.
+use std::path::Path;
+
+use ingressd::{
+    cluster::{ObjectKey, Snapshot},
+    l7::route::gateway::attach::{Attachment, Condition, Ports, attach},
+    source::files::parse_file,
+};
+
+const CONTROLLER: &str = "ingress-ebpf/gateway-controller";
+
+fn snapshot(yaml: &str) -> Snapshot {
+    let (objects, errors, _) = parse_file(Path::new("gw.yaml"), yaml);
+    assert!(errors.is_empty(), "{errors:?}");
+    let mut s = Snapshot::default();
+    for o in objects {
+        s.insert(o);
+    }
+    s
+}
+
+const BASE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: ebpf}
+spec: {controllerName: ingress-ebpf/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: other}
+spec: {controllerName: example.com/other}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: cert, namespace: infra}
+type: kubernetes.io/tls
+stringData: {tls.crt: x, tls.key: y}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: cert, namespace: certs}
+type: kubernetes.io/tls
+stringData: {tls.crt: x, tls.key: y}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: infra}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: apps}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: infra, generation: 3}
+spec:
+  gatewayClassName: ebpf
+  listeners:
+  - {name: http, protocol: HTTP, port: 80}
+  - {name: https, protocol: HTTPS, port: 443, hostname: "*.example.com", tls: {certificateRefs: [{name: cert}]}}
+  - {name: all, protocol: HTTP, port: 80, hostname: all.example.com, allowedRoutes: {namespaces: {from: All}}}
+  - {name: tcp, protocol: TCP, port: 9000}
+  - {name: alt, protocol: HTTP, port: 8080}
+  - {name: foreign-cert, protocol: HTTPS, port: 443, hostname: foreign.example.com, tls: {certificateRefs: [{name: cert, namespace: certs}]}}
+  - {name: grpc-only, protocol: HTTP, port: 80, hostname: grpc.example.com, allowedRoutes: {kinds: [{kind: GRPCRoute}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: theirs, namespace: infra}
+spec:
+  gatewayClassName: other
+  listeners: [{name: http, protocol: HTTP, port: 80}]
+"#;
+
+fn route(name: &str, ns: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}, generation: 2}}\nspec: {spec}\n"
+    )
+}
+
+fn attached(yaml: &str) -> Attachment {
+    attach(
+        &snapshot(&(BASE.to_string() + yaml)),
+        CONTROLLER,
+        Ports {
+            http: 80,
+            https: 443,
+        },
+    )
+}
+
+fn find<'a>(conds: &'a [Condition], t: &str) -> &'a Condition {
+    conds
+        .iter()
+        .find(|c| c.type_ == t)
+        .unwrap_or_else(|| panic!("no {t} in {conds:?}"))
+}
+
+#[test]
+fn listeners_get_the_conditions_the_spec_names() {
+    let a = attached("");
+    assert_eq!(a.gateways.len(), 1, "only Gateways of our GatewayClass");
+    let gw = &a.gateways[&ObjectKey::new("infra", "gw")];
+    assert_eq!(gw.generation, Some(3));
+    let l = |name: &str| gw.listeners.iter().find(|l| l.name == name).unwrap();
+    for ok in ["http", "https", "all"] {
+        assert!(l(ok).serves(), "{ok}: {:?}", l(ok).conditions);
+    }
+    let reason = |name: &str, t: &str| find(&l(name).conditions, t).reason;
+    assert_eq!(reason("tcp", "Accepted"), "UnsupportedProtocol");
+    assert_eq!(reason("alt", "Accepted"), "PortUnavailable");
+    assert_eq!(reason("foreign-cert", "ResolvedRefs"), "RefNotPermitted");
+    assert!(!l("foreign-cert").serves());
+    assert_eq!(reason("grpc-only", "ResolvedRefs"), "InvalidRouteKinds");
+    assert!(l("grpc-only").supported_kinds.is_empty());
+    assert_eq!(l("https").certificates, [ObjectKey::new("infra", "cert")]);
+    let accepted = find(&gw.conditions, "Accepted");
+    assert!(
+        accepted.status && accepted.reason == "ListenersNotValid",
+        "{accepted:?}"
+    );
+
+    // A ReferenceGrant lets the Gateway use the other namespace's Secret.
+    let a = attached(
+        "---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: g, namespace: certs}\n\
+         spec: {from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: infra}], to: [{group: '', kind: Secret}]}\n",
+    );
+    let gw = &a.gateways[&ObjectKey::new("infra", "gw")];
+    let fc = gw
+        .listeners
+        .iter()
+        .find(|l| l.name == "foreign-cert")
+        .unwrap();
+    assert!(fc.serves(), "{:?}", fc.conditions);
+}
+
+#[test]
+fn listeners_on_one_port_conflict_by_protocol_or_hostname() {
+    let yaml = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: clash, namespace: infra}\n\
+        spec:\n  gatewayClassName: ebpf\n  listeners:\n  - {name: a, protocol: HTTP, port: 80, hostname: a.test}\n\
+        \x20 - {name: b, protocol: HTTP, port: 80, hostname: a.test}\n  - {name: c, protocol: HTTP, port: 80, hostname: c.test}\n";
+    let a = attached(yaml);
+    let gw = &a.gateways[&ObjectKey::new("infra", "clash")];
+    let reasons: Vec<&str> = gw
+        .listeners
+        .iter()
+        .map(|l| find(&l.conditions, "Conflicted").reason)
+        .collect();
+    assert_eq!(
+        reasons,
+        ["HostnameConflict", "HostnameConflict", "NoConflicts"]
+    );
+}
+
+#[test]
+fn routes_attach_by_section_namespace_and_hostname() {
+    let parent = |extra: &str| format!("{{parentRefs: [{{name: gw, namespace: infra{extra}}}], ");
+    let yaml = route(
+        "plain",
+        "infra",
+        &(parent("") + "rules: [{backendRefs: [{name: web, port: 80}]}]}"),
+    ) + &route(
+        "other-ns",
+        "apps",
+        &(parent(", sectionName: http") + "rules: [{backendRefs: [{name: web, port: 80}]}]}"),
+    ) + &route(
+        "to-all",
+        "apps",
+        &(parent(", sectionName: all") + "rules: [{backendRefs: [{name: web, port: 80}]}]}"),
+    ) + &route(
+        "no-such",
+        "infra",
+        &(parent(", sectionName: nope") + "rules: []}"),
+    ) + &route(
+        "wrong-host",
+        "infra",
+        &(parent(", sectionName: https") + "hostnames: [shop.example.org], rules: []}"),
+    ) + &route(
+        "theirs",
+        "infra",
+        "{parentRefs: [{name: theirs}], rules: []}",
+    );
+    let a = attached(&yaml);
+    let accepted = |name: &str, ns: &str| {
+        let r = &a.routes[&ObjectKey::new(ns, name)];
+        assert_eq!(r.generation, Some(2));
+        find(&r.parents[0].conditions, "Accepted").clone()
+    };
+    let plain = &a.routes[&ObjectKey::new("infra", "plain")];
+    // Every listener that takes it: http (any host), https (its wildcard), all.
+    let on: Vec<(&str, Vec<String>)> = plain.parents[0]
+        .listeners
+        .iter()
+        .map(|(i, h)| {
+            (
+                a.gateways[&ObjectKey::new("infra", "gw")].listeners[*i]
+                    .name
+                    .as_str(),
+                h.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        on,
+        [
+            ("http", vec![]),
+            ("https", vec!["*.example.com".to_string()]),
+            ("all", vec!["all.example.com".to_string()])
+        ]
+    );
+    assert!(accepted("plain", "infra").status);
+    assert_eq!(accepted("other-ns", "apps").reason, "NotAllowedByListeners");
+    assert!(accepted("to-all", "apps").status);
+    assert_eq!(accepted("no-such", "infra").reason, "NoMatchingParent");
+    assert_eq!(
+        accepted("wrong-host", "infra").reason,
+        "NoMatchingListenerHostname"
+    );
+    assert!(
+        !a.routes.contains_key(&ObjectKey::new("infra", "theirs")),
+        "not ours to speak for"
+    );
+    let gw = &a.gateways[&ObjectKey::new("infra", "gw")];
+    let count = |name: &str| {
+        gw.listeners
+            .iter()
+            .find(|l| l.name == name)
+            .unwrap()
+            .attached_routes
+    };
+    assert_eq!((count("http"), count("https"), count("all")), (1, 1, 2));
+}
+
+#[test]
+fn backends_resolve_in_their_namespace_or_by_reference_grant() {
+    let spec = |backend: &str| {
+        format!(
+            "{{parentRefs: [{{name: gw, namespace: infra}}], rules: [{{backendRefs: [{backend}]}}]}}"
+        )
+    };
+    let yaml = route("ok", "infra", &spec("{name: web, port: 80}"))
+        + &route(
+            "cross",
+            "infra",
+            &spec("{name: web, namespace: apps, port: 80}"),
+        )
+        + &route("missing", "infra", &spec("{name: nope, port: 80}"))
+        + &route("kind", "infra", &spec("{kind: ConfigMap, name: web}"))
+        + &route("no-port", "infra", &spec("{name: web}"));
+    let resolved = |a: &Attachment, name: &str| {
+        find(
+            &a.routes[&ObjectKey::new("infra", name)].parents[0].conditions,
+            "ResolvedRefs",
+        )
+        .clone()
+    };
+    let a = attached(&yaml);
+    assert!(resolved(&a, "ok").status);
+    assert_eq!(resolved(&a, "cross").reason, "RefNotPermitted");
+    assert_eq!(resolved(&a, "missing").reason, "BackendNotFound");
+    assert_eq!(resolved(&a, "kind").reason, "InvalidKind");
+    assert_eq!(resolved(&a, "no-port").reason, "BackendNotFound");
+    let grant = "---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: g, namespace: apps}\n\
+        spec: {from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: infra}], to: [{group: '', kind: Service, name: web}]}\n";
+    let a = attached(&(yaml + grant));
+    assert!(resolved(&a, "cross").status);
+}

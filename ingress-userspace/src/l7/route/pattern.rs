@@ -83,6 +83,9 @@ enum Flavour {
     Path,
     /// A header value: `pattern` anywhere, case-sensitive.
     Header,
+    /// The whole value, case-sensitive: `^pattern$` (the Gateway API's
+    /// RegularExpression matches, as Envoy-based peers match them).
+    Whole,
 }
 
 impl PathRegex {
@@ -94,6 +97,7 @@ impl PathRegex {
         let source = match flavour {
             Flavour::Path => format!("^(?:{pattern})"),
             Flavour::Header => format!("(?:{pattern})"),
+            Flavour::Whole => format!("^(?:{pattern})$"),
         };
         let re = meta::Builder::new()
             .syntax(
@@ -187,6 +191,11 @@ impl Patterns {
     /// The compiled header `pattern`, charged to `budget`; why not, else.
     pub fn header(&mut self, pattern: &str, budget: &mut Budget) -> Result<PathRegex, String> {
         self.compiled_as(Flavour::Header, pattern, budget)
+    }
+
+    /// The compiled `pattern` for whole values, charged to `budget`.
+    pub fn whole(&mut self, pattern: &str, budget: &mut Budget) -> Result<PathRegex, String> {
+        self.compiled_as(Flavour::Whole, pattern, budget)
     }
 
     fn compiled_as(

@@ -3,3 +3,4 @@
 //! table and proxy as Ingresses.
 pub mod attach;
 pub mod hostnames;
+pub mod matches;

@@ -4,3 +4,4 @@
 pub mod attach;
 pub mod hostnames;
 pub mod matches;
+pub mod rules;

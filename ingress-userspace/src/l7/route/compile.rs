@@ -46,7 +46,7 @@ fn backend_name(ns: &str, backend: &IngressBackend) -> String {
 
 /// Resolves an Ingress backend to its Service's ready endpoints; an error
 /// says what is wrong (the route then answers 503).
-fn resolve_backend(
+pub(super) fn resolve_backend(
     ns: &str,
     backend: &IngressBackend,
     snapshot: &Snapshot,

@@ -192,7 +192,7 @@ fn first_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
 }
 
 /// Where a match sends: the route, and the rule within it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Target {
     pub route: ObjectKey,
     pub rule: usize,

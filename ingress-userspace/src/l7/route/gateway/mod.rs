@@ -5,3 +5,4 @@ pub mod attach;
 pub mod hostnames;
 pub mod matches;
 pub mod rules;
+pub mod table;

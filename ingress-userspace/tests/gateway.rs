@@ -1,11 +1,20 @@
 //! Gateway API attachment as the conformance tests exercise it: listeners
 //! with each kind of problem, routes accepted or not for each reason the
-//! spec names. Pure: manifests in, conditions out.
+//! spec names; then the table they compile to, by listener protocol,
+//! host and request. Pure: manifests in, conditions and routes out.
 use std::path::Path;
 
 use ingressd::{
     cluster::{ObjectKey, Snapshot},
-    l7::route::gateway::attach::{Attachment, Condition, Ports, attach},
+    l7::route::{
+        Upstream,
+        gateway::{
+            attach::{Attachment, Condition, Ports, attach},
+            matches::Request,
+            table,
+        },
+        pattern::Patterns,
+    },
     source::files::parse_file,
 };
 
@@ -268,4 +277,87 @@ fn backends_resolve_in_their_namespace_or_by_reference_grant() {
         spec: {from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: infra}], to: [{group: '', kind: Service, name: web}]}\n";
     let a = attached(&(yaml + grant));
     assert!(resolved(&a, "cross").status);
+}
+
+#[test]
+fn attached_rules_compile_per_protocol_host_and_request() {
+    let svc = |name: &str, ip: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: apps}}\nspec: {{ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: apps, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [\"{ip}\"]}}]\n"
+        )
+    };
+    let yaml = BASE.to_string()
+        + &svc("cart-v1", "198.18.7.1")
+        + &svc("cart-v2", "198.18.7.2")
+        + &svc("pay", "198.18.7.3")
+        + &route(
+            "shop",
+            "apps",
+            "{parentRefs: [{name: gw, namespace: infra, sectionName: all}], hostnames: [all.example.com], rules: [\
+             {matches: [{path: {value: /cart}, headers: [{name: x-canary, value: 'yes'}]}], backendRefs: [{name: cart-v2, port: 80}]},\
+             {matches: [{path: {value: /cart}}], backendRefs: [{name: cart-v1, port: 80}, {name: gone, port: 80}]}]}",
+        )
+        + &route(
+            "secure",
+            "infra",
+            "{parentRefs: [{name: gw, sectionName: https}], hostnames: [pay.example.com], rules: [{backendRefs: [{name: web, port: 80}]}]}",
+        )
+        + &route(
+            "bad",
+            "infra",
+            "{parentRefs: [{name: gw, sectionName: http}], rules: [{matches: [{path: {type: RegularExpression, value: '('}}]}]}",
+        );
+    let t = table::compile(
+        &snapshot(&yaml),
+        CONTROLLER,
+        Ports {
+            http: 80,
+            https: 443,
+        },
+        &mut Patterns::default(),
+    );
+    let get = hyper::Method::GET;
+    let ask = |https: bool, host: &str, path: &str, canary: bool| {
+        let header = move |n: &str| (canary && n == "x-canary").then_some("yes");
+        let req = Request {
+            path,
+            method: &get,
+            header: &header,
+            query: None,
+        };
+        let side = if https { &t.https } else { &t.http };
+        side.lookup(host, &req).map(|target| {
+            let rule = &t.rules[target];
+            let names: Vec<String> = rule
+                .backends
+                .iter()
+                .map(|b| match &**b {
+                    Upstream::Endpoints { addrs, .. } => format!("{addrs:?}"),
+                    other => format!("unavailable {}", other.name()),
+                })
+                .collect();
+            format!("{}#{} {}", target.route.name, target.rule, names.join(" "))
+        })
+    };
+    assert_eq!(
+        ask(false, "all.example.com", "/cart/1", true).as_deref(),
+        Some("shop#0 [198.18.7.2:8080]")
+    );
+    assert_eq!(
+        ask(false, "all.example.com", "/cart/1", false).as_deref(),
+        Some("shop#1 [198.18.7.1:8080] unavailable apps/gone:80")
+    );
+    assert_eq!(ask(false, "all.example.com", "/other", false), None);
+    // Attached to the HTTPS listener only.
+    assert_eq!(ask(false, "pay.example.com", "/", false), None);
+    assert!(ask(true, "pay.example.com", "/", false).is_some());
+    assert_eq!(ask(true, "all.example.com", "/cart", false), None);
+    // A route that cannot be served as written is left out, with why.
+    let why = &t.refused[&ObjectKey::new("infra", "bad")];
+    assert!(
+        why.starts_with("spec.rules[0].matches[0].path.value"),
+        "{why}"
+    );
 }

@@ -108,7 +108,7 @@ const ANNOTATIONS: &[(&str, Verdict)] = &[
     (
         "auth-url",
         Differs(
-            "the variables $host, $scheme, $request_uri, $escaped_request_uri and $remote_addr only; one connection per check (no auth-keepalive, no auth-cache-key); an https URL is not verified, as nginx's, but gets SNI",
+            "the variables $host, $scheme, $request_uri, $escaped_request_uri and $remote_addr only; one connection per check (no auth-keepalive); an https URL is not verified, as nginx's, but gets SNI",
         ),
     ),
     (

@@ -618,6 +618,9 @@ fn identity() -> String {
         .unwrap_or_else(|| format!("{}-{}", node_name_default(), std::process::id()))
 }
 
+/// The Gateway API controller name whose GatewayClasses are ours.
+const GATEWAY_CONTROLLER: &str = "ingress-ebpf/gateway-controller";
+
 fn print_routes(
     metrics_addr: SocketAddr,
     manifests: Vec<PathBuf>,
@@ -635,6 +638,20 @@ fn print_routes(
             eprintln!("{w}");
         }
         print!("{}", render_routes(&table));
+        // Gateway API objects, when there are any: computed, not served yet.
+        let gateway = ingressd::l7::route::gateway::table::compile(
+            source.snapshot(),
+            GATEWAY_CONTROLLER,
+            ingressd::l7::route::gateway::attach::Ports {
+                http: 80,
+                https: 443,
+            },
+            &mut Default::default(),
+        );
+        let text = ingressd::l7::route::gateway::render::render_gateway(&gateway);
+        if !text.is_empty() {
+            print!("GATEWAY API (not served yet)\n{text}");
+        }
         return Ok(());
     }
     print!("{}", ask_running(metrics_addr, "/routes")?);

@@ -11,7 +11,7 @@ use ingressd::{
         gateway::{
             attach::{Attachment, Condition, Ports, attach},
             matches::Request,
-            table,
+            render, table,
         },
         pattern::Patterns,
     },
@@ -360,4 +360,15 @@ fn attached_rules_compile_per_protocol_host_and_request() {
         why.starts_with("spec.rules[0].matches[0].path.value"),
         "{why}"
     );
+    // `ingressd routes` shows it all, what is wrong named.
+    let text = render::render_gateway(&t);
+    for line in [
+        "GATEWAY infra/gw  Accepted=ListenersNotValid",
+        "  listener tcp unsupported:9000 *  routes=0  Accepted=UnsupportedProtocol",
+        "  listener all HTTP:80 all.example.com  routes=1  ok",
+        "HTTPROUTE apps/shop\n  parent infra/gw on [all(all.example.com)]  ResolvedRefs=BackendNotFound (Service apps/gone not found)",
+        "HTTPROUTE infra/bad  not served: spec.rules[0].matches[0].path.value",
+    ] {
+        assert!(text.contains(line), "{line:?}\n{text}");
+    }
 }

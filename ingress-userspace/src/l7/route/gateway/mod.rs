@@ -4,5 +4,6 @@
 pub mod attach;
 pub mod hostnames;
 pub mod matches;
+pub mod render;
 pub mod rules;
 pub mod table;

@@ -469,10 +469,7 @@ struct ProxyFlags {
 /// A header name for --global-allowed-response-headers, lower-cased.
 fn header_name(s: &str) -> Result<String, String> {
     let s = s.trim();
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if ingressd::l7::route::headers::is_header_name(s) {
         Ok(s.to_ascii_lowercase())
     } else {
         Err(format!(

@@ -397,15 +397,17 @@ impl KubeSource {
             .filter(|k| !wanted.contains(*k))
             .cloned()
             .collect();
-        for (kind, key) in unused {
-            self.named.remove(&(kind, key.clone()));
+        for id in unused {
+            self.named.remove(&id);
+            let (kind, key) = id;
             self.waiting.remove(&watch_name(kind, Some(&key)));
             self.snapshot.remove(&(kind, key.namespace, key.name));
         }
-        for (kind, key) in wanted {
-            if self.named.contains_key(&(kind, key.clone())) {
+        for id in wanted {
+            if self.named.contains_key(&id) {
                 continue;
             }
+            let (kind, key) = &id;
             let task = match kind {
                 Kind::ConfigMap => {
                     let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &key.namespace);
@@ -416,7 +418,7 @@ impl KubeSource {
                     self.watch(api, Some(key.clone()))
                 }
             };
-            self.named.insert((kind, key), task);
+            self.named.insert(id, task);
         }
     }
 }

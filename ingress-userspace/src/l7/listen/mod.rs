@@ -167,7 +167,7 @@ pub async fn serve_https(listener: TcpListener, proxy: Arc<Proxy>, configs: Arc<
                 let start = if routes.has_passthrough() {
                     match passthrough::read_hello(stream, &routes).await? {
                         Hello::Terminate(start) => *start,
-                        pass @ Hello::Pass { .. } => return Ok(Err(pass)),
+                        Hello::Pass(pass) => return Ok(Err(pass)),
                     }
                 } else {
                     let acceptor = rustls::server::Acceptor::default();
@@ -178,17 +178,11 @@ pub async fn serve_https(listener: TcpListener, proxy: Arc<Proxy>, configs: Arc<
             };
             match tokio::time::timeout(Duration::from_secs(10), handshake).await {
                 Ok(Ok(Ok(tls))) => server::serve_tls(tls, conn, proxy).await,
-                Ok(Ok(Err(Hello::Pass {
-                    stream,
-                    read,
-                    host,
-                    upstream,
-                }))) => {
+                Ok(Ok(Err(pass))) => {
                     let _open = proxy.opened();
                     let timeout = proxy.limits().upstream_connect_timeout;
-                    passthrough::pass(stream, read, &host, &upstream, timeout, conn.peer).await
+                    pass.serve(timeout, conn.peer).await
                 }
-                Ok(Ok(Err(Hello::Terminate(_)))) => {}
                 Ok(Err(e)) => {
                     tracing::debug!(client = %conn.peer, error = %e, "TLS handshake failed")
                 }

@@ -38,14 +38,16 @@ const TRIES: usize = 3;
 pub(super) enum Hello {
     /// Terminated here: rustls has the hello.
     Terminate(Box<tokio_rustls::StartHandshake<TcpStream>>),
-    /// Passed through: the connection, the bytes read from it so far, the
-    /// host and where it goes.
-    Pass {
-        stream: TcpStream,
-        read: Vec<u8>,
-        host: String,
-        upstream: Arc<Upstream>,
-    },
+    Pass(Pass),
+}
+
+/// A connection to pass through: the bytes read from it so far, the host
+/// and where it goes.
+pub(super) struct Pass {
+    stream: TcpStream,
+    read: Vec<u8>,
+    host: String,
+    upstream: Arc<Upstream>,
 }
 
 /// Reads the ClientHello from `stream` and decides by its SNI.
@@ -79,12 +81,12 @@ pub(super) async fn read_hello(
             Ok(Some(accepted)) => {
                 let sni = accepted.client_hello().server_name().map(str::to_owned);
                 return Ok(match routes.passthrough(sni.as_deref()) {
-                    Some(p) => Hello::Pass {
+                    Some(p) => Hello::Pass(Pass {
                         stream,
                         read,
                         host: sni.unwrap_or_default(),
                         upstream: p.upstream.clone(),
-                    },
+                    }),
                     None => Hello::Terminate(Box::new(tokio_rustls::StartHandshake::from_parts(
                         accepted, stream,
                     ))),
@@ -104,41 +106,43 @@ pub(super) async fn read_hello(
 /// they spread over the endpoints.
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
-/// Connects to an endpoint of `upstream` (up to [`TRIES`] of them, each
-/// within `connect_timeout`), replays `read` to it and splices the two
-/// connections.
-pub(super) async fn pass(
-    stream: TcpStream,
-    read: Vec<u8>,
-    host: &str,
-    upstream: &Upstream,
-    connect_timeout: Duration,
-    client: SocketAddr,
-) {
-    let addrs = match upstream {
-        Upstream::Endpoints { addrs, .. } => addrs.clone(),
-        Upstream::External { host, port, .. } => {
-            match tokio::net::lookup_host((host.as_str(), *port)).await {
-                Ok(found) => found.collect(),
-                Err(e) => {
-                    tracing::debug!(%client, host, error = %e, "ssl-passthrough: resolving the ExternalName");
-                    Vec::new()
+impl Pass {
+    /// Connects to an endpoint of its upstream (up to [`TRIES`] of them,
+    /// each within `connect_timeout`), replays what was read to it and
+    /// splices the two connections.
+    pub(super) async fn serve(self, connect_timeout: Duration, client: SocketAddr) {
+        let Pass {
+            stream,
+            read,
+            host,
+            upstream,
+        } = self;
+        let (host, upstream) = (host.as_str(), &*upstream);
+        let addrs = match upstream {
+            Upstream::Endpoints { addrs, .. } => addrs.clone(),
+            Upstream::External { host, port, .. } => {
+                match tokio::net::lookup_host((host.as_str(), *port)).await {
+                    Ok(found) => found.collect(),
+                    Err(e) => {
+                        tracing::debug!(%client, host, error = %e, "ssl-passthrough: resolving the ExternalName");
+                        Vec::new()
+                    }
                 }
             }
+            Upstream::Unavailable { .. } => Vec::new(),
+        };
+        let Some(mut endpoint) = connect(&addrs, connect_timeout).await else {
+            tracing::debug!(%client, host, backend = upstream.name(), "ssl-passthrough: no endpoint took the connection; closed");
+            return;
+        };
+        let _ = endpoint.set_nodelay(true);
+        if endpoint.write_all(&read).await.is_err() {
+            return;
         }
-        Upstream::Unavailable { .. } => Vec::new(),
-    };
-    let Some(mut endpoint) = connect(&addrs, connect_timeout).await else {
-        tracing::debug!(%client, host, backend = upstream.name(), "ssl-passthrough: no endpoint took the connection; closed");
-        return;
-    };
-    let _ = endpoint.set_nodelay(true);
-    if endpoint.write_all(&read).await.is_err() {
-        return;
-    }
-    drop(read);
-    if splice(stream, endpoint, IDLE).await {
-        tracing::debug!(%client, host, "ssl-passthrough connection idle: closed");
+        drop(read);
+        if splice(stream, endpoint, IDLE).await {
+            tracing::debug!(%client, host, "ssl-passthrough connection idle: closed");
+        }
     }
 }
 

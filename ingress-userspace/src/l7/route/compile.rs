@@ -20,7 +20,7 @@ use super::{
     },
     backend_tls::{self, BackendTls},
     client_certs::{self, ClientAuth},
-    headers::ResponseHeaders,
+    headers::HeaderSet,
     path_elements,
     pattern::{Budget, Patterns, REGEX_CHARS},
     users::{self, Users},
@@ -766,17 +766,22 @@ fn global_headers(
     let mut said: Vec<(&str, String)> = Vec::new();
     if let Some(key) = &class.add_headers {
         let flag = "--add-headers";
-        let h = ResponseHeaders::global(key, flag, snapshot, &[], &mut |m| said.push((flag, m)));
+        let h = HeaderSet::global(key, flag, snapshot, &[], &mut |m| said.push((flag, m)));
         table.add_headers = (!h.is_empty()).then(|| Arc::new(h));
     }
     if let Some(key) = &class.proxy_set_headers {
         let flag = "--proxy-set-headers";
-        let h = ResponseHeaders::global(key, flag, snapshot, SET_BY_INGRESSD, &mut |m| {
+        let h = HeaderSet::global(key, flag, snapshot, SET_BY_INGRESSD, &mut |m| {
             said.push((flag, m))
         });
         if !h.is_empty() {
             let h = Arc::new(h);
-            table.each_route_mut(|r| r.proxy_headers = Some(h.clone()));
+            for r in table.routes_mut() {
+                if let Some(c) = r.canary.as_mut() {
+                    c.route.proxy_headers = Some(h.clone());
+                }
+                r.proxy_headers = Some(h.clone());
+            }
         }
     }
     warnings.extend(said.into_iter().map(|(flag, message)| RouteWarning {
@@ -794,10 +799,10 @@ fn response_headers_of(
     snapshot: &Snapshot,
     class: &ClassConfig,
     warnings: &mut Vec<RouteWarning>,
-) -> Option<Result<Arc<ResponseHeaders>, Arc<str>>> {
+) -> Option<Result<Arc<HeaderSet>, Arc<str>>> {
     let named = policy.custom_headers.as_deref()?;
     Some(
-        ResponseHeaders::build(named, ns, snapshot, &class.allowed_response_headers)
+        HeaderSet::build(named, ns, snapshot, &class.allowed_response_headers)
             .map(Arc::new)
             .map_err(|e| {
                 warnings.push(RouteWarning {

@@ -17,11 +17,20 @@ use crate::cluster::{ObjectKey, Snapshot};
 const MAX_HEADERS: usize = 64;
 const MAX_BYTES: usize = 16 << 10;
 
-/// The headers, checked, in the ConfigMap's (sorted) order.
+/// The headers, checked, in the ConfigMap's (sorted) order: for answers
+/// (`custom-headers`, `--add-headers`) or requests (`--proxy-set-headers`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResponseHeaders(Vec<(HeaderName, HeaderValue)>);
+pub struct HeaderSet(Vec<(HeaderName, HeaderValue)>);
 
-impl ResponseHeaders {
+/// A header name as ingress-nginx takes one: letters, digits, `-`, `_`.
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl HeaderSet {
     /// Reads ConfigMap `named` (`name` or `namespace/name`, of namespace
     /// `ns` only) and checks each header against ingress-nginx's rules and
     /// `allowed` (lower case).
@@ -116,11 +125,7 @@ impl ResponseHeaders {
     /// A header as ingress-nginx takes it: a name of letters, digits, `-`
     /// and `_`, a value of printable ASCII.
     fn checked(header: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
-        let name_ok = !header.is_empty()
-            && header
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !name_ok {
+        if !is_header_name(header) {
             return Err(format!("{header:?} is not a header name"));
         }
         let value_ok = !value.is_empty() && value.bytes().all(|b| (0x20..=0x7e).contains(&b));
@@ -182,17 +187,17 @@ mod tests {
     fn headers_are_checked_as_ingress_nginx_checks_them() {
         let allowed = vec!["x-frame-options".to_string(), "x_custom".to_string()];
         let s = snapshot(&[("X-Frame-Options", "DENY"), ("X_Custom", "a \"b\" {c}")]);
-        let h = ResponseHeaders::build("hdrs", "shop", &s, &allowed).unwrap();
+        let h = HeaderSet::build("hdrs", "shop", &s, &allowed).unwrap();
         let mut map = HeaderMap::new();
         map.insert("x-frame-options", HeaderValue::from_static("SAMEORIGIN"));
         h.apply(&mut map);
         assert_eq!(map["x-frame-options"], "DENY");
         assert_eq!(map.get_all("x-frame-options").iter().count(), 1);
         assert_eq!(map["x_custom"], "a \"b\" {c}");
-        assert!(ResponseHeaders::build("shop/hdrs", "shop", &s, &allowed).is_ok());
+        assert!(HeaderSet::build("shop/hdrs", "shop", &s, &allowed).is_ok());
 
         let refused = |data: &[(&str, &str)], named: &str, ns: &str| {
-            ResponseHeaders::build(named, ns, &snapshot(data), &allowed).unwrap_err()
+            HeaderSet::build(named, ns, &snapshot(data), &allowed).unwrap_err()
         };
         let ok = [("X-Frame-Options", "DENY")];
         assert!(refused(&ok, "other/hdrs", "shop").contains("not in the Ingress's namespace"));

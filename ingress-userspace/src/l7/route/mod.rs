@@ -108,10 +108,10 @@ pub struct Route {
     /// made (then the route answers 503).
     pub client_auth: Option<Result<Arc<client_certs::ClientAuth>, Arc<str>>>,
     /// `--proxy-set-headers`: set on every request to the endpoints.
-    pub proxy_headers: Option<Arc<headers::ResponseHeaders>>,
+    pub proxy_headers: Option<Arc<headers::HeaderSet>>,
     /// `custom-headers`: set on every response, or why they cannot be
     /// (then the route answers 503).
-    pub response_headers: Option<Result<Arc<headers::ResponseHeaders>, Arc<str>>>,
+    pub response_headers: Option<Result<Arc<headers::HeaderSet>, Arc<str>>>,
     /// With `rewrite-target`: the path's pattern, whose captures the
     /// target refers to.
     pub rewrite: Option<PathRegex>,
@@ -229,7 +229,7 @@ pub struct RouteTable {
     /// `ssl-passthrough` hosts (names and `*.` wildcards).
     passthrough: HashMap<String, Passthrough>,
     /// `--add-headers`: set on every answer.
-    pub add_headers: Option<Arc<headers::ResponseHeaders>>,
+    pub add_headers: Option<Arc<headers::HeaderSet>>,
     rules: usize,
 }
 
@@ -239,6 +239,14 @@ pub struct Passthrough {
     /// `namespace/name` of the Ingress.
     pub ingress: Arc<str>,
     pub upstream: Arc<Upstream>,
+}
+
+/// What a `*.` host of a rule would be for `host`: all but its first
+/// label, which must not be empty (an Ingress wildcard covers exactly one
+/// label).
+fn wildcard_suffix(host: &str) -> Option<&str> {
+    let (label, suffix) = host.split_once('.')?;
+    (!label.is_empty()).then_some(suffix)
 }
 
 /// `normalize_host` without allocating when the Host is already plain
@@ -302,11 +310,8 @@ impl RouteTable {
         if let Some(p) = self.passthrough.get(host.as_ref()) {
             return Some(p);
         }
-        let (label, suffix) = host.split_once('.')?;
-        if label.is_empty() {
-            return None;
-        }
-        self.passthrough.get(&format!("*.{suffix}"))
+        self.passthrough
+            .get(&format!("*.{}", wildcard_suffix(&host)?))
     }
 
     /// Whether any host is passed through (then the HTTPS listener reads
@@ -315,38 +320,11 @@ impl RouteTable {
         !self.passthrough.is_empty()
     }
 
-    /// Every route of the table, canaries' included.
-    pub(super) fn each_route_mut(&mut self, mut f: impl FnMut(&mut Route)) {
-        let hosts = self
-            .exact_hosts
-            .values_mut()
-            .chain(self.wildcard_hosts.values_mut())
-            .chain(self.any_host.as_mut());
-        let mut routes: Vec<&mut Route> = Vec::new();
-        for rules in hosts {
-            routes.extend(rules.exact.values_mut());
-            routes.extend(rules.prefixes.iter_mut().map(|(_, r)| r));
-            routes.extend(rules.regexes.iter_mut().map(|(_, _, r)| r));
-        }
-        routes.extend(self.default_backend.as_mut());
-        for r in routes {
-            if let Some(c) = r.canary.as_mut() {
-                f(&mut c.route);
-            }
-            f(r);
-        }
-    }
-
     fn rules_for_host(&self, host: &str) -> Option<&HostRules> {
         if let Some(r) = self.exact_hosts.get(host) {
             return Some(r);
         }
-        // Exactly one label before the wildcard's suffix.
-        let (label, suffix) = host.split_once('.')?;
-        if label.is_empty() {
-            return None;
-        }
-        self.wildcard_hosts.get(suffix)
+        self.wildcard_hosts.get(wildcard_suffix(host)?)
     }
 
     /// Every route, its canary's included.

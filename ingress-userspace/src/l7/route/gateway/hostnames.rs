@@ -15,13 +15,16 @@ fn within(host: &str, pattern: &str) -> bool {
     }
     match pattern.strip_prefix("*.") {
         None => host == pattern,
-        Some(suffix) => {
-            let host = host.strip_prefix("*.").unwrap_or(host);
-            host.len() > suffix.len()
-                && host.ends_with(suffix)
-                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
-        }
+        Some(suffix) => under(host.strip_prefix("*.").unwrap_or(host), suffix),
     }
+}
+
+/// Whether `host` is one or more labels under `suffix` (what `*.suffix`
+/// matches).
+pub fn under(host: &str, suffix: &str) -> bool {
+    host.len() > suffix.len()
+        && host.ends_with(suffix)
+        && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
 }
 
 /// The names a route serves on a listener: the intersection of the

@@ -259,11 +259,7 @@ impl HostMatches {
         let wild = self
             .wildcard
             .iter()
-            .filter(|(suffix, _)| {
-                host.len() > suffix.len()
-                    && host.ends_with(suffix.as_str())
-                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
-            })
+            .filter(|(suffix, _)| hostnames::under(host, suffix))
             .flat_map(|(_, l)| l);
         exact
             .chain(wild)

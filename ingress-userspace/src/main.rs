@@ -120,6 +120,9 @@ enum Command {
         /// With --manifests: as `run`'s.
         #[arg(long, value_delimiter = ',', value_parser = header_name)]
         global_allowed_response_headers: Vec<String>,
+        /// With --manifests: as `run`'s.
+        #[arg(long, default_value = GATEWAY_CONTROLLER)]
+        gateway_controller_name: String,
     },
     /// One screen of what the running ingressd is doing (from its
     /// --metrics-addr, on this machine): synced, status writer, route rules
@@ -242,6 +245,13 @@ struct ListenFlags {
     /// endpoints, unterminated (off by default, as in ingress-nginx).
     #[arg(long, env = "INGRESSD_ENABLE_SSL_PASSTHROUGH")]
     enable_ssl_passthrough: bool,
+    /// GatewayClasses whose spec.controllerName is this are ours (Gateway API).
+    #[arg(
+        long,
+        default_value = GATEWAY_CONTROLLER,
+        env = "INGRESSD_GATEWAY_CONTROLLER_NAME"
+    )]
+    gateway_controller_name: String,
 }
 
 /// The proxy's timeouts and sizes, nginx's names and defaults.
@@ -635,20 +645,6 @@ fn print_routes(
             eprintln!("{w}");
         }
         print!("{}", render_routes(&table));
-        // Gateway API objects, when there are any: computed, not served yet.
-        let gateway = ingressd::l7::route::gateway::table::compile(
-            source.snapshot(),
-            GATEWAY_CONTROLLER,
-            ingressd::l7::route::gateway::attach::Ports {
-                http: 80,
-                https: 443,
-            },
-            &mut Default::default(),
-        );
-        let text = ingressd::l7::route::gateway::render::render_gateway(&gateway);
-        if !text.is_empty() {
-            print!("GATEWAY API (not served yet)\n{text}");
-        }
         return Ok(());
     }
     print!("{}", ask_running(metrics_addr, "/routes")?);
@@ -968,6 +964,8 @@ fn main() -> std::process::ExitCode {
                     allowed_response_headers: proxy.global_allowed_response_headers.clone(),
                     add_headers,
                     proxy_set_headers,
+                    gateway_controller: listen.gateway_controller_name,
+                    proxy_ports: (listen.http_addr.port(), listen.https_addr.port()),
                 },
                 limits: limits.limits(),
                 trust: Trust {
@@ -1030,6 +1028,7 @@ fn main() -> std::process::ExitCode {
             allow_loopback_endpoints,
             enable_ssl_passthrough,
             global_allowed_response_headers,
+            gateway_controller_name,
         } => {
             let class = ClassConfig {
                 class_name: ingress_class,
@@ -1040,6 +1039,8 @@ fn main() -> std::process::ExitCode {
                 allowed_response_headers: global_allowed_response_headers,
                 add_headers: None,
                 proxy_set_headers: None,
+                gateway_controller: gateway_controller_name,
+                proxy_ports: (80, 443),
             };
             let rules = Rules {
                 loopback_endpoints: allow_loopback_endpoints,

@@ -328,12 +328,14 @@ fn attached_rules_compile_per_protocol_host_and_request() {
             query: None,
         };
         let side = if https { &t.https } else { &t.http };
-        side.lookup(host, &req).map(|target| {
-            let rule = &t.rules[target];
+        side.lookup(host, &req).map(|entry| {
+            let target = &entry.target;
+            let rule = &t.rules[entry.slot];
+            assert_eq!(&rule.target, target);
             let names: Vec<String> = rule
                 .backends
                 .iter()
-                .map(|b| match &**b {
+                .map(|b| match &*b.upstream {
                     Upstream::Endpoints { addrs, .. } => format!("{addrs:?}"),
                     other => format!("unavailable {}", other.name()),
                 })

@@ -29,6 +29,12 @@ pub struct ClassConfig {
     /// `--proxy-set-headers`: a ConfigMap of headers for every request to
     /// the endpoints.
     pub proxy_set_headers: Option<super::ObjectKey>,
+    /// `--gateway-controller-name`: the `spec.controllerName` of
+    /// GatewayClasses that are ours.
+    pub gateway_controller: String,
+    /// The ports the proxy serves HTTP and HTTPS on (`--http-addr`,
+    /// `--https-addr`): the Gateway listener ports it can take.
+    pub proxy_ports: (u16, u16),
 }
 
 impl Default for ClassConfig {
@@ -42,6 +48,8 @@ impl Default for ClassConfig {
             allowed_response_headers: Vec::new(),
             add_headers: None,
             proxy_set_headers: None,
+            gateway_controller: "ingress-ebpf/gateway-controller".into(),
+            proxy_ports: (80, 443),
         }
     }
 }

@@ -407,11 +407,17 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             None,
         )
     };
+    // Gateway listeners are served on the ports really bound.
+    let mut class = cfg.class.clone();
+    if let Some(ports) = l7.as_ref().and_then(|l| l.ports.as_ref()) {
+        let port = |s: &tokio::net::TcpSocket| s.local_addr().map(|a| a.port()).unwrap_or(0);
+        class.proxy_ports = (port(&ports.http), port(&ports.https));
+    }
     let mut syncer = Syncer {
         l4,
         l7,
         vips,
-        class: cfg.class.clone(),
+        class,
         patterns: Patterns::default(),
         warned: BTreeSet::new(),
         route_warnings: Vec::new(),

@@ -77,6 +77,10 @@ pub enum ProxyError {
     BadBody,
     /// The client left before the answer.
     ClientLeft,
+    /// An HTTPRoute rule whose backend cannot be resolved (missing,
+    /// not a Service, not permitted), or that has none: 500, as the
+    /// Gateway API asks.
+    BackendUnresolved,
 }
 
 /// nginx's status for a request whose client closed the connection first.
@@ -105,6 +109,7 @@ impl ProxyError {
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             LengthRequired => StatusCode::LENGTH_REQUIRED,
             ClientLeft => CLIENT_LEFT,
+            BackendUnresolved => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -124,9 +129,8 @@ impl ProxyError {
             | MethodNotAllowed | NotImplemented | NoRoute | Forbidden | BodyTooLarge
             | LengthRequired | ClientBodyTimeout | BadBody | ClientLeft | RateLimited(_)
             | ConnectionLimited(_) => Blame::Client,
-            NoEndpoints | UnsupportedBackend | InvalidRewrite | AuthDenied | LocationDenied => {
-                Blame::Config
-            }
+            NoEndpoints | UnsupportedBackend | InvalidRewrite | AuthDenied | LocationDenied
+            | BackendUnresolved => Blame::Config,
             NameNotResolved | ConnectFailed(_) | ConnectTimedOut | UpstreamTimeout
             | UpstreamProtocol(_) | UpstreamFailed(_) => Blame::Upstream,
         }
@@ -163,11 +167,12 @@ impl ProxyError {
             ConnectionLimited(_) => "connection_limited",
             AuthDenied => "auth_denied",
             LocationDenied => "location_denied",
+            BackendUnresolved => "backend_unresolved",
         }
     }
 
     /// Every label, in a fixed order (the metric's slots).
-    pub const LABELS: [&'static str; 27] = [
+    pub const LABELS: [&'static str; 28] = [
         "bad_head",
         "bad_path",
         "head_timeout",
@@ -195,6 +200,7 @@ impl ProxyError {
         "auth_denied",
         "location_denied",
         "length_required",
+        "backend_unresolved",
     ];
 
     /// 1 + the label's index in `LABELS` (0 is "no error").
@@ -233,6 +239,7 @@ impl ProxyError {
             BadBody => "bad request body\n",
             ClientLeft => "",
             RateLimited(_) | ConnectionLimited(_) => "too many requests\n",
+            BackendUnresolved => "backend not resolved\n",
         };
         text(self.status(), body)
     }
@@ -263,7 +270,7 @@ mod tests {
             assert!(seen.insert(l), "{l} twice");
         }
         assert_eq!(
-            ProxyError::LengthRequired.code() as usize,
+            ProxyError::BackendUnresolved.code() as usize,
             ProxyError::LABELS.len()
         );
         assert_eq!(ProxyError::BadBody.status(), StatusCode::BAD_REQUEST);

@@ -20,7 +20,11 @@ use rustls::{
     sign::CertifiedKey,
 };
 
-use super::route::{RouteTable, RouteWarning, backend_tls::KeyProof};
+use super::route::{
+    RouteTable, RouteWarning,
+    backend_tls::KeyProof,
+    gateway::{attach::Protocol, hostnames::under},
+};
 use crate::cluster::{ObjectKey, Snapshot, secret_data};
 
 #[derive(Default)]
@@ -28,6 +32,11 @@ struct Certs {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
+    /// Gateway HTTPS listeners' `*.` hostnames (any number of labels
+    /// under the suffix), longest suffix first.
+    listener_wildcards: Vec<(String, Arc<CertifiedKey>)>,
+    /// A Gateway HTTPS listener without a hostname: every other name.
+    listener_any: Option<Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
 }
 
@@ -59,8 +68,15 @@ impl ResolvesServerCert for CertStore {
             {
                 return Some(c.clone());
             }
+            if let Some((_, c)) = certs
+                .listener_wildcards
+                .iter()
+                .find(|(suffix, _)| under(&sni, suffix))
+            {
+                return Some(c.clone());
+            }
         }
-        certs.default.clone()
+        certs.listener_any.clone().or_else(|| certs.default.clone())
     }
 }
 
@@ -104,6 +120,58 @@ fn secret_key_pair(snapshot: &Snapshot, key: &ObjectKey) -> Result<Arc<Certified
     certified_key(&cert, &pkey).map_err(|e| format!("Secret {}/{}: {e}", key.namespace, key.name))
 }
 
+/// The first certificate of each HTTPS listener of our Gateways that
+/// serves, by its hostname. An Ingress's certificate for the same exact
+/// name keeps it (its host is routed by both, which is reported).
+fn listener_certs(
+    snapshot: &Snapshot,
+    table: &RouteTable,
+    certs: &mut Certs,
+    loaded: &mut HashMap<ObjectKey, Option<Arc<CertifiedKey>>>,
+    warnings: &mut Vec<RouteWarning>,
+) {
+    let listeners = table.gateway.attachment.gateways.iter().flat_map(|(key, gw)| {
+        gw.listeners
+            .iter()
+            .filter(|l| l.serves() && l.protocol == Some(Protocol::Https))
+            .map(move |l| (key, l))
+    });
+    for (key, l) in listeners {
+        let Some(secret) = l.certificates.first() else {
+            continue;
+        };
+        let ck = loaded
+            .entry(secret.clone())
+            .or_insert_with(|| match secret_key_pair(snapshot, secret) {
+                Ok(ck) => Some(ck),
+                Err(message) => {
+                    warnings.push(RouteWarning {
+                        ingress: format!("(Gateway {key})"),
+                        field: format!("spec.listeners[{}].tls.certificateRefs", l.name),
+                        message,
+                    });
+                    None
+                }
+            })
+            .clone();
+        let Some(ck) = ck else { continue };
+        match l.hostname.as_deref() {
+            None => {
+                certs.listener_any.get_or_insert(ck);
+            }
+            Some(h) => match h.strip_prefix("*.") {
+                Some(suffix) => certs.listener_wildcards.push((suffix.to_string(), ck)),
+                None => {
+                    certs.exact.entry(h.to_string()).or_insert(ck);
+                }
+            },
+        }
+    }
+    certs
+        .listener_wildcards
+        .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+}
+
 impl CertStore {
     /// Rebuilds the table from the Ingresses' TLS hosts; a broken Secret is
     /// reported and its hosts get the default certificate.
@@ -138,6 +206,7 @@ impl CertStore {
                 None => certs.exact.insert(host.clone(), ck),
             };
         }
+        listener_certs(snapshot, table, &mut certs, &mut loaded, &mut warnings);
         certs.default = Some(match default_secret.map(|k| secret_key_pair(snapshot, k)) {
             Some(Ok(ck)) => ck,
             Some(Err(message)) => {

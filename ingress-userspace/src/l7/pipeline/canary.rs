@@ -115,6 +115,7 @@ mod tests {
             client_auth: None,
             canary: None,
             canary_of: Some(Arc::from("ns/main:80")),
+            gateway: None,
             service: Arc::from(up.name()),
             upstream: up,
             ingress: Arc::from("ns/main"),

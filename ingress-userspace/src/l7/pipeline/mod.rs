@@ -30,6 +30,7 @@ pub mod counted;
 mod error_pages;
 mod ext_auth;
 pub mod forwarding;
+mod gateway;
 mod hash_by;
 pub mod log;
 mod policy;
@@ -58,7 +59,7 @@ use super::{
     path::{NormalPath, PathError, normalize},
     route::{
         Match, RewriteEscapes, Route, RouteTable, Upstream, annotations::ConnectionHeader,
-        normalize_host, rewrite_path,
+        gateway::matches::Request as GatewayRequest, normalize_host, rewrite_path,
     },
     stats::{LabelStats, Labels, Registry, StatsHandle},
     upstream::{
@@ -423,9 +424,53 @@ impl Pipeline {
             check(head, &self.limits)?;
             // Rules, source ranges and rewrites all decide on this form.
             let path = normalize(head.target.path()).map_err(ProxyError::BadPath)?;
-            let r = match table.lookup(head.host, &path) {
-                Match::Route(r) | Match::Default(Some(r)) => r,
-                Match::Default(None) => return Err(ProxyError::NoRoute),
+            // HTTPRoutes of the listener's protocol first, then Ingresses.
+            let hit = {
+                let header = |n: &str| src.first(n).and_then(|v| std::str::from_utf8(v).ok());
+                let asked = GatewayRequest {
+                    path: path.as_str(),
+                    method: head.method,
+                    header: &header,
+                    query: head.target.query(),
+                };
+                table.gateway_lookup(conn.tls, head.host, &asked)
+            };
+            let mut gateway_target = None;
+            let r = match hit {
+                Some(hit) => {
+                    let rule = &hit.rule.rule;
+                    if let Some(to) = &rule.redirect {
+                        let _ = unanswered.route.set(&hit.rule.own);
+                        let port = conn.local.port();
+                        let answer = gateway::redirect(
+                            to,
+                            head.target,
+                            &path,
+                            hit.matched,
+                            head.host,
+                            conn.tls,
+                            port,
+                        );
+                        return Ok(Forwarded::Done(Ok(answer)));
+                    }
+                    let Some(b) = hit.rule.pick(gateway::draw()) else {
+                        let _ = unanswered.route.set(&hit.rule.own);
+                        return Err(ProxyError::BackendUnresolved);
+                    };
+                    if let Upstream::Unavailable { .. } = &*b.upstream {
+                        let _ = unanswered.route.set(b);
+                        return Err(ProxyError::BackendUnresolved);
+                    }
+                    if let Some(rw) = &rule.rewrite_path {
+                        gateway_target =
+                            Some(gateway::rewritten(rw, head.target, &path, hit.matched)?);
+                    }
+                    b
+                }
+                None => match table.lookup(head.host, &path) {
+                    Match::Route(r) | Match::Default(Some(r)) => r,
+                    Match::Default(None) => return Err(ProxyError::NoRoute),
+                },
             };
             // A canary's route has the main route's policy: choosing
             // first changes nothing but the backend and the labels.
@@ -499,17 +544,23 @@ impl Pipeline {
                 src.first("accept")
                     .and_then(|a| HeaderValue::from_bytes(a).ok())
             });
-            let forwarded = self
-                .forward(
-                    head,
-                    &path,
-                    src,
-                    r,
-                    origin,
-                    &unanswered.upstream,
-                    &from_auth,
-                )
-                .await;
+            let forwarding = self.forward(
+                head,
+                &path,
+                gateway_target.as_ref(),
+                src,
+                r,
+                origin,
+                &unanswered.upstream,
+                &from_auth,
+            );
+            // An HTTPRoute's request timeout: the answer's head within it.
+            let forwarded = match r.gateway.as_ref().and_then(|g| g.timeout) {
+                Some(t) => tokio::time::timeout(t, forwarding)
+                    .await
+                    .unwrap_or(Forwarded::Done(Err(ProxyError::UpstreamTimeout))),
+                None => forwarding.await,
+            };
             Ok(match forwarded {
                 Forwarded::Done(Ok(resp)) => match error_pages::backend_for(r, resp.status()) {
                     None => Forwarded::Done(Ok(resp)),
@@ -560,6 +611,12 @@ impl Pipeline {
         // custom-headers: on every answer of the route, as more_set_headers.
         if let Some(Some(Ok(h))) = unanswered.route.get().map(|r| &r.response_headers) {
             h.apply(resp.headers_mut());
+        }
+        // An HTTPRoute's ResponseHeaderModifier, on what its backend said.
+        if error.is_none()
+            && let Some(Some(g)) = unanswered.route.get().map(|r| &r.gateway)
+        {
+            g.response_headers.apply(resp.headers_mut());
         }
         // As ingress-nginx's header filter: every answer over TLS.
         if conn.tls
@@ -626,6 +683,7 @@ impl Pipeline {
         &self,
         head: &Head<'_>,
         path: &NormalPath<'_>,
+        target: Option<&PathAndQuery>,
         src: Source<'_>,
         route: &Route,
         origin: Origin,
@@ -663,10 +721,12 @@ impl Pipeline {
             // run() hands these back before anything is counted; kept
             // here too, as the fast client speaks plain HTTP/1.1 only.
             Source::Fast(_) if needs_hyper(route) => return Forwarded::HandBack,
-            Source::Fast(req) => self.prepare_fast(req, head, path, route, origin, addrs[0]),
-            Source::Hyper(req) => {
-                self.prepare_hyper(req, head, path, route, origin, addrs[0], h2, from_auth)
+            Source::Fast(req) => {
+                self.prepare_fast(req, head, path, target, route, origin, addrs[0])
             }
+            Source::Hyper(req) => self.prepare_hyper(
+                req, head, path, target, route, origin, addrs[0], h2, from_auth,
+            ),
         };
         let outgoing = match prepared {
             Ok(o) => o,
@@ -726,11 +786,13 @@ impl Pipeline {
 
     /// A fast-server request, for the fast client: no body, no upgrade,
     /// HTTP/1.1 to the endpoint.
+    #[allow(clippy::too_many_arguments)]
     fn prepare_fast(
         &self,
         req: &ClientHead,
         head: &Head<'_>,
         path: &NormalPath<'_>,
+        target: Option<&PathAndQuery>,
         route: &Route,
         origin: Origin,
         first: SocketAddr,
@@ -739,7 +801,10 @@ impl Pipeline {
             .value("x-request-id")
             .and_then(|v| HeaderValue::from_maybe_shared(v).ok())
             .unwrap_or_else(request_id);
-        let target = rewritten(route, head.target, path, &request_id)?;
+        let target = match target {
+            Some(t) => Cow::Borrowed(t),
+            None => rewritten(route, head.target, path, &request_id)?,
+        };
         let forwarding = Forwarding::new(
             req,
             |name| req.listed(name),
@@ -774,6 +839,7 @@ impl Pipeline {
         mut req: Request<Incoming>,
         head: &Head<'_>,
         path: &NormalPath<'_>,
+        target: Option<&PathAndQuery>,
         route: &Route,
         origin: Origin,
         first: SocketAddr,
@@ -798,7 +864,10 @@ impl Pipeline {
             .cloned()
             .unwrap_or_else(request_id);
         let policy = &route.policy;
-        let path_and_query = rewritten(route, head.target, path, &request_id)?;
+        let path_and_query = match target {
+            Some(t) => Cow::Borrowed(t),
+            None => rewritten(route, head.target, path, &request_id)?,
+        };
         let max_body = policy.max_body.unwrap_or(self.limits.max_body_bytes);
         let declared = parts
             .headers
@@ -839,6 +908,7 @@ impl Pipeline {
             && from_auth.is_empty()
             && !policy.http10
             && policy.connection_header.is_none()
+            && !edits_request(route)
         {
             let upstream = upstream_head(
                 &parts.method,
@@ -872,6 +942,10 @@ impl Pipeline {
             if let Some(v) = value {
                 parts.headers.insert(name.clone(), v.clone());
             }
+        }
+        // An HTTPRoute's RequestHeaderModifier, over what the client sent.
+        if let Some(g) = &route.gateway {
+            g.request_headers.apply(&mut parts.headers);
         }
         if te_trailers {
             parts
@@ -1190,6 +1264,16 @@ fn needs_hyper(route: &Route) -> bool {
         || route.client_auth.is_some()
         || route.policy.http10
         || route.policy.connection_header.is_some()
+        || edits_request(route)
+}
+
+/// An HTTPRoute rule that edits the request's headers (done on hyper's
+/// form of the head).
+fn edits_request(route: &Route) -> bool {
+    route
+        .gateway
+        .as_ref()
+        .is_some_and(|g| !g.request_headers.is_empty())
 }
 
 /// Whether the route's requests go to its endpoints in HTTP/2.

@@ -422,9 +422,52 @@ fn compile_all(
             table.exact_hosts.insert(host, rules);
         }
     }
+    gateway_routes(snapshot, class, &mut table, patterns, &mut warnings);
     // Once every route is in place: they all get the request headers.
     global_headers(snapshot, class, &mut table, &mut warnings);
     (table, warnings)
+}
+
+/// The HTTPRoutes of our Gateways, into the same table. A host both an
+/// Ingress and an HTTPRoute route is reported: the HTTPRoute's matches
+/// are tried first and the Ingress serves what none of them matches,
+/// which is rarely what both owners meant.
+fn gateway_routes(
+    snapshot: &Snapshot,
+    class: &ClassConfig,
+    table: &mut RouteTable,
+    patterns: &mut Patterns,
+    warnings: &mut Vec<RouteWarning>,
+) {
+    let (http, https) = class.proxy_ports;
+    table.gateway = super::gateway::table::compile(
+        snapshot,
+        &class.gateway_controller,
+        super::gateway::attach::Ports { http, https },
+        patterns,
+    );
+    let gw = &table.gateway;
+    for (host, entries) in gw.http.exact_hosts().chain(gw.https.exact_hosts()) {
+        let (Some(rules), Some(e)) = (table.exact_hosts.get(host), entries.first()) else {
+            continue;
+        };
+        let owner = rules
+            .exact
+            .values()
+            .chain(rules.prefixes.iter().map(|(_, r)| r))
+            .chain(rules.regexes.iter().map(|(_, _, r)| r))
+            .next();
+        if let Some(r) = owner {
+            warnings.push(RouteWarning {
+                ingress: r.ingress.to_string(),
+                field: "spec.rules[].host".into(),
+                message: format!(
+                    "host {host} is also routed by HTTPRoute {}/{}: its matches are tried first, this Ingress serves the requests none of them matches",
+                    e.target.route.namespace, e.target.route.name
+                ),
+            });
+        }
+    }
 }
 
 /// `ssl-passthrough`: each host of the Ingress's rules sends its TLS
@@ -603,7 +646,7 @@ fn ingress_id(ing: &Ingress) -> String {
     format!("{ns}/{}", ing.metadata.name.as_deref().unwrap_or_default())
 }
 
-fn route(
+pub(super) fn route(
     upstream: Arc<Upstream>,
     id: &str,
     ssl_redirect: bool,
@@ -628,6 +671,7 @@ fn route(
         stats: StatsHandle::default(),
         canary: None,
         canary_of: None,
+        gateway: None,
     }
 }
 

@@ -117,6 +117,9 @@ pub struct Route {
     pub rewrite: Option<PathRegex>,
     /// Where its requests are counted (set when the table is published).
     pub stats: StatsHandle,
+    /// On an HTTPRoute rule's backend: the rule (its header edits,
+    /// rewrite and timeouts).
+    pub gateway: Option<Arc<gateway::rules::Rule>>,
 }
 
 /// The canary of a route: a `canary: "true"` Ingress with the same host,
@@ -230,7 +233,17 @@ pub struct RouteTable {
     passthrough: HashMap<String, Passthrough>,
     /// `--add-headers`: set on every answer.
     pub add_headers: Option<Arc<headers::HeaderSet>>,
+    /// HTTPRoutes attached to our Gateways' listeners: matched before the
+    /// Ingress rules of the listener's protocol.
+    pub gateway: gateway::table::GatewayRoutes,
     rules: usize,
+}
+
+/// An HTTPRoute rule a request matched, with how much of its path the
+/// match covered (what a ReplacePrefixMatch replaces).
+pub struct GatewayMatch<'a> {
+    pub rule: &'a gateway::table::ServedRule,
+    pub matched: usize,
 }
 
 /// Where an `ssl-passthrough` host's TLS connections go, unterminated.
@@ -295,6 +308,30 @@ impl RouteTable {
         }
     }
 
+    /// The HTTPRoute rule for a request on an HTTP (`tls` false) or HTTPS
+    /// listener, if one matches.
+    pub fn gateway_lookup(
+        &self,
+        tls: bool,
+        host: Option<&str>,
+        req: &gateway::matches::Request<'_>,
+    ) -> Option<GatewayMatch<'_>> {
+        let side = if tls {
+            &self.gateway.https
+        } else {
+            &self.gateway.http
+        };
+        if side.is_empty() {
+            return None;
+        }
+        let host = host.and_then(host_key);
+        let entry = side.lookup(host.as_deref().unwrap_or(""), req)?;
+        Some(GatewayMatch {
+            rule: self.gateway.rules.get(entry.slot)?,
+            matched: entry.m.matched_len(req.path),
+        })
+    }
+
     /// `lookup` for a path as it came (normalised here).
     pub fn lookup_raw(&self, host: Option<&str>, path: &str) -> Result<Match<'_>, PathError> {
         Ok(self.lookup(host, &normalize(path)?))
@@ -343,6 +380,12 @@ impl RouteTable {
             })
             .chain(self.default_backend.iter())
             .flat_map(|r| std::iter::once(r).chain(r.canary.as_ref().map(|c| &c.route)))
+            .chain(
+                self.gateway
+                    .rules
+                    .iter()
+                    .flat_map(|r| r.backends.iter().chain(std::iter::once(&r.own))),
+            )
     }
 
     /// Every endpoint some route can send to.
@@ -369,6 +412,12 @@ impl RouteTable {
                     .chain(h.regexes.iter_mut().map(|(_, _, r)| r))
             })
             .chain(self.default_backend.iter_mut())
+            .chain(
+                self.gateway
+                    .rules
+                    .iter_mut()
+                    .flat_map(|r| r.backends.iter_mut().chain(std::iter::once(&mut r.own))),
+            )
     }
 
     /// Number of (host, path) rules in force.

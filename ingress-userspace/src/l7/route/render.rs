@@ -43,6 +43,8 @@ pub fn render_routes(table: &RouteTable) -> String {
         }
         None => out.push_str("DEFAULT BACKEND\n  built-in 404\n"),
     }
+    // HTTPRoutes are matched before the Ingress rules of their listener.
+    out.push_str(&super::gateway::render::render_gateway(&table.gateway));
     out
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use super::hostnames;
 use crate::cluster::{
     ObjectKey, Snapshot,
-    gateway::{GROUP, Gateway, HTTPRoute, Listener, ParentRef, reference_granted},
+    gateway::{GROUP, Gateway, HTTPBackendRef, HTTPRoute, Listener, ParentRef, reference_granted},
     secret_data,
 };
 
@@ -489,67 +489,59 @@ fn route_state(
     }
 }
 
-/// ResolvedRefs of a route: every backend a Service (core group) that
-/// exists, in its namespace or one whose ReferenceGrant lets the route's
-/// namespace refer to it, with a port. The first problem is the reason.
+/// ResolvedRefs of a route: every backend resolves (`backend_problem`);
+/// the first problem is the reason.
 fn backends_resolved(key: &ObjectKey, route: &HTTPRoute, snapshot: &Snapshot) -> Condition {
-    let refs = route.spec.rules.iter().flat_map(|r| {
-        r.backend_refs.iter().map(|b| {
-            (
-                b.group.as_deref(),
-                b.kind.as_deref(),
-                &b.name,
-                b.namespace.as_deref(),
-                b.port,
-            )
-        })
-    });
-    for (group, kind, name, ns, port) in refs {
-        let group = group.unwrap_or("");
-        let kind = kind.unwrap_or("Service");
-        let ns = ns.unwrap_or(&key.namespace);
-        if !group.is_empty() || kind != "Service" {
-            return Condition::new(
-                "ResolvedRefs",
-                false,
-                "InvalidKind",
-                format!("{group}/{kind} {name}: only Services"),
-            );
-        }
-        if !reference_granted(
-            snapshot.reference_grants.values(),
-            (GROUP, "HTTPRoute", &key.namespace),
-            ("", "Service", ns, name),
-        ) {
-            return Condition::new(
-                "ResolvedRefs",
-                false,
-                "RefNotPermitted",
-                format!(
-                    "Service {ns}/{name}: no ReferenceGrant in {ns} lets HTTPRoutes of {} use it",
-                    key.namespace
-                ),
-            );
-        }
-        if !snapshot
-            .services
-            .contains_key(&ObjectKey::new(ns, name.clone()))
-        {
-            return Condition::new(
-                "ResolvedRefs",
-                false,
-                "BackendNotFound",
-                format!("Service {ns}/{name} not found"),
-            );
-        }
-        if port.is_none() {
-            return Condition::new(
-                "ResolvedRefs",
-                false,
-                "BackendNotFound",
-                format!("Service {ns}/{name}: port is required"),
-            );
-        }
+    route
+        .spec
+        .rules
+        .iter()
+        .flat_map(|r| &r.backend_refs)
+        .find_map(|b| backend_problem(key, b, snapshot))
+        .unwrap_or_else(|| Condition::new("ResolvedRefs", true, "ResolvedRefs", ""))
+}
+
+/// Why a backend of route `key` cannot be used, if it cannot: it must
+/// be a Service (core group) that exists, in the route's namespace or
+/// one whose ReferenceGrant lets the route's namespace refer to it, with
+/// a port.
+pub fn backend_problem(
+    key: &ObjectKey,
+    b: &HTTPBackendRef,
+    snapshot: &Snapshot,
+) -> Option<Condition> {
+    let group = b.group.as_deref().unwrap_or("");
+    let kind = b.kind.as_deref().unwrap_or("Service");
+    let ns = b.namespace.as_deref().unwrap_or(&key.namespace);
+    let name = &b.name;
+    let problem = |reason, message| Some(Condition::new("ResolvedRefs", false, reason, message));
+    if !group.is_empty() || kind != "Service" {
+        return problem("InvalidKind", format!("{group}/{kind} {name}: only Services"));
     }
-    Condition::new("ResolvedRefs", true, "ResolvedRefs", "")
+    if !reference_granted(
+        snapshot.reference_grants.values(),
+        (GROUP, "HTTPRoute", &key.namespace),
+        ("", "Service", ns, name),
+    ) {
+        return problem(
+            "RefNotPermitted",
+            format!(
+                "Service {ns}/{name}: no ReferenceGrant in {ns} lets HTTPRoutes of {} use it",
+                key.namespace
+            ),
+        );
+    }
+    if !snapshot
+        .services
+        .contains_key(&ObjectKey::new(ns, name.clone()))
+    {
+        return problem("BackendNotFound", format!("Service {ns}/{name} not found"));
+    }
+    if b.port.is_none() {
+        return problem(
+            "BackendNotFound",
+            format!("Service {ns}/{name}: port is required"),
+        );
+    }
+    None
 }

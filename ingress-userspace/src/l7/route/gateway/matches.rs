@@ -165,6 +165,15 @@ impl Match {
                 .all(|(n, v)| first_param(req.query, n).is_some_and(|q| v.matches(q)))
     }
 
+    /// How much of `path` (which it matched) the path match covers: what
+    /// a ReplacePrefixMatch replaces.
+    pub fn matched_len(&self, path: &str) -> usize {
+        match &self.path {
+            PathMatch::Prefix(p) => p.len(),
+            PathMatch::Exact(_) | PathMatch::Regex(_) => path.len(),
+        }
+    }
+
     /// Higher sorts first (rules 2 to 4 of the precedence).
     fn rank(&self) -> (u8, usize, bool, usize, usize) {
         let (kind, len) = match &self.path {
@@ -207,6 +216,8 @@ pub struct Entry {
     pub created: String,
     /// The match's place in its rule.
     pub index: usize,
+    /// Where its rule is in the table's list of served rules.
+    pub slot: usize,
 }
 
 /// Every entry for the hosts of one protocol (HTTP or HTTPS listeners).
@@ -253,8 +264,8 @@ impl HostMatches {
         order(&mut self.any);
     }
 
-    /// The target of the first match for `host` (lower case, no port).
-    pub fn lookup(&self, host: &str, req: &Request<'_>) -> Option<&Target> {
+    /// The first match for `host` (lower case, no port).
+    pub fn lookup(&self, host: &str, req: &Request<'_>) -> Option<&Entry> {
         let exact = self.exact.get(host).into_iter().flatten();
         let wild = self
             .wildcard
@@ -265,7 +276,11 @@ impl HostMatches {
             .chain(wild)
             .chain(&self.any)
             .find(|e| e.m.matches(req))
-            .map(|e| &e.target)
+    }
+
+    /// Every exact hostname with the routes attached for it.
+    pub fn exact_hosts(&self) -> impl Iterator<Item = (&str, &[Entry])> + '_ {
+        self.exact.iter().map(|(h, l)| (h.as_str(), &l[..]))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -310,6 +325,7 @@ mod tests {
             },
             created: created.to_string(),
             index: 0,
+            slot: 0,
         }
     }
 
@@ -337,7 +353,7 @@ mod tests {
             query,
         };
         t.lookup(host, &req)
-            .map(|t| format!("{}#{}", t.route.name, t.rule))
+            .map(|e| format!("{}#{}", e.target.route.name, e.target.rule))
     }
 
     #[test]

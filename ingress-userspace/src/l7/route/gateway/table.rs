@@ -4,31 +4,47 @@
 //! cannot serve as written is left out whole and reported, so it never
 //! serves something other than what it says.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::Arc,
 };
 
 use k8s_openapi::api::networking::v1::{IngressBackend, IngressServiceBackend, ServiceBackendPort};
 
 use super::{
-    attach::{Attachment, Ports, Protocol, attach},
+    attach::{Attachment, Ports, Protocol, attach, backend_problem},
     matches::{Entry, HostMatches, Match, Target},
     rules::{self, Rule},
 };
 use crate::{
-    cluster::{ObjectKey, Snapshot, gateway::HTTPRoute},
+    cluster::{
+        ObjectKey, Snapshot,
+        gateway::HTTPRoute,
+    },
     l7::route::{
-        Upstream,
+        Route, Upstream,
+        annotations::Policy,
         compile::resolve_backend,
         pattern::{Budget, Patterns},
     },
 };
 
-/// A rule with its backends (by their place in `backendRefs`).
+/// A rule as it is served: what it does, and a route per backend (by
+/// its place in `backendRefs`), each labelled with the HTTPRoute.
 #[derive(Clone, Debug)]
-pub struct CompiledRule {
-    pub rule: Rule,
-    pub backends: Vec<Arc<Upstream>>,
+pub struct ServedRule {
+    pub target: Target,
+    pub rule: Arc<Rule>,
+    pub backends: Vec<Route>,
+    /// Labels the answers that reach no backend (redirects, 500s).
+    pub own: Route,
+}
+
+impl ServedRule {
+    /// The backend for a draw `n` (uniform over u32), by weight; None
+    /// when the rule has no backend with a weight (answered 500).
+    pub fn pick(&self, n: u32) -> Option<&Route> {
+        self.rule.pick(n).and_then(|i| self.backends.get(i))
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -36,7 +52,8 @@ pub struct GatewayRoutes {
     /// Routes attached to HTTP listeners, and to HTTPS ones.
     pub http: HostMatches,
     pub https: HostMatches,
-    pub rules: HashMap<Target, CompiledRule>,
+    /// Every served rule; a match's `slot` is its place here.
+    pub rules: Vec<ServedRule>,
     pub attachment: Attachment,
     /// Routes left out, with the field and why (their Accepted condition).
     pub refused: BTreeMap<ObjectKey, String>,
@@ -83,19 +100,17 @@ pub fn compile(
                 } else {
                     hostnames.iter().map(String::as_str).collect()
                 };
-                for (rule_index, matches) in compiled.iter().map(|(m, _)| m).enumerate() {
+                for (matches, served) in &compiled {
                     for name in &names {
                         for (index, m) in matches.iter().enumerate() {
                             table.add(
                                 name,
                                 Entry {
                                     m: m.clone(),
-                                    target: Target {
-                                        route: key.clone(),
-                                        rule: rule_index,
-                                    },
+                                    target: served.target.clone(),
                                     created: created.clone(),
                                     index,
+                                    slot: out.rules.len() + served.target.rule,
                                 },
                             );
                         }
@@ -103,15 +118,7 @@ pub fn compile(
                 }
             }
         }
-        for (rule_index, (_, rule)) in compiled.into_iter().enumerate() {
-            out.rules.insert(
-                Target {
-                    route: key.clone(),
-                    rule: rule_index,
-                },
-                rule,
-            );
-        }
+        out.rules.extend(compiled.into_iter().map(|(_, served)| served));
     }
     out.http.finish();
     out.https.finish();
@@ -120,13 +127,13 @@ pub fn compile(
 }
 
 /// Every rule of a route: its matches (one `/` prefix when none is
-/// written, as the API server defaults it) and what it does.
+/// written, as the API server defaults it) and how it is served.
 fn compile_route(
     key: &ObjectKey,
     route: &HTTPRoute,
     snapshot: &Snapshot,
     patterns: &mut Patterns,
-) -> Result<Vec<(Vec<Match>, CompiledRule)>, String> {
+) -> Result<Vec<(Vec<Match>, ServedRule)>, String> {
     let mut budget = Budget::default();
     let default_rule;
     let rules = if route.spec.rules.is_empty() {
@@ -135,6 +142,7 @@ fn compile_route(
     } else {
         &route.spec.rules[..]
     };
+    let id = format!("{}/{}", key.namespace, key.name);
     let mut out = Vec::with_capacity(rules.len());
     for (i, r) in rules.iter().enumerate() {
         let mut matches = Vec::new();
@@ -150,7 +158,23 @@ fn compile_route(
                     .map_err(|e| format!("spec.rules[{i}].matches[{j}].{e}"))?,
             );
         }
-        let rule = rules::compile(r, i)?;
+        let rule = Arc::new(rules::compile(r, i)?);
+        // What the proxy's forwarding reads: the rule's endpoint timeout
+        // and Host rewrite, as the annotations would set them.
+        let policy = Arc::new(Policy {
+            read_timeout: rule.backend_timeout,
+            upstream_vhost: rule
+                .rewrite_host
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned),
+            ..Policy::default()
+        });
+        let served = |upstream: Arc<Upstream>| {
+            let mut r = super::super::compile::route(upstream, &id, false, &policy, None, "/");
+            r.gateway = Some(rule.clone());
+            r
+        };
         let backends = r
             .backend_refs
             .iter()
@@ -166,19 +190,33 @@ fn compile_route(
                     }),
                     resource: None,
                 };
+                let name = format!("{ns}/{}:{}", b.name, b.port.unwrap_or(0));
                 // Unresolved (the route's ResolvedRefs says why): its share
                 // of requests is answered 500.
-                Arc::new(
-                    resolve_backend(ns, &backend, snapshot, false).unwrap_or_else(|reason| {
-                        Upstream::Unavailable {
-                            name: format!("{ns}/{}:{}", b.name, b.port.unwrap_or(0)),
-                            reason,
-                        }
-                    }),
-                )
+                let upstream = match backend_problem(key, b, snapshot) {
+                    Some(c) => Err(c.message),
+                    None => resolve_backend(ns, &backend, snapshot, false),
+                };
+                served(Arc::new(upstream.unwrap_or_else(|reason| Upstream::Unavailable { name, reason })))
             })
             .collect();
-        out.push((matches, CompiledRule { rule, backends }));
+        let own = served(Arc::new(Upstream::Unavailable {
+            name: format!("{id} rule {i}"),
+            reason: "no backend".into(),
+        }));
+        let target = Target {
+            route: key.clone(),
+            rule: i,
+        };
+        out.push((
+            matches,
+            ServedRule {
+                target,
+                rule,
+                backends,
+                own,
+            },
+        ));
     }
     Ok(out)
 }

@@ -158,15 +158,24 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     }
     let mut totals = Totals::default();
     let mut failed = Vec::new();
-    // Every test, then the proxy's end-to-end suite again with the HTTP/1
-    // fast path off (hyper's server and client for everything), so both
-    // implementations are held to the same behaviour.
+    // Every test, then the proxy's end-to-end suites (Ingress and Gateway
+    // API) again with the HTTP/1 fast path off (hyper's server and client
+    // for everything), so both implementations are held to the same
+    // behaviour.
     type Run<'a> = (&'a str, &'a [&'a str], Option<(&'a str, &'a str)>);
     let runs: [Run<'_>; 2] = [
         ("every test", &["test", "--workspace"], None),
         (
-            "the L7 suite with --http1-fast-path=false",
-            &["test", "-p", "ingress-userspace", "--test", "l7"],
+            "the L7 suites with --http1-fast-path=false",
+            &[
+                "test",
+                "-p",
+                "ingress-userspace",
+                "--test",
+                "l7",
+                "--test",
+                "conformance",
+            ],
             Some(("INGRESSD_HTTP1_FAST_PATH", "false")),
         ),
     ];

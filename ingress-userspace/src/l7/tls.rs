@@ -130,12 +130,17 @@ fn listener_certs(
     loaded: &mut HashMap<ObjectKey, Option<Arc<CertifiedKey>>>,
     warnings: &mut Vec<RouteWarning>,
 ) {
-    let listeners = table.gateway.attachment.gateways.iter().flat_map(|(key, gw)| {
-        gw.listeners
-            .iter()
-            .filter(|l| l.serves() && l.protocol == Some(Protocol::Https))
-            .map(move |l| (key, l))
-    });
+    let listeners = table
+        .gateway
+        .attachment
+        .gateways
+        .iter()
+        .flat_map(|(key, gw)| {
+            gw.listeners
+                .iter()
+                .filter(|l| l.serves() && l.protocol == Some(Protocol::Https))
+                .map(move |l| (key, l))
+        });
     for (key, l) in listeners {
         let Some(secret) = l.certificates.first() else {
             continue;

@@ -102,7 +102,10 @@ mod tests {
         let path = normalize(pq.path()).unwrap();
         let resp = redirect(r, &pq, &path, matched, Some(host), tls, 8080);
         assert_eq!(resp.status(), r.status);
-        resp.headers()[header::LOCATION].to_str().unwrap().to_string()
+        resp.headers()[header::LOCATION]
+            .to_str()
+            .unwrap()
+            .to_string()
     }
 
     fn redirect_to(scheme: Option<&str>, hostname: Option<&str>, port: Option<u16>) -> Redirect {

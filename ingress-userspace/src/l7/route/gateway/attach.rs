@@ -516,7 +516,10 @@ pub fn backend_problem(
     let name = &b.name;
     let problem = |reason, message| Some(Condition::new("ResolvedRefs", false, reason, message));
     if !group.is_empty() || kind != "Service" {
-        return problem("InvalidKind", format!("{group}/{kind} {name}: only Services"));
+        return problem(
+            "InvalidKind",
+            format!("{group}/{kind} {name}: only Services"),
+        );
     }
     if !reference_granted(
         snapshot.reference_grants.values(),

@@ -3,10 +3,7 @@
 //! their backends resolved to endpoints. A route with a rule ingressd
 //! cannot serve as written is left out whole and reported, so it never
 //! serves something other than what it says.
-use std::{
-    collections::BTreeMap,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::api::networking::v1::{IngressBackend, IngressServiceBackend, ServiceBackendPort};
 
@@ -16,10 +13,7 @@ use super::{
     rules::{self, Rule},
 };
 use crate::{
-    cluster::{
-        ObjectKey, Snapshot,
-        gateway::HTTPRoute,
-    },
+    cluster::{ObjectKey, Snapshot, gateway::HTTPRoute},
     l7::route::{
         Route, Upstream,
         annotations::Policy,
@@ -118,7 +112,8 @@ pub fn compile(
                 }
             }
         }
-        out.rules.extend(compiled.into_iter().map(|(_, served)| served));
+        out.rules
+            .extend(compiled.into_iter().map(|(_, served)| served));
     }
     out.http.finish();
     out.https.finish();
@@ -197,7 +192,9 @@ fn compile_route(
                     Some(c) => Err(c.message),
                     None => resolve_backend(ns, &backend, snapshot, false),
                 };
-                served(Arc::new(upstream.unwrap_or_else(|reason| Upstream::Unavailable { name, reason })))
+                served(Arc::new(upstream.unwrap_or_else(|reason| {
+                    Upstream::Unavailable { name, reason }
+                })))
             })
             .collect();
         let own = served(Arc::new(Upstream::Unavailable {

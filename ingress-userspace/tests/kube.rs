@@ -1007,3 +1007,98 @@ async fn the_header_flags_config_maps_are_watched_by_name() {
         assert!(r.contains("fieldSelector=metadata.name"), "{r}");
     }
 }
+
+/// A Gateway API CRD as the upstream bundle labels it (only what the
+/// fake API server looks at).
+fn gateway_crd(plural: &str) -> String {
+    format!(
+        "---\napiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\n\
+         metadata: {{name: {plural}.gateway.networking.k8s.io, labels: {{gateway.networking.k8s.io/bundle-version: v1.4.0}}}}\n\
+         spec: {{group: gateway.networking.k8s.io}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_is_picked_up_when_its_crds_appear_and_its_status_is_written_once() {
+    let (dir, api) = shop_api("kube-gateway").await;
+    let kubeconfig = api.kubeconfig(&dir);
+    let mut d = Ingressd::start(
+        &kubeconfig,
+        &dir,
+        "one",
+        &["--publish-status-address", "198.18.0.10"],
+    );
+    d.bound().await;
+    // Without the CRDs: ready, the Ingress served, said in one line.
+    d.wait_for("shop.test", "/", 200, "a").await;
+    assert!(d.ready().await);
+    assert_eq!(
+        d.log()
+            .matches("Gateway API CRDs are not installed")
+            .count(),
+        1,
+        "{}",
+        d.log()
+    );
+    for plural in [
+        "gatewayclasses",
+        "gateways",
+        "httproutes",
+        "referencegrants",
+    ] {
+        api.apply_yaml(&gateway_crd(plural));
+    }
+    let port = d.http.expect("bound").port();
+    api.apply_yaml(&format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: ebpf}}\nspec: {{controllerName: ingress-ebpf/gateway-controller}}\n\
+         ---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: shop, generation: 1}}\n\
+         spec: {{gatewayClassName: ebpf, listeners: [{{name: http, port: {port}, protocol: HTTP}}]}}\n\
+         ---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: shop, generation: 1}}\n\
+         spec: {{parentRefs: [{{name: gw}}], hostnames: [gw.test], rules: [{{backendRefs: [{{name: a, port: 80}}]}}]}}\n"
+    ));
+    // Picked up at once (the CRDs' watch), not after the periodic retry.
+    d.wait_for("gw.test", "/", 200, "a").await;
+    let condition = |v: &serde_json::Value, t: &str| {
+        v["conditions"]
+            .as_array()
+            .and_then(|l| l.iter().find(|c| c["type"] == t))
+            .map(|c| c["status"] == "True")
+            .unwrap_or(false)
+    };
+    let written = || {
+        let gw = api.get("Gateway", "shop", "gw").unwrap_or_default();
+        let class = api.get("GatewayClass", "", "ebpf").unwrap_or_default();
+        let route = api.get("HTTPRoute", "shop", "r").unwrap_or_default();
+        condition(&gw["status"], "Programmed")
+            && gw["status"]["addresses"][0]["value"] == "198.18.0.10"
+            && gw["status"]["listeners"][0]["attachedRoutes"] == 1
+            && condition(&class["status"], "Accepted")
+            && class["status"]["supportedFeatures"][0]["name"] == "Gateway"
+            && condition(&route["status"]["parents"][0], "Accepted")
+            && condition(&route["status"]["parents"][0], "ResolvedRefs")
+            && route["status"]["parents"][0]["controllerName"] == "ingress-ebpf/gateway-controller"
+    };
+    assert!(
+        common::eventually(Duration::from_secs(30), async || written()).await,
+        "status not written: {:?}\n{}",
+        api.get("Gateway", "shop", "gw"),
+        d.log()
+    );
+    // Two more election rounds: nothing written again.
+    let lease_gets = || {
+        api.requests()
+            .iter()
+            .filter(|r| r.starts_with("GET /apis/coordination.k8s.io/v1/"))
+            .count()
+    };
+    let target = lease_gets() + 3;
+    assert!(common::eventually(Duration::from_secs(30), async || lease_gets() >= target).await);
+    let patches: Vec<String> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("PATCH /apis/gateway.networking.k8s.io/"))
+        .collect();
+    assert_eq!(patches.len(), 3, "{patches:?}\n{}", d.log());
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -57,6 +57,10 @@ pub struct GatewayClass {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: GatewayClassSpec,
+    /// As the API server has it: compared with what ingressd would
+    /// write, never read otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -75,6 +79,10 @@ pub struct Gateway {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: GatewaySpec,
+    /// As the API server has it: compared with what ingressd would
+    /// write, never read otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -177,6 +185,10 @@ pub struct HTTPRoute {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: HTTPRouteSpec,
+    /// As the API server has it: compared with what ingressd would
+    /// write, never read otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -259,6 +259,14 @@ impl Kind {
         }
     }
 
+    /// Gateway API kinds (their CRDs may not be installed).
+    pub const fn is_gateway_api(self) -> bool {
+        matches!(
+            self,
+            Kind::GatewayClass | Kind::Gateway | Kind::HTTPRoute | Kind::ReferenceGrant
+        )
+    }
+
     /// Cluster-scoped kinds have an empty namespace in their keys.
     pub const fn namespaced(self) -> bool {
         !matches!(self, Kind::IngressClass | Kind::Node | Kind::GatewayClass)

@@ -462,6 +462,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 let mut todo =
                     status::status_input(source.snapshot(), &cfg.class, &cfg.kube.publish);
                 todo.causes = status::events::causes(&syncer.route_warnings, source.snapshot());
+                // From the table in force: Programmed only once it serves.
+                if let Some(l7) = &syncer.l7 {
+                    todo.gateways = status::gateway::statuses(
+                        source.snapshot(),
+                        &l7.proxy.routes().gateway,
+                        &cfg.class.gateway_controller,
+                    );
+                }
                 tx.send_if_modified(|current| {
                     let changed = *current != todo;
                     *current = todo;

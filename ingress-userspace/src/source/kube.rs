@@ -25,7 +25,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc};
 
 use crate::cluster::{
-    ClassConfig, Identity, Kind, Object, ObjectKey, Rules, Snapshot, is_ours, validate_with,
+    ClassConfig, Identity, Kind, Object, ObjectKey, Rules, Snapshot,
+    gateway::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant},
+    is_ours, validate_with,
 };
 
 /// A kind we watch, and how it goes into the snapshot.
@@ -58,7 +60,11 @@ watched!(
     IngressClass,
     Secret,
     ConfigMap,
-    Node
+    Node,
+    GatewayClass,
+    Gateway,
+    HTTPRoute,
+    ReferenceGrant
 );
 
 /// What a watch task saw.
@@ -112,6 +118,8 @@ pub struct KubeSource {
     rx: mpsc::UnboundedReceiver<Change>,
     /// Told on every queued change: the sync loop waits on it.
     notify: Arc<Notify>,
+    /// Told when a Gateway API CRD is created or changed.
+    crds: Arc<Notify>,
     snapshot: Snapshot,
     /// Watches whose first list has not come yet, and since when.
     waiting: BTreeMap<String, std::time::Instant>,
@@ -151,6 +159,7 @@ impl KubeSource {
             tx,
             rx,
             notify: Arc::new(Notify::new()),
+            crds: Arc::new(Notify::new()),
             snapshot: Snapshot::default(),
             waiting: BTreeMap::new(),
             tasks: Vec::new(),
@@ -175,6 +184,19 @@ impl KubeSource {
             source.watch::<Ingress>(scoped(&client, namespace), None),
             source.watch::<IngressClass>(Api::all(client.clone()), None),
         ];
+        // Gateway API: its CRDs may not be installed (then each watch
+        // says so once, counts as listed empty, and lists again when one
+        // is created).
+        tasks.push(Task(tokio::spawn(watch_crds(
+            client.clone(),
+            source.crds.clone(),
+        ))));
+        tasks.extend([
+            source.watch::<GatewayClass>(Api::all(client.clone()), None),
+            source.watch::<Gateway>(scoped(&client, namespace), None),
+            source.watch::<HTTPRoute>(scoped(&client, namespace), None),
+            source.watch::<ReferenceGrant>(scoped(&client, namespace), None),
+        ]);
         if !node_name.is_empty() {
             let only = Some(ObjectKey::new("", node_name));
             tasks.push(source.watch::<Node>(Api::all(client), only));
@@ -198,7 +220,7 @@ impl KubeSource {
             name,
             only,
             self.tx.clone(),
-            self.notify.clone(),
+            (self.notify.clone(), self.crds.clone()),
         )))
     }
 
@@ -355,6 +377,33 @@ impl KubeSource {
                     .map(|k| (Kind::ConfigMap, k.clone())),
             )
             .collect();
+        // The certificates of our Gateways' listeners.
+        let snapshot = &self.snapshot;
+        let our_class = |name: &str| {
+            snapshot
+                .gateway_classes
+                .get(&ObjectKey::new("", name))
+                .is_some_and(|c| c.spec.controller_name == self.class.gateway_controller)
+        };
+        for (key, gw) in &snapshot.gateways {
+            if !our_class(&gw.spec.gateway_class_name) {
+                continue;
+            }
+            let refs = gw
+                .spec
+                .listeners
+                .iter()
+                .filter_map(|l| l.tls.as_ref())
+                .flat_map(|t| &t.certificate_refs)
+                .filter(|r| {
+                    r.group.as_deref().unwrap_or("").is_empty()
+                        && r.kind.as_deref().unwrap_or("Secret") == "Secret"
+                });
+            out.extend(refs.map(|r| {
+                let ns = r.namespace.clone().unwrap_or_else(|| key.namespace.clone());
+                (Kind::Secret, ObjectKey::new(ns, r.name.clone()))
+            }));
+        }
         for (key, ing) in &self.snapshot.ingresses {
             let ns = &key.namespace;
             if !is_ours(ing, &self.snapshot, &self.class) {
@@ -448,7 +497,7 @@ async fn run_watch<K: Watched>(
     name: String,
     only: Option<ObjectKey>,
     tx: mpsc::UnboundedSender<Change>,
-    notify: Arc<Notify>,
+    (notify, crds): (Arc<Notify>, Arc<Notify>),
 ) {
     let kind = K::KIND;
     let mut stream = watcher(api, config).boxed();
@@ -457,6 +506,34 @@ async fn run_watch<K: Watched>(
     let mut backoff = Backoff::default();
     while let Some(item) = stream.next().await {
         let change = match item {
+            Err(e) if kind.is_gateway_api() && not_served(&e) => {
+                // The CRD is not installed: none of these exist. Said
+                // once; asked again now and then, picked up once it is.
+                if failing.as_deref() != Some("absent") {
+                    // One line for the bundle, not one per kind.
+                    if kind == Kind::GatewayClass {
+                        tracing::info!(
+                            "the Gateway API CRDs are not installed (README: Gateway API): its kinds are watched once they are"
+                        );
+                    }
+                    failing = Some("absent".into());
+                    let listed = Change::Listed {
+                        watch: name.clone(),
+                        kind,
+                        only: only.clone(),
+                        objects: Vec::new(),
+                    };
+                    if tx.send(listed).is_err() {
+                        return;
+                    }
+                    notify.notify_one();
+                }
+                tokio::select! {
+                    () = crds.notified() => {}
+                    () = tokio::time::sleep(CRD_RETRY) => {}
+                }
+                continue;
+            }
             Err(e) => {
                 let (what, hint) = explain(&e, kind);
                 if failing.as_deref() != Some(what.as_str()) {
@@ -529,6 +606,50 @@ impl Backoff {
 
     fn reset(&mut self) {
         self.next = Self::FIRST;
+    }
+}
+
+/// Tells `crds` whenever a Gateway API CRD (labelled with its bundle
+/// version, as the upstream manifests are) is created or changed: only
+/// their metadata is watched. Without the RBAC to, the watches of the
+/// Gateway API kinds fall back to asking every `CRD_RETRY`.
+async fn watch_crds(client: Client, crds: Arc<Notify>) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<kube::core::PartialObjectMeta<CustomResourceDefinition>> = Api::all(client);
+    let config = watcher::Config::default().labels("gateway.networking.k8s.io/bundle-version");
+    let mut stream = watcher(api, config).boxed();
+    let mut backoff = Backoff::default();
+    let mut failing = false;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(watcher::Event::Apply(_) | watcher::Event::InitDone) => {
+                backoff.reset();
+                failing = false;
+                crds.notify_waiters();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if !failing {
+                    tracing::debug!(error = %e, "cannot watch CustomResourceDefinitions: Gateway API CRDs installed later are noticed within {} s", CRD_RETRY.as_secs());
+                    failing = true;
+                }
+                tokio::time::sleep(backoff.after(&e).max(Duration::from_secs(5))).await;
+            }
+        }
+    }
+}
+
+/// How often a watch of a kind whose CRD is not installed asks again.
+const CRD_RETRY: Duration = Duration::from_secs(300);
+
+/// The API server does not serve the kind (404 on its list or watch).
+fn not_served(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 404,
+        watcher::Error::WatchError(s) => s.code == 404,
+        _ => false,
     }
 }
 

@@ -16,7 +16,7 @@ use kube::{
 use tokio::sync::watch;
 
 use super::lease::{Elector, RENEW_EVERY};
-use crate::cluster::{ClassConfig, ObjectKey, Snapshot, is_ours};
+use crate::cluster::{ClassConfig, Kind, ObjectKey, Snapshot, is_ours};
 
 /// Where the published address comes from, in ingress-nginx's order.
 #[derive(Clone, Debug, Default)]
@@ -89,6 +89,9 @@ pub struct StatusInput {
     pub own_node: Vec<IngressLoadBalancerIngress>,
     /// What an Event should tell about our Ingresses.
     pub causes: Vec<super::events::Cause>,
+    /// Our GatewayClasses, Gateways and HTTPRoutes, with the status the
+    /// table in force gives them.
+    pub gateways: Vec<super::gateway::GatewayStatus>,
 }
 
 pub fn status_input(snapshot: &Snapshot, class: &ClassConfig, cfg: &PublishConfig) -> StatusInput {
@@ -126,6 +129,7 @@ pub fn status_input(snapshot: &Snapshot, class: &ClassConfig, cfg: &PublishConfi
         addresses,
         own_node,
         causes: Vec::new(),
+        gateways: Vec::new(),
     }
 }
 
@@ -269,6 +273,64 @@ async fn clear_on_shutdown(
     );
 }
 
+/// Writes the Gateway API status that differs from the objects'. What was
+/// written and the snapshot does not show yet is not written again.
+async fn write_gateways(
+    client: &Client,
+    todo: &[super::gateway::GatewayStatus],
+    addresses: &[String],
+    written: &mut HashMap<(Kind, ObjectKey), (serde_json::Value, Vec<String>)>,
+) {
+    use crate::cluster::gateway::{Gateway, GatewayClass, HTTPRoute};
+    let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ))
+    .ok()
+    .and_then(|v| v.as_str().map(str::to_owned))
+    .unwrap_or_default();
+    written.retain(|(kind, key), _| todo.iter().any(|s| (&s.kind, &s.key) == (kind, key)));
+    for s in todo {
+        let id = (s.kind, s.key.clone());
+        let Some(status) = super::gateway::to_write(s, addresses, &now) else {
+            written.remove(&id);
+            continue;
+        };
+        let what = (s.desired.clone(), addresses.to_vec());
+        if written.get(&id) == Some(&what) {
+            continue;
+        }
+        let patch = Patch::Merge(serde_json::json!({ "status": status }));
+        let params = PatchParams::default();
+        let (ns, name) = (&s.key.namespace, &s.key.name);
+        let result = match s.kind {
+            Kind::GatewayClass => Api::<GatewayClass>::all(client.clone())
+                .patch_status(name, &params, &patch)
+                .await
+                .map(drop),
+            Kind::Gateway => Api::<Gateway>::namespaced(client.clone(), ns)
+                .patch_status(name, &params, &patch)
+                .await
+                .map(drop),
+            _ => Api::<HTTPRoute>::namespaced(client.clone(), ns)
+                .patch_status(name, &params, &patch)
+                .await
+                .map(drop),
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(kind = %s.kind, object = %s.key, "Gateway API status written");
+                written.insert(id, what);
+            }
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                tracing::warn!(kind = %s.kind, object = %s.key, "forbidden: the ServiceAccount needs update on {}/status (see deploy/base/rbac.yaml)", s.kind.resource());
+            }
+            Err(e) => {
+                tracing::warn!(kind = %s.kind, object = %s.key, error = %e, "writing Gateway API status failed; will retry");
+            }
+        }
+    }
+}
+
 /// Runs the election and, while leading, writes the status the sync
 /// loop's input calls for.
 pub async fn run(
@@ -283,6 +345,7 @@ pub async fn run(
     // What this replica wrote and the snapshot does not show yet: not
     // written again meanwhile.
     let mut written: HashMap<ObjectKey, Vec<IngressLoadBalancerIngress>> = HashMap::new();
+    let mut gateways_written = HashMap::new();
     let mut lookup_failing = false;
     let mut selector = None;
     loop {
@@ -319,6 +382,12 @@ pub async fn run(
                 (None, None) => now.own_node.clone(),
             };
             events.publish(&now.causes).await;
+            // Gateways are reached where Ingresses are.
+            let shown: Vec<String> = addresses
+                .iter()
+                .filter_map(|a| a.ip.clone().or(a.hostname.clone()))
+                .collect();
+            write_gateways(&client, &now.gateways, &shown, &mut gateways_written).await;
             let todo = pending(&now, &addresses);
             written.retain(|k, _| todo.iter().any(|(t, _)| t == k));
             for (key, addrs) in todo {
@@ -358,6 +427,7 @@ pub async fn run(
             // Another replica may write meanwhile: what this one wrote
             // says nothing about the status any more.
             written.clear();
+            gateways_written.clear();
         }
         tokio::select! {
             _ = tokio::time::sleep(RENEW_EVERY) => {}

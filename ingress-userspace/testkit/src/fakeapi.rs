@@ -39,9 +39,14 @@ pub enum Res {
     Pods,
     Events,
     ConfigMaps,
+    Crds,
+    GatewayClasses,
+    Gateways,
+    HTTPRoutes,
+    ReferenceGrants,
 }
 
-const ALL: [Res; 10] = [
+const ALL: [Res; 15] = [
     Res::Services,
     Res::EndpointSlices,
     Res::Ingresses,
@@ -52,6 +57,11 @@ const ALL: [Res; 10] = [
     Res::Pods,
     Res::Events,
     Res::ConfigMaps,
+    Res::Crds,
+    Res::GatewayClasses,
+    Res::Gateways,
+    Res::HTTPRoutes,
+    Res::ReferenceGrants,
 ];
 
 impl Res {
@@ -98,7 +108,50 @@ impl Res {
                 "Event",
                 "events.k8s.io/v1",
             ),
+            Res::Crds => (
+                "/apis/apiextensions.k8s.io/v1",
+                "customresourcedefinitions",
+                false,
+                "CustomResourceDefinition",
+                "apiextensions.k8s.io/v1",
+            ),
+            Res::GatewayClasses => (
+                "/apis/gateway.networking.k8s.io/v1",
+                "gatewayclasses",
+                false,
+                "GatewayClass",
+                "gateway.networking.k8s.io/v1",
+            ),
+            Res::Gateways => (
+                "/apis/gateway.networking.k8s.io/v1",
+                "gateways",
+                true,
+                "Gateway",
+                "gateway.networking.k8s.io/v1",
+            ),
+            Res::HTTPRoutes => (
+                "/apis/gateway.networking.k8s.io/v1",
+                "httproutes",
+                true,
+                "HTTPRoute",
+                "gateway.networking.k8s.io/v1",
+            ),
+            Res::ReferenceGrants => (
+                "/apis/gateway.networking.k8s.io/v1beta1",
+                "referencegrants",
+                true,
+                "ReferenceGrant",
+                "gateway.networking.k8s.io/v1beta1",
+            ),
         }
+    }
+
+    /// A kind only served once its CustomResourceDefinition (named
+    /// `<plural>.<group>`) is in the store, as a real API server.
+    fn crd(self) -> Option<String> {
+        let (prefix, plural, ..) = self.info();
+        let group = prefix.strip_prefix("/apis/")?.split('/').next()?;
+        (group == "gateway.networking.k8s.io").then(|| format!("{plural}.{group}"))
     }
 
     pub fn of_kind(kind: &str) -> Option<Res> {
@@ -528,6 +581,17 @@ async fn handle(state: &Arc<Mutex<State>>, req: Request<Incoming>) -> Response<B
     let Some(t) = parse_target(uri.path()) else {
         return status(StatusCode::NOT_FOUND, "NotFound", "no such path");
     };
+    if let Some(crd) = t.res.crd()
+        && !lock()
+            .objects
+            .contains_key(&(Res::Crds, String::new(), crd))
+    {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
+    }
     if lock().forbidden.contains(&t.res) {
         return status(
             StatusCode::FORBIDDEN,

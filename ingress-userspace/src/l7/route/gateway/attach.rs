@@ -22,7 +22,7 @@ pub struct Condition {
 }
 
 impl Condition {
-    fn new(
+    pub fn new(
         type_: &'static str,
         status: bool,
         reason: &'static str,

@@ -14,6 +14,31 @@ use serde::{Deserialize, Serialize};
 /// The API group of every kind here.
 pub const GROUP: &str = "gateway.networking.k8s.io";
 
+/// The Gateways of GatewayClasses whose `controllerName` is `controller`.
+pub fn our_gateways<'s>(
+    snapshot: &'s super::Snapshot,
+    controller: &'s str,
+) -> impl Iterator<Item = (&'s super::ObjectKey, &'s Gateway)> + 's {
+    snapshot.gateways.iter().filter(move |(_, gw)| {
+        snapshot
+            .gateway_classes
+            .get(&super::ObjectKey::new("", gw.spec.gateway_class_name.clone()))
+            .is_some_and(|c| c.spec.controller_name == controller)
+    })
+}
+
+impl Gateway {
+    /// `spec.addresses` that are IPv4 addresses (`IPAddress`, the default
+    /// type): where its listeners are reached besides the node's ports.
+    pub fn ipv4_addresses(&self) -> impl Iterator<Item = std::net::Ipv4Addr> + '_ {
+        self.spec
+            .addresses
+            .iter()
+            .filter(|a| a.type_.as_deref().is_none_or(|t| t == "IPAddress"))
+            .filter_map(|a| a.value.parse().ok())
+    }
+}
+
 /// `k8s_openapi::Resource` and `Metadata` for a kind of this group, so
 /// that kube's `Api<K>` and watchers take it.
 macro_rules! gateway_resource {

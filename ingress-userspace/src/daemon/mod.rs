@@ -312,6 +312,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 pin_path: cfg.pin_path.clone(),
                 fixed: cfg.ingress_vips.clone(),
                 service: cfg.proxy_service.clone(),
+                gateway_controller: cfg.class.gateway_controller.clone(),
                 current: None,
             };
             steering.set(steering.wanted(None))?;

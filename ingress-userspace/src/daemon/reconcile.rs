@@ -11,7 +11,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    cluster::{ClassConfig, ObjectKey, Snapshot},
+    cluster::{ClassConfig, ObjectKey, Snapshot, gateway::our_gateways},
     daemon::{health::HealthServers, metrics::Status},
     kernel::{self, LbMaps},
     l4::{
@@ -54,6 +54,8 @@ pub(super) struct VipSteering {
     pub(super) pin_path: PathBuf,
     pub(super) fixed: Vec<Ipv4Addr>,
     pub(super) service: Option<ObjectKey>,
+    /// Our Gateways' `spec.addresses` are steered too.
+    pub(super) gateway_controller: String,
     /// What the map holds (None before the first write).
     pub(super) current: Option<Vec<Ipv4Addr>>,
 }
@@ -67,6 +69,11 @@ impl VipSteering {
             .and_then(|(key, snap)| snap.services.get(key));
         let mut vips = self.fixed.clone();
         vips.extend(own.map(load_balancer_ips).unwrap_or_default());
+        if let Some(snap) = snapshot {
+            vips.extend(
+                our_gateways(snap, &self.gateway_controller).flat_map(|(_, gw)| gw.ipv4_addresses()),
+            );
+        }
         vips.sort();
         vips.dedup();
         vips
@@ -232,4 +239,38 @@ pub(super) fn error_policy(e: &anyhow::Error, syncer: &mut Syncer, status: &Stat
     }
     tracing::error!(error = %format!("{e:#}"), "sync failed; will re-read the maps and retry");
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::files::parse_file;
+
+    #[test]
+    fn gateways_of_ours_have_their_addresses_steered() {
+        let yaml = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: ebpf}\nspec: {controllerName: ingress-ebpf/gateway-controller}\n\
+            ---\napiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: other}\nspec: {controllerName: example.com/other}\n\
+            ---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: a, namespace: n}\n\
+            spec: {gatewayClassName: ebpf, listeners: [{name: http, port: 80, protocol: HTTP}], addresses: [{value: 198.18.9.1}, {type: Hostname, value: x.example.com}, {type: IPAddress, value: 198.18.9.2}]}\n\
+            ---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: b, namespace: n}\n\
+            spec: {gatewayClassName: other, listeners: [{name: http, port: 80, protocol: HTTP}], addresses: [{value: 198.18.9.3}]}\n";
+        let (objects, errors, _) = parse_file(std::path::Path::new("g.yaml"), yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut snapshot = Snapshot::default();
+        for o in objects {
+            snapshot.insert(o);
+        }
+        let steering = VipSteering {
+            pin_path: PathBuf::new(),
+            fixed: vec![Ipv4Addr::new(198, 18, 9, 9)],
+            service: None,
+            gateway_controller: "ingress-ebpf/gateway-controller".into(),
+            current: None,
+        };
+        assert_eq!(
+            steering.wanted(Some(&snapshot)),
+            [[198, 18, 9, 1], [198, 18, 9, 2], [198, 18, 9, 9]].map(Ipv4Addr::from)
+        );
+        assert_eq!(steering.wanted(None), [Ipv4Addr::new(198, 18, 9, 9)]);
+    }
 }

@@ -26,7 +26,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::cluster::{
     ClassConfig, Identity, Kind, Object, ObjectKey, Rules, Snapshot,
-    gateway::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant},
+    gateway::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant, our_gateways},
     is_ours, validate_with,
 };
 
@@ -378,17 +378,7 @@ impl KubeSource {
             )
             .collect();
         // The certificates of our Gateways' listeners.
-        let snapshot = &self.snapshot;
-        let our_class = |name: &str| {
-            snapshot
-                .gateway_classes
-                .get(&ObjectKey::new("", name))
-                .is_some_and(|c| c.spec.controller_name == self.class.gateway_controller)
-        };
-        for (key, gw) in &snapshot.gateways {
-            if !our_class(&gw.spec.gateway_class_name) {
-                continue;
-            }
+        for (key, gw) in our_gateways(&self.snapshot, &self.class.gateway_controller) {
             let refs = gw
                 .spec
                 .listeners

@@ -32,7 +32,8 @@ pub const SUPPORTED_FEATURES: [&str; 13] = [
 ];
 
 /// One object's status: as it is, and as ingressd would have it (a
-/// Gateway's without `addresses`, which the writer knows).
+/// Gateway's without `addresses` unless it asks for some: the writer
+/// knows where the proxy is published).
 #[derive(Clone, Debug, PartialEq)]
 pub struct GatewayStatus {
     pub kind: Kind,
@@ -123,11 +124,20 @@ pub fn statuses(
             .iter()
             .map(|l| listener(l, generation))
             .collect();
+        let gw = snapshot.gateways.get(key);
+        let mut desired = json!({"conditions": conditions, "listeners": listeners});
+        // Asked-for addresses are where it is reached (steered to the
+        // proxy); else the writer puts the published ones.
+        if let Some(g) = gw.filter(|g| !g.spec.addresses.is_empty()) {
+            desired["addresses"] = gateway_addresses(
+                &g.ipv4_addresses().map(|a| a.to_string()).collect::<Vec<_>>(),
+            );
+        }
         out.push(GatewayStatus {
             kind: Kind::Gateway,
             key: key.clone(),
-            current: snapshot.gateways.get(key).and_then(|g| g.status.clone()),
-            desired: json!({"conditions": conditions, "listeners": listeners}),
+            current: gw.and_then(|g| g.status.clone()),
+            desired,
         });
     }
     for (key, state) in &routes.attachment.routes {
@@ -239,7 +249,7 @@ pub fn gateway_addresses(addresses: &[String]) -> Value {
 /// addresses (Gateways) and transition times settled.
 pub fn to_write(s: &GatewayStatus, addresses: &[String], now: &str) -> Option<Value> {
     let mut desired = s.desired.clone();
-    if s.kind == Kind::Gateway {
+    if s.kind == Kind::Gateway && desired.get("addresses").is_none() {
         desired["addresses"] = gateway_addresses(addresses);
     }
     settle(&mut desired, s.current.as_ref(), now);

@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 use super::hostnames;
 use crate::cluster::{
     ObjectKey, Snapshot,
-    gateway::{GROUP, Gateway, HTTPBackendRef, HTTPRoute, Listener, ParentRef, reference_granted},
+    gateway::{
+            GROUP, Gateway, HTTPBackendRef, HTTPRoute, Listener, ParentRef, our_gateways,
+            reference_granted,
+        },
     secret_data,
 };
 
@@ -140,18 +143,10 @@ pub struct Attachment {
 /// Attaches every HTTPRoute to the Gateways of GatewayClasses whose
 /// `controllerName` is `controller`.
 pub fn attach(snapshot: &Snapshot, controller: &str, ports: Ports) -> Attachment {
-    let ours = |class: &str| {
-        snapshot
-            .gateway_classes
-            .get(&ObjectKey::new("", class))
-            .is_some_and(|c| c.spec.controller_name == controller)
-    };
     let mut out = Attachment::default();
-    for (key, gw) in &snapshot.gateways {
-        if ours(&gw.spec.gateway_class_name) {
-            out.gateways
-                .insert(key.clone(), gateway_state(key, gw, snapshot, ports));
-        }
+    for (key, gw) in our_gateways(snapshot, controller) {
+        out.gateways
+            .insert(key.clone(), gateway_state(key, gw, snapshot, ports));
     }
     for (key, route) in &snapshot.http_routes {
         let state = route_state(key, route, snapshot, &mut out.gateways);

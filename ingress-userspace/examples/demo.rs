@@ -26,7 +26,7 @@ spec:
   - {name: http, port: 80, targetPort: 8080, nodePort: 30090}
 "#;
 
-const STEPS: u32 = 15;
+const STEPS: u32 = 16;
 
 fn step(n: u32, text: &str) {
     println!("\n\x1b[1mStep {n}/{STEPS}  {text}\x1b[0m");
@@ -238,6 +238,7 @@ fn main() -> anyhow::Result<()> {
 
     cluster_ip_steps(&lab, &manifests)?;
     ingress_steps(&lab, &manifests)?;
+    gateway_step(&lab, &manifests)?;
 
     println!("\nCleaning up the lab (namespaces, processes, pins).");
     drop(lab);
@@ -373,7 +374,7 @@ fn cluster_ip_steps(lab: &Lab, manifests: &Path) -> anyhow::Result<()> {
 /// no XDP. With the default --xdp-mode, NodePorts work and refusals arrive.
 fn kind_shaped_node(bin: &Path) -> anyhow::Result<()> {
     step(
-        14,
+        15,
         "A kind-shaped node (its veth's peer runs no XDP), with the defaults",
     );
     let shape = Shape {
@@ -424,7 +425,7 @@ fn kind_shaped_node(bin: &Path) -> anyhow::Result<()> {
     );
     anyhow::ensure!(
         generic && !counts.keys().any(|k| k.starts_with("FAILED")) && out.status.code() == Some(7),
-        "step 14: the kind-shaped node did not serve as shown above"
+        "step 15: the kind-shaped node did not serve as shown above"
     );
     upgrade_under_traffic(bin, &mut lab, &manifests)?;
     println!("\nCleaning up the kind-shaped lab.");
@@ -473,7 +474,7 @@ fn upgrade_under_traffic(bin: &Path, lab: &mut Lab, manifests: &Path) -> anyhow:
         atomic::{AtomicBool, Ordering},
     };
     step(
-        15,
+        16,
         "ingressd is upgraded on node-a under traffic: a new one beside the old takes the ports over",
     );
     let a = lab.node("node-a").ip;
@@ -536,7 +537,7 @@ fn upgrade_under_traffic(bin: &Path, lab: &mut Lab, manifests: &Path) -> anyhow:
             lines[lines.len().saturating_sub(15)..].join("\n")
         };
         anyhow::bail!(
-            "step 15: the upgrade dropped requests, or did not hand over\n--- old ---\n{}\n--- new ---\n{}",
+            "step 16: the upgrade dropped requests, or did not hand over\n--- old ---\n{}\n--- new ---\n{}",
             tail(lab.ingressd_log_of("node-a", 0)),
             tail(lab.ingressd_log_of("node-a", 1))
         );
@@ -769,5 +770,76 @@ fn ingress_steps(lab: &Lab, manifests: &Path) -> anyhow::Result<()> {
     let url = format!("http://{node}/");
     let counts = curl(lab, &["-H", "Host: www.demo", &url], 8);
     println!("    curl -H 'Host: www.demo' {url:<28} → {}", show(&counts));
+    Ok(())
+}
+
+/// A Gateway of the demo's GatewayClass on node-a's :80, and an HTTPRoute
+/// for gw.demo: a header match to Service api, else a 80/20 split between
+/// Services shop and api.
+const GATEWAY: &str = r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: ebpf}
+spec: {controllerName: ingress-ebpf/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: demo, namespace: demo}
+spec:
+  gatewayClassName: ebpf
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop, namespace: demo}
+spec:
+  parentRefs: [{name: demo}]
+  hostnames: [gw.demo]
+  rules:
+  - matches: [{headers: [{name: x-canary, value: "yes"}]}]
+    backendRefs: [{name: api, port: 80}]
+  - backendRefs:
+    - {name: shop, port: 80, weight: 80}
+    - {name: api, port: 80, weight: 20}
+"#;
+
+fn gateway_step(lab: &Lab, manifests: &Path) -> anyhow::Result<()> {
+    let node = lab.node("node-a").ip;
+    step(
+        14,
+        "Gateway API beside the Ingresses: an HTTPRoute with a header match and an 80/20 split",
+    );
+    let before = syncs(lab, "node-a");
+    let tmp = manifests.join(".gateway.yaml.tmp");
+    std::fs::write(&tmp, GATEWAY)?;
+    std::fs::rename(&tmp, manifests.join("gateway.yaml"))?;
+    wait_until(Duration::from_secs(5), || syncs(lab, "node-a") > before);
+    println!(
+        "    gw.demo, header x-canary: yes → Service api; else Service shop (weight 80), api (20)"
+    );
+    let url = format!("http://{node}/");
+    let canary = curl(
+        lab,
+        &["-H", "Host: gw.demo", "-H", "x-canary: yes", &url],
+        8,
+    );
+    println!(
+        "    curl -H 'Host: gw.demo' -H 'x-canary: yes' {url} → {}",
+        show(&canary)
+    );
+    let split = curl(lab, &["-H", "Host: gw.demo", &url], 100);
+    println!(
+        "    curl -H 'Host: gw.demo' {url} ×100          → {}",
+        show(&split)
+    );
+    // Pods a1 (b1 stopped in step 13) serve shop; a2 and b2 serve api.
+    let shop = split.get("a1").copied().unwrap_or(0);
+    let api: usize = ["a2", "b2"].iter().filter_map(|p| split.get(*p)).sum();
+    println!("    Service shop ×{shop}, Service api ×{api} (asked: 80 and 20)");
+    let only_api = canary.keys().all(|p| p == "a2" || p == "b2");
+    anyhow::ensure!(
+        only_api && shop + api == 100 && (60..=95).contains(&shop),
+        "step 14: the HTTPRoute did not route as shown above"
+    );
     Ok(())
 }

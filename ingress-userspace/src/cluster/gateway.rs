@@ -22,7 +22,10 @@ pub fn our_gateways<'s>(
     snapshot.gateways.iter().filter(move |(_, gw)| {
         snapshot
             .gateway_classes
-            .get(&super::ObjectKey::new("", gw.spec.gateway_class_name.clone()))
+            .get(&super::ObjectKey::new(
+                "",
+                gw.spec.gateway_class_name.clone(),
+            ))
             .is_some_and(|c| c.spec.controller_name == controller)
     })
 }

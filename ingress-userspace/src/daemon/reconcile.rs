@@ -71,7 +71,8 @@ impl VipSteering {
         vips.extend(own.map(load_balancer_ips).unwrap_or_default());
         if let Some(snap) = snapshot {
             vips.extend(
-                our_gateways(snap, &self.gateway_controller).flat_map(|(_, gw)| gw.ipv4_addresses()),
+                our_gateways(snap, &self.gateway_controller)
+                    .flat_map(|(_, gw)| gw.ipv4_addresses()),
             );
         }
         vips.sort();

@@ -130,7 +130,9 @@ pub fn statuses(
         // proxy); else the writer puts the published ones.
         if let Some(g) = gw.filter(|g| !g.spec.addresses.is_empty()) {
             desired["addresses"] = gateway_addresses(
-                &g.ipv4_addresses().map(|a| a.to_string()).collect::<Vec<_>>(),
+                &g.ipv4_addresses()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>(),
             );
         }
         out.push(GatewayStatus {

@@ -9,9 +9,9 @@ use super::hostnames;
 use crate::cluster::{
     ObjectKey, Snapshot,
     gateway::{
-            GROUP, Gateway, HTTPBackendRef, HTTPRoute, Listener, ParentRef, our_gateways,
-            reference_granted,
-        },
+        GROUP, Gateway, HTTPBackendRef, HTTPRoute, Listener, ParentRef, our_gateways,
+        reference_granted,
+    },
     secret_data,
 };
 

@@ -1,7 +1,10 @@
 //! `cargo xtask bench l7`: the proxy side by side with nginx (Debian's
 //! package) configured with the same hosts, paths and upstream, and with the
 //! upstream alone (the limit), with keep-alive and with a new connection per
-//! request; then the time to compile and swap a table of 10,000 Ingress rules.
+//! request; the same routes as Gateway API HTTPRoutes next to them; then the
+//! time to compile and swap a table of 10,000 Ingress rules, and the time
+//! from an HTTPRoute change at the API server to its first request served
+//! with 5,000 HTTPRoutes in place (under load, failures counted).
 //!
 //! Everything runs on loopback: the upstream is an nginx answering a fixed
 //! body, the load comes from this process (closed loop, bounded in count
@@ -403,6 +406,42 @@ struct Target {
     pid: Option<u32>,
     /// The nginx it is compared with (its index in the list).
     versus: Option<usize>,
+    /// Serves features.test (the features round).
+    features: bool,
+}
+
+/// Gateway API objects for an ingressd serving HTTP on `port`: a Gateway
+/// of our class, and shop.test and the extra hosts as HTTPRoutes (/ and
+/// /cart to `up`, as the Ingresses have them).
+fn http_routes(port: u16, extra_hosts: usize) -> String {
+    let mut out = format!(
+        "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: ebpf}}
+spec: {{controllerName: ingress-ebpf/gateway-controller}}
+         ---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+         spec: {{gatewayClassName: ebpf, listeners: [{{name: http, port: {port}, protocol: HTTP, allowedRoutes: {{namespaces: {{from: All}}}}}}]}}
+"
+    );
+    let route = |name: &str, host: &str| {
+        format!(
+            "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: default}}
+             spec: {{parentRefs: [{{name: gw}}], hostnames: [{host}], rules: [             {{matches: [{{path: {{type: PathPrefix, value: /}}}}], backendRefs: [{{name: up, port: 80}}]}},             {{matches: [{{path: {{type: PathPrefix, value: /cart}}}}], backendRefs: [{{name: up, port: 80}}]}}]}}
+"
+        )
+    };
+    out += &route("shop", "shop.test");
+    for i in 0..extra_hosts {
+        out += &route(&format!("x{i}"), &format!("h{i}.test"));
+    }
+    out
 }
 
 fn nginx_proxy(
@@ -475,14 +514,26 @@ fn nginx_proxy(
     Ok((proc, addr))
 }
 
+/// An ingressd on the shared manifests, or on its own: `own` gives them
+/// for the HTTP port it serves on.
 fn ingressd_proxy(
     bin: &Path,
     dir: &Path,
     name: &str,
     extra: &[&str],
+    own: Option<&dyn Fn(u16) -> String>,
 ) -> anyhow::Result<(Proc, SocketAddr)> {
     let (ours, https, dflt, metrics) = (free_port(), free_port(), free_port(), free_port());
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ours));
+    let manifests = match own {
+        Some(text) => {
+            let d = dir.join(format!("{name}-manifests"));
+            std::fs::create_dir_all(&d)?;
+            std::fs::write(d.join("all.yaml"), text(ours))?;
+            d
+        }
+        None => dir.join("manifests"),
+    };
     let child = Command::new(bin)
         .args([
             "run",
@@ -490,7 +541,7 @@ fn ingressd_proxy(
             "--allow-loopback-endpoints",
             "--manifests",
         ])
-        .arg(dir.join("manifests"))
+        .arg(manifests)
         .args(["--http-addr", &addr.to_string()])
         .args(["--https-addr", &format!("127.0.0.1:{https}")])
         .args(["--default-backend-addr", &format!("127.0.0.1:{dflt}")])
@@ -544,7 +595,7 @@ fn main() -> anyhow::Result<()> {
          ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: up-1, labels: {{kubernetes.io/service-name: up}}}}\n\
          addressType: IPv4\nports: [{{port: {up_port}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n"
     );
-    let mut manifests = svc + INGRESS;
+    let mut manifests = svc.clone() + INGRESS;
     for i in 0..EXTRA_HOSTS {
         manifests.push_str(
             &INGRESS
@@ -565,7 +616,9 @@ fn main() -> anyhow::Result<()> {
         addr: up,
         pid: None,
         versus: None,
+        features: false,
     }];
+    let gateway_manifests = |port: u16| svc.clone() + &http_routes(port, EXTRA_HOSTS);
     for logged in [false, true] {
         let tag = if logged { "logs on" } else { "logs off" };
         let name = format!("nginx-{}", if logged { "log" } else { "nolog" });
@@ -581,6 +634,7 @@ fn main() -> anyhow::Result<()> {
             addr,
             pid: Some(p.0.id()),
             versus: None,
+            features: true,
         });
         procs.push(p);
         for fast in [true, false] {
@@ -600,7 +654,7 @@ fn main() -> anyhow::Result<()> {
             if !fast {
                 extra.extend(["--http1-fast-path", "false"]);
             }
-            let (p, addr) = ingressd_proxy(&bin, &dir, &name, &extra)?;
+            let (p, addr) = ingressd_proxy(&bin, &dir, &name, &extra, None)?;
             targets.push(Target {
                 name: format!(
                     "ingressd{}, {tag}",
@@ -609,9 +663,27 @@ fn main() -> anyhow::Result<()> {
                 addr,
                 pid: Some(p.0.id()),
                 versus: Some(nginx_at),
+                features: true,
             });
             procs.push(p);
         }
+        // The same routes as HTTPRoutes (Gateway API).
+        let name = format!("ingressd-gateway-{}", if logged { "log" } else { "nolog" });
+        let log = log_file(&name).display().to_string();
+        let extra = if logged {
+            ["--access-log", log.as_str()]
+        } else {
+            ["--access-log", "false"]
+        };
+        let (p, addr) = ingressd_proxy(&bin, &dir, &name, &extra, Some(&gateway_manifests))?;
+        targets.push(Target {
+            name: format!("ingressd, HTTPRoutes, {tag}"),
+            addr,
+            pid: Some(p.0.id()),
+            versus: Some(nginx_at),
+            features: false,
+        });
+        procs.push(p);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -687,7 +759,7 @@ fn main() -> anyhow::Result<()> {
         "\nfeatures on (canary by header/cookie/20 %, cookie affinity, CORS), keep-alive, GET /cart on features.test with a session cookie and an Origin, median of {ROUNDS}"
     );
     let proxies: Vec<usize> = (0..targets.len())
-        .filter(|i| targets[*i].pid.is_some())
+        .filter(|i| targets[*i].pid.is_some() && targets[*i].features)
         .collect();
     let mut rounds: Vec<Vec<Run>> = proxies.iter().map(|_| Vec::new()).collect();
     let mut cpu = vec![(Duration::ZERO, 0usize); proxies.len()];
@@ -748,7 +820,181 @@ fn main() -> anyhow::Result<()> {
         ms(best)
     );
     drop(procs);
+    rt.block_on(route_change(&bin, &dir, up_port))?;
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// HTTPRoutes in place for the route-change round.
+const ROUTES_IN_PLACE: usize = 5_000;
+
+/// One GET to `host` on a kept connection (made again when it is lost):
+/// the status, or None when no answer came.
+async fn get_status(conn: &mut Option<TcpStream>, addr: SocketAddr, host: &str) -> Option<u16> {
+    if conn.is_none() {
+        *conn = TcpStream::connect(addr).await.ok();
+    }
+    let stream = conn.as_mut()?;
+    let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let mut buf = Vec::with_capacity(1024);
+    let answer = async {
+        stream.write_all(req.as_bytes()).await.ok()?;
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Ok(Some((end, _))) = response_head(&buf) {
+                let status = std::str::from_utf8(&buf[9..12]).ok()?.parse().ok()?;
+                // Read the body (Content-Length) so the connection stays usable.
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < end + len {
+                    let n = stream.read(&mut chunk).await.ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                return Some(status);
+            }
+        }
+    };
+    let got = tokio::time::timeout(Duration::from_secs(2), answer)
+        .await
+        .ok()
+        .flatten();
+    if got.is_none() {
+        *conn = None;
+    }
+    got
+}
+
+/// The time from an HTTPRoute change at the API server (a hostname added)
+/// to the first request served for it, with ROUTES_IN_PLACE HTTPRoutes
+/// served, while a client keeps requesting another route: ingressd in
+/// its default configuration on a (fake) API server, as in a cluster.
+async fn route_change(bin: &Path, dir: &Path, up_port: u16) -> anyhow::Result<()> {
+    use testkit::fakeapi::FakeApi;
+    let api = FakeApi::start().await;
+    let port = free_port();
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut yaml = String::new();
+    for plural in [
+        "gatewayclasses",
+        "gateways",
+        "httproutes",
+        "referencegrants",
+    ] {
+        yaml += &format!(
+            "---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+             metadata: {{name: {plural}.gateway.networking.k8s.io, labels: {{gateway.networking.k8s.io/bundle-version: v1.4.0}}}}
+"
+        );
+    }
+    yaml += &format!(
+        "---
+apiVersion: v1
+kind: Service
+metadata: {{name: up, namespace: default}}
+spec:
+  ports: [{{port: 80, targetPort: {up_port}}}]
+         ---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: up-1, namespace: default, labels: {{kubernetes.io/service-name: up}}}}
+         addressType: IPv4
+ports: [{{port: {up_port}}}]
+endpoints: [{{addresses: [\"127.0.0.1\"]}}]
+"
+    );
+    yaml += &http_routes(port, ROUTES_IN_PLACE);
+    api.apply_yaml(&yaml);
+    let kubeconfig = api.kubeconfig(dir);
+    let child = Command::new(bin)
+        .args([
+            "run",
+            "--no-l4",
+            "--allow-loopback-endpoints",
+            "--kubeconfig",
+        ])
+        .arg(&kubeconfig)
+        .args(["--http-addr", &addr.to_string()])
+        .args(["--https-addr", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "--default-backend-addr",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--access-log", "false"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("route-change.stderr"))?)
+        .spawn()?;
+    let _proc = Proc(child);
+    let mut conn = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while get_status(&mut conn, addr, "h1.test").await != Some(200) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the HTTPRoutes were never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A client on another route all along: every answer must be a 200.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u64, 0u64);
+            let mut conn = None;
+            let started = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(120)
+            {
+                match get_status(&mut conn, addr, "h1.test").await {
+                    Some(200) => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let mut took = Vec::new();
+    for k in 0..ROUNDS {
+        let host = format!("changed{k}.test");
+        anyhow::ensure!(get_status(&mut conn, addr, &host).await == Some(404));
+        api.apply_yaml(&format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: x{k}, namespace: default}}
+             spec: {{parentRefs: [{{name: gw}}], hostnames: [h{k}.test, {host}], rules: [{{backendRefs: [{{name: up, port: 80}}]}}]}}
+"
+        ));
+        let changed = Instant::now();
+        let deadline = changed + Duration::from_secs(10);
+        while get_status(&mut conn, addr, &host).await != Some(200) {
+            anyhow::ensure!(Instant::now() < deadline, "{host} never served");
+        }
+        took.push(changed.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await?;
+    took.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "route change: {ROUTES_IN_PLACE} HTTPRoutes in place, an HTTPRoute changed at the API server → its first request served: median {:.1} ms, max {:.1} ms ({ROUNDS} changes); meanwhile {ok} requests to another route, {failed} failed",
+        ms(took[took.len() / 2]),
+        ms(took[took.len() - 1]),
+    );
     Ok(())
 }
 

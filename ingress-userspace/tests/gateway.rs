@@ -374,3 +374,45 @@ fn attached_rules_compile_per_protocol_host_and_request() {
         assert!(text.contains(line), "{line:?}\n{text}");
     }
 }
+
+#[test]
+fn a_namespace_selector_takes_routes_from_the_namespaces_it_matches() {
+    let gw = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: sel, namespace: infra}\n\
+        spec: {gatewayClassName: ebpf, listeners: [{name: http, protocol: HTTP, port: 80, hostname: sel.example.com, \
+        allowedRoutes: {namespaces: {from: Selector, selector: {matchExpressions: [{key: env, operator: In, values: [prod]}]}}}}, \
+        {name: by-name, protocol: HTTP, port: 80, hostname: named.example.com, \
+        allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {kubernetes.io/metadata.name: dev}}}}}]}\n";
+    let ns = |name: &str, env: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{env: {env}}}}}\n"
+        )
+    };
+    let to = |section: &str| {
+        format!(
+            "{{parentRefs: [{{name: sel, namespace: infra, sectionName: {section}}}], rules: []}}"
+        )
+    };
+    let yaml = gw.to_string()
+        + &ns("prod", "prod")
+        + &ns("dev", "dev")
+        + &route("p", "prod", &to("http"))
+        + &route("d", "dev", &to("http"))
+        // No Namespace object (manifest files): its name label only.
+        + &route("d2", "dev", &to("by-name"))
+        + &route("other", "unseen", &to("by-name"));
+    let a = attached(&yaml);
+    let accepted = |ns: &str, name: &str| {
+        let c = find(
+            &a.routes[&ObjectKey::new(ns, name)].parents[0].conditions,
+            "Accepted",
+        );
+        (c.status, c.reason)
+    };
+    assert_eq!(accepted("prod", "p"), (true, "Accepted"));
+    assert_eq!(accepted("dev", "d"), (false, "NotAllowedByListeners"));
+    assert_eq!(accepted("dev", "d2"), (true, "Accepted"));
+    assert_eq!(
+        accepted("unseen", "other"),
+        (false, "NotAllowedByListeners")
+    );
+}

@@ -65,6 +65,7 @@ fn api_objects(yaml: &str) -> Vec<serde_json::Value> {
                     serde_json::to_value(o),
                 ),
                 Object::Node(o) => ("Node", "v1", serde_json::to_value(o)),
+                Object::Namespace(o) => ("Namespace", "v1", serde_json::to_value(o)),
             };
             let v = v.as_mut().map(std::mem::take).expect("serializes");
             let mut v = v;

@@ -3,6 +3,7 @@
 mod class;
 mod endpoints;
 pub mod gateway;
+pub mod labels;
 mod validate;
 
 pub use class::{ClassConfig, is_ours};
@@ -13,7 +14,7 @@ pub use validate::{FieldError, Rules, validate, validate_with};
 
 use k8s_openapi::{
     api::{
-        core::v1::{ConfigMap, Node, Secret, Service},
+        core::v1::{ConfigMap, Namespace, Node, Secret, Service},
         discovery::v1::EndpointSlice,
         networking::v1::{Ingress, IngressClass},
     },
@@ -75,6 +76,8 @@ pub struct Snapshot {
     pub http_routes: BTreeMap<ObjectKey, gateway::HTTPRoute>,
     pub reference_grants: BTreeMap<ObjectKey, gateway::ReferenceGrant>,
     pub nodes: BTreeMap<ObjectKey, Node>,
+    /// Their labels select the routes a Gateway listener takes.
+    pub namespaces: BTreeMap<ObjectKey, Namespace>,
 }
 
 /// The Service an EndpointSlice belongs to.
@@ -110,6 +113,7 @@ impl Snapshot {
             Object::Gateway(o) => drop(self.gateways.insert(key, *o)),
             Object::HTTPRoute(o) => drop(self.http_routes.insert(key, *o)),
             Object::ReferenceGrant(o) => drop(self.reference_grants.insert(key, *o)),
+            Object::Namespace(o) => drop(self.namespaces.insert(key, *o)),
             Object::Node(o) => drop(self.nodes.insert(key, *o)),
         }
     }
@@ -130,6 +134,7 @@ impl Snapshot {
             Kind::Gateway => drop(self.gateways.remove(&key)),
             Kind::HTTPRoute => drop(self.http_routes.remove(&key)),
             Kind::ReferenceGrant => drop(self.reference_grants.remove(&key)),
+            Kind::Namespace => drop(self.namespaces.remove(&key)),
             Kind::Node => drop(self.nodes.remove(&key)),
         }
     }
@@ -208,10 +213,11 @@ pub enum Kind {
     Gateway,
     HTTPRoute,
     ReferenceGrant,
+    Namespace,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Ingress,
@@ -223,6 +229,7 @@ impl Kind {
         Kind::Gateway,
         Kind::HTTPRoute,
         Kind::ReferenceGrant,
+        Kind::Namespace,
     ];
 
     /// The kind's name, as manifests and the API spell it.
@@ -239,6 +246,7 @@ impl Kind {
             Kind::HTTPRoute => "HTTPRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
             Kind::Node => "Node",
+            Kind::Namespace => "Namespace",
         }
     }
 
@@ -256,6 +264,7 @@ impl Kind {
             Kind::HTTPRoute => "httproutes.gateway.networking.k8s.io",
             Kind::ReferenceGrant => "referencegrants.gateway.networking.k8s.io",
             Kind::Node => "nodes",
+            Kind::Namespace => "namespaces",
         }
     }
 
@@ -269,7 +278,10 @@ impl Kind {
 
     /// Cluster-scoped kinds have an empty namespace in their keys.
     pub const fn namespaced(self) -> bool {
-        !matches!(self, Kind::IngressClass | Kind::Node | Kind::GatewayClass)
+        !matches!(
+            self,
+            Kind::IngressClass | Kind::Node | Kind::GatewayClass | Kind::Namespace
+        )
     }
 }
 
@@ -293,6 +305,7 @@ pub enum Object {
     HTTPRoute(Box<gateway::HTTPRoute>),
     ReferenceGrant(Box<gateway::ReferenceGrant>),
     Node(Box<Node>),
+    Namespace(Box<Namespace>),
 }
 
 impl Object {
@@ -309,6 +322,7 @@ impl Object {
             Object::HTTPRoute(_) => Kind::HTTPRoute,
             Object::ReferenceGrant(_) => Kind::ReferenceGrant,
             Object::Node(_) => Kind::Node,
+            Object::Namespace(_) => Kind::Namespace,
         }
     }
 
@@ -325,6 +339,7 @@ impl Object {
             Object::HTTPRoute(o) => &o.metadata,
             Object::ReferenceGrant(o) => &o.metadata,
             Object::Node(o) => &o.metadata,
+            Object::Namespace(o) => &o.metadata,
         }
     }
 

@@ -12,7 +12,7 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::{ConfigMap, Node, Secret, Service},
+    core::v1::{ConfigMap, Namespace, Node, Secret, Service},
     discovery::v1::EndpointSlice,
     networking::v1::{Ingress, IngressClass},
 };
@@ -156,6 +156,7 @@ fn parse_value(
         ("v1", "Secret") => typed(value).map(|s: Secret| Object::Secret(Box::new(s))),
         ("v1", "ConfigMap") => typed(value).map(|c: ConfigMap| Object::ConfigMap(Box::new(c))),
         ("v1", "Node") => typed(value).map(|s: Node| Object::Node(Box::new(s))),
+        ("v1", "Namespace") => typed(value).map(|n: Namespace| Object::Namespace(Box::new(n))),
         // v1beta1 as well: the same schema, and manifests written before v1.
         (GATEWAY_V1 | GATEWAY_V1BETA1, "GatewayClass") => {
             typed(value).map(|g: gateway::GatewayClass| Object::GatewayClass(Box::new(g)))

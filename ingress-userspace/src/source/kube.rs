@@ -16,7 +16,7 @@ use std::{
 
 use futures_util::StreamExt as _;
 use k8s_openapi::api::{
-    core::v1::{ConfigMap, Node, Secret, Service},
+    core::v1::{ConfigMap, Namespace, Node, Secret, Service},
     discovery::v1::EndpointSlice,
     networking::v1::{Ingress, IngressClass},
 };
@@ -64,7 +64,8 @@ watched!(
     GatewayClass,
     Gateway,
     HTTPRoute,
-    ReferenceGrant
+    ReferenceGrant,
+    Namespace
 );
 
 /// What a watch task saw.
@@ -196,6 +197,8 @@ impl KubeSource {
             source.watch::<Gateway>(scoped(&client, namespace), None),
             source.watch::<HTTPRoute>(scoped(&client, namespace), None),
             source.watch::<ReferenceGrant>(scoped(&client, namespace), None),
+            // Their labels: `allowedRoutes.namespaces.selector`.
+            source.watch::<Namespace>(Api::all(client.clone()), None),
         ]);
         if !node_name.is_empty() {
             let only = Some(ObjectKey::new("", node_name));
@@ -324,6 +327,7 @@ impl KubeSource {
             Kind::Gateway => ids(s.gateways.keys().collect()),
             Kind::HTTPRoute => ids(s.http_routes.keys().collect()),
             Kind::ReferenceGrant => ids(s.reference_grants.keys().collect()),
+            Kind::Namespace => ids(s.namespaces.keys().collect()),
             Kind::Node => ids(s.nodes.keys().collect()),
         }
     }

@@ -44,9 +44,10 @@ pub enum Res {
     Gateways,
     HTTPRoutes,
     ReferenceGrants,
+    Namespaces,
 }
 
-const ALL: [Res; 15] = [
+const ALL: [Res; 16] = [
     Res::Services,
     Res::EndpointSlices,
     Res::Ingresses,
@@ -62,6 +63,7 @@ const ALL: [Res; 15] = [
     Res::Gateways,
     Res::HTTPRoutes,
     Res::ReferenceGrants,
+    Res::Namespaces,
 ];
 
 impl Res {
@@ -94,6 +96,7 @@ impl Res {
             Res::Nodes => ("/api/v1", "nodes", false, "Node", "v1"),
             Res::Pods => ("/api/v1", "pods", true, "Pod", "v1"),
             Res::ConfigMaps => ("/api/v1", "configmaps", true, "ConfigMap", "v1"),
+            Res::Namespaces => ("/api/v1", "namespaces", false, "Namespace", "v1"),
             Res::Leases => (
                 "/apis/coordination.k8s.io/v1",
                 "leases",

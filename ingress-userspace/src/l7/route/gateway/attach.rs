@@ -12,6 +12,7 @@ use crate::cluster::{
         GROUP, Gateway, HTTPBackendRef, HTTPRoute, Listener, ParentRef, our_gateways,
         reference_granted,
     },
+    labels::Selector,
     secret_data,
 };
 
@@ -59,8 +60,9 @@ pub struct Ports {
 enum From {
     Same,
     All,
-    /// A label selector: namespaces are not read yet, so none matches.
-    Selector,
+    /// Namespaces whose labels the selector matches (none, for a
+    /// selector that is not valid).
+    Selector(Option<Selector>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,11 +98,22 @@ impl ListenerState {
             && (self.protocol != Some(Protocol::Https) || !self.certificates.is_empty())
     }
 
-    fn takes_from(&self, route_ns: &str, gateway_ns: &str) -> bool {
-        match self.from {
+    fn takes_from(&self, route_ns: &str, gateway_ns: &str, snapshot: &Snapshot) -> bool {
+        match &self.from {
             From::Same => route_ns == gateway_ns,
             From::All => true,
-            From::Selector => false,
+            From::Selector(None) => false,
+            From::Selector(Some(selector)) => {
+                // The API server labels every namespace with its name; a
+                // namespace not seen (manifest files) has that label only.
+                let mut labels = snapshot
+                    .namespaces
+                    .get(&ObjectKey::new("", route_ns))
+                    .and_then(|n| n.metadata.labels.clone())
+                    .unwrap_or_default();
+                labels.insert("kubernetes.io/metadata.name".into(), route_ns.into());
+                selector.matches(&labels)
+            }
         }
     }
 }
@@ -248,14 +261,19 @@ fn listener_state(
         Some((reason, message)) => Condition::new("ResolvedRefs", false, reason, message),
         None => Condition::new("ResolvedRefs", true, "ResolvedRefs", ""),
     });
-    let from = match l
+    let namespaces = l
         .allowed_routes
         .as_ref()
-        .and_then(|a| a.namespaces.as_ref())
-        .and_then(|n| n.from.as_deref())
-    {
+        .and_then(|a| a.namespaces.as_ref());
+    let from = match namespaces.and_then(|n| n.from.as_deref()) {
         Some("All") => From::All,
-        Some("Selector") => From::Selector,
+        // The API server's validation refuses a missing or bad selector;
+        // from files, one selects nothing.
+        Some("Selector") => From::Selector(
+            namespaces
+                .and_then(|n| n.selector.as_ref())
+                .and_then(|s| Selector::compile(s).ok()),
+        ),
         _ => From::Same,
     };
     ListenerState {
@@ -433,7 +451,7 @@ fn route_state(
                 let l = &gw.listeners[i];
                 l.serves()
                     && l.supported_kinds.contains(&"HTTPRoute")
-                    && l.takes_from(&route_ns, &gw_key.namespace)
+                    && l.takes_from(&route_ns, &gw_key.namespace, snapshot)
             })
             .collect();
         let mut attached = Vec::new();

@@ -121,6 +121,9 @@ pub struct KubeSource {
     notify: Arc<Notify>,
     /// Told when a Gateway API CRD is created or changed.
     crds: Arc<Notify>,
+    /// When the queue was last applied: a change within BATCH_WINDOW of
+    /// it waits for the window's end, with the rest of its burst.
+    last_load: std::time::Instant,
     snapshot: Snapshot,
     /// Watches whose first list has not come yet, and since when.
     waiting: BTreeMap<String, std::time::Instant>,
@@ -161,6 +164,7 @@ impl KubeSource {
             rx,
             notify: Arc::new(Notify::new()),
             crds: Arc::new(Notify::new()),
+            last_load: std::time::Instant::now(),
             snapshot: Snapshot::default(),
             waiting: BTreeMap::new(),
             tasks: Vec::new(),
@@ -272,6 +276,7 @@ impl KubeSource {
         while let Ok(change) = self.rx.try_recv() {
             self.apply(change, &mut loaded);
         }
+        self.last_load = std::time::Instant::now();
         self.refresh_named_watches();
         loaded
     }
@@ -701,8 +706,8 @@ const CUSTOM_HEADERS: &str = "nginx.ingress.kubernetes.io/custom-headers";
 /// API refuses, say, holds the rest up no longer).
 const SECRET_HOLD: Duration = Duration::from_secs(2);
 
-/// After the first change, how long more are gathered into the same load
-/// (a burst of changes is one sync).
+/// Changes within this long of the last load are gathered into one (a
+/// burst of changes is a few syncs, a lone change is applied at once).
 const BATCH_WINDOW: Duration = Duration::from_millis(50);
 
 impl super::Source for KubeSource {
@@ -737,7 +742,12 @@ impl super::Source for KubeSource {
                 .await
                 .is_ok()
             {
-                tokio::time::sleep(BATCH_WINDOW).await;
+                // A change after a quiet spell is applied at once; one
+                // soon after the last load waits out its window.
+                let since = self.last_load.elapsed();
+                if since < BATCH_WINDOW {
+                    tokio::time::sleep(BATCH_WINDOW - since).await;
+                }
             }
         })
     }

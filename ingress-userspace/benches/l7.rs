@@ -415,26 +415,16 @@ struct Target {
 /// /cart to `up`, as the Ingresses have them).
 fn http_routes(port: u16, extra_hosts: usize) -> String {
     let mut out = format!(
-        "---
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: ebpf}}
-spec: {{controllerName: ingress-ebpf/gateway-controller}}
-         ---
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-         spec: {{gatewayClassName: ebpf, listeners: [{{name: http, port: {port}, protocol: HTTP, allowedRoutes: {{namespaces: {{from: All}}}}}}]}}
-"
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: ebpf}}\nspec: {{controllerName: ingress-ebpf/gateway-controller}}\n\
+         ---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\n\
+         spec: {{gatewayClassName: ebpf, listeners: [{{name: http, port: {port}, protocol: HTTP, allowedRoutes: {{namespaces: {{from: All}}}}}}]}}\n"
     );
     let route = |name: &str, host: &str| {
         format!(
-            "---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: {name}, namespace: default}}
-             spec: {{parentRefs: [{{name: gw}}], hostnames: [{host}], rules: [             {{matches: [{{path: {{type: PathPrefix, value: /}}}}], backendRefs: [{{name: up, port: 80}}]}},             {{matches: [{{path: {{type: PathPrefix, value: /cart}}}}], backendRefs: [{{name: up, port: 80}}]}}]}}
-"
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec: {{parentRefs: [{{name: gw}}], hostnames: [{host}], rules: [\
+             {{matches: [{{path: {{type: PathPrefix, value: /}}}}], backendRefs: [{{name: up, port: 80}}]}}, \
+             {{matches: [{{path: {{type: PathPrefix, value: /cart}}}}], backendRefs: [{{name: up, port: 80}}]}}]}}\n"
         )
     };
     out += &route("shop", "shop.test");
@@ -893,28 +883,14 @@ async fn route_change(bin: &Path, dir: &Path, up_port: u16) -> anyhow::Result<()
         "referencegrants",
     ] {
         yaml += &format!(
-            "---
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-             metadata: {{name: {plural}.gateway.networking.k8s.io, labels: {{gateway.networking.k8s.io/bundle-version: v1.4.0}}}}
-"
+            "---\napiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\n\
+             metadata: {{name: {plural}.gateway.networking.k8s.io, labels: {{gateway.networking.k8s.io/bundle-version: v1.4.0}}}}\n"
         );
     }
     yaml += &format!(
-        "---
-apiVersion: v1
-kind: Service
-metadata: {{name: up, namespace: default}}
-spec:
-  ports: [{{port: 80, targetPort: {up_port}}}]
-         ---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: up-1, namespace: default, labels: {{kubernetes.io/service-name: up}}}}
-         addressType: IPv4
-ports: [{{port: {up_port}}}]
-endpoints: [{{addresses: [\"127.0.0.1\"]}}]
-"
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: up, namespace: default}}\nspec:\n  ports: [{{port: 80, targetPort: {up_port}}}]\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: up-1, namespace: default, labels: {{kubernetes.io/service-name: up}}}}\n\
+         addressType: IPv4\nports: [{{port: {up_port}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n"
     );
     yaml += &http_routes(port, ROUTES_IN_PLACE);
     api.apply_yaml(&yaml);
@@ -973,11 +949,8 @@ endpoints: [{{addresses: [\"127.0.0.1\"]}}]
         let host = format!("changed{k}.test");
         anyhow::ensure!(get_status(&mut conn, addr, &host).await == Some(404));
         api.apply_yaml(&format!(
-            "apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: x{k}, namespace: default}}
-             spec: {{parentRefs: [{{name: gw}}], hostnames: [h{k}.test, {host}], rules: [{{backendRefs: [{{name: up, port: 80}}]}}]}}
-"
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: x{k}, namespace: default}}\n\
+             spec: {{parentRefs: [{{name: gw}}], hostnames: [h{k}.test, {host}], rules: [{{backendRefs: [{{name: up, port: 80}}]}}]}}\n"
         ));
         let changed = Instant::now();
         let deadline = changed + Duration::from_secs(10);

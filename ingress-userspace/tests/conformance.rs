@@ -1194,3 +1194,92 @@ async fn ingress_and_http_route_on_one_listener_with_the_conflict_reported() {
         "host shared.example.com is also routed by HTTPRoute gateway-conformance-infra/migrated",
     );
 }
+
+/// A backend that keeps what it got (the `backend` body: request line and
+/// headers), for mirrors.
+async fn keeping(name: &'static str) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let kept = kept.clone();
+                    async move {
+                        let mut got = format!("{name} {} {}\n", req.method(), req.uri());
+                        for (n, v) in req.headers() {
+                            got.push_str(&format!("{n}: {}\n", v.to_str().unwrap_or("?")));
+                        }
+                        kept.lock().unwrap().push(got);
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_route_request_mirror_and_percentage_mirror() {
+    // Extended: HTTPRouteRequestMirror, HTTPRouteRequestPercentageMirror.
+    let lab = Lab::start().await;
+    let (all_at, all) = keeping("mirror-all").await;
+    let (some_at, some) = keeping("mirror-some").await;
+    let (none_at, none) = keeping("mirror-none").await;
+    lab.apply(
+        &(service("mirror-all", INFRA, all_at, false)
+            + &service("mirror-some", INFRA, some_at, false)
+            + &service("mirror-none", INFRA, none_at, false)
+            + &gateway("same-namespace", &lab.listener("http", "Same", ""))
+            + &route(
+                "request-mirror",
+                INFRA,
+                "{parentRefs: [{name: same-namespace}], rules: [\
+                 {matches: [{path: {value: /mirror}}], filters: [\
+                 {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-set, value: edited}]}},\
+                 {type: RequestMirror, requestMirror: {backendRef: {name: mirror-all, port: 8080}}},\
+                 {type: RequestMirror, requestMirror: {backendRef: {name: mirror-some, port: 8080}, fraction: {numerator: 1, denominator: 4}}},\
+                 {type: RequestMirror, requestMirror: {backendRef: {name: mirror-none, port: 8080}, percent: 0}}],\
+                 backendRefs: [{name: infra-backend-v1, port: 8080}]}]}",
+            )),
+    )
+    .await;
+    for i in 0..200 {
+        let a = lab
+            .ask(
+                "example.com",
+                &format!("/mirror/{i}?q=1"),
+                &[("x-set", "client")],
+            )
+            .await;
+        // The client's answer is the backend's, as without a mirror.
+        assert_eq!((a.status, a.backend()), (200, "infra-backend-v1"), "{a:?}");
+    }
+    let copied = || all.lock().unwrap().len();
+    assert!(
+        testkit::wait::eventually(Duration::from_secs(5), async || copied() == 200).await,
+        "{} of 200 mirrored",
+        copied()
+    );
+    let first = all.lock().unwrap()[0].clone();
+    assert!(first.starts_with("mirror-all GET /mirror/"), "{first}");
+    assert!(
+        first.contains("?q=1\n") && first.contains("\nhost: example.com\n"),
+        "{first}"
+    );
+    // The copy is the request as the filters made it.
+    assert!(
+        first.contains("\nx-set: edited\n") && !first.contains("client"),
+        "{first}"
+    );
+    let some = some.lock().unwrap().len();
+    assert!((25..=80).contains(&some), "1 in 4 of 200: {some}");
+    assert_eq!(none.lock().unwrap().len(), 0);
+}

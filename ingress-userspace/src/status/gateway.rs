@@ -15,7 +15,7 @@ use crate::{
 
 /// What this version implements of the Gateway API's features (the
 /// names the conformance suite knows), in the order the spec asks.
-pub const SUPPORTED_FEATURES: [&str; 13] = [
+pub const SUPPORTED_FEATURES: [&str; 15] = [
     "Gateway",
     "HTTPRoute",
     "HTTPRouteBackendTimeout",
@@ -25,6 +25,8 @@ pub const SUPPORTED_FEATURES: [&str; 13] = [
     "HTTPRoutePathRewrite",
     "HTTPRoutePortRedirect",
     "HTTPRouteQueryParamsMatching",
+    "HTTPRouteRequestMirror",
+    "HTTPRouteRequestPercentageMirror",
     "HTTPRouteRequestTimeout",
     "HTTPRouteResponseHeaderModification",
     "HTTPRouteSchemeRedirect",

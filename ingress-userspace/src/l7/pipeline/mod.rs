@@ -33,6 +33,7 @@ pub mod forwarding;
 mod gateway;
 mod hash_by;
 pub mod log;
+mod mirror;
 mod policy;
 pub mod request;
 pub mod throttle;
@@ -436,6 +437,7 @@ impl Pipeline {
                 table.gateway_lookup(conn.tls, head.host, &asked)
             };
             let mut gateway_target = None;
+            let mut mirrored = None;
             let r = match hit {
                 Some(hit) => {
                     let rule = &hit.rule.rule;
@@ -465,6 +467,9 @@ impl Pipeline {
                         gateway_target =
                             Some(gateway::rewritten(rw, head.target, &path, hit.matched)?);
                     }
+                    if !rule.mirrors.is_empty() {
+                        mirrored = Some(&**rule);
+                    }
                     b
                 }
                 None => match table.lookup(head.host, &path) {
@@ -480,6 +485,21 @@ impl Pipeline {
             // before anything is counted or asked (it runs this again).
             if matches!(src, Source::Fast(_)) && needs_hyper(r) {
                 return Ok(Forwarded::HandBack);
+            }
+            // RequestMirror, once the server that forwards it has it.
+            // Copies carry no body: a streamed body goes once.
+            let bodiless = match &src {
+                Source::Fast(_) => true,
+                Source::Hyper(req) => hyper::body::Body::is_end_stream(req.body()),
+            };
+            if let Some(rule) = mirrored.filter(|_| bodiless) {
+                let copy = mirror::Copy {
+                    method: head.method,
+                    target: gateway_target.as_ref().unwrap_or(head.target).as_str(),
+                    host: r.policy.upstream_vhost.as_deref().or(head.host),
+                    fields: &src,
+                };
+                mirror::send_copies(rule, &copy);
             }
             if let Some(Err(_)) = &r.response_headers {
                 return Err(ProxyError::LocationDenied);

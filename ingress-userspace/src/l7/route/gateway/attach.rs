@@ -505,12 +505,27 @@ fn route_state(
 /// ResolvedRefs of a route: every backend resolves (`backend_problem`);
 /// the first problem is the reason.
 fn backends_resolved(key: &ObjectKey, route: &HTTPRoute, snapshot: &Snapshot) -> Condition {
+    let mirrors = route
+        .spec
+        .rules
+        .iter()
+        .flat_map(|r| &r.filters)
+        .filter_map(|f| f.request_mirror.as_ref())
+        .map(|m| HTTPBackendRef {
+            group: m.backend_ref.group.clone(),
+            kind: m.backend_ref.kind.clone(),
+            name: m.backend_ref.name.clone(),
+            namespace: m.backend_ref.namespace.clone(),
+            port: m.backend_ref.port,
+            ..Default::default()
+        });
     route
         .spec
         .rules
         .iter()
-        .flat_map(|r| &r.backend_refs)
-        .find_map(|b| backend_problem(key, b, snapshot))
+        .flat_map(|r| r.backend_refs.iter().cloned())
+        .chain(mirrors)
+        .find_map(|b| backend_problem(key, &b, snapshot))
         .unwrap_or_else(|| Condition::new("ResolvedRefs", true, "ResolvedRefs", ""))
 }
 

@@ -3,7 +3,7 @@
 //! its weighted backends. A value the spec allows but ingressd does not
 //! serve is an error naming the field, so the route can say so in its
 //! status instead of serving something else.
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use hyper::{
     StatusCode,
@@ -135,6 +135,41 @@ pub struct Weighted {
     pub weight: u32,
 }
 
+/// A RequestMirror: a copy of the share of requests it asks for goes to
+/// its backend, whose answer is dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mirror {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+    pub namespace: Option<String>,
+    pub port: Option<i32>,
+    /// The share mirrored: numerator of denominator.
+    pub numerator: u32,
+    pub denominator: u32,
+    /// Resolved by the table (None: not resolved, nothing mirrored).
+    pub upstream: Option<Arc<super::super::Upstream>>,
+}
+
+impl Mirror {
+    /// Whether a draw `n` (uniform over u32) is in the mirrored share.
+    pub fn takes(&self, n: u32) -> bool {
+        u64::from(n) * u64::from(self.denominator) < u64::from(self.numerator) << 32
+    }
+
+    /// Its backend, as a route's backendRef (for the same checks).
+    pub fn backend_ref(&self) -> crate::cluster::gateway::HTTPBackendRef {
+        crate::cluster::gateway::HTTPBackendRef {
+            group: Some(self.group.clone()),
+            kind: Some(self.kind.clone()),
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            port: self.port,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     pub request_headers: HeaderEdits,
@@ -147,6 +182,7 @@ pub struct Rule {
     pub total_weight: u32,
     pub timeout: Option<Duration>,
     pub backend_timeout: Option<Duration>,
+    pub mirrors: Vec<Mirror>,
 }
 
 impl Rule {
@@ -180,6 +216,7 @@ pub fn compile(rule: &HTTPRouteRule, i: usize) -> Result<Rule, String> {
         total_weight: 0,
         timeout: None,
         backend_timeout: None,
+        mirrors: Vec::new(),
     };
     for (j, f) in rule.filters.iter().enumerate() {
         filter(&mut out, f, &format!("{field}.filters[{j}]"))?;
@@ -306,6 +343,39 @@ fn filter(out: &mut Rule, f: &HTTPRouteFilter, field: &str) -> Result<(), String
                 .map(|p| PathRewrite::compile(p, &format!("{sub}.path")))
                 .transpose()?;
         }
+        "RequestMirror" => {
+            let m = f
+                .request_mirror
+                .as_ref()
+                .ok_or_else(|| missing("requestMirror"))?;
+            let sub = format!("{field}.requestMirror");
+            let (numerator, denominator) = match (m.percent, &m.fraction) {
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "{sub}: percent and fraction cannot be used together"
+                    ));
+                }
+                (Some(p), None) => (p, 100),
+                (None, Some(f)) => (f.numerator, f.denominator.unwrap_or(100)),
+                (None, None) => (100, 100),
+            };
+            if denominator < 1 || numerator < 0 || numerator > denominator {
+                return Err(format!(
+                    "{sub}: {numerator} of {denominator} is not a share (0 to all)"
+                ));
+            }
+            let b = &m.backend_ref;
+            out.mirrors.push(Mirror {
+                group: b.group.clone().unwrap_or_default(),
+                kind: b.kind.clone().unwrap_or_else(|| "Service".into()),
+                name: b.name.clone(),
+                namespace: b.namespace.clone(),
+                port: b.port,
+                numerator: numerator as u32,
+                denominator: denominator as u32,
+                upstream: None,
+            });
+        }
         other => return Err(format!("{field}.type: {other} is not served yet")),
     }
     Ok(())
@@ -346,6 +416,30 @@ pub fn duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mirrors_take_their_share() {
+        let rule: HTTPRouteRule = serde_norway::from_str(
+            "{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a, port: 80}, fraction: {numerator: 1, denominator: 4}}},\
+             {type: RequestMirror, requestMirror: {backendRef: {name: b, port: 80}}}]}",
+        )
+        .unwrap();
+        let r = compile(&rule, 0).unwrap();
+        let (quarter, all) = (&r.mirrors[0], &r.mirrors[1]);
+        let taken = (0..1000u32)
+            .filter(|i| quarter.takes(((u64::from(*i) << 32) / 1000) as u32))
+            .count();
+        assert_eq!(taken, 250);
+        assert!(all.takes(u32::MAX) && all.takes(0));
+        let bad: HTTPRouteRule = serde_norway::from_str(
+            "{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a}, percent: 150}}]}",
+        )
+        .unwrap();
+        assert_eq!(
+            compile(&bad, 2).unwrap_err(),
+            "spec.rules[2].filters[0].requestMirror: 150 of 100 is not a share (0 to all)"
+        );
+    }
 
     fn rule(yaml: &str) -> Result<Rule, String> {
         let r: HTTPRouteRule = serde_norway::from_str(yaml).expect("YAML");

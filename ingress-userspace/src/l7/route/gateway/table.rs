@@ -13,7 +13,10 @@ use super::{
     rules::{self, Rule},
 };
 use crate::{
-    cluster::{ObjectKey, Snapshot, gateway::HTTPRoute},
+    cluster::{
+        ObjectKey, Snapshot,
+        gateway::{HTTPBackendRef, HTTPRoute},
+    },
     l7::route::{
         Route, Upstream,
         annotations::Policy,
@@ -153,7 +156,20 @@ fn compile_route(
                     .map_err(|e| format!("spec.rules[{i}].matches[{j}].{e}"))?,
             );
         }
-        let rule = Arc::new(rules::compile(r, i)?);
+        let mut rule = rules::compile(r, i)?;
+        // Mirrors resolve as backends do; one that does not mirrors nothing
+        // (the route's ResolvedRefs says why).
+        for m in &mut rule.mirrors {
+            let b = m.backend_ref();
+            let ns = b.namespace.as_deref().unwrap_or(&key.namespace);
+            m.upstream = match backend_problem(key, &b, snapshot) {
+                Some(_) => None,
+                None => resolve_backend(ns, &ingress_backend(&b), snapshot, false)
+                    .ok()
+                    .map(Arc::new),
+            };
+        }
+        let rule = Arc::new(rule);
         // What the proxy's forwarding reads: the rule's endpoint timeout
         // and Host rewrite, as the annotations would set them.
         let policy = Arc::new(Policy {
@@ -175,16 +191,7 @@ fn compile_route(
             .iter()
             .map(|b| {
                 let ns = b.namespace.as_deref().unwrap_or(&key.namespace);
-                let backend = IngressBackend {
-                    service: Some(IngressServiceBackend {
-                        name: b.name.clone(),
-                        port: b.port.map(|p| ServiceBackendPort {
-                            number: Some(p),
-                            name: None,
-                        }),
-                    }),
-                    resource: None,
-                };
+                let backend = ingress_backend(b);
                 let name = format!("{ns}/{}:{}", b.name, b.port.unwrap_or(0));
                 // Unresolved (the route's ResolvedRefs says why): its share
                 // of requests is answered 500.
@@ -216,4 +223,19 @@ fn compile_route(
         ));
     }
     Ok(out)
+}
+
+/// A backendRef as the Ingress side resolves backends: a Service port by
+/// number.
+fn ingress_backend(b: &HTTPBackendRef) -> IngressBackend {
+    IngressBackend {
+        service: Some(IngressServiceBackend {
+            name: b.name.clone(),
+            port: b.port.map(|p| ServiceBackendPort {
+                number: Some(p),
+                name: None,
+            }),
+        }),
+        resource: None,
+    }
 }

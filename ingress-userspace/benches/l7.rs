@@ -566,6 +566,8 @@ fn main() -> anyhow::Result<()> {
     );
     let dir = std::env::temp_dir().join(format!("ingressd-bench-l7-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("manifests"))?;
+    // `cargo bench --bench l7 -- route-change`: that round alone.
+    let only_route_change = std::env::args().any(|a| a == "route-change");
 
     // The upstream: nginx answering "ok".
     let up_port = free_port();
@@ -578,6 +580,15 @@ fn main() -> anyhow::Result<()> {
         ),
     )?;
     wait_listening(up)?;
+    if only_route_change {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        rt.block_on(route_change(&bin, &dir, up_port))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
 
     // The same rules for ingressd: shop.test and the extra hosts.
     let svc = format!(
@@ -836,24 +847,27 @@ async fn get_status(conn: &mut Option<TcpStream>, addr: SocketAddr, host: &str) 
                 return None;
             }
             buf.extend_from_slice(&chunk[..n]);
-            if let Ok(Some((end, _))) = response_head(&buf) {
-                let status = std::str::from_utf8(&buf[9..12]).ok()?.parse().ok()?;
-                // Read the body (Content-Length) so the connection stays usable.
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                while buf.len() < end + len {
-                    let n = stream.read(&mut chunk).await.ok()?;
-                    if n == 0 {
-                        return None;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut resp = httparse::Response::new(&mut headers);
+            let httparse::Status::Complete(head) = resp.parse(&buf).ok()? else {
+                continue;
+            };
+            let status = resp.code?;
+            // Read the body (Content-Length) so the connection stays usable.
+            let len: usize = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < head + len {
+                let n = stream.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
                 }
-                return Some(status);
+                buf.extend_from_slice(&chunk[..n]);
             }
+            return Some(status);
         }
     };
     let got = tokio::time::timeout(Duration::from_secs(2), answer)

@@ -645,6 +645,17 @@ fn print_routes(
             eprintln!("{w}");
         }
         print!("{}", render_routes(&table));
+        // What a Lease holder would write into the Gateway API objects
+        // (addresses: the Gateway's own, else where it is published).
+        for s in ingressd::status::gateway::statuses(
+            source.snapshot(),
+            &table.gateway,
+            &class.gateway_controller,
+        ) {
+            let yaml = serde_norway::to_string(&serde_json::json!({ "status": s.desired }))
+                .unwrap_or_default();
+            print!("STATUS {} {}\n{yaml}", s.kind, s.key);
+        }
         return Ok(());
     }
     print!("{}", ask_running(metrics_addr, "/routes")?);

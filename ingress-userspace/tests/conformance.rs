@@ -1283,3 +1283,43 @@ async fn http_route_request_mirror_and_percentage_mirror() {
     assert!((25..=80).contains(&some), "1 in 4 of 200: {some}");
     assert_eq!(none.lock().unwrap().len(), 0);
 }
+
+#[test]
+fn ingressd_routes_prints_the_status_it_would_write_from_files() {
+    let dir = std::env::temp_dir().join(format!("ingressd-gw-status-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let listener = "{name: http, port: 80, protocol: HTTP}, {name: tcp, port: 9000, protocol: TCP}";
+    let yaml = CLASS.to_string()
+        + &service("web", INFRA, "127.0.0.1:8080".parse().unwrap(), false)
+        + &gateway("same-namespace", listener)
+        + &route(
+            "web",
+            INFRA,
+            "{parentRefs: [{name: same-namespace}], rules: [{backendRefs: [{name: web, port: 8080}, {name: gone, port: 8080}]}]}",
+        );
+    std::fs::write(dir.join("all.yaml"), yaml).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["routes", "--allow-loopback-endpoints", "--manifests"])
+        .arg(&dir)
+        .output()
+        .expect("ingressd routes --manifests");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "STATUS GatewayClass gateway-conformance\n",
+        "- name: HTTPRoute\n",
+        "STATUS Gateway gateway-conformance-infra/same-namespace\n",
+        "reason: UnsupportedProtocol\n",
+        "- attachedRoutes: 1\n",
+        "STATUS HTTPRoute gateway-conformance-infra/web\n",
+        "reason: BackendNotFound\n",
+        "controllerName: ingress-ebpf/gateway-controller\n",
+    ] {
+        assert!(text.contains(line), "{line:?} not in:\n{text}");
+    }
+}

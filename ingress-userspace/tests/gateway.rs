@@ -2,7 +2,6 @@
 //! with each kind of problem, routes accepted or not for each reason the
 //! spec names; then the table they compile to, by listener protocol,
 //! host and request. Pure: manifests in, conditions and routes out.
-use std::path::Path;
 
 use ingressd::{
     cluster::{ObjectKey, Snapshot},
@@ -15,19 +14,13 @@ use ingressd::{
         },
         pattern::Patterns,
     },
-    source::files::parse_file,
+    source::files::snapshot_of,
 };
 
 const CONTROLLER: &str = "ingress-ebpf/gateway-controller";
 
 fn snapshot(yaml: &str) -> Snapshot {
-    let (objects, errors, _) = parse_file(Path::new("gw.yaml"), yaml);
-    assert!(errors.is_empty(), "{errors:?}");
-    let mut s = Snapshot::default();
-    for o in objects {
-        s.insert(o);
-    }
-    s
+    snapshot_of(yaml).unwrap_or_else(|e| panic!("{e:?}"))
 }
 
 const BASE: &str = r#"

@@ -6,17 +6,11 @@ use std::path::Path;
 use ingressd::{
     cluster::{ClassConfig, Snapshot},
     l7::route::{Match, RouteTable, Upstream, compile},
-    source::files::parse_file,
+    source::files::snapshot_of,
 };
 
 fn snapshot(yaml: &str) -> Snapshot {
-    let (objects, errors, _) = parse_file(Path::new("test.yaml"), yaml);
-    assert!(errors.is_empty(), "{errors:?}");
-    let mut snap = Snapshot::default();
-    for o in objects {
-        snap.insert(o);
-    }
-    snap
+    snapshot_of(yaml).unwrap_or_else(|e| panic!("{e:?}"))
 }
 
 /// A Service `name` with port 80 (named http) → 8080 and one endpoint.

@@ -245,7 +245,7 @@ pub(super) fn error_policy(e: &anyhow::Error, syncer: &mut Syncer, status: &Stat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::files::parse_file;
+    use crate::source::files::snapshot_of;
 
     #[test]
     fn gateways_of_ours_have_their_addresses_steered() {
@@ -255,12 +255,7 @@ mod tests {
             spec: {gatewayClassName: ebpf, listeners: [{name: http, port: 80, protocol: HTTP}], addresses: [{value: 198.18.9.1}, {type: Hostname, value: x.example.com}, {type: IPAddress, value: 198.18.9.2}]}\n\
             ---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: b, namespace: n}\n\
             spec: {gatewayClassName: other, listeners: [{name: http, port: 80, protocol: HTTP}], addresses: [{value: 198.18.9.3}]}\n";
-        let (objects, errors, _) = parse_file(std::path::Path::new("g.yaml"), yaml);
-        assert!(errors.is_empty(), "{errors:?}");
-        let mut snapshot = Snapshot::default();
-        for o in objects {
-            snapshot.insert(o);
-        }
+        let snapshot = snapshot_of(yaml).unwrap_or_else(|e| panic!("{e:?}"));
         let steering = VipSteering {
             pin_path: PathBuf::new(),
             fixed: vec![Ipv4Addr::new(198, 18, 9, 9)],

@@ -120,6 +120,37 @@ fn secret_key_pair(snapshot: &Snapshot, key: &ObjectKey) -> Result<Arc<Certified
     certified_key(&cert, &pkey).map_err(|e| format!("Secret {}/{}: {e}", key.namespace, key.name))
 }
 
+/// Secrets' key pairs, each read once per update; one that cannot be
+/// used is reported once, by the first that names it.
+#[derive(Default)]
+struct Loaded(HashMap<ObjectKey, Option<Arc<CertifiedKey>>>);
+
+impl Loaded {
+    fn get(
+        &mut self,
+        snapshot: &Snapshot,
+        secret: &ObjectKey,
+        warnings: &mut Vec<RouteWarning>,
+        who: &str,
+        field: impl FnOnce() -> String,
+    ) -> Option<Arc<CertifiedKey>> {
+        self.0
+            .entry(secret.clone())
+            .or_insert_with(|| match secret_key_pair(snapshot, secret) {
+                Ok(ck) => Some(ck),
+                Err(message) => {
+                    warnings.push(RouteWarning {
+                        ingress: who.to_string(),
+                        field: field(),
+                        message,
+                    });
+                    None
+                }
+            })
+            .clone()
+    }
+}
+
 /// The first certificate of each HTTPS listener of our Gateways that
 /// serves, by its hostname. An Ingress's certificate for the same exact
 /// name keeps it (its host is routed by both, which is reported).
@@ -127,7 +158,7 @@ fn listener_certs(
     snapshot: &Snapshot,
     table: &RouteTable,
     certs: &mut Certs,
-    loaded: &mut HashMap<ObjectKey, Option<Arc<CertifiedKey>>>,
+    loaded: &mut Loaded,
     warnings: &mut Vec<RouteWarning>,
 ) {
     let listeners = table
@@ -145,20 +176,14 @@ fn listener_certs(
         let Some(secret) = l.certificates.first() else {
             continue;
         };
-        let ck = loaded
-            .entry(secret.clone())
-            .or_insert_with(|| match secret_key_pair(snapshot, secret) {
-                Ok(ck) => Some(ck),
-                Err(message) => {
-                    warnings.push(RouteWarning {
-                        ingress: format!("(Gateway {key})"),
-                        field: format!("spec.listeners[{}].tls.certificateRefs", l.name),
-                        message,
-                    });
-                    None
-                }
-            })
-            .clone();
+        let field = || format!("spec.listeners[{}].tls.certificateRefs", l.name);
+        let ck = loaded.get(
+            snapshot,
+            secret,
+            warnings,
+            &format!("(Gateway {key})"),
+            field,
+        );
         let Some(ck) = ck else { continue };
         match l.hostname.as_deref() {
             None => {
@@ -189,22 +214,15 @@ impl CertStore {
     ) -> Vec<RouteWarning> {
         let mut warnings = Vec::new();
         let mut certs = Certs::default();
-        let mut loaded: HashMap<ObjectKey, Option<Arc<CertifiedKey>>> = HashMap::new();
+        let mut loaded = Loaded::default();
         for (host, secret) in &table.tls_hosts {
-            let ck = loaded
-                .entry(secret.clone())
-                .or_insert_with(|| match secret_key_pair(snapshot, secret) {
-                    Ok(ck) => Some(ck),
-                    Err(message) => {
-                        warnings.push(RouteWarning {
-                            ingress: format!("(tls host {host})"),
-                            field: "spec.tls".into(),
-                            message,
-                        });
-                        None
-                    }
-                })
-                .clone();
+            let ck = loaded.get(
+                snapshot,
+                secret,
+                &mut warnings,
+                &format!("(tls host {host})"),
+                || "spec.tls".into(),
+            );
             let Some(ck) = ck else { continue };
             match host.strip_prefix("*.") {
                 Some(suffix) => certs.wildcard.insert(suffix.to_string(), ck),

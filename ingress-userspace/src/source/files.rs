@@ -55,6 +55,20 @@ pub fn parse_file(file: &Path, text: &str) -> (Vec<Object>, Vec<ManifestError>, 
     parse_file_with(file, text, Rules::default())
 }
 
+/// The objects of one YAML text as a snapshot, or what is wrong with it
+/// (for tests and tools that start from a text, not files).
+pub fn snapshot_of(yaml: &str) -> Result<Snapshot, Vec<ManifestError>> {
+    let (objects, errors, _) = parse_file(Path::new("manifests.yaml"), yaml);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut snapshot = Snapshot::default();
+    for o in objects {
+        snapshot.insert(o);
+    }
+    Ok(snapshot)
+}
+
 /// The same, validating with `rules`.
 pub fn parse_file_with(
     file: &Path,

@@ -273,17 +273,11 @@ mod tests {
     use super::*;
     use crate::{
         l7::route::{gateway::attach::Ports, gateway::table, pattern::Patterns},
-        source::files::parse_file,
+        source::files::snapshot_of,
     };
 
     fn snapshot(yaml: &str) -> Snapshot {
-        let (objects, errors, _) = parse_file(std::path::Path::new("t.yaml"), yaml);
-        assert!(errors.is_empty(), "{errors:?}");
-        let mut s = Snapshot::default();
-        for o in objects {
-            s.insert(o);
-        }
-        s
+        snapshot_of(yaml).unwrap_or_else(|e| panic!("{e:?}"))
     }
 
     const OBJECTS: &str = r#"

@@ -447,16 +447,10 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::files::parse_file;
+    use crate::source::files::snapshot_of;
 
     fn snapshot(yaml: &str) -> Snapshot {
-        let (objects, errors, _) = parse_file(std::path::Path::new("t.yaml"), yaml);
-        assert!(errors.is_empty(), "{errors:?}");
-        let mut s = Snapshot::default();
-        for o in objects {
-            s.insert(o);
-        }
-        s
+        snapshot_of(yaml).unwrap_or_else(|e| panic!("{e:?}"))
     }
 
     const OBJECTS: &str = r#"

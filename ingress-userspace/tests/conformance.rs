@@ -1323,3 +1323,63 @@ fn ingressd_routes_prints_the_status_it_would_write_from_files() {
         assert!(text.contains(line), "{line:?} not in:\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_route_backend_protocol_h2c_and_websocket() {
+    // Extended: HTTPRouteBackendProtocolH2C, HTTPRouteBackendProtocolWebSocket.
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let lab = Lab::start().await;
+    // An HTTP/1.1 and h2c (prior knowledge) echo; a WebSocket echo.
+    let h2c = testkit::endpoints::echo("h2c", "127.0.0.1:0".parse().unwrap()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_at = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() {
+                        let _ = ws.send(msg).await;
+                    }
+                }
+            });
+        }
+    });
+    let with = |yaml: String, protocol: &str| {
+        yaml.replace(
+            "{name: http, port: 8080, targetPort",
+            &format!("{{name: http, port: 8080, appProtocol: {protocol}, targetPort"),
+        )
+    };
+    lab.apply(
+        &(with(service("h2c", INFRA, h2c, false), "kubernetes.io/h2c")
+            + &with(service("ws", INFRA, ws_at, false), "kubernetes.io/ws")
+            + &gateway("same-namespace", &lab.listener("http", "Same", ""))
+            + &route(
+                "protocols",
+                INFRA,
+                "{parentRefs: [{name: same-namespace}], rules: [\
+                 {matches: [{path: {value: /h2c}}], backendRefs: [{name: h2c, port: 8080}]},\
+                 {matches: [{path: {value: /ws}}], backendRefs: [{name: ws, port: 8080}]}]}",
+            )),
+    )
+    .await;
+    let a = lab.ask("example.com", "/h2c/x", &[]).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(a.body.contains("version=HTTP/2.0"), "{}", a.body);
+    let stream = tokio::net::TcpStream::connect(lab.d.http).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://example.com/ws/chat", stream)
+        .await
+        .expect("WebSocket handshake through the HTTPRoute");
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text("hello")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("echo in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), "hello");
+}

@@ -15,9 +15,11 @@ use crate::{
 
 /// What this version implements of the Gateway API's features (the
 /// names the conformance suite knows), in the order the spec asks.
-pub const SUPPORTED_FEATURES: [&str; 15] = [
+pub const SUPPORTED_FEATURES: [&str; 17] = [
     "Gateway",
     "HTTPRoute",
+    "HTTPRouteBackendProtocolH2C",
+    "HTTPRouteBackendProtocolWebSocket",
     "HTTPRouteBackendTimeout",
     "HTTPRouteHostRewrite",
     "HTTPRouteMethodMatching",

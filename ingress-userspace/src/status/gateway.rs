@@ -215,25 +215,25 @@ pub fn settle(desired: &mut Value, current: Option<&Value>, now: &str) {
         }
     }
     conditions(desired, current, now);
-    for (field, same) in [
-        (
-            "listeners",
-            &(|a: &Value, b: &Value| a["name"] == b["name"]) as &dyn Fn(&Value, &Value) -> bool,
-        ),
-        ("parents", &|a: &Value, b: &Value| {
-            a["parentRef"] == b["parentRef"] && a["controllerName"] == b["controllerName"]
-        }),
-    ] {
+    for field in ["listeners", "parents"] {
         let Some(list) = desired[field].as_array_mut() else {
             continue;
         };
         for item in list {
             let before = current
                 .and_then(|cur| cur[field].as_array())
-                .and_then(|l| l.iter().find(|o| same(o, item)));
+                .and_then(|l| l.iter().find(|o| same_item(o, item)));
             conditions(item, before, now);
         }
     }
+}
+
+/// The same listener (by name) or route parent (by its reference and
+/// controller) in two statuses.
+fn same_item(a: &Value, b: &Value) -> bool {
+    ["name", "parentRef", "controllerName"]
+        .iter()
+        .all(|k| a.get(k) == b.get(k))
 }
 
 /// `addresses` as a Gateway's `status.addresses`.

@@ -488,11 +488,11 @@ impl Pipeline {
             }
             // RequestMirror, once the server that forwards it has it.
             // Copies carry no body: a streamed body goes once.
-            let bodiless = match &src {
+            let bodiless = || match &src {
                 Source::Fast(_) => true,
                 Source::Hyper(req) => hyper::body::Body::is_end_stream(req.body()),
             };
-            if let Some(rule) = mirrored.filter(|_| bodiless) {
+            if let Some(rule) = mirrored.filter(|_| bodiless()) {
                 let copy = mirror::Copy {
                     method: head.method,
                     target: gateway_target.as_ref().unwrap_or(head.target).as_str(),

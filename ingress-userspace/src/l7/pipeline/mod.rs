@@ -455,7 +455,7 @@ impl Pipeline {
                         );
                         return Ok(Forwarded::Done(Ok(answer)));
                     }
-                    let Some(b) = hit.rule.pick(gateway::draw()) else {
+                    let Some(b) = hit.rule.pick(hit.rule.next_draw()) else {
                         let _ = unanswered.route.set(&hit.rule.own);
                         return Err(ProxyError::BackendUnresolved);
                     };

@@ -34,6 +34,10 @@ pub struct ServedRule {
     pub backends: Vec<Route>,
     /// Labels the answers that reach no backend (redirects, 500s).
     pub own: Route,
+    /// Draws for the weighted pick: a Weyl sequence (steps of 2^32 over
+    /// the golden ratio), so any run of requests is split as the weights
+    /// say, not just on average.
+    pub turn: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl ServedRule {
@@ -41,6 +45,12 @@ impl ServedRule {
     /// when the rule has no backend with a weight (answered 500).
     pub fn pick(&self, n: u32) -> Option<&Route> {
         self.rule.pick(n).and_then(|i| self.backends.get(i))
+    }
+
+    /// The next draw for `pick`.
+    pub fn next_draw(&self) -> u32 {
+        self.turn
+            .fetch_add(0x9E37_79B9, std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -219,6 +229,7 @@ fn compile_route(
                 rule,
                 backends,
                 own,
+                turn: Arc::default(),
             },
         ));
     }
